@@ -1,0 +1,127 @@
+package messages
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Node states in the fleet view.
+const (
+	StateOnline  = "online"
+	StateStale   = "stale"
+	StateOffline = "offline"
+)
+
+// StatusRequest asks for the fleet view.
+type StatusRequest struct {
+	V int `json:"v"`
+}
+
+// NodeStatus is one row of the fleet view.
+type NodeStatus struct {
+	Name         string            `json:"name"`
+	Cluster      string            `json:"cluster"`
+	Role         string            `json:"role"`
+	Labels       map[string]string `json:"labels"`
+	State        string            `json:"state"`
+	LastSeen     time.Time         `json:"last_seen,omitzero"`
+	AgeMS        int64             `json:"age_ms"`
+	AgentVersion string            `json:"agent_version"`
+	Addresses    []string          `json:"addresses"`
+	Running      []string          `json:"running,omitempty"`
+	Facts        Facts             `json:"facts"`
+	EnrolledAt   time.Time         `json:"enrolled_at"`
+}
+
+// StatusSummary counts nodes by state.
+type StatusSummary struct {
+	Online  int `json:"online"`
+	Stale   int `json:"stale"`
+	Offline int `json:"offline"`
+}
+
+// StatusReply is the fleet view.
+type StatusReply struct {
+	V                 int           `json:"v"`
+	Nodes             []NodeStatus  `json:"nodes"`
+	Summary           StatusSummary `json:"summary"`
+	HeartbeatInterval string        `json:"heartbeat_interval"`
+}
+
+// RunRequest issues a task to the nodes a selector picks.
+type RunRequest struct {
+	V      int             `json:"v"`
+	Target string          `json:"target"`
+	Kind   string          `json:"kind"`
+	Args   json.RawMessage `json:"args,omitempty"`
+	// Timeout is how long nodes have, as a Go duration; default 30s.
+	Timeout string `json:"timeout,omitempty"`
+	// SkipOffline settles nodes that are offline at issue time at once as
+	// unknown/offline instead of waiting for them until the deadline.
+	SkipOffline bool `json:"skip_offline,omitempty"`
+}
+
+// RunReply names the task and the nodes it went to.
+type RunReply struct {
+	V        int       `json:"v"`
+	TaskID   string    `json:"task_id"`
+	Nodes    []string  `json:"nodes"`
+	Deadline time.Time `json:"deadline"`
+}
+
+// TaskWaitRequest waits up to Wait for a task to finish, then reports it.
+type TaskWaitRequest struct {
+	V      int    `json:"v"`
+	TaskID string `json:"task_id"`
+	Wait   string `json:"wait,omitempty"` // Go duration, at most 30s
+}
+
+// NodeResult is one row of a task report.
+type NodeResult struct {
+	Node       string          `json:"node"`
+	Outcome    Outcome         `json:"outcome"`
+	Reason     string          `json:"reason"`
+	DurationMS int64           `json:"duration_ms"`
+	Output     json.RawMessage `json:"output"`
+}
+
+// TaskReport is a task with one row per targeted node. Rows whose outcome is
+// not yet known have Outcome "" and Pending true.
+type TaskReport struct {
+	V        int          `json:"v"`
+	TaskID   string       `json:"task_id"`
+	Kind     string       `json:"kind"`
+	Target   string       `json:"target"`
+	IssuedAt time.Time    `json:"issued_at"`
+	Deadline time.Time    `json:"deadline"`
+	Done     bool         `json:"done"`
+	Results  []NodeResult `json:"results"`
+}
+
+// TokenCreateRequest asks for a join token.
+type TokenCreateRequest struct {
+	V        int    `json:"v"`
+	TTL      string `json:"ttl,omitempty"` // Go duration, default 24h
+	Reusable bool   `json:"reusable,omitempty"`
+}
+
+// TokenCreateReply carries the token; it is shown once and stored only hashed.
+type TokenCreateReply struct {
+	V         int       `json:"v"`
+	Token     string    `json:"token"`
+	ExpiresAt time.Time `json:"expires_at"`
+	Reusable  bool      `json:"reusable"`
+}
+
+// NodesRemoveRequest revokes a node.
+type NodesRemoveRequest struct {
+	V    int    `json:"v"`
+	Name string `json:"name"`
+}
+
+// NodesRemoveReply confirms it.
+type NodesRemoveReply struct {
+	V            int    `json:"v"`
+	Name         string `json:"name"`
+	Disconnected int    `json:"disconnected"`
+}

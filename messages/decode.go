@@ -1,0 +1,307 @@
+package messages
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+)
+
+// Error is a refusal with a machine-readable code (one of the Code*
+// constants); receivers send it back as an ErrorReply.
+type Error struct {
+	Code string
+	Err  error
+}
+
+func (e *Error) Error() string { return e.Err.Error() }
+func (e *Error) Unwrap() error { return e.Err }
+
+// Errorf builds an *Error.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Err: fmt.Errorf(format, args...)}
+}
+
+// CodeOf returns the code of err, or CodeInternal.
+func CodeOf(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return CodeInternal
+}
+
+// Message is implemented by every payload type: Validate checks the version
+// and the fields after JSON decoding.
+type Message interface {
+	Validate() error
+}
+
+// Decode parses one payload of type T, refusing it if it is larger than max
+// bytes (max <= 0 means DefaultMaxMessageBytes), is not a single JSON object,
+// or does not validate. Errors are *Error and name the offending field.
+func Decode[T any, PT interface {
+	*T
+	Message
+}](data []byte, max int) (T, error) {
+	var v T
+	if max <= 0 {
+		max = DefaultMaxMessageBytes
+	}
+	if len(data) > max {
+		return v, Errorf(CodeTooLarge, "message of %d bytes exceeds the limit of %d bytes", len(data), max)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&v); err != nil {
+		return v, Errorf(CodeBadRequest, "decode %T: %v", v, err)
+	}
+	if dec.More() {
+		return v, Errorf(CodeBadRequest, "decode %T: trailing data after the JSON object", v)
+	}
+	if err := PT(&v).Validate(); err != nil {
+		var e *Error
+		if errors.As(err, &e) {
+			return v, err
+		}
+		return v, Errorf(CodeBadRequest, "%T: %v", v, err)
+	}
+	return v, nil
+}
+
+// Encode marshals a payload. It exists so both sides encode one way.
+func Encode(m Message) ([]byte, error) { return json.Marshal(m) }
+
+// MustEncode is Encode for values built in code, which cannot fail.
+func MustEncode(m Message) []byte {
+	b, err := json.Marshal(m)
+	if err != nil {
+		// Only reachable with unsupported values (channels, NaN), which no
+		// payload type holds.
+		b, _ = json.Marshal(ErrorReply{V: Version, Code: CodeInternal, Error: err.Error()})
+	}
+	return b
+}
+
+func checkVersion(v int) error {
+	if v != Version {
+		return Errorf(CodeBadVersion, "unsupported message version v=%d (this build speaks v=%d)", v, Version)
+	}
+	return nil
+}
+
+const (
+	maxLabels     = 64
+	maxLabelBytes = 253
+	maxListItems  = 256
+)
+
+// ValidateLabels checks label keys and values.
+func ValidateLabels(labels map[string]string) error {
+	if len(labels) > maxLabels {
+		return fmt.Errorf("labels: %d labels, at most %d", len(labels), maxLabels)
+	}
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		if k == "" || len(k) > maxLabelBytes || len(labels[k]) > maxLabelBytes {
+			return fmt.Errorf("labels: key %q or its value is empty or longer than %d bytes", k, maxLabelBytes)
+		}
+		if bytes.ContainsAny([]byte(k), "=, \t\n") || bytes.ContainsAny([]byte(labels[k]), ",\n") {
+			return fmt.Errorf("labels: %q=%q contains '=', ',' or white space", k, labels[k])
+		}
+	}
+	return nil
+}
+
+func optionalName(field, s string) error {
+	if s == "" {
+		return nil
+	}
+	if err := ValidClusterName(s); err != nil {
+		return fmt.Errorf("%s: %w", field, err)
+	}
+	return nil
+}
+
+func (t *Task) Validate() error {
+	if err := checkVersion(t.V); err != nil {
+		return err
+	}
+	if err := ValidTaskID(t.ID); err != nil {
+		return fmt.Errorf("id: %w", err)
+	}
+	if t.Kind == "" || len(t.Kind) > MaxNameLen {
+		return fmt.Errorf("kind: want 1 to %d characters, got %q", MaxNameLen, t.Kind)
+	}
+	if t.Deadline.IsZero() {
+		return fmt.Errorf("deadline: missing")
+	}
+	if t.IssuedAt.IsZero() {
+		return fmt.Errorf("issued_at: missing")
+	}
+	return nil
+}
+
+func (a *Ack) Validate() error {
+	if err := checkVersion(a.V); err != nil {
+		return err
+	}
+	if err := ValidTaskID(a.TaskID); err != nil {
+		return fmt.Errorf("task_id: %w", err)
+	}
+	return nil
+}
+
+func (r *Result) Validate() error {
+	if err := checkVersion(r.V); err != nil {
+		return err
+	}
+	if err := ValidTaskID(r.TaskID); err != nil {
+		return fmt.Errorf("task_id: %w", err)
+	}
+	if !r.Outcome.Valid() {
+		return fmt.Errorf("outcome: %q is not one of ok, warn, fail, unknown", r.Outcome)
+	}
+	if r.Outcome == OutcomeUnknown && r.Reason == "" {
+		return fmt.Errorf("reason: an unknown outcome needs a reason")
+	}
+	if r.DurationMS < 0 {
+		return fmt.Errorf("duration_ms: negative")
+	}
+	return nil
+}
+
+func (f *Facts) validate() error {
+	if len(f.Addresses) > maxListItems || len(f.TailnetIPs) > maxListItems {
+		return fmt.Errorf("facts: more than %d addresses", maxListItems)
+	}
+	return nil
+}
+
+func (h *Heartbeat) Validate() error {
+	if err := checkVersion(h.V); err != nil {
+		return err
+	}
+	if err := optionalName("cluster", h.Cluster); err != nil {
+		return err
+	}
+	if err := optionalName("role", h.Role); err != nil {
+		return err
+	}
+	if err := ValidateLabels(h.Labels); err != nil {
+		return err
+	}
+	if len(h.Running) > maxListItems {
+		return fmt.Errorf("running: more than %d tasks", maxListItems)
+	}
+	return h.Facts.validate()
+}
+
+func (e *EnrollRequest) Validate() error {
+	if err := checkVersion(e.V); err != nil {
+		return err
+	}
+	if err := ValidNodeName(e.Name); err != nil {
+		return fmt.Errorf("name: %w", err)
+	}
+	if err := optionalName("cluster", e.Cluster); err != nil {
+		return err
+	}
+	if err := optionalName("role", e.Role); err != nil {
+		return err
+	}
+	if err := ValidateLabels(e.Labels); err != nil {
+		return err
+	}
+	return e.Facts.validate()
+}
+
+func (e *EnrollReply) Validate() error {
+	if err := checkVersion(e.V); err != nil {
+		return err
+	}
+	return ValidNodeName(e.Name)
+}
+
+func (s *SyncRequest) Validate() error { return checkVersion(s.V) }
+
+func (s *SyncReply) Validate() error {
+	if err := checkVersion(s.V); err != nil {
+		return err
+	}
+	for i := range s.Tasks {
+		if err := s.Tasks[i].Validate(); err != nil {
+			return fmt.Errorf("tasks[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+func (e *ErrorReply) Validate() error { return checkVersion(e.V) }
+func (e *Event) Validate() error      { return checkVersion(e.V) }
+
+func (s *StatusRequest) Validate() error { return checkVersion(s.V) }
+func (s *StatusReply) Validate() error   { return checkVersion(s.V) }
+
+func (r *RunRequest) Validate() error {
+	if err := checkVersion(r.V); err != nil {
+		return err
+	}
+	if r.Target == "" {
+		return fmt.Errorf("target: missing (use all, a node name, cluster=C, role=R or k=v,...)")
+	}
+	if r.Kind == "" {
+		return fmt.Errorf("kind: missing")
+	}
+	if r.Timeout != "" {
+		d, err := time.ParseDuration(r.Timeout)
+		if err != nil || d <= 0 || d > 24*time.Hour {
+			return fmt.Errorf("timeout: %q is not a duration between 0 and 24h", r.Timeout)
+		}
+	}
+	return nil
+}
+
+func (r *RunReply) Validate() error { return checkVersion(r.V) }
+
+func (r *TaskWaitRequest) Validate() error {
+	if err := checkVersion(r.V); err != nil {
+		return err
+	}
+	if err := ValidTaskID(r.TaskID); err != nil {
+		return fmt.Errorf("task_id: %w", err)
+	}
+	if r.Wait != "" {
+		if d, err := time.ParseDuration(r.Wait); err != nil || d < 0 || d > 30*time.Second {
+			return fmt.Errorf("wait: %q is not a duration between 0 and 30s", r.Wait)
+		}
+	}
+	return nil
+}
+
+func (r *TaskReport) Validate() error { return checkVersion(r.V) }
+
+func (r *TokenCreateRequest) Validate() error {
+	if err := checkVersion(r.V); err != nil {
+		return err
+	}
+	if r.TTL != "" {
+		if d, err := time.ParseDuration(r.TTL); err != nil || d <= 0 {
+			return fmt.Errorf("ttl: %q is not a positive duration", r.TTL)
+		}
+	}
+	return nil
+}
+
+func (r *TokenCreateReply) Validate() error   { return checkVersion(r.V) }
+func (r *NodesRemoveRequest) Validate() error {
+	if err := checkVersion(r.V); err != nil {
+		return err
+	}
+	if err := ValidNodeName(r.Name); err != nil {
+		return fmt.Errorf("name: %w", err)
+	}
+	return nil
+}
+func (r *NodesRemoveReply) Validate() error { return checkVersion(r.V) }

@@ -1,0 +1,36 @@
+// Package messages is the wire contract between the MetaGuildNet controller
+// and its agents: every NATS subject, every payload, their versions and their
+// validation. It is the one package both sides import; nothing here does I/O.
+//
+// # Subjects
+//
+// All subjects live under the "mgn." prefix. NODE is a node name as accepted
+// by [ValidNodeName]; identity is always taken from the subject, which the
+// server's per-node permissions bind to the authenticated connection, never
+// from a payload field.
+//
+//	subject                     publisher   payload            notes
+//	mgn.enroll.PUBKEY           new agent   EnrollRequest      request; reply EnrollReply or ErrorReply
+//	mgn.hb.NODE                 agent       Heartbeat          every interval (default 5 s)
+//	mgn.sync.NODE               agent       SyncRequest        request on every (re)connect; reply SyncReply
+//	mgn.task.NODE               controller  Task               live push of one task to one node
+//	mgn.ack.NODE                agent       Ack                the agent started (or refused) a task
+//	mgn.res.NODE.TASKID         agent       Result             stored in JetStream stream MGN_RESULTS
+//	mgn.api.VERB                operator    API request types  admin only; reply is the matching response or ErrorReply
+//	mgn.evt.KIND                controller  Event              state changes (node online/stale/offline, ...)
+//
+// An agent's reply inbox is "_INBOX_NODE" (or "_INBOX_PUBKEY" while it
+// enrolls) so that its permissions can allow exactly its own replies.
+//
+// # Versions
+//
+// Every payload carries "v". A receiver refuses a version it does not know
+// with an ErrorReply (for requests) or a Result with outcome unknown and
+// reason rejected (for tasks), and counts it; it never crashes or drops other
+// work. Version 1 is the only version so far.
+//
+// # Limits
+//
+// Every decoder takes a size limit (default [DefaultMaxMessageBytes]) and
+// refuses larger input before parsing it.
+package messages

@@ -1,0 +1,116 @@
+package messages
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Subject prefixes and fixed subjects. Builders below are the only way the
+// code forms subjects, so the table in the package doc stays true.
+const (
+	Prefix        = "mgn."
+	EnrollPrefix  = "mgn.enroll."
+	HeartbeatPfx  = "mgn.hb."
+	SyncPrefix    = "mgn.sync."
+	TaskPrefix    = "mgn.task."
+	AckPrefix     = "mgn.ack."
+	ResultPrefix  = "mgn.res."
+	APIPrefix     = "mgn.api."
+	EventPrefix   = "mgn.evt."
+	InboxPrefix   = "_INBOX_"
+	ResultsStream = "MGN_RESULTS"
+)
+
+// API verbs, used as mgn.api.VERB.
+const (
+	APIStatus      = "status"
+	APIRun         = "run"
+	APITaskWait    = "task.wait"
+	APITokenCreate = "token.create"
+	APINodesRemove = "nodes.remove"
+)
+
+func EnrollSubject(pubkey string) string  { return EnrollPrefix + pubkey }
+func HeartbeatSubject(node string) string { return HeartbeatPfx + node }
+func SyncSubject(node string) string      { return SyncPrefix + node }
+func TaskSubject(node string) string      { return TaskPrefix + node }
+func AckSubject(node string) string       { return AckPrefix + node }
+func APISubject(verb string) string       { return APIPrefix + verb }
+func EventSubject(kind string) string     { return EventPrefix + kind }
+func InboxFor(id string) string           { return InboxPrefix + id }
+
+// ResultSubject is where a node publishes its result for one task.
+func ResultSubject(node, taskID string) string { return ResultPrefix + node + "." + taskID }
+
+// NodeFromSubject returns the NODE token of a subject that starts with
+// prefix and has exactly one more token (mgn.hb.NODE and the like).
+func NodeFromSubject(prefix, subject string) (string, error) {
+	rest, ok := strings.CutPrefix(subject, prefix)
+	if !ok || rest == "" || strings.Contains(rest, ".") {
+		return "", fmt.Errorf("subject %q: want %sNODE", subject, prefix)
+	}
+	return rest, nil
+}
+
+// ParseResultSubject splits mgn.res.NODE.TASKID.
+func ParseResultSubject(subject string) (node, taskID string, err error) {
+	rest, ok := strings.CutPrefix(subject, ResultPrefix)
+	if ok {
+		node, taskID, ok = strings.Cut(rest, ".")
+	}
+	if !ok || node == "" || taskID == "" || strings.Contains(taskID, ".") {
+		return "", "", fmt.Errorf("subject %q: want %sNODE.TASKID", subject, ResultPrefix)
+	}
+	return node, taskID, nil
+}
+
+// MaxNameLen bounds node, cluster and role names.
+const MaxNameLen = 63
+
+// ValidNodeName reports whether s can be a node name. Names become single
+// subject tokens, so they must not contain '.', '*', '>' or white space; we
+// go further and allow only what a DNS label allows, plus '_'. "all" is
+// reserved for the selector.
+func ValidNodeName(s string) error {
+	if err := validToken(s); err != nil {
+		return err
+	}
+	if s == "all" {
+		return fmt.Errorf("name %q is reserved", s)
+	}
+	return nil
+}
+
+// ValidClusterName checks a cluster or role name (same alphabet as nodes).
+func ValidClusterName(s string) error { return validToken(s) }
+
+func validToken(s string) error {
+	if s == "" {
+		return fmt.Errorf("empty name")
+	}
+	if len(s) > MaxNameLen {
+		return fmt.Errorf("name %q is longer than %d characters", s, MaxNameLen)
+	}
+	for i, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
+		case (r == '-' || r == '_') && i > 0:
+		default:
+			return fmt.Errorf("name %q: character %q at %d not allowed (use a-z, 0-9, '-', '_', starting with a letter or digit)", s, r, i)
+		}
+	}
+	return nil
+}
+
+// ValidTaskID checks a task id: it becomes a subject token too.
+func ValidTaskID(s string) error {
+	if s == "" || len(s) > 64 {
+		return fmt.Errorf("task id %q: want 1 to 64 characters", s)
+	}
+	for i, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return fmt.Errorf("task id %q: character %q at %d not allowed", s, r, i)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,156 @@
+package messages
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Version is the only payload version this build speaks.
+const Version = 1
+
+// DefaultMaxMessageBytes is the default size limit for any one payload.
+const DefaultMaxMessageBytes = 1 << 20
+
+// Outcome is the result of one task on one node.
+type Outcome string
+
+const (
+	OutcomeOK      Outcome = "ok"
+	OutcomeWarn    Outcome = "warn"
+	OutcomeFail    Outcome = "fail"
+	OutcomeUnknown Outcome = "unknown"
+)
+
+// Valid reports whether o is one of the four outcomes.
+func (o Outcome) Valid() bool {
+	switch o {
+	case OutcomeOK, OutcomeWarn, OutcomeFail, OutcomeUnknown:
+		return true
+	}
+	return false
+}
+
+// Reasons an outcome is unknown. An unknown outcome always carries one.
+const (
+	ReasonOffline  = "offline"   // the node was offline and the task did not wait for it
+	ReasonTimedOut = "timed_out" // the node started the task but no result came by the deadline
+	ReasonRejected = "rejected"  // the node refused the task (unknown kind, bad version or args)
+	ReasonExpired  = "expired"   // the deadline passed before the node could start the task
+	ReasonRemoved  = "removed"   // the node was removed from the fleet while the task was open
+)
+
+// Task is one unit of work sent to one or more nodes.
+type Task struct {
+	V        int             `json:"v"`
+	ID       string          `json:"id"`
+	Kind     string          `json:"kind"`
+	Target   string          `json:"target"` // the selector it was issued with, for the record
+	Args     json.RawMessage `json:"args,omitempty"`
+	Deadline time.Time       `json:"deadline"`
+	IssuedAt time.Time       `json:"issued_at"`
+}
+
+// Ack tells the controller that a node received a task and either started
+// it (Started) or refused it (the refusal follows as a Result).
+type Ack struct {
+	V       int    `json:"v"`
+	TaskID  string `json:"task_id"`
+	Started bool   `json:"started"`
+}
+
+// Result is one node's outcome for one task.
+type Result struct {
+	V          int             `json:"v"`
+	TaskID     string          `json:"task_id"`
+	Node       string          `json:"node"` // informational: the subject is authoritative
+	Outcome    Outcome         `json:"outcome"`
+	Reason     string          `json:"reason,omitempty"`
+	StartedAt  time.Time       `json:"started_at,omitzero"`
+	DurationMS int64           `json:"duration_ms"`
+	Output     json.RawMessage `json:"output,omitempty"`
+}
+
+// Facts describe a node. Agents send them with every heartbeat.
+type Facts struct {
+	Hostname     string   `json:"hostname"`
+	OS           string   `json:"os"`
+	Kernel       string   `json:"kernel,omitempty"`
+	Arch         string   `json:"arch"`
+	CPUs         int      `json:"cpus"`
+	MemoryBytes  uint64   `json:"memory_bytes,omitempty"`
+	AgentVersion string   `json:"agent_version"`
+	Addresses    []string `json:"addresses,omitempty"`
+	TailnetIPs   []string `json:"tailnet_ips,omitempty"`
+	BootTime     int64    `json:"boot_time,omitempty"`
+}
+
+// Heartbeat is an agent's periodic sign of life.
+type Heartbeat struct {
+	V       int               `json:"v"`
+	Seq     uint64            `json:"seq"`
+	Time    time.Time         `json:"time"`
+	Cluster string            `json:"cluster,omitempty"`
+	Role    string            `json:"role,omitempty"`
+	Labels  map[string]string `json:"labels,omitempty"`
+	Running []string          `json:"running,omitempty"` // ids of tasks in progress
+	Facts   Facts             `json:"facts"`
+}
+
+// EnrollRequest exchanges a join token (sent in the connection's
+// credentials, not here) for a node identity: the public NKey in the
+// subject becomes the node's key.
+type EnrollRequest struct {
+	V       int               `json:"v"`
+	Name    string            `json:"name"`
+	Cluster string            `json:"cluster,omitempty"`
+	Role    string            `json:"role,omitempty"`
+	Labels  map[string]string `json:"labels,omitempty"`
+	Facts   Facts             `json:"facts"`
+}
+
+// EnrollReply confirms an enrollment.
+type EnrollReply struct {
+	V                 int    `json:"v"`
+	Name              string `json:"name"`
+	HeartbeatInterval string `json:"heartbeat_interval"`
+	MaxMessageBytes   int    `json:"max_message_bytes"`
+}
+
+// SyncRequest asks for the tasks this node still owes a result for.
+type SyncRequest struct {
+	V int `json:"v"`
+}
+
+// SyncReply carries them.
+type SyncReply struct {
+	V     int    `json:"v"`
+	Tasks []Task `json:"tasks"`
+}
+
+// ErrorReply is the reply to any request that was refused.
+type ErrorReply struct {
+	V     int    `json:"v"`
+	Error string `json:"error"`
+	Code  string `json:"code"` // machine-readable: bad_request, too_large, bad_version, unknown_kind, not_found, forbidden, internal
+}
+
+// Error codes used in ErrorReply.Code.
+const (
+	CodeBadRequest  = "bad_request"
+	CodeTooLarge    = "too_large"
+	CodeBadVersion  = "bad_version"
+	CodeUnknownKind = "unknown_kind"
+	CodeNotFound    = "not_found"
+	CodeConflict    = "conflict"
+	CodeInternal    = "internal"
+)
+
+// Event is a state change the controller announces on mgn.evt.KIND.
+type Event struct {
+	V    int       `json:"v"`
+	Time time.Time `json:"time"`
+	Kind string    `json:"kind"` // node_state, ...
+	Node string    `json:"node,omitempty"`
+	From string    `json:"from,omitempty"`
+	To   string    `json:"to,omitempty"`
+}

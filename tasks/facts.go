@@ -1,0 +1,108 @@
+package tasks
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+// FactsTask reports the node's facts (the same ones heartbeats carry).
+type FactsTask struct{}
+
+func (FactsTask) Kind() string { return "facts" }
+
+func (FactsTask) Run(ctx context.Context, env *Env, _ json.RawMessage) (Output, error) {
+	return Output{Outcome: messages.OutcomeOK, Data: CollectFacts(env.Version)}, nil
+}
+
+// CollectFacts reads what a node is: host name, OS, kernel, CPUs, memory and
+// addresses. It reads /proc and the interface list only, so it is cheap
+// enough to run with every heartbeat.
+func CollectFacts(agentVersion string) messages.Facts {
+	f := messages.Facts{
+		OS:           runtime.GOOS,
+		Arch:         runtime.GOARCH,
+		CPUs:         runtime.NumCPU(),
+		AgentVersion: agentVersion,
+	}
+	f.Hostname, _ = os.Hostname()
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		f.Kernel = strings.TrimSpace(string(b))
+	}
+	f.MemoryBytes = memTotal()
+	f.BootTime = bootTime()
+	f.Addresses, f.TailnetIPs = addresses()
+	return f
+}
+
+func memTotal() uint64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "MemTotal:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+func bootTime() int64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "btime "); ok {
+			v, _ := strconv.ParseInt(strings.TrimSpace(rest), 10, 64)
+			return v
+		}
+	}
+	return 0
+}
+
+// tailnetV4 is Tailscale's CGNAT range and tailnetV6 its ULA range; addresses
+// in them are reported as tailnet IPs.
+var (
+	_, tailnetV4, _ = net.ParseCIDR("100.64.0.0/10")
+	_, tailnetV6, _ = net.ParseCIDR("fd7a:115c:a1e0::/48")
+)
+
+func addresses() (all, tailnet []string) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil, nil
+	}
+	for _, ifc := range ifs {
+		if ifc.Flags&net.FlagUp == 0 {
+			continue
+		}
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			ipn, ok := a.(*net.IPNet)
+			if !ok || ipn.IP.IsLinkLocalUnicast() {
+				continue
+			}
+			ip := ipn.IP.String()
+			all = append(all, ip)
+			if tailnetV4.Contains(ipn.IP) || tailnetV6.Contains(ipn.IP) {
+				tailnet = append(tailnet, ip)
+			}
+		}
+	}
+	return all, tailnet
+}

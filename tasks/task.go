@@ -1,0 +1,78 @@
+// Package tasks holds everything an agent can execute: one file per task or
+// check family, each behind the small [Task] interface, all registered in
+// [Builtin] so the list of what a node will do for the controller is in one
+// place. There is deliberately no task that runs an arbitrary command.
+package tasks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"go.uber.org/zap"
+
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+// Task is one kind of work an agent runs on request.
+type Task interface {
+	// Kind is the name the controller asks for (e.g. "ping").
+	Kind() string
+	// Run does the work. ctx carries the task's deadline. A returned error
+	// becomes outcome fail with the error as reason, or outcome unknown with
+	// reason rejected when it wraps ErrBadArgs.
+	Run(ctx context.Context, env *Env, args json.RawMessage) (Output, error)
+}
+
+// Output is what a task reports.
+type Output struct {
+	Outcome messages.Outcome
+	Reason  string // required when Outcome is unknown; a short explanation otherwise
+	Data    any    // encoded as JSON into the result's output
+}
+
+// ErrBadArgs marks an error in a task's arguments: the agent reports the task
+// as rejected rather than failed.
+var ErrBadArgs = errors.New("bad task arguments")
+
+// BadArgs wraps a message as an ErrBadArgs error.
+func BadArgs(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", ErrBadArgs, fmt.Sprintf(format, a...))
+}
+
+// Env is what a task may know about the node it runs on.
+type Env struct {
+	Node    string
+	Cluster string
+	Role    string
+	Labels  map[string]string
+	Version string // agent version
+	Log     *zap.Logger
+	// Settings are the agent's configuration values by their environment
+	// name (KUBECONFIG, TS_ROUTES, RETHINKDB_ADDR, ...), after layering of
+	// flags, environment, .env.local and .env.
+	Settings Settings
+}
+
+// Settings is a read-only view of configuration values.
+type Settings map[string]string
+
+// Get returns the value for key, or def when it is unset or empty.
+func (s Settings) Get(key, def string) string {
+	if v, ok := s[key]; ok && v != "" {
+		return v
+	}
+	return def
+}
+
+// DecodeArgs unmarshals task arguments strictly; empty args leave v as is.
+func DecodeArgs(args json.RawMessage, v any) error {
+	if len(args) == 0 || string(args) == "null" {
+		return nil
+	}
+	if err := json.Unmarshal(args, v); err != nil {
+		return BadArgs("%v", err)
+	}
+	return nil
+}
