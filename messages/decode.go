@@ -294,7 +294,7 @@ func (r *TokenCreateRequest) Validate() error {
 	return nil
 }
 
-func (r *TokenCreateReply) Validate() error   { return checkVersion(r.V) }
+func (r *TokenCreateReply) Validate() error { return checkVersion(r.V) }
 func (r *NodesRemoveRequest) Validate() error {
 	if err := checkVersion(r.V); err != nil {
 		return err

@@ -20,6 +20,6 @@ import (
 	_ "k8s.io/client-go/dynamic"
 	_ "k8s.io/client-go/kubernetes"
 	_ "k8s.io/client-go/tools/clientcmd"
-	_ "tailscale.com/tsnet"
 	_ "tailscale.com/client/local"
+	_ "tailscale.com/tsnet"
 )
