@@ -79,6 +79,7 @@ type TaskWaitRequest struct {
 // NodeResult is one row of a task report.
 type NodeResult struct {
 	Node       string          `json:"node"`
+	Pending    bool            `json:"pending,omitempty"`
 	Outcome    Outcome         `json:"outcome"`
 	Reason     string          `json:"reason"`
 	DurationMS int64           `json:"duration_ms"`

@@ -195,6 +195,9 @@ func (h *Heartbeat) Validate() error {
 	if len(h.Running) > maxListItems {
 		return fmt.Errorf("running: more than %d tasks", maxListItems)
 	}
+	if h.Facts == nil {
+		return nil
+	}
 	return h.Facts.validate()
 }
 

@@ -32,11 +32,10 @@ func (o Outcome) Valid() bool {
 
 // Reasons an outcome is unknown. An unknown outcome always carries one.
 const (
-	ReasonOffline  = "offline"   // the node was offline and the task did not wait for it
+	ReasonOffline  = "offline"   // the node was offline (or removed) and the task did not wait for it, or it went away mid-task
 	ReasonTimedOut = "timed_out" // the node started the task but no result came by the deadline
 	ReasonRejected = "rejected"  // the node refused the task (unknown kind, bad version or args)
 	ReasonExpired  = "expired"   // the deadline passed before the node could start the task
-	ReasonRemoved  = "removed"   // the node was removed from the fleet while the task was open
 )
 
 // Task is one unit of work sent to one or more nodes.
@@ -93,7 +92,9 @@ type Heartbeat struct {
 	Role    string            `json:"role,omitempty"`
 	Labels  map[string]string `json:"labels,omitempty"`
 	Running []string          `json:"running,omitempty"` // ids of tasks in progress
-	Facts   Facts             `json:"facts"`
+	// Facts are sent with the first heartbeat after a connect and then about
+	// once a minute; nil means "unchanged".
+	Facts *Facts `json:"facts,omitempty"`
 }
 
 // EnrollRequest exchanges a join token (sent in the connection's
@@ -125,6 +126,8 @@ type SyncRequest struct {
 type SyncReply struct {
 	V     int    `json:"v"`
 	Tasks []Task `json:"tasks"`
+	// HeartbeatInterval is the interval the controller expects (Go duration).
+	HeartbeatInterval string `json:"heartbeat_interval"`
 }
 
 // ErrorReply is the reply to any request that was refused.

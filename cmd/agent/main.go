@@ -1,0 +1,110 @@
+// Command agent runs on every node of a GuildNet deployment: it enrolls with
+// the controller once, then heartbeats, runs the tasks the controller sends
+// and reports their results.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/guildnet/metaguildnet/internal/agent"
+	"github.com/guildnet/metaguildnet/internal/cli"
+	"github.com/guildnet/metaguildnet/tasks"
+)
+
+// Version is set at build time.
+var Version = "dev"
+
+func main() { cli.Main(newRoot()) }
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{Use: "agent", Short: "MetaGuildNet node agent", Version: Version}
+	root.AddCommand(runCmd())
+	return root
+}
+
+func runCmd() *cobra.Command {
+	var cfg agent.Config
+	var labels []string
+	var lf cli.LogFlags
+	cmd := &cobra.Command{
+		Use:   "run --controller nats://HOST:PORT --token TOKEN --name NAME",
+		Short: "Enroll (first start, with --token) and serve the controller",
+		Long: "Run the agent. The first start exchanges --token for a node identity kept in --state-dir;\n" +
+			"later starts use that identity and need no token. Flags can also be set as METAGN_<FLAG>\n" +
+			"(environment, .env.local, .env); task settings (KUBECONFIG, TS_ROUTES, ...) come from the same places.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			vals, err := cli.LoadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			cfg.Labels = map[string]string{}
+			for _, l := range labels {
+				k, v, ok := strings.Cut(l, "=")
+				if !ok || k == "" {
+					return cli.Fail(cli.ExitUsage, fmt.Errorf("--label %q: want k=v", l))
+				}
+				cfg.Labels[k] = v
+			}
+			if cfg.StateDir == "" {
+				cfg.StateDir = defaultStateDir(cfg.Name)
+			}
+			log, err := lf.Logger()
+			if err != nil {
+				return err
+			}
+			defer log.Sync()
+			cfg.Log = log.With()
+			cfg.Version = Version
+			cfg.Settings = tasks.Settings(vals.Settings())
+			cfg.Tasks = tasks.Builtin()
+			a, err := agent.New(cfg)
+			if err != nil {
+				return cli.Fail(cli.ExitUsage, err)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if err := a.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				return cli.Fail(cli.ExitUsage, err)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.ControllerURL, "controller", "nats://127.0.0.1:4222", "controller NATS URL")
+	f.StringVar(&cfg.Token, "token", "", "join token (first start only)")
+	f.StringVar(&cfg.Name, "name", hostname(), "node name (a-z, 0-9, '-', '_')")
+	f.StringVar(&cfg.Cluster, "cluster", "", "cluster this node belongs to")
+	f.StringVar(&cfg.Role, "role", "", "node role (e.g. controlplane, worker, router)")
+	f.StringSliceVar(&labels, "label", nil, "label k=v (repeatable)")
+	f.StringVar(&cfg.StateDir, "state-dir", "", "where the node identity and task journal live (default ~/.local/state/metaguildnet-agent/NAME)")
+	f.IntVar(&cfg.MaxConcurrent, "max-concurrent", 8, "tasks running at once")
+	f.DurationVar(&cfg.FaultTaskDelay, "fault-task-delay", 0, "testing: delay every task by this much")
+	f.MarkHidden("fault-task-delay")
+	lf.Add(cmd)
+	return cmd
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	h = strings.ToLower(strings.Split(h, ".")[0])
+	return h
+}
+
+func defaultStateDir(name string) string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return d + "/metaguildnet-agent/" + name
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return h + "/.local/state/metaguildnet-agent/" + name
+	}
+	return "/var/lib/metaguildnet-agent/" + name
+}

@@ -1,0 +1,291 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/guildnet/metaguildnet/internal/cli"
+	"github.com/guildnet/metaguildnet/internal/config"
+	"github.com/guildnet/metaguildnet/internal/controller"
+	"github.com/guildnet/metaguildnet/internal/ctlclient"
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "controller",
+		Short: "MetaGuildNet fleet controller",
+		Long: "The MetaGuildNet controller: an embedded NATS server with JetStream that enrolls agents,\n" +
+			"sends them tasks and keeps the fleet's state. Flags can also be set as METAGN_<FLAG> in the\n" +
+			"environment, .env.local or .env (flags win, then the environment, then .env.local, then .env).",
+		Version: controller.Version,
+	}
+	root.AddCommand(serveCmd(), tokenCmd(), statusCmd(), runCmd(), nodesCmd())
+	return root
+}
+
+func dataDirFlag(cmd *cobra.Command, p *string) {
+	cmd.Flags().StringVar(p, "data-dir", config.DefaultDataDir(), "controller state directory (env METAGN_DATA_DIR)")
+}
+
+func serveCmd() *cobra.Command {
+	var o controller.Options
+	var lf cli.LogFlags
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the controller",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := cli.LoadConfig(cmd); err != nil {
+				return err
+			}
+			log, err := lf.Logger()
+			if err != nil {
+				return err
+			}
+			defer log.Sync()
+			o.Log = log
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			c, err := controller.Start(ctx, o)
+			if err != nil {
+				return cli.Fail(cli.ExitUsage, err)
+			}
+			<-ctx.Done()
+			log.Info("shutting down")
+			c.Close()
+			return nil
+		},
+	}
+	dataDirFlag(cmd, &o.DataDir)
+	cmd.Flags().StringVar(&o.Listen, "listen", "127.0.0.1:4222", "NATS address agents and the CLI connect to (port 0 picks one)")
+	cmd.Flags().StringVar(&o.HTTP, "http", "127.0.0.1:8222", "address for /healthz and /metrics (empty disables)")
+	cmd.Flags().DurationVar(&o.HeartbeatInterval, "heartbeat-interval", 5*time.Second, "agent heartbeat interval; a node is stale after 2 missed")
+	cmd.Flags().IntVar(&o.OfflineAfter, "offline-after", 6, "heartbeat intervals without a heartbeat before a node is offline")
+	cmd.Flags().IntVar(&o.MaxMessageBytes, "max-message-bytes", messages.DefaultMaxMessageBytes, "largest payload accepted")
+	cmd.Flags().DurationVar(&o.Retention, "retention", 7*24*time.Hour, "how long task history and results are kept")
+	lf.Add(cmd)
+	return cmd
+}
+
+// dial connects to the controller for dataDir, mapping failures to exit 2.
+func dial(dataDir string) (*ctlclient.Client, error) {
+	c, err := ctlclient.Dial(dataDir)
+	if err != nil {
+		return nil, cli.Fail(cli.ExitUsage, err)
+	}
+	return c, nil
+}
+
+// apiErr maps an API failure to an exit code: refusals of the request are
+// usage errors (2), and so is an unreachable controller.
+func apiErr(err error) error {
+	var ae *ctlclient.APIError
+	if errors.As(err, &ae) || errors.Is(err, ctlclient.ErrUnreachable) {
+		return cli.Fail(cli.ExitUsage, err)
+	}
+	return cli.Fail(cli.ExitUsage, err)
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func tokenCmd() *cobra.Command {
+	tok := &cobra.Command{Use: "token", Short: "Manage join tokens"}
+	var dataDir, ttl string
+	var reusable bool
+	create := &cobra.Command{
+		Use:   "create",
+		Short: "Create a join token (printed as the last line)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := cli.LoadConfig(cmd); err != nil {
+				return err
+			}
+			if d, err := time.ParseDuration(ttl); err != nil || d <= 0 {
+				return cli.Fail(cli.ExitUsage, fmt.Errorf("--ttl %q: want a positive duration such as 24h", ttl))
+			}
+			c, err := dial(dataDir)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			rep, err := c.TokenCreate(ctx, ttl, reusable)
+			if err != nil {
+				return apiErr(err)
+			}
+			use := "single-use"
+			if rep.Reusable {
+				use = "reusable"
+			}
+			fmt.Fprintf(os.Stderr, "join token (%s, expires %s); keep it secret:\n", use, rep.ExpiresAt.Format(time.RFC3339))
+			fmt.Println(rep.Token)
+			return nil
+		},
+	}
+	dataDirFlag(create, &dataDir)
+	create.Flags().StringVar(&ttl, "ttl", "24h", "how long the token is valid")
+	create.Flags().BoolVar(&reusable, "reusable", false, "allow many nodes to enroll with it until it expires")
+	tok.AddCommand(create)
+	return tok
+}
+
+func statusCmd() *cobra.Command {
+	var dataDir string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the fleet: nodes by cluster, their state and heartbeat age",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := cli.LoadConfig(cmd); err != nil {
+				return err
+			}
+			c, err := dial(dataDir)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			st, err := c.Status(ctx)
+			if err != nil {
+				return apiErr(err)
+			}
+			if asJSON {
+				if err := printJSON(st); err != nil {
+					return err
+				}
+			} else {
+				printStatus(os.Stdout, st)
+			}
+			if st.Summary.Stale+st.Summary.Offline > 0 {
+				return cli.Unhealthy
+			}
+			return nil
+		},
+	}
+	dataDirFlag(cmd, &dataDir)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func runCmd() *cobra.Command {
+	var dataDir, target, timeout, args string
+	var asJSON, skipOffline bool
+	cmd := &cobra.Command{
+		Use:   "run --target SELECTOR TASK",
+		Short: "Run a task on the nodes a selector picks and wait for every outcome",
+		Long: "Run a task kind (ping, facts, sleep, ...) on the nodes SELECTOR picks: all, a node name,\n" +
+			"cluster=C, role=R, or labels k=v,k2=v2 (ANDed). Waits until every node has an outcome:\n" +
+			"ok, warn, fail, or unknown with a reason (offline, timed_out, rejected, expired).",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, pos []string) error {
+			if _, err := cli.LoadConfig(cmd); err != nil {
+				return err
+			}
+			if target == "" {
+				return cli.Fail(cli.ExitUsage, errors.New("--target: missing (all, NAME, cluster=C, role=R or k=v,...)"))
+			}
+			d, err := time.ParseDuration(timeout)
+			if err != nil || d <= 0 {
+				return cli.Fail(cli.ExitUsage, fmt.Errorf("--timeout %q: want a positive duration", timeout))
+			}
+			req := messages.RunRequest{Target: target, Kind: pos[0], Timeout: timeout, SkipOffline: skipOffline}
+			if args != "" {
+				if !json.Valid([]byte(args)) {
+					return cli.Fail(cli.ExitUsage, fmt.Errorf("--args: not valid JSON: %s", args))
+				}
+				req.Args = json.RawMessage(args)
+			}
+			c, err := dial(dataDir)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), d+time.Minute)
+			defer cancel()
+			rep, err := c.Run(ctx, req)
+			if err != nil {
+				return apiErr(err)
+			}
+			report, err := c.Wait(ctx, rep.TaskID)
+			if err != nil {
+				return apiErr(err)
+			}
+			out := runOutput{TaskID: report.TaskID, Kind: report.Kind, Target: report.Target, Results: report.Results}
+			if asJSON {
+				if err := printJSON(out); err != nil {
+					return err
+				}
+			} else {
+				printRun(os.Stdout, out)
+			}
+			for _, r := range report.Results {
+				if r.Outcome == messages.OutcomeFail || r.Outcome == messages.OutcomeUnknown {
+					return cli.Unhealthy
+				}
+			}
+			return nil
+		},
+	}
+	dataDirFlag(cmd, &dataDir)
+	cmd.Flags().StringVar(&target, "target", "", "which nodes: all, NAME, cluster=C, role=R, k=v,k2=v2")
+	cmd.Flags().StringVar(&timeout, "timeout", "30s", "deadline for the task on every node")
+	cmd.Flags().StringVar(&args, "args", "", "task arguments as JSON")
+	cmd.Flags().BoolVar(&skipOffline, "skip-offline", false, "settle offline nodes at once as unknown/offline instead of waiting for them until the deadline")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+// runOutput is the `run --json` contract.
+type runOutput struct {
+	TaskID  string                `json:"task_id"`
+	Kind    string                `json:"kind"`
+	Target  string                `json:"target"`
+	Results []messages.NodeResult `json:"results"`
+}
+
+func nodesCmd() *cobra.Command {
+	nodes := &cobra.Command{Use: "nodes", Short: "Manage enrolled nodes"}
+	var dataDir string
+	rm := &cobra.Command{
+		Use:   "remove NAME",
+		Short: "Revoke a node at once: its connection is closed and it cannot reconnect",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, pos []string) error {
+			if _, err := cli.LoadConfig(cmd); err != nil {
+				return err
+			}
+			c, err := dial(dataDir)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			rep, err := c.NodesRemove(ctx, pos[0])
+			if err != nil {
+				return apiErr(err)
+			}
+			fmt.Printf("removed %s (%d connection(s) closed)\n", rep.Name, rep.Disconnected)
+			return nil
+		},
+	}
+	dataDirFlag(rm, &dataDir)
+	nodes.AddCommand(rm)
+	return nodes
+}

@@ -1,0 +1,574 @@
+// Package agent is the node agent's runtime: it enrolls once with a join
+// token, then connects with its own NKey identity, sends heartbeats with
+// the node's facts, receives tasks (live, and on every reconnect by asking
+// for what it still owes), runs them from the task registry with their
+// deadlines, and stores each result in the controller's JetStream, keeping
+// it on disk until the store acknowledged it.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+	"go.uber.org/zap"
+
+	"github.com/guildnet/metaguildnet/messages"
+	"github.com/guildnet/metaguildnet/tasks"
+)
+
+// Config configures an agent.
+type Config struct {
+	ControllerURL string
+	Token         string // join token; needed only for the first start
+	Name          string
+	Cluster       string
+	Role          string
+	Labels        map[string]string
+	StateDir      string
+	Settings      tasks.Settings
+	Tasks         *tasks.Registry // default tasks.Builtin()
+	Version       string
+	Log           *zap.Logger
+	// MaxConcurrent bounds tasks running at once (default 8).
+	MaxConcurrent int
+	// MaxMessageBytes bounds payloads (default 1 MiB; the controller's
+	// value wins after enrollment).
+	MaxMessageBytes int
+	// FactsEvery is how often heartbeats carry full facts (default 60s).
+	FactsEvery time.Duration
+	// Journal overrides the on-disk task journal (simulated agents).
+	Journal Journal
+	// FaultTaskDelay delays the start of every task (fault injection for
+	// tests: a slow agent).
+	FaultTaskDelay time.Duration
+	// NATSOptions are appended to the connection options (custom dialer
+	// for the tailnet, TLS, ...).
+	NATSOptions []nats.Option
+}
+
+// Agent is a running agent.
+type Agent struct {
+	cfg  Config
+	log  *zap.Logger
+	kp   nkeys.KeyPair
+	pub  string
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	jrnl Journal
+	sem  chan struct{}
+
+	interval  atomic.Int64 // heartbeat interval, ns
+	needFacts atomic.Bool
+	seq       atomic.Uint64
+	refused   atomic.Uint64 // malformed tasks refused
+
+	mu      sync.Mutex
+	running map[string]bool
+	kick    chan struct{} // wakes the outbox
+	facts   messages.Facts
+}
+
+// ErrEnrollRefused means the controller would not enroll this node; retrying
+// with the same token will not help.
+var ErrEnrollRefused = errors.New("enrollment refused")
+
+// New validates cfg and loads the node's state.
+func New(cfg Config) (*Agent, error) {
+	if err := messages.ValidNodeName(cfg.Name); err != nil {
+		return nil, fmt.Errorf("--name: %w", err)
+	}
+	for flag, v := range map[string]string{"--cluster": cfg.Cluster, "--role": cfg.Role} {
+		if v != "" {
+			if err := messages.ValidClusterName(v); err != nil {
+				return nil, fmt.Errorf("%s: %w", flag, err)
+			}
+		}
+	}
+	if err := messages.ValidateLabels(cfg.Labels); err != nil {
+		return nil, fmt.Errorf("--label: %w", err)
+	}
+	if cfg.ControllerURL == "" {
+		return nil, errors.New("--controller: missing (e.g. nats://127.0.0.1:4222)")
+	}
+	if cfg.StateDir == "" {
+		return nil, errors.New("--state-dir: missing")
+	}
+	if cfg.Tasks == nil {
+		cfg.Tasks = tasks.Builtin()
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	if cfg.MaxConcurrent <= 0 {
+		cfg.MaxConcurrent = 8
+	}
+	if cfg.MaxMessageBytes <= 0 {
+		cfg.MaxMessageBytes = messages.DefaultMaxMessageBytes
+	}
+	if cfg.FactsEvery <= 0 {
+		cfg.FactsEvery = time.Minute
+	}
+	a := &Agent{cfg: cfg, log: cfg.Log, sem: make(chan struct{}, cfg.MaxConcurrent),
+		running: map[string]bool{}, kick: make(chan struct{}, 1)}
+	a.interval.Store(int64(5 * time.Second))
+	var err error
+	if a.kp, err = loadIdentity(cfg.StateDir); err != nil {
+		return nil, err
+	}
+	a.pub, _ = a.kp.PublicKey()
+	a.jrnl = cfg.Journal
+	if a.jrnl == nil {
+		if a.jrnl, err = OpenFileJournal(filepath.Join(cfg.StateDir, journalDir)); err != nil {
+			return nil, err
+		}
+	}
+	a.facts = tasks.CollectFacts(cfg.Version)
+	return a, nil
+}
+
+// Run enrolls if needed, then serves until ctx ends. It returns an error
+// only for what retrying cannot fix (a refused token, a state dir that
+// belongs to another node).
+func (a *Agent) Run(ctx context.Context) error {
+	st, err := loadNodeState(a.cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	if st.Name != "" && st.Name != a.cfg.Name {
+		return fmt.Errorf("state dir %s belongs to node %q, not %q: use another --state-dir", a.cfg.StateDir, st.Name, a.cfg.Name)
+	}
+	if !st.Enrolled {
+		if a.cfg.Token == "" {
+			return errors.New("this node is not enrolled yet: pass --token (create one with `controller token create`)")
+		}
+		if err := a.enroll(ctx); err != nil {
+			return err
+		}
+		if err := saveNodeState(a.cfg.StateDir, nodeState{Name: a.cfg.Name, Controller: a.cfg.ControllerURL, Enrolled: true}); err != nil {
+			return err
+		}
+	}
+	if err := a.connect(); err != nil {
+		return err
+	}
+	defer a.nc.Close()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); a.heartbeats(ctx) }()
+	go func() { defer wg.Done(); a.outbox(ctx) }()
+	<-ctx.Done()
+	wg.Wait()
+	a.nc.Drain()
+	return nil
+}
+
+func backoff(attempt int) time.Duration {
+	d := 250 * time.Millisecond << min(attempt, 7) // up to 32 s
+	d = min(d, 30*time.Second)
+	return d/2 + rand.N(d) // full jitter around the mean
+}
+
+// enroll exchanges the join token for this node's identity, retrying while
+// the controller cannot be reached.
+func (a *Agent) enroll(ctx context.Context) error {
+	req := messages.EnrollRequest{V: messages.Version, Name: a.cfg.Name, Cluster: a.cfg.Cluster,
+		Role: a.cfg.Role, Labels: a.cfg.Labels, Facts: a.facts}
+	for attempt := 0; ; attempt++ {
+		err := a.enrollOnce(ctx, req)
+		if err == nil || errors.Is(err, ErrEnrollRefused) {
+			return err
+		}
+		a.log.Warn("enrollment: controller not reachable, retrying", zap.String("controller", a.cfg.ControllerURL), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff(attempt)):
+		}
+	}
+}
+
+func (a *Agent) enrollOnce(ctx context.Context, req messages.EnrollRequest) error {
+	opts := append([]nats.Option{nats.Token(a.cfg.Token), nats.Nkey(a.pub, a.kp.Sign),
+		nats.CustomInboxPrefix(messages.InboxFor(a.pub)), nats.Name("enroll:" + a.cfg.Name),
+		nats.NoReconnect(), nats.Timeout(5 * time.Second)}, a.cfg.NATSOptions...)
+	nc, err := nats.Connect(a.cfg.ControllerURL, opts...)
+	if err != nil {
+		if isAuthErr(err) {
+			return fmt.Errorf("%w: the controller did not accept the join token (expired, already used, or not from this controller): create a new one with `controller token create`", ErrEnrollRefused)
+		}
+		return fmt.Errorf("connect %s: %w", a.cfg.ControllerURL, err)
+	}
+	defer nc.Close()
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	m, err := nc.RequestWithContext(rctx, messages.EnrollSubject(a.pub), messages.MustEncode(&req))
+	if err != nil {
+		return fmt.Errorf("enroll request: %w", err)
+	}
+	if rep, err := messages.Decode[messages.EnrollReply](m.Data, a.cfg.MaxMessageBytes); err == nil {
+		a.adopt(rep.HeartbeatInterval)
+		if rep.MaxMessageBytes > 0 {
+			a.cfg.MaxMessageBytes = rep.MaxMessageBytes
+		}
+		a.log.Info("enrolled", zap.String("node", rep.Name), zap.String("controller", a.cfg.ControllerURL))
+		return nil
+	}
+	if e, err := messages.Decode[messages.ErrorReply](m.Data, a.cfg.MaxMessageBytes); err == nil {
+		return fmt.Errorf("%w: %s", ErrEnrollRefused, e.Error)
+	}
+	return fmt.Errorf("%w: unreadable reply", ErrEnrollRefused)
+}
+
+func isAuthErr(err error) bool {
+	return errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) ||
+		strings.Contains(strings.ToLower(err.Error()), "authorization")
+}
+
+func (a *Agent) adopt(interval string) {
+	if d, err := time.ParseDuration(interval); err == nil && d >= 10*time.Millisecond && d <= 10*time.Minute {
+		a.interval.Store(int64(d))
+	}
+}
+
+// connect opens the long-lived connection. It reconnects forever with
+// jittered backoff, also after authorization errors (the operator may fix
+// them), and re-syncs on every (re)connect.
+func (a *Agent) connect() error {
+	var authLogged atomic.Int64
+	opts := append([]nats.Option{
+		nats.Nkey(a.pub, a.kp.Sign),
+		nats.Name("agent:" + a.cfg.Name),
+		nats.CustomInboxPrefix(messages.InboxFor(a.cfg.Name)),
+		nats.MaxReconnects(-1),
+		nats.RetryOnFailedConnect(true),
+		nats.IgnoreAuthErrorAbort(),
+		nats.CustomReconnectDelay(func(attempts int) time.Duration { return backoff(attempts) }),
+		nats.ReconnectBufSize(-1), // a heartbeat queued while away is stale; results are retried from the journal
+		nats.PingInterval(20 * time.Second),
+		nats.ConnectHandler(func(*nats.Conn) { a.onConnect("connected") }),
+		nats.ReconnectHandler(func(*nats.Conn) { a.onConnect("reconnected") }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				a.log.Warn("disconnected from controller", zap.Error(err))
+			}
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if isAuthErr(err) {
+				if now := time.Now().Unix(); now-authLogged.Swap(now) >= 60 {
+					a.log.Error("the controller refuses this node's identity (was it removed with `controller nodes remove`?); to rejoin, enroll again with a new --state-dir and token", zap.Error(err))
+				}
+				return
+			}
+			a.log.Warn("nats", zap.Error(err))
+		}),
+	}, a.cfg.NATSOptions...)
+	nc, err := nats.Connect(a.cfg.ControllerURL, opts...)
+	if err != nil {
+		return fmt.Errorf("connect %s: %w", a.cfg.ControllerURL, err)
+	}
+	a.nc = nc
+	if a.js, err = jetstream.New(nc); err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	if _, err := nc.Subscribe(messages.TaskSubject(a.cfg.Name), func(m *nats.Msg) { a.receive(m.Data) }); err != nil {
+		return fmt.Errorf("subscribe to tasks: %w", err)
+	}
+	return nil
+}
+
+func (a *Agent) onConnect(what string) {
+	a.log.Info(what+" to controller", zap.String("url", a.nc.ConnectedUrlRedacted()))
+	a.needFacts.Store(true)
+	go a.sync()
+}
+
+// sync asks the controller for tasks this node still owes a result for:
+// the store-and-forward half of delivery.
+func (a *Agent) sync() {
+	for attempt := range 3 {
+		m, err := a.nc.Request(messages.SyncSubject(a.cfg.Name), messages.MustEncode(&messages.SyncRequest{V: messages.Version}), 10*time.Second)
+		if err == nil {
+			rep, derr := messages.Decode[messages.SyncReply](m.Data, a.cfg.MaxMessageBytes)
+			if derr != nil {
+				a.log.Warn("sync: bad reply", zap.Error(derr))
+				return
+			}
+			a.adopt(rep.HeartbeatInterval)
+			for _, t := range rep.Tasks {
+				a.handle(t)
+			}
+			a.wake()
+			return
+		}
+		if !a.nc.IsConnected() {
+			return // the next reconnect syncs again
+		}
+		time.Sleep(backoff(attempt))
+	}
+}
+
+func (a *Agent) heartbeats(ctx context.Context) {
+	var lastFacts time.Time
+	for {
+		iv := time.Duration(a.interval.Load())
+		jitter := time.Duration(rand.Int64N(int64(iv)/10+1)) - iv/20
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(iv + jitter):
+		}
+		if !a.nc.IsConnected() {
+			continue
+		}
+		hb := messages.Heartbeat{V: messages.Version, Seq: a.seq.Add(1), Time: time.Now().UTC(),
+			Cluster: a.cfg.Cluster, Role: a.cfg.Role, Labels: a.cfg.Labels, Running: a.runningIDs()}
+		if a.needFacts.Swap(false) || time.Since(lastFacts) >= a.cfg.FactsEvery {
+			f := tasks.CollectFacts(a.cfg.Version)
+			hb.Facts = &f
+			lastFacts = time.Now()
+		}
+		a.nc.Publish(messages.HeartbeatSubject(a.cfg.Name), messages.MustEncode(&hb))
+	}
+}
+
+// SendHeartbeat sends one heartbeat now (simulated agents and tests).
+func (a *Agent) SendHeartbeat() error {
+	f := a.facts
+	hb := messages.Heartbeat{V: messages.Version, Seq: a.seq.Add(1), Time: time.Now().UTC(),
+		Cluster: a.cfg.Cluster, Role: a.cfg.Role, Labels: a.cfg.Labels, Facts: &f}
+	return a.nc.Publish(messages.HeartbeatSubject(a.cfg.Name), messages.MustEncode(&hb))
+}
+
+func (a *Agent) runningIDs() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.running) == 0 {
+		return nil
+	}
+	ids := make([]string, 0, len(a.running))
+	for id := range a.running {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// receive handles a pushed task payload.
+func (a *Agent) receive(data []byte) {
+	t, err := messages.Decode[messages.Task](data, a.cfg.MaxMessageBytes)
+	if err != nil {
+		a.refused.Add(1)
+		a.log.Warn("refused task", zap.Error(err))
+		// Answer what can be answered: if the id is readable, the
+		// controller gets a rejected outcome instead of a timeout.
+		var probe struct {
+			ID string `json:"id"`
+		}
+		if len(data) <= a.cfg.MaxMessageBytes && json.Unmarshal(data, &probe) == nil && messages.ValidTaskID(probe.ID) == nil {
+			a.finish(messages.Task{ID: probe.ID, Deadline: time.Now().Add(time.Hour)}, time.Time{}, messages.Result{
+				Outcome: messages.OutcomeUnknown, Reason: messages.ReasonRejected,
+				Output: errOutput(fmt.Sprintf("refused: %v", err))})
+		}
+		return
+	}
+	a.handle(t)
+}
+
+// Refused counts malformed tasks this agent refused.
+func (a *Agent) Refused() uint64 { return a.refused.Load() }
+
+func errOutput(msg string) json.RawMessage {
+	b, _ := json.Marshal(map[string]string{"error": msg})
+	return b
+}
+
+// handle runs a task unless this node has seen it: then it re-sends the
+// stored result, or reports a task that an earlier run of the agent
+// started but did not finish. A task id is never run twice.
+func (a *Agent) handle(t messages.Task) {
+	a.mu.Lock()
+	if a.running[t.ID] {
+		a.mu.Unlock()
+		return
+	}
+	if e, seen := a.jrnl.Get(t.ID); seen {
+		a.mu.Unlock()
+		if e.Done && e.Result != nil {
+			a.publish(e)
+			return
+		}
+		a.finish(t, time.Time{}, messages.Result{Outcome: messages.OutcomeUnknown, Reason: messages.ReasonOffline,
+			Output: errOutput("the agent restarted while this task ran; it is not run twice")})
+		return
+	}
+	now := time.Now()
+	if !now.Before(t.Deadline) {
+		a.mu.Unlock()
+		a.finish(t, time.Time{}, messages.Result{Outcome: messages.OutcomeUnknown, Reason: messages.ReasonExpired,
+			Output: errOutput(fmt.Sprintf("received %s after its deadline", now.Sub(t.Deadline).Round(time.Millisecond)))})
+		return
+	}
+	task, ok := a.cfg.Tasks.Lookup(t.Kind)
+	if !ok {
+		a.mu.Unlock()
+		a.finish(t, time.Time{}, messages.Result{Outcome: messages.OutcomeUnknown, Reason: messages.ReasonRejected,
+			Output: errOutput(fmt.Sprintf("unknown task kind %q (this agent runs: %s)", t.Kind, strings.Join(a.cfg.Tasks.Kinds(), ", ")))})
+		return
+	}
+	a.running[t.ID] = true
+	a.mu.Unlock()
+	if err := a.jrnl.Put(Entry{TaskID: t.ID, Deadline: t.Deadline}); err != nil {
+		a.log.Warn("journal", zap.Error(err))
+	}
+	a.nc.Publish(messages.AckSubject(a.cfg.Name), messages.MustEncode(&messages.Ack{V: messages.Version, TaskID: t.ID, Started: true}))
+	go a.run(t, task)
+}
+
+func (a *Agent) run(t messages.Task, task tasks.Task) {
+	defer func() {
+		a.mu.Lock()
+		delete(a.running, t.ID)
+		a.mu.Unlock()
+	}()
+	ctx, cancel := context.WithDeadline(context.Background(), t.Deadline)
+	defer cancel()
+	select {
+	case a.sem <- struct{}{}:
+		defer func() { <-a.sem }()
+	case <-ctx.Done():
+		a.finish(t, time.Time{}, messages.Result{Outcome: messages.OutcomeUnknown, Reason: messages.ReasonTimedOut,
+			Output: errOutput("waited for a free task slot until the deadline")})
+		return
+	}
+	start := time.Now()
+	if d := a.cfg.FaultTaskDelay; d > 0 {
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+		}
+	}
+	env := &tasks.Env{Node: a.cfg.Name, Cluster: a.cfg.Cluster, Role: a.cfg.Role, Labels: a.cfg.Labels,
+		Version: a.cfg.Version, Log: a.log.Named(t.Kind), Settings: a.cfg.Settings}
+	out, err := safeRun(ctx, task, env, t.Args)
+	r := messages.Result{Outcome: out.Outcome, Reason: out.Reason}
+	switch {
+	case ctx.Err() != nil && (err != nil || out.Outcome == ""):
+		r = messages.Result{Outcome: messages.OutcomeUnknown, Reason: messages.ReasonTimedOut,
+			Output: errOutput(fmt.Sprintf("deadline reached after %s", time.Since(start).Round(time.Millisecond)))}
+	case errors.Is(err, tasks.ErrBadArgs):
+		r = messages.Result{Outcome: messages.OutcomeUnknown, Reason: messages.ReasonRejected, Output: errOutput(err.Error())}
+	case err != nil:
+		r = messages.Result{Outcome: messages.OutcomeFail, Reason: err.Error(), Output: errOutput(err.Error())}
+	default:
+		if !r.Outcome.Valid() {
+			r.Outcome = messages.OutcomeFail
+			r.Reason = fmt.Sprintf("task returned no valid outcome (%q)", out.Outcome)
+		}
+		if r.Outcome == messages.OutcomeUnknown && r.Reason == "" {
+			r.Reason = messages.ReasonRejected
+		}
+		if out.Data != nil {
+			b, merr := json.Marshal(out.Data)
+			if merr != nil {
+				b = errOutput("encode output: " + merr.Error())
+			}
+			r.Output = b
+		}
+	}
+	a.finish(t, start, r)
+}
+
+// safeRun turns a panicking task into an error: one bad task must not take
+// the agent down.
+func safeRun(ctx context.Context, t tasks.Task, env *tasks.Env, args json.RawMessage) (out tasks.Output, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("task %s panicked: %v", t.Kind(), p)
+		}
+	}()
+	return t.Run(ctx, env, args)
+}
+
+// finish journals a result and sends it.
+func (a *Agent) finish(t messages.Task, start time.Time, r messages.Result) {
+	r.V = messages.Version
+	r.TaskID = t.ID
+	r.Node = a.cfg.Name
+	if !start.IsZero() {
+		r.StartedAt = start.UTC()
+		r.DurationMS = time.Since(start).Milliseconds()
+	}
+	if b := messages.MustEncode(&r); len(b) > a.cfg.MaxMessageBytes-1024 {
+		r.Output = errOutput(fmt.Sprintf("output of %d bytes exceeds the message limit of %d bytes; it was dropped", len(b), a.cfg.MaxMessageBytes))
+	}
+	e := Entry{TaskID: t.ID, Deadline: t.Deadline, Done: true, Result: &r}
+	if err := a.jrnl.Put(e); err != nil {
+		a.log.Warn("journal", zap.Error(err))
+	}
+	a.publish(e)
+}
+
+// publish stores a result in the controller's stream. The publish expects
+// the node's result subject for this task to be empty, so a re-send after a
+// lost acknowledgement is harmless: "wrong last sequence" means stored.
+func (a *Agent) publish(e Entry) {
+	if a.nc == nil || !a.nc.IsConnected() {
+		return // the outbox sends it after the next connect
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := a.js.Publish(ctx, messages.ResultSubject(a.cfg.Name, e.TaskID), messages.MustEncode(e.Result),
+		jetstream.WithExpectLastSequencePerSubject(0), jetstream.WithMsgID(a.cfg.Name+"."+e.TaskID))
+	var apiErr *jetstream.APIError
+	if err != nil && !(errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence) {
+		a.log.Debug("result not stored yet; the outbox retries", zap.String("task", e.TaskID), zap.Error(err))
+		return
+	}
+	e.Sent = true
+	if err := a.jrnl.Put(e); err != nil {
+		a.log.Warn("journal", zap.Error(err))
+	}
+}
+
+func (a *Agent) wake() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// outbox re-sends results that could not be stored, and prunes the journal.
+func (a *Agent) outbox(ctx context.Context) {
+	retry := time.NewTicker(5 * time.Second)
+	defer retry.Stop()
+	prune := time.NewTicker(10 * time.Minute)
+	defer prune.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-prune.C:
+			a.jrnl.Prune(time.Now().Add(-24 * time.Hour))
+			continue
+		case <-a.kick:
+			time.Sleep(50 * time.Millisecond) // let a burst of wakes coalesce
+		case <-retry.C:
+		}
+		for _, e := range a.jrnl.Unsent() {
+			if ctx.Err() != nil || !a.nc.IsConnected() {
+				break
+			}
+			a.publish(e)
+		}
+	}
+}

@@ -1,0 +1,183 @@
+// Package config layers settings the way the seed design asks: command-line
+// flags win over the process environment, which wins over .env.local, which
+// wins over .env, which wins over built-in defaults. Every flag --some-name
+// can be set as METAGN_SOME_NAME in any of those places.
+package config
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/pflag"
+)
+
+// EnvPrefix is prepended to a flag's name to form its environment name.
+const EnvPrefix = "METAGN_"
+
+// Value is one setting with where it came from ("env", ".env.local:3").
+type Value struct {
+	Val    string
+	Source string
+}
+
+// Values are settings by name.
+type Values map[string]Value
+
+// Load reads .env then .env.local from dir (either may be missing) and lays
+// the process environment over them.
+func Load(dir string) (Values, error) {
+	v := Values{}
+	for _, name := range []string{".env", ".env.local"} {
+		if err := v.readFile(filepath.Join(dir, name)); err != nil {
+			return nil, err
+		}
+	}
+	for _, kv := range os.Environ() {
+		k, val, _ := strings.Cut(kv, "=")
+		v[k] = Value{Val: val, Source: "environment"}
+	}
+	return v, nil
+}
+
+func (v Values) readFile(path string) error {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	defer f.Close()
+	kv, err := ParseDotEnv(f, path)
+	if err != nil {
+		return err
+	}
+	for k, val := range kv {
+		v[k] = val
+	}
+	return nil
+}
+
+// ParseDotEnv parses KEY=VALUE lines: blank lines and # comments are
+// skipped, "export " is allowed, values may be single- or double-quoted.
+// A malformed line is an error naming name:line.
+func ParseDotEnv(r interface{ Read([]byte) (int, error) }, name string) (Values, error) {
+	out := Values{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), 64<<10)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		line = strings.TrimPrefix(line, "export ")
+		k, val, ok := strings.Cut(line, "=")
+		k = strings.TrimSpace(k)
+		if !ok || !validKey(k) {
+			return nil, fmt.Errorf("%s:%d: want KEY=VALUE with KEY of letters, digits and '_', got %q", name, n, trunc(line))
+		}
+		val = strings.TrimSpace(val)
+		if len(val) >= 2 && (val[0] == '"' || val[0] == '\'') {
+			q := val[0]
+			end := strings.LastIndexByte(val, q)
+			if end == 0 {
+				return nil, fmt.Errorf("%s:%d: %s: unterminated quote", name, n, k)
+			}
+			val = val[1:end]
+		} else if i := strings.Index(val, " #"); i >= 0 {
+			val = strings.TrimSpace(val[:i])
+		}
+		out[k] = Value{Val: val, Source: fmt.Sprintf("%s:%d", name, n)}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return out, nil
+}
+
+func validKey(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i, r := range k {
+		if !(r == '_' || r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || i > 0 && r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+func trunc(s string) string {
+	if len(s) > 60 {
+		return s[:60] + "…"
+	}
+	return s
+}
+
+// EnvName is the environment name of a flag: --data-dir → METAGN_DATA_DIR.
+func EnvName(flag string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// Apply sets every flag the user did not give on the command line from its
+// METAGN_ name in v. An invalid value is an error naming the variable and
+// where it was set.
+func Apply(fs *pflag.FlagSet, v Values) error {
+	var errs []error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Changed || f.Name == "help" {
+			return
+		}
+		val, ok := v[EnvName(f.Name)]
+		if !ok {
+			return
+		}
+		if sv, isSlice := f.Value.(pflag.SliceValue); isSlice {
+			if err := sv.Replace(splitList(val.Val)); err != nil {
+				errs = append(errs, fmt.Errorf("%s (from %s): %w", EnvName(f.Name), val.Source, err))
+			}
+			return
+		}
+		if err := f.Value.Set(val.Val); err != nil {
+			errs = append(errs, fmt.Errorf("%s (from %s): %w", EnvName(f.Name), val.Source, err))
+		}
+	})
+	return errors.Join(errs...)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for p := range strings.SplitSeq(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Settings flattens v to plain strings, for tasks that read their settings
+// by name (KUBECONFIG, TS_ROUTES, ...).
+func (v Values) Settings() map[string]string {
+	m := make(map[string]string, len(v))
+	for k, val := range v {
+		m[k] = val.Val
+	}
+	return m
+}
+
+// DefaultDataDir is where the controller keeps its state unless told
+// otherwise: $XDG_DATA_HOME/metaguildnet, else ~/.local/share/metaguildnet.
+func DefaultDataDir() string {
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "metaguildnet")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "share", "metaguildnet")
+	}
+	return filepath.Join(os.TempDir(), "metaguildnet")
+}

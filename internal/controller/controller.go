@@ -1,0 +1,407 @@
+// Package controller is the controller's runtime: an embedded NATS server
+// with JetStream that holds all fleet state under the data dir, the
+// registry of enrolled nodes and their liveness, the task dispatcher, the
+// operator API on mgn.api.*, and the HTTP endpoint for /healthz and
+// /metrics. cmd/controller only parses flags and calls [Start].
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/guildnet/metaguildnet/internal/runinfo"
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+// Version is the controller's version, set at build time.
+var Version = "dev"
+
+// Options configure a controller. Zero values mean the defaults below.
+type Options struct {
+	DataDir string
+	// Listen is the NATS client address (host:port; port 0 picks one).
+	Listen string
+	// HTTP is the /healthz and /metrics address; "" disables it.
+	HTTP string
+	// HeartbeatInterval is what agents are told to use (default 5s).
+	HeartbeatInterval time.Duration
+	// OfflineAfter is how many intervals without a heartbeat make a node
+	// offline (default 6); it is stale after 2.
+	OfflineAfter int
+	// MaxMessageBytes bounds every payload (default 1 MiB).
+	MaxMessageBytes int
+	// Retention is how long task history and results are kept (default 7 days).
+	Retention time.Duration
+	Log       *zap.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.Listen == "" {
+		o.Listen = "127.0.0.1:4222"
+	}
+	if o.HeartbeatInterval <= 0 {
+		o.HeartbeatInterval = 5 * time.Second
+	}
+	if o.OfflineAfter < 3 {
+		o.OfflineAfter = 6
+	}
+	if o.MaxMessageBytes <= 0 {
+		o.MaxMessageBytes = messages.DefaultMaxMessageBytes
+	}
+	if o.Retention <= 0 {
+		o.Retention = 7 * 24 * time.Hour
+	}
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+}
+
+// Controller is a running controller.
+type Controller struct {
+	opts   Options
+	log    *zap.Logger
+	ns     *server.Server
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	auth   *authenticator
+	tokens *tokenStore
+	reg    *registry
+	disp   *dispatcher
+	met    *metrics
+	http   *http.Server
+	lock   *os.File
+	info   runinfo.Info
+
+	apiSem chan struct{}
+	stop   chan struct{}
+	wg     sync.WaitGroup
+}
+
+// Start brings a controller up and returns once it serves.
+func Start(ctx context.Context, o Options) (c *Controller, err error) {
+	o.setDefaults()
+	if o.DataDir == "" {
+		return nil, errors.New("data dir: empty")
+	}
+	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir %s: %w", o.DataDir, err)
+	}
+	c = &Controller{opts: o, log: o.Log, met: newMetrics(o.MaxMessageBytes), apiSem: make(chan struct{}, 64), stop: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			c.Close()
+		}
+	}()
+	if c.lock, err = lockDir(o.DataDir); err != nil {
+		return nil, err
+	}
+	admin, err := runinfo.AdminKey(o.DataDir, true)
+	if err != nil {
+		return nil, err
+	}
+	adminPub, _ := admin.PublicKey()
+
+	// The token store and registry need JetStream, which needs the server,
+	// whose authenticator needs them: the authenticator is built first
+	// around a token store that is filled in before any client can connect
+	// with a token (only the admin connects until Start returns).
+	c.tokens = &tokenStore{m: map[string]tokenRecord{}}
+	c.auth = newAuthenticator(adminPub, c.tokens, func(r string) { c.met.refused("connect", r) })
+	if err := c.startServer(); err != nil {
+		return nil, err
+	}
+	if c.nc, err = nats.Connect("", nats.InProcessServer(c.ns), nats.Nkey(adminPub, admin.Sign),
+		nats.Name("controller"), nats.MaxReconnects(-1)); err != nil {
+		return nil, fmt.Errorf("connect to embedded server: %w", err)
+	}
+	if c.js, err = jetstream.New(c.nc); err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	if err := c.openState(ctx); err != nil {
+		return nil, err
+	}
+	if err := c.subscribe(); err != nil {
+		return nil, err
+	}
+	if err := c.disp.recover(ctx); err != nil {
+		return nil, err
+	}
+	if err := c.startHTTP(); err != nil {
+		return nil, err
+	}
+	c.info = runinfo.Info{PID: os.Getpid(), NATSURL: c.ns.ClientURL(), Version: Version}
+	if c.http != nil {
+		c.info.HTTPURL = "http://" + c.http.Addr
+	}
+	if err := runinfo.Write(o.DataDir, c.info); err != nil {
+		return nil, err
+	}
+	c.wg.Add(1)
+	go c.housekeeping()
+	c.log.Info("controller serving", zap.String("nats", c.info.NATSURL), zap.String("http", c.info.HTTPURL),
+		zap.String("data_dir", o.DataDir), zap.Duration("heartbeat_interval", o.HeartbeatInterval))
+	return c, nil
+}
+
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock data dir: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("data dir %s is in use by another controller (stop it first)", dir)
+	}
+	return f, nil
+}
+
+func (c *Controller) startServer() error {
+	host, portStr, err := net.SplitHostPort(c.opts.Listen)
+	if err != nil {
+		return fmt.Errorf("--listen %q: %w", c.opts.Listen, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 0 || port > 65535 {
+		return fmt.Errorf("--listen %q: bad port", c.opts.Listen)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	sopts := &server.Options{
+		ServerName: "mgn-controller",
+		Host:       host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   filepath.Join(c.opts.DataDir, "jetstream"),
+		// The server's own limit sits above ours so that an oversize
+		// payload reaches the decoder and gets a clear error reply
+		// instead of a dropped connection.
+		MaxPayload:                 int32(c.opts.MaxMessageBytes + 64<<10),
+		MaxPending:                 64 << 20,
+		CustomClientAuthentication: c.auth,
+		AlwaysEnableNonce:          true,
+		NoSigs:                     true,
+		DisableJetStreamBanner:     true,
+	}
+	ns, err := server.NewServer(sopts)
+	if err != nil {
+		return fmt.Errorf("nats server: %w", err)
+	}
+	ns.SetLoggerV2(natsLogger{c.log.Named("nats")}, false, false, false)
+	go ns.Start()
+	if !ns.ReadyForConnections(15 * time.Second) {
+		ns.Shutdown()
+		return fmt.Errorf("nats server on %s did not become ready (port in use? see the log)", c.opts.Listen)
+	}
+	c.ns = ns
+	return nil
+}
+
+func (c *Controller) openState(ctx context.Context) error {
+	kv := func(name string, ttl time.Duration) (jetstream.KeyValue, error) {
+		b, err := c.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: name, Storage: jetstream.FileStorage, History: 1, TTL: ttl,
+			MaxValueSize: int32(c.opts.MaxMessageBytes),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("open bucket %s: %w", name, err)
+		}
+		return b, nil
+	}
+	nodesKV, err := kv("mgn_nodes", 0)
+	if err != nil {
+		return err
+	}
+	tokensKV, err := kv("mgn_tokens", 0)
+	if err != nil {
+		return err
+	}
+	openKV, err := kv("mgn_tasks_open", 0)
+	if err != nil {
+		return err
+	}
+	histKV, err := kv("mgn_tasks", c.opts.Retention)
+	if err != nil {
+		return err
+	}
+	results, err := c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name: messages.ResultsStream, Subjects: []string{messages.ResultPrefix + ">"},
+		Storage: jetstream.FileStorage, MaxMsgsPerSubject: 1, MaxAge: c.opts.Retention,
+		Discard: jetstream.DiscardOld, Duplicates: 2 * time.Minute, AllowDirect: true,
+		MaxMsgSize: int32(c.opts.MaxMessageBytes + 4<<10),
+	})
+	if err != nil {
+		return fmt.Errorf("open stream %s: %w", messages.ResultsStream, err)
+	}
+	loaded, err := newTokenStore(ctx, tokensKV)
+	if err != nil {
+		return err
+	}
+	c.tokens.kv = tokensKV
+	c.tokens.mu.Lock()
+	c.tokens.m = loaded.m
+	c.tokens.mu.Unlock()
+	if c.reg, err = newRegistry(ctx, nodesKV, c.opts.HeartbeatInterval, c.opts.OfflineAfter); err != nil {
+		return err
+	}
+	for pub, name := range c.reg.keys() {
+		c.auth.addNode(pub, name)
+	}
+	c.disp = &dispatcher{nc: c.nc, js: c.js, results: results, open: openKV, history: histKV,
+		reg: c.reg, log: c.log.Named("dispatch"), met: c.met, tasks: map[string]*taskState{}}
+	c.met.reg.MustRegister(fleetCollector{reg: c.reg, desc: prometheus.NewDesc("mgn_nodes",
+		"Enrolled nodes by liveness state.", []string{"state"}, nil)})
+	return nil
+}
+
+func (c *Controller) subscribe() error {
+	subs := []struct {
+		subj string
+		h    nats.MsgHandler
+	}{
+		{messages.EnrollPrefix + "*", c.onEnroll},
+		{messages.HeartbeatPfx + "*", c.onHeartbeat},
+		{messages.SyncPrefix + "*", c.onSync},
+		{messages.AckPrefix + "*", c.onAck},
+		{messages.ResultPrefix + ">", c.disp.onResult},
+		{messages.APIPrefix + ">", c.onAPI},
+	}
+	for _, s := range subs {
+		sub, err := c.nc.Subscribe(s.subj, s.h)
+		if err != nil {
+			return fmt.Errorf("subscribe %s: %w", s.subj, err)
+		}
+		// Large pending limits: a burst of 5,000 results must not be
+		// dropped as a slow consumer (the stream is the backstop anyway).
+		sub.SetPendingLimits(1<<20, 1<<30)
+	}
+	return c.nc.Flush()
+}
+
+// Info returns what the controller published about itself.
+func (c *Controller) Info() runinfo.Info { return c.info }
+
+// Server returns the embedded NATS server (tests and the tailnet listener).
+func (c *Controller) Server() *server.Server { return c.ns }
+
+// Close stops the controller. It is safe on a partly started one.
+func (c *Controller) Close() {
+	select {
+	case <-c.stop:
+		return
+	default:
+		close(c.stop)
+	}
+	c.wg.Wait()
+	if c.disp != nil {
+		c.disp.stop()
+	}
+	if c.reg != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c.reg.flush(ctx)
+		cancel()
+	}
+	if c.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		c.http.Shutdown(ctx)
+		cancel()
+	}
+	if c.nc != nil {
+		c.nc.Close()
+	}
+	if c.ns != nil {
+		c.ns.Shutdown()
+		c.ns.WaitForShutdown()
+	}
+	if c.lock != nil {
+		if c.info.NATSURL != "" {
+			runinfo.Remove(c.opts.DataDir)
+		}
+		c.lock.Close()
+	}
+}
+
+// housekeeping derives liveness, announces state changes, and persists
+// registry changes.
+func (c *Controller) housekeeping() {
+	defer c.wg.Done()
+	tick := time.NewTicker(c.opts.HeartbeatInterval / 2)
+	defer tick.Stop()
+	flush := time.NewTicker(5 * time.Second)
+	defer flush.Stop()
+	prune := time.NewTicker(time.Hour)
+	defer prune.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case now := <-tick.C:
+			for _, t := range c.reg.sweep(now) {
+				c.announce(t)
+			}
+		case <-flush.C:
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			c.reg.flush(ctx)
+			cancel()
+		case <-prune.C:
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			c.tokens.prune(ctx)
+			cancel()
+		}
+	}
+}
+
+func (c *Controller) announce(t transition) {
+	c.log.Info("node state", zap.String("node", t.node), zap.String("from", t.from), zap.String("to", t.to))
+	ev := messages.Event{V: messages.Version, Time: time.Now().UTC(), Kind: "node_state", Node: t.node, From: t.from, To: t.to}
+	c.nc.Publish(messages.EventSubject("node_state"), messages.MustEncode(&ev))
+}
+
+func (c *Controller) startHTTP() error {
+	if c.opts.HTTP == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", c.opts.HTTP)
+	if err != nil {
+		return fmt.Errorf("--http %s: %w", c.opts.HTTP, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if !c.ns.ReadyForConnections(0) || !c.ns.JetStreamEnabled() || !c.nc.IsConnected() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(c.met.reg, promhttp.HandlerOpts{}))
+	c.http = &http.Server{Addr: ln.Addr().String(), Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go c.http.Serve(ln)
+	return nil
+}
+
+// natsLogger sends the embedded server's log lines to zap.
+type natsLogger struct{ l *zap.Logger }
+
+func (n natsLogger) Noticef(f string, a ...any) { n.l.Debug(fmt.Sprintf(f, a...)) }
+func (n natsLogger) Warnf(f string, a ...any)   { n.l.Warn(fmt.Sprintf(f, a...)) }
+func (n natsLogger) Fatalf(f string, a ...any)  { n.l.Error(fmt.Sprintf(f, a...)) }
+func (n natsLogger) Errorf(f string, a ...any)  { n.l.Error(fmt.Sprintf(f, a...)) }
+func (n natsLogger) Debugf(f string, a ...any)  { n.l.Debug(fmt.Sprintf(f, a...)) }
+func (n natsLogger) Tracef(f string, a ...any)  {}
+

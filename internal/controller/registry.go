@@ -1,0 +1,353 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+// nodeRecord is what the registry persists for a node.
+type nodeRecord struct {
+	Name       string            `json:"name"`
+	PublicKey  string            `json:"public_key"`
+	Cluster    string            `json:"cluster"`
+	Role       string            `json:"role"`
+	Labels     map[string]string `json:"labels"`
+	EnrolledAt time.Time         `json:"enrolled_at"`
+	LastSeen   time.Time         `json:"last_seen"`
+	Facts      messages.Facts    `json:"facts"`
+}
+
+type node struct {
+	rec     nodeRecord
+	running []string
+	state   string
+	dirty   bool
+}
+
+// registry is the fleet: enrolled nodes, their attributes, facts and
+// liveness. Heartbeats update memory only; a flusher persists changes to
+// the KV bucket in batches so 5,000 nodes beating every 5 s cost ~1 write/s
+// each at most, and last_seen survives a restart to within a flush.
+type registry struct {
+	kv           jetstream.KeyValue
+	interval     time.Duration
+	offlineAfter int // intervals
+
+	mu    sync.RWMutex
+	nodes map[string]*node
+}
+
+func newRegistry(ctx context.Context, kv jetstream.KeyValue, interval time.Duration, offlineAfter int) (*registry, error) {
+	r := &registry{kv: kv, interval: interval, offlineAfter: offlineAfter, nodes: map[string]*node{}}
+	keys, err := kv.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	for k := range keys.Keys() {
+		e, err := kv.Get(ctx, k)
+		if err != nil {
+			continue
+		}
+		var rec nodeRecord
+		if err := json.Unmarshal(e.Value(), &rec); err != nil || rec.Name != k {
+			continue
+		}
+		n := &node{rec: rec}
+		n.state = r.stateAt(n, time.Now())
+		r.nodes[k] = n
+	}
+	return r, nil
+}
+
+// stateAt derives online/stale/offline from the heartbeat age: stale after
+// two missed intervals (plus half an interval of slack for jitter), offline
+// after offlineAfter intervals.
+func (r *registry) stateAt(n *node, now time.Time) string {
+	if n.rec.LastSeen.IsZero() {
+		return messages.StateOffline
+	}
+	age := now.Sub(n.rec.LastSeen)
+	switch {
+	case age <= r.interval*5/2:
+		return messages.StateOnline
+	case age <= r.interval*time.Duration(r.offlineAfter):
+		return messages.StateStale
+	default:
+		return messages.StateOffline
+	}
+}
+
+// enroll adds a node, or confirms it when the same key enrolls again.
+func (r *registry) enroll(ctx context.Context, pub string, req messages.EnrollRequest) error {
+	r.mu.Lock()
+	if n, ok := r.nodes[req.Name]; ok && n.rec.PublicKey != pub {
+		r.mu.Unlock()
+		return messages.Errorf(messages.CodeConflict, "node name %q is already enrolled with another key: remove it first with `controller nodes remove %s`", req.Name, req.Name)
+	}
+	now := time.Now().UTC()
+	n := &node{rec: nodeRecord{
+		Name: req.Name, PublicKey: pub, Cluster: req.Cluster, Role: req.Role,
+		Labels: req.Labels, EnrolledAt: now, LastSeen: now, Facts: req.Facts,
+	}}
+	if old, ok := r.nodes[req.Name]; ok {
+		n.rec.EnrolledAt = old.rec.EnrolledAt
+	}
+	n.state = messages.StateOnline
+	r.nodes[req.Name] = n
+	rec := n.rec
+	r.mu.Unlock()
+	return r.persist(ctx, rec)
+}
+
+func (r *registry) persist(ctx context.Context, rec nodeRecord) error {
+	b, _ := json.Marshal(rec)
+	if _, err := r.kv.Put(ctx, rec.Name, b); err != nil {
+		return fmt.Errorf("store node %s: %w", rec.Name, err)
+	}
+	return nil
+}
+
+// heartbeat records a sign of life; it returns false for an unknown node.
+func (r *registry) heartbeat(name string, hb messages.Heartbeat, now time.Time) (prev string, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n, ok := r.nodes[name]
+	if !ok {
+		return "", false
+	}
+	prev = n.state
+	persistEvery := 30 * time.Second
+	if now.Sub(n.rec.LastSeen) > persistEvery || n.state != messages.StateOnline {
+		n.dirty = true
+	}
+	n.rec.LastSeen = now
+	n.state = messages.StateOnline
+	n.running = hb.Running
+	if hb.Cluster != n.rec.Cluster || hb.Role != n.rec.Role || !maps.Equal(hb.Labels, n.rec.Labels) {
+		n.rec.Cluster, n.rec.Role, n.rec.Labels = hb.Cluster, hb.Role, hb.Labels
+		n.dirty = true
+	}
+	if hb.Facts != nil && !factsEqual(*hb.Facts, n.rec.Facts) {
+		n.rec.Facts = *hb.Facts
+		n.dirty = true
+	}
+	return prev, true
+}
+
+func factsEqual(a, b messages.Facts) bool {
+	return a.Hostname == b.Hostname && a.OS == b.OS && a.Kernel == b.Kernel && a.Arch == b.Arch &&
+		a.CPUs == b.CPUs && a.MemoryBytes == b.MemoryBytes && a.AgentVersion == b.AgentVersion &&
+		slices.Equal(a.Addresses, b.Addresses) && slices.Equal(a.TailnetIPs, b.TailnetIPs) && a.BootTime == b.BootTime
+}
+
+// flush writes dirty records.
+func (r *registry) flush(ctx context.Context) {
+	r.mu.Lock()
+	var recs []nodeRecord
+	for _, n := range r.nodes {
+		if n.dirty {
+			n.dirty = false
+			recs = append(recs, n.rec)
+		}
+	}
+	r.mu.Unlock()
+	for _, rec := range recs {
+		r.persist(ctx, rec)
+	}
+}
+
+// transition is a node whose derived state changed.
+type transition struct{ node, from, to string }
+
+// sweep recomputes states and returns the changes.
+func (r *registry) sweep(now time.Time) []transition {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []transition
+	for name, n := range r.nodes {
+		s := r.stateAt(n, now)
+		if s != n.state {
+			out = append(out, transition{name, n.state, s})
+			n.state = s
+			n.dirty = true
+		}
+	}
+	return out
+}
+
+// remove deletes a node and returns its public key.
+func (r *registry) remove(ctx context.Context, name string) (string, error) {
+	r.mu.Lock()
+	n, ok := r.nodes[name]
+	delete(r.nodes, name)
+	r.mu.Unlock()
+	if !ok {
+		return "", messages.Errorf(messages.CodeNotFound, "no node named %q (see `controller status`)", name)
+	}
+	if err := r.kv.Purge(ctx, name); err != nil {
+		return n.rec.PublicKey, fmt.Errorf("delete node %s: %w", name, err)
+	}
+	return n.rec.PublicKey, nil
+}
+
+func (r *registry) state(name string) (string, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	n, ok := r.nodes[name]
+	if !ok {
+		return "", false
+	}
+	return r.stateAt(n, time.Now()), true
+}
+
+// keys returns public key by node name, for the authenticator at start.
+func (r *registry) keys() map[string]string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	m := make(map[string]string, len(r.nodes))
+	for name, n := range r.nodes {
+		m[n.rec.PublicKey] = name
+	}
+	return m
+}
+
+// status builds the fleet view, sorted by cluster then name.
+func (r *registry) status(now time.Time) messages.StatusReply {
+	r.mu.RLock()
+	out := messages.StatusReply{V: messages.Version, Nodes: make([]messages.NodeStatus, 0, len(r.nodes)), HeartbeatInterval: r.interval.String()}
+	for _, n := range r.nodes {
+		st := r.stateAt(n, now)
+		ns := messages.NodeStatus{
+			Name: n.rec.Name, Cluster: n.rec.Cluster, Role: n.rec.Role, Labels: n.rec.Labels,
+			State: st, LastSeen: n.rec.LastSeen, AgentVersion: n.rec.Facts.AgentVersion,
+			Addresses: n.rec.Facts.Addresses, Running: n.running, Facts: n.rec.Facts, EnrolledAt: n.rec.EnrolledAt,
+		}
+		if ns.Labels == nil {
+			ns.Labels = map[string]string{}
+		}
+		if ns.Addresses == nil {
+			ns.Addresses = []string{}
+		}
+		if !n.rec.LastSeen.IsZero() {
+			ns.AgeMS = now.Sub(n.rec.LastSeen).Milliseconds()
+		}
+		switch st {
+		case messages.StateOnline:
+			out.Summary.Online++
+		case messages.StateStale:
+			out.Summary.Stale++
+		default:
+			out.Summary.Offline++
+		}
+		out.Nodes = append(out.Nodes, ns)
+	}
+	r.mu.RUnlock()
+	sort.Slice(out.Nodes, func(i, j int) bool {
+		a, b := out.Nodes[i], out.Nodes[j]
+		if a.Cluster != b.Cluster {
+			return a.Cluster < b.Cluster
+		}
+		return a.Name < b.Name
+	})
+	return out
+}
+
+// selector is a parsed --target.
+type selector struct {
+	all   bool
+	name  string
+	attrs map[string]string // cluster, role, name and labels, ANDed
+}
+
+// parseSelector accepts all, NAME, cluster=C, role=R, or k=v[,k=v...].
+func parseSelector(s string) (selector, error) {
+	s = strings.TrimSpace(s)
+	switch {
+	case s == "":
+		return selector{}, fmt.Errorf("target: empty selector (use all, a node name, cluster=C, role=R or k=v,...)")
+	case s == "all":
+		return selector{all: true}, nil
+	case !strings.Contains(s, "="):
+		if err := messages.ValidNodeName(s); err != nil {
+			return selector{}, fmt.Errorf("target %q: %w", s, err)
+		}
+		return selector{name: s}, nil
+	}
+	sel := selector{attrs: map[string]string{}}
+	for part := range strings.SplitSeq(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || k == "" || v == "" {
+			return selector{}, fmt.Errorf("target %q: %q is not k=v", s, part)
+		}
+		sel.attrs[k] = v
+	}
+	return sel, nil
+}
+
+func (sel selector) matches(rec *nodeRecord) bool {
+	if sel.all {
+		return true
+	}
+	if sel.name != "" {
+		return rec.Name == sel.name
+	}
+	for k, v := range sel.attrs {
+		var got string
+		switch k {
+		case "cluster":
+			got = rec.Cluster
+		case "role":
+			got = rec.Role
+		case "name":
+			got = rec.Name
+		default:
+			got = rec.Labels[k]
+		}
+		if got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// selectNodes resolves a selector to sorted node names with their state.
+func (r *registry) selectNodes(sel selector, now time.Time) (names []string, states map[string]string) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	states = map[string]string{}
+	for name, n := range r.nodes {
+		if sel.matches(&n.rec) {
+			names = append(names, name)
+			states[name] = r.stateAt(n, now)
+		}
+	}
+	slices.Sort(names)
+	return names, states
+}
+
+func (r *registry) counts(now time.Time) (online, stale, offline int) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for _, n := range r.nodes {
+		switch r.stateAt(n, now) {
+		case messages.StateOnline:
+			online++
+		case messages.StateStale:
+			stale++
+		default:
+			offline++
+		}
+	}
+	return
+}

@@ -1,0 +1,142 @@
+package controller
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// TokenPrefix marks join tokens so that people and secret scanners can
+// recognise them.
+const TokenPrefix = "mgnt_"
+
+// tokenRecord is what is stored for a token: never the token itself.
+type tokenRecord struct {
+	ExpiresAt time.Time `json:"expires_at"`
+	Reusable  bool      `json:"reusable"`
+	Used      bool      `json:"used"`
+	CreatedAt time.Time `json:"created_at"`
+	UsedBy    []string  `json:"used_by,omitempty"`
+}
+
+// tokenStore keeps join tokens by their SHA-256 in a KV bucket with an
+// in-memory copy for the authenticator, which must not do I/O.
+type tokenStore struct {
+	kv jetstream.KeyValue
+
+	mu sync.RWMutex
+	m  map[string]tokenRecord
+}
+
+func newTokenStore(ctx context.Context, kv jetstream.KeyValue) (*tokenStore, error) {
+	ts := &tokenStore{kv: kv, m: map[string]tokenRecord{}}
+	keys, err := kv.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list tokens: %w", err)
+	}
+	for k := range keys.Keys() {
+		e, err := kv.Get(ctx, k)
+		if err != nil {
+			continue
+		}
+		var r tokenRecord
+		if json.Unmarshal(e.Value(), &r) == nil {
+			ts.m[k] = r
+		}
+	}
+	return ts, nil
+}
+
+func hashToken(tok string) string {
+	h := sha256.Sum256([]byte(tok))
+	return hex.EncodeToString(h[:])
+}
+
+// create makes a token valid for ttl.
+func (ts *tokenStore) create(ctx context.Context, ttl time.Duration, reusable bool) (string, tokenRecord, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", tokenRecord{}, fmt.Errorf("token: %w", err)
+	}
+	tok := TokenPrefix + base64.RawURLEncoding.EncodeToString(b[:])
+	now := time.Now().UTC()
+	r := tokenRecord{ExpiresAt: now.Add(ttl), Reusable: reusable, CreatedAt: now}
+	h := hashToken(tok)
+	if err := ts.put(ctx, h, r); err != nil {
+		return "", r, err
+	}
+	return tok, r, nil
+}
+
+func (ts *tokenStore) put(ctx context.Context, h string, r tokenRecord) error {
+	b, _ := json.Marshal(r)
+	if _, err := ts.kv.Put(ctx, h, b); err != nil {
+		return fmt.Errorf("store token: %w", err)
+	}
+	ts.mu.Lock()
+	ts.m[h] = r
+	ts.mu.Unlock()
+	return nil
+}
+
+// valid reports whether tok may be used now, and its hash.
+func (ts *tokenStore) valid(tok string) (string, bool) {
+	if !strings.HasPrefix(tok, TokenPrefix) || len(tok) > 128 {
+		return "", false
+	}
+	h := hashToken(tok)
+	ts.mu.RLock()
+	r, ok := ts.m[h]
+	ts.mu.RUnlock()
+	return h, ok && usable(r, time.Now())
+}
+
+func usable(r tokenRecord, now time.Time) bool {
+	return now.Before(r.ExpiresAt) && (r.Reusable || !r.Used)
+}
+
+var errTokenSpent = errors.New("join token expired or already used: create a new one with `controller token create`")
+
+// consume marks a token used by node; single-use tokens then stop working.
+func (ts *tokenStore) consume(ctx context.Context, h, node string) error {
+	ts.mu.Lock()
+	r, ok := ts.m[h]
+	if !ok || !usable(r, time.Now()) {
+		ts.mu.Unlock()
+		return errTokenSpent
+	}
+	r.Used = true
+	if len(r.UsedBy) < 100 {
+		r.UsedBy = append(r.UsedBy, node)
+	}
+	ts.m[h] = r // claim it before the write so a concurrent enrollment fails
+	ts.mu.Unlock()
+	return ts.put(ctx, h, r)
+}
+
+// prune drops tokens that expired more than a day ago.
+func (ts *tokenStore) prune(ctx context.Context) {
+	cutoff := time.Now().Add(-24 * time.Hour)
+	ts.mu.Lock()
+	var old []string
+	for h, r := range ts.m {
+		if r.ExpiresAt.Before(cutoff) {
+			old = append(old, h)
+			delete(ts.m, h)
+		}
+	}
+	ts.mu.Unlock()
+	for _, h := range old {
+		ts.kv.Delete(ctx, h)
+	}
+}

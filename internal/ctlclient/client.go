@@ -1,0 +1,119 @@
+// Package ctlclient is the operator side of the API on mgn.api.*: the CLI
+// commands use it to talk to the controller running with the same data dir.
+package ctlclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/guildnet/metaguildnet/internal/runinfo"
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+// Client is a connection to a controller as its operator.
+type Client struct {
+	nc *nats.Conn
+}
+
+// ErrUnreachable wraps every failure to reach the controller, so the CLI can
+// exit with the "connection error" code.
+var ErrUnreachable = errors.New("controller unreachable")
+
+// Dial connects to the controller that runs with dataDir.
+func Dial(dataDir string) (*Client, error) {
+	info, err := runinfo.Read(dataDir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnreachable, err)
+	}
+	kp, err := runinfo.AdminKey(dataDir, false)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnreachable, err)
+	}
+	pub, _ := kp.PublicKey()
+	nc, err := nats.Connect(info.NATSURL, nats.Nkey(pub, kp.Sign), nats.Name("cli"),
+		nats.Timeout(5*time.Second), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
+	if err != nil {
+		return nil, fmt.Errorf("%w: controller %s (pid %d, data dir %s) is not answering: %v; is `controller serve --data-dir %s` running?",
+			ErrUnreachable, info.NATSURL, info.PID, dataDir, err, dataDir)
+	}
+	return &Client{nc: nc}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() { c.nc.Close() }
+
+// APIError is a refusal from the controller.
+type APIError struct{ messages.ErrorReply }
+
+func (e *APIError) Error() string { return e.ErrorReply.Error }
+
+// call sends req to mgn.api.VERB and decodes the reply into out.
+func call[T any, PT interface {
+	*T
+	messages.Message
+}](ctx context.Context, c *Client, verb string, req messages.Message) (T, error) {
+	var zero T
+	b, err := messages.Encode(req)
+	if err != nil {
+		return zero, err
+	}
+	m, err := c.nc.RequestWithContext(ctx, messages.APISubject(verb), b)
+	if err != nil {
+		return zero, fmt.Errorf("%w: %s: %v", ErrUnreachable, verb, err)
+	}
+	if e, err := messages.Decode[messages.ErrorReply](m.Data, 0); err == nil && e.Code != "" {
+		return zero, &APIError{e}
+	}
+	return messages.Decode[T, PT](m.Data, 64<<20)
+}
+
+func (c *Client) Status(ctx context.Context) (messages.StatusReply, error) {
+	return call[messages.StatusReply](ctx, c, messages.APIStatus, &messages.StatusRequest{V: messages.Version})
+}
+
+func (c *Client) Run(ctx context.Context, req messages.RunRequest) (messages.RunReply, error) {
+	req.V = messages.Version
+	return call[messages.RunReply](ctx, c, messages.APIRun, &req)
+}
+
+// Wait polls the task until it is done or ctx ends. It survives a controller
+// restart: the connection reconnects and the task is rebuilt on the other side.
+func (c *Client) Wait(ctx context.Context, id string) (messages.TaskReport, error) {
+	var last messages.TaskReport
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 12*time.Second)
+		rep, err := call[messages.TaskReport](rctx, c, messages.APITaskWait, &messages.TaskWaitRequest{V: messages.Version, TaskID: id, Wait: "10s"})
+		cancel()
+		if err == nil {
+			last = rep
+			if rep.Done {
+				return rep, nil
+			}
+		} else if ae := (*APIError)(nil); errors.As(err, &ae) {
+			return last, err
+		}
+		select {
+		case <-ctx.Done():
+			if last.TaskID != "" {
+				return last, fmt.Errorf("task %s not finished: %w", id, ctx.Err())
+			}
+			return last, fmt.Errorf("%w: task %s: %v", ErrUnreachable, id, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (c *Client) TokenCreate(ctx context.Context, ttl string, reusable bool) (messages.TokenCreateReply, error) {
+	return call[messages.TokenCreateReply](ctx, c, messages.APITokenCreate, &messages.TokenCreateRequest{V: messages.Version, TTL: ttl, Reusable: reusable})
+}
+
+func (c *Client) NodesRemove(ctx context.Context, name string) (messages.NodesRemoveReply, error) {
+	return call[messages.NodesRemoveReply](ctx, c, messages.APINodesRemove, &messages.NodesRemoveRequest{V: messages.Version, Name: name})
+}
+
+// Conn exposes the connection (tests, event streaming).
+func (c *Client) Conn() *nats.Conn { return c.nc }
