@@ -25,10 +25,10 @@ type authenticator struct {
 	tokens   *tokenStore
 
 	mu      sync.Mutex
-	nodes   map[string]string            // public key -> node name
-	conns   map[string]map[uint64]bool   // node name -> client ids seen
-	pending map[string]string            // enrolling public key -> token hash
-	refused func(reason string)          // counts refusals (metrics)
+	nodes   map[string]string          // public key -> node name
+	conns   map[string]map[uint64]bool // node name -> client ids seen
+	pending map[string]string          // enrolling public key -> token hash
+	refused func(reason string)        // counts refusals (metrics)
 }
 
 // maxPendingEnrollments bounds the memory held for enrollments in flight.
