@@ -1,0 +1,621 @@
+package tasks
+
+// The check framework: a verification check is a name, a layer, a scope, a
+// timeout, the checks it depends on and a function that looks at one thing.
+// [RunChecks] runs a set of them in dependency order, independent ones in
+// parallel, each under its own deadline, and turns a check whose dependency
+// did not pass into "skipped" with blocked_by naming the root cause, so a
+// report shows one failure rather than a dozen symptoms (the shape of
+// tailscale's health Warnables with DependsOn).
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"regexp"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+// Scope says where a check runs: on every node, or once per cluster on one
+// agent chosen by the controller.
+type Scope string
+
+const (
+	ScopeNode    Scope = "node"    // L1 network and host checks: every node
+	ScopeCluster Scope = "cluster" // L2 cluster, L3 database, L4 application: one agent per cluster
+)
+
+// Limits of the framework, named and defaulted in one place.
+const (
+	// DefaultCheckTimeout applies to a check that sets no Timeout.
+	DefaultCheckTimeout = 5 * time.Second
+	// MaxCheckTimeout caps any check's timeout, custom ones included.
+	MaxCheckTimeout = 2 * time.Minute
+	// DefaultCheckParallelism is how many checks run at once.
+	DefaultCheckParallelism = 4
+	// MaxCheckMessageBytes bounds a result's message.
+	MaxCheckMessageBytes = 1024
+	// MaxCheckValueBytes bounds a result's observed and threshold JSON.
+	MaxCheckValueBytes = 4096
+	// timeoutGrace is how long past its deadline a check may take to
+	// return before the runner gives up on it and reports it unknown.
+	timeoutGrace = 250 * time.Millisecond
+)
+
+// Check is one verification check.
+type Check struct {
+	// Name identifies the check in reports and diagnostics rules: a
+	// contract, lower_snake_case.
+	Name string
+	// Layer is the report layer (messages.Layer* or a custom name).
+	Layer string
+	// Description says in one line what is verified.
+	Description string
+	// Scope is where the check runs.
+	Scope Scope
+	// Timeout bounds one run (context deadline); zero means
+	// DefaultCheckTimeout.
+	Timeout time.Duration
+	// DependsOn names the checks that must pass (or warn) before this one
+	// is worth running.
+	DependsOn []string
+	// Run looks at one thing. It must honour ctx and should not panic (a
+	// panic is recovered and reported as a failure).
+	Run func(ctx context.Context, cx *CheckEnv) Result
+	// Source is where a custom check was defined ("FILE:LINE"); empty for
+	// built-in checks.
+	Source string
+}
+
+// Result is what a check's Run returns.
+type Result struct {
+	Status    string // messages.CheckPass, CheckWarn, CheckFail or CheckUnknown
+	Message   string // names the broken thing when not passing
+	Observed  any    // encoded as JSON: what was measured
+	Threshold any    // encoded as JSON: what it was compared against
+}
+
+// Pass, Warn, Fail and Unknown build a Result with a formatted message.
+func Pass(format string, a ...any) Result { return result(messages.CheckPass, format, a) }
+func Warn(format string, a ...any) Result { return result(messages.CheckWarn, format, a) }
+func Fail(format string, a ...any) Result { return result(messages.CheckFail, format, a) }
+func Unknown(format string, a ...any) Result {
+	return result(messages.CheckUnknown, format, a)
+}
+
+// NotApplicable is a pass for a check that has nothing to look at on this
+// node or with this configuration (a router check on a non-router, a
+// setting left unset). Its dependents run.
+func NotApplicable(format string, a ...any) Result {
+	r := result(messages.CheckPass, "not applicable: "+format, a)
+	r.Observed = map[string]bool{"applicable": false}
+	return r
+}
+
+func result(status, format string, a []any) Result {
+	return Result{Status: status, Message: fmt.Sprintf(format, a...)}
+}
+
+// With sets what was observed and the threshold it was held against.
+func (r Result) With(observed, threshold any) Result {
+	r.Observed, r.Threshold = observed, threshold
+	return r
+}
+
+// checkNameRE is the form of check and layer names.
+var checkNameRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)
+
+// ValidName reports whether s may be a check or layer name.
+func ValidName(s string) bool { return checkNameRE.MatchString(s) }
+
+// ValidateChecks checks a set of checks as a whole: names valid and unique,
+// dependencies known and of a compatible scope, no cycles.
+func ValidateChecks(checks []Check) error {
+	byName := make(map[string]*Check, len(checks))
+	for i := range checks {
+		c := &checks[i]
+		if !ValidName(c.Name) {
+			return fmt.Errorf("%scheck %q: name: want lower_snake_case, 1 to 63 characters", where(c), c.Name)
+		}
+		if !ValidName(c.Layer) {
+			return fmt.Errorf("%scheck %q: layer: %q is not lower_snake_case, 1 to 63 characters", where(c), c.Name, c.Layer)
+		}
+		if c.Scope != ScopeNode && c.Scope != ScopeCluster {
+			return fmt.Errorf("%scheck %q: scope: %q is neither node nor cluster", where(c), c.Name, c.Scope)
+		}
+		if c.Run == nil {
+			return fmt.Errorf("%scheck %q: no Run function", where(c), c.Name)
+		}
+		if c.Timeout < 0 || c.Timeout > MaxCheckTimeout {
+			return fmt.Errorf("%scheck %q: timeout: %s is not between 0 and %s", where(c), c.Name, c.Timeout, MaxCheckTimeout)
+		}
+		if prev, dup := byName[c.Name]; dup {
+			return fmt.Errorf("%scheck %q: defined twice (also %s)", where(c), c.Name, orBuiltin(prev.Source))
+		}
+		byName[c.Name] = c
+	}
+	for i := range checks {
+		c := &checks[i]
+		for _, d := range c.DependsOn {
+			dep, ok := byName[d]
+			switch {
+			case !ok:
+				return fmt.Errorf("%scheck %q: depends_on: unknown check %q", where(c), c.Name, d)
+			case d == c.Name:
+				return fmt.Errorf("%scheck %q: depends_on: depends on itself", where(c), c.Name)
+			case c.Scope == ScopeNode && dep.Scope == ScopeCluster:
+				return fmt.Errorf("%scheck %q: depends_on: %q is cluster-scoped and this check is node-scoped", where(c), c.Name, d)
+			}
+		}
+	}
+	// Cycles: depth-first search with colours.
+	const (
+		white = iota
+		grey
+		black
+	)
+	colour := make(map[string]int, len(checks))
+	var visit func(name string, path []string) error
+	visit = func(name string, path []string) error {
+		switch colour[name] {
+		case grey:
+			i := slices.Index(path, name)
+			c := byName[name]
+			return fmt.Errorf("%scheck %q: depends_on: cycle %s", where(c), name, strings.Join(append(path[i:], name), " -> "))
+		case black:
+			return nil
+		}
+		colour[name] = grey
+		for _, d := range byName[name].DependsOn {
+			if err := visit(d, append(path, name)); err != nil {
+				return err
+			}
+		}
+		colour[name] = black
+		return nil
+	}
+	for i := range checks {
+		if err := visit(checks[i].Name, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func where(c *Check) string {
+	if c.Source == "" {
+		return ""
+	}
+	return c.Source + ": "
+}
+
+func orBuiltin(src string) string {
+	if src == "" {
+		return "built in"
+	}
+	return src
+}
+
+// Selection picks checks out of a catalog.
+type Selection struct {
+	// Layers keeps checks of these layers; empty keeps every layer.
+	Layers []string
+	// Scope keeps checks of one scope; empty or "all" keeps both.
+	Scope Scope
+	// Names keeps only these checks; empty keeps all that match the rest.
+	Names []string
+}
+
+// Select returns the checks of catalog that sel picks, plus every check
+// they depend on (whatever its layer), in catalog order. A dependency is
+// never left out: a check must not run when what it stands on was not
+// looked at. Unknown names are an error.
+func Select(catalog []Check, sel Selection) ([]Check, error) {
+	index := make(map[string]int, len(catalog))
+	for i, c := range catalog {
+		index[c.Name] = i
+	}
+	for _, n := range sel.Names {
+		if _, ok := index[n]; !ok {
+			return nil, fmt.Errorf("unknown check %q", n)
+		}
+	}
+	if sel.Scope != "" && sel.Scope != "all" && sel.Scope != ScopeNode && sel.Scope != ScopeCluster {
+		return nil, fmt.Errorf("unknown scope %q (want node, cluster or all)", sel.Scope)
+	}
+	keep := make([]bool, len(catalog))
+	var add func(i int)
+	add = func(i int) {
+		if keep[i] {
+			return
+		}
+		keep[i] = true
+		for _, d := range catalog[i].DependsOn {
+			if j, ok := index[d]; ok {
+				add(j)
+			}
+		}
+	}
+	for i, c := range catalog {
+		if len(sel.Layers) > 0 && !slices.Contains(sel.Layers, c.Layer) {
+			continue
+		}
+		if sel.Scope != "" && sel.Scope != "all" && c.Scope != sel.Scope {
+			continue
+		}
+		if len(sel.Names) > 0 && !slices.Contains(sel.Names, c.Name) {
+			continue
+		}
+		add(i)
+	}
+	var out []Check
+	for i, c := range catalog {
+		if keep[i] {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// RunOptions tune [RunChecks].
+type RunOptions struct {
+	// Parallel bounds how many checks run at once; zero means
+	// DefaultCheckParallelism.
+	Parallel int
+	// Tailscale is the LocalAPI client the network checks use; nil means a
+	// client of the tailscaled socket in setting TS_SOCKET (or the
+	// platform's default socket). An agent that is itself a tsnet node
+	// passes its tsnet.Server's LocalClient here.
+	Tailscale LocalAPI
+}
+
+// RunChecks runs checks (which must pass [ValidateChecks]; [Select] output
+// of a valid catalog does) and returns one result per check, in the order
+// given. A check runs once all its dependencies have finished; if one of
+// them failed, was unknown or was skipped, the check is skipped with
+// BlockedBy naming the root dependency that failed. Each check runs under
+// its own timeout; one that overruns it is reported unknown, one that
+// panics is reported failed.
+func RunChecks(ctx context.Context, env *Env, checks []Check, opts RunOptions) []messages.CheckResult {
+	parallel := opts.Parallel
+	if parallel <= 0 {
+		parallel = DefaultCheckParallelism
+	}
+	cx := newCheckEnv(env, opts.Tailscale)
+	defer cx.close()
+
+	index := make(map[string]int, len(checks))
+	for i, c := range checks {
+		index[c.Name] = i
+	}
+	results := make([]messages.CheckResult, len(checks))
+	done := make([]chan struct{}, len(checks))
+	for i := range done {
+		done[i] = make(chan struct{})
+	}
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	for i := range checks {
+		wg.Go(func() {
+			defer close(done[i])
+			c := &checks[i]
+			// Wait for every dependency. A dependency that is not in the
+			// set is a programming error (Select adds them all): it blocks.
+			var roots, missing []string
+			for _, d := range c.DependsOn {
+				j, ok := index[d]
+				if !ok {
+					missing = append(missing, d)
+					continue
+				}
+				<-done[j]
+				dr := &results[j]
+				switch dr.Status {
+				case messages.CheckPass, messages.CheckWarn:
+				case messages.CheckSkipped:
+					if dr.BlockedBy != "" {
+						roots = appendUnique(roots, dr.BlockedBy)
+					} else {
+						roots = appendUnique(roots, dr.Name)
+					}
+				default:
+					roots = appendUnique(roots, dr.Name)
+				}
+			}
+			switch {
+			case len(missing) > 0:
+				results[i] = finish(env, c, Unknown("depends on %s, which was not run", strings.Join(missing, ", ")), 0)
+			case len(roots) > 0:
+				r := finish(env, c, Result{
+					Status:  messages.CheckSkipped,
+					Message: "blocked: " + blockedMessage(roots, results, index),
+				}, 0)
+				r.BlockedBy = roots[0]
+				results[i] = r
+			default:
+				select {
+				case sem <- struct{}{}:
+				case <-ctx.Done():
+					results[i] = finish(env, c, Unknown("not started: %v", context.Cause(ctx)), 0)
+					return
+				}
+				results[i] = runOne(ctx, cx, c)
+				<-sem
+			}
+		})
+	}
+	wg.Wait()
+	return results
+}
+
+func appendUnique(s []string, v string) []string {
+	if slices.Contains(s, v) {
+		return s
+	}
+	return append(s, v)
+}
+
+func blockedMessage(roots []string, results []messages.CheckResult, index map[string]int) string {
+	parts := make([]string, 0, len(roots))
+	for _, r := range roots {
+		if j, ok := index[r]; ok {
+			parts = append(parts, fmt.Sprintf("%s %s", r, results[j].Status))
+		} else {
+			parts = append(parts, r)
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// runOne runs one check under its deadline, recovering a panic. A check
+// that does not return within its timeout (plus a short grace) is left to
+// finish on its own and reported unknown.
+func runOne(parent context.Context, cx *CheckEnv, c *Check) messages.CheckResult {
+	timeout := c.Timeout
+	if timeout <= 0 {
+		timeout = DefaultCheckTimeout
+	}
+	ctx, cancel := context.WithTimeoutCause(parent, timeout, fmt.Errorf("check %s: timed out after %s", c.Name, timeout))
+	defer cancel()
+	start := time.Now()
+	ch := make(chan Result, 1)
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				if cx.Log != nil {
+					cx.Log.Error("check panicked", zap.String("check", c.Name), zap.Any("panic", p), zap.ByteString("stack", debug.Stack()))
+				}
+				ch <- Fail("check panicked: %v", p)
+			}
+		}()
+		ch <- c.Run(ctx, cx)
+	}()
+	grace := time.NewTimer(timeout + timeoutGrace)
+	defer grace.Stop()
+	var r Result
+	select {
+	case r = <-ch:
+		if !validStatus(r.Status) {
+			r = Fail("check returned status %q (want pass, warn, fail or unknown): %s", r.Status, r.Message)
+		}
+	case <-grace.C:
+		r = Unknown("timed out after %s without an answer", timeout)
+	case <-parent.Done():
+		r = Unknown("stopped: %v", context.Cause(parent))
+	}
+	return finish(cx.Env, c, r, time.Since(start))
+}
+
+func validStatus(s string) bool {
+	switch s {
+	case messages.CheckPass, messages.CheckWarn, messages.CheckFail, messages.CheckUnknown:
+		return true
+	}
+	return false
+}
+
+// finish turns a Result into the wire form, bounding its sizes.
+func finish(env *Env, c *Check, r Result, d time.Duration) messages.CheckResult {
+	msg := r.Message
+	if msg == "" && r.Status == messages.CheckUnknown {
+		msg = "no reason given"
+	}
+	out := messages.CheckResult{
+		Name:       c.Name,
+		Layer:      c.Layer,
+		Status:     r.Status,
+		Passed:     r.Status == messages.CheckPass || r.Status == messages.CheckWarn,
+		DurationMS: d.Milliseconds(),
+		Message:    truncate(msg, MaxCheckMessageBytes),
+		Observed:   boundedJSON(r.Observed),
+		Threshold:  boundedJSON(r.Threshold),
+	}
+	if env != nil {
+		out.Node, out.Cluster = env.Node, env.Cluster
+	}
+	return out
+}
+
+func truncate(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	cut := max - len("…")
+	for cut > 0 && !utf8Start(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+func utf8Start(b byte) bool { return b&0xC0 != 0x80 }
+
+func boundedJSON(v any) json.RawMessage {
+	if v == nil {
+		return nil
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		b, _ = json.Marshal(map[string]string{"error": "observed value not encodable: " + err.Error()})
+	}
+	if len(b) > MaxCheckValueBytes {
+		b, _ = json.Marshal(map[string]any{"truncated": true, "bytes": len(b)})
+	}
+	return b
+}
+
+// Worst returns the task outcome for a set of check results: fail when any
+// check failed or was skipped (a skip has a failed root), warn when any
+// warned or was unknown, else ok.
+func Worst(results []messages.CheckResult) messages.Outcome {
+	out := messages.OutcomeOK
+	for _, r := range results {
+		switch r.Status {
+		case messages.CheckFail, messages.CheckSkipped:
+			return messages.OutcomeFail
+		case messages.CheckWarn, messages.CheckUnknown:
+			out = messages.OutcomeWarn
+		}
+	}
+	return out
+}
+
+// errText returns err's text, or the context's cause when err is only the
+// context's own error, so a timeout names what timed out.
+func errText(ctx context.Context, err error) string {
+	if err == nil {
+		return ""
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		if cause := context.Cause(ctx); cause != nil && !errors.Is(err, cause) {
+			return err.Error() + " (" + cause.Error() + ")"
+		}
+	}
+	return err.Error()
+}
+
+// CheckEnv is what a check sees: the node's [Env] plus what the checks of
+// one run share: clients built on first use (the Kubernetes client, the
+// tailscaled LocalAPI) and values one check finds for the checks that depend
+// on it (the RethinkDB address). Nothing is built before a check asks for
+// it and everything is dropped when the run ends, so an idle agent holds
+// none of it.
+type CheckEnv struct {
+	*Env
+
+	tailscale LocalAPI
+
+	mu      sync.Mutex
+	values  map[string]any
+	kube    *kubeClient
+	kubeErr error
+	closers []func()
+}
+
+func newCheckEnv(env *Env, ts LocalAPI) *CheckEnv {
+	if env == nil {
+		env = &Env{}
+	}
+	return &CheckEnv{Env: env, tailscale: ts, values: map[string]any{}}
+}
+
+// Setting returns a setting, or def when it is unset or empty.
+func (cx *CheckEnv) Setting(key, def string) string { return cx.Settings.Get(key, def) }
+
+// Put records a value for the checks that depend on this one.
+func (cx *CheckEnv) Put(key string, v any) {
+	cx.mu.Lock()
+	defer cx.mu.Unlock()
+	cx.values[key] = v
+}
+
+// Value returns what a check recorded under key with [CheckEnv.Put].
+func Value[T any](cx *CheckEnv, key string) (T, bool) {
+	cx.mu.Lock()
+	defer cx.mu.Unlock()
+	v, ok := cx.values[key].(T)
+	return v, ok
+}
+
+// OnClose registers f to run when the run ends (closing a session).
+func (cx *CheckEnv) OnClose(f func()) {
+	cx.mu.Lock()
+	defer cx.mu.Unlock()
+	cx.closers = append(cx.closers, f)
+}
+
+func (cx *CheckEnv) close() {
+	cx.mu.Lock()
+	fs := cx.closers
+	cx.closers = nil
+	cx.mu.Unlock()
+	for _, f := range slices.Backward(fs) {
+		f()
+	}
+}
+
+// Settings helpers: a malformed setting is an error naming the setting, so
+// the check reports it rather than quietly using a default.
+
+func settingFloat(cx *CheckEnv, key string, def float64) (float64, error) {
+	s := cx.Setting(key, "")
+	if s == "" {
+		return def, nil
+	}
+	v, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0, fmt.Errorf("setting %s: %q is not a number", key, s)
+	}
+	return v, nil
+}
+
+func settingDuration(cx *CheckEnv, key string, def time.Duration) (time.Duration, error) {
+	s := cx.Setting(key, "")
+	if s == "" {
+		return def, nil
+	}
+	v, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil || v < 0 {
+		return 0, fmt.Errorf("setting %s: %q is not a positive duration", key, s)
+	}
+	return v, nil
+}
+
+// settingMillis reads a threshold given in milliseconds.
+func settingMillis(cx *CheckEnv, key string, def time.Duration) (time.Duration, error) {
+	s := cx.Setting(key, "")
+	if s == "" {
+		return def, nil
+	}
+	v, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil || v < 0 || v > int64(MaxCheckTimeout/time.Millisecond) {
+		return 0, fmt.Errorf("setting %s: %q is not a number of milliseconds between 0 and %d", key, s, MaxCheckTimeout/time.Millisecond)
+	}
+	return time.Duration(v) * time.Millisecond, nil
+}
+
+func settingBool(cx *CheckEnv, key string) bool {
+	v, _ := strconv.ParseBool(strings.TrimSpace(cx.Setting(key, "false")))
+	return v
+}
+
+// settingList splits a comma-separated setting, dropping empty items.
+func settingList(cx *CheckEnv, key, def string) []string {
+	var out []string
+	for item := range strings.SplitSeq(cx.Setting(key, def), ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
