@@ -45,6 +45,7 @@ func Builtin() *Registry {
 		Ping{},
 		FactsTask{},
 		Sleep{},
+		Verify{},
 	)
 	if err != nil {
 		panic(err) // a duplicate in the literal list above; caught by tests

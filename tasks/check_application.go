@@ -1,0 +1,353 @@
+package tasks
+
+// L4 application checks, cluster-scoped: the GuildNet host app (TLS on
+// LISTEN_LOCAL), the workspace operator and the Workspaces it reconciles,
+// and the host app's proxy to a running Workspace.
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+// Application defaults, as GuildNet has them.
+const (
+	DefaultHostAppURL          = "https://127.0.0.1:8090"
+	DefaultHostAppMaxLatency   = time.Second
+	DefaultWorkspacePendingMax = 5 * time.Minute
+	DefaultProxyWarnLatency    = 200 * time.Millisecond
+	defaultOperatorNamespace   = "guildnet-system"
+	defaultOperatorName        = "workspace-operator"
+	hostAppClientKey           = "hostapp.client"
+	maxHostAppBody             = 64 << 10
+)
+
+// ApplicationChecks are the L4 checks.
+func ApplicationChecks() []Check {
+	return []Check{
+		{
+			Name: "hostapp_healthz", Layer: messages.LayerApplication, Scope: ScopeCluster,
+			Description: "the host app answers GET /healthz with \"ok\" within 1 s (TLS)",
+			Timeout:     5 * time.Second,
+			Run:         checkHostAppHealthz,
+		},
+		{
+			Name: "hostapp_api_health", Layer: messages.LayerApplication, Scope: ScopeCluster,
+			Description: "the host app's /api/health reports every cluster ok",
+			Timeout:     5 * time.Second, DependsOn: []string{"hostapp_healthz"},
+			Run: checkHostAppAPIHealth,
+		},
+		{
+			Name: "operator_available", Layer: messages.LayerApplication, Scope: ScopeCluster,
+			Description: "Deployment guildnet-system/workspace-operator is available (unless embedded: GN_EMBED_OPERATOR=1)",
+			Timeout:     10 * time.Second, DependsOn: []string{"kube_api_ready"},
+			Run: withKube(checkOperatorAvailable),
+		},
+		{
+			Name: "workspaces_settled", Layer: messages.LayerApplication, Scope: ScopeCluster,
+			Description: "no Workspace is Pending or Failed for longer than METAGN_WORKSPACE_PENDING_MAX",
+			Timeout:     10 * time.Second, DependsOn: []string{"operator_available", "guildnet_crds_established"},
+			Run: withKube(checkWorkspacesSettled),
+		},
+		{
+			Name: "proxy_answers", Layer: messages.LayerApplication, Scope: ScopeCluster,
+			Description: "the host app's /proxy/server/{id}/ answers without a 5xx for a Running Workspace",
+			Timeout:     10 * time.Second, DependsOn: []string{"hostapp_healthz", "kube_api_ready"},
+			Run: withKube(checkProxyAnswers),
+		},
+	}
+}
+
+// hostApp is the host app's base URL and a client that trusts it.
+type hostApp struct {
+	Base   string
+	Client *http.Client
+}
+
+// HostAppURL is the host app's base URL: HOSTAPP_URL, else https:// and
+// LISTEN_LOCAL, else https://127.0.0.1:8090.
+func HostAppURL(s Settings) string {
+	if u := s.Get("HOSTAPP_URL", ""); u != "" {
+		return strings.TrimRight(u, "/")
+	}
+	if l := s.Get("LISTEN_LOCAL", ""); l != "" {
+		return "https://" + l
+	}
+	return DefaultHostAppURL
+}
+
+// hostAppClient builds (once per run) the client for the host app: the CA
+// in METAGN_HOSTAPP_CA, or no verification with METAGN_HOSTAPP_INSECURE,
+// else the system's roots.
+func hostAppClient(cx *CheckEnv) (*hostApp, error) {
+	if h, ok := Value[*hostApp](cx, hostAppClientKey); ok {
+		return h, nil
+	}
+	base := HostAppURL(cx.Settings)
+	if u, err := url.Parse(base); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return nil, fmt.Errorf("host app URL %q is not an http(s) URL", base)
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if ca := cx.Setting("METAGN_HOSTAPP_CA", ""); ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, fmt.Errorf("setting METAGN_HOSTAPP_CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("setting METAGN_HOSTAPP_CA: %s holds no PEM certificate", ca)
+		}
+		tc.RootCAs = pool
+	}
+	if settingBool(cx, "METAGN_HOSTAPP_INSECURE") {
+		tc.InsecureSkipVerify = true
+	}
+	tr := &http.Transport{TLSClientConfig: tc, Proxy: nil, MaxIdleConns: 2, IdleConnTimeout: 10 * time.Second, TLSHandshakeTimeout: 5 * time.Second}
+	h := &hostApp{Base: base, Client: &http.Client{
+		Transport: tr,
+		// The proxy may redirect; a redirect is an answer.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}}
+	cx.Put(hostAppClientKey, h)
+	cx.OnClose(tr.CloseIdleConnections)
+	return h, nil
+}
+
+// tlsHint adds advice to a certificate error.
+func tlsHint(err error) string {
+	var uae x509.UnknownAuthorityError
+	var hne x509.HostnameError
+	var cie x509.CertificateInvalidError
+	switch {
+	case errors.As(err, &uae):
+		return err.Error() + " (set METAGN_HOSTAPP_CA to the host app's CA, or METAGN_HOSTAPP_INSECURE=true)"
+	case errors.As(err, &hne):
+		return err.Error() + " (regenerate the host app's certificate with this address in its SANs)"
+	case errors.As(err, &cie):
+		return err.Error() + " (the host app's certificate is invalid or expired)"
+	}
+	return err.Error()
+}
+
+func checkHostAppHealthz(ctx context.Context, cx *CheckEnv) Result {
+	h, err := hostAppClient(cx)
+	if err != nil {
+		return Fail("%v", err)
+	}
+	limit, err := settingMillis(cx, "METAGN_HOSTAPP_MAX_MS", DefaultHostAppMaxLatency)
+	if err != nil {
+		return Fail("%v", err)
+	}
+	u := h.Base + "/healthz"
+	thr := map[string]any{"max_latency_ms": limit.Milliseconds(), "body": "ok"}
+	resp, err := httpGet(ctx, h.Client, u, 1024)
+	if err != nil {
+		return Fail("host app unreachable: %s", tlsHint(err)).With(map[string]any{"url": u}, thr)
+	}
+	obs := map[string]any{"url": u, "status": resp.Code, "latency_ms": ms(resp.Latency)}
+	body := strings.TrimSpace(string(resp.Body))
+	switch {
+	case resp.Code != http.StatusOK:
+		return Fail("GET %s answered %d %s: %s", u, resp.Code, http.StatusText(resp.Code), firstLine(resp.Body)).With(obs, thr)
+	case body != "ok":
+		return Fail("GET %s answered 200 with %q, want \"ok\"", u, truncate(body, 100)).With(obs, thr)
+	case resp.Latency > limit:
+		return Fail("GET %s answered ok after %s, limit %s", u, resp.Latency.Round(time.Millisecond), limit).With(obs, thr)
+	}
+	return Pass("host app ok in %s", resp.Latency.Round(time.Millisecond)).With(obs, thr)
+}
+
+// apiHealth is the host app's /api/health.
+type apiHealth struct {
+	Headscale []struct {
+		ID     string `json:"id"`
+		Status string `json:"status"`
+	} `json:"headscale"`
+	Clusters []struct {
+		ID     string `json:"id"`
+		Name   string `json:"name"`
+		Status string `json:"status"`
+		Code   any    `json:"code"`
+		Error  string `json:"error"`
+	} `json:"clusters"`
+}
+
+func checkHostAppAPIHealth(ctx context.Context, cx *CheckEnv) Result {
+	h, err := hostAppClient(cx)
+	if err != nil {
+		return Fail("%v", err)
+	}
+	u := h.Base + "/api/health"
+	resp, err := httpGet(ctx, h.Client, u, maxHostAppBody)
+	if err != nil {
+		return Fail("%s", tlsHint(err))
+	}
+	if resp.Code != http.StatusOK {
+		return Fail("GET %s answered %d: %s", u, resp.Code, firstLine(resp.Body))
+	}
+	var ah apiHealth
+	if err := json.Unmarshal(resp.Body, &ah); err != nil {
+		return Fail("GET %s: not the expected JSON: %v", u, err)
+	}
+	var bad, unknown, ok []string
+	for _, c := range ah.Clusters {
+		label := c.ID
+		if c.Name != "" && c.Name != c.ID {
+			label = fmt.Sprintf("%s (%s)", c.Name, c.ID)
+		}
+		switch c.Status {
+		case "ok":
+			ok = append(ok, label)
+		case "unknown", "":
+			unknown = append(unknown, label+" unknown")
+		default:
+			d := label + " " + c.Status
+			if c.Error != "" {
+				d += ": " + c.Error
+			}
+			bad = append(bad, d)
+		}
+	}
+	var hsBad []string
+	for _, hs := range ah.Headscale {
+		if hs.Status != "ok" && hs.Status != "pass" && hs.Status != "healthy" {
+			hsBad = append(hsBad, fmt.Sprintf("headscale %s %s", hs.ID, orNone(hs.Status)))
+		}
+	}
+	obs := map[string]any{"clusters_ok": len(ok), "clusters": len(ah.Clusters), "headscale": len(ah.Headscale)}
+	switch {
+	case len(bad) > 0:
+		return Fail("host app reports clusters not ok: %s", strings.Join(slices.Concat(bad, unknown, hsBad), "; ")).With(obs, nil)
+	case len(unknown) > 0 || len(hsBad) > 0:
+		return Warn("host app reports: %s", strings.Join(slices.Concat(unknown, hsBad), "; ")).With(obs, nil)
+	case len(ah.Clusters) == 0:
+		return Warn("host app reports no clusters").With(obs, nil)
+	}
+	return Pass("host app reports %d clusters ok: %s", len(ok), strings.Join(ok, ", ")).With(obs, nil)
+}
+
+func checkOperatorAvailable(ctx context.Context, cx *CheckEnv, k *kubeClient) Result {
+	if v := cx.Setting("GN_EMBED_OPERATOR", ""); v == "1" || v == "true" {
+		return NotApplicable("operator embedded in the host app (GN_EMBED_OPERATOR=%s)", v)
+	}
+	ns := cx.Setting("METAGN_OPERATOR_NAMESPACE", defaultOperatorNamespace)
+	name := cx.Setting("METAGN_OPERATOR_DEPLOYMENT", defaultOperatorName)
+	if p := deploymentProblem(ctx, k, ns, name); p != "" {
+		return Fail("workspace operator: %s", p)
+	}
+	return Pass("Deployment %s available", qualified(ns, name))
+}
+
+// workspaceSince estimates since when a Workspace has been in its phase:
+// the last write of its status for Failed, its creation for Pending (the
+// operator sets no conditions and so no transition times).
+func workspaceSince(w *unstructured.Unstructured, phase string) time.Time {
+	since := w.GetCreationTimestamp().Time
+	if phase == "Failed" {
+		for _, mf := range w.GetManagedFields() {
+			if mf.Subresource == "status" && mf.Time != nil && mf.Time.After(since) {
+				since = mf.Time.Time
+			}
+		}
+	}
+	return since
+}
+
+func checkWorkspacesSettled(ctx context.Context, cx *CheckEnv, k *kubeClient) Result {
+	max, err := settingDuration(cx, "METAGN_WORKSPACE_PENDING_MAX", DefaultWorkspacePendingMax)
+	if err != nil {
+		return Fail("%v", err)
+	}
+	wss, err := k.list(ctx, gvrWorkspaces, "", "")
+	if err != nil {
+		return Fail("%v", err)
+	}
+	now := time.Now()
+	phases := map[string]int{}
+	var stuck, settling []string
+	for i := range wss {
+		w := &wss[i]
+		phase := nestedString(w.Object, "status", "phase")
+		if phase == "" {
+			phase = "Pending"
+		}
+		phases[phase]++
+		if phase != "Pending" && phase != "Failed" {
+			continue
+		}
+		age := now.Sub(workspaceSince(w, phase)).Round(time.Second)
+		d := fmt.Sprintf("%s %s for %s", qualified(w.GetNamespace(), w.GetName()), phase, age)
+		if e := nestedString(w.Object, "status", "lastError"); e != "" {
+			d += " (" + truncate(e, 120) + ")"
+		}
+		if age > max {
+			stuck = append(stuck, d)
+		} else {
+			settling = append(settling, d)
+		}
+	}
+	obs := map[string]any{"workspaces": len(wss), "phases": phases, "stuck": len(stuck)}
+	thr := map[string]any{"pending_max": max.String()}
+	switch {
+	case len(stuck) > 0:
+		return Fail("%d Workspaces stuck beyond %s: %s", len(stuck), max, strings.Join(stuck, ", ")).With(obs, thr)
+	case len(settling) > 0:
+		return Pass("%d Workspaces settled, %d still within %s: %s", len(wss)-len(settling), len(settling), max, strings.Join(settling, ", ")).With(obs, thr)
+	}
+	return Pass("all %d Workspaces settled", len(wss)).With(obs, thr)
+}
+
+func checkProxyAnswers(ctx context.Context, cx *CheckEnv, k *kubeClient) Result {
+	h, err := hostAppClient(cx)
+	if err != nil {
+		return Fail("%v", err)
+	}
+	warnAt, err := settingMillis(cx, "METAGN_PROXY_WARN_MS", DefaultProxyWarnLatency)
+	if err != nil {
+		return Fail("%v", err)
+	}
+	wss, err := k.list(ctx, gvrWorkspaces, "", "")
+	if err != nil {
+		return Fail("%v", err)
+	}
+	var running []*unstructured.Unstructured
+	for i := range wss {
+		if nestedString(wss[i].Object, "status", "phase") == "Running" {
+			running = append(running, &wss[i])
+		}
+	}
+	if len(running) == 0 {
+		return NotApplicable("no Running Workspace to proxy to (%d Workspaces)", len(wss))
+	}
+	slices.SortFunc(running, func(a, b *unstructured.Unstructured) int {
+		return strings.Compare(a.GetNamespace()+"/"+a.GetName(), b.GetNamespace()+"/"+b.GetName())
+	})
+	w := running[0]
+	u := h.Base + "/proxy/server/" + url.PathEscape(w.GetName()) + "/"
+	thr := map[string]any{"status": "< 500", "warn_latency_ms": warnAt.Milliseconds()}
+	resp, err := httpGet(ctx, h.Client, u, 4096)
+	if err != nil {
+		return Fail("proxy to Workspace %s: %s", qualified(w.GetNamespace(), w.GetName()), tlsHint(err)).With(map[string]any{"url": u}, thr)
+	}
+	obs := map[string]any{"url": u, "workspace": qualified(w.GetNamespace(), w.GetName()), "status": resp.Code, "latency_ms": ms(resp.Latency)}
+	switch {
+	case resp.Code >= 500:
+		return Fail("proxy to Workspace %s answered %d %s: %s", qualified(w.GetNamespace(), w.GetName()), resp.Code, http.StatusText(resp.Code), firstLine(resp.Body)).With(obs, thr)
+	case resp.Latency > warnAt:
+		return Warn("proxy to Workspace %s answered %d after %s, above %s", qualified(w.GetNamespace(), w.GetName()), resp.Code, resp.Latency.Round(time.Millisecond), warnAt).With(obs, thr)
+	}
+	return Pass("proxy to Workspace %s answered %d in %s", qualified(w.GetNamespace(), w.GetName()), resp.Code, resp.Latency.Round(time.Millisecond)).With(obs, thr)
+}

@@ -1,0 +1,318 @@
+package tasks
+
+// L3 database checks, cluster-scoped: RethinkDB found the way GuildNet
+// finds it, then dialled, queried and its databases listed. The chain is
+// pods_ready -> address -> tcp -> query -> databases, so a dead database
+// shows as one failure.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	r "gopkg.in/rethinkdb/rethinkdb-go.v6"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+// RethinkDB defaults, as GuildNet has them.
+const (
+	DefaultRethinkDBPort      = 28015
+	DefaultRDBQueryWarn       = 100 * time.Millisecond
+	DefaultRDBQueryFail       = time.Second
+	rdbAddressKey             = "rethinkdb.address"
+	rdbDatabasesKey           = "rethinkdb.databases"
+	defaultRDBNamespace       = "default"
+	defaultRDBService         = "rethinkdb"
+	defaultRDBSelector        = "app=rethinkdb"
+	rdbClientPortName         = "client"
+	maxDatabasesInObservation = 200
+)
+
+// RethinkDBAddress is where RethinkDB was found and how.
+type RethinkDBAddress struct {
+	Address string `json:"address"` // host:port
+	// Source is how it was found: setting (RETHINKDB_ADDR), loadbalancer,
+	// nodeport or clusterip.
+	Source string `json:"source"`
+	Detail string `json:"detail,omitempty"` // e.g. the node whose IP was used
+}
+
+func (a RethinkDBAddress) String() string {
+	if a.Detail != "" {
+		return fmt.Sprintf("%s (%s, %s)", a.Address, a.Source, a.Detail)
+	}
+	return fmt.Sprintf("%s (%s)", a.Address, a.Source)
+}
+
+// DatabaseChecks are the L3 checks.
+func DatabaseChecks() []Check {
+	return []Check{
+		{
+			Name: "rethinkdb_pods_ready", Layer: messages.LayerDatabase, Scope: ScopeCluster,
+			Description: "RethinkDB pods (app=rethinkdb) are Running and ready",
+			Timeout:     10 * time.Second, DependsOn: []string{"kube_api_ready"},
+			Run: withKube(checkRethinkDBPods),
+		},
+		{
+			Name: "rethinkdb_address", Layer: messages.LayerDatabase, Scope: ScopeCluster,
+			Description: "RethinkDB's address: RETHINKDB_ADDR, else the Service's LoadBalancer IP, NodePort or ClusterIP",
+			Timeout:     10 * time.Second, DependsOn: []string{"rethinkdb_pods_ready"},
+			Run: checkRethinkDBAddress,
+		},
+		{
+			Name: "rethinkdb_tcp", Layer: messages.LayerDatabase, Scope: ScopeCluster,
+			Description: "RethinkDB's client port accepts a TCP connection",
+			Timeout:     5 * time.Second, DependsOn: []string{"rethinkdb_address"},
+			Run: checkRethinkDBTCP,
+		},
+		{
+			Name: "rethinkdb_query", Layer: messages.LayerDatabase, Scope: ScopeCluster,
+			Description: "r.DBList() answers, warn above 100 ms, fail above 1 s",
+			Timeout:     5 * time.Second, DependsOn: []string{"rethinkdb_tcp"},
+			Run: checkRethinkDBQuery,
+		},
+		{
+			Name: "rethinkdb_databases", Layer: messages.LayerDatabase, Scope: ScopeCluster,
+			Description: "the databases in METAGN_RDB_DATABASES exist",
+			Timeout:     2 * time.Second, DependsOn: []string{"rethinkdb_query"},
+			Run: checkRethinkDBDatabases,
+		},
+	}
+}
+
+func checkRethinkDBPods(ctx context.Context, cx *CheckEnv, k *kubeClient) Result {
+	ns := cx.Setting("METAGN_RDB_NAMESPACE", defaultRDBNamespace)
+	res := podsReady(ctx, k, ns, defaultRDBSelector, "RethinkDB")
+	if res.Status == messages.CheckFail && cx.Setting("RETHINKDB_ADDR", "") != "" {
+		if pods, err := k.list(ctx, gvrPods, ns, defaultRDBSelector); err == nil && len(pods) == 0 {
+			return NotApplicable("RETHINKDB_ADDR is set and the cluster runs no RethinkDB pods")
+		}
+	}
+	return res
+}
+
+func checkRethinkDBAddress(ctx context.Context, cx *CheckEnv) Result {
+	addr, err := findRethinkDB(ctx, cx)
+	if err != nil {
+		return Fail("%v", err)
+	}
+	cx.Put(rdbAddressKey, addr)
+	return Pass("RethinkDB at %s", addr).With(addr, nil)
+}
+
+// findRethinkDB resolves RethinkDB's address as GuildNet does.
+func findRethinkDB(ctx context.Context, cx *CheckEnv) (RethinkDBAddress, error) {
+	if a := cx.Setting("RETHINKDB_ADDR", ""); a != "" {
+		addr, err := withDefaultPort(a, DefaultRethinkDBPort)
+		if err != nil {
+			return RethinkDBAddress{}, fmt.Errorf("setting RETHINKDB_ADDR: %w", err)
+		}
+		return RethinkDBAddress{Address: addr, Source: "setting", Detail: "RETHINKDB_ADDR"}, nil
+	}
+	k, err := cx.Kube()
+	if err != nil {
+		return RethinkDBAddress{}, fmt.Errorf("Kubernetes client: %w", err)
+	}
+	ns := cx.Setting("METAGN_RDB_NAMESPACE", defaultRDBNamespace)
+	name := cx.Setting("METAGN_RDB_SERVICE", defaultRDBService)
+	svc, err := k.get(ctx, gvrServices, ns, name)
+	if err != nil {
+		return RethinkDBAddress{}, fmt.Errorf("RETHINKDB_ADDR unset and %w", err)
+	}
+	port, nodePort, err := clientPort(svc)
+	if err != nil {
+		return RethinkDBAddress{}, fmt.Errorf("Service %s: %w", qualified(ns, name), err)
+	}
+	ingress, _, _ := unstructured.NestedSlice(svc.Object, "status", "loadBalancer", "ingress")
+	for _, in := range ingress {
+		m, ok := in.(map[string]any)
+		if !ok {
+			continue
+		}
+		host, _ := m["ip"].(string)
+		if host == "" {
+			host, _ = m["hostname"].(string)
+		}
+		if host != "" {
+			return RethinkDBAddress{Address: net.JoinHostPort(host, strconv.Itoa(port)), Source: "loadbalancer"}, nil
+		}
+	}
+	var why []string
+	if nestedString(svc.Object, "spec", "type") == "LoadBalancer" {
+		why = append(why, "LoadBalancer has no ingress IP yet")
+	}
+	if nodePort > 0 {
+		node, ip, err := nodeAddress(ctx, k)
+		if err == nil {
+			return RethinkDBAddress{Address: net.JoinHostPort(ip, strconv.Itoa(nodePort)), Source: "nodeport", Detail: "node " + node}, nil
+		}
+		why = append(why, "NodePort "+strconv.Itoa(nodePort)+" but "+err.Error())
+	}
+	if ip := nestedString(svc.Object, "spec", "clusterIP"); ip != "" && ip != "None" {
+		return RethinkDBAddress{Address: net.JoinHostPort(ip, strconv.Itoa(port)), Source: "clusterip", Detail: strings.Join(why, "; ")}, nil
+	}
+	why = append(why, "no ClusterIP")
+	return RethinkDBAddress{}, fmt.Errorf("Service %s has no usable address: %s", qualified(ns, name), strings.Join(why, "; "))
+}
+
+// clientPort finds the Service port named "client" (else the only port,
+// else 28015) and its NodePort.
+func clientPort(svc *unstructured.Unstructured) (port, nodePort int, err error) {
+	ports, _, _ := unstructured.NestedSlice(svc.Object, "spec", "ports")
+	var chosen map[string]any
+	for _, p := range ports {
+		m, ok := p.(map[string]any)
+		if !ok {
+			continue
+		}
+		if n, _ := m["name"].(string); n == rdbClientPortName {
+			chosen = m
+			break
+		}
+		if pn := nestedInt(m, "port"); pn == DefaultRethinkDBPort && chosen == nil {
+			chosen = m
+		}
+	}
+	if chosen == nil && len(ports) == 1 {
+		chosen, _ = ports[0].(map[string]any)
+	}
+	if chosen == nil {
+		return 0, 0, fmt.Errorf("no port named %q or numbered %d", rdbClientPortName, DefaultRethinkDBPort)
+	}
+	return int(nestedInt(chosen, "port")), int(nestedInt(chosen, "nodePort")), nil
+}
+
+// withDefaultPort adds port to a bare host.
+func withDefaultPort(a string, port int) (string, error) {
+	a = strings.TrimSpace(a)
+	if host, p, err := net.SplitHostPort(a); err == nil {
+		if n, err := strconv.Atoi(p); err != nil || n <= 0 || n > 65535 || host == "" {
+			return "", fmt.Errorf("%q: bad host or port", a)
+		}
+		return a, nil
+	}
+	if a == "" || strings.ContainsAny(a, " /") {
+		return "", fmt.Errorf("%q is not host[:port]", a)
+	}
+	return net.JoinHostPort(strings.Trim(a, "[]"), strconv.Itoa(port)), nil
+}
+
+func rethinkDBAddress(cx *CheckEnv) (RethinkDBAddress, bool) {
+	return Value[RethinkDBAddress](cx, rdbAddressKey)
+}
+
+func checkRethinkDBTCP(ctx context.Context, cx *CheckEnv) Result {
+	addr, ok := rethinkDBAddress(cx)
+	if !ok {
+		return Unknown("no address from rethinkdb_address")
+	}
+	return dialTCP(ctx, addr.Address, "RethinkDB at "+addr.String())
+}
+
+// dialTCP opens and closes a TCP connection, naming what in the message.
+func dialTCP(ctx context.Context, address, what string) Result {
+	var d net.Dialer
+	start := time.Now()
+	conn, err := d.DialContext(ctx, "tcp", address)
+	took := time.Since(start)
+	obs := map[string]any{"address": address, "connect_ms": ms(took)}
+	if err != nil {
+		reason := errText(ctx, err)
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			reason = "connection refused"
+		}
+		return Fail("TCP connect to %s: %s", what, reason).With(obs, nil)
+	}
+	conn.Close()
+	return Pass("%s accepts TCP connections (%s)", what, took.Round(time.Microsecond)).With(obs, nil)
+}
+
+func checkRethinkDBQuery(ctx context.Context, cx *CheckEnv) Result {
+	addr, ok := rethinkDBAddress(cx)
+	if !ok {
+		return Unknown("no address from rethinkdb_address")
+	}
+	warn, err := settingMillis(cx, "METAGN_RDB_WARN_MS", DefaultRDBQueryWarn)
+	if err != nil {
+		return Fail("%v", err)
+	}
+	fail, err := settingMillis(cx, "METAGN_RDB_FAIL_MS", DefaultRDBQueryFail)
+	if err != nil {
+		return Fail("%v", err)
+	}
+	thr := map[string]any{"warn_ms": warn.Milliseconds(), "fail_ms": fail.Milliseconds()}
+	timeout := DefaultCheckTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	start := time.Now()
+	session, err := r.Connect(r.ConnectOpts{
+		Address:    addr.Address,
+		Username:   cx.Setting("RETHINKDB_USER", ""),
+		Password:   cx.Setting("RETHINKDB_PASS", ""),
+		Timeout:    timeout,
+		InitialCap: 1,
+		MaxOpen:    1,
+		MaxIdle:    1,
+	})
+	connectTook := time.Since(start)
+	if err != nil {
+		return Fail("connecting to RethinkDB at %s: %v", addr, err).With(map[string]any{"address": addr.Address}, thr)
+	}
+	cx.OnClose(func() { session.Close() })
+	start = time.Now()
+	cur, err := r.DBList().Run(session, r.RunOpts{Context: ctx})
+	var dbs []string
+	if err == nil {
+		err = cur.All(&dbs)
+		cur.Close()
+	}
+	took := time.Since(start)
+	obs := map[string]any{"address": addr.Address, "connect_ms": ms(connectTook), "query_ms": ms(took), "databases": len(dbs)}
+	if err != nil {
+		return Fail("r.DBList() on %s: %s", addr, errText(ctx, err)).With(obs, thr)
+	}
+	cx.Put(rdbDatabasesKey, dbs)
+	switch {
+	case took > fail:
+		return Fail("r.DBList() on %s took %s, above the fail threshold %s", addr.Address, took.Round(time.Millisecond), fail).With(obs, thr)
+	case took > warn:
+		return Warn("r.DBList() on %s took %s, above the warn threshold %s", addr.Address, took.Round(time.Millisecond), warn).With(obs, thr)
+	}
+	return Pass("r.DBList() on %s answered in %s (%d databases)", addr.Address, took.Round(time.Microsecond), len(dbs)).With(obs, thr)
+}
+
+func checkRethinkDBDatabases(ctx context.Context, cx *CheckEnv) Result {
+	dbs, ok := Value[[]string](cx, rdbDatabasesKey)
+	if !ok {
+		return Unknown("no database list from rethinkdb_query")
+	}
+	want := settingList(cx, "METAGN_RDB_DATABASES", "")
+	shown := dbs
+	if len(shown) > maxDatabasesInObservation {
+		shown = shown[:maxDatabasesInObservation]
+	}
+	obs := map[string]any{"databases": shown, "count": len(dbs)}
+	if len(want) == 0 {
+		return NotApplicable("METAGN_RDB_DATABASES is not set (%d databases present)", len(dbs)).With(obs, nil)
+	}
+	var missing []string
+	for _, w := range want {
+		if !slices.Contains(dbs, w) {
+			missing = append(missing, w)
+		}
+	}
+	thr := map[string]any{"databases": want}
+	if len(missing) > 0 {
+		return Fail("databases missing: %s", strings.Join(missing, ", ")).With(obs, thr)
+	}
+	return Pass("all %d configured databases present", len(want)).With(obs, thr)
+}

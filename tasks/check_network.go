@@ -1,0 +1,314 @@
+package tasks
+
+// L1 network checks, node-scoped: everything about the tailnet is asked of
+// tailscaled's LocalAPI (never by parsing CLI text), through [LocalAPI] so
+// an agent that is itself a tsnet node can pass its own LocalClient.
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"tailscale.com/client/local"
+	"tailscale.com/ipn/ipnstate"
+	"tailscale.com/tailcfg"
+
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+// LocalAPI is the part of tailscaled's LocalAPI the network checks use.
+// *local.Client implements it, and so does the LocalClient of a
+// tsnet.Server.
+type LocalAPI interface {
+	StatusWithoutPeers(ctx context.Context) (*ipnstate.Status, error)
+	Ping(ctx context.Context, ip netip.Addr, pingtype tailcfg.PingType) (*ipnstate.PingResult, error)
+}
+
+// DefaultTSRoutes are the routes a GuildNet router advertises.
+const DefaultTSRoutes = "10.0.0.0/24,10.96.0.0/12,10.244.0.0/16"
+
+const statusKey = "tailscale.status"
+
+// Tailscale returns the LocalAPI client of this run: the injected one, else
+// a client of the socket in setting TS_SOCKET (the platform's default when
+// unset).
+func (cx *CheckEnv) Tailscale() LocalAPI {
+	if cx.tailscale != nil {
+		return cx.tailscale
+	}
+	sock := cx.Setting("TS_SOCKET", "")
+	return &local.Client{Socket: sock, UseSocketOnly: sock != ""}
+}
+
+func (cx *CheckEnv) tailscaleWhere() string {
+	if cx.tailscale != nil {
+		return "the agent's tailnet LocalAPI"
+	}
+	if s := cx.Setting("TS_SOCKET", ""); s != "" {
+		return "tailscaled socket " + s
+	}
+	return "tailscaled's default socket"
+}
+
+// tailscaleStatus returns the status tailscaled_running fetched, or fetches
+// it.
+func tailscaleStatus(ctx context.Context, cx *CheckEnv) (*ipnstate.Status, error) {
+	if st, ok := Value[*ipnstate.Status](cx, statusKey); ok {
+		return st, nil
+	}
+	st, err := cx.Tailscale().StatusWithoutPeers(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("status from %s: %s", cx.tailscaleWhere(), errText(ctx, err))
+	}
+	cx.Put(statusKey, st)
+	return st, nil
+}
+
+// NetworkChecks are the L1 checks.
+func NetworkChecks() []Check {
+	return []Check{
+		{
+			Name: "tailscaled_running", Layer: messages.LayerNetwork, Scope: ScopeNode,
+			Description: "tailscaled answers on its LocalAPI",
+			Timeout:     5 * time.Second,
+			Run:         checkTailscaledRunning,
+		},
+		{
+			Name: "tailnet_connected", Layer: messages.LayerNetwork, Scope: ScopeNode,
+			Description: "tailscaled's backend is Running and connected to its control server",
+			Timeout:     5 * time.Second,
+			DependsOn:   []string{"tailscaled_running"},
+			Run:         checkTailnetConnected,
+		},
+		{
+			Name: "controller_reachable", Layer: messages.LayerNetwork, Scope: ScopeNode,
+			Description: "the controller answers a tailnet ping (TSMP) at METAGN_CONTROLLER_TAILNET_IP",
+			Timeout:     10 * time.Second,
+			DependsOn:   []string{"tailnet_connected"},
+			Run:         checkControllerReachable,
+		},
+		{
+			Name: "routes_approved", Layer: messages.LayerNetwork, Scope: ScopeNode,
+			Description: "on a router, every route in TS_ROUTES is approved (primary)",
+			Timeout:     5 * time.Second,
+			DependsOn:   []string{"tailnet_connected"},
+			Run:         checkRoutesApproved,
+		},
+		{
+			Name: "login_server_health", Layer: messages.LayerNetwork, Scope: ScopeNode,
+			Description: "the login server (Headscale) answers GET /health",
+			Timeout:     5 * time.Second,
+			Run:         checkLoginServerHealth,
+		},
+		{
+			Name: "dns_resolution", Layer: messages.LayerNetwork, Scope: ScopeNode,
+			Description: "the name in METAGN_DNS_NAME resolves",
+			Timeout:     5 * time.Second,
+			Run:         checkDNSResolution,
+		},
+	}
+}
+
+func checkTailscaledRunning(ctx context.Context, cx *CheckEnv) Result {
+	st, err := tailscaleStatus(ctx, cx)
+	if err != nil {
+		return Fail("tailscaled not answering: %v", err)
+	}
+	return Pass("tailscaled %s answers, backend %s", st.Version, st.BackendState).
+		With(map[string]any{"version": st.Version, "backend_state": st.BackendState}, nil)
+}
+
+func checkTailnetConnected(ctx context.Context, cx *CheckEnv) Result {
+	st, err := tailscaleStatus(ctx, cx)
+	if err != nil {
+		return Fail("%v", err)
+	}
+	obs := map[string]any{"backend_state": st.BackendState}
+	if st.Self != nil {
+		obs["online"] = st.Self.Online
+		obs["tailscale_ips"] = st.Self.TailscaleIPs
+		obs["hostname"] = st.Self.HostName
+	}
+	if len(st.Health) > 0 {
+		obs["health"] = st.Health
+	}
+	want := map[string]any{"backend_state": "Running", "online": true}
+	if st.BackendState != "Running" {
+		msg := fmt.Sprintf("backend state is %s, want Running", st.BackendState)
+		if st.AuthURL != "" {
+			msg += "; login needed at " + st.AuthURL
+		}
+		if len(st.Health) > 0 {
+			msg += "; health: " + strings.Join(st.Health, "; ")
+		}
+		return Fail("%s", msg).With(obs, want)
+	}
+	if st.Self == nil || !st.Self.Online {
+		ctl := cx.Setting("TS_LOGIN_SERVER", cx.Setting("HEADSCALE_URL", "its control server"))
+		return Fail("backend Running but not connected to %s", ctl).With(obs, want)
+	}
+	if len(st.Health) > 0 {
+		return Warn("connected, with health warnings: %s", strings.Join(st.Health, "; ")).With(obs, want)
+	}
+	return Pass("connected as %s (%s)", st.Self.HostName, joinAddrs(st.Self.TailscaleIPs)).With(obs, want)
+}
+
+func joinAddrs(as []netip.Addr) string {
+	s := make([]string, len(as))
+	for i, a := range as {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ", ")
+}
+
+func checkControllerReachable(ctx context.Context, cx *CheckEnv) Result {
+	raw := cx.Setting("METAGN_CONTROLLER_TAILNET_IP", "")
+	if raw == "" {
+		return NotApplicable("METAGN_CONTROLLER_TAILNET_IP is not set")
+	}
+	ip, err := netip.ParseAddr(strings.TrimSpace(raw))
+	if err != nil {
+		return Fail("setting METAGN_CONTROLLER_TAILNET_IP: %q is not an IP address", raw)
+	}
+	res, err := cx.Tailscale().Ping(ctx, ip, tailcfg.PingTSMP)
+	if err != nil {
+		return Fail("tailnet ping to controller %s: %s", ip, errText(ctx, err))
+	}
+	if res.Err != "" {
+		return Fail("tailnet ping to controller %s: %s", ip, res.Err)
+	}
+	latency := time.Duration(res.LatencySeconds * float64(time.Second))
+	path := "direct"
+	if res.DERPRegionCode != "" {
+		path = "DERP " + res.DERPRegionCode
+	} else if res.Endpoint != "" {
+		path = "direct " + res.Endpoint
+	}
+	return Pass("controller %s (%s) answered in %s via %s", ip, res.NodeName, latency.Round(time.Microsecond), path).
+		With(map[string]any{"ip": ip.String(), "node": res.NodeName, "latency_ms": ms(latency), "endpoint": res.Endpoint, "derp": res.DERPRegionCode}, nil)
+}
+
+// isRouter reports whether this node advertises GuildNet's routes.
+func isRouter(cx *CheckEnv) bool {
+	return settingBool(cx, "METAGN_ROUTER") || cx.Role == "router"
+}
+
+func checkRoutesApproved(ctx context.Context, cx *CheckEnv) Result {
+	if !isRouter(cx) {
+		return NotApplicable("node is not a router (role %q, METAGN_ROUTER unset)", cx.Role)
+	}
+	var want []netip.Prefix
+	for _, s := range settingList(cx, "TS_ROUTES", DefaultTSRoutes) {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return Fail("setting TS_ROUTES: %q is not a CIDR", s)
+		}
+		want = append(want, p.Masked())
+	}
+	st, err := tailscaleStatus(ctx, cx)
+	if err != nil {
+		return Fail("%v", err)
+	}
+	var have []netip.Prefix
+	if st.Self != nil && st.Self.PrimaryRoutes != nil {
+		for _, p := range st.Self.PrimaryRoutes.All() {
+			have = append(have, p.Masked())
+		}
+	}
+	var missing []string
+	for _, p := range want {
+		if !slices.Contains(have, p) {
+			missing = append(missing, p.String())
+		}
+	}
+	obs := map[string]any{"primary_routes": prefixStrings(have)}
+	thr := map[string]any{"routes": prefixStrings(want)}
+	if len(missing) > 0 {
+		return Fail("routes not approved (not primary on this router): %s", strings.Join(missing, ", ")).With(obs, thr)
+	}
+	return Pass("all %d routes approved: %s", len(want), strings.Join(prefixStrings(want), ", ")).With(obs, thr)
+}
+
+func prefixStrings(ps []netip.Prefix) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return out
+}
+
+func checkLoginServerHealth(ctx context.Context, cx *CheckEnv) Result {
+	base := cx.Setting("TS_LOGIN_SERVER", cx.Setting("HEADSCALE_URL", ""))
+	if base == "" {
+		return NotApplicable("neither TS_LOGIN_SERVER nor HEADSCALE_URL is set")
+	}
+	url := strings.TrimRight(base, "/") + "/health"
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+	resp, err := httpGet(ctx, client, url, 4096)
+	if err != nil {
+		return Fail("login server unreachable: %v", err)
+	}
+	obs := map[string]any{"url": url, "status": resp.Code, "latency_ms": ms(resp.Latency)}
+	if resp.Code != http.StatusOK {
+		return Fail("GET %s answered %d: %s", url, resp.Code, firstLine(resp.Body)).With(obs, nil)
+	}
+	return Pass("GET %s answered 200 in %s", url, resp.Latency.Round(time.Millisecond)).With(obs, nil)
+}
+
+func checkDNSResolution(ctx context.Context, cx *CheckEnv) Result {
+	name := cx.Setting("METAGN_DNS_NAME", "")
+	if name == "" {
+		return NotApplicable("METAGN_DNS_NAME is not set")
+	}
+	start := time.Now()
+	addrs, err := net.DefaultResolver.LookupHost(ctx, name)
+	d := time.Since(start)
+	if err != nil {
+		return Fail("cannot resolve %q: %s", name, errText(ctx, err))
+	}
+	return Pass("%s resolves to %s", name, strings.Join(addrs, ", ")).
+		With(map[string]any{"name": name, "addresses": addrs, "latency_ms": ms(d)}, nil)
+}
+
+// httpResponse is the little an HTTP check needs of a response.
+type httpResponse struct {
+	Code    int
+	Body    []byte
+	Latency time.Duration // until the response headers arrived
+}
+
+// httpGet does a GET under ctx, reading at most maxBody bytes of the body.
+func httpGet(ctx context.Context, client *http.Client, url string, maxBody int64) (httpResponse, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return httpResponse{}, fmt.Errorf("GET %s: %w", url, err)
+	}
+	start := time.Now()
+	resp, err := client.Do(req)
+	if err != nil {
+		return httpResponse{}, fmt.Errorf("GET %s: %s", url, errText(ctx, err))
+	}
+	defer resp.Body.Close()
+	latency := time.Since(start)
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	if err != nil {
+		return httpResponse{}, fmt.Errorf("GET %s: reading the body: %s", url, errText(ctx, err))
+	}
+	return httpResponse{Code: resp.StatusCode, Body: body, Latency: latency}, nil
+}
+
+// firstLine is the first line of a body, bounded, for a message.
+func firstLine(b []byte) string {
+	s, _, _ := strings.Cut(string(b), "\n")
+	return truncate(strings.TrimSpace(s), 200)
+}
+
+// ms is a duration in milliseconds with microsecond precision, for
+// observed values.
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -1,0 +1,166 @@
+package tasks
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+// BuiltinChecks returns every built-in check, in report order: network,
+// host, cluster (Kubernetes, then Talos), database, application.
+func BuiltinChecks() []Check {
+	return slices.Concat(NetworkChecks(), HostChecks(), ClusterChecks(), TalosChecks(), DatabaseChecks(), ApplicationChecks())
+}
+
+// Catalog returns the checks this agent knows: the built-in ones plus those
+// of the custom check file in setting METAGN_CUSTOM_CHECKS, validated as a
+// whole. On an error in the custom file it returns the built-in checks
+// with the error, so verification goes on without them.
+func Catalog(s Settings) ([]Check, error) {
+	builtin := BuiltinChecks()
+	path := s.Get("METAGN_CUSTOM_CHECKS", "")
+	if path == "" {
+		return builtin, nil
+	}
+	custom, err := LoadCustomChecks(path)
+	if err != nil {
+		return builtin, err
+	}
+	all := slices.Concat(builtin, custom)
+	if err := ValidateChecks(all); err != nil {
+		return builtin, err
+	}
+	return all, nil
+}
+
+// VerifyArgs are the arguments of the verify task.
+type VerifyArgs struct {
+	// Layers to verify; empty means all.
+	Layers []string `json:"layers,omitempty"`
+	// Scope is node, cluster or all (the default). The controller sends
+	// cluster-scoped checks to one agent per cluster and node-scoped ones to
+	// every node.
+	Scope string `json:"scope,omitempty"`
+	// Checks names checks to run (their dependencies run too); empty means
+	// all that Layers and Scope select.
+	Checks []string `json:"checks,omitempty"`
+}
+
+// VerifyOutput is the verify task's output data.
+type VerifyOutput struct {
+	Checks []messages.CheckResult `json:"checks"`
+}
+
+// CustomChecksFileCheck is the name of the result reported when the custom
+// check file cannot be used.
+const CustomChecksFileCheck = "custom_checks_file"
+
+// Verify runs verification checks on this node and reports their results.
+type Verify struct {
+	// Tailscale is the LocalAPI the network checks ask; nil means tailscaled
+	// at setting TS_SOCKET. An agent that is a tsnet node sets its
+	// LocalClient here.
+	Tailscale LocalAPI
+	// Parallel bounds the checks run at once (0: DefaultCheckParallelism).
+	Parallel int
+}
+
+func (Verify) Kind() string { return "verify" }
+
+func (v Verify) Run(ctx context.Context, env *Env, raw json.RawMessage) (Output, error) {
+	args, err := decodeVerifyArgs(raw)
+	if err != nil {
+		return Output{}, err
+	}
+	if env == nil {
+		env = &Env{}
+	}
+	catalog, catErr := Catalog(env.Settings)
+	if catErr != nil && args.Checks != nil {
+		// A named check may be a custom one that failed to load.
+		for _, n := range args.Checks {
+			if !slices.ContainsFunc(catalog, func(c Check) bool { return c.Name == n }) {
+				return Output{}, BadArgs("check %q: unknown (the custom check file failed to load: %v)", n, catErr)
+			}
+		}
+	}
+	checks, err := Select(catalog, Selection{Layers: args.Layers, Scope: Scope(args.Scope), Names: args.Checks})
+	if err != nil {
+		return Output{}, BadArgs("%v", err)
+	}
+	results := RunChecks(ctx, env, checks, RunOptions{Parallel: v.Parallel, Tailscale: v.Tailscale})
+	if catErr != nil && args.Scope != string(ScopeCluster) {
+		results = append(results, messages.CheckResult{
+			Name:    CustomChecksFileCheck,
+			Layer:   "custom",
+			Status:  messages.CheckFail,
+			Message: truncate(catErr.Error(), MaxCheckMessageBytes),
+			Node:    env.Node,
+			Cluster: env.Cluster,
+		})
+	}
+	if results == nil {
+		results = []messages.CheckResult{}
+	}
+	out := Output{Outcome: Worst(results), Data: VerifyOutput{Checks: results}}
+	out.Reason = summarize(results, len(checks) == 0)
+	return out, nil
+}
+
+func decodeVerifyArgs(raw json.RawMessage) (VerifyArgs, error) {
+	var a VerifyArgs
+	if len(raw) > 0 && string(raw) != "null" {
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&a); err != nil {
+			return a, BadArgs("verify: %v", err)
+		}
+	}
+	switch Scope(a.Scope) {
+	case "", "all", ScopeNode, ScopeCluster:
+	default:
+		return a, BadArgs("verify: scope: %q is not node, cluster or all", a.Scope)
+	}
+	for _, l := range a.Layers {
+		if !ValidName(l) {
+			return a, BadArgs("verify: layers: %q is not a layer name", l)
+		}
+	}
+	for _, c := range a.Checks {
+		if !ValidName(c) {
+			return a, BadArgs("verify: checks: %q is not a check name", c)
+		}
+	}
+	return a, nil
+}
+
+// summarize names the checks that did not pass, skipped ones left out
+// (their root is named).
+func summarize(results []messages.CheckResult, none bool) string {
+	if none {
+		return "no checks selected"
+	}
+	var bad []string
+	skipped := 0
+	for _, r := range results {
+		switch r.Status {
+		case messages.CheckFail, messages.CheckUnknown, messages.CheckWarn:
+			bad = append(bad, r.Name+" "+r.Status)
+		case messages.CheckSkipped:
+			skipped++
+		}
+	}
+	if len(bad) == 0 {
+		return fmt.Sprintf("%d checks passed", len(results))
+	}
+	s := strings.Join(bad, ", ")
+	if skipped > 0 {
+		s += fmt.Sprintf("; %d skipped", skipped)
+	}
+	return truncate(s, MaxCheckMessageBytes)
+}
