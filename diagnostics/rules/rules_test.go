@@ -1,0 +1,286 @@
+package rules
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+func builtin(t testing.TB) *KB {
+	t.Helper()
+	kb, err := Builtin()
+	if err != nil {
+		t.Fatalf("Builtin: %v", err)
+	}
+	return kb
+}
+
+// Fact builders for the tables below.
+func chk(name, status, msg string) Facts {
+	return Facts{Node: "n1", Checks: []messages.CheckResult{{Name: name, Status: status, Message: msg, Node: "n1"}}}
+}
+
+func obs(name, status, observed string) Facts {
+	f := chk(name, status, "")
+	f.Checks[0].Observed = json.RawMessage(observed)
+	return f
+}
+
+func met(name string, v float64) Facts {
+	return Facts{Node: "n1", Metrics: map[string]float64{name: v}}
+}
+
+func logl(source, text string) Facts {
+	return Facts{Node: "n1", Lines: []Line{{Source: source, Text: text}}}
+}
+
+func role(f Facts, r string) Facts { f.Role = r; return f }
+
+// faults: for every built-in rule, facts that must fire it (one per
+// condition where practical).
+var faults = map[string][]Facts{
+	"tailnet-unreachable": {chk("tailscaled_running", "fail", "tailscaled not running"), chk("tailnet_connected", "fail", "BackendState Stopped"), met("tailscaled_up", 0)},
+	"router-offline": {role(Facts{Node: "r1", Offline: true, Reason: "offline"}, "router"),
+		role(chk("tailscaled_running", "fail", ""), "router"), role(chk("tailnet_connected", "fail", ""), "router")},
+	"node-offline":             {{Node: "n9", Offline: true, Reason: "offline"}},
+	"login-server-unreachable": {chk("login_server_health", "fail", "GET /health: connection refused"), met("headscale_health_up", 0), logl("/var/log/guildnet/router.log", "control: dial tcp 10.0.0.1:8081: connect: connection refused")},
+	"headscale-port-busy":      {logl("/var/log/guildnet/x.log", "headscale: listen tcp :8080: bind: address already in use"), logl("/var/log/guildnet/headscale.log", "listen tcp 0.0.0.0:8080: bind: address already in use")},
+	"auth-key-rejected":        {chk("tailnet_connected", "fail", "BackendState NeedsLogin: auth key expired"), logl("/var/log/guildnet/router.log", "backend error: invalid key: unable to validate API key")},
+	"routes-not-approved":      {chk("routes_approved", "fail", "10.96.0.0/12 not in PrimaryRoutes"), logl("r.log", "route 10.96.0.0/12 is not approved")},
+	"peers-unreachable":        {chk("controller_reachable", "fail", "tailnet ping timed out"), logl("t.log", "magicsock: derp-1 connect timeout")},
+	"dns-resolution-failing":   {chk("dns_resolution", "fail", "lookup x: no such host"), logl("a.log", "lookup guildnet.internal on 127.0.0.53:53: server misbehaving")},
+
+	"kube-api-unreachable":     {chk("kube_api_ready", "fail", "readyz: connection refused"), logl("h.log", "Get https://10.0.0.10:6443/api: dial tcp 10.0.0.10:6443: connect: connection refused")},
+	"kube-api-slow":            {obs("kube_api_ready", "warn", `"2.5s"`), obs("kube_api_ready", "pass", `{"latency_ms": 2100}`)},
+	"nodes-not-ready":          {chk("nodes_ready", "fail", "NotReady: w2")},
+	"kubelet-not-running":      {met("kubelet_up", 0), met("containerd_up", 0)},
+	"coredns-not-running":      {chk("coredns_running", "fail", "0/2 running")},
+	"metallb-not-assigning":    {chk("metallb_available", "fail", "no IPAddressPool"), logl("m.log", "controller: no available IPs for service default/rethinkdb")},
+	"service-lb-pending":       {chk("rethinkdb_address", "warn", "LoadBalancer ingress pending"), logl("k.log", "rethinkdb   LoadBalancer   10.96.0.10   <pending>  EXTERNAL-IP <pending>")},
+	"crds-missing":             {chk("guildnet_crds_established", "fail", "workspaces.guildnet.io missing")},
+	"pods-pending":             {logl("k.log", "Warning FailedScheduling 0/3 nodes are available: insufficient memory")},
+	"image-pull-failed":        {chk("workspaces_settled", "fail", "ws1 Pending: ErrImagePull"), logl("k.log", "Back-off pulling image: ImagePullBackOff")},
+	"talos-apid-unreachable":   {chk("talos_apid_version", "fail", "10.0.0.2:50000 refused")},
+	"talos-etcd-unhealthy":     {chk("talos_etcd_members", "fail", "0 members")},
+	"talos-services-down":      {chk("talos_services_up", "warn", "etcd not running")},
+	"kubeconfig-cert-expiring": {met("kubeconfig_client_cert_days_left", 3)},
+
+	"rethinkdb-pods-not-ready":     {chk("rethinkdb_pods_ready", "fail", "0/1 ready")},
+	"rethinkdb-crashloop":          {chk("rethinkdb_pods_ready", "fail", "rethinkdb-0 CrashLoopBackOff"), logl("k.log", "pod rethinkdb-0 OOMKilled")},
+	"rethinkdb-address-missing":    {chk("rethinkdb_address", "fail", "no address")},
+	"rethinkdb-connection-refused": {chk("rethinkdb_tcp", "fail", "connection refused"), met("rethinkdb_port_up", 0), logl("h.log", "rethinkdb: dial tcp 10.0.0.201:28015: connect: connection refused")},
+	"rethinkdb-query-failing":      {chk("rethinkdb_query", "fail", "DBList timed out")},
+	"rethinkdb-slow":               {obs("rethinkdb_query", "warn", `350`), obs("rethinkdb_query", "warn", `"350ms"`), obs("rethinkdb_query", "pass", `{"latency_ms": 250}`), met("rethinkdb_connect_ms", 300)},
+	"rethinkdb-databases-missing":  {chk("rethinkdb_databases", "warn", "org_a__db missing")},
+
+	"hostapp-down":               {chk("hostapp_healthz", "fail", "connection refused"), met("hostapp_port_up", 0), logl("p.log", "GET /healthz 502 Bad Gateway")},
+	"hostapp-cert-error":         {chk("hostapp_healthz", "fail", "x509: certificate is valid for 127.0.0.1, not 100.64.0.5"), chk("proxy_answers", "fail", "tls: bad certificate"), met("tls_cert_missing_tailnet_ip", 1), logl("h.log", "http: TLS handshake error: remote error: tls: bad certificate")},
+	"tls-cert-expiring":          {met("tls_cert_days_left_min", 5), met("tls_cert_days_left_min", -2)},
+	"hostapp-clusters-unhealthy": {chk("hostapp_api_health", "warn", "cluster c1: error")},
+	"operator-idle":              {chk("operator_available", "fail", "0/1 available"), logl("o.log", `workspaces.guildnet.io is forbidden: User "system:serviceaccount:guildnet-system:workspace-operator" cannot list`)},
+	"workspace-pending":          {chk("workspaces_settled", "warn", "ws1 Pending for 5m")},
+	"proxy-504":                  {chk("proxy_answers", "fail", "504"), logl("p.log", "proxy: 504 Gateway Timeout")},
+
+	"memory-pressure": {met("memory_percent", 91), chk("host_memory", "warn", "91%")},
+	"cpu-saturated":   {met("cpu_percent", 97), met("load1_per_cpu", 3), chk("host_cpu", "fail", "")},
+	"disk-pressure":   {met("disk_percent", 95), chk("host_disk", "warn", "")},
+}
+
+func TestEveryRuleFiresOnItsFault(t *testing.T) {
+	kb := builtin(t)
+	for _, r := range kb.Rules {
+		fs, ok := faults[r.ID]
+		if !ok {
+			t.Errorf("rule %s has no fault in the test table", r.ID)
+			continue
+		}
+		for i, f := range fs {
+			m, fired := r.Match(&f)
+			if !fired {
+				t.Errorf("rule %s did not fire on fault %d: %+v", r.ID, i, f)
+				continue
+			}
+			if len(m.Evidence) == 0 {
+				t.Errorf("rule %s fired with no evidence on fault %d", r.ID, i)
+			}
+			if strings.Contains(m.Title(), "{") {
+				t.Errorf("rule %s title %q keeps a placeholder", r.ID, m.Title())
+			}
+		}
+	}
+	for id := range faults {
+		if kb.Rule(id) == nil {
+			t.Errorf("test table names unknown rule %s", id)
+		}
+	}
+}
+
+func TestHealthyFactsFireNothing(t *testing.T) {
+	kb := builtin(t)
+	var checks []messages.CheckResult
+	for _, names := range KnownChecks {
+		for _, n := range names {
+			checks = append(checks, messages.CheckResult{Name: n, Status: "pass", Passed: true, Observed: json.RawMessage(`{"latency_ms": 12}`)})
+		}
+	}
+	f := &Facts{Node: "n1", Role: "router", Checks: checks, Metrics: map[string]float64{
+		"memory_percent": 40, "cpu_percent": 10, "load1_per_cpu": 0.2, "disk_percent": 50, "tailscaled_up": 1,
+		"kubelet_up": 1, "containerd_up": 1, "hostapp_port_up": 1, "rethinkdb_port_up": 1, "rethinkdb_connect_ms": 3,
+		"headscale_health_up": 1, "tls_cert_days_left_min": 300, "kubeconfig_client_cert_days_left": 200, "tls_cert_missing_tailnet_ip": 0,
+	}, Lines: []Line{{Source: "a.log", Text: "GET /healthz 200 ok in 3ms"}}}
+	if ms := kb.Evaluate(f); len(ms) != 0 {
+		for _, m := range ms {
+			t.Errorf("rule %s fired on healthy facts: %v", m.Rule.ID, m.Evidence)
+		}
+	}
+}
+
+func TestTitleObserved(t *testing.T) {
+	kb := builtin(t)
+	f := obs("rethinkdb_query", "warn", `{"latency_ms": 350}`)
+	m, ok := kb.Rule("rethinkdb-slow").Match(&f)
+	if !ok || m.Title() != "RethinkDB slow response (350ms)" {
+		t.Fatalf("title = %q (fired %v), want RethinkDB slow response (350ms)", m.Title(), ok)
+	}
+	f = met("memory_percent", 91.26)
+	m, _ = kb.Rule("memory-pressure").Match(&f)
+	if m.Title() != "Node memory high (91.3%)" {
+		t.Errorf("title = %q", m.Title())
+	}
+	f = chk("host_memory", "warn", "")
+	m, _ = kb.Rule("memory-pressure").Match(&f)
+	if m.Title() != "Node memory high" {
+		t.Errorf("title without observed = %q", m.Title())
+	}
+}
+
+func TestBuiltinChecksAreTheContract(t *testing.T) {
+	kb := builtin(t)
+	known := map[string]string{}
+	for layer, names := range KnownChecks {
+		for _, n := range names {
+			known[n] = layer
+		}
+	}
+	used := map[string]bool{}
+	for _, r := range kb.Rules {
+		if !slices.Contains(Layers, r.Layer) {
+			t.Errorf("rule %s: layer %q is not a standard layer", r.ID, r.Layer)
+		}
+		for _, c := range r.When {
+			if c.Check == "" {
+				continue
+			}
+			if _, ok := known[c.Check]; !ok {
+				t.Errorf("rule %s matches check %q, which is not in the contract", r.ID, c.Check)
+			}
+			used[c.Check] = true
+		}
+	}
+	for n := range known {
+		if !used[n] {
+			t.Errorf("check %s is covered by no rule", n)
+		}
+	}
+}
+
+func TestTroubleshootingDocFresh(t *testing.T) {
+	kb := builtin(t)
+	path := filepath.Join("..", "..", "docs", "TROUBLESHOOTING.md")
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read committed doc: %v", err)
+	}
+	if want := Markdown(kb); !bytes.Equal(got, want) {
+		t.Fatalf("%s is stale: run go generate ./diagnostics/rules", path)
+	}
+}
+
+func TestDocsLinksResolve(t *testing.T) {
+	kb := builtin(t)
+	md, err := os.ReadFile(filepath.Join("..", "..", "docs", "TROUBLESHOOTING.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	anchors := Anchors(md)
+	headings := map[string]string{}
+	for _, r := range kb.Rules {
+		link := r.DocsLink()
+		file, anchor, ok := strings.Cut(link, "#")
+		if !ok || file != DocsFile {
+			t.Errorf("rule %s: docs %q does not point into %s", r.ID, link, DocsFile)
+			continue
+		}
+		if !anchors[anchor] {
+			t.Errorf("rule %s: docs anchor #%s is not a heading of %s", r.ID, anchor, DocsFile)
+		}
+		if other, dup := headings[anchor]; dup {
+			t.Errorf("rules %s and %s share the heading anchor #%s", other, r.ID, anchor)
+		}
+		headings[anchor] = r.ID
+	}
+	// The seed's example link.
+	if got := kb.Rule("tailnet-unreachable").DocsLink(); got != "docs/TROUBLESHOOTING.md#tailnet-unreachable" {
+		t.Errorf("tailnet-unreachable docs = %q", got)
+	}
+}
+
+func TestAnchor(t *testing.T) {
+	for in, want := range map[string]string{
+		"Tailnet unreachable":                 "tailnet-unreachable",
+		"Host app down (502)":                 "host-app-down-502",
+		"Headscale will not start (port busy)": "headscale-will-not-start-port-busy",
+		"Nodes NotReady":                      "nodes-notready",
+		"a_b -- c.d":                          "a_b----cd",
+		"Ünïcode ok":                          "ünïcode-ok",
+	} {
+		if got := Anchor(in); got != want {
+			t.Errorf("Anchor(%q) = %q, want %q", in, got, want)
+		}
+	}
+	got := Anchors([]byte("# A\n## A\n```\n# Not\n```\n### `Code` *x*\n"))
+	for _, want := range []string{"a", "a-1", "code-x"} {
+		if !got[want] {
+			t.Errorf("Anchors missing %q: %v", want, got)
+		}
+	}
+	if got["not"] {
+		t.Error("heading inside a code fence was taken")
+	}
+}
+
+func TestObservedValue(t *testing.T) {
+	tests := []struct {
+		raw, field, unit string
+		want             float64
+		shown            string
+		ok               bool
+	}{
+		{`350`, "", "ms", 350, "350ms", true},
+		{`"350ms"`, "", "ms", 350, "350ms", true},
+		{`"1.5s"`, "", "ms", 1500, "1.5s", true},
+		{`"91%"`, "", "%", 91, "91%", true},
+		{`{"latency_ms": 250}`, "", "ms", 250, "250ms", true},
+		{`{"seconds": 2}`, "", "ms", 2000, "2000ms", true},
+		{`{"p95": 12, "name": "x"}`, "", "ms", 12, "12ms", true},
+		{`{"a": 1, "b": 2}`, "", "ms", 0, "", false},
+		{`{"a": 1, "b": 2}`, "b", "", 2, "2", true},
+		{`{"a": 1}`, "missing", "", 0, "", false},
+		{`true`, "", "", 0, "", false},
+		{`"fast"`, "", "", 0, "fast", false},
+		{``, "", "", 0, "", false},
+		{`{bad`, "", "", 0, "", false},
+	}
+	for _, tc := range tests {
+		v, shown, ok := ObservedValue(json.RawMessage(tc.raw), tc.field, tc.unit)
+		if ok != tc.ok || ok && (v != tc.want || shown != tc.shown) {
+			t.Errorf("ObservedValue(%s, %q, %q) = %v, %q, %v; want %v, %q, %v", tc.raw, tc.field, tc.unit, v, shown, ok, tc.want, tc.shown, tc.ok)
+		}
+	}
+}
