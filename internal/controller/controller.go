@@ -94,7 +94,7 @@ type Controller struct {
 }
 
 // Start brings a controller up and returns once it serves.
-func Start(ctx context.Context, o Options) (c *Controller, err error) {
+func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 	o.setDefaults()
 	if o.DataDir == "" {
 		return nil, errors.New("data dir: empty")
@@ -102,7 +102,7 @@ func Start(ctx context.Context, o Options) (c *Controller, err error) {
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir %s: %w", o.DataDir, err)
 	}
-	c = &Controller{opts: o, log: o.Log, met: newMetrics(o.MaxMessageBytes), apiSem: make(chan struct{}, 64), stop: make(chan struct{})}
+	c := &Controller{opts: o, log: o.Log, met: newMetrics(o.MaxMessageBytes), apiSem: make(chan struct{}, 64), stop: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -383,7 +383,7 @@ func (c *Controller) startHTTP() error {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		if !c.ns.ReadyForConnections(0) || !c.ns.JetStreamEnabled() || !c.nc.IsConnected() {
+		if !c.ns.Running() || !c.ns.JetStreamEnabled() || !c.nc.IsConnected() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
 		}

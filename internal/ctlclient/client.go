@@ -80,6 +80,11 @@ func (c *Client) Run(ctx context.Context, req messages.RunRequest) (messages.Run
 	return call[messages.RunReply](ctx, c, messages.APIRun, &req)
 }
 
+// Report returns a task's report, waiting up to wait for it to finish.
+func (c *Client) Report(ctx context.Context, id string, wait time.Duration) (messages.TaskReport, error) {
+	return call[messages.TaskReport](ctx, c, messages.APITaskWait, &messages.TaskWaitRequest{V: messages.Version, TaskID: id, Wait: wait.String()})
+}
+
 // Wait polls the task until it is done or ctx ends. It survives a controller
 // restart: the connection reconnects and the task is rebuilt on the other side.
 func (c *Client) Wait(ctx context.Context, id string) (messages.TaskReport, error) {
