@@ -122,6 +122,9 @@ type Env struct {
 	ProcRoot string
 	// Now is the clock for certificate expiry.
 	Now func() time.Time
+	// TailnetIPs are the node's tailnet addresses, for the certificate SAN
+	// check; nil means read them from the interfaces.
+	TailnetIPs []string
 }
 
 // NewEnv builds an Env for node from settings: working directory and home

@@ -124,12 +124,23 @@ func (Components) Collect(ctx context.Context, env *Env) (Section, error) {
 		})
 	}
 
-	// Host app port.
+	// Host app port. Probed at the default address too, but reported down
+	// only where it is configured: most nodes do not run the host app.
 	hostapp := env.setting("LISTEN_LOCAL", "127.0.0.1:8090")
 	if u := env.setting("HOSTAPP_URL", ""); u != "" {
 		hostapp = hostPort(u, "443")
 	}
-	wg.Go(func() { add(dialComponent(ctx, env, "hostapp", hostapp), "hostapp_port_up") })
+	configured := env.setting("LISTEN_LOCAL", "")+env.setting("HOSTAPP_URL", "") != ""
+	wg.Go(func() {
+		c := dialComponent(ctx, env, "hostapp", hostapp)
+		if !c.Up && !configured {
+			mu.Lock()
+			s.note(env, "hostapp: not configured here (LISTEN_LOCAL, HOSTAPP_URL) and nothing listens on %s, not checked", hostapp)
+			mu.Unlock()
+			return
+		}
+		add(c, "hostapp_port_up")
+	})
 
 	// RethinkDB: only when its address is configured on this node.
 	if addr := env.setting("RETHINKDB_ADDR", ""); addr != "" {

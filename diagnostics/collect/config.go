@@ -131,7 +131,10 @@ func (Config) Collect(ctx context.Context, env *Env) (Section, error) {
 		d.Kubeconfig = ki
 	}
 
-	tailnet := tailnetIPs()
+	tailnet := env.TailnetIPs
+	if tailnet == nil {
+		tailnet = tailnetIPs()
+	}
 	minDays, missing := math.Inf(1), 0
 	for _, p := range env.list("METAGN_TLS_CERTS", "") {
 		ci := readCert(p, now, env.Limits.ConfigFileBytes)

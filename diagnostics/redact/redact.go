@@ -44,23 +44,49 @@ func IsSecretName(name string) bool {
 var patterns = sync.OnceValue(func() []rule {
 	return []rule{
 		// PEM private keys, also when the END line is missing (truncated tail).
-		{regexp.MustCompile(`-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?s:.*?)(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\z)`), Mask},
+		{re: regexp.MustCompile(`-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?s:.*?)(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\z)`), repl: Mask},
 		// Tailscale and Headscale keys.
-		{regexp.MustCompile(`\b(?:tskey|hskey)-[A-Za-z0-9_-]*`), Mask},
+		{re: regexp.MustCompile(`\b(?:tskey|hskey)-[A-Za-z0-9_-]*`), repl: Mask},
 		// Authorization headers.
-		{regexp.MustCompile(`(?i)\b(bearer|basic|token)(\s+)[A-Za-z0-9._~+/=-]{6,}`), "${1}${2}" + Mask},
+		{re: regexp.MustCompile(`(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{6,}`), repl: "${1}${2}" + Mask},
+		// "token VALUE" where VALUE looks like one (has a digit), not prose.
+		{re: regexp.MustCompile(`(?i)\b(token)(\s+)[A-Za-z0-9._~+/=-]*[0-9][A-Za-z0-9._~+/=-]*`), repl: "${1}${2}" + Mask},
 		// JWTs.
-		{regexp.MustCompile(`\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*`), Mask},
+		{re: regexp.MustCompile(`\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*`), repl: Mask},
 		// Passwords in URLs: scheme://user:password@host.
-		{regexp.MustCompile(`(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*):[^@\s/]*@`), "${1}:" + Mask + "@"},
-		// key=value, key: value, "key": "value" with a secret-looking key.
-		{regexp.MustCompile(`(?i)([A-Za-z0-9_.-]*(?:token|passw(?:or)?d|pass|secret|key|auth|credential)[A-Za-z0-9_.-]*)("?'?\s*[:=]\s*"?'?)([^\s"',;&}\[\]]+)`), "${1}${2}" + Mask},
+		{re: regexp.MustCompile(`(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*):[^@\s/]*@`), repl: "${1}:" + Mask + "@"},
+		// key=value, key: value, "key": "value" with a secret-looking key,
+		// except file names such as server.key or tls.pem.
+		{re: regexp.MustCompile(`(?i)([A-Za-z0-9_.-]*(?:token|passw(?:or)?d|pass|secret|key|auth|credential)[A-Za-z0-9_.-]*)("?'?\s*[:=]\s*"?'?)([^\s"',;&}\[\]]+)`),
+			repl: "${1}${2}" + Mask, skip: regexp.MustCompile(`(?i)\.(key|pem|crt)$`)},
 	}
 })
 
 type rule struct {
 	re   *regexp.Regexp
 	repl string
+	skip *regexp.Regexp // matches of group 1 that are left alone
+}
+
+func (p rule) apply(s string) string {
+	if p.skip == nil {
+		return p.re.ReplaceAllString(s, p.repl)
+	}
+	var b strings.Builder
+	last := 0
+	for _, m := range p.re.FindAllStringSubmatchIndex(s, -1) {
+		if p.skip.MatchString(s[m[2]:m[3]]) {
+			continue
+		}
+		b.WriteString(s[last:m[0]])
+		b.Write(p.re.ExpandString(nil, p.repl, s, m))
+		last = m[1]
+	}
+	if last == 0 {
+		return s
+	}
+	b.WriteString(s[last:])
+	return b.String()
 }
 
 // Redactor scrubs text. Its zero value applies the patterns only; New adds
@@ -115,7 +141,7 @@ func (r *Redactor) String(s string) string {
 		r.mu.RUnlock()
 	}
 	for _, p := range patterns() {
-		s = p.re.ReplaceAllString(s, p.repl)
+		s = p.apply(s)
 	}
 	return s
 }

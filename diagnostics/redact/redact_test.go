@@ -25,6 +25,9 @@ func TestString(t *testing.T) {
 		{"short literal kept", "ab cd", nil, []string{"ab cd"}},
 		{"pem", "x\n-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n-----END RSA PRIVATE KEY-----\ny", []string{"MIIEpAIBAAKCAQEA"}, []string{"x\n", "\ny"}},
 		{"pem truncated", "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg", []string{"MIIEvQIBADANBg"}, nil},
+		{"file names are not keys", "tls cert /etc/x/server.key: no PEM certificate found", nil, []string{"server.key: no PEM certificate found"}},
+		{"token prose", "auth token expired for user", nil, []string{"auth token expired for user"}},
+		{"token value", "using token abc123def456", []string{"abc123def456"}, []string{"using token"}},
 		{"harmless", "connection refused to 10.0.0.5:28015", nil, []string{"connection refused to 10.0.0.5:28015"}},
 		{"idempotent", "password=" + Mask, nil, []string{"password=" + Mask}},
 	}
