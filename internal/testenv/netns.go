@@ -158,3 +158,13 @@ func RequireNetNS(t testing.TB) {
 		t.Fatalf("testenv: a tailnet node may only run in a loopback-only network namespace (use testenv.MainInNetNS in TestMain): %v", err)
 	}
 }
+
+// PrepareNetNS brings loopback up in a freshly made network namespace and
+// checks that nothing but loopback is there. For a program that re-executes
+// itself with CLONE_NEWNET itself (hack/testworld exec).
+func PrepareNetNS() error {
+	if err := setLoopbackUp(); err != nil {
+		return err
+	}
+	return checkNetNS()
+}

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"tailscale.com/ipn"
@@ -34,7 +35,8 @@ type TSNetOptions struct {
 	Ephemeral bool
 	// Timeout bounds the wait for Running with an IP (default 60s).
 	Timeout time.Duration
-	// Logf receives tsnet's backend logs (default: discarded).
+	// Logf receives tsnet's backend logs (default: appended to
+	// Dir/logs/tsnet.log).
 	Logf func(format string, args ...any)
 }
 
@@ -72,7 +74,16 @@ func StartTSNet(ctx context.Context, opts TSNetOptions) (*tsnet.Server, *ipnstat
 	SetTSNetEnv(logs)
 	logf := opts.Logf
 	if logf == nil {
-		logf = func(string, ...any) {}
+		f, err := os.OpenFile(filepath.Join(logs, "tsnet.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, nil, fmt.Errorf("start tsnet %q: log file: %w", opts.Hostname, err)
+		}
+		var mu sync.Mutex
+		logf = func(format string, args ...any) {
+			mu.Lock()
+			defer mu.Unlock()
+			fmt.Fprintf(f, time.Now().Format("15:04:05.000 ")+format+"\n", args...)
+		}
 	}
 	srv := &tsnet.Server{
 		Dir:        filepath.Join(opts.Dir, "state"),
