@@ -619,3 +619,18 @@ func settingList(cx *CheckEnv, key, def string) []string {
 	}
 	return out
 }
+
+// ctxErr is err, with the context's cause added when err is only the
+// context's own error, so a timeout names what timed out; err stays
+// unwrappable.
+func ctxErr(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		if cause := context.Cause(ctx); cause != nil && !errors.Is(err, cause) {
+			return fmt.Errorf("%w (%v)", err, cause)
+		}
+	}
+	return err
+}

@@ -7,10 +7,12 @@ package tasks
 import (
 	"context"
 	"fmt"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	neturl "net/url"
 	"slices"
 	"strings"
 	"time"
@@ -292,7 +294,7 @@ func httpGet(ctx context.Context, client *http.Client, url string, maxBody int64
 	start := time.Now()
 	resp, err := client.Do(req)
 	if err != nil {
-		return httpResponse{}, fmt.Errorf("GET %s: %s", url, errText(ctx, err))
+		return httpResponse{}, fmt.Errorf("GET %s: %w", url, ctxErr(ctx, unwrapURLError(err)))
 	}
 	defer resp.Body.Close()
 	latency := time.Since(start)
@@ -312,3 +314,13 @@ func firstLine(b []byte) string {
 // ms is a duration in milliseconds with microsecond precision, for
 // observed values.
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// unwrapURLError drops the *url.Error layer, whose text repeats the method
+// and URL a check's message already names.
+func unwrapURLError(err error) error {
+	var ue *neturl.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}

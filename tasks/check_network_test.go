@@ -1,0 +1,281 @@
+package tasks
+
+import (
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"tailscale.com/client/local"
+	"tailscale.com/ipn/ipnstate"
+	"tailscale.com/types/views"
+
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+// localAPIStandIn serves the two LocalAPI endpoints the network checks use
+// on a unix socket, so the real tailscale.com/client/local client talks to
+// it exactly as it would to tailscaled. (The real tailscaled/tsnet run in
+// the test world's network namespace; see internal/testenv.)
+type localAPIStandIn struct {
+	Socket string
+	mu     sync.Mutex
+	status *ipnstate.Status
+	ping   *ipnstate.PingResult
+	pinged []string
+}
+
+func startLocalAPI(t *testing.T, st *ipnstate.Status, ping *ipnstate.PingResult) *localAPIStandIn {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "mgn-ts") // short: unix socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	s := &localAPIStandIn{Socket: filepath.Join(dir, "tailscaled.sock"), status: st, ping: ping}
+	ln, err := net.Listen("unix", s.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /localapi/v0/status", func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if r.URL.Query().Get("peers") != "false" {
+			http.Error(w, "the checks must not ask for peers", http.StatusBadRequest)
+			return
+		}
+		json.NewEncoder(w).Encode(s.status)
+	})
+	mux.HandleFunc("POST /localapi/v0/ping", func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.pinged = append(s.pinged, r.URL.Query().Get("ip")+" "+r.URL.Query().Get("type"))
+		json.NewEncoder(w).Encode(s.ping)
+	})
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return s
+}
+
+func runningStatus(routes ...string) *ipnstate.Status {
+	var prefixes []netip.Prefix
+	for _, r := range routes {
+		prefixes = append(prefixes, netip.MustParsePrefix(r))
+	}
+	pr := views.SliceOf(prefixes)
+	return &ipnstate.Status{
+		Version:      "1.102.5",
+		BackendState: "Running",
+		TailscaleIPs: []netip.Addr{netip.MustParseAddr("100.64.0.7")},
+		Self: &ipnstate.PeerStatus{
+			HostName:      "guildnet-router",
+			Online:        true,
+			TailscaleIPs:  []netip.Addr{netip.MustParseAddr("100.64.0.7")},
+			PrimaryRoutes: &pr,
+		},
+	}
+}
+
+var networkNames = []string{"tailscaled_running", "tailnet_connected", "controller_reachable", "routes_approved", "login_server_health", "dns_resolution"}
+
+func TestNetworkChecksThroughLocalAPI(t *testing.T) {
+	allRoutes := strings.Split(DefaultTSRoutes, ",")
+	okPing := &ipnstate.PingResult{IP: "100.64.0.1", NodeName: "controller", LatencySeconds: 0.0004, Endpoint: "127.0.0.1:41641"}
+
+	type want struct{ status, msg, blockedBy string }
+	for _, tc := range []struct {
+		name     string
+		status   *ipnstate.Status // nil: no tailscaled at all
+		ping     *ipnstate.PingResult
+		settings map[string]string
+		role     string
+		want     map[string]want
+	}{
+		{
+			name: "healthy router", status: runningStatus(allRoutes...), ping: okPing, role: "router",
+			settings: map[string]string{"METAGN_CONTROLLER_TAILNET_IP": "100.64.0.1", "METAGN_DNS_NAME": "localhost"},
+			want: map[string]want{
+				"tailscaled_running":   {messages.CheckPass, "tailscaled 1.102.5 answers, backend Running", ""},
+				"tailnet_connected":    {messages.CheckPass, "connected as guildnet-router (100.64.0.7)", ""},
+				"controller_reachable": {messages.CheckPass, "controller 100.64.0.1 (controller) answered", ""},
+				"routes_approved":      {messages.CheckPass, "all 3 routes approved", ""},
+				"login_server_health":  {messages.CheckPass, "not applicable", ""},
+				"dns_resolution":       {messages.CheckPass, "localhost resolves to", ""},
+			},
+		},
+		{
+			name: "no tailscaled", status: nil,
+			want: map[string]want{
+				"tailscaled_running":   {messages.CheckFail, "tailscaled not answering: status from tailscaled socket /nonexistent/tailscaled.sock", ""},
+				"tailnet_connected":    {messages.CheckSkipped, "blocked: tailscaled_running fail", "tailscaled_running"},
+				"controller_reachable": {messages.CheckSkipped, "blocked: tailscaled_running fail", "tailscaled_running"},
+				"routes_approved":      {messages.CheckSkipped, "", "tailscaled_running"},
+				"dns_resolution":       {messages.CheckPass, "not applicable: METAGN_DNS_NAME is not set", ""},
+			},
+		},
+		{
+			name: "needs login",
+			status: &ipnstate.Status{Version: "1.102.5", BackendState: "NeedsLogin", AuthURL: "http://127.0.0.1:8081/register/abc",
+				Health: []string{"not logged in"}},
+			want: map[string]want{
+				"tailscaled_running":   {messages.CheckPass, "backend NeedsLogin", ""},
+				"tailnet_connected":    {messages.CheckFail, "backend state is NeedsLogin, want Running; login needed at http://127.0.0.1:8081/register/abc; health: not logged in", ""},
+				"controller_reachable": {messages.CheckSkipped, "", "tailnet_connected"},
+			},
+		},
+		{
+			name: "offline from control",
+			status: func() *ipnstate.Status {
+				s := runningStatus()
+				s.Self.Online = false
+				return s
+			}(),
+			settings: map[string]string{"TS_LOGIN_SERVER": "http://127.0.0.1:8081"},
+			want: map[string]want{
+				"tailnet_connected": {messages.CheckFail, "backend Running but not connected to http://127.0.0.1:8081", ""},
+			},
+		},
+		{
+			name: "route not approved", status: runningStatus("10.0.0.0/24"), role: "router",
+			want: map[string]want{
+				"routes_approved": {messages.CheckFail, "routes not approved (not primary on this router): 10.96.0.0/12, 10.244.0.0/16", ""},
+			},
+		},
+		{
+			name: "custom routes via setting", status: runningStatus("10.0.0.0/24"),
+			settings: map[string]string{"METAGN_ROUTER": "true", "TS_ROUTES": "10.0.0.0/24"},
+			want: map[string]want{
+				"routes_approved": {messages.CheckPass, "all 1 routes approved: 10.0.0.0/24", ""},
+			},
+		},
+		{
+			name: "not a router", status: runningStatus(),
+			want: map[string]want{
+				"routes_approved": {messages.CheckPass, `not applicable: node is not a router (role "worker"`, ""},
+			},
+		},
+		{
+			name: "bad routes setting", status: runningStatus(), role: "router",
+			settings: map[string]string{"TS_ROUTES": "10.0.0.0/24,ten"},
+			want: map[string]want{
+				"routes_approved": {messages.CheckFail, `setting TS_ROUTES: "ten" is not a CIDR`, ""},
+			},
+		},
+		{
+			name: "controller unreachable", status: runningStatus(),
+			ping:     &ipnstate.PingResult{IP: "100.64.0.1", Err: "timeout waiting for ping reply"},
+			settings: map[string]string{"METAGN_CONTROLLER_TAILNET_IP": "100.64.0.1"},
+			want: map[string]want{
+				"controller_reachable": {messages.CheckFail, "tailnet ping to controller 100.64.0.1: timeout waiting for ping reply", ""},
+			},
+		},
+		{
+			name: "controller ip malformed", status: runningStatus(),
+			settings: map[string]string{"METAGN_CONTROLLER_TAILNET_IP": "controller"},
+			want: map[string]want{
+				"controller_reachable": {messages.CheckFail, `setting METAGN_CONTROLLER_TAILNET_IP: "controller" is not an IP address`, ""},
+			},
+		},
+		{
+			name: "unresolvable name", status: runningStatus(),
+			settings: map[string]string{"METAGN_DNS_NAME": "bad..name"}, // refused locally: no query leaves the machine
+			want: map[string]want{
+				"dns_resolution": {messages.CheckFail, `cannot resolve "bad..name"`, ""},
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			settings := map[string]string{"TS_SOCKET": "/nonexistent/tailscaled.sock"}
+			var api *localAPIStandIn
+			if tc.status != nil {
+				api = startLocalAPI(t, tc.status, tc.ping)
+				settings["TS_SOCKET"] = api.Socket
+			}
+			for k, v := range tc.settings {
+				settings[k] = v
+			}
+			env := testEnv(settings)
+			if tc.role != "" {
+				env.Role = tc.role
+			}
+			checks, err := Select(NetworkChecks(), Selection{Names: networkNames})
+			if err != nil {
+				t.Fatal(err)
+			}
+			res := byName(RunChecks(t.Context(), env, checks, RunOptions{}))
+			for name, w := range tc.want {
+				r := res[name]
+				if r.Status != w.status || !strings.Contains(r.Message, w.msg) || r.BlockedBy != w.blockedBy {
+					t.Errorf("%s: %s %q blocked_by %q\n  want %s containing %q blocked_by %q", name, r.Status, r.Message, r.BlockedBy, w.status, w.msg, w.blockedBy)
+				}
+			}
+			if api != nil && tc.ping != nil && tc.settings["METAGN_CONTROLLER_TAILNET_IP"] != "" {
+				if len(api.pinged) != 1 || api.pinged[0] != "100.64.0.1 TSMP" {
+					t.Errorf("pings sent: %v, want one TSMP ping to 100.64.0.1", api.pinged)
+				}
+			}
+		})
+	}
+}
+
+func TestLoginServerHealth(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		code   int
+		status string
+		msg    string
+	}{
+		{"healthy", http.StatusOK, messages.CheckPass, "/health answered 200"},
+		{"unhealthy", http.StatusServiceUnavailable, messages.CheckFail, "/health answered 503: database locked"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != "/health" {
+					http.NotFound(w, r)
+					return
+				}
+				if tc.code != http.StatusOK {
+					http.Error(w, "database locked", tc.code)
+					return
+				}
+				w.Write([]byte(`{"status":"pass"}`))
+			}))
+			defer srv.Close()
+			res := runNamed(t, NetworkChecks(), map[string]string{"HEADSCALE_URL": srv.URL + "/"}, "login_server_health")
+			if r := res["login_server_health"]; r.Status != tc.status || !strings.Contains(r.Message, tc.msg) || !strings.Contains(r.Message, srv.URL) {
+				t.Errorf("%s %q", r.Status, r.Message)
+			}
+		})
+	}
+	res := runNamed(t, NetworkChecks(), map[string]string{"TS_LOGIN_SERVER": "http://" + closedAddr(t)}, "login_server_health")
+	if r := res["login_server_health"]; r.Status != messages.CheckFail || !strings.Contains(r.Message, "connection refused") {
+		t.Errorf("closed: %s %q", r.Status, r.Message)
+	}
+}
+
+// TestVerifyUsesInjectedLocalAPI: an agent that is a tsnet node passes its
+// LocalClient; the checks ask it rather than the socket.
+func TestVerifyUsesInjectedLocalAPI(t *testing.T) {
+	api := startLocalAPI(t, runningStatus(), nil)
+	lc := localClientFor(api.Socket)
+	out, err := Verify{Tailscale: lc}.Run(t.Context(), testEnv(map[string]string{"TS_SOCKET": "/nonexistent"}), json.RawMessage(`{"checks":["tailnet_connected"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := byName(out.Data.(VerifyOutput).Checks)
+	if r := res["tailnet_connected"]; r.Status != messages.CheckPass {
+		t.Fatalf("tailnet_connected: %s %q", r.Status, r.Message)
+	}
+}
+
+func localClientFor(socket string) LocalAPI {
+	return &local.Client{Socket: socket, UseSocketOnly: true}
+}
