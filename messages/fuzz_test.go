@@ -1,0 +1,92 @@
+package messages
+
+import (
+	"testing"
+)
+
+// Every decoder is fuzzed: none may panic, and whatever one accepts must
+// validate and survive an encode/decode round trip.
+
+func seed(f *testing.F, extra ...string) {
+	for _, s := range append([]string{
+		`{"v":1}`, `{}`, `[]`, `null`, ``, `{"v":1,"id":"t1","kind":"ping","deadline":"2026-01-01T00:00:00Z","issued_at":"2026-01-01T00:00:00Z"}`,
+		`{"v":1,"task_id":"t1","outcome":"unknown","reason":"expired","output":{"a":[1,2]}}`,
+		`{"v":1,"seq":3,"time":"2026-01-01T00:00:00Z","cluster":"a","labels":{"k":"v"},"facts":{"cpus":2,"addresses":["::1"]}}`,
+		`{"v":1,"name":"n1","cluster":"a","role":"r","labels":{"x":"y"}}`,
+		`{"v":1,"target":"cluster=a","kind":"ping","timeout":"5s","args":{"duration":"1s"}}`,
+		`{"v":2}`, `{"v":1} {"v":1}`, "\x00\xff",
+	}, extra...) {
+		f.Add([]byte(s))
+	}
+}
+
+func roundTrip[T any, PT interface {
+	*T
+	Message
+}](t *testing.T, data []byte) {
+	v, err := Decode[T, PT](data, 4096)
+	if err != nil {
+		if CodeOf(err) == CodeInternal {
+			t.Fatalf("error without a code: %v", err)
+		}
+		return
+	}
+	b, err := Encode(PT(&v))
+	if err != nil {
+		t.Fatalf("accepted %q but cannot encode it: %v", data, err)
+	}
+	if _, err := Decode[T, PT](b, 1<<20); err != nil {
+		t.Fatalf("accepted %q, re-encoded %q, refused: %v", data, b, err)
+	}
+}
+
+func FuzzDecodeTask(f *testing.F) {
+	seed(f)
+	f.Fuzz(func(t *testing.T, b []byte) { roundTrip[Task](t, b) })
+}
+
+func FuzzDecodeResult(f *testing.F) {
+	seed(f)
+	f.Fuzz(func(t *testing.T, b []byte) { roundTrip[Result](t, b) })
+}
+
+func FuzzDecodeHeartbeat(f *testing.F) {
+	seed(f)
+	f.Fuzz(func(t *testing.T, b []byte) { roundTrip[Heartbeat](t, b) })
+}
+
+func FuzzDecodeEnroll(f *testing.F) {
+	seed(f)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		roundTrip[EnrollRequest](t, b)
+		roundTrip[EnrollReply](t, b)
+	})
+}
+
+func FuzzDecodeSyncAndAck(f *testing.F) {
+	seed(f, `{"v":1,"tasks":[{"v":1}]}`, `{"v":1,"task_id":"t1","started":true}`)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		roundTrip[SyncRequest](t, b)
+		roundTrip[SyncReply](t, b)
+		roundTrip[Ack](t, b)
+		roundTrip[ErrorReply](t, b)
+		roundTrip[Event](t, b)
+	})
+}
+
+func FuzzDecodeAPI(f *testing.F) {
+	seed(f, `{"v":1,"task_id":"t1","wait":"1s"}`, `{"v":1,"ttl":"1h","reusable":true}`, `{"v":1,"name":"n1"}`)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		roundTrip[StatusRequest](t, b)
+		roundTrip[RunRequest](t, b)
+		roundTrip[TaskWaitRequest](t, b)
+		roundTrip[TokenCreateRequest](t, b)
+		roundTrip[NodesRemoveRequest](t, b)
+		roundTrip[StatusReply](t, b)
+		roundTrip[RunReply](t, b)
+		roundTrip[TaskReport](t, b)
+		roundTrip[TokenCreateReply](t, b)
+		roundTrip[NodesRemoveReply](t, b)
+		roundTrip[Report](t, b)
+	})
+}
