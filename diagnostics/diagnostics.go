@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/guildnet/metaguildnet/diagnostics/collect"
+	"github.com/guildnet/metaguildnet/diagnostics/redact"
 	"github.com/guildnet/metaguildnet/diagnostics/rules"
 	"github.com/guildnet/metaguildnet/messages"
 )
@@ -348,12 +349,17 @@ func finding(is []*instance) Finding {
 		}
 		for _, e := range i.match.Evidence {
 			if len(f.Evidence) < maxEvidence {
-				f.Evidence = append(f.Evidence, prefixNode(i.node, e))
+				// Check messages come from other nodes' tasks; scrub them
+				// once more in case one quoted a secret.
+				f.Evidence = append(f.Evidence, prefixNode(i.node, scrub.String(e)))
 			}
 		}
 	}
 	return f
 }
+
+// scrub applies the redaction patterns (no literals) to evidence.
+var scrub *redact.Redactor
 
 // maxEvidence bounds the evidence lines of one finding.
 const maxEvidence = 10

@@ -51,7 +51,7 @@ func (Logs) Collect(ctx context.Context, env *Env) (Section, error) {
 		files = files[:env.Limits.LogFiles]
 	}
 
-	var results []tailResult
+	var results []LogSource
 	buf := make([]byte, env.Limits.LogTailBytes)
 	for _, f := range files {
 		if ctx.Err() != nil {
@@ -95,8 +95,8 @@ func journalUnits(env *Env) []string {
 }
 
 // journal reads the last lines of one unit, bounded by buf's size.
-func journal(ctx context.Context, env *Env, unit string, buf []byte) tailResult {
-	r := tailResult{Source: "journal:" + unit}
+func journal(ctx context.Context, env *Env, unit string, buf []byte) LogSource {
+	r := LogSource{Source: "journal:" + unit}
 	ctx, cancel := context.WithTimeout(ctx, env.Limits.CommandTimeout)
 	defer cancel()
 	path, _ := lookPath("journalctl")

@@ -11,8 +11,9 @@ import (
 	"unicode/utf8"
 )
 
-// tailResult is what a bounded scan of one source found.
-type tailResult struct {
+// LogSource is what a bounded scan of one log file or journald unit found;
+// the logs section's Data is a []LogSource.
+type LogSource struct {
 	Source    string   `json:"source"`
 	SizeBytes int64    `json:"size_bytes"`
 	ReadBytes int64    `json:"read_bytes"`
@@ -29,8 +30,8 @@ var errBinary = errors.New("binary content")
 // tailFile reads at most limits.LogTailBytes from the end of the regular
 // file at path and scans it. It never opens anything that is not a regular
 // file (a FIFO would block, a device would never end).
-func tailFile(path string, env *Env, buf []byte) tailResult {
-	r := tailResult{Source: path}
+func tailFile(path string, env *Env, buf []byte) LogSource {
+	r := LogSource{Source: path}
 	fi, err := os.Stat(path)
 	if err != nil {
 		r.Note = "unreadable, skipped: " + err.Error()
@@ -74,7 +75,7 @@ func tailFile(path string, env *Env, buf []byte) tailResult {
 // scanText scans text line by line: lines matching any of env.LogPatterns
 // are kept (redacted, truncated, capped), and the last few lines kept as a
 // tail. It refuses binary data.
-func scanText(data []byte, env *Env, r *tailResult) error {
+func scanText(data []byte, env *Env, r *LogSource) error {
 	if looksBinary(data) {
 		return errBinary
 	}
