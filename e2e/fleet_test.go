@@ -1,0 +1,143 @@
+package e2e
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/guildnet/metaguildnet/internal/ctlclient"
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+type runOut struct {
+	TaskID  string `json:"task_id"`
+	Results []struct {
+		Node       string `json:"node"`
+		Outcome    string `json:"outcome"`
+		Reason     string `json:"reason"`
+		DurationMS int64  `json:"duration_ms"`
+	} `json:"results"`
+}
+
+func TestCLIContract(t *testing.T) {
+	w := newWorld(t)
+	tok := w.token()
+	w.agent("n1", "a", tok)
+	w.agent("n2", "a", tok)
+	w.agent("n3", "b", tok)
+	eventually(t, 20*time.Second, "3 online", func() bool { return w.status().Summary["online"] == 3 })
+
+	out, code := cli(t, "run", "--data-dir", w.data, "--target", "all", "ping", "--json")
+	var r runOut
+	if err := json.Unmarshal([]byte(out), &r); err != nil || code != 0 || len(r.Results) != 3 || r.TaskID == "" {
+		t.Fatalf("run --json: exit %d, %s", code, out)
+	}
+	out, code = cli(t, "status", "--data-dir", w.data)
+	if code != 0 || !strings.Contains(out, "CLUSTER a") || !strings.Contains(out, "CLUSTER b") || !strings.Contains(out, "ago") {
+		t.Fatalf("status table: exit %d\n%s", code, out)
+	}
+	// An unknown task kind is a failure of the run: exit 1.
+	if _, code := cli(t, "run", "--data-dir", w.data, "--target", "n1", "nope"); code != 1 {
+		t.Fatalf("failed run: exit %d, want 1", code)
+	}
+	// Usage and connection errors: exit 2.
+	for _, args := range [][]string{
+		{"run", "--data-dir", w.data, "ping"},                                  // no --target
+		{"run", "--data-dir", w.data, "--target", "cluster=zz", "ping"},        // matches nothing
+		{"status", "--data-dir", t.TempDir()},                                  // no controller there
+		{"token", "create", "--data-dir", w.data, "--ttl", "never"},            // bad flag value
+		{"nodes", "remove", "ghost", "--data-dir", w.data},                     // unknown node
+		{"status", "--data-dir", w.data, "--bogus-flag"},                       // unknown flag
+	} {
+		if _, code := cli(t, args...); code != 2 {
+			t.Errorf("controller %v: exit %d, want 2", args, code)
+		}
+	}
+}
+
+// kill -9 of the controller while a task runs: agents finish, keep their
+// results, reconnect to the restarted controller, and nothing is lost.
+func TestControllerKilledMidTask(t *testing.T) {
+	w := newWorld(t)
+	tok := w.token()
+	w.agent("n1", "a", tok)
+	w.agent("n2", "b", tok)
+	eventually(t, 20*time.Second, "2 online", func() bool { return w.status().Summary["online"] == 2 })
+
+	c, err := ctlclient.Dial(w.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run, err := c.Run(t.Context(), messages.RunRequest{Target: "all", Kind: "sleep", Args: json.RawMessage(`{"duration":"1s"}`), Timeout: "60s"})
+	c.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.ctl.kill()
+	time.Sleep(1500 * time.Millisecond) // the sleep tasks finish while the controller is down (a duration, not a condition)
+	w.startController()
+
+	c, err = ctlclient.Dial(w.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rep, err := c.Wait(t.Context(), run.TaskID)
+	if err != nil {
+		t.Fatalf("wait after restart: %v", err)
+	}
+	for _, r := range rep.Results {
+		if r.Outcome != messages.OutcomeOK {
+			t.Errorf("%s: %s %s: a result was lost across the restart", r.Node, r.Outcome, r.Reason)
+		}
+	}
+	eventually(t, 20*time.Second, "agents back online", func() bool { return w.status().Summary["online"] == 2 })
+}
+
+// kill -9 of an agent: its node goes stale, then offline; a restarted agent
+// comes back with its stored identity and no token.
+func TestAgentKilled(t *testing.T) {
+	w := newWorld(t)
+	tok := w.token()
+	a := w.agent("n1", "a", tok)
+	eventually(t, 20*time.Second, "online", func() bool { return w.state("n1") == messages.StateOnline })
+	a.kill()
+	eventually(t, 10*time.Second, "stale", func() bool { return w.state("n1") == messages.StateStale })
+	eventually(t, 10*time.Second, "offline", func() bool { return w.state("n1") == messages.StateOffline })
+	if _, code := cli(t, "status", "--data-dir", w.data); code != 1 {
+		t.Errorf("status with an offline node: exit %d, want 1", code)
+	}
+	w.agent("n1", "a", "")
+	eventually(t, 20*time.Second, "online again", func() bool { return w.state("n1") == messages.StateOnline })
+}
+
+// kill -9 of an agent mid-task: the redelivered task is not run twice.
+func TestAgentKilledMidTaskDoesNotRerun(t *testing.T) {
+	w := newWorld(t)
+	tok := w.token()
+	a := w.agent("n1", "a", tok)
+	eventually(t, 20*time.Second, "online", func() bool { return w.state("n1") == messages.StateOnline })
+	c, err := ctlclient.Dial(w.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	run, err := c.Run(t.Context(), messages.RunRequest{Target: "n1", Kind: "sleep", Args: json.RawMessage(`{"duration":"3s"}`), Timeout: "60s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "task running", func() bool {
+		st, _ := c.Status(t.Context())
+		return len(st.Nodes) == 1 && len(st.Nodes[0].Running) == 1
+	})
+	a.kill()
+	w.agent("n1", "a", "")
+	rep, err := c.Wait(t.Context(), run.TaskID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := rep.Results[0]; r.Outcome != messages.OutcomeUnknown || r.Reason != messages.ReasonOffline || !strings.Contains(string(r.Output), "not run twice") {
+		t.Fatalf("interrupted task: %+v %s", r, r.Output)
+	}
+}
