@@ -1,0 +1,152 @@
+package tasks
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+func TestVerifyRegistered(t *testing.T) {
+	task, ok := Builtin().Lookup("verify")
+	if !ok {
+		t.Fatal("verify is not registered in Builtin")
+	}
+	if _, ok := task.(Verify); !ok {
+		t.Fatalf("verify is %T", task)
+	}
+}
+
+func TestVerifyArgs(t *testing.T) {
+	for _, tc := range []struct {
+		args string
+		want string // "" = accepted
+	}{
+		{`{}`, ""},
+		{`null`, ""},
+		{`{"layers":["host"],"scope":"node"}`, ""},
+		{`{"scope":"everything"}`, `scope: "everything" is not node, cluster or all`},
+		{`{"layers":["Net work"]}`, `layers: "Net work" is not a layer name`},
+		{`{"checks":["no_such_check"]}`, `unknown check "no_such_check"`},
+		{`{"checks":["Bad"]}`, `checks: "Bad" is not a check name`},
+		{`{"layer":["host"]}`, `unknown field "layer"`},
+		{`[1]`, "cannot unmarshal"},
+	} {
+		t.Run(tc.args, func(t *testing.T) {
+			args := tc.args
+			if tc.want == "" {
+				// Keep accepted runs cheap: only the memory check.
+				args = `{"checks":["host_memory"]}`
+				if tc.args != `{}` && tc.args != `null` {
+					args = tc.args
+				}
+			}
+			out, err := Verify{}.Run(t.Context(), testEnv(nil), json.RawMessage(args))
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if out.Outcome == "" || out.Data == nil {
+					t.Fatalf("empty output %+v", out)
+				}
+				return
+			}
+			if !errors.Is(err, ErrBadArgs) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want ErrBadArgs containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestVerifyHostLayerOutput(t *testing.T) {
+	settings := Settings{"METAGN_HOST_MEM_WARN_PCT": "0", "METAGN_HOST_MEM_FAIL_PCT": "100", "METAGN_HOST_CPU_SAMPLE": "50ms"}
+	out, err := Verify{}.Run(t.Context(), testEnv(settings), json.RawMessage(`{"layers":["host"],"scope":"node"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(out.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var decoded struct {
+		Checks []messages.CheckResult `json:"checks"`
+	}
+	if err := json.Unmarshal(b, &decoded); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range decoded.Checks {
+		names = append(names, c.Name)
+		if c.Node != "node-a" || c.Layer != messages.LayerHost || c.Status == "" {
+			t.Errorf("%+v", c)
+		}
+	}
+	if strings.Join(names, ",") != "host_cpu,host_memory,host_disk" {
+		t.Errorf("checks %v", names)
+	}
+	if out.Outcome != messages.OutcomeWarn || !strings.Contains(out.Reason, "host_memory warn") {
+		t.Errorf("outcome %s reason %q: memory should warn at 0%%", out.Outcome, out.Reason)
+	}
+	// Scope cluster excludes node checks: nothing selected.
+	out, err = Verify{}.Run(t.Context(), testEnv(settings), json.RawMessage(`{"layers":["host"],"scope":"cluster"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := out.Data.(VerifyOutput).Checks; len(got) != 0 || out.Outcome != messages.OutcomeOK || out.Reason != "no checks selected" {
+		t.Errorf("cluster scope on host layer: %d checks, %s %q", len(got), out.Outcome, out.Reason)
+	}
+}
+
+// TestVerifyClusterScopeWithoutKube: with no API server every check that
+// needs Kubernetes is skipped behind kube_api_ready, once, while the host
+// app is still checked on its own.
+func TestVerifyClusterScopeWithoutKube(t *testing.T) {
+	srv := startHostApp(t, okHealthz, allOK)
+	settings := Settings{
+		"KUBECONFIG":        "/nonexistent/kubeconfig",
+		"HOSTAPP_URL":       srv.URL,
+		"METAGN_HOSTAPP_CA": srv.CAFile,
+	}
+	out, err := Verify{}.Run(t.Context(), testEnv(settings), json.RawMessage(`{"scope":"cluster"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := byName(out.Data.(VerifyOutput).Checks)
+	for name, r := range res {
+		var c Check
+		for _, b := range BuiltinChecks() {
+			if b.Name == name {
+				c = b
+			}
+		}
+		if c.Scope != ScopeCluster {
+			t.Errorf("%s (scope %q) ran in a cluster-scoped verify", name, c.Scope)
+		}
+		switch {
+		case name == "kube_api_ready":
+			if r.Status != messages.CheckFail || !strings.Contains(r.Message, "/nonexistent/kubeconfig") {
+				t.Errorf("kube_api_ready: %s %q", r.Status, r.Message)
+			}
+		case strings.HasPrefix(name, "talos_"):
+			if r.Status != messages.CheckPass || !strings.Contains(r.Message, "TALOSCONFIG is not set") {
+				t.Errorf("%s: %s %q", name, r.Status, r.Message)
+			}
+		case name == "hostapp_healthz" || name == "hostapp_api_health":
+			if r.Status != messages.CheckPass {
+				t.Errorf("%s: %s %q", name, r.Status, r.Message)
+			}
+		default:
+			if r.Status != messages.CheckSkipped || r.BlockedBy != "kube_api_ready" {
+				t.Errorf("%s: %s blocked_by %q (%s)", name, r.Status, r.BlockedBy, r.Message)
+			}
+		}
+	}
+	if len(res) != 18 {
+		t.Errorf("%d cluster-scoped results, want 18", len(res))
+	}
+	if out.Outcome != messages.OutcomeFail || !strings.HasPrefix(out.Reason, "kube_api_ready fail") {
+		t.Errorf("outcome %s reason %q", out.Outcome, out.Reason)
+	}
+}
