@@ -90,3 +90,25 @@ func (l *LogFlags) Logger() (*zap.Logger, error) {
 	}
 	return lg, nil
 }
+
+// CheckArgs parses args against root the way Execute would (subcommand,
+// flags, positional arguments) without running anything. Tests use it to
+// keep deploy/ command lines from rotting.
+func CheckArgs(root *cobra.Command, args []string) (*cobra.Command, error) {
+	cmd, rest, err := root.Find(args)
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.ParseFlags(rest); err != nil {
+		return cmd, fmt.Errorf("%s: %w", cmd.CommandPath(), err)
+	}
+	if cmd.Args != nil {
+		if err := cmd.Args(cmd, cmd.Flags().Args()); err != nil {
+			return cmd, fmt.Errorf("%s: %w", cmd.CommandPath(), err)
+		}
+	}
+	if cmd.RunE == nil && cmd.Run == nil {
+		return cmd, fmt.Errorf("%s is not runnable", cmd.CommandPath())
+	}
+	return cmd, nil
+}

@@ -1,0 +1,35 @@
+package main
+
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/guildnet/metaguildnet/internal/cli"
+	"github.com/guildnet/metaguildnet/internal/deploytest"
+)
+
+// The controller's systemd unit must parse with the real CLI.
+func TestDeployCommandLines(t *testing.T) {
+	argv, err := deploytest.ExecStart(filepath.Join("..", "..", "deploy", "systemd", "metaguildnet-controller.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if filepath.Base(argv[0]) != "controller" {
+		t.Fatalf("ExecStart runs %s", argv[0])
+	}
+	cmd, err := cli.CheckArgs(newRoot(), argv[1:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cmd.Name() != "serve" {
+		t.Fatalf("unit runs %q, want serve", cmd.CommandPath())
+	}
+}
+
+func TestCheckArgsRefusesBadLines(t *testing.T) {
+	for _, argv := range [][]string{{"serve", "--no-such"}, {"run", "a", "b"}, {"nodes"}} {
+		if _, err := cli.CheckArgs(newRoot(), argv); err == nil {
+			t.Errorf("%v accepted", argv)
+		}
+	}
+}
