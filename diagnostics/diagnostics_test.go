@@ -34,7 +34,7 @@ func cr(node, layer, name, status, msg string) messages.CheckResult {
 // The seed's `make meta-diagnose` example, reproduced from check results.
 func TestSeedExampleText(t *testing.T) {
 	slow := cr("n1", "database", "rethinkdb_query", "warn", "DBList took 350ms")
-	slow.Observed = json.RawMessage(`{"latency_ms": 350}`)
+	slow.Observed = json.RawMessage(`{"address": "10.0.0.201:28015", "connect_ms": 2, "query_ms": 350, "databases": 3}`)
 	nodes := []NodeInput{{Name: "n1", Checks: []messages.CheckResult{
 		cr("n1", "network", "tailnet_connected", "fail", "BackendState Stopped"),
 		cr("n1", "cluster", "kube_api_ready", "pass", ""),

@@ -16,7 +16,7 @@ import (
 
 	"github.com/guildnet/metaguildnet/diagnostics"
 	"github.com/guildnet/metaguildnet/diagnostics/collect"
-	"github.com/guildnet/metaguildnet/diagnostics/internal/plant"
+	plant "github.com/guildnet/metaguildnet/diagnostics/diagtest"
 	"github.com/guildnet/metaguildnet/diagnostics/rules"
 	"github.com/guildnet/metaguildnet/messages"
 )

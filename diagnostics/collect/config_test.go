@@ -7,9 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/guildnet/metaguildnet/diagnostics/internal/plant"
+	plant "github.com/guildnet/metaguildnet/diagnostics/diagtest"
 )
-
 
 // plantedEnv is a collector environment for a planted node.
 func plantedEnv(p plant.Node) *Env {

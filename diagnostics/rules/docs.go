@@ -188,6 +188,9 @@ func describe(c Condition) string {
 		if c.Message != nil {
 			s += fmt.Sprintf(", message matching %s", code(c.Message.String()))
 		}
+		if c.Observed == nil && c.Field != "" {
+			s += fmt.Sprintf(" (shows observed %s)", code(c.Field))
+		}
 		if c.Observed != nil {
 			f := "observed value"
 			if c.Field != "" {

@@ -155,6 +155,11 @@ func (c *Condition) evalCheck(f *Facts, m *Match) bool {
 			if m.Observed == "" {
 				m.Observed = shown
 			}
+		} else if c.Field != "" && m.Observed == "" {
+			// A field named without a comparison is shown in the title.
+			if _, shown, ok := ObservedValue(cr.Observed, c.Field, ""); ok {
+				m.Observed = shown
+			}
 		}
 		m.Evidence = append(m.Evidence, ev)
 		if !slices.Contains(m.Checks, cr.Name) {
@@ -177,12 +182,13 @@ func (c *Condition) statusOK(s string) bool {
 
 // observedKeys are tried, in order, when a check's observed value is an
 // object and the rule names no field.
-var observedKeys = []string{"latency_ms", "duration_ms", "value", "ms", "percent", "seconds"}
+var observedKeys = []string{"latency_ms", "query_ms", "duration_ms", "used_pct", "value", "ms", "percent", "seconds"}
 
 // ObservedValue extracts a number from a check's observed value for a
 // comparison in unit ("ms" for durations): a JSON number; a string such as
 // "350ms", "1.2s", "91%" or "12"; or an object, using field (or, without
-// one, the first of latency_ms, duration_ms, value, ms, percent, seconds,
+// one, the first of latency_ms, query_ms, duration_ms, used_pct, value, ms,
+// percent, seconds,
 // else its only numeric field). shown is the value as a person reads it.
 func ObservedValue(raw json.RawMessage, field, unit string) (v float64, shown string, ok bool) {
 	if len(raw) == 0 {
@@ -225,12 +231,16 @@ func ObservedValue(raw json.RawMessage, field, unit string) (v float64, shown st
 func keyUnit(key, unit string) string {
 	switch {
 	case strings.HasSuffix(key, "_ms") || key == "ms":
-		if unit == "ms" {
+		if unit == "ms" || unit == "" {
 			return "ms"
 		}
 	case strings.HasSuffix(key, "seconds"):
 		if unit == "ms" {
 			return "s"
+		}
+	case strings.HasSuffix(key, "_pct") || strings.HasSuffix(key, "percent"):
+		if unit == "%" || unit == "" {
+			return "%"
 		}
 	}
 	return unit

@@ -57,7 +57,7 @@ var faults = map[string][]Facts{
 	"dns-resolution-failing":   {chk("dns_resolution", "fail", "lookup x: no such host"), logl("a.log", "lookup guildnet.internal on 127.0.0.53:53: server misbehaving")},
 
 	"kube-api-unreachable":     {chk("kube_api_ready", "fail", "readyz: connection refused"), logl("h.log", "Get https://10.0.0.10:6443/api: dial tcp 10.0.0.10:6443: connect: connection refused")},
-	"kube-api-slow":            {obs("kube_api_ready", "warn", `"2.5s"`), obs("kube_api_ready", "pass", `{"latency_ms": 2100}`)},
+	"kube-api-slow":            {obs("kube_api_ready", "warn", `{"url": "https://10.0.0.10:6443/readyz", "status": 200, "latency_ms": 2500}`), obs("kube_api_ready", "pass", `{"latency_ms": 2100}`)},
 	"nodes-not-ready":          {chk("nodes_ready", "fail", "NotReady: w2")},
 	"kubelet-not-running":      {met("kubelet_up", 0), met("containerd_up", 0)},
 	"coredns-not-running":      {chk("coredns_running", "fail", "0/2 running")},
@@ -76,7 +76,8 @@ var faults = map[string][]Facts{
 	"rethinkdb-address-missing":    {chk("rethinkdb_address", "fail", "no address")},
 	"rethinkdb-connection-refused": {chk("rethinkdb_tcp", "fail", "connection refused"), met("rethinkdb_port_up", 0), logl("h.log", "rethinkdb: dial tcp 10.0.0.201:28015: connect: connection refused")},
 	"rethinkdb-query-failing":      {chk("rethinkdb_query", "fail", "DBList timed out")},
-	"rethinkdb-slow":               {obs("rethinkdb_query", "warn", `350`), obs("rethinkdb_query", "warn", `"350ms"`), obs("rethinkdb_query", "pass", `{"latency_ms": 250}`), met("rethinkdb_connect_ms", 300)},
+	"rethinkdb-slow": {obs("rethinkdb_query", "warn", `{"address": "10.0.0.201:28015", "connect_ms": 3, "query_ms": 350, "databases": 4}`),
+		obs("rethinkdb_tcp", "pass", `{"address": "10.0.0.201:28015", "connect_ms": 250}`), met("rethinkdb_connect_ms", 300)},
 	"rethinkdb-databases-missing":  {chk("rethinkdb_databases", "warn", "org_a__db missing")},
 
 	"hostapp-down":               {chk("hostapp_healthz", "fail", "connection refused"), met("hostapp_port_up", 0), logl("p.log", "GET /healthz 502 Bad Gateway")},
@@ -143,7 +144,7 @@ func TestHealthyFactsFireNothing(t *testing.T) {
 
 func TestTitleObserved(t *testing.T) {
 	kb := builtin(t)
-	f := obs("rethinkdb_query", "warn", `{"latency_ms": 350}`)
+	f := obs("rethinkdb_query", "warn", `{"connect_ms": 2, "query_ms": 350}`)
 	m, ok := kb.Rule("rethinkdb-slow").Match(&f)
 	if !ok || m.Title() != "RethinkDB slow response (350ms)" {
 		t.Fatalf("title = %q (fired %v), want RethinkDB slow response (350ms)", m.Title(), ok)
@@ -152,6 +153,11 @@ func TestTitleObserved(t *testing.T) {
 	m, _ = kb.Rule("memory-pressure").Match(&f)
 	if m.Title() != "Node memory high (91.3%)" {
 		t.Errorf("title = %q", m.Title())
+	}
+	f = obs("host_memory", "warn", `{"used_pct": 88.5, "total_bytes": 100}`)
+	m, _ = kb.Rule("memory-pressure").Match(&f)
+	if m.Title() != "Node memory high (88.5%)" {
+		t.Errorf("title from the check's used_pct = %q", m.Title())
 	}
 	f = chk("host_memory", "warn", "")
 	m, _ = kb.Rule("memory-pressure").Match(&f)
@@ -233,12 +239,12 @@ func TestDocsLinksResolve(t *testing.T) {
 
 func TestAnchor(t *testing.T) {
 	for in, want := range map[string]string{
-		"Tailnet unreachable":                 "tailnet-unreachable",
-		"Host app down (502)":                 "host-app-down-502",
+		"Tailnet unreachable":                  "tailnet-unreachable",
+		"Host app down (502)":                  "host-app-down-502",
 		"Headscale will not start (port busy)": "headscale-will-not-start-port-busy",
-		"Nodes NotReady":                      "nodes-notready",
-		"a_b -- c.d":                          "a_b----cd",
-		"Ünïcode ok":                          "ünïcode-ok",
+		"Nodes NotReady":                       "nodes-notready",
+		"a_b -- c.d":                           "a_b----cd",
+		"Ünïcode ok":                           "ünïcode-ok",
 	} {
 		if got := Anchor(in); got != want {
 			t.Errorf("Anchor(%q) = %q, want %q", in, got, want)

@@ -1,9 +1,9 @@
-// Package plant builds a node's files full of secrets for tests: a working
+// Package diagtest builds a node's files full of secrets for tests: a working
 // directory with .env and .env.local, a home with ~/.guildnet/config.json
 // and a kubeconfig holding a client key and a token, TLS certificates and a
 // log file that repeats the secrets. Tests assert that none of Secrets
 // appears in anything diagnostics returns or writes.
-package plant
+package diagtest
 
 import (
 	"crypto/ecdsa"
