@@ -46,6 +46,7 @@ func Builtin() *Registry {
 		FactsTask{},
 		Sleep{},
 		Verify{},
+		Diagnose{},
 	)
 	if err != nil {
 		panic(err) // a duplicate in the literal list above; caught by tests
