@@ -73,6 +73,8 @@ type Agent struct {
 	seq       atomic.Uint64
 	refused   atomic.Uint64 // malformed tasks refused
 
+	ready chan struct{} // closed once nc and js are set
+
 	mu      sync.Mutex
 	running map[string]bool
 	kick    chan struct{} // wakes the outbox
@@ -120,7 +122,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg.FactsEvery = time.Minute
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log, sem: make(chan struct{}, cfg.MaxConcurrent),
-		running: map[string]bool{}, kick: make(chan struct{}, 1)}
+		running: map[string]bool{}, kick: make(chan struct{}, 1), ready: make(chan struct{})}
 	a.interval.Store(int64(5 * time.Second))
 	var err error
 	if a.kp, err = loadIdentity(cfg.StateDir); err != nil {
@@ -256,8 +258,8 @@ func (a *Agent) connect() error {
 		nats.CustomReconnectDelay(func(attempts int) time.Duration { return backoff(attempts) }),
 		nats.ReconnectBufSize(-1), // a heartbeat queued while away is stale; results are retried from the journal
 		nats.PingInterval(20 * time.Second),
-		nats.ConnectHandler(func(*nats.Conn) { a.onConnect("connected") }),
-		nats.ReconnectHandler(func(*nats.Conn) { a.onConnect("reconnected") }),
+		nats.ConnectHandler(func(nc *nats.Conn) { a.onConnect(nc, "connected") }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { a.onConnect(nc, "reconnected") }),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				a.log.Warn("disconnected from controller", zap.Error(err))
@@ -281,16 +283,20 @@ func (a *Agent) connect() error {
 	if a.js, err = jetstream.New(nc); err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
+	close(a.ready)
 	if _, err := nc.Subscribe(messages.TaskSubject(a.cfg.Name), func(m *nats.Msg) { a.receive(m.Data) }); err != nil {
 		return fmt.Errorf("subscribe to tasks: %w", err)
 	}
 	return nil
 }
 
-func (a *Agent) onConnect(what string) {
-	a.log.Info(what+" to controller", zap.String("url", a.nc.ConnectedUrlRedacted()))
+func (a *Agent) onConnect(nc *nats.Conn, what string) {
+	a.log.Info(what+" to controller", zap.String("url", nc.ConnectedUrlRedacted()))
 	a.needFacts.Store(true)
-	go a.sync()
+	go func() {
+		<-a.ready // the callback can fire before Connect has returned
+		a.sync()
+	}()
 }
 
 // sync asks the controller for tasks this node still owes a result for:
