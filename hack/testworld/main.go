@@ -58,6 +58,8 @@ func main() {
 		if err == nil {
 			os.Exit(code)
 		}
+	case "router": // internal: the tailnet router node, run through exec
+		err = router(*dir)
 	case "nsinit": // internal: the first process inside exec's namespace
 		var code int
 		code, err = nsinit(*dir, fs.Args())

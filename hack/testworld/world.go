@@ -32,7 +32,7 @@ const (
 
 // made lists what the world creates inside a DIR it did not create, so
 // down removes exactly that.
-var made = []string{envFile, pidFile, logFile, fwdFile, "kube", "headscale", "talosconfig", "standins"}
+var made = []string{envFile, pidFile, logFile, fwdFile, "kube", "headscale", "talosconfig", "standins", "router", "router.log"}
 
 // up starts `testworld serve` detached (its own session, output to
 // DIR/testworld.log) and waits until it has written DIR/env.
@@ -280,6 +280,9 @@ func (w *world) start(ctx context.Context, nodes int) error {
 		return err
 	}
 	if err := w.startForwarders(); err != nil {
+		return err
+	}
+	if err := w.startRouter(ctx, key); err != nil {
 		return err
 	}
 	log("world up in %v", time.Since(t0))

@@ -65,7 +65,7 @@ func TestKubeComesUp(t *testing.T) {
 	if err != nil || string(raw) != "ok" {
 		t.Errorf("/readyz = %q, %v", raw, err)
 	}
-	t.Logf("kube-apiserver %s ready in %v (seeded in %v)", v.GitVersion, k.ReadyIn, shared.seedDur)
+	t.Logf("kube-apiserver %s ready in %v (seeded in %v)", v.GitVersion, k.ReadyIn, shared.SeededIn)
 }
 
 func TestSeededWorld(t *testing.T) {

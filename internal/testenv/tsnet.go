@@ -49,7 +49,9 @@ var errNoNetNS = errors.New("refusing to start a tailnet node outside a loopback
 // machine's real interfaces. It sets the environment tsnet needs with
 // Headscale's embedded (plain HTTP) DERP and no outside services:
 // TS_DEBUG_USE_DERP_HTTP=1, TS_DISABLE_PORTMAPPER=1,
-// TS_NO_LOGS_NO_SUPPORT=true and TS_LOGS_DIR. Close the returned server.
+// TS_NO_LOGS_NO_SUPPORT=true, TS_LOGS_DIR and, since a loopback-only
+// namespace counts as "network down", TS_ASSUME_NETWORK_UP_FOR_TEST=1.
+// Close the returned server.
 func StartTSNet(ctx context.Context, opts TSNetOptions) (*tsnet.Server, *ipnstate.Status, error) {
 	if err := checkNetNS(); err != nil {
 		return nil, nil, fmt.Errorf("start tsnet %q: %w: %v", opts.Hostname, errNoNetNS, err)
@@ -128,6 +130,10 @@ func SetTSNetEnv(logsDir string) {
 		"TS_DISABLE_PORTMAPPER":  "1",
 		"TS_NO_LOGS_NO_SUPPORT":  "true",
 		"TS_LOGS_DIR":            logsDir,
+		// A loopback-only namespace has no interface tailscale counts as
+		// up, and outside a test binary it then pauses its control client
+		// forever; the tailnet here runs over loopback and DERP-over-HTTP.
+		"TS_ASSUME_NETWORK_UP_FOR_TEST": "1",
 	} {
 		os.Setenv(k, v)
 	}
