@@ -3,6 +3,8 @@ package collect
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -74,4 +76,63 @@ func TestNoSecretLeavesTheCollectors(t *testing.T) {
 	if len(logs.Lines) != p.LogLines {
 		t.Errorf("want the %d planted log lines (redacted), got %d", p.LogLines, len(logs.Lines))
 	}
+}
+
+// FuzzKubeconfig: any kubeconfig bytes parse or fail without panicking,
+// and the secret values found in them are what the redactor learns.
+func FuzzKubeconfig(f *testing.F) {
+	f.Add([]byte("apiVersion: v1\nclusters:\n- name: c\n  cluster: {server: https://10.0.0.10:6443}\nusers:\n- name: u\n  user: {token: abcdef123}\n"))
+	f.Add([]byte("users: [{user: {client-certificate-data: '!!notbase64', exec: {command: x}}}]"))
+	f.Add([]byte("current-context: [1, 2]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		dir := t.TempDir()
+		p := filepath.Join(dir, "kubeconfig")
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		ki, err := readKubeconfig(p, 1<<20)
+		if err == nil && ki == nil {
+			t.Fatal("nil info without an error")
+		}
+		env := &Env{WorkDir: dir, Home: dir, Settings: map[string]string{"KUBECONFIG": p}}
+		env.Prepare()
+		kc, err := parseKubeconfig(data)
+		if err != nil {
+			return
+		}
+		for _, u := range kc.Users {
+			v := strings.TrimSpace(u.User.Token)
+			if len(v) >= 4 && !strings.Contains("x [REDACTED] y", v) && strings.Contains(env.Redact.String("x "+v+" y"), v) {
+				t.Fatalf("kubeconfig token %q not redacted", v)
+			}
+		}
+	})
+}
+
+// FuzzConfigJSON: any config.json parses or fails without panicking, and
+// its auth_key never survives the config collector.
+func FuzzConfigJSON(f *testing.F) {
+	f.Add([]byte(`{"auth_key":"tskey-auth-x1","hostname":"h"}`))
+	f.Add([]byte(`{"auth_key":{"nested":"value1234"}}`))
+	f.Add([]byte(`[1,2,3]`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		dir := t.TempDir()
+		os.MkdirAll(filepath.Join(dir, ".guildnet"), 0o755)
+		if err := os.WriteFile(filepath.Join(dir, ".guildnet", "config.json"), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		env := &Env{WorkDir: dir, Home: dir, Settings: map[string]string{}, TailnetIPs: []string{}}
+		env.Prepare()
+		s, err := Config{}.Collect(context.Background(), env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := s.Data.(ConfigData)
+		if d.GuildNet == nil {
+			return
+		}
+		if v, ok := d.GuildNet.Fields["auth_key"]; ok && v != "" && v != "[REDACTED]" {
+			t.Fatalf("auth_key shown as %q", v)
+		}
+	})
 }

@@ -46,7 +46,7 @@ var patterns = sync.OnceValue(func() []rule {
 		// PEM private keys, also when the END line is missing (truncated tail).
 		{re: regexp.MustCompile(`-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?s:.*?)(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\z)`), repl: Mask},
 		// Tailscale and Headscale keys.
-		{re: regexp.MustCompile(`\b(?:tskey|hskey)-[A-Za-z0-9_-]*`), repl: Mask},
+		{re: regexp.MustCompile(`(?:tskey|hskey)-[A-Za-z0-9_-]*`), repl: Mask},
 		// Authorization headers.
 		{re: regexp.MustCompile(`(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{6,}`), repl: "${1}${2}" + Mask},
 		// "token VALUE" where VALUE looks like one (has a digit), not prose.

@@ -8,19 +8,25 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"gopkg.in/yaml.v3"
 )
+
+// lazyRE compiles a regexp on first use, so that an idle agent holds none.
+func lazyRE(expr string) func() *regexp.Regexp {
+	return sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(expr) })
+}
 
 // maxRuleFile bounds a rule file; larger input is refused before parsing.
 const maxRuleFile = 1 << 20
 
 var (
-	idRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
-	layerRE = regexp.MustCompile(`^[a-z][a-z0-9_-]*$`)
+	idRE    = lazyRE(`^[a-z0-9][a-z0-9-]*$`)
+	layerRE = lazyRE(`^[a-z][a-z0-9_-]*$`)
 	// compareRE parses "[NAME] OP NUMBER[UNIT]".
-	compareRE   = regexp.MustCompile(`^\s*([A-Za-z0-9_.:/-]*)\s*(>=|<=|==|!=|>|<)\s*(-?[0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d|%)?\s*$`)
-	yamlLineRE  = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+	compareRE   = lazyRE(`^\s*([A-Za-z0-9_.:/-]*)\s*(>=|<=|==|!=|>|<)\s*(-?[0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d|%)?\s*$`)
+	yamlLineRE  = lazyRE(`^yaml: line (\d+): (.*)$`)
 	checkStatus = []string{"pass", "warn", "fail", "skipped", "unknown"}
 )
 
@@ -35,7 +41,7 @@ func Parse(file string, data []byte) ([]*Rule, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		line, msg := 1, err.Error()
-		if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+		if m := yamlLineRE().FindStringSubmatch(msg); m != nil {
 			line, _ = strconv.Atoi(m[1])
 			msg = m[2]
 		}
@@ -125,7 +131,7 @@ func parseRule(file string, n int, node *yaml.Node) (*Rule, []error) {
 		switch field {
 		case "id":
 			haveID = true
-			if s := str(field, v); !idRE.MatchString(s) {
+			if s := str(field, v); !idRE().MatchString(s) {
 				fail(field, "%q is not a lower-case id of letters, digits and dashes", s)
 			}
 		case "title":
@@ -139,7 +145,7 @@ func parseRule(file string, n int, node *yaml.Node) (*Rule, []error) {
 			}
 		case "layer":
 			r.Layer = str(field, v)
-			if !layerRE.MatchString(r.Layer) {
+			if !layerRE().MatchString(r.Layer) {
 				fail(field, "%q is not a layer name", r.Layer)
 			}
 		case "reach":
@@ -304,7 +310,7 @@ func compileRE(s string) (*regexp.Regexp, error) {
 
 // parseCompare parses "NAME OP NUMBER[UNIT]" (named) or "OP NUMBER[UNIT]".
 func parseCompare(s string, named bool) (*Compare, error) {
-	m := compareRE.FindStringSubmatch(s)
+	m := compareRE().FindStringSubmatch(s)
 	if m == nil {
 		if named {
 			return nil, fmt.Errorf("%q is not NAME OP NUMBER (e.g. memory_percent > 85)", s)

@@ -171,11 +171,11 @@ func (r *Rule) heading() string {
 	return StripPlaceholders(r.Title)
 }
 
-var placeholderRE = regexp.MustCompile(`\s*\(\{[a-z_]+\}\)|\s*\{[a-z_]+\}`)
+var placeholderRE = lazyRE(`\s*\(\{[a-z_]+\}\)|\s*\{[a-z_]+\}`)
 
 // StripPlaceholders removes "{observed}" and "({observed})" from a title.
 func StripPlaceholders(s string) string {
-	return strings.TrimSpace(placeholderRE.ReplaceAllString(s, ""))
+	return strings.TrimSpace(placeholderRE().ReplaceAllString(s, ""))
 }
 
 // KB is a validated set of rules.

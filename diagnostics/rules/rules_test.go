@@ -290,3 +290,17 @@ func TestObservedValue(t *testing.T) {
 		}
 	}
 }
+
+// FuzzObservedValue: any observed JSON yields a value or not, never a panic.
+func FuzzObservedValue(f *testing.F) {
+	f.Add([]byte(`{"query_ms": 350}`), "query_ms", "ms")
+	f.Add([]byte(`"1.5s"`), "", "ms")
+	f.Add([]byte(`{"seconds": "x"}`), "", "%")
+	f.Fuzz(func(t *testing.T, raw []byte, field, unit string) {
+		v, shown, ok := ObservedValue(json.RawMessage(raw), field, unit)
+		if !ok && v != 0 {
+			t.Fatalf("value %v without ok", v)
+		}
+		_ = shown
+	})
+}
