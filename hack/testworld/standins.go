@@ -3,9 +3,15 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 
+	"github.com/siderolabs/talos/pkg/machinery/api/machine"
+	"github.com/siderolabs/talos/pkg/machinery/client"
+	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
+
 	"github.com/guildnet/metaguildnet/internal/testenv/rdbstandin"
+	"github.com/guildnet/metaguildnet/internal/testenv/talosstandin"
 )
 
 // The stand-ins for what cannot run on these machines (see each package's
@@ -40,15 +46,46 @@ func (w *world) startStandins(ctx context.Context) error {
 	return w.startHostApp(ctx)
 }
 
-// startTalos: INTEGRATION POINT for internal/testenv/talosstandin (not yet
-// committed when this was written). It must set TALOS_ENDPOINT (its
-// Endpoint()) and TALOSCONFIG (WriteTalosconfig(DIR/talosconfig)), with
-// Options.Endpoint = the kube-apiserver URL and SetKubeconfig(the
-// kubeconfig), and addPort its endpoint.
-func (w *world) startTalos(context.Context) error {
-	w.add("TALOS_ENDPOINT", "", "NOT AVAILABLE: Talos apid stand-in not integrated yet")
-	w.add("TALOSCONFIG", "", "NOT AVAILABLE: Talos apid stand-in not integrated yet")
-	_ = filepath.Join
+type talos struct{ s *talosstandin.Server }
+
+func (t talos) name() string { return "talos apid stand-in" }
+func (t talos) close()       { t.s.Close() }
+
+// startTalos runs the Talos apid stand-in as the control-plane node of a
+// cluster that is already up: its Kubernetes endpoint and Kubeconfig call
+// are the world's kube-apiserver, and it is bootstrapped (through the real
+// talos client) so etcd is running and has a member.
+func (w *world) startTalos(ctx context.Context) error {
+	s, err := talosstandin.Start(talosstandin.Options{ClusterName: "guildnet", Endpoint: w.kube.URL()})
+	if err != nil {
+		return fmt.Errorf("start talos stand-in: %w", err)
+	}
+	w.standins = append(w.standins, talos{s})
+	kc, err := os.ReadFile(w.kube.KubeconfigPath())
+	if err != nil {
+		return fmt.Errorf("talos stand-in: read kubeconfig: %w", err)
+	}
+	s.SetKubeconfig(kc)
+	path := filepath.Join(w.dir, "talosconfig")
+	if err := s.WriteTalosconfig(path); err != nil {
+		return err
+	}
+	cfg, err := clientconfig.Open(path)
+	if err != nil {
+		return fmt.Errorf("talos stand-in: read talosconfig: %w", err)
+	}
+	c, err := client.New(ctx, client.WithConfig(cfg))
+	if err != nil {
+		return fmt.Errorf("talos stand-in: client: %w", err)
+	}
+	defer c.Close()
+	if err := c.Bootstrap(ctx, &machine.BootstrapRequest{}); err != nil {
+		return fmt.Errorf("talos stand-in: bootstrap: %w", err)
+	}
+	w.add("TALOS_ENDPOINT", s.Endpoint(), "Talos apid STAND-IN (mTLS gRPC MachineService), bootstrapped; not a Talos node")
+	w.add("TALOSCONFIG", path, "")
+	w.addPort(s.Endpoint())
+	log("talos stand-in at %s (talosconfig %s)", s.Endpoint(), path)
 	return nil
 }
 

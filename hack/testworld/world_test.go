@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/siderolabs/talos/pkg/machinery/api/machine"
+	"github.com/siderolabs/talos/pkg/machinery/client"
+	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
 	r "gopkg.in/rethinkdb/rethinkdb-go.v6"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -130,7 +133,7 @@ func TestUpExecDown(t *testing.T) {
 	t.Cleanup(func() { _ = exec.Command(bin, "down", "--dir", dir).Run() })
 	t.Logf("up in %v", time.Since(start))
 	env := readEnv(t, filepath.Join(dir, "env"))
-	for _, k := range []string{"KUBECONFIG", "HEADSCALE_URL", "RETHINKDB_ADDR", "TS_AUTHKEY", "TS_ROUTES"} {
+	for _, k := range []string{"KUBECONFIG", "HEADSCALE_URL", "RETHINKDB_ADDR", "TS_AUTHKEY", "TS_ROUTES", "TALOS_ENDPOINT", "TALOSCONFIG"} {
 		if env[k] == "" {
 			t.Errorf("env has no %s", k)
 		}
@@ -169,6 +172,22 @@ func TestUpExecDown(t *testing.T) {
 		t.Errorf("db list = %v, %v", dbs, err)
 	}
 	sess.Close()
+
+	tcfg, err := clientconfig.Open(env["TALOSCONFIG"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := client.New(ctx, client.WithConfig(tcfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := tc.Version(ctx); err != nil || len(v.Messages) == 0 {
+		t.Errorf("talos version: %v %v", v, err)
+	}
+	if m, err := tc.EtcdMemberList(ctx, &machine.EtcdMemberListRequest{}); err != nil || len(m.Messages) == 0 || len(m.Messages[0].Members) == 0 {
+		t.Errorf("talos etcd members (bootstrapped): %v %v", m, err)
+	}
+	tc.Close()
 
 	self, err := os.Executable()
 	if err != nil {
