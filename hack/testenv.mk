@@ -26,7 +26,7 @@ testenv-dirs:
 	@echo $(TESTENV_BIN_DIRS)
 
 testenv-test: testenv
-	$(GO) test -count=1 ./internal/testenv/...
+	$(GO) test -count=1 ./internal/testenv/... ./hack/testworld/
 
 $(TESTWORLD): FORCE_TESTWORLD
 	@$(GO) build -o $(TESTWORLD) ./hack/testworld
