@@ -141,18 +141,24 @@ func TestAuthentication(t *testing.T) {
 		user     string
 		password string
 		wantErr  string
+		v04      bool // the driver's old V0_4 handshake, which 2.4 refuses
 	}{
-		{"right password", s.Addr(), "guildnet", "pa,ss=word", ""},
-		{"wrong password", s.Addr(), "guildnet", "nope", "Wrong password"},
-		{"empty password when one is set", s.Addr(), "guildnet", "", "Wrong password"},
-		{"unknown user", s.Addr(), "mallory", "pa,ss=word", "Unknown user"},
-		{"admin without password", open.Addr(), "", "", ""},
-		{"admin explicitly", open.Addr(), "admin", "", ""},
-		{"password on passwordless admin", open.Addr(), "admin", "x", "Wrong password"},
+		{"old V0_4 handshake", s.Addr(), "guildnet", "pa,ss=word", "unsupported protocol version", true},
+		{"right password", s.Addr(), "guildnet", "pa,ss=word", "", false},
+		{"wrong password", s.Addr(), "guildnet", "nope", "Wrong password", false},
+		{"empty password when one is set", s.Addr(), "guildnet", "", "Wrong password", false},
+		{"unknown user", s.Addr(), "mallory", "pa,ss=word", "Unknown user", false},
+		{"admin without password", open.Addr(), "", "", "", false},
+		{"admin explicitly", open.Addr(), "admin", "", "", false},
+		{"password on passwordless admin", open.Addr(), "admin", "x", "Wrong password", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			sess, err := r.Connect(r.ConnectOpts{Address: tt.addr, Username: tt.user, Password: tt.password, Timeout: 5 * time.Second})
+			opts := r.ConnectOpts{Address: tt.addr, Username: tt.user, Password: tt.password, Timeout: 5 * time.Second}
+			if tt.v04 {
+				opts.HandshakeVersion = r.HandshakeV0_4
+			}
+			sess, err := r.Connect(opts)
 			if err == nil {
 				defer sess.Close()
 				_, err = r.DBList().Run(sess, runCtx(t))
