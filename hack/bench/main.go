@@ -1,0 +1,315 @@
+// Command bench measures the fleet core and writes bench.json (make bench).
+//
+// Fan-out: a real controller process, and N simulated agents in this
+// process, each with its own NATS connection and the real agent task loop
+// (internal/agent with an in-memory journal instead of files). A no-op
+// task (ping) goes to all of them; we time issue → every outcome in. The
+// floor is a bare nats.go request fan-out to N plain subscribers on a plain
+// embedded server. Idle: one real agent process, idle for 60 s.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+
+	"github.com/guildnet/metaguildnet/internal/agent"
+	"github.com/guildnet/metaguildnet/internal/ctlclient"
+	"github.com/guildnet/metaguildnet/internal/runinfo"
+	"github.com/guildnet/metaguildnet/messages"
+	"github.com/guildnet/metaguildnet/tasks"
+)
+
+type fanout struct {
+	Agents                int     `json:"agents"`
+	P50MS                 float64 `json:"p50_ms"`
+	P99MS                 float64 `json:"p99_ms"`
+	FloorP50MS            float64 `json:"floor_p50_ms"`
+	FloorP99MS            float64 `json:"floor_p99_ms"`
+	ResultsPerS           float64 `json:"results_per_s"`
+	ControllerKiBPerAgent float64 `json:"controller_kib_per_agent"`
+	Rounds                int     `json:"rounds"`
+}
+
+type idle struct {
+	RSSMiB     float64 `json:"rss_mib"`
+	CPUPercent float64 `json:"cpu_percent"`
+	Seconds    float64 `json:"seconds"`
+}
+
+type output struct {
+	Fanout    []fanout       `json:"fanout"`
+	AgentIdle idle           `json:"agent_idle"`
+	Extra     map[string]any `json:"extra,omitempty"`
+	Machine   string         `json:"machine"`
+	Date      string         `json:"date"`
+}
+
+func main() {
+	out := flag.String("out", "bench.json", "where to write the figures")
+	sizes := flag.String("sizes", "100,1000,5000", "fleet sizes")
+	bin := flag.String("bin", "bin", "directory with the controller and agent binaries")
+	idleFor := flag.Duration("idle", 60*time.Second, "how long the real agent idles")
+	flag.Parse()
+	log.SetFlags(0)
+
+	work, err := os.MkdirTemp("", "mgn-bench")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(work)
+	data := filepath.Join(work, "controller")
+	ctl := exec.Command(filepath.Join(*bin, "controller"), "serve", "--data-dir", data, "--listen", "127.0.0.1:0", "--http", "", "--log-level", "warn")
+	ctl.Stderr = os.Stderr
+	ctl.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := ctl.Start(); err != nil {
+		log.Fatal(err)
+	}
+	defer func() { syscall.Kill(-ctl.Process.Pid, syscall.SIGKILL); ctl.Wait() }()
+	var info runinfo.Info
+	for i := 0; i < 200; i++ {
+		if info, err = runinfo.Read(data); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	cli, err := ctlclient.Dial(data)
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx := context.Background()
+	tok, err := cli.TokenCreate(ctx, "2h", true)
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	// The real agent idles while the fan-out runs (its CPU time is its own).
+	idleRes := make(chan idle, 1)
+	go func() { idleRes <- measureIdle(*bin, info.NATSURL, tok.Token, work, *idleFor) }()
+
+	baseRSS := rssKiB(ctl.Process.Pid)
+	var res output
+	var agents []context.CancelFunc
+	for _, s := range strings.Split(*sizes, ",") {
+		n, _ := strconv.Atoi(s)
+		t0 := time.Now()
+		for len(agents) < n {
+			agents = append(agents, startSim(info.NATSURL, tok.Token, fmt.Sprintf("sim%05d", len(agents)), work))
+		}
+		waitOnline(cli, n+1)
+		log.Printf("%d simulated agents online (%.1fs to enroll and connect)", n, time.Since(t0).Seconds())
+		time.Sleep(2 * time.Second) // let enrollment writes settle before measuring memory
+		perAgent := float64(rssKiB(ctl.Process.Pid)-baseRSS) / float64(n)
+		rounds := 30
+		if n >= 5000 {
+			rounds = 15
+		}
+		lat := make([]time.Duration, 0, rounds)
+		for r := 0; r < rounds+2; r++ {
+			t := time.Now()
+			rep, err := cli.Run(ctx, messages.RunRequest{Target: "sim=true", Kind: "ping", Timeout: "60s"})
+			if err != nil {
+				log.Fatal(err)
+			}
+			report, err := cli.Wait(ctx, rep.TaskID)
+			if err != nil {
+				log.Fatal(err)
+			}
+			d := time.Since(t)
+			for _, x := range report.Results {
+				if x.Outcome != messages.OutcomeOK {
+					log.Fatalf("%s: %s %s", x.Node, x.Outcome, x.Reason)
+				}
+			}
+			if r >= 2 { // two warm-up rounds
+				lat = append(lat, d)
+			}
+		}
+		fp50, fp99 := floor(n, rounds)
+		p50, p99 := pct(lat, 50), pct(lat, 99)
+		f := fanout{Agents: n, P50MS: ms(p50), P99MS: ms(p99), FloorP50MS: ms(fp50), FloorP99MS: ms(fp99),
+			ResultsPerS: float64(n) / p50.Seconds(), ControllerKiBPerAgent: perAgent, Rounds: rounds}
+		res.Fanout = append(res.Fanout, f)
+		log.Printf("fan-out %5d: p50 %7.1f ms  p99 %7.1f ms  floor p50 %6.1f ms p99 %6.1f ms  %8.0f results/s  controller %.1f KiB/agent",
+			n, f.P50MS, f.P99MS, f.FloorP50MS, f.FloorP99MS, f.ResultsPerS, f.ControllerKiBPerAgent)
+	}
+	for _, c := range agents {
+		c()
+	}
+	res.AgentIdle = <-idleRes
+	res.Machine = machine()
+	res.Date = time.Now().UTC().Format(time.RFC3339)
+
+	fmt.Println()
+	fmt.Printf("%-8s %10s %10s %14s %14s %12s %18s\n", "agents", "p50 ms", "p99 ms", "floor p50 ms", "floor p99 ms", "results/s", "controller KiB/agent")
+	for _, f := range res.Fanout {
+		fmt.Printf("%-8d %10.1f %10.1f %14.1f %14.1f %12.0f %18.1f\n", f.Agents, f.P50MS, f.P99MS, f.FloorP50MS, f.FloorP99MS, f.ResultsPerS, f.ControllerKiBPerAgent)
+	}
+	fmt.Printf("\nidle agent (real process, %.0f s): RSS %.1f MiB, CPU %.3f%% of a core\n", res.AgentIdle.Seconds, res.AgentIdle.RSSMiB, res.AgentIdle.CPUPercent)
+	b, _ := json.MarshalIndent(res, "", "  ")
+	if err := os.WriteFile(*out, append(b, '\n'), 0o644); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("wrote %s\n", *out)
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func pct(ds []time.Duration, p int) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := (len(s)*p + 99) / 100
+	return s[min(max(i-1, 0), len(s)-1)]
+}
+
+func startSim(url, token, name, work string) context.CancelFunc {
+	a, err := agent.New(agent.Config{
+		ControllerURL: url, Token: token, Name: name, Cluster: "sim", Labels: map[string]string{"sim": "true"},
+		StateDir: filepath.Join(work, "sim", name), Version: "bench", Tasks: tasks.Builtin(),
+		Log: zap.NewNop(), Journal: agent.NewMemJournal(),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		if err := a.Run(ctx); err != nil && ctx.Err() == nil {
+			log.Fatalf("%s: %v", name, err)
+		}
+	}()
+	return cancel
+}
+
+func waitOnline(cli *ctlclient.Client, n int) {
+	deadline := time.Now().Add(5 * time.Minute)
+	for time.Now().Before(deadline) {
+		st, err := cli.Status(context.Background())
+		if err == nil && st.Summary.Online >= n {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	log.Fatalf("fewer than %d agents online after 5 minutes", n)
+}
+
+// floor: one publisher sends a request to each of n plain subscribers (each
+// on its own connection) and waits for all n replies.
+func floor(n, rounds int) (p50, p99 time.Duration) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true, MaxPending: 64 << 20})
+	if err != nil {
+		log.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		log.Fatal("floor server")
+	}
+	defer ns.Shutdown()
+	var conns []*nats.Conn
+	for i := 0; i < n; i++ {
+		nc, err := nats.Connect(ns.ClientURL())
+		if err != nil {
+			log.Fatal(err)
+		}
+		nc.Subscribe(fmt.Sprintf("floor.%d", i), func(m *nats.Msg) { m.Respond([]byte(`{"ok":true}`)) })
+		nc.Flush()
+		conns = append(conns, nc)
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	pub, _ := nats.Connect(ns.ClientURL())
+	defer pub.Close()
+	inbox := nats.NewInbox()
+	got := make(chan struct{}, n)
+	sub, _ := pub.Subscribe(inbox+".*", func(*nats.Msg) { got <- struct{}{} })
+	sub.SetPendingLimits(-1, -1)
+	pub.Flush()
+	var lat []time.Duration
+	var mu sync.Mutex
+	for r := 0; r < rounds+2; r++ {
+		t := time.Now()
+		for i := 0; i < n; i++ {
+			pub.PublishRequest(fmt.Sprintf("floor.%d", i), inbox+"."+strconv.Itoa(i), []byte(`{"v":1}`))
+		}
+		for i := 0; i < n; i++ {
+			<-got
+		}
+		if r >= 2 {
+			mu.Lock()
+			lat = append(lat, time.Since(t))
+			mu.Unlock()
+		}
+	}
+	return pct(lat, 50), pct(lat, 99)
+}
+
+func measureIdle(bin, url, token, work string, d time.Duration) idle {
+	cmd := exec.Command(filepath.Join(bin, "agent"), "run", "--controller", url, "--token", token, "--name", "idle-agent",
+		"--state-dir", filepath.Join(work, "idle-agent"), "--log-level", "warn")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		log.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	time.Sleep(5 * time.Second) // enrollment and start-up are not "idle"
+	c0, t0 := cpuTicks(cmd.Process.Pid), time.Now()
+	time.Sleep(d)
+	c1, el := cpuTicks(cmd.Process.Pid), time.Since(t0)
+	const hz = 100 // USER_HZ on Linux
+	return idle{RSSMiB: float64(rssKiB(cmd.Process.Pid)) / 1024, CPUPercent: float64(c1-c0) / hz / el.Seconds() * 100, Seconds: el.Seconds()}
+}
+
+func rssKiB(pid int) int64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			v, _ := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
+			return v
+		}
+	}
+	return 0
+}
+
+func cpuTicks(pid int) int64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + st
+}
+
+func machine() string {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	model := ""
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "model name"); ok {
+			model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(rest), ":"))
+			break
+		}
+	}
+	n, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	return fmt.Sprintf("%s, %d cores, linux %s", model, runtime.NumCPU(), strings.TrimSpace(string(n)))
+}
+
