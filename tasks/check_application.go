@@ -288,8 +288,8 @@ func checkWorkspacesSettled(ctx context.Context, cx *CheckEnv, k *kubeClient) Re
 		if phase != "Pending" && phase != "Failed" {
 			continue
 		}
-		age := now.Sub(workspaceSince(w, phase)).Round(time.Second)
-		d := fmt.Sprintf("%s %s for %s", qualified(w.GetNamespace(), w.GetName()), phase, age)
+		age := now.Sub(workspaceSince(w, phase))
+		d := fmt.Sprintf("%s %s for %s", qualified(w.GetNamespace(), w.GetName()), phase, age.Round(time.Second))
 		if e := nestedString(w.Object, "status", "lastError"); e != "" {
 			d += " (" + truncate(e, 120) + ")"
 		}

@@ -61,7 +61,10 @@ func TestVerifyArgs(t *testing.T) {
 }
 
 func TestVerifyHostLayerOutput(t *testing.T) {
-	settings := Settings{"METAGN_HOST_MEM_WARN_PCT": "0", "METAGN_HOST_MEM_FAIL_PCT": "100", "METAGN_HOST_CPU_SAMPLE": "50ms"}
+	// Memory forced to warn; CPU and disk can never trip (the machine is
+	// shared and may be busy).
+	settings := Settings{"METAGN_HOST_MEM_WARN_PCT": "0", "METAGN_HOST_MEM_FAIL_PCT": "100", "METAGN_HOST_CPU_SAMPLE": "50ms",
+		"METAGN_HOST_CPU_WARN_PCT": "100", "METAGN_HOST_CPU_FAIL_PCT": "100", "METAGN_HOST_DISK_WARN_PCT": "100", "METAGN_HOST_DISK_FAIL_PCT": "100"}
 	out, err := Verify{}.Run(t.Context(), testEnv(settings), json.RawMessage(`{"layers":["host"],"scope":"node"}`))
 	if err != nil {
 		t.Fatal(err)
