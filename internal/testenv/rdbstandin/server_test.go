@@ -360,3 +360,31 @@ func TestInsertRowsUnknownTable(t *testing.T) {
 		t.Fatal("InsertRows into a missing database succeeded")
 	}
 }
+
+func TestNoReplyThroughDriver(t *testing.T) {
+	s := startServer(t, Options{Databases: guildnetDBs})
+	sess, err := r.Connect(r.ConnectOpts{Address: s.Addr(), Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		name string
+		run  func() error
+	}{
+		{"noreply query", func() error { return r.DBList().Exec(sess, r.ExecOpts{NoReply: true}) }},
+		{"noreply wait", sess.NoReplyWait},
+		{"server info", func() error {
+			info, err := sess.Server()
+			if err == nil && (info.Name != ServerName || info.ID == "") {
+				err = fmt.Errorf("server info %+v", info)
+			}
+			return err
+		}},
+		{"close waiting for noreply", func() error { return sess.Close(r.CloseOpts{NoReplyWait: true}) }},
+	}
+	for _, st := range steps {
+		if err := st.run(); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+	}
+}
