@@ -272,7 +272,8 @@ func (s *Server) SetLatency(d time.Duration) { s.latency.Store(int64(max(d, 0)))
 
 // SetClusterStatus sets what /api/health reports for cluster id (adding it
 // if unknown): status is "ok", "error" or "unknown"; errText goes to its
-// "error" field. The cluster's own health follows: "ok" makes k8s and rdb
+// "error" field; its "code" is 200, 503 or 0 respectively (the stand-in's
+// choice: GuildNet's own codes may differ, so checks should go by status). The cluster's own health follows: "ok" makes k8s and rdb
 // ok, anything else makes both not ok with errText as the rdb error.
 func (s *Server) SetClusterStatus(id, status, errText string) {
 	s.mu.Lock()

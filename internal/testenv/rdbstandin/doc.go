@@ -14,9 +14,10 @@
 //   - The V1_0 handshake: the magic number, the server's version message, and
 //     SCRAM-SHA-256 authentication (client-first, server-first, client-final,
 //     server-final) with real proof verification against the one configured
-//     user and password, and the server signature the driver checks. Error
-//     codes and texts match RethinkDB's ("Wrong password" 12, "Unknown user"
-//     17, ...). Other protocol versions get RethinkDB's "ERROR: ..." line.
+//     user and password, and the server signature the driver checks. The
+//     authentication errors' codes and texts are RethinkDB's ("Wrong
+//     password" 12, "Unknown user" 17, "Invalid encoding" 10, ...). Other
+//     protocol versions get RethinkDB's "ERROR: ..." line.
 //   - Query framing: [8-byte token][4-byte length][JSON], little endian, with
 //     the query types START, CONTINUE, STOP, NOREPLY_WAIT and SERVER_INFO.
 //     Queries on one connection run concurrently, as on the real server.
