@@ -60,10 +60,18 @@ func StartHeadscale(ctx context.Context, opts HeadscaleOptions) (h *Headscale, e
 			h.Close()
 		}
 	}()
-	if err := h.writeConfig(); err != nil {
-		return nil, fmt.Errorf("start headscale: %w", err)
+	// Ports picked free can be taken before Headscale binds them: write a
+	// config with new ports and start again when that is why it failed.
+	for attempt := 1; ; attempt++ {
+		if err = h.writeConfig(); err != nil {
+			return nil, fmt.Errorf("start headscale: %w", err)
+		}
+		err = h.Start(ctx)
+		if err == nil || attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
 	}
-	if err := h.Start(ctx); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	return h, nil

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"k8s.io/client-go/rest"
@@ -69,21 +70,39 @@ func StartKube(ctx context.Context, opts KubeOptions) (k *Kube, err error) {
 		}
 	}()
 
+	// A port picked free can be taken by someone else before the server
+	// binds it: start again on new ports when that is why it failed.
+	for attempt := 1; ; attempt++ {
+		err = k.startOnce(ctx, opts)
+		if err == nil || attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+		k.apiserver.stop(time.Second)
+		k.etcd.stop(time.Second)
+		_ = os.RemoveAll(filepath.Join(k.dir, "etcd"))
+	}
+	if err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+func (k *Kube) startOnce(ctx context.Context, opts KubeOptions) error {
 	ports, err := freePorts(3)
 	if err != nil {
-		return nil, fmt.Errorf("start kube: %w", err)
+		return fmt.Errorf("start kube: %w", err)
 	}
 	etcdClient, etcdPeer, apiPort := ports[0], ports[1], ports[2]
 	if err := k.startEtcd(ctx, etcdClient, etcdPeer); err != nil {
-		return nil, fmt.Errorf("start etcd: %w", err)
+		return fmt.Errorf("start etcd: %w", err)
 	}
 	if err := k.startAPIServer(ctx, opts, etcdClient, apiPort); err != nil {
-		return nil, fmt.Errorf("start kube-apiserver: %w", err)
+		return fmt.Errorf("start kube-apiserver: %w", err)
 	}
 	if err := k.writeKubeconfig(); err != nil {
-		return nil, fmt.Errorf("start kube: %w", err)
+		return fmt.Errorf("start kube: %w", err)
 	}
-	return k, nil
+	return nil
 }
 
 func (k *Kube) startEtcd(ctx context.Context, clientPort, peerPort int) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -318,5 +319,22 @@ func TestKubeStopRemovesEverything(t *testing.T) {
 	if resp, err := c.Get(url + "/readyz"); err == nil {
 		resp.Body.Close()
 		t.Errorf("API server still answers at %s after Stop", url)
+	}
+}
+
+// TestKubeStartFailureSaysWhy: a server that will not start is reported
+// with the tail of its own log.
+func TestKubeStartFailureSaysWhy(t *testing.T) {
+	Require(t, NeedKube)
+	ctx := testCtx(t, time.Minute)
+	k, err := StartKube(ctx, KubeOptions{ServiceCIDR: "not-a-cidr"})
+	if err == nil {
+		k.Stop()
+		t.Fatal("kube-apiserver started with a bad --service-cluster-ip-range")
+	}
+	for _, want := range []string{"start kube-apiserver", "exited", "kube-apiserver.log", "not a valid cidr"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
 	}
 }
