@@ -11,13 +11,29 @@
 //
 // The binaries are built once, outside the repository, by `make testenv`
 // (hack/build-testenv.sh); [CacheDir] finds them the same way the script
-// does. A test package starts Kubernetes once, in TestMain:
+// does; without them tests skip with a message saying how to get them, and
+// with CI=true they fail ([Require]).
 //
-//	func TestMain(m *testing.M) { testenv.MainInNetNS(m) } // only if it runs tsnet
+// A test package starts Kubernetes once, in TestMain, and flips faults per
+// test:
 //
-//	k, err := testenv.StartKube(ctx, testenv.KubeOptions{})
-//	g, err := testenv.SeedGuildNet(ctx, k.RESTConfig(), testenv.SeedOptions{Nodes: 3})
-//	g.SetNodeReady(ctx, "guildnet-node-1", false) // a fault
+//	var world *testenv.Shared
+//
+//	func TestMain(m *testing.M) {
+//		world = testenv.StartShared(testenv.SeedOptions{Nodes: 3})
+//		code := m.Run()
+//		world.Stop()
+//		os.Exit(code)
+//	}
+//
+//	func TestNodeDown(t *testing.T) {
+//		kube, gn := world.Require(t) // kube.KubeconfigPath(), kube.RESTConfig()
+//		gn.SetNodeReady(ctx, testenv.NodeName(1), false)
+//		...
+//	}
+//
+// A package that starts tailnet nodes wraps the same in [RunInNetNS] (or
+// calls [MainInNetNS]) and uses [StartHeadscale] and [StartTSNet].
 //
 // Network safety: every server listens on 127.0.0.1 only, and a tsnet node
 // is only ever started inside a network namespace that has nothing but
