@@ -1,0 +1,82 @@
+package report
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+func cr(node, layer, name, status, msg string) messages.CheckResult {
+	return messages.CheckResult{Name: name, Layer: layer, Status: status, Passed: status == messages.CheckPass, Message: msg, Node: node, DurationMS: 3}
+}
+
+func TestStatus(t *testing.T) {
+	tests := []struct {
+		name   string
+		checks []messages.CheckResult
+		want   string
+		reason string
+	}{
+		{"all pass", []messages.CheckResult{cr("n1", "network", "a", "pass", ""), cr("n1", "network", "b", "pass", "")}, messages.Healthy, ""},
+		{"a warning", []messages.CheckResult{cr("n1", "network", "a", "pass", ""), cr("n1", "network", "b", "warn", "slow")}, messages.Degraded, ""},
+		{"a failure and its skipped dependents", []messages.CheckResult{cr("n1", "network", "a", "fail", "down"), cr("n1", "network", "b", "skipped", "")}, messages.Unhealthy, ""},
+		{"all unknown", []messages.CheckResult{cr("n1", "network", "network_checks", "unknown", "offline")}, messages.Unknown, "n1: offline"},
+		{"some unknown", []messages.CheckResult{cr("n1", "network", "a", "pass", ""), cr("n2", "network", "network_checks", "unknown", "offline")}, messages.Degraded, "not verified: n2: offline"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, reason := Status(tt.checks)
+			if got != tt.want || reason != tt.reason {
+				t.Fatalf("got %s %q, want %s %q", got, reason, tt.want, tt.reason)
+			}
+		})
+	}
+}
+
+func TestBuild(t *testing.T) {
+	runs := []Run{
+		{Node: "n1", Cluster: "a", Outcome: "ok", Checks: []messages.CheckResult{cr("n1", "network", "tailscaled_running", "pass", ""), cr("n1", "host", "host_disk", "pass", "")}},
+		{Node: "n2", Cluster: "a", Outcome: "unknown", Reason: "offline", Layers: NodeScopedLayers},
+		{Node: "n1", Cluster: "a", Outcome: "fail", Checks: []messages.CheckResult{cr("", "cluster", "nodes_ready", "fail", "node w1 NotReady"), cr("", "cluster", "coredns_running", "skipped", "")}},
+	}
+	missing := []Unavailable{{Cluster: "b", Layers: ClusterScopedLayers, Reason: "no online agent in cluster b"}}
+	r := Build(time.Unix(0, 0), 1500*time.Millisecond, []string{"n1", "n2", "n3"}, map[string]string{"n1": "a", "n2": "a", "n3": "b"}, runs, missing)
+	if r.OverallStatus != messages.Unhealthy {
+		t.Fatalf("overall %s", r.OverallStatus)
+	}
+	got := map[string]string{}
+	for _, l := range r.Layers {
+		got[l.Name] = l.Status
+	}
+	want := map[string]string{"network": "degraded", "host": "degraded", "cluster": "unhealthy", "database": "unknown", "application": "unknown"}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("layer %s = %s, want %s", k, got[k], v)
+		}
+	}
+	if r.Layers[0].Name != "network" {
+		t.Errorf("layer order: %v", r.Layers)
+	}
+	nodes := map[string]messages.NodeReport{}
+	for _, n := range r.Nodes {
+		nodes[n.Name] = n
+	}
+	if nodes["n2"].Status != messages.Unknown || !strings.Contains(nodes["n2"].Reason, "offline") {
+		t.Errorf("n2: %+v", nodes["n2"])
+	}
+	if nodes["n1"].Status != messages.Unhealthy || nodes["n1"].Layers["cluster"] != messages.Unhealthy {
+		t.Errorf("n1: %+v", nodes["n1"])
+	}
+	var b bytes.Buffer
+	WriteText(&b, r)
+	out := b.String()
+	for _, want := range []string{"[NETWORK] ⚠ degraded", "✓ tailscaled_running", "✗ nodes_ready", "node w1 NotReady",
+		"[DATABASE] ? unknown (no online agent in cluster b)", "↳ coredns_running", "UNHEALTHY", "not healthy: n1 unhealthy, n2 unknown"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("text lacks %q:\n%s", want, out)
+		}
+	}
+}

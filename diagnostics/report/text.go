@@ -1,0 +1,118 @@
+package report
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+// WriteText renders a report for people, in the seed's style: a header per
+// layer, ✓ ✗ ⚠ per check with its duration; a check that passed on many
+// nodes takes one line, a problem takes one line per node with its message,
+// and a skipped check names what blocked it.
+func WriteText(w io.Writer, r messages.Report) {
+	fmt.Fprintf(w, "Verification %s — %s %s in %s\n", r.Timestamp.Format("2006-01-02 15:04:05Z07:00"),
+		Mark(r.OverallStatus), strings.ToUpper(r.OverallStatus), fmtMS(r.DurationMS))
+	for _, l := range r.Layers {
+		head := fmt.Sprintf("\n[%s] %s %s", strings.ToUpper(l.Name), Mark(l.Status), l.Status)
+		if l.Reason != "" {
+			head += " (" + l.Reason + ")"
+		}
+		fmt.Fprintln(w, head)
+		type group struct {
+			name  string
+			pass  []string
+			maxMS int64
+		}
+		var order []string
+		groups := map[string]*group{}
+		var problems []messages.CheckResult
+		for _, c := range l.Checks {
+			if c.Status != messages.CheckPass {
+				problems = append(problems, c)
+				continue
+			}
+			g := groups[c.Name]
+			if g == nil {
+				g = &group{name: c.Name}
+				groups[c.Name] = g
+				order = append(order, c.Name)
+			}
+			g.pass = append(g.pass, where(c))
+			g.maxMS = max(g.maxMS, c.DurationMS)
+		}
+		for _, name := range order {
+			g := groups[name]
+			fmt.Fprintf(w, "  ✓ %-28s %-28s %s\n", g.name, summarizeNodes(g.pass), fmtMS(g.maxMS))
+		}
+		slices.SortStableFunc(problems, func(a, b messages.CheckResult) int { return rank(a.Status) - rank(b.Status) })
+		for _, c := range problems {
+			msg := c.Message
+			if c.Status == messages.CheckSkipped && c.BlockedBy != "" {
+				msg = "blocked by " + c.BlockedBy
+			}
+			fmt.Fprintf(w, "  %s %-28s %-28s %s\n", Mark(c.Status), c.Name, "("+where(c)+")", fmtMS(c.DurationMS))
+			if msg != "" {
+				fmt.Fprintf(w, "      %s\n", oneLine(msg))
+			}
+			if len(c.Threshold) > 0 && c.Status != messages.CheckSkipped {
+				fmt.Fprintf(w, "      → Threshold: %s, observed: %s\n", c.Threshold, orDash(string(c.Observed)))
+			}
+		}
+	}
+	var bad []string
+	for _, n := range r.Nodes {
+		if n.Status != messages.Healthy {
+			bad = append(bad, fmt.Sprintf("%s %s", n.Name, n.Status))
+		}
+	}
+	fmt.Fprintf(w, "\n%d nodes", len(r.Nodes))
+	if len(bad) > 0 {
+		fmt.Fprintf(w, "; not healthy: %s", strings.Join(bad, ", "))
+	}
+	fmt.Fprintln(w)
+}
+
+func rank(s string) int {
+	switch s {
+	case messages.CheckFail:
+		return 0
+	case messages.CheckUnknown:
+		return 1
+	case messages.CheckWarn:
+		return 2
+	}
+	return 3
+}
+
+func where(c messages.CheckResult) string {
+	if c.Node != "" {
+		return c.Node
+	}
+	return "cluster " + c.Cluster
+}
+
+func summarizeNodes(ns []string) string {
+	if len(ns) <= 3 {
+		return strings.Join(ns, ", ")
+	}
+	return fmt.Sprintf("%s, … (%d nodes)", strings.Join(ns[:2], ", "), len(ns))
+}
+
+func oneLine(s string) string {
+	s = strings.ReplaceAll(s, "\n", " ")
+	if len(s) > 160 {
+		s = s[:157] + "..."
+	}
+	return s
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
