@@ -14,7 +14,9 @@
 // Typical use on the controller:
 //
 //	kb, err := rules.Load(settings["METAGN_RULES_FILE"])
-//	d := diagnostics.Analyze(kb, diagnostics.NodesFromReport(report), time.Now())
+//	nodes := diagnostics.NodesFromReport(report)
+//	nodes = diagnostics.WithSections(nodes, "n1", out.Sections) // a diagnose task's output
+//	d := diagnostics.Analyze(kb, nodes, time.Now())
 //	diagnostics.WriteText(os.Stdout, d, diagnostics.TextOptions{})
 package diagnostics
 
@@ -101,7 +103,8 @@ func NodesFromReport(r *messages.Report) []NodeInput {
 	}
 	for _, n := range r.Nodes {
 		ni := node(n.Name, n.Cluster)
-		if n.Status == messages.Unknown {
+		// Unknown for another reason (timed out) is not offline.
+		if n.Status == messages.Unknown && (n.Reason == "" || strings.Contains(strings.ToLower(n.Reason), messages.ReasonOffline)) {
 			ni.Offline, ni.Reason = true, n.Reason
 		}
 	}
@@ -115,6 +118,18 @@ func NodesFromReport(r *messages.Report) []NodeInput {
 		}
 	}
 	return out
+}
+
+// WithSections adds a node's diagnose sections (the output of its diagnose
+// task) to nodes, appending the node when it is not there yet.
+func WithSections(nodes []NodeInput, node string, sections []collect.Section) []NodeInput {
+	for i := range nodes {
+		if nodes[i].Name == node {
+			nodes[i].Sections = append(nodes[i].Sections, sections...)
+			return nodes
+		}
+	}
+	return append(nodes, NodeInput{Name: node, Sections: sections})
 }
 
 // instance is one rule firing on one node.

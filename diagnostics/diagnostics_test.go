@@ -228,12 +228,18 @@ func TestNodesFromReport(t *testing.T) {
 			{Name: "tailnet_connected", Status: "unknown", Node: "a", Message: "node offline"},
 		}}},
 	}
+	r.Nodes = append(r.Nodes, messages.NodeReport{Name: "slow", Cluster: "c", Status: messages.Unknown, Reason: "timed_out"})
 	ns := NodesFromReport(r)
-	if len(ns) != 2 || !ns[0].Offline || ns[1].Checks[0].Layer != "network" {
+	if len(ns) != 3 || !ns[0].Offline || ns[2].Offline || ns[1].Checks[0].Layer != "network" {
 		t.Fatalf("NodesFromReport = %+v", ns)
 	}
+	ns = WithSections(ns, "b", []collect.Section{{Name: "system", Metrics: map[string]float64{"disk_percent": 97}}})
+	ns = WithSections(ns, "new", []collect.Section{{Name: "system", Metrics: map[string]float64{"memory_percent": 97}}})
+	if len(ns) != 4 || len(ns[1].Sections) != 1 {
+		t.Fatalf("WithSections = %+v", ns)
+	}
 	d := Analyze(kb(t), ns, t0)
-	if got := ids(d.Findings); !slices.Equal(got, []string{"tailnet-unreachable", "node-offline"}) {
+	if got := ids(d.Findings); !slices.Equal(got, []string{"tailnet-unreachable", "node-offline", "memory-pressure", "disk-pressure"}) {
 		t.Errorf("findings = %v", got)
 	}
 }
