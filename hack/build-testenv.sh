@@ -47,10 +47,18 @@ build() {
 	local t0=$SECONDS
 	log "$name: building $pkg (cold builds take minutes; see progress below)"
 	# A heartbeat so a long cold build visibly progresses.
-	( while sleep 60; do log "$name: still building ($((SECONDS - t0))s)"; done ) &
+	# The trap ends the pending sleep too, so nothing holds our output open.
+	(
+		trap 'kill "$sp" 2>/dev/null; exit 0' TERM
+		while :; do
+			sleep 60 & sp=$!
+			wait "$sp"
+			log "$name: still building ($((SECONDS - t0))s)"
+		done
+	) &
 	local beat=$!
 	local rc=0
-	( cd "$moddir" && "$GO" build -mod=mod -trimpath -ldflags "$ldflags" -o "$tmp" "$pkg" ) || rc=$?
+	( cd "$moddir" && "$GO" build -mod=readonly -trimpath -ldflags "$ldflags" -o "$tmp" "$pkg" ) || rc=$?
 	kill "$beat" 2>/dev/null || true
 	wait "$beat" 2>/dev/null || true
 	if [[ $rc -ne 0 ]]; then
