@@ -114,8 +114,30 @@ func Markdown(kb *KB) []byte {
 			}
 		}
 	}
+	w("\n## Adding rules\n\n")
+	w("Rules are data. Put more in a YAML file and point the setting `METAGN_RULES_FILE` at it; a rule\n")
+	w("with the id of a built-in one replaces it. A file with a mistake is refused with\n")
+	w("`FILE:LINE: rule \"ID\": field: problem`, and the built-in rules are used meanwhile.\n\n")
+	w("```yaml\n%s```\n\n", exampleRule)
+	w("Conditions (any one fires the rule): `check` with optional `status` (default warn, fail),\n")
+	w("`message` (regex), `observed` (`OP NUMBER[UNIT]`) and `field`; `metric: NAME OP NUMBER[UNIT]`;\n")
+	w("`log: REGEX` with optional `source: GLOB`; `node: offline`. Any condition may add `role`.\n")
+	w("Units: ms, s, m, h (compared in milliseconds), d, %%. `reach` (node, cluster, fleet) says how far\n")
+	w("a finding explains the findings listed in `explains`.\n")
 	return b.Bytes()
 }
+
+const exampleRule = `- id: data-disk-full
+  title: Data disk nearly full ({observed})
+  severity: warning            # info | warning | critical
+  layer: host
+  when:
+    - metric: "disk_percent:/data > 80%"
+  suggestion: Free space on /data
+  command: sudo du -xh /data --max-depth=2 | sort -h | tail
+  threshold: 80% or less
+  explains: [pods-pending]
+`
 
 func reachText(reach string) string {
 	switch reach {

@@ -237,6 +237,17 @@ func TestDocsLinksResolve(t *testing.T) {
 	}
 }
 
+// The example in the docs is a valid rule file.
+func TestDocsExampleRule(t *testing.T) {
+	rs, err := Parse("example.yaml", []byte(exampleRule))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(builtin(t).Rules, rs); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestAnchor(t *testing.T) {
 	for in, want := range map[string]string{
 		"Tailnet unreachable":                  "tailnet-unreachable",
