@@ -31,6 +31,10 @@ type NodeStatus struct {
 	Running      []string          `json:"running,omitempty"`
 	Facts        Facts             `json:"facts"`
 	EnrolledAt   time.Time         `json:"enrolled_at"`
+	// Layers is this node's status per layer in the last verification
+	// (network, host, cluster, ...), and LastVerified when that was.
+	Layers       map[string]string `json:"layers,omitempty"`
+	LastVerified time.Time         `json:"last_verified,omitzero"`
 }
 
 // StatusSummary counts nodes by state.
@@ -126,3 +130,29 @@ type NodesRemoveReply struct {
 	Name         string `json:"name"`
 	Disconnected int    `json:"disconnected"`
 }
+
+// VerifyRequest runs a verification sweep now.
+type VerifyRequest struct {
+	V       int      `json:"v"`
+	Node    string   `json:"node,omitempty"`    // only this node (and its cluster's checks)
+	Cluster string   `json:"cluster,omitempty"` // only this cluster
+	Layers  []string `json:"layers,omitempty"`  // only these layers
+	Timeout string   `json:"timeout,omitempty"` // per task, Go duration; default 20s
+}
+
+// VerifyReply names the stored report. Reports can be larger than one
+// message, so the report itself is read from the object store bucket
+// ReportsBucket under ReportID.
+type VerifyReply struct {
+	V             int    `json:"v"`
+	ReportID      string `json:"report_id"`
+	OverallStatus string `json:"overall_status"`
+}
+
+// ReportLastRequest asks for the id of the newest report.
+type ReportLastRequest struct {
+	V int `json:"v"`
+}
+
+// ReportsBucket is the JetStream object store bucket holding reports.
+const ReportsBucket = "mgn_reports"

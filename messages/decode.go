@@ -308,3 +308,34 @@ func (r *NodesRemoveRequest) Validate() error {
 	return nil
 }
 func (r *NodesRemoveReply) Validate() error { return checkVersion(r.V) }
+
+func (r *VerifyRequest) Validate() error {
+	if err := checkVersion(r.V); err != nil {
+		return err
+	}
+	if r.Node != "" {
+		if err := ValidNodeName(r.Node); err != nil {
+			return fmt.Errorf("node: %w", err)
+		}
+	}
+	if err := optionalName("cluster", r.Cluster); err != nil {
+		return err
+	}
+	if r.Node != "" && r.Cluster != "" {
+		return fmt.Errorf("node and cluster: give one or neither")
+	}
+	for _, l := range r.Layers {
+		if err := ValidClusterName(l); err != nil {
+			return fmt.Errorf("layers: %w", err)
+		}
+	}
+	if r.Timeout != "" {
+		if d, err := time.ParseDuration(r.Timeout); err != nil || d <= 0 || d > 10*time.Minute {
+			return fmt.Errorf("timeout: %q is not a duration between 0 and 10m", r.Timeout)
+		}
+	}
+	return nil
+}
+
+func (r *VerifyReply) Validate() error       { return checkVersion(r.V) }
+func (r *ReportLastRequest) Validate() error { return checkVersion(r.V) }

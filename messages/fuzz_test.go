@@ -88,5 +88,8 @@ func FuzzDecodeAPI(f *testing.F) {
 		roundTrip[TokenCreateReply](t, b)
 		roundTrip[NodesRemoveReply](t, b)
 		roundTrip[Report](t, b)
+		roundTrip[VerifyRequest](t, b)
+		roundTrip[VerifyReply](t, b)
+		roundTrip[ReportLastRequest](t, b)
 	})
 }

@@ -28,6 +28,8 @@ const (
 	APITaskWait    = "task.wait"
 	APITokenCreate = "token.create"
 	APINodesRemove = "nodes.remove"
+	APIVerify      = "verify"
+	APIReportLast  = "report.last"
 )
 
 func EnrollSubject(pubkey string) string  { return EnrollPrefix + pubkey }

@@ -150,10 +150,11 @@ const (
 
 // Event is a state change the controller announces on mgn.evt.KIND.
 type Event struct {
-	V    int       `json:"v"`
-	Time time.Time `json:"time"`
-	Kind string    `json:"kind"` // node_state, ...
-	Node string    `json:"node,omitempty"`
-	From string    `json:"from,omitempty"`
-	To   string    `json:"to,omitempty"`
+	V     int       `json:"v"`
+	Time  time.Time `json:"time"`
+	Kind  string    `json:"kind"` // node_state, layer_state
+	Node  string    `json:"node,omitempty"`
+	Layer string    `json:"layer,omitempty"`
+	From  string    `json:"from,omitempty"`
+	To    string    `json:"to,omitempty"`
 }

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/guildnet/metaguildnet/diagnostics/report"
 	"github.com/guildnet/metaguildnet/internal/cli"
 	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/internal/controller"
@@ -28,7 +30,7 @@ func newRoot() *cobra.Command {
 			"environment, .env.local or .env (flags win, then the environment, then .env.local, then .env).",
 		Version: controller.Version,
 	}
-	root.AddCommand(serveCmd(), tokenCmd(), statusCmd(), runCmd(), nodesCmd())
+	root.AddCommand(serveCmd(), tokenCmd(), statusCmd(), runCmd(), nodesCmd(), verifyCmd(), reportCmd())
 	return root
 }
 
@@ -39,6 +41,7 @@ func dataDirFlag(cmd *cobra.Command, p *string) {
 func serveCmd() *cobra.Command {
 	var o controller.Options
 	var lf cli.LogFlags
+	var layerIntervals map[string]string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the controller",
@@ -53,6 +56,14 @@ func serveCmd() *cobra.Command {
 			}
 			defer log.Sync()
 			o.Log = log
+			o.SweepLayerIntervals = map[string]time.Duration{}
+			for l, v := range layerIntervals {
+				d, err := time.ParseDuration(v)
+				if err != nil || d <= 0 {
+					return cli.Fail(cli.ExitUsage, fmt.Errorf("--sweep-layer-interval %s=%s: want a positive duration", l, v))
+				}
+				o.SweepLayerIntervals[l] = d
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			c, err := controller.Start(ctx, o)
@@ -72,6 +83,9 @@ func serveCmd() *cobra.Command {
 	cmd.Flags().IntVar(&o.OfflineAfter, "offline-after", 6, "heartbeat intervals without a heartbeat before a node is offline")
 	cmd.Flags().IntVar(&o.MaxMessageBytes, "max-message-bytes", messages.DefaultMaxMessageBytes, "largest payload accepted")
 	cmd.Flags().DurationVar(&o.Retention, "retention", 7*24*time.Hour, "how long task history and results are kept")
+	cmd.Flags().DurationVar(&o.SweepInterval, "sweep-interval", time.Minute, "how often to verify the whole fleet (negative disables)")
+	cmd.Flags().StringToStringVar(&layerIntervals, "sweep-layer-interval", nil, "per-layer sweep interval, e.g. network=15s,database=30s")
+	cmd.Flags().DurationVar(&o.HistoryRetention, "history-retention", 7*24*time.Hour, "how long verification reports are kept")
 	lf.Add(cmd)
 	return cmd
 }
@@ -288,4 +302,116 @@ func nodesCmd() *cobra.Command {
 	dataDirFlag(rm, &dataDir)
 	nodes.AddCommand(rm)
 	return nodes
+}
+
+func verifyCmd() *cobra.Command {
+	var dataDir, node, cluster, timeout string
+	var layers []string
+	var asJSON, watch bool
+	var every time.Duration
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Verify the fleet layer by layer (network, host, cluster, database, application)",
+		Long: "Run the verification checks now: node checks (network, host) on every selected node, cluster\n" +
+			"checks (cluster, database, application) once per cluster on a controlplane agent (or any online\n" +
+			"one). Exit 0 when healthy, 1 when not.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := cli.LoadConfig(cmd); err != nil {
+				return err
+			}
+			if node != "" && cluster != "" {
+				return cli.Fail(cli.ExitUsage, errors.New("--node and --cluster: give one or neither"))
+			}
+			c, err := dial(dataDir)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			req := messages.VerifyRequest{Node: node, Cluster: cluster, Layers: layers, Timeout: timeout}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			for {
+				rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+				rep, err := c.Verify(rctx, req)
+				cancel()
+				if err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					return apiErr(err)
+				}
+				if asJSON {
+					printJSON(rep)
+				} else {
+					report.WriteText(os.Stdout, rep)
+				}
+				if !watch {
+					if !report.Healthy(rep) {
+						return cli.Unhealthy
+					}
+					return nil
+				}
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(every):
+				}
+				if !asJSON {
+					fmt.Println(strings.Repeat("─", 72))
+				}
+			}
+		},
+	}
+	dataDirFlag(cmd, &dataDir)
+	cmd.Flags().StringVar(&node, "node", "", "verify this node (and its cluster's checks)")
+	cmd.Flags().StringVar(&cluster, "cluster", "", "verify this cluster's nodes")
+	cmd.Flags().StringSliceVar(&layers, "layer", nil, "only these layers (network, host, cluster, database, application, or custom)")
+	cmd.Flags().StringVar(&timeout, "timeout", "20s", "deadline for the checks on each node")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVar(&watch, "watch", false, "verify again every --every until interrupted")
+	cmd.Flags().DurationVar(&every, "every", 10*time.Second, "interval for --watch")
+	return cmd
+}
+
+func reportCmd() *cobra.Command {
+	var dataDir string
+	var last, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "report --last",
+		Short: "Show the newest verification report (from `verify` or the continuous sweeps)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := cli.LoadConfig(cmd); err != nil {
+				return err
+			}
+			if !last {
+				return cli.Fail(cli.ExitUsage, errors.New("say which report: --last"))
+			}
+			c, err := dial(dataDir)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			rep, err := c.LastReport(ctx)
+			if err != nil {
+				return apiErr(err)
+			}
+			if asJSON {
+				printJSON(rep)
+			} else {
+				report.WriteText(os.Stdout, rep)
+			}
+			if !report.Healthy(rep) {
+				return cli.Unhealthy
+			}
+			return nil
+		},
+	}
+	dataDirFlag(cmd, &dataDir)
+	cmd.Flags().BoolVar(&last, "last", false, "the newest report")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
 }

@@ -141,7 +141,7 @@ func orderLayers(m map[string][]messages.CheckResult) []string {
 // checks do not count: their root cause is reported where it failed.
 func Status(cs []messages.CheckResult) (status, reason string) {
 	var fail, warn, unknown, known int
-	var why []string
+	var why, blocked []string
 	for _, c := range cs {
 		switch c.Status {
 		case messages.CheckFail:
@@ -161,7 +161,16 @@ func Status(cs []messages.CheckResult) (status, reason string) {
 			}
 		case messages.CheckPass:
 			known++
+		case messages.CheckSkipped:
+			if c.BlockedBy != "" && !slices.Contains(blocked, c.BlockedBy) {
+				blocked = append(blocked, c.BlockedBy)
+			}
 		}
+	}
+	if known == 0 && unknown == 0 && len(blocked) > 0 {
+		// Every check here waits on a failure elsewhere: this layer could
+		// not be verified, and the cause is reported where it failed.
+		return messages.Unknown, "not verified: blocked by " + strings.Join(blocked, ", ")
 	}
 	switch {
 	case fail > 0:

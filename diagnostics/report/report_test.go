@@ -74,9 +74,18 @@ func TestBuild(t *testing.T) {
 	WriteText(&b, r)
 	out := b.String()
 	for _, want := range []string{"[NETWORK] ⚠ degraded", "✓ tailscaled_running", "✗ nodes_ready", "node w1 NotReady",
-		"[DATABASE] ? unknown (no online agent in cluster b)", "↳ coredns_running", "UNHEALTHY", "not healthy: n1 unhealthy, n2 unknown"} {
+		"[DATABASE] ? unknown (no online agent in cluster b)", "↳ skipped, blocked by a failed dependency (n1): coredns_running", "UNHEALTHY", "not healthy: n1 unhealthy, n2 unknown"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("text lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+func TestAllSkippedIsUnknown(t *testing.T) {
+	c := cr("n1", "database", "rethinkdb_tcp", "skipped", "")
+	c.BlockedBy = "kube_api_ready"
+	st, reason := Status([]messages.CheckResult{c})
+	if st != messages.Unknown || reason != "not verified: blocked by kube_api_ready" {
+		t.Fatalf("%s %q", st, reason)
 	}
 }

@@ -35,6 +35,9 @@ func WriteText(w io.Writer, r messages.Report) {
 				problems = append(problems, c)
 				continue
 			}
+			if strings.HasPrefix(c.Message, "not applicable") {
+				continue // listed once below, not as a pass
+			}
 			g := groups[c.Name]
 			if g == nil {
 				g = &group{name: c.Name}
@@ -44,23 +47,59 @@ func WriteText(w io.Writer, r messages.Report) {
 			g.pass = append(g.pass, where(c))
 			g.maxMS = max(g.maxMS, c.DurationMS)
 		}
+		var na []string
+		for _, c := range l.Checks {
+			if c.Status == messages.CheckPass && strings.HasPrefix(c.Message, "not applicable") && !slices.Contains(na, c.Name) {
+				na = append(na, c.Name)
+			}
+		}
 		for _, name := range order {
 			g := groups[name]
 			fmt.Fprintf(w, "  ✓ %-28s %-28s %s\n", g.name, summarizeNodes(g.pass), fmtMS(g.maxMS))
 		}
 		slices.SortStableFunc(problems, func(a, b messages.CheckResult) int { return rank(a.Status) - rank(b.Status) })
+		// Skipped checks fold under what blocked them: the root cause is
+		// shown once, its symptoms on one line.
+		type fold struct {
+			checks, nodes []string
+		}
+		var foldOrder []string
+		folds := map[string]*fold{}
 		for _, c := range problems {
-			msg := c.Message
-			if c.Status == messages.CheckSkipped && c.BlockedBy != "" {
-				msg = "blocked by " + c.BlockedBy
+			if c.Status == messages.CheckSkipped {
+				key := c.BlockedBy
+				f := folds[key]
+				if f == nil {
+					f = &fold{}
+					folds[key] = f
+					foldOrder = append(foldOrder, key)
+				}
+				if !slices.Contains(f.checks, c.Name) {
+					f.checks = append(f.checks, c.Name)
+				}
+				if w := where(c); !slices.Contains(f.nodes, w) {
+					f.nodes = append(f.nodes, w)
+				}
+				continue
 			}
 			fmt.Fprintf(w, "  %s %-28s %-28s %s\n", Mark(c.Status), c.Name, "("+where(c)+")", fmtMS(c.DurationMS))
-			if msg != "" {
-				fmt.Fprintf(w, "      %s\n", oneLine(msg))
+			if c.Message != "" {
+				fmt.Fprintf(w, "      %s\n", oneLine(c.Message))
 			}
-			if len(c.Threshold) > 0 && c.Status != messages.CheckSkipped {
+			if len(c.Threshold) > 0 {
 				fmt.Fprintf(w, "      → Threshold: %s, observed: %s\n", c.Threshold, orDash(string(c.Observed)))
 			}
+		}
+		if len(na) > 0 {
+			fmt.Fprintf(w, "  – not applicable here: %s\n", strings.Join(na, ", "))
+		}
+		for _, key := range foldOrder {
+			f := folds[key]
+			by := key
+			if by == "" {
+				by = "a failed dependency"
+			}
+			fmt.Fprintf(w, "  ↳ skipped, blocked by %s (%s): %s\n", by, summarizeNodes(f.nodes), strings.Join(f.checks, ", "))
 		}
 	}
 	var bad []string

@@ -48,7 +48,14 @@ type Options struct {
 	MaxMessageBytes int
 	// Retention is how long task history and results are kept (default 7 days).
 	Retention time.Duration
-	Log       *zap.Logger
+	// SweepInterval is how often the controller verifies the whole fleet
+	// (default 60s; negative disables), SweepLayerIntervals overrides it per
+	// layer, and HistoryRetention is how long reports are kept (default 7
+	// days).
+	SweepInterval       time.Duration
+	SweepLayerIntervals map[string]time.Duration
+	HistoryRetention    time.Duration
+	Log                 *zap.Logger
 }
 
 func (o *Options) setDefaults() {
@@ -67,6 +74,12 @@ func (o *Options) setDefaults() {
 	if o.Retention <= 0 {
 		o.Retention = 7 * 24 * time.Hour
 	}
+	if o.SweepInterval == 0 {
+		o.SweepInterval = time.Minute
+	}
+	if o.HistoryRetention <= 0 {
+		o.HistoryRetention = 7 * 24 * time.Hour
+	}
 	if o.Log == nil {
 		o.Log = zap.NewNop()
 	}
@@ -83,6 +96,7 @@ type Controller struct {
 	tokens *tokenStore
 	reg    *registry
 	disp   *dispatcher
+	ver    *verifier
 	met    *metrics
 	http   *http.Server
 	lock   *os.File
@@ -152,8 +166,13 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 	if err := runinfo.Write(o.DataDir, c.info); err != nil {
 		return nil, err
 	}
-	c.wg.Add(1)
+	c.ver.loadLast(ctx)
+	c.wg.Add(2)
 	go c.housekeeping()
+	go func() {
+		defer c.wg.Done()
+		c.ver.sweeps(c.stop, c.opts.SweepInterval, c.opts.SweepLayerIntervals)
+	}()
 	c.log.Info("controller serving", zap.String("nats", c.info.NATSURL), zap.String("http", c.info.HTTPURL),
 		zap.String("data_dir", o.DataDir), zap.Duration("heartbeat_interval", o.HeartbeatInterval))
 	return c, nil
@@ -249,6 +268,13 @@ func (c *Controller) openState(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("open stream %s: %w", messages.ResultsStream, err)
 	}
+	reports, err := c.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket: messages.ReportsBucket, Storage: jetstream.FileStorage, TTL: c.opts.HistoryRetention,
+		Description: "verification reports",
+	})
+	if err != nil {
+		return fmt.Errorf("open report store: %w", err)
+	}
 	loaded, err := newTokenStore(ctx, tokensKV)
 	if err != nil {
 		return err
@@ -265,6 +291,7 @@ func (c *Controller) openState(ctx context.Context) error {
 	}
 	c.disp = &dispatcher{nc: c.nc, js: c.js, results: results, open: openKV, history: histKV,
 		reg: c.reg, log: c.log.Named("dispatch"), met: c.met, tasks: map[string]*taskState{}}
+	c.ver = newVerifier(c, reports)
 	c.met.reg.MustRegister(fleetCollector{reg: c.reg, desc: prometheus.NewDesc("mgn_nodes",
 		"Enrolled nodes by liveness state.", []string{"state"}, nil)})
 	return nil

@@ -69,12 +69,21 @@ func newTaskID(now time.Time) string {
 	return "t" + now.UTC().Format("20060102T150405") + "-" + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
 }
 
-// issue creates a task for the nodes sel picks and sends it.
+// issue creates a task for the nodes the request's selector picks.
 func (d *dispatcher) issue(ctx context.Context, req messages.RunRequest) (messages.RunReply, error) {
 	sel, err := parseSelector(req.Target)
 	if err != nil {
 		return messages.RunReply{}, messages.Errorf(messages.CodeBadRequest, "%v", err)
 	}
+	targets, states := d.reg.selectNodes(sel, time.Now())
+	if len(targets) == 0 {
+		return messages.RunReply{}, messages.Errorf(messages.CodeNotFound, "target %q matches no enrolled node (see `controller status`)", req.Target)
+	}
+	return d.issueTo(ctx, req, targets, states)
+}
+
+// issueTo creates a task for the given nodes and sends it.
+func (d *dispatcher) issueTo(ctx context.Context, req messages.RunRequest, targets []string, states map[string]string) (messages.RunReply, error) {
 	if err := messages.ValidClusterName(req.Kind); err != nil {
 		return messages.RunReply{}, messages.Errorf(messages.CodeBadRequest, "kind: %v", err)
 	}
@@ -83,10 +92,6 @@ func (d *dispatcher) issue(ctx context.Context, req messages.RunRequest) (messag
 		timeout, _ = time.ParseDuration(req.Timeout) // validated by the decoder
 	}
 	now := time.Now().UTC()
-	targets, states := d.reg.selectNodes(sel, now)
-	if len(targets) == 0 {
-		return messages.RunReply{}, messages.Errorf(messages.CodeNotFound, "target %q matches no enrolled node (see `controller status`)", req.Target)
-	}
 	t := messages.Task{
 		V: messages.Version, ID: newTaskID(now), Kind: req.Kind, Target: req.Target,
 		Args: req.Args, Deadline: now.Add(timeout), IssuedAt: now,
@@ -117,6 +122,19 @@ func (d *dispatcher) issue(ctx context.Context, req messages.RunRequest) (messag
 	}
 	d.arm(ts)
 	return messages.RunReply{V: messages.Version, TaskID: t.ID, Nodes: targets, Deadline: t.Deadline}, nil
+}
+
+// wait blocks until the task is done or ctx ends, then reports it.
+func (d *dispatcher) wait(ctx context.Context, id string) (messages.TaskReport, error) {
+	for {
+		rep, err := d.report(ctx, id, 10*time.Second)
+		if err != nil || rep.Done {
+			return rep, err
+		}
+		if ctx.Err() != nil {
+			return rep, ctx.Err()
+		}
+	}
 }
 
 func newTaskState(rec taskRecord) *taskState {

@@ -127,6 +127,9 @@ func (c *Controller) api(ctx context.Context, verb string, data []byte) (message
 			return nil, err
 		}
 		st := c.reg.status(time.Now().UTC())
+		for i := range st.Nodes {
+			st.Nodes[i].Layers, st.Nodes[i].LastVerified = c.ver.layersOf(st.Nodes[i].Name)
+		}
 		return &st, nil
 	case messages.APIRun:
 		req, err := messages.Decode[messages.RunRequest](data, max)
@@ -161,6 +164,28 @@ func (c *Controller) api(ctx context.Context, verb string, data []byte) (message
 		}
 		c.log.Info("join token created", zap.Time("expires_at", rec.ExpiresAt), zap.Bool("reusable", rec.Reusable))
 		return &messages.TokenCreateReply{V: messages.Version, Token: tok, ExpiresAt: rec.ExpiresAt, Reusable: rec.Reusable}, nil
+	case messages.APIVerify:
+		req, err := messages.Decode[messages.VerifyRequest](data, max)
+		if err != nil {
+			return nil, err
+		}
+		rep, id, err := c.ver.run(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		return &messages.VerifyReply{V: messages.Version, ReportID: id, OverallStatus: rep.OverallStatus}, nil
+	case messages.APIReportLast:
+		if _, err := messages.Decode[messages.ReportLastRequest](data, max); err != nil {
+			return nil, err
+		}
+		id, err := c.ver.lastReportID(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if id == "" {
+			return nil, messages.Errorf(messages.CodeNotFound, "no verification report yet: run `controller verify`")
+		}
+		return &messages.VerifyReply{V: messages.Version, ReportID: id}, nil
 	case messages.APINodesRemove:
 		req, err := messages.Decode[messages.NodesRemoveRequest](data, max)
 		if err != nil {

@@ -4,11 +4,13 @@ package ctlclient
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/guildnet/metaguildnet/internal/runinfo"
 	"github.com/guildnet/metaguildnet/messages"
@@ -118,6 +120,47 @@ func (c *Client) TokenCreate(ctx context.Context, ttl string, reusable bool) (me
 
 func (c *Client) NodesRemove(ctx context.Context, name string) (messages.NodesRemoveReply, error) {
 	return call[messages.NodesRemoveReply](ctx, c, messages.APINodesRemove, &messages.NodesRemoveRequest{V: messages.Version, Name: name})
+}
+
+// Verify runs a verification sweep and returns its report.
+func (c *Client) Verify(ctx context.Context, req messages.VerifyRequest) (messages.Report, error) {
+	req.V = messages.Version
+	rep, err := call[messages.VerifyReply](ctx, c, messages.APIVerify, &req)
+	if err != nil {
+		return messages.Report{}, err
+	}
+	return c.GetReport(ctx, rep.ReportID)
+}
+
+// LastReport returns the newest stored report.
+func (c *Client) LastReport(ctx context.Context) (messages.Report, error) {
+	rep, err := call[messages.VerifyReply](ctx, c, messages.APIReportLast, &messages.ReportLastRequest{V: messages.Version})
+	if err != nil {
+		return messages.Report{}, err
+	}
+	return c.GetReport(ctx, rep.ReportID)
+}
+
+// GetReport reads a stored report from the object store (reports may be
+// larger than one message).
+func (c *Client) GetReport(ctx context.Context, id string) (messages.Report, error) {
+	js, err := jetstream.New(c.nc)
+	if err != nil {
+		return messages.Report{}, err
+	}
+	os, err := js.ObjectStore(ctx, messages.ReportsBucket)
+	if err != nil {
+		return messages.Report{}, fmt.Errorf("%w: report store: %v", ErrUnreachable, err)
+	}
+	b, err := os.GetBytes(ctx, id)
+	if err != nil {
+		return messages.Report{}, fmt.Errorf("report %s: %w", id, err)
+	}
+	var rep messages.Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return rep, fmt.Errorf("report %s: %w", id, err)
+	}
+	return rep, nil
 }
 
 // Conn exposes the connection (tests, event streaming).

@@ -1,0 +1,449 @@
+package controller
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/guildnet/metaguildnet/diagnostics/report"
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+// verifier runs verification sweeps: node-scoped checks (network, host) on
+// every selected node, cluster-scoped ones (cluster, database, application)
+// once per cluster on one agent — a controlplane node when one is online,
+// else any online node of that cluster — so the API server is not asked N
+// times. It stores each report and keeps every node's last status per layer
+// for the fleet view.
+type verifier struct {
+	c       *Controller
+	reports jetstream.ObjectStore
+	log     *zap.Logger
+
+	layerStatus   *prometheus.GaugeVec
+	checkCounts   *prometheus.GaugeVec
+	checkDuration *prometheus.HistogramVec
+	sweepDuration prometheus.Histogram
+
+	mu       sync.Mutex
+	last     map[string]map[string]string // node -> layer -> status
+	lastAt   map[string]time.Time
+	overall  map[string]string // layer -> fleet status, for change events
+	lastID   string
+	sweeping sync.Mutex // one sweep at a time
+}
+
+func newVerifier(c *Controller, store jetstream.ObjectStore) *verifier {
+	v := &verifier{c: c, reports: store, log: c.log.Named("verify"),
+		last: map[string]map[string]string{}, lastAt: map[string]time.Time{}, overall: map[string]string{},
+		layerStatus: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mgn_layer_status", Help: "Fleet status per layer in the last verification (1 for the current status).",
+		}, []string{"layer", "status"}),
+		checkCounts: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mgn_checks", Help: "Check results in the last verification, by layer and status.",
+		}, []string{"layer", "status"}),
+		checkDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "mgn_check_duration_seconds", Help: "Duration of each check run, by layer.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"layer"}),
+		sweepDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "mgn_verify_duration_seconds", Help: "Duration of whole verification sweeps.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
+		}),
+	}
+	c.met.reg.MustRegister(v.layerStatus, v.checkCounts, v.checkDuration, v.sweepDuration)
+	return v
+}
+
+// member is what planning needs to know of a node.
+type member struct{ name, cluster, role, state string }
+
+func (r *registry) members() []member {
+	now := time.Now()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]member, 0, len(r.nodes))
+	for _, n := range r.nodes {
+		out = append(out, member{n.rec.Name, n.rec.Cluster, n.rec.Role, r.stateAt(n, now)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
+}
+
+// clusterAgent picks the agent that runs a cluster's checks: an online
+// controlplane node first, else any online node; "" when none is online.
+func clusterAgent(ms []member) string {
+	best := ""
+	for _, m := range ms {
+		if m.state != messages.StateOnline {
+			continue
+		}
+		if m.role == "controlplane" {
+			return m.name
+		}
+		if best == "" {
+			best = m.name
+		}
+	}
+	return best
+}
+
+// wantScope says which of the requested layers a scope runs: its own
+// built-in layers, and custom layers (whose checks say their own scope).
+func wantScope(layers, scoped []string) ([]string, bool) {
+	if len(layers) == 0 {
+		return scoped, true
+	}
+	var mine []string
+	for _, l := range layers {
+		builtin := slices.Contains(report.NodeScopedLayers, l) || slices.Contains(report.ClusterScopedLayers, l)
+		if !builtin || slices.Contains(scoped, l) {
+			mine = append(mine, l)
+		}
+	}
+	return mine, len(mine) > 0
+}
+
+// run performs one sweep and stores its report.
+func (v *verifier) run(ctx context.Context, req messages.VerifyRequest) (messages.Report, string, error) {
+	v.sweeping.Lock()
+	defer v.sweeping.Unlock()
+	start := time.Now()
+	all := v.c.reg.members()
+	var sel []member
+	switch {
+	case req.Node != "":
+		for _, m := range all {
+			if m.name == req.Node {
+				sel = append(sel, m)
+			}
+		}
+		if len(sel) == 0 {
+			return messages.Report{}, "", messages.Errorf(messages.CodeNotFound, "no node named %q (see `controller status`)", req.Node)
+		}
+	case req.Cluster != "":
+		for _, m := range all {
+			if m.cluster == req.Cluster {
+				sel = append(sel, m)
+			}
+		}
+		if len(sel) == 0 {
+			return messages.Report{}, "", messages.Errorf(messages.CodeNotFound, "no node in cluster %q (see `controller status`)", req.Cluster)
+		}
+	default:
+		sel = all
+	}
+	if len(sel) == 0 {
+		return messages.Report{}, "", messages.Errorf(messages.CodeNotFound, "no nodes enrolled yet")
+	}
+	timeout := "20s"
+	if req.Timeout != "" {
+		timeout = req.Timeout
+	}
+	nodes := make([]string, 0, len(sel))
+	clusterOf := map[string]string{}
+	states := map[string]string{}
+	for _, m := range sel {
+		nodes = append(nodes, m.name)
+		clusterOf[m.name] = m.cluster
+		states[m.name] = m.state
+	}
+	// Cluster-scoped checks: one agent per cluster touched by the selection.
+	clusters := map[string][]member{}
+	for _, m := range all {
+		if slices.ContainsFunc(sel, func(s member) bool { return s.cluster == m.cluster }) {
+			clusters[m.cluster] = append(clusters[m.cluster], m)
+		}
+	}
+	type issued struct {
+		id     string
+		layers []string
+	}
+	var tasks []issued
+	var missing []report.Unavailable
+	if layers, ok := wantScope(req.Layers, report.NodeScopedLayers); ok {
+		args, _ := json.Marshal(map[string]any{"scope": "node", "layers": nonEmpty(req.Layers)})
+		rep, err := v.c.disp.issueTo(ctx, messages.RunRequest{Kind: "verify", Target: "verify:node", Args: args, Timeout: timeout, SkipOffline: true}, nodes, states)
+		if err != nil {
+			return messages.Report{}, "", fmt.Errorf("verify: issue node checks: %w", err)
+		}
+		tasks = append(tasks, issued{rep.TaskID, layers})
+	}
+	if layers, ok := wantScope(req.Layers, report.ClusterScopedLayers); ok {
+		var agents []string
+		for _, name := range sortedKeys(clusters) {
+			if a := clusterAgent(clusters[name]); a != "" {
+				agents = append(agents, a)
+				if _, in := clusterOf[a]; !in {
+					clusterOf[a] = name
+				}
+			} else {
+				missing = append(missing, report.Unavailable{Cluster: name, Layers: layers,
+					Reason: fmt.Sprintf("no online agent in cluster %q", name)})
+			}
+		}
+		if len(agents) > 0 {
+			args, _ := json.Marshal(map[string]any{"scope": "cluster", "layers": nonEmpty(req.Layers)})
+			st := map[string]string{}
+			for _, a := range agents {
+				st[a] = messages.StateOnline
+			}
+			rep, err := v.c.disp.issueTo(ctx, messages.RunRequest{Kind: "verify", Target: "verify:cluster", Args: args, Timeout: timeout, SkipOffline: true}, agents, st)
+			if err != nil {
+				return messages.Report{}, "", fmt.Errorf("verify: issue cluster checks: %w", err)
+			}
+			tasks = append(tasks, issued{rep.TaskID, layers})
+		}
+	}
+	var runs []report.Run
+	for _, t := range tasks {
+		tr, err := v.c.disp.wait(ctx, t.id)
+		if err != nil {
+			return messages.Report{}, "", fmt.Errorf("verify: wait for %s: %w", t.id, err)
+		}
+		for _, r := range tr.Results {
+			run := report.Run{Node: r.Node, Cluster: clusterOf[r.Node], Layers: t.layers, Outcome: r.Outcome, Reason: r.Reason}
+			if r.Outcome == messages.OutcomeUnknown && r.Reason == messages.ReasonRejected {
+				run.Reason = "rejected: " + string(r.Output)
+			}
+			if r.Outcome != messages.OutcomeUnknown {
+				var out struct {
+					Checks []messages.CheckResult `json:"checks"`
+				}
+				if err := json.Unmarshal(r.Output, &out); err != nil || out.Checks == nil {
+					run.Outcome, run.Reason = messages.OutcomeUnknown, fmt.Sprintf("unreadable verify output: %s", truncate(string(r.Output), 200))
+				}
+				run.Checks = out.Checks
+			}
+			runs = append(runs, run)
+		}
+	}
+	rep := report.Build(time.Now(), time.Since(start), nodes, clusterOf, runs, missing)
+	id, err := v.store(ctx, rep)
+	if err != nil {
+		return rep, "", err
+	}
+	v.record(rep, id)
+	return rep, id, nil
+}
+
+func nonEmpty(s []string) []string {
+	if len(s) == 0 {
+		return nil
+	}
+	return s
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+// store writes the report to the object store (reports of large fleets are
+// larger than one message; the object store chunks them).
+func (v *verifier) store(ctx context.Context, rep messages.Report) (string, error) {
+	b, err := json.Marshal(rep)
+	if err != nil {
+		return "", fmt.Errorf("encode report: %w", err)
+	}
+	id := "r" + rep.Timestamp.UTC().Format("20060102T150405.000000000")
+	id = strings.ReplaceAll(id, ".", "-")
+	if _, err := v.reports.Put(ctx, jetstream.ObjectMeta{Name: id}, bytes.NewReader(b)); err != nil {
+		return "", fmt.Errorf("store report: %w", err)
+	}
+	return id, nil
+}
+
+// record updates the fleet view, metrics and change events from a report.
+func (v *verifier) record(rep messages.Report, id string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.lastID = id
+	for _, n := range rep.Nodes {
+		m := v.last[n.Name]
+		if m == nil {
+			m = map[string]string{}
+			v.last[n.Name] = m
+		}
+		for l, s := range n.Layers {
+			m[l] = s
+		}
+		v.lastAt[n.Name] = rep.Timestamp
+	}
+	for _, l := range rep.Layers {
+		for _, s := range []string{messages.Healthy, messages.Degraded, messages.Unhealthy, messages.Unknown} {
+			val := 0.0
+			if s == l.Status {
+				val = 1
+			}
+			v.layerStatus.WithLabelValues(l.Name, s).Set(val)
+		}
+		counts := map[string]int{}
+		for _, c := range l.Checks {
+			counts[c.Status]++
+			if c.Status == messages.CheckPass || c.Status == messages.CheckWarn || c.Status == messages.CheckFail {
+				v.checkDuration.WithLabelValues(l.Name).Observe(float64(c.DurationMS) / 1000)
+			}
+		}
+		for _, s := range []string{messages.CheckPass, messages.CheckWarn, messages.CheckFail, messages.CheckSkipped, messages.CheckUnknown} {
+			v.checkCounts.WithLabelValues(l.Name, s).Set(float64(counts[s]))
+		}
+		if prev, ok := v.overall[l.Name]; !ok || prev != l.Status {
+			from := prev
+			if !ok {
+				from = "none"
+			}
+			v.overall[l.Name] = l.Status
+			if ok || l.Status != messages.Healthy {
+				v.c.log.Info("layer state", zap.String("layer", l.Name), zap.String("from", from), zap.String("to", l.Status), zap.String("reason", l.Reason))
+				ev := messages.Event{V: messages.Version, Time: time.Now().UTC(), Kind: "layer_state", Layer: l.Name, From: from, To: l.Status}
+				v.c.nc.Publish(messages.EventSubject("layer_state"), messages.MustEncode(&ev))
+			}
+		}
+	}
+	v.sweepDuration.Observe(float64(rep.DurationMS) / 1000)
+}
+
+// layersOf returns a node's last per-layer statuses for the fleet view.
+func (v *verifier) layersOf(node string) (map[string]string, time.Time) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	m := v.last[node]
+	if m == nil {
+		return nil, time.Time{}
+	}
+	out := make(map[string]string, len(m))
+	for k, s := range m {
+		out[k] = s
+	}
+	return out, v.lastAt[node]
+}
+
+// loadLast restores the last report's view after a restart.
+func (v *verifier) loadLast(ctx context.Context) {
+	id, err := v.lastReportID(ctx)
+	if err != nil || id == "" {
+		return
+	}
+	rep, err := v.get(ctx, id)
+	if err != nil {
+		return
+	}
+	v.record(rep, id)
+}
+
+func (v *verifier) lastReportID(ctx context.Context) (string, error) {
+	v.mu.Lock()
+	id := v.lastID
+	v.mu.Unlock()
+	if id != "" {
+		return id, nil
+	}
+	infos, err := v.reports.List(ctx)
+	if err != nil {
+		if err == jetstream.ErrNoObjectsFound {
+			return "", nil
+		}
+		return "", fmt.Errorf("list reports: %w", err)
+	}
+	for _, in := range infos {
+		if !in.Deleted && in.Name > id {
+			id = in.Name
+		}
+	}
+	return id, nil
+}
+
+func (v *verifier) get(ctx context.Context, id string) (messages.Report, error) {
+	b, err := v.reports.GetBytes(ctx, id)
+	if err != nil {
+		return messages.Report{}, fmt.Errorf("report %s: %w", id, err)
+	}
+	var rep messages.Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return rep, fmt.Errorf("report %s: %w", id, err)
+	}
+	return rep, nil
+}
+
+// sweeps runs verification continuously: every interval, with per-layer
+// overrides (a layer due sooner runs on its own).
+func (v *verifier) sweeps(stop <-chan struct{}, every time.Duration, perLayer map[string]time.Duration) {
+	if every <= 0 {
+		return
+	}
+	next := map[string]time.Time{}
+	layers := append(slices.Clone(report.NodeScopedLayers), report.ClusterScopedLayers...)
+	for l := range perLayer {
+		if !slices.Contains(layers, l) {
+			layers = append(layers, l)
+		}
+	}
+	interval := func(l string) time.Duration {
+		if d, ok := perLayer[l]; ok && d > 0 {
+			return d
+		}
+		return every
+	}
+	tickEvery := every
+	for _, d := range perLayer {
+		if d > 0 && d < tickEvery {
+			tickEvery = d
+		}
+	}
+	tick := time.NewTicker(min(tickEvery, time.Second*5))
+	defer tick.Stop()
+	first := time.Now().Add(min(every, 10*time.Second)) // let agents connect after a start
+	for _, l := range layers {
+		next[l] = first
+	}
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-tick.C:
+			var due []string
+			for _, l := range layers {
+				if !now.Before(next[l]) {
+					due = append(due, l)
+					next[l] = now.Add(interval(l))
+				}
+			}
+			if len(due) == 0 || len(v.c.reg.members()) == 0 {
+				continue
+			}
+			if len(due) == len(layers) {
+				due = nil // all of them, custom layers included
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			rep, id, err := v.run(ctx, messages.VerifyRequest{V: messages.Version, Layers: due})
+			cancel()
+			if err != nil {
+				v.log.Warn("sweep", zap.Error(err))
+				continue
+			}
+			v.log.Debug("sweep", zap.String("report", id), zap.String("overall", rep.OverallStatus), zap.Int64("duration_ms", rep.DurationMS))
+		}
+	}
+}
