@@ -10,6 +10,7 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/client"
 	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
 
+	"github.com/guildnet/metaguildnet/internal/testenv/hostappstandin"
 	"github.com/guildnet/metaguildnet/internal/testenv/rdbstandin"
 	"github.com/guildnet/metaguildnet/internal/testenv/talosstandin"
 )
@@ -89,9 +90,30 @@ func (w *world) startTalos(ctx context.Context) error {
 	return nil
 }
 
-// startHostApp: INTEGRATION POINT for internal/testenv/hostappstandin (not
-// written yet). It must set HOSTAPP_URL (https on 127.0.0.1) and addPort it.
+type hostApp struct{ s *hostappstandin.Server }
+
+func (h hostApp) name() string { return "host-app stand-in" }
+func (h hostApp) close()       { h.s.Close() }
+
+// startHostApp runs the GuildNet host-app stand-in (TLS, self-signed)
+// reporting one healthy cluster and the world's Headscale, its proxy
+// knowing the seeded Workspaces.
 func (w *world) startHostApp(context.Context) error {
-	w.add("HOSTAPP_URL", "", "NOT AVAILABLE: GuildNet host-app stand-in not integrated yet")
+	s, err := hostappstandin.Start(hostappstandin.Options{
+		Clusters: []hostappstandin.Cluster{{ID: "guildnet", Name: "guildnet", Status: hostappstandin.StatusOK}},
+		Servers:  w.seeded.Workspaces,
+	})
+	if err != nil {
+		return fmt.Errorf("start host-app stand-in: %w", err)
+	}
+	w.standins = append(w.standins, hostApp{s})
+	ca := filepath.Join(w.dir, "hostapp-ca.pem")
+	if err := s.WriteCA(ca); err != nil {
+		return err
+	}
+	w.add("HOSTAPP_URL", s.URL(), "GuildNet host-app STAND-IN (TLS, /healthz, /api/health, /proxy/server/{id}/); not the host app")
+	w.add("METAGN_HOSTAPP_CA", ca, "the host app's self-signed certificate, to trust")
+	w.addPort(s.URL())
+	log("host-app stand-in at %s", s.URL())
 	return nil
 }

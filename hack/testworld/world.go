@@ -32,7 +32,7 @@ const (
 
 // made lists what the world creates inside a DIR it did not create, so
 // down removes exactly that.
-var made = []string{envFile, pidFile, logFile, fwdFile, "kube", "headscale", "talosconfig", "standins", "router", "router.log"}
+var made = []string{envFile, pidFile, logFile, fwdFile, "kube", "headscale", "talosconfig", "standins", "router", "router.log", "hostapp-ca.pem"}
 
 // up starts `testworld serve` detached (its own session, output to
 // DIR/testworld.log) and waits until it has written DIR/env.

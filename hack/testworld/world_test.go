@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net/http"
 	"os"
@@ -133,7 +135,7 @@ func TestUpExecDown(t *testing.T) {
 	t.Cleanup(func() { _ = exec.Command(bin, "down", "--dir", dir).Run() })
 	t.Logf("up in %v", time.Since(start))
 	env := readEnv(t, filepath.Join(dir, "env"))
-	for _, k := range []string{"KUBECONFIG", "HEADSCALE_URL", "RETHINKDB_ADDR", "TS_AUTHKEY", "TS_ROUTES", "TALOS_ENDPOINT", "TALOSCONFIG"} {
+	for _, k := range []string{"KUBECONFIG", "HEADSCALE_URL", "RETHINKDB_ADDR", "TS_AUTHKEY", "TS_ROUTES", "TALOS_ENDPOINT", "TALOSCONFIG", "HOSTAPP_URL", "METAGN_HOSTAPP_CA"} {
 		if env[k] == "" {
 			t.Errorf("env has no %s", k)
 		}
@@ -172,6 +174,19 @@ func TestUpExecDown(t *testing.T) {
 		t.Errorf("db list = %v, %v", dbs, err)
 	}
 	sess.Close()
+
+	caPEM, err := os.ReadFile(env["METAGN_HOSTAPP_CA"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	if resp, err := hc.Get(env["HOSTAPP_URL"] + "/healthz"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("host app /healthz (verifying its CA): %v %v", err, resp)
+	} else {
+		resp.Body.Close()
+	}
 
 	tcfg, err := clientconfig.Open(env["TALOSCONFIG"])
 	if err != nil {
