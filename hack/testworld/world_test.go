@@ -224,3 +224,21 @@ func TestUpExecDown(t *testing.T) {
 		t.Error("headscale still answers after down")
 	}
 }
+
+// TestStartTSNetRefusesOutsideNetNS: this test process is not in a
+// namespace, so a tailnet node must not start here.
+func TestStartTSNetRefusesOutsideNetNS(t *testing.T) {
+	if testenv.InNetNS() {
+		t.Skip("running inside a loopback-only namespace: the refusal cannot be observed")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv, _, err := testenv.StartTSNet(ctx, testenv.TSNetOptions{ControlURL: "http://127.0.0.1:9", AuthKey: "k", Hostname: "must-not-start", Dir: t.TempDir()})
+	if err == nil {
+		srv.Close()
+		t.Fatal("StartTSNet started a tailnet node outside a network namespace")
+	}
+	if !strings.Contains(err.Error(), "loopback-only network namespace") {
+		t.Errorf("error does not say why: %v", err)
+	}
+}
