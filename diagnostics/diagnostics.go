@@ -22,6 +22,7 @@ package diagnostics
 
 import (
 	"cmp"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -168,15 +169,21 @@ func Analyze(kb *rules.KB, nodes []NodeInput, now time.Time) Diagnosis {
 
 	causes := causeGraph(kb, nodes)
 	// Edges between instances: i explains j.
+	byRule := make(map[string][]*instance)
+	for _, i := range insts {
+		byRule[i.rule.ID] = append(byRule[i.rule.ID], i)
+	}
 	explains := make(map[*instance][]*instance)
 	incoming := make(map[*instance]int)
 	for _, i := range insts {
-		for _, j := range insts {
-			if i == j || !slices.Contains(causes[i.rule.ID], j.rule.ID) || !covers(i, j, causes.reach(i.rule, j.rule.ID)) {
-				continue
+		for _, sym := range causes[i.rule.ID] {
+			reach := causes.reach(i.rule, sym)
+			for _, j := range byRule[sym] {
+				if covers(i, j, reach) {
+					explains[i] = append(explains[i], j)
+					incoming[j]++
+				}
 			}
-			explains[i] = append(explains[i], j)
-			incoming[j]++
 		}
 	}
 	var roots []*instance
@@ -393,14 +400,16 @@ func layerRank(l string) int {
 	return len(rules.Layers)
 }
 
-// passed lists the checks that passed on every node that ran them and fired
-// no rule.
+// passed lists the checks that passed on every node that ran them, applied
+// somewhere (a pass that was "not applicable" everywhere is not shown) and
+// fired no rule.
 func passed(nodes []NodeInput, insts []*instance) []Passed {
 	type agg struct {
-		layer  string
-		ok     bool
-		nodes  int
-		blamed bool
+		layer   string
+		ok      bool
+		nodes   int
+		blamed  bool
+		applied bool
 	}
 	byCheck := map[string]*agg{}
 	for _, n := range nodes {
@@ -412,6 +421,7 @@ func passed(nodes []NodeInput, insts []*instance) []Passed {
 			}
 			a.nodes++
 			a.ok = a.ok && c.Status == messages.CheckPass
+			a.applied = a.applied || !notApplicable(c)
 		}
 	}
 	for _, i := range insts {
@@ -423,7 +433,7 @@ func passed(nodes []NodeInput, insts []*instance) []Passed {
 	}
 	var out []Passed
 	for name, a := range byCheck {
-		if a.ok && !a.blamed {
+		if a.ok && a.applied && !a.blamed {
 			out = append(out, Passed{Layer: a.layer, Check: name, Title: CheckTitle(name), Nodes: a.nodes})
 		}
 	}
@@ -431,6 +441,17 @@ func passed(nodes []NodeInput, insts []*instance) []Passed {
 		return cmp.Or(layerRank(a.Layer)-layerRank(b.Layer), checkRank(a.Layer, a.Check)-checkRank(b.Layer, b.Check), strings.Compare(a.Check, b.Check))
 	})
 	return out
+}
+
+// notApplicable recognises the verification tasks' "not applicable" pass.
+func notApplicable(c messages.CheckResult) bool {
+	if strings.HasPrefix(c.Message, "not applicable") {
+		return true
+	}
+	var o struct {
+		Applicable *bool `json:"applicable"`
+	}
+	return json.Unmarshal(c.Observed, &o) == nil && o.Applicable != nil && !*o.Applicable
 }
 
 func checkRank(layer, check string) int {

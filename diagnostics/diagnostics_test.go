@@ -3,6 +3,7 @@ package diagnostics
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -42,7 +43,9 @@ func TestSeedExampleText(t *testing.T) {
 		slow,
 		cr("n1", "application", "hostapp_healthz", "pass", ""),
 		cr("n1", "application", "operator_available", "pass", ""),
+		cr("n1", "cluster", "talos_services_up", "pass", "not applicable: Talos is not configured"),
 	}}}
+	nodes[0].Checks[len(nodes[0].Checks)-1].Observed = json.RawMessage(`{"applicable": false}`)
 	d := Analyze(kb(t), nodes, t0)
 	var b bytes.Buffer
 	if err := WriteText(&b, d, TextOptions{}); err != nil {
@@ -307,4 +310,29 @@ func fired(d Diagnosis, id string) bool {
 		}
 	}
 	return false
+}
+
+// BenchmarkAnalyze: a fleet of 1000 nodes in 10 clusters, each cluster's
+// router offline and every other node failing its route and host checks.
+func BenchmarkAnalyze(b *testing.B) {
+	k := kb(b)
+	var nodes []NodeInput
+	for c := range 10 {
+		cluster := fmt.Sprintf("c%d", c)
+		nodes = append(nodes, NodeInput{Name: cluster + "-router", Cluster: cluster, Role: "router", Offline: true, Reason: "offline"})
+		for n := range 99 {
+			name := fmt.Sprintf("%s-n%02d", cluster, n)
+			nodes = append(nodes, NodeInput{Name: name, Cluster: cluster, Checks: []messages.CheckResult{
+				cr(name, "network", "routes_approved", "fail", "missing"),
+				cr(name, "cluster", "kube_api_ready", "fail", "i/o timeout"),
+				cr(name, "host", "host_memory", "pass", ""),
+			}, Sections: []collect.Section{{Name: "system", Metrics: map[string]float64{"memory_percent": 50, "disk_percent": 95}}}})
+		}
+	}
+	for b.Loop() {
+		d := Analyze(k, nodes, t0)
+		if len(d.Findings) != 2 || len(d.Findings[0].Nodes) != 10 || len(d.Findings[0].Affected) != 1000 {
+			b.Fatalf("findings: %v", ids(d.Findings))
+		}
+	}
 }
