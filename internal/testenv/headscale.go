@@ -28,6 +28,7 @@ type HeadscaleOptions struct {
 // (plain HTTP, STUN on 127.0.0.1), driven through its own CLI.
 type Headscale struct {
 	dir, config, url string
+	sockDir          string // a short directory for the unix socket, when Dir is long
 	ownDir           bool
 	timeout          time.Duration
 
@@ -55,9 +56,10 @@ func StartHeadscale(ctx context.Context, opts HeadscaleOptions) (h *Headscale, e
 	} else if err := os.MkdirAll(h.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("start headscale: dir: %w", err)
 	}
+	started := h // the named result is nil once an error is returned
 	defer func() {
 		if err != nil {
-			h.Close()
+			started.Close()
 		}
 	}()
 	// Ports picked free can be taken before Headscale binds them: write a
@@ -91,11 +93,14 @@ func (h *Headscale) writeConfig() error {
 	// own short temp directory when Dir is long.
 	sock := filepath.Join(h.dir, "headscale.sock")
 	if len(sock) > 100 {
-		sd, err := os.MkdirTemp("", "hs")
-		if err != nil {
-			return err
+		if h.sockDir == "" {
+			sd, err := os.MkdirTemp("", "hs")
+			if err != nil {
+				return err
+			}
+			h.sockDir = sd
 		}
-		sock = filepath.Join(sd, "s.sock")
+		sock = filepath.Join(h.sockDir, "s.sock")
 	}
 	cfg := fmt.Sprintf(`server_url: %[1]s
 listen_addr: %[2]s
@@ -192,6 +197,9 @@ func (h *Headscale) Close() {
 		return
 	}
 	h.Stop()
+	if h.sockDir != "" {
+		_ = os.RemoveAll(h.sockDir)
+	}
 	if h.ownDir {
 		_ = os.RemoveAll(h.dir)
 	}

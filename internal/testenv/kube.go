@@ -64,9 +64,10 @@ func StartKube(ctx context.Context, opts KubeOptions) (k *Kube, err error) {
 	} else if err := os.MkdirAll(k.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("start kube: dir: %w", err)
 	}
+	started := k // the named result is nil once an error is returned
 	defer func() {
 		if err != nil {
-			k.Stop()
+			started.Stop()
 		}
 	}()
 

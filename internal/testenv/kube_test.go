@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -327,7 +329,8 @@ func TestKubeStopRemovesEverything(t *testing.T) {
 func TestKubeStartFailureSaysWhy(t *testing.T) {
 	Require(t, NeedKube)
 	ctx := testCtx(t, time.Minute)
-	k, err := StartKube(ctx, KubeOptions{ServiceCIDR: "not-a-cidr"})
+	dir := t.TempDir()
+	k, err := StartKube(ctx, KubeOptions{ServiceCIDR: "not-a-cidr", Dir: filepath.Join(dir, "kube")})
 	if err == nil {
 		k.Stop()
 		t.Fatal("kube-apiserver started with a bad --service-cluster-ip-range")
@@ -335,6 +338,12 @@ func TestKubeStartFailureSaysWhy(t *testing.T) {
 	for _, want := range []string{"start kube-apiserver", "exited", "kube-apiserver.log", "not a valid cidr"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+	// The etcd it had started is gone too.
+	if b, err := os.ReadFile(filepath.Join(dir, "kube", "etcd.log")); err == nil {
+		if out, _ := exec.Command("pgrep", "-f", filepath.Join(dir, "kube", "etcd")).Output(); len(out) > 0 {
+			t.Errorf("etcd still running after a failed start: pids %s (log %d bytes)", out, len(b))
 		}
 	}
 }
