@@ -1,0 +1,384 @@
+// Package verify tests fleet verification end to end against the test
+// world: a controller and agents (in process, real NATS), a real
+// kube-apiserver seeded like GuildNet, real Headscale with a tsnet node per
+// agent (so the network checks ask a real tailscaled LocalAPI), and the
+// RethinkDB and host-app stand-ins. It runs inside a loopback-only network
+// namespace (TestMain re-executes itself under unshare -n).
+package verify
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/guildnet/metaguildnet/internal/agent"
+	"github.com/guildnet/metaguildnet/internal/controller"
+	"github.com/guildnet/metaguildnet/internal/ctlclient"
+	"github.com/guildnet/metaguildnet/internal/testenv"
+	"github.com/guildnet/metaguildnet/internal/testenv/hostappstandin"
+	"github.com/guildnet/metaguildnet/internal/testenv/rdbstandin"
+	"github.com/guildnet/metaguildnet/messages"
+	"github.com/guildnet/metaguildnet/tasks"
+)
+
+func TestMain(m *testing.M) { testenv.MainInNetNS(m) }
+
+type world struct {
+	t        *testing.T
+	dir      string
+	kube     *testenv.Kube
+	g        *testenv.GuildNet
+	rdb      *rdbstandin.Server
+	app      *hostappstandin.Server
+	hs       *testenv.Headscale
+	authKey  string
+	opts     controller.Options
+	c        *controller.Controller
+	cli      *ctlclient.Client
+	agents   map[string]*runningAgent
+	settings map[string]string
+}
+
+type runningAgent struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func newWorld(t *testing.T) *world {
+	testenv.Require(t, testenv.NeedKube, testenv.NeedHeadscale, testenv.NeedNetNS)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	w := &world{t: t, dir: t.TempDir(), agents: map[string]*runningAgent{}}
+	var err error
+	if w.kube, err = testenv.StartKube(ctx, testenv.KubeOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.kube.Stop)
+	if w.g, err = testenv.SeedGuildNet(ctx, w.kube.RESTConfig(), testenv.SeedOptions{Nodes: 3, Workspaces: []string{"demo"}}); err != nil {
+		t.Fatal(err)
+	}
+	if w.rdb, err = rdbstandin.Start(rdbstandin.Options{Databases: map[string][]string{"guildnet": {"_schemas", "_audit", "_info"}}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.rdb.Close() })
+	if w.app, err = hostappstandin.Start(hostappstandin.Options{Clusters: []hostappstandin.Cluster{{ID: "c1", Name: "alpha", Status: "ok"}}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.app.Close)
+	ca := filepath.Join(w.dir, "hostapp-ca.pem")
+	if err := w.app.WriteCA(ca); err != nil {
+		t.Fatal(err)
+	}
+	if w.hs, err = testenv.StartHeadscale(ctx, testenv.HeadscaleOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.hs.Close)
+	u, err := w.hs.CreateUser(ctx, "guildnet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.authKey, err = w.hs.CreatePreAuthKey(ctx, u.ID, true, false, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	w.settings = map[string]string{
+		"KUBECONFIG":           w.kube.KubeconfigPath(),
+		"RETHINKDB_ADDR":       w.rdb.Addr(),
+		"METAGN_RDB_DATABASES": "guildnet",
+		"HOSTAPP_URL":          w.app.URL(),
+		"METAGN_HOSTAPP_CA":    ca,
+		"TS_LOGIN_SERVER":      w.hs.URL(),
+	}
+	// The machine running the tests may be busy: host thresholds are not
+	// what this test is about.
+	for _, what := range []string{"CPU", "MEM", "DISK"} {
+		w.settings["METAGN_HOST_"+what+"_WARN_PCT"] = "100"
+		w.settings["METAGN_HOST_"+what+"_FAIL_PCT"] = "100"
+	}
+	w.opts = controller.Options{DataDir: filepath.Join(w.dir, "controller"), Listen: "127.0.0.1:0",
+		HeartbeatInterval: 200 * time.Millisecond, SweepInterval: -1, Log: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))}
+	w.startController()
+	t.Cleanup(w.stopController)
+	return w
+}
+
+func (w *world) startController() {
+	w.t.Helper()
+	c, err := controller.Start(context.Background(), w.opts)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	w.c = c
+	w.opts.Listen = strings.TrimPrefix(c.Info().NATSURL, "nats://")
+	if w.cli, err = ctlclient.Dial(w.opts.DataDir); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+func (w *world) stopController() {
+	if w.cli != nil {
+		w.cli.Close()
+	}
+	if w.c != nil {
+		w.c.Close()
+	}
+}
+
+// startAgent runs an agent whose network checks ask its own tsnet node.
+func (w *world) startAgent(name, cluster, role string, extra map[string]string) {
+	w.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	srv, _, err := testenv.StartTSNet(ctx, testenv.TSNetOptions{ControlURL: w.hs.URL(), AuthKey: w.authKey,
+		Hostname: name, Dir: filepath.Join(w.dir, "ts-"+name)})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	w.t.Cleanup(func() { srv.Close() })
+	lc, err := srv.LocalClient()
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	reg, err := tasks.NewRegistry(tasks.Ping{}, tasks.FactsTask{}, tasks.Verify{Tailscale: lc})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	settings := tasks.Settings{}
+	for k, v := range w.settings {
+		settings[k] = v
+	}
+	for k, v := range extra {
+		settings[k] = v
+	}
+	tok, err := w.cli.TokenCreate(context.Background(), "1h", false)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	a, err := agent.New(agent.Config{ControllerURL: w.c.Info().NATSURL, Token: tok.Token, Name: name, Cluster: cluster, Role: role,
+		StateDir: filepath.Join(w.dir, "agent-"+name), Settings: settings, Tasks: reg, Version: "test",
+		Log: zaptest.NewLogger(w.t, zaptest.Level(zap.WarnLevel)).Named(name)})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	actx, acancel := context.WithCancel(context.Background())
+	ra := &runningAgent{cancel: acancel, done: make(chan struct{})}
+	go func() { defer close(ra.done); a.Run(actx) }()
+	w.agents[name] = ra
+	w.t.Cleanup(func() { w.stopAgent(name) })
+}
+
+func (w *world) stopAgent(name string) {
+	if ra := w.agents[name]; ra != nil {
+		ra.cancel()
+		<-ra.done
+		delete(w.agents, name)
+	}
+}
+
+func (w *world) waitState(name, state string) {
+	w.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		st, err := w.cli.Status(context.Background())
+		if err == nil {
+			for _, n := range st.Nodes {
+				if n.Name == name && n.State == state {
+					return
+				}
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	w.t.Fatalf("%s never %s", name, state)
+}
+
+func (w *world) verify() messages.Report {
+	w.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := w.cli.Verify(ctx, messages.VerifyRequest{})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return rep
+}
+
+func layer(r messages.Report, name string) messages.LayerReport {
+	for _, l := range r.Layers {
+		if l.Name == name {
+			return l
+		}
+	}
+	return messages.LayerReport{}
+}
+
+func check(r messages.Report, name, node string) messages.CheckResult {
+	for _, l := range r.Layers {
+		for _, c := range l.Checks {
+			if c.Name == name && (node == "" || c.Node == node) {
+				return c
+			}
+		}
+	}
+	return messages.CheckResult{}
+}
+
+func dump(r messages.Report) string {
+	var b strings.Builder
+	for _, l := range r.Layers {
+		b.WriteString("\n" + l.Name + " " + l.Status + " " + l.Reason)
+		for _, c := range l.Checks {
+			if c.Status != messages.CheckPass {
+				b.WriteString("\n  " + c.Name + " " + c.Node + " " + c.Status + " " + c.Message)
+			}
+		}
+	}
+	return b.String()
+}
+
+func TestFleetVerification(t *testing.T) {
+	w := newWorld(t)
+	w.startAgent("n1", "alpha", "controlplane", nil)
+	w.startAgent("n2", "alpha", "worker", nil)
+	w.startAgent("n3", "beta", "controlplane", nil)
+	for _, n := range []string{"n1", "n2", "n3"} {
+		w.waitState(n, messages.StateOnline)
+	}
+	ctx := context.Background()
+
+	t.Run("healthy world", func(t *testing.T) {
+		r := w.verify()
+		for _, l := range []string{"network", "host", "cluster", "database", "application"} {
+			if got := layer(r, l).Status; got != messages.Healthy {
+				t.Errorf("layer %s: %s%s", l, got, dump(r))
+			}
+		}
+		if r.OverallStatus != messages.Healthy {
+			t.Fatalf("overall %s%s", r.OverallStatus, dump(r))
+		}
+		// Cluster checks ran once per cluster, on the controlplane agents.
+		for _, c := range layer(r, "cluster").Checks {
+			if c.Node == "n2" {
+				t.Errorf("cluster check %s ran on the worker", c.Name)
+			}
+		}
+	})
+
+	faults := []struct {
+		name        string
+		apply, undo func() error
+		check       string
+		status      string
+		mentions    string
+		blocked     string // a dependent that must be skipped behind check
+	}{
+		{"node NotReady", func() error { return w.g.SetNodeReady(ctx, w.g.NodeNames[1], false) }, func() error { return w.g.SetNodeReady(ctx, w.g.NodeNames[1], true) },
+			"nodes_ready", messages.CheckFail, w.g.NodeNames[1], ""},
+		{"CoreDNS pods gone", func() error { return w.g.DeleteCoreDNSPods(ctx) }, func() error { return w.g.RestoreCoreDNS(ctx) },
+			"coredns_running", messages.CheckFail, "kube-dns", ""},
+		{"database refusing", func() error { w.rdb.SetRefuse(true); return nil }, func() error { w.rdb.SetRefuse(false); return nil },
+			"rethinkdb_tcp", messages.CheckFail, w.rdb.Addr(), "rethinkdb_query"},
+		{"database slow", func() error { w.rdb.SetLatency(300 * time.Millisecond); return nil }, func() error { w.rdb.SetLatency(0); return nil },
+			"rethinkdb_query", messages.CheckWarn, "ms", ""},
+		{"host app 502", func() error { w.app.SetStatus(502); return nil }, func() error { w.app.SetStatus(0); return nil },
+			"hostapp_healthz", messages.CheckFail, "502", "hostapp_api_health"},
+		{"operator unavailable", func() error { return w.g.SetOperatorAvailable(ctx, false) }, func() error { return w.g.SetOperatorAvailable(ctx, true) },
+			"operator_available", messages.CheckFail, "workspace-operator", ""},
+		{"headscale stopped", func() error { w.hs.Stop(); return nil }, func() error { return w.hs.Start(ctx) },
+			"login_server_health", messages.CheckFail, "health", ""},
+	}
+	for _, f := range faults {
+		t.Run(f.name, func(t *testing.T) {
+			if err := f.apply(); err != nil {
+				t.Fatal(err)
+			}
+			r := w.verify()
+			if err := f.undo(); err != nil {
+				t.Fatal(err)
+			}
+			c := check(r, f.check, "")
+			if c.Status != f.status || !strings.Contains(c.Message, f.mentions) {
+				t.Fatalf("%s: %s %q, want %s naming %q%s", f.check, c.Status, c.Message, f.status, f.mentions, dump(r))
+			}
+			if r.OverallStatus == messages.Healthy {
+				t.Fatalf("overall healthy with %s", f.name)
+			}
+			if f.blocked != "" {
+				if d := check(r, f.blocked, c.Node); d.Status != messages.CheckSkipped || d.BlockedBy != f.check {
+					t.Fatalf("%s: %s blocked by %q, want skipped behind %s", f.blocked, d.Status, d.BlockedBy, f.check)
+				}
+			}
+		})
+	}
+
+	t.Run("offline node is unknown with its reason", func(t *testing.T) {
+		w.stopAgent("n2")
+		w.waitState("n2", messages.StateOffline)
+		r := w.verify()
+		var n2 messages.NodeReport
+		for _, n := range r.Nodes {
+			if n.Name == "n2" {
+				n2 = n
+			}
+		}
+		if n2.Status != messages.Unknown || !strings.Contains(n2.Reason, "offline") {
+			t.Fatalf("n2: %+v", n2)
+		}
+		if c := check(r, "network_checks", "n2"); c.Status != messages.CheckUnknown || c.Message != messages.ReasonOffline {
+			t.Fatalf("n2 network: %+v", c)
+		}
+	})
+
+	t.Run("custom check file with a bad entry names its line", func(t *testing.T) {
+		path := filepath.Join(w.dir, "checks.yaml")
+		os.WriteFile(path, []byte("checks:\n  - name: app_port\n    layer: app\n    type: tcp\n    address: 127.0.0.1:1\n  - name: broken\n    layer: app\n    type: nosuchtype\n"), 0o600)
+		w.stopAgent("n3")
+		w.startAgentAgain("n3", "beta", "controlplane", map[string]string{"METAGN_CUSTOM_CHECKS": path})
+		w.waitState("n3", messages.StateOnline)
+		r := w.verify()
+		c := check(r, tasks.CustomChecksFileCheck, "n3")
+		if c.Status != messages.CheckFail || !strings.Contains(c.Message, "checks.yaml:") {
+			t.Fatalf("custom checks file: %+v%s", c, dump(r))
+		}
+	})
+
+	t.Run("history survives a controller restart", func(t *testing.T) {
+		before, err := w.cli.LastReport(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.stopController()
+		w.startController()
+		after, err := w.cli.LastReport(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !after.Timestamp.Equal(before.Timestamp) || after.OverallStatus != before.OverallStatus {
+			t.Fatalf("last report after restart: %v %s, before %v %s", after.Timestamp, after.OverallStatus, before.Timestamp, before.OverallStatus)
+		}
+		st, err := w.cli.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range st.Nodes {
+			if n.Name == "n1" && n.Layers["network"] == "" {
+				t.Fatalf("status lost the per-layer view: %+v", n)
+			}
+		}
+	})
+}
+
+// startAgentAgain restarts an enrolled agent (its state dir holds its
+// identity) with other settings and a fresh tsnet node.
+func (w *world) startAgentAgain(name, cluster, role string, extra map[string]string) {
+	os.RemoveAll(filepath.Join(w.dir, "agent-"+name)) // a new identity: simplest way to re-enroll with new settings
+	ctx := context.Background()
+	w.cli.NodesRemove(ctx, name)
+	os.RemoveAll(filepath.Join(w.dir, "ts-"+name))
+	w.startAgent(name, cluster, role, extra)
+}
