@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -109,6 +110,9 @@ func Require(t testing.TB, what ...Need) {
 		return
 	}
 	msg := fmt.Sprintf("testenv: %s; run `make testenv` then `make test` (cache %s, override with %s)", why, CacheDir(), CacheEnv)
+	if slices.Contains(what, NeedNetNS) && Missing(NeedKube, NeedHeadscale) == "" {
+		msg = fmt.Sprintf("testenv: %s; the test package must start through testenv.MainInNetNS (or RunInNetNS), which needs root to make the namespace", why)
+	}
 	if InCI() {
 		t.Fatal(msg + " [CI=true: a missing test environment is a failure]")
 	}

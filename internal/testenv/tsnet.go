@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"time"
 
@@ -74,27 +75,29 @@ func StartTSNet(ctx context.Context, opts TSNetOptions) (*tsnet.Server, *ipnstat
 		return nil, nil, fmt.Errorf("start tsnet %q: logs dir: %w", opts.Hostname, err)
 	}
 	SetTSNetEnv(logs)
-	logf := opts.Logf
-	if logf == nil {
-		f, err := os.OpenFile(filepath.Join(logs, "tsnet.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-		if err != nil {
-			return nil, nil, fmt.Errorf("start tsnet %q: log file: %w", opts.Hostname, err)
-		}
-		var mu sync.Mutex
-		logf = func(format string, args ...any) {
-			mu.Lock()
-			defer mu.Unlock()
-			fmt.Fprintf(f, time.Now().Format("15:04:05.000 ")+format+"\n", args...)
-		}
-	}
 	srv := &tsnet.Server{
 		Dir:        filepath.Join(opts.Dir, "state"),
 		Hostname:   opts.Hostname,
 		ControlURL: opts.ControlURL,
 		AuthKey:    opts.AuthKey,
 		Ephemeral:  opts.Ephemeral,
-		Logf:       logf,
-		UserLogf:   logf,
+		Logf:       opts.Logf,
+		UserLogf:   opts.Logf,
+	}
+	if opts.Logf == nil {
+		f, err := os.OpenFile(filepath.Join(logs, "tsnet.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, nil, fmt.Errorf("start tsnet %q: log file: %w", opts.Hostname, err)
+		}
+		// The file is closed once the server it logs for is garbage.
+		runtime.AddCleanup(srv, func(f *os.File) { f.Close() }, f)
+		var mu sync.Mutex
+		srv.Logf = func(format string, args ...any) {
+			mu.Lock()
+			defer mu.Unlock()
+			fmt.Fprintf(f, time.Now().Format("15:04:05.000 ")+format+"\n", args...)
+		}
+		srv.UserLogf = srv.Logf
 	}
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
