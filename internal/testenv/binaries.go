@@ -36,7 +36,7 @@ func CacheDir() string {
 	return filepath.Join(base, "metaguildnet", "testenv")
 }
 
-// Paths of the built binaries inside [CacheDir].
+// EtcdPath is the etcd binary built by `make testenv` (inside [CacheDir]).
 func EtcdPath() string { return filepath.Join(CacheDir(), "k8s-"+KubeVersion, "etcd") }
 
 // KubeAPIServerPath is the kube-apiserver binary built by `make testenv`.

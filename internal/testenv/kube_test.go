@@ -121,7 +121,7 @@ func TestSeededWorld(t *testing.T) {
 		if len(addrs) != 1 || addrs[0] != MetalLBPoolRange {
 			t.Errorf("pool addresses = %v", addrs)
 		}
-		if _, err := g.Dynamic.Resource(L2AdvertismentGVR).Namespace(NamespaceMetalLB).Get(ctx, MetalLBL2Advertisement, metav1.GetOptions{}); err != nil {
+		if _, err := g.Dynamic.Resource(L2AdvertisementGVR).Namespace(NamespaceMetalLB).Get(ctx, MetalLBL2Advertisement, metav1.GetOptions{}); err != nil {
 			t.Error(err)
 		}
 	})

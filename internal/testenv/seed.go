@@ -39,11 +39,11 @@ const (
 
 // Resources of the custom resources SeedGuildNet installs.
 var (
-	WorkspaceGVR      = schema.GroupVersionResource{Group: "guildnet.io", Version: "v1alpha1", Resource: "workspaces"}
-	CapabilityGVR     = schema.GroupVersionResource{Group: "guildnet.io", Version: "v1alpha1", Resource: "capabilities"}
-	IPAddressPoolGVR  = schema.GroupVersionResource{Group: "metallb.io", Version: "v1beta1", Resource: "ipaddresspools"}
-	L2AdvertismentGVR = schema.GroupVersionResource{Group: "metallb.io", Version: "v1beta1", Resource: "l2advertisements"}
-	crdGVR            = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+	WorkspaceGVR       = schema.GroupVersionResource{Group: "guildnet.io", Version: "v1alpha1", Resource: "workspaces"}
+	CapabilityGVR      = schema.GroupVersionResource{Group: "guildnet.io", Version: "v1alpha1", Resource: "capabilities"}
+	IPAddressPoolGVR   = schema.GroupVersionResource{Group: "metallb.io", Version: "v1beta1", Resource: "ipaddresspools"}
+	L2AdvertisementGVR = schema.GroupVersionResource{Group: "metallb.io", Version: "v1beta1", Resource: "l2advertisements"}
+	crdGVR             = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 )
 
 // SeedOptions says how many of each thing SeedGuildNet makes.
@@ -418,7 +418,7 @@ func (g *GuildNet) seedMetalLB(ctx context.Context) error {
 	if err := g.createCR(ctx, IPAddressPoolGVR, pool); err != nil {
 		return err
 	}
-	return g.createCR(ctx, L2AdvertismentGVR, l2)
+	return g.createCR(ctx, L2AdvertisementGVR, l2)
 }
 
 // SetSpeakerAvailable writes the metallb speaker DaemonSet status as
