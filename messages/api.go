@@ -35,6 +35,9 @@ type NodeStatus struct {
 	// (network, host, cluster, ...), and LastVerified when that was.
 	Layers       map[string]string `json:"layers,omitempty"`
 	LastVerified time.Time         `json:"last_verified,omitzero"`
+	// Tailnet is the node's tailnet facts (also in Facts) when it reaches
+	// the controller over the tailnet.
+	Tailnet *TailnetFacts `json:"tailnet,omitempty"`
 }
 
 // StatusSummary counts nodes by state.
@@ -156,3 +159,22 @@ type ReportLastRequest struct {
 
 // ReportsBucket is the JetStream object store bucket holding reports.
 const ReportsBucket = "mgn_reports"
+
+// DiagnoseRequest runs verification plus the diagnose collectors and
+// analyses the result. Give Node, Cluster, or neither (the whole fleet).
+type DiagnoseRequest struct {
+	V       int    `json:"v"`
+	Node    string `json:"node,omitempty"`
+	Cluster string `json:"cluster,omitempty"`
+}
+
+// DiagnoseReply names the stored result (object store bucket
+// DiagnosesBucket) and its overall status.
+type DiagnoseReply struct {
+	V        int    `json:"v"`
+	ResultID string `json:"result_id"`
+	Status   string `json:"status"`
+}
+
+// DiagnosesBucket is the JetStream object store bucket of diagnoses.
+const DiagnosesBucket = "mgn_diagnoses"

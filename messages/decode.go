@@ -176,7 +176,7 @@ func (f *Facts) validate() error {
 	if len(f.Addresses) > maxListItems || len(f.TailnetIPs) > maxListItems {
 		return fmt.Errorf("facts: more than %d addresses", maxListItems)
 	}
-	return nil
+	return f.Tailnet.validate()
 }
 
 func (h *Heartbeat) Validate() error {
@@ -339,3 +339,23 @@ func (r *VerifyRequest) Validate() error {
 
 func (r *VerifyReply) Validate() error       { return checkVersion(r.V) }
 func (r *ReportLastRequest) Validate() error { return checkVersion(r.V) }
+
+func (r *DiagnoseRequest) Validate() error {
+	if err := checkVersion(r.V); err != nil {
+		return err
+	}
+	if r.Node != "" {
+		if err := ValidNodeName(r.Node); err != nil {
+			return fmt.Errorf("node: %w", err)
+		}
+	}
+	if err := optionalName("cluster", r.Cluster); err != nil {
+		return err
+	}
+	if r.Node != "" && r.Cluster != "" {
+		return fmt.Errorf("node and cluster: give one or neither")
+	}
+	return nil
+}
+
+func (r *DiagnoseReply) Validate() error { return checkVersion(r.V) }

@@ -91,5 +91,7 @@ func FuzzDecodeAPI(f *testing.F) {
 		roundTrip[VerifyRequest](t, b)
 		roundTrip[VerifyReply](t, b)
 		roundTrip[ReportLastRequest](t, b)
+		roundTrip[DiagnoseRequest](t, b)
+		roundTrip[DiagnoseReply](t, b)
 	})
 }

@@ -30,6 +30,7 @@ const (
 	APINodesRemove = "nodes.remove"
 	APIVerify      = "verify"
 	APIReportLast  = "report.last"
+	APIDiagnose    = "diagnose"
 )
 
 func EnrollSubject(pubkey string) string  { return EnrollPrefix + pubkey }

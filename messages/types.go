@@ -81,6 +81,8 @@ type Facts struct {
 	Addresses    []string `json:"addresses,omitempty"`
 	TailnetIPs   []string `json:"tailnet_ips,omitempty"`
 	BootTime     int64    `json:"boot_time,omitempty"`
+	// Tailnet is set when the agent reaches the controller over the tailnet.
+	Tailnet *TailnetFacts `json:"tailnet,omitempty"`
 }
 
 // Heartbeat is an agent's periodic sign of life.

@@ -13,6 +13,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/guildnet/metaguildnet/diagnostics"
+	"github.com/guildnet/metaguildnet/diagnostics/bundle"
 	"github.com/guildnet/metaguildnet/diagnostics/report"
 	"github.com/guildnet/metaguildnet/internal/cli"
 	"github.com/guildnet/metaguildnet/internal/config"
@@ -30,7 +32,7 @@ func newRoot() *cobra.Command {
 			"environment, .env.local or .env (flags win, then the environment, then .env.local, then .env).",
 		Version: controller.Version,
 	}
-	root.AddCommand(serveCmd(), tokenCmd(), statusCmd(), runCmd(), nodesCmd(), verifyCmd(), reportCmd())
+	root.AddCommand(serveCmd(), tokenCmd(), statusCmd(), runCmd(), nodesCmd(), verifyCmd(), reportCmd(), diagnoseCmd())
 	return root
 }
 
@@ -86,6 +88,7 @@ func serveCmd() *cobra.Command {
 	cmd.Flags().DurationVar(&o.SweepInterval, "sweep-interval", time.Minute, "how often to verify the whole fleet (negative disables)")
 	cmd.Flags().StringToStringVar(&layerIntervals, "sweep-layer-interval", nil, "per-layer sweep interval, e.g. network=15s,database=30s")
 	cmd.Flags().DurationVar(&o.HistoryRetention, "history-retention", 7*24*time.Hour, "how long verification reports are kept")
+	cmd.Flags().StringVar(&o.RulesFile, "rules-file", "", "YAML file of diagnostic rules that extend the built-in ones")
 	lf.Add(cmd)
 	return cmd
 }
@@ -413,5 +416,75 @@ func reportCmd() *cobra.Command {
 	dataDirFlag(cmd, &dataDir)
 	cmd.Flags().BoolVar(&last, "last", false, "the newest report")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func diagnoseCmd() *cobra.Command {
+	var dataDir, node, cluster, bundlePath string
+	var all, asJSON, evidence bool
+	cmd := &cobra.Command{
+		Use:   "diagnose (--node N | --cluster C | --all)",
+		Short: "Find root causes and fixes: verification plus each node's collectors, analysed by the rules",
+		Long: "Diagnose one node, a cluster or the fleet: the verification checks and each node's collectors\n" +
+			"(system metrics, component health, logs, configuration; secrets redacted on the node) are matched\n" +
+			"against the rules (docs/TROUBLESHOOTING.md). A cause that explains many failures is shown once with\n" +
+			"its symptoms. --bundle writes a redacted support bundle (with --node).",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := cli.LoadConfig(cmd); err != nil {
+				return err
+			}
+			n := 0
+			for _, set := range []bool{node != "", cluster != "", all} {
+				if set {
+					n++
+				}
+			}
+			if n != 1 {
+				return cli.Fail(cli.ExitUsage, errors.New("say what to diagnose: one of --node N, --cluster C or --all"))
+			}
+			if bundlePath != "" && node == "" {
+				return cli.Fail(cli.ExitUsage, errors.New("--bundle needs --node: a support bundle is for one node"))
+			}
+			c, err := dial(dataDir)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
+			defer cancel()
+			res, err := c.Diagnose(ctx, messages.DiagnoseRequest{Node: node, Cluster: cluster})
+			if err != nil {
+				return apiErr(err)
+			}
+			if asJSON {
+				printJSON(res.Diagnosis)
+			} else {
+				diagnostics.WriteText(os.Stdout, res.Diagnosis, diagnostics.TextOptions{Evidence: evidence})
+				for _, note := range res.Notes {
+					fmt.Fprintln(os.Stdout, "note:", note)
+				}
+			}
+			if bundlePath != "" {
+				err := bundle.WriteFile(bundlePath, bundle.Contents{Node: node, Created: time.Now().UTC(),
+					Sections: res.Sections[node], Diagnosis: &res.Diagnosis, Report: res.Report})
+				if err != nil {
+					return cli.Fail(cli.ExitUsage, fmt.Errorf("--bundle %s: %w", bundlePath, err))
+				}
+				fmt.Fprintf(os.Stderr, "wrote support bundle %s (redacted)\n", bundlePath)
+			}
+			if res.Diagnosis.Status != messages.Healthy {
+				return cli.Unhealthy
+			}
+			return nil
+		},
+	}
+	dataDirFlag(cmd, &dataDir)
+	cmd.Flags().StringVar(&node, "node", "", "diagnose this node")
+	cmd.Flags().StringVar(&cluster, "cluster", "", "diagnose this cluster")
+	cmd.Flags().BoolVar(&all, "all", false, "diagnose the whole fleet")
+	cmd.Flags().StringVar(&bundlePath, "bundle", "", "also write a redacted support bundle (tar.gz) for --node")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the findings as JSON")
+	cmd.Flags().BoolVar(&evidence, "evidence", false, "show what fired each finding")
 	return cmd
 }

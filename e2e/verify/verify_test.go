@@ -7,7 +7,9 @@
 package verify
 
 import (
+	"compress/gzip"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +19,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/guildnet/metaguildnet/diagnostics"
+	"github.com/guildnet/metaguildnet/diagnostics/bundle"
 	"github.com/guildnet/metaguildnet/internal/agent"
 	"github.com/guildnet/metaguildnet/internal/controller"
 	"github.com/guildnet/metaguildnet/internal/ctlclient"
@@ -28,6 +32,26 @@ import (
 )
 
 func TestMain(m *testing.M) { testenv.MainInNetNS(m) }
+
+const secretPassword = "s3cr3t-Pa55word-planted"
+
+func gunzip(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
 
 type world struct {
 	t        *testing.T
@@ -63,7 +87,7 @@ func newWorld(t *testing.T) *world {
 	if w.g, err = testenv.SeedGuildNet(ctx, w.kube.RESTConfig(), testenv.SeedOptions{Nodes: 3, Workspaces: []string{"demo"}}); err != nil {
 		t.Fatal(err)
 	}
-	if w.rdb, err = rdbstandin.Start(rdbstandin.Options{Databases: map[string][]string{"guildnet": {"_schemas", "_audit", "_info"}}}); err != nil {
+	if w.rdb, err = rdbstandin.Start(rdbstandin.Options{Password: secretPassword, Databases: map[string][]string{"guildnet": {"_schemas", "_audit", "_info"}}}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.rdb.Close() })
@@ -93,6 +117,9 @@ func newWorld(t *testing.T) *world {
 		"HOSTAPP_URL":          w.app.URL(),
 		"METAGN_HOSTAPP_CA":    ca,
 		"TS_LOGIN_SERVER":      w.hs.URL(),
+		// Secrets the agent knows: none may leave the node.
+		"TS_AUTHKEY":     w.authKey,
+		"RETHINKDB_PASS": secretPassword,
 	}
 	// The machine running the tests may be busy: host thresholds are not
 	// what this test is about.
@@ -144,7 +171,7 @@ func (w *world) startAgent(name, cluster, role string, extra map[string]string) 
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	reg, err := tasks.NewRegistry(tasks.Ping{}, tasks.FactsTask{}, tasks.Verify{Tailscale: lc})
+	reg, err := tasks.NewRegistry(tasks.Ping{}, tasks.FactsTask{}, tasks.Verify{Tailscale: lc}, tasks.Diagnose{})
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -252,7 +279,16 @@ func TestFleetVerification(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("healthy world", func(t *testing.T) {
-		r := w.verify()
+		// A fresh tsnet node may report a transient health warning (its DERP
+		// connection still coming up): poll until the world settles.
+		var r messages.Report
+		for deadline := time.Now().Add(45 * time.Second); ; {
+			r = w.verify()
+			if r.OverallStatus == messages.Healthy || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
 		for _, l := range []string{"network", "host", "cluster", "database", "application"} {
 			if got := layer(r, l).Status; got != messages.Healthy {
 				t.Errorf("layer %s: %s%s", l, got, dump(r))
@@ -315,6 +351,39 @@ func TestFleetVerification(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("diagnose names the root cause, its fix, and bundles no secret", func(t *testing.T) {
+		w.rdb.SetRefuse(true)
+		defer w.rdb.SetRefuse(false)
+		dctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		res, err := w.cli.Diagnose(dctx, messages.DiagnoseRequest{Node: "n1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var found *diagnostics.Finding
+		for i, f := range res.Diagnosis.Findings {
+			if f.ID == "rethinkdb-connection-refused" {
+				found = &res.Diagnosis.Findings[i]
+			}
+		}
+		if found == nil || found.Suggestion == "" || found.Command == "" || !strings.HasPrefix(found.Docs, "docs/TROUBLESHOOTING.md#") {
+			t.Fatalf("findings %+v", res.Diagnosis.Findings)
+		}
+		if len(res.Sections["n1"]) == 0 {
+			t.Fatalf("no collector sections from n1: notes %v", res.Notes)
+		}
+		path := filepath.Join(w.dir, "bundle.tar.gz")
+		if err := bundle.WriteFile(path, bundle.Contents{Node: "n1", Created: time.Now(), Sections: res.Sections["n1"], Diagnosis: &res.Diagnosis, Report: res.Report}); err != nil {
+			t.Fatal(err)
+		}
+		raw := gunzip(t, path)
+		for _, secret := range []string{w.authKey, secretPassword} {
+			if strings.Contains(raw, secret) {
+				t.Fatalf("bundle holds a secret %q", secret[:6])
+			}
+		}
+	})
 
 	t.Run("offline node is unknown with its reason", func(t *testing.T) {
 		w.stopAgent("n2")

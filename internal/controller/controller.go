@@ -55,7 +55,9 @@ type Options struct {
 	SweepInterval       time.Duration
 	SweepLayerIntervals map[string]time.Duration
 	HistoryRetention    time.Duration
-	Log                 *zap.Logger
+	// RulesFile extends the built-in diagnostic rules (YAML); "" for none.
+	RulesFile string
+	Log       *zap.Logger
 }
 
 func (o *Options) setDefaults() {
@@ -98,9 +100,11 @@ type Controller struct {
 	disp   *dispatcher
 	ver    *verifier
 	met    *metrics
-	http   *http.Server
-	lock   *os.File
-	info   runinfo.Info
+
+	diagnoses jetstream.ObjectStore
+	http      *http.Server
+	lock      *os.File
+	info      runinfo.Info
 
 	apiSem chan struct{}
 	stop   chan struct{}
@@ -274,6 +278,13 @@ func (c *Controller) openState(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("open report store: %w", err)
+	}
+	c.diagnoses, err = c.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket: messages.DiagnosesBucket, Storage: jetstream.FileStorage, TTL: c.opts.HistoryRetention,
+		Description: "diagnoses",
+	})
+	if err != nil {
+		return fmt.Errorf("open diagnosis store: %w", err)
 	}
 	loaded, err := newTokenStore(ctx, tokensKV)
 	if err != nil {

@@ -186,6 +186,16 @@ func (c *Controller) api(ctx context.Context, verb string, data []byte) (message
 			return nil, messages.Errorf(messages.CodeNotFound, "no verification report yet: run `controller verify`")
 		}
 		return &messages.VerifyReply{V: messages.Version, ReportID: id}, nil
+	case messages.APIDiagnose:
+		req, err := messages.Decode[messages.DiagnoseRequest](data, max)
+		if err != nil {
+			return nil, err
+		}
+		rep, err := c.diagnose(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		return &rep, nil
 	case messages.APINodesRemove:
 		req, err := messages.Decode[messages.NodesRemoveRequest](data, max)
 		if err != nil {

@@ -148,7 +148,8 @@ func (r *registry) heartbeat(name string, hb messages.Heartbeat, now time.Time) 
 func factsEqual(a, b messages.Facts) bool {
 	return a.Hostname == b.Hostname && a.OS == b.OS && a.Kernel == b.Kernel && a.Arch == b.Arch &&
 		a.CPUs == b.CPUs && a.MemoryBytes == b.MemoryBytes && a.AgentVersion == b.AgentVersion &&
-		slices.Equal(a.Addresses, b.Addresses) && slices.Equal(a.TailnetIPs, b.TailnetIPs) && a.BootTime == b.BootTime
+		slices.Equal(a.Addresses, b.Addresses) && slices.Equal(a.TailnetIPs, b.TailnetIPs) && a.BootTime == b.BootTime &&
+		a.Tailnet.Equal(b.Tailnet)
 }
 
 // flush writes dirty records.
@@ -232,6 +233,7 @@ func (r *registry) status(now time.Time) messages.StatusReply {
 			Name: n.rec.Name, Cluster: n.rec.Cluster, Role: n.rec.Role, Labels: n.rec.Labels,
 			State: st, LastSeen: n.rec.LastSeen, AgentVersion: n.rec.Facts.AgentVersion,
 			Addresses: n.rec.Facts.Addresses, Running: n.running, Facts: n.rec.Facts, EnrolledAt: n.rec.EnrolledAt,
+			Tailnet: n.rec.Facts.Tailnet,
 		}
 		if ns.Labels == nil {
 			ns.Labels = map[string]string{}

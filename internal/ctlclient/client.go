@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/guildnet/metaguildnet/diagnostics"
 	"github.com/guildnet/metaguildnet/internal/runinfo"
 	"github.com/guildnet/metaguildnet/messages"
 )
@@ -144,23 +145,40 @@ func (c *Client) LastReport(ctx context.Context) (messages.Report, error) {
 // GetReport reads a stored report from the object store (reports may be
 // larger than one message).
 func (c *Client) GetReport(ctx context.Context, id string) (messages.Report, error) {
+	var rep messages.Report
+	err := c.getObject(ctx, messages.ReportsBucket, id, &rep)
+	return rep, err
+}
+
+// Diagnose runs a diagnosis and returns its stored result.
+func (c *Client) Diagnose(ctx context.Context, req messages.DiagnoseRequest) (diagnostics.Result, error) {
+	req.V = messages.Version
+	rep, err := call[messages.DiagnoseReply](ctx, c, messages.APIDiagnose, &req)
+	if err != nil {
+		return diagnostics.Result{}, err
+	}
+	var res diagnostics.Result
+	err = c.getObject(ctx, messages.DiagnosesBucket, rep.ResultID, &res)
+	return res, err
+}
+
+func (c *Client) getObject(ctx context.Context, bucket, id string, v any) error {
 	js, err := jetstream.New(c.nc)
 	if err != nil {
-		return messages.Report{}, err
+		return err
 	}
-	os, err := js.ObjectStore(ctx, messages.ReportsBucket)
+	os, err := js.ObjectStore(ctx, bucket)
 	if err != nil {
-		return messages.Report{}, fmt.Errorf("%w: report store: %v", ErrUnreachable, err)
+		return fmt.Errorf("%w: object store %s: %v", ErrUnreachable, bucket, err)
 	}
 	b, err := os.GetBytes(ctx, id)
 	if err != nil {
-		return messages.Report{}, fmt.Errorf("report %s: %w", id, err)
+		return fmt.Errorf("%s/%s: %w", bucket, id, err)
 	}
-	var rep messages.Report
-	if err := json.Unmarshal(b, &rep); err != nil {
-		return rep, fmt.Errorf("report %s: %w", id, err)
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%s/%s: %w", bucket, id, err)
 	}
-	return rep, nil
+	return nil
 }
 
 // Conn exposes the connection (tests, event streaming).
