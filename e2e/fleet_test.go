@@ -43,12 +43,12 @@ func TestCLIContract(t *testing.T) {
 	}
 	// Usage and connection errors: exit 2.
 	for _, args := range [][]string{
-		{"run", "--data-dir", w.data, "ping"},                                  // no --target
-		{"run", "--data-dir", w.data, "--target", "cluster=zz", "ping"},        // matches nothing
-		{"status", "--data-dir", t.TempDir()},                                  // no controller there
-		{"token", "create", "--data-dir", w.data, "--ttl", "never"},            // bad flag value
-		{"nodes", "remove", "ghost", "--data-dir", w.data},                     // unknown node
-		{"status", "--data-dir", w.data, "--bogus-flag"},                       // unknown flag
+		{"run", "--data-dir", w.data, "ping"},                           // no --target
+		{"run", "--data-dir", w.data, "--target", "cluster=zz", "ping"}, // matches nothing
+		{"status", "--data-dir", t.TempDir()},                           // no controller there
+		{"token", "create", "--data-dir", w.data, "--ttl", "never"},     // bad flag value
+		{"nodes", "remove", "ghost", "--data-dir", w.data},              // unknown node
+		{"status", "--data-dir", w.data, "--bogus-flag"},                // unknown flag
 	} {
 		if _, code := cli(t, args...); code != 2 {
 			t.Errorf("controller %v: exit %d, want 2", args, code)
