@@ -16,7 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	r "gopkg.in/rethinkdb/rethinkdb-go.v6"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/guildnet/metaguildnet/messages"
@@ -75,7 +74,7 @@ func DatabaseChecks() []Check {
 		},
 		{
 			Name: "rethinkdb_query", Layer: messages.LayerDatabase, Scope: ScopeCluster,
-			Description: "r.DBList() answers, warn above 100 ms, fail above 1 s",
+			Description: "r.dbList() answers, warn above 100 ms, fail above 1 s",
 			Timeout:     5 * time.Second, DependsOn: []string{"rethinkdb_tcp"},
 			Run: checkRethinkDBQuery,
 		},
@@ -249,45 +248,28 @@ func checkRethinkDBQuery(ctx context.Context, cx *CheckEnv) Result {
 		return Fail("%v", err)
 	}
 	thr := map[string]any{"warn_ms": warn.Milliseconds(), "fail_ms": fail.Milliseconds()}
-	timeout := DefaultCheckTimeout
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
-	}
 	start := time.Now()
-	session, err := r.Connect(r.ConnectOpts{
-		Address:    addr.Address,
-		Username:   cx.Setting("RETHINKDB_USER", ""),
-		Password:   cx.Setting("RETHINKDB_PASS", ""),
-		Timeout:    timeout,
-		InitialCap: 1,
-		MaxOpen:    1,
-		MaxIdle:    1,
-	})
+	conn, err := rdbDial(ctx, addr.Address, cx.Setting("RETHINKDB_USER", "admin"), cx.Setting("RETHINKDB_PASS", ""))
 	connectTook := time.Since(start)
 	if err != nil {
 		return Fail("connecting to RethinkDB at %s: %v", addr, err).With(map[string]any{"address": addr.Address}, thr)
 	}
-	cx.OnClose(func() { session.Close() })
+	defer conn.Close()
 	start = time.Now()
-	cur, err := r.DBList().Run(session, r.RunOpts{Context: ctx})
-	var dbs []string
-	if err == nil {
-		err = cur.All(&dbs)
-		cur.Close()
-	}
+	dbs, err := conn.DBList(ctx)
 	took := time.Since(start)
 	obs := map[string]any{"address": addr.Address, "connect_ms": ms(connectTook), "query_ms": ms(took), "databases": len(dbs)}
 	if err != nil {
-		return Fail("r.DBList() on %s: %s", addr, errText(ctx, err)).With(obs, thr)
+		return Fail("r.dbList() on %s: %v", addr, err).With(obs, thr)
 	}
 	cx.Put(rdbDatabasesKey, dbs)
 	switch {
 	case took > fail:
-		return Fail("r.DBList() on %s took %s, above the fail threshold %s", addr.Address, took.Round(time.Millisecond), fail).With(obs, thr)
+		return Fail("r.dbList() on %s took %s, above the fail threshold %s", addr.Address, took.Round(time.Millisecond), fail).With(obs, thr)
 	case took > warn:
-		return Warn("r.DBList() on %s took %s, above the warn threshold %s", addr.Address, took.Round(time.Millisecond), warn).With(obs, thr)
+		return Warn("r.dbList() on %s took %s, above the warn threshold %s", addr.Address, took.Round(time.Millisecond), warn).With(obs, thr)
 	}
-	return Pass("r.DBList() on %s answered in %s (%d databases)", addr.Address, took.Round(time.Microsecond), len(dbs)).With(obs, thr)
+	return Pass("r.dbList() on %s answered in %s (%d databases)", addr.Address, took.Round(time.Microsecond), len(dbs)).With(obs, thr)
 }
 
 func checkRethinkDBDatabases(ctx context.Context, cx *CheckEnv) Result {
