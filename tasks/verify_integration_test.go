@@ -151,7 +151,9 @@ func TestVerifyAgainstTestWorld(t *testing.T) {
 	// The Talos checks are built only with the tag mgn_talos (agent memory);
 	// without it they are not applicable when TALOSCONFIG is unset and
 	// unknown when it is set.
-	talosPass := func(msg string) expect { return expect{messages.CheckPass, "not applicable: TALOSCONFIG is not set", ""} }
+	talosPass := func(msg string) expect {
+		return expect{messages.CheckPass, "not applicable: TALOSCONFIG is not set", ""}
+	}
 	if TalosSupport {
 		base["TALOSCONFIG"] = talosconfig
 		talosPass = func(msg string) expect { return expect{messages.CheckPass, msg, ""} }
