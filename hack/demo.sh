@@ -2,7 +2,11 @@
 # make demo: the main job on the embedded default. Builds the binaries,
 # starts a controller on loopback with a temporary data dir, enrolls three
 # local agents in two clusters, runs ping and facts across the fleet and
-# prints the fleet view. KEEP=1 leaves everything running.
+# prints the fleet view, then a verification sweep and a diagnosis. When the
+# test world's servers are built (make testenv), the agents are pointed at a
+# GuildNet-shaped world (kube-apiserver, Headscale, RethinkDB/Talos/host-app
+# stand-ins) so the sweep has something real to verify. KEEP=1 leaves
+# everything running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-$PWD/bin}
@@ -22,6 +26,7 @@ cleanup() {
   fi
   kill "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
+  [[ -n "${WORLD:-}" ]] && "$BIN/testworld" down --dir "$WORLD" >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -41,6 +46,20 @@ echo "NATS $URL, metrics $HTTP/metrics"
 step "join token (reusable, 1h)"
 TOKEN=$("$BIN/controller" token create --data-dir "$DATA" --reusable --ttl 1h 2>/dev/null | tail -1)
 echo "${TOKEN:0:9}… (redacted)"
+
+WORLD=
+read -r KUBE_DIR HS_DIR < <(hack/build-testenv.sh print-dirs)
+if [[ -x $KUBE_DIR/kube-apiserver && -x $HS_DIR/headscale && "${DEMO_WORLD:-1}" == 1 ]]; then
+  step "test world: kube-apiserver seeded like GuildNet, Headscale, RethinkDB/Talos/host-app stand-ins"
+  go build -o "$BIN/" ./hack/testworld
+  WORLD=$WORK/world
+  "$BIN/testworld" up --dir "$WORLD" >"$WORK/world.out" 2>&1 || { cat "$WORK/world.out"; exit 1; }
+  set -a; . "$WORLD/env"; set +a
+  echo "agents read KUBECONFIG, RETHINKDB_ADDR, HOSTAPP_URL, TALOSCONFIG, ... from $WORLD/env"
+else
+  echo
+  echo "(no test world: run 'make testenv' once to verify against a GuildNet-shaped world)"
+fi
 
 step "three agents: n1, n2 in cluster alpha; n3 in cluster beta"
 for spec in n1:alpha:controlplane n2:alpha:worker n3:beta:controlplane; do
@@ -64,3 +83,12 @@ step "controller run --target all facts"
 
 step "controller status (the fleet view)"
 "$BIN/controller" status --data-dir "$DATA"
+
+step "controller verify (one sweep: node checks everywhere, cluster checks once per cluster)"
+"$BIN/controller" verify --data-dir "$DATA" || true
+
+step "controller diagnose --all (root causes and fixes)"
+"$BIN/controller" diagnose --data-dir "$DATA" --all || true
+
+step "controller status (the fleet view, with each node's last result per layer)"
+"$BIN/controller" status --data-dir "$DATA" || true
