@@ -677,7 +677,7 @@ func runCommand(ctx context.Context, command string, args []string, wantExit int
 	var ee *exec.ExitError
 	switch {
 	case ctx.Err() != nil:
-		return Fail("%s did not finish within its timeout (%s)", command, took.Round(time.Millisecond)).With(obs, thr)
+		return Fail("%s did not finish after %s: %v", command, took.Round(time.Millisecond), context.Cause(ctx)).With(obs, thr)
 	case err != nil && !errors.As(err, &ee):
 		return Fail("running %s: %v", command, err).With(obs, thr)
 	case exit != wantExit:

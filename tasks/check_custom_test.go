@@ -115,7 +115,7 @@ checks:
 		{"cmd_ok", messages.CheckPass, "exited 0"},
 		{"cmd_exit", messages.CheckFail, "exited 3, want 0: nope"},
 		{"cmd_refused", messages.CheckFail, "refused: /usr/bin/id is not in the agent's allow-list (METAGN_ALLOWED_COMMANDS)"},
-		{"cmd_slow", messages.CheckFail, "did not finish within its timeout"},
+		{"cmd_slow", messages.CheckFail, "timed out after 300ms"},
 		{"cmd_env", messages.CheckPass, "exited 0"},
 		{"after_closed", messages.CheckSkipped, "blocked: tcp_closed fail"},
 	} {

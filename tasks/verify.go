@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/guildnet/metaguildnet/messages"
 )
@@ -93,7 +95,16 @@ func (v Verify) Run(ctx context.Context, env *Env, raw json.RawMessage) (Output,
 	if err != nil {
 		return Output{}, BadArgs("%v", err)
 	}
-	results := RunChecks(ctx, env, checks, RunOptions{Parallel: v.Parallel, Tailscale: v.Tailscale})
+	// Finish a little before the task's deadline, so checks that are still
+	// running are reported unknown rather than the whole result lost.
+	runCtx := ctx
+	if dl, ok := ctx.Deadline(); ok {
+		margin := min(time.Until(dl)/10, time.Second)
+		var cancel context.CancelFunc
+		runCtx, cancel = context.WithDeadlineCause(ctx, dl.Add(-margin), errors.New("the verify task's deadline is near"))
+		defer cancel()
+	}
+	results := RunChecks(runCtx, env, checks, RunOptions{Parallel: v.Parallel, Tailscale: v.Tailscale})
 	if catErr != nil && args.Scope != string(ScopeCluster) {
 		results = append(results, messages.CheckResult{
 			Name:    CustomChecksFileCheck,

@@ -1,11 +1,13 @@
 package tasks
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/guildnet/metaguildnet/messages"
 )
@@ -183,5 +185,30 @@ func TestChecksDocumented(t *testing.T) {
 		if layer != c.Layer || scope != string(c.Scope) || deps != strings.Join(c.DependsOn, ", ") || timeout != c.Timeout.String() {
 			t.Errorf("%s: documented as %s | %s | %s | %s, code has %s | %s | %s | %s", c.Name, layer, scope, deps, timeout, c.Layer, c.Scope, strings.Join(c.DependsOn, ", "), c.Timeout)
 		}
+	}
+}
+
+// A verify whose task deadline comes before its checks finish still
+// reports, in time, with the unfinished checks unknown.
+func TestVerifyReportsBeforeItsDeadline(t *testing.T) {
+	sleep := lookPath(t, "sleep")
+	dir := t.TempDir()
+	p := writeFile(t, dir, "c.yaml", "- {name: slow, layer: l, type: command, command: "+sleep+", args: ['30'], timeout: 1m}\n- {name: after, layer: l, type: file, path: /, depends_on: slow}\n")
+	ctx, cancel := context.WithTimeout(t.Context(), 1500*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	out, err := Verify{}.Run(ctx, testEnv(Settings{"METAGN_CUSTOM_CHECKS": p, "METAGN_ALLOWED_COMMANDS": sleep}), json.RawMessage(`{"layers":["l"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d >= 1500*time.Millisecond {
+		t.Errorf("returned after %s, past the deadline", d)
+	}
+	res := byName(out.Data.(VerifyOutput).Checks)
+	if r := res["slow"]; r.Status == messages.CheckPass || !strings.Contains(r.Message, "deadline is near") {
+		t.Errorf("slow: %s %q", r.Status, r.Message)
+	}
+	if r := res["after"]; r.Status != messages.CheckSkipped || r.BlockedBy != "slow" {
+		t.Errorf("after: %s blocked_by %q", r.Status, r.BlockedBy)
 	}
 }
