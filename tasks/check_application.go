@@ -65,7 +65,7 @@ func ApplicationChecks() []Check {
 		{
 			Name: "proxy_answers", Layer: messages.LayerApplication, Scope: ScopeCluster,
 			Description: "the host app's /proxy/server/{id}/ answers without a 5xx for a Running Workspace",
-			Timeout:     10 * time.Second, DependsOn: []string{"hostapp_healthz", "kube_api_ready"},
+			Timeout:     10 * time.Second, DependsOn: []string{"hostapp_healthz", "guildnet_crds_established"},
 			Run: withKube(checkProxyAnswers),
 		},
 	}
