@@ -22,6 +22,36 @@
 // An agent's reply inbox is "_INBOX_NODE" (or "_INBOX_PUBKEY" while it
 // enrolls) so that its permissions can allow exactly its own replies.
 //
+// # Operator API (mgn.api.VERB)
+//
+//	verb          request             reply
+//	status        StatusRequest       StatusReply (the fleet view)
+//	run           RunRequest          RunReply (task id and targeted nodes)
+//	task.wait     TaskWaitRequest     TaskReport (one row per targeted node)
+//	token.create  TokenCreateRequest  TokenCreateReply
+//	nodes.remove  NodesRemoveRequest  NodesRemoveReply
+//	verify        VerifyRequest       VerifyReply (report id; the Report is in object store mgn_reports)
+//	report.last   ReportLastRequest   VerifyReply
+//	diagnose      DiagnoseRequest     DiagnoseReply (result id; the result is in object store mgn_diagnoses)
+//
+// Reports and diagnoses can be larger than one message, so they are stored
+// in JetStream object stores and read by name.
+//
+// # Events (mgn.evt.KIND)
+//
+// node_state (a node went online, stale, offline or was removed) and
+// layer_state (a layer's fleet status changed between verifications).
+//
+// # Durable state (JetStream, under the controller's data dir)
+//
+//	KV mgn_nodes          node name -> enrollment, attributes, facts, last seen
+//	KV mgn_tokens         sha256(token) -> expiry, reusable, used (never the token)
+//	KV mgn_tasks_open     task id -> task and targets, while open
+//	KV mgn_tasks          task id -> task and targets, for the retention period
+//	stream MGN_RESULTS    mgn.res.NODE.TASKID, one message per subject (first wins)
+//	objects mgn_reports   verification reports
+//	objects mgn_diagnoses diagnoses
+//
 // # Versions
 //
 // Every payload carries "v". A receiver refuses a version it does not know

@@ -58,6 +58,9 @@ func serveCmd() *cobra.Command {
 			}
 			defer log.Sync()
 			o.Log = log
+			if err := tailnetEnv(&o); err != nil {
+				return cli.Fail(cli.ExitUsage, err)
+			}
 			o.SweepLayerIntervals = map[string]time.Duration{}
 			for l, v := range layerIntervals {
 				d, err := time.ParseDuration(v)
@@ -79,7 +82,7 @@ func serveCmd() *cobra.Command {
 		},
 	}
 	dataDirFlag(cmd, &o.DataDir)
-	cmd.Flags().StringVar(&o.Listen, "listen", "127.0.0.1:4222", "NATS address agents and the CLI connect to (port 0 picks one)")
+	cmd.Flags().StringVar(&o.Listen, "listen", "127.0.0.1:4222", "NATS address agents and the CLI connect to (port 0 picks one; tailnet[:PORT] binds to the host tailscaled's tailnet IP)")
 	cmd.Flags().StringVar(&o.HTTP, "http", "127.0.0.1:8222", "address for /healthz and /metrics (empty disables)")
 	cmd.Flags().DurationVar(&o.HeartbeatInterval, "heartbeat-interval", 5*time.Second, "agent heartbeat interval; a node is stale after 2 missed")
 	cmd.Flags().IntVar(&o.OfflineAfter, "offline-after", 6, "heartbeat intervals without a heartbeat before a node is offline")
@@ -88,7 +91,9 @@ func serveCmd() *cobra.Command {
 	cmd.Flags().DurationVar(&o.SweepInterval, "sweep-interval", time.Minute, "how often to verify the whole fleet (negative disables)")
 	cmd.Flags().StringToStringVar(&layerIntervals, "sweep-layer-interval", nil, "per-layer sweep interval, e.g. network=15s,database=30s")
 	cmd.Flags().DurationVar(&o.HistoryRetention, "history-retention", 7*24*time.Hour, "how long verification reports are kept")
+	tailnetFlags(cmd, &o)
 	cmd.Flags().StringVar(&o.RulesFile, "rules-file", "", "YAML file of diagnostic rules that extend the built-in ones")
+	cmd.Flags().BoolVar(&o.Pprof, "pprof", false, "serve /debug/pprof on the --http address")
 	lf.Add(cmd)
 	return cmd
 }

@@ -46,7 +46,7 @@ func printStatus(w io.Writer, st messages.StatusReply) {
 				name = "(no cluster)"
 			}
 			fmt.Fprintf(tw, "\nCLUSTER %s\n", name)
-			fmt.Fprintln(tw, "  NODE\tSTATE\tROLE\tHEARTBEAT\tLAYERS\tVERSION\tADDRESSES\tLABELS\t")
+			fmt.Fprintln(tw, "  NODE\tSTATE\tROLE\tHEARTBEAT\tLAYERS\tTAILNET\tVERSION\tADDRESSES\tLABELS\t")
 		}
 		labels := make([]string, 0, len(n.Labels))
 		for k, v := range n.Labels {
@@ -56,8 +56,8 @@ func printStatus(w io.Writer, st messages.StatusReply) {
 		if len(addrs) > 3 {
 			addrs = append(addrs[:3:3], fmt.Sprintf("+%d", len(n.Addresses)-3))
 		}
-		fmt.Fprintf(tw, "  %s\t%s %s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", n.Name, stateMark[n.State], n.State, dash(n.Role),
-			age(n.AgeMS, n.LastSeen), layerSummary(n.Layers), dash(n.AgentVersion), dash(strings.Join(addrs, ",")), dash(strings.Join(labels, ",")))
+		fmt.Fprintf(tw, "  %s\t%s %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", n.Name, stateMark[n.State], n.State, dash(n.Role),
+			age(n.AgeMS, n.LastSeen), layerSummary(n.Layers), tailnetSummary(n.Tailnet), dash(n.AgentVersion), dash(strings.Join(addrs, ",")), dash(strings.Join(labels, ",")))
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\n%d nodes: %d online, %d stale, %d offline (heartbeat every %s)\n",

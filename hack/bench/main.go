@@ -13,11 +13,14 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -66,6 +69,8 @@ func main() {
 	sizes := flag.String("sizes", "100,1000,5000", "fleet sizes")
 	bin := flag.String("bin", "bin", "directory with the controller and agent binaries")
 	idleFor := flag.Duration("idle", 60*time.Second, "how long the real agent idles")
+	cpuProfile := flag.String("cpuprofile", "", "write this process's CPU profile (the simulated agents) here")
+	ctlProfile := flag.String("ctlprofile", "", "write the controller's CPU profile of the largest fan-out here")
 	flag.Parse()
 	log.SetFlags(0)
 
@@ -75,7 +80,16 @@ func main() {
 	}
 	defer os.RemoveAll(work)
 	data := filepath.Join(work, "controller")
-	ctl := exec.Command(filepath.Join(*bin, "controller"), "serve", "--data-dir", data, "--listen", "127.0.0.1:0", "--http", "", "--log-level", "warn")
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
+	ctl := exec.Command(filepath.Join(*bin, "controller"), "serve", "--data-dir", data, "--listen", "127.0.0.1:0",
+		"--http", "127.0.0.1:0", "--pprof", "--sweep-interval", "-1s", "--log-level", "warn")
 	ctl.Stderr = os.Stderr
 	ctl.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := ctl.Start(); err != nil {
@@ -124,6 +138,11 @@ func main() {
 			rounds = 15
 		}
 		lat := make([]time.Duration, 0, rounds)
+		var prof chan []byte
+		if *ctlProfile != "" && n == maxSize(*sizes) {
+			prof = make(chan []byte, 1)
+			go func() { prof <- fetch(info.HTTPURL + "/debug/pprof/profile?seconds=5") }()
+		}
 		for r := 0; r < rounds+2; r++ {
 			t := time.Now()
 			rep, err := cli.Run(ctx, messages.RunRequest{Target: "sim=true", Kind: "ping", Timeout: "60s"})
@@ -143,6 +162,9 @@ func main() {
 			if r >= 2 { // two warm-up rounds
 				lat = append(lat, d)
 			}
+		}
+		if prof != nil {
+			os.WriteFile(*ctlProfile, <-prof, 0o644)
 		}
 		fp50, fp99 := floor(n, rounds)
 		p50, p99 := pct(lat, 50), pct(lat, 99)
@@ -313,3 +335,23 @@ func machine() string {
 	return fmt.Sprintf("%s, %d cores, linux %s", model, runtime.NumCPU(), strings.TrimSpace(string(n)))
 }
 
+
+func maxSize(sizes string) int {
+	m := 0
+	for _, s := range strings.Split(sizes, ",") {
+		n, _ := strconv.Atoi(s)
+		m = max(m, n)
+	}
+	return m
+}
+
+func fetch(url string) []byte {
+	resp, err := http.Get(url)
+	if err != nil {
+		log.Printf("profile: %v", err)
+		return nil
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return b
+}

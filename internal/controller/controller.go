@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -55,8 +56,13 @@ type Options struct {
 	SweepInterval       time.Duration
 	SweepLayerIntervals map[string]time.Duration
 	HistoryRetention    time.Duration
+	// Tailnet and TLS choose how agents reach the controller (tailnet.go).
+	Tailnet TailnetOptions
+	TLS     TLSOptions
 	// RulesFile extends the built-in diagnostic rules (YAML); "" for none.
 	RulesFile string
+	// Pprof serves /debug/pprof on the HTTP address.
+	Pprof bool
 	Log       *zap.Logger
 }
 
@@ -106,6 +112,7 @@ type Controller struct {
 	lock      *os.File
 	info      runinfo.Info
 
+	tr     *transport // tailnet, local socket, TLS (tailnet.go)
 	apiSem chan struct{}
 	stop   chan struct{}
 	wg     sync.WaitGroup
@@ -141,7 +148,13 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 	// with a token (only the admin connects until Start returns).
 	c.tokens = &tokenStore{m: map[string]tokenRecord{}}
 	c.auth = newAuthenticator(adminPub, c.tokens, func(r string) { c.met.refused("connect", r) })
+	if err := c.prepareTransport(ctx); err != nil {
+		return nil, err
+	}
 	if err := c.startServer(); err != nil {
+		return nil, err
+	}
+	if err := c.tr.serve(c.ns, o.DataDir); err != nil {
 		return nil, err
 	}
 	if c.nc, err = nats.Connect("", nats.InProcessServer(c.ns), nats.Nkey(adminPub, admin.Sign),
@@ -164,6 +177,7 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 		return nil, err
 	}
 	c.info = runinfo.Info{PID: os.Getpid(), NATSURL: c.ns.ClientURL(), Version: Version}
+	c.tr.describe(&c.info)
 	if c.http != nil {
 		c.info.HTTPURL = "http://" + c.http.Addr
 	}
@@ -222,6 +236,7 @@ func (c *Controller) startServer() error {
 		NoSigs:                     true,
 		DisableJetStreamBanner:     true,
 	}
+	c.tr.apply(sopts)
 	ns, err := server.NewServer(sopts)
 	if err != nil {
 		return fmt.Errorf("nats server: %w", err)
@@ -363,6 +378,7 @@ func (c *Controller) Close() {
 	if c.nc != nil {
 		c.nc.Close()
 	}
+	c.tr.close()
 	if c.ns != nil {
 		c.ns.Shutdown()
 		c.ns.WaitForShutdown()
@@ -428,6 +444,12 @@ func (c *Controller) startHTTP() error {
 		w.Write([]byte("ok\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(c.met.reg, promhttp.HandlerOpts{}))
+	if c.opts.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	c.http = &http.Server{Addr: ln.Addr().String(), Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go c.http.Serve(ln)
 	return nil

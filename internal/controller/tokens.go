@@ -33,6 +33,9 @@ type tokenRecord struct {
 // in-memory copy for the authenticator, which must not do I/O.
 type tokenStore struct {
 	kv jetstream.KeyValue
+	// pin is the TLS CA pin that new tokens carry after a "." (tlspin);
+	// only the part before it is the secret.
+	pin string
 
 	mu sync.RWMutex
 	m  map[string]tokenRecord
@@ -75,6 +78,9 @@ func (ts *tokenStore) create(ctx context.Context, ttl time.Duration, reusable bo
 	if err := ts.put(ctx, h, r); err != nil {
 		return "", r, err
 	}
+	if ts.pin != "" {
+		tok += "." + ts.pin
+	}
 	return tok, r, nil
 }
 
@@ -94,6 +100,7 @@ func (ts *tokenStore) valid(tok string) (string, bool) {
 	if !strings.HasPrefix(tok, TokenPrefix) || len(tok) > 128 {
 		return "", false
 	}
+	tok, _, _ = strings.Cut(tok, ".") // a CA pin may follow the secret
 	h := hashToken(tok)
 	ts.mu.RLock()
 	r, ok := ts.m[h]
