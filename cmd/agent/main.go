@@ -57,6 +57,7 @@ func runCmd() *cobra.Command {
 			if cfg.StateDir == "" {
 				cfg.StateDir = defaultStateDir(cfg.Name)
 			}
+			tailnetDefaults(&cfg)
 			log, err := lf.Logger()
 			if err != nil {
 				return err
@@ -79,7 +80,7 @@ func runCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.ControllerURL, "controller", "nats://127.0.0.1:4222", "controller NATS URL")
+	f.StringVar(&cfg.ControllerURL, "controller", defaultController, "controller NATS URL (with tsnet the default is "+defaultTailnetController+")")
 	f.StringVar(&cfg.Token, "token", "", "join token (first start only)")
 	f.StringVar(&cfg.Name, "name", hostname(), "node name (a-z, 0-9, '-', '_')")
 	f.StringVar(&cfg.Cluster, "cluster", "", "cluster this node belongs to")
@@ -87,6 +88,7 @@ func runCmd() *cobra.Command {
 	f.StringSliceVar(&labels, "label", nil, "label k=v (repeatable)")
 	f.StringVar(&cfg.StateDir, "state-dir", "", "where the node identity and task journal live (default ~/.local/state/metaguildnet-agent/NAME)")
 	f.IntVar(&cfg.MaxConcurrent, "max-concurrent", 8, "tasks running at once")
+	tailnetFlags(cmd, &cfg.Tailnet)
 	f.DurationVar(&cfg.FaultTaskDelay, "fault-task-delay", 0, "testing: delay every task by this much")
 	f.MarkHidden("fault-task-delay")
 	lf.Add(cmd)

@@ -55,6 +55,9 @@ type Config struct {
 	// NATSOptions are appended to the connection options (custom dialer
 	// for the tailnet, TLS, ...).
 	NATSOptions []nats.Option
+	// Tailnet says how to reach the controller over the tailnet
+	// (tailnet.go); the zero value is off.
+	Tailnet TailnetConfig
 }
 
 // Agent is a running agent.
@@ -79,6 +82,8 @@ type Agent struct {
 	running map[string]bool
 	kick    chan struct{} // wakes the outbox
 	facts   messages.Facts
+
+	tn *tailnetState // nil when not on the tailnet
 }
 
 // ErrEnrollRefused means the controller would not enroll this node; retrying
@@ -136,6 +141,9 @@ func New(cfg Config) (*Agent, error) {
 		}
 	}
 	a.facts = tasks.CollectFacts(cfg.Version)
+	if err := a.setupTLS(); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -150,6 +158,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if st.Name != "" && st.Name != a.cfg.Name {
 		return fmt.Errorf("state dir %s belongs to node %q, not %q: use another --state-dir", a.cfg.StateDir, st.Name, a.cfg.Name)
 	}
+	stopTailnet, err := a.startTailnet(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopTailnet()
 	if !st.Enrolled {
 		if a.cfg.Token == "" {
 			return errors.New("this node is not enrolled yet: pass --token (create one with `controller token create`)")
@@ -341,6 +354,7 @@ func (a *Agent) heartbeats(ctx context.Context) {
 			Cluster: a.cfg.Cluster, Role: a.cfg.Role, Labels: a.cfg.Labels, Running: a.runningIDs()}
 		if a.needFacts.Swap(false) || time.Since(lastFacts) >= a.cfg.FactsEvery {
 			f := tasks.CollectFacts(a.cfg.Version)
+			a.addTailnetFacts(&f)
 			hb.Facts = &f
 			lastFacts = time.Now()
 		}

@@ -37,8 +37,12 @@ func Dial(dataDir string) (*Client, error) {
 		return nil, fmt.Errorf("%w: %v", ErrUnreachable, err)
 	}
 	pub, _ := kp.PublicKey()
-	nc, err := nats.Connect(info.NATSURL, nats.Nkey(pub, kp.Sign), nats.Name("cli"),
-		nats.Timeout(5*time.Second), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
+	url, local := info.NATSURL, localOptions(info)
+	if len(local) > 0 {
+		url = "nats://local"
+	}
+	nc, err := nats.Connect(url, append([]nats.Option{nats.Nkey(pub, kp.Sign), nats.Name("cli"),
+		nats.Timeout(5 * time.Second), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}, local...)...)
 	if err != nil {
 		return nil, fmt.Errorf("%w: controller %s (pid %d, data dir %s) is not answering: %v; is `controller serve --data-dir %s` running?",
 			ErrUnreachable, info.NATSURL, info.PID, dataDir, err, dataDir)

@@ -25,7 +25,15 @@ type Info struct {
 	PID     int    `json:"pid"`
 	NATSURL string `json:"nats_url"`
 	HTTPURL string `json:"http_url,omitempty"`
-	Version string `json:"version"`
+	// LocalSocket is a unix socket for the local CLI, set when NATS does
+	// not listen on the host's loopback (tailnet or TLS mode).
+	LocalSocket string `json:"local_socket,omitempty"`
+	// TailnetHostname is the controller's tsnet name; TLSPin and TLSCAFile
+	// are set in TLS mode.
+	TailnetHostname string `json:"tailnet_hostname,omitempty"`
+	TLSPin          string `json:"tls_pin,omitempty"`
+	TLSCAFile       string `json:"tls_ca_file,omitempty"`
+	Version         string `json:"version"`
 }
 
 // Write stores info in dir atomically.
