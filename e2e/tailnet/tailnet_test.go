@@ -271,10 +271,27 @@ func TestListenOnHostTailscaled(t *testing.T) {
 		t.Error("NATS answers on 127.0.0.1 too")
 	}
 
+	// An agent on a host whose tailscaled runs: auto detects it, dials
+	// through the kernel, and reports the path tailscaled measured.
+	t.Run("agent uses the host's tailscaled", func(t *testing.T) {
+		startAgent(t, agent.Config{Name: "host-a1", ControllerURL: c.Info().NATSURL, Token: token(t, cli),
+			StateDir: filepath.Join(dir, "host-a1"), Version: "test",
+			Tailnet: agent.TailnetConfig{Mode: agent.TailnetAuto, TailscaledSocket: sock, ProbeEvery: 200 * time.Millisecond}})
+		var n messages.NodeStatus
+		eventually(t, 30*time.Second, "host-a1 online with a measured path", func() bool {
+			n, _ = nodeState(status(t, cli), "host-a1")
+			return n.State == messages.StateOnline && n.Tailnet != nil && n.Tailnet.Path == messages.PathDERP
+		})
+		tf := n.Tailnet
+		if tf.Mode != messages.TailnetHost || tf.DERPRegion != "headscale" || tf.RTTMS != 1.25 || tf.ControllerIP != "127.0.0.9" {
+			t.Fatalf("tailnet facts %s: want host mode, derp(headscale), 1.25ms to 127.0.0.9", fmtFacts(tf))
+		}
+	})
+
 	t.Run("tailscaled not running", func(t *testing.T) {
 		_, err := controller.Start(context.Background(), controller.Options{DataDir: filepath.Join(dir, "ctl2"), Listen: "tailnet", HTTP: "",
 			Tailnet: controller.TailnetOptions{TailscaledSocket: filepath.Join(dir, "none.sock")}})
-		if err == nil || !strings.Contains(err.Error(), "tailnet address") {
+		if err == nil || !strings.Contains(err.Error(), "tailnet address") || !strings.Contains(err.Error(), "no tailscaled") {
 			t.Fatalf("err = %v, want a clear error about finding the tailnet address", err)
 		}
 	})

@@ -21,12 +21,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
 
 	"tailscale.com/client/local"
 	"tailscale.com/ipn/ipnstate"
+	"tailscale.com/paths"
 	"tailscale.com/tailcfg"
 	"tailscale.com/tsnet"
 )
@@ -206,6 +208,17 @@ func HostClient(socket string) *local.Client {
 // HostRunning returns the host tailscaled's status when it is running and
 // logged in, with a reason otherwise.
 func HostRunning(ctx context.Context, lc LocalAPI) (*ipnstate.Status, error) {
+	// Without a socket there is no tailscaled: say so at once (the
+	// LocalAPI client would keep retrying for a tailscaled starting up).
+	if c, ok := lc.(*local.Client); ok && runtime.GOOS == "linux" {
+		sock := c.Socket
+		if sock == "" {
+			sock = paths.DefaultTailscaledSocket()
+		}
+		if _, err := os.Stat(sock); err != nil {
+			return nil, fmt.Errorf("no tailscaled here (%v)", err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	st, err := lc.Status(ctx)
