@@ -77,6 +77,7 @@ type Agent struct {
 	refused   atomic.Uint64 // malformed tasks refused
 
 	ready chan struct{} // closed once nc and js are set
+	taskCounter
 
 	mu      sync.Mutex
 	running map[string]bool
@@ -182,6 +183,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Add(2)
 	go func() { defer wg.Done(); a.heartbeats(ctx) }()
 	go func() { defer wg.Done(); a.outbox(ctx) }()
+	go a.trimMemory(ctx)
 	<-ctx.Done()
 	wg.Wait()
 	a.nc.Drain()
@@ -447,6 +449,7 @@ func (a *Agent) handle(t messages.Task) {
 	}
 	a.running[t.ID] = true
 	a.mu.Unlock()
+	a.tasksSinceTrim.Add(1)
 	if err := a.jrnl.Put(Entry{TaskID: t.ID, Deadline: t.Deadline}); err != nil {
 		a.log.Warn("journal", zap.Error(err))
 	}
