@@ -247,6 +247,14 @@ func TestRestartRejoins(t *testing.T) {
 			t.Error("an agent logged its auth key")
 		}
 	}
+	for _, f := range []string{filepath.Join(data, "tailnet", "logs", "tsnet.log"), filepath.Join(dir, "rs-a1", "tailnet", "logs", "tsnet.log")} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Errorf("tsnet log: %v", err)
+		} else if strings.Contains(string(b), key) {
+			t.Errorf("%s holds the auth key", f)
+		}
+	}
 }
 
 // TestListenOnHostTailscaled: --listen tailnet asks the host's tailscaled
