@@ -3,6 +3,7 @@ package tailnet
 import (
 	"context"
 	"crypto/tls"
+	"encoding/pem"
 	"errors"
 	"os"
 	"path/filepath"
@@ -43,10 +44,12 @@ func TestTLSPinnedCA(t *testing.T) {
 	if err != nil || info.TLSCAFile != filepath.Join(data, "tls", "ca.pem") {
 		t.Fatalf("CA file: %v (runinfo %q)", err, info.TLSCAFile)
 	}
+	if blk, _ := pem.Decode(caPEM); blk == nil || tlspin.Pin(blk.Bytes) != pin {
+		t.Fatal("the token's pin is not the SHA-256 of DATA_DIR/tls/ca.pem")
+	}
 	if key, err := os.Stat(filepath.Join(data, "tls", "ca.key")); err != nil || key.Mode().Perm() != 0o600 {
 		t.Fatalf("CA key: %v", err)
 	}
-	_ = caPEM
 	url := c.Info().NATSURL
 
 	t.Run("pinned agent enrolls, and reconnects with the stored pin", func(t *testing.T) {
@@ -58,7 +61,7 @@ func TestTLSPinnedCA(t *testing.T) {
 			t.Fatalf("stored pin: %q, %v", b, err)
 		}
 		// Restarted with no token: only the stored pin verifies the server.
-		time.Sleep(time.Duration(7) * hb * 2) // let it go offline first (a duration: the state is what's checked)
+		eventually(t, 30*time.Second, "tls-good no longer online", func() bool { return onlineCount(status(t, cli), "tls-good") == 0 })
 		startAgent(t, agent.Config{Name: "tls-good", ControllerURL: url, StateDir: state, Version: "test"})
 		eventually(t, 30*time.Second, "tls-good online again", func() bool { return onlineCount(status(t, cli), "tls-good") == 1 })
 	})
