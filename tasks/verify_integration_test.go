@@ -43,12 +43,17 @@ var world struct {
 	err  error
 }
 
+// TestMain runs the package's tests inside a loopback-only network
+// namespace when one can be made (the tailnet test needs it; every other
+// server here is on 127.0.0.1 anyway), and stops the shared API server.
 func TestMain(m *testing.M) {
-	code := m.Run()
-	if world.kube != nil {
-		world.kube.Stop()
-	}
-	os.Exit(code)
+	testenv.RunInNetNS(func() int {
+		code := m.Run()
+		if world.kube != nil {
+			world.kube.Stop()
+		}
+		return code
+	})
 }
 
 // startWorld starts (once) and returns the seeded cluster.
