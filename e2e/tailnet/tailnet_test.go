@@ -279,12 +279,12 @@ func TestListenOnHostTailscaled(t *testing.T) {
 		t.Error("NATS answers on 127.0.0.1 too")
 	}
 
-	// An agent on a host whose tailscaled runs: auto detects it, dials
-	// through the kernel, and reports the path tailscaled measured.
+	// An agent on a host whose tailscaled runs dials through the kernel
+	// and reports the path tailscaled measured.
 	t.Run("agent uses the host's tailscaled", func(t *testing.T) {
 		startAgent(t, agent.Config{Name: "host-a1", ControllerURL: c.Info().NATSURL, Token: token(t, cli),
 			StateDir: filepath.Join(dir, "host-a1"), Version: "test",
-			Tailnet: agent.TailnetConfig{Mode: agent.TailnetAuto, TailscaledSocket: sock, ProbeEvery: 200 * time.Millisecond}})
+			Tailnet: agent.TailnetConfig{Mode: agent.TailnetHost, TailscaledSocket: sock, ProbeEvery: 200 * time.Millisecond}})
 		var n messages.NodeStatus
 		eventually(t, 30*time.Second, "host-a1 online with a measured path", func() bool {
 			n, _ = nodeState(status(t, cli), "host-a1")
@@ -293,6 +293,18 @@ func TestListenOnHostTailscaled(t *testing.T) {
 		tf := n.Tailnet
 		if tf.Mode != messages.TailnetHost || tf.DERPRegion != "headscale" || tf.RTTMS != 1.25 || tf.ControllerIP != "127.0.0.9" {
 			t.Fatalf("tailnet facts %s: want host mode, derp(headscale), 1.25ms to 127.0.0.9", fmtFacts(tf))
+		}
+	})
+
+	// auto does not take a loopback controller URL for a tailnet one (a
+	// developer's laptop running Tailscale and a local controller).
+	t.Run("auto with a loopback controller stays off the tailnet", func(t *testing.T) {
+		a := startAgent(t, agent.Config{Name: "auto-a2", ControllerURL: c.Info().NATSURL, Token: token(t, cli),
+			StateDir: filepath.Join(dir, "auto-a2"), Version: "test",
+			Tailnet: agent.TailnetConfig{Mode: agent.TailnetAuto, TailscaledSocket: sock}})
+		eventually(t, 30*time.Second, "auto-a2 online", func() bool { return onlineCount(status(t, cli), "auto-a2") == 1 })
+		if tf := a.a.TailnetFacts(); tf != nil {
+			t.Fatalf("tailnet facts %s for a loopback controller", fmtFacts(tf))
 		}
 	})
 

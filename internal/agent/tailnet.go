@@ -112,8 +112,8 @@ func (a *Agent) startTailnet(ctx context.Context) (stop func(), err error) {
 		mode = TailnetOff
 		if tc.AuthKey != "" || tailnet.HasState(tc.Dir) {
 			mode = TailnetTSNet
-		} else if _, err := tailnet.HostRunning(ctx, host); err == nil {
-			mode = TailnetHost
+		} else if _, err := tailnet.HostRunning(ctx, host); err == nil && !loopbackURL(a.cfg.ControllerURL) {
+			mode = TailnetHost // a loopback controller is not reached over the tailnet
 		}
 		a.log.Info("tailnet: detected", zap.String("mode", mode))
 		if mode == TailnetOff {
@@ -131,11 +131,7 @@ func (a *Agent) startTailnet(ctx context.Context) (stop func(), err error) {
 		}
 		ts.lc = host
 	case TailnetTSNet:
-		u, err := url.Parse(a.cfg.ControllerURL)
-		if err != nil {
-			return nil, fmt.Errorf("--controller %q: %w", a.cfg.ControllerURL, err)
-		}
-		if ip, err := netip.ParseAddr(u.Hostname()); u.Hostname() == "localhost" || (err == nil && ip.IsLoopback()) {
+		if loopbackURL(a.cfg.ControllerURL) {
 			return nil, fmt.Errorf("--controller %s is this host's loopback, which tsnet does not reach: give the controller's tailnet name or IP (e.g. nats://guildnet-controller:4222)", a.cfg.ControllerURL)
 		}
 		start := time.Now()
@@ -171,6 +167,16 @@ func (a *Agent) startTailnet(ctx context.Context) (stop func(), err error) {
 			ts.node.Close()
 		}
 	}, nil
+}
+
+// loopbackURL reports whether a NATS URL names this host's loopback.
+func loopbackURL(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(u.Hostname())
+	return u.Hostname() == "localhost" || (err == nil && ip.IsLoopback())
 }
 
 type tsnetDialer struct{ n *tailnet.Node }

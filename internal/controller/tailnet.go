@@ -121,6 +121,7 @@ func (c *Controller) prepareTransport(ctx context.Context) error {
 		}
 		tr.node = node
 		tr.host = node.IPv4().String()
+		c.log.Debug("--tailnet: NATS listens on no host address; --listen is not used", zap.String("listen", o.Listen))
 		c.log.Info("joined the tailnet", zap.String("hostname", o.Tailnet.Hostname), zap.String("ip", tr.host),
 			zap.String("login_server", o.Tailnet.ControlURL), zap.Duration("took", time.Since(start)))
 	}
