@@ -58,6 +58,11 @@ func rdbDial(ctx context.Context, address, user, password string) (*rdbConn, err
 	if err != nil {
 		return nil, err
 	}
+	return rdbHandshake(ctx, c, user, password)
+}
+
+// rdbHandshake authenticates on an open connection, closing it on failure.
+func rdbHandshake(ctx context.Context, c net.Conn, user, password string) (*rdbConn, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}

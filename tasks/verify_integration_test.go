@@ -47,13 +47,22 @@ var world struct {
 // namespace when one can be made (the tailnet test needs it; every other
 // server here is on 127.0.0.1 anyway), and stops the shared API server.
 func TestMain(m *testing.M) {
-	testenv.RunInNetNS(func() int {
+	run := func() int {
 		code := m.Run()
 		if world.kube != nil {
 			world.kube.Stop()
 		}
 		return code
-	})
+	}
+	// The fuzzing engine talks to its workers over inherited pipes, which
+	// the re-exec into a namespace would not carry: fuzz in place (no
+	// fuzz target starts a server).
+	for _, a := range os.Args[1:] {
+		if strings.HasPrefix(a, "-test.fuzz") {
+			os.Exit(run())
+		}
+	}
+	testenv.RunInNetNS(run)
 }
 
 // startWorld starts (once) and returns the seeded cluster.
