@@ -30,9 +30,10 @@ FUZZTIME ?= 10s
 fuzz:
 	@hack/fuzz.sh $(FUZZTIME)
 
-## bench: fan-out and idle figures; writes bench.json
-bench: build
-	$(GO) run ./hack/bench -out bench.json
+## bench: fan-out (loopback and tailnet), idle agent, verification sweep, diagnosis; writes bench.json
+bench: build testenv
+	$(GO) run ./hack/tailnetbench -agents $(TAILNET_AGENTS) -rounds $(TAILNET_ROUNDS) -out bench-tailnet.json
+	$(GO) run ./hack/bench -out bench.json -tailnet-json bench-tailnet.json
 
 vet:
 	$(GO) vet ./...
@@ -41,3 +42,4 @@ clean:
 	rm -rf $(BIN)
 
 include hack/testenv.mk
+include hack/tailnet.mk

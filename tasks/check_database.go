@@ -9,13 +9,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
+	r "gopkg.in/rethinkdb/rethinkdb-go.v6"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/guildnet/metaguildnet/messages"
@@ -249,14 +252,14 @@ func checkRethinkDBQuery(ctx context.Context, cx *CheckEnv) Result {
 	}
 	thr := map[string]any{"warn_ms": warn.Milliseconds(), "fail_ms": fail.Milliseconds()}
 	start := time.Now()
-	conn, err := rdbDial(ctx, addr.Address, cx.Setting("RETHINKDB_USER", "admin"), cx.Setting("RETHINKDB_PASS", ""))
+	session, err := rdbConnect(ctx, addr.Address, cx.Setting("RETHINKDB_USER", "admin"), cx.Setting("RETHINKDB_PASS", ""))
 	connectTook := time.Since(start)
 	if err != nil {
 		return Fail("connecting to RethinkDB at %s: %v", addr, err).With(map[string]any{"address": addr.Address}, thr)
 	}
-	defer conn.Close()
+	defer session.Close()
 	start = time.Now()
-	dbs, err := conn.DBList(ctx)
+	dbs, err := rdbDBList(ctx, session)
 	took := time.Since(start)
 	obs := map[string]any{"address": addr.Address, "connect_ms": ms(connectTook), "query_ms": ms(took), "databases": len(dbs)}
 	if err != nil {
@@ -297,4 +300,32 @@ func checkRethinkDBDatabases(ctx context.Context, cx *CheckEnv) Result {
 		return Fail("databases missing: %s", strings.Join(missing, ", ")).With(obs, thr)
 	}
 	return Pass("all %d configured databases present", len(want)).With(obs, thr)
+}
+
+var rdbQuiet sync.Once
+
+// rdbConnect opens a session with the real rethinkdb-go driver (V1_0
+// handshake, SCRAM-SHA-256), bounded by ctx's deadline.
+func rdbConnect(ctx context.Context, address, user, password string) (*r.Session, error) {
+	rdbQuiet.Do(func() { r.Log.SetOutput(io.Discard) }) // the driver logs through logrus to stderr
+	timeout := 5 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		timeout = max(time.Until(d), time.Millisecond)
+	}
+	return r.Connect(r.ConnectOpts{Address: address, Username: user, Password: password,
+		Timeout: timeout, ReadTimeout: timeout, WriteTimeout: timeout, InitialCap: 1, MaxOpen: 1})
+}
+
+// rdbDBList runs r.DBList(), as GuildNet's host app does to ping RethinkDB.
+func rdbDBList(ctx context.Context, s *r.Session) ([]string, error) {
+	cur, err := r.DBList().Run(s, r.RunOpts{Context: ctx})
+	if err != nil {
+		return nil, err
+	}
+	defer cur.Close()
+	var dbs []string
+	if err := cur.All(&dbs); err != nil {
+		return nil, err
+	}
+	return dbs, nil
 }

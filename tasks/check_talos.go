@@ -3,13 +3,7 @@ package tasks
 // L2 Talos checks, cluster-scoped, through the talos machinery client (mTLS
 // gRPC to apid on :50000). They look only when setting TALOSCONFIG names a
 // talosconfig; otherwise they pass as not applicable.
-//
-// The client (gRPC, every Talos API's protobufs) costs an agent about 9 MiB
-// of resident memory from package initialisation alone, which the agent's
-// 20 MiB idle budget cannot carry. So the checks are always in the catalog
-// (their names are a contract) but their implementation, in
-// check_talos_client.go, is built only with the build tag mgn_talos; an
-// agent built without it reports them unknown when TALOSCONFIG is set.
+// The client side lives in check_talos_client.go.
 
 import (
 	"context"

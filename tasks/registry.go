@@ -29,6 +29,18 @@ func (r *Registry) Lookup(kind string) (Task, bool) {
 	return t, ok
 }
 
+// With returns a copy of r in which t replaces the task of its kind (or is
+// added). The agent uses it to give verify the LocalAPI of its own tsnet
+// node.
+func (r *Registry) With(t Task) *Registry {
+	m := make(map[string]Task, len(r.m)+1)
+	for k, v := range r.m {
+		m[k] = v
+	}
+	m[t.Kind()] = t
+	return &Registry{m: m}
+}
+
 // Kinds lists the registered kinds, sorted.
 func (r *Registry) Kinds() []string {
 	ks := make([]string, 0, len(r.m))

@@ -59,6 +59,9 @@ type idle struct {
 type output struct {
 	Fanout    []fanout       `json:"fanout"`
 	AgentIdle idle           `json:"agent_idle"`
+	Verify    *sweep         `json:"verify_sweep,omitempty"`
+	Diagnose  *diagScan      `json:"diagnose_scan,omitempty"`
+	Tailnet   any            `json:"tailnet,omitempty"`
 	Extra     map[string]any `json:"extra,omitempty"`
 	Machine   string         `json:"machine"`
 	Date      string         `json:"date"`
@@ -71,6 +74,8 @@ func main() {
 	idleFor := flag.Duration("idle", 60*time.Second, "how long the real agent idles")
 	cpuProfile := flag.String("cpuprofile", "", "write this process's CPU profile (the simulated agents) here")
 	ctlProfile := flag.String("ctlprofile", "", "write the controller's CPU profile of the largest fan-out here")
+	worldAgents := flag.Int("world-agents", 100, "agents for the verification sweep against the test world (0 skips)")
+	tailnetJSON := flag.String("tailnet-json", "", "merge this tailnet fan-out result (from hack/tailnetbench) into the output")
 	flag.Parse()
 	log.SetFlags(0)
 
@@ -177,6 +182,23 @@ func main() {
 	for _, c := range agents {
 		c()
 	}
+	if *worldAgents > 0 {
+		sw, ds, cleanup := worldBench(cli, info.NATSURL, tok.Token, work, *worldAgents, 5)
+		res.Verify, res.Diagnose = sw, ds
+		cleanup()
+		if sw != nil {
+			log.Printf("verify sweep, %d agents against the test world: p50 %.0f ms, max %.0f ms (%d checks); diagnose one node: p50 %.0f ms, max %.0f ms",
+				sw.Agents, sw.P50MS, sw.MaxMS, sw.Checks, ds.P50MS, ds.MaxMS)
+		}
+	}
+	if *tailnetJSON != "" {
+		if b, err := os.ReadFile(*tailnetJSON); err == nil {
+			var v any
+			if json.Unmarshal(b, &v) == nil {
+				res.Tailnet = v
+			}
+		}
+	}
 	res.AgentIdle = <-idleRes
 	res.Machine = machine()
 	res.Date = time.Now().UTC().Format(time.RFC3339)
@@ -187,6 +209,12 @@ func main() {
 		fmt.Printf("%-8d %10.1f %10.1f %14.1f %14.1f %12.0f %18.1f\n", f.Agents, f.P50MS, f.P99MS, f.FloorP50MS, f.FloorP99MS, f.ResultsPerS, f.ControllerKiBPerAgent)
 	}
 	fmt.Printf("\nidle agent (real process, %.0f s): RSS %.1f MiB, CPU %.3f%% of a core\n", res.AgentIdle.Seconds, res.AgentIdle.RSSMiB, res.AgentIdle.CPUPercent)
+	if res.Verify != nil {
+		fmt.Printf("verification sweep (L1-L4 + host, %d agents, test world): p50 %.0f ms, max %.0f ms, %d checks (target < 3000 ms)\n",
+			res.Verify.Agents, res.Verify.P50MS, res.Verify.MaxMS, res.Verify.Checks)
+		fmt.Printf("diagnose one node (verification + collectors + analysis): p50 %.0f ms, max %.0f ms (target < 1000 ms)\n",
+			res.Diagnose.P50MS, res.Diagnose.MaxMS)
+	}
 	b, _ := json.MarshalIndent(res, "", "  ")
 	if err := os.WriteFile(*out, append(b, '\n'), 0o644); err != nil {
 		log.Fatal(err)

@@ -19,6 +19,7 @@ import (
 	"github.com/guildnet/metaguildnet/internal/tailnet"
 	"github.com/guildnet/metaguildnet/internal/tlspin"
 	"github.com/guildnet/metaguildnet/messages"
+	"github.com/guildnet/metaguildnet/tasks"
 )
 
 // Tailnet modes for TailnetConfig.Mode.
@@ -148,6 +149,10 @@ func (a *Agent) startTailnet(ctx context.Context) (stop func(), err error) {
 		a.cfg.NATSOptions = append(a.cfg.NATSOptions, nats.SetCustomDialer(tsnetDialer{node}), nats.SkipHostLookup())
 	}
 	a.tn = ts
+	// The network checks ask the tailscaled this agent actually uses.
+	if lc, ok := ts.lc.(tasks.LocalAPI); ok {
+		a.cfg.Tasks = a.cfg.Tasks.With(tasks.Verify{Tailscale: lc})
+	}
 	// The enrollment carries what is known before the first probe.
 	f := messages.TailnetFacts{Mode: mode, Hostname: tc.Hostname, Path: messages.PathUnknown}
 	if ts.node != nil {

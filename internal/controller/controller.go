@@ -63,7 +63,7 @@ type Options struct {
 	RulesFile string
 	// Pprof serves /debug/pprof on the HTTP address.
 	Pprof bool
-	Log       *zap.Logger
+	Log   *zap.Logger
 }
 
 func (o *Options) setDefaults() {

@@ -1,0 +1,97 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+// A journal survives a restart: that is what keeps a task from running
+// twice and an unsent result from being lost.
+func TestFileJournalSurvivesReopen(t *testing.T) {
+	dir := t.TempDir()
+	j, err := OpenFileJournal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dl := time.Now().Add(time.Hour)
+	j.Put(Entry{TaskID: "t1", Deadline: dl})
+	j.Put(Entry{TaskID: "t2", Deadline: dl, Done: true, Result: &messages.Result{V: 1, TaskID: "t2", Outcome: messages.OutcomeOK}})
+	j.Put(Entry{TaskID: "t3", Deadline: time.Now().Add(-48 * time.Hour), Done: true, Sent: true})
+	if err := j.Put(Entry{TaskID: "../escape"}); err == nil {
+		t.Fatal("a task id that is a path was accepted")
+	}
+	os.WriteFile(filepath.Join(dir, "garbage.json"), []byte("{not json"), 0o600)
+
+	j2, err := OpenFileJournal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, ok := j2.Get("t1"); !ok || e.Done {
+		t.Fatalf("t1 after reopen: %+v %v", e, ok)
+	}
+	unsent := j2.Unsent()
+	if len(unsent) != 1 || unsent[0].TaskID != "t2" || unsent[0].Result.Outcome != messages.OutcomeOK {
+		t.Fatalf("unsent after reopen: %+v", unsent)
+	}
+	j2.Prune(time.Now().Add(-24 * time.Hour))
+	if _, ok := j2.Get("t3"); ok {
+		t.Fatal("old sent entry not pruned")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "t3.json")); !os.IsNotExist(err) {
+		t.Fatalf("pruned entry's file: %v", err)
+	}
+}
+
+func rssFileKiB(t *testing.T) int {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Skip("no /proc")
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "RssFile:"); ok {
+			var v int
+			for _, f := range strings.Fields(rest) {
+				if n, err := parseInt(f); err == nil {
+					v = n
+					break
+				}
+			}
+			return v
+		}
+	}
+	t.Skip("no RssFile in /proc/self/status")
+	return 0
+}
+
+func parseInt(s string) (int, error) {
+	n := 0
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return 0, os.ErrInvalid
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, nil
+}
+
+// releaseStartupPages drops clean pages of the binary from the resident
+// set, and the process keeps working (they fault back in).
+func TestReleaseStartupPages(t *testing.T) {
+	before := rssFileKiB(t)
+	if !releaseStartupPages() {
+		t.Skip("madvise(MADV_PAGEOUT) not supported here")
+	}
+	after := rssFileKiB(t)
+	if after >= before {
+		t.Fatalf("RssFile %d KiB -> %d KiB: nothing released", before, after)
+	}
+	// Code that was paged out still runs.
+	if _, err := OpenFileJournal(t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+}
