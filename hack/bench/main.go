@@ -363,7 +363,6 @@ func machine() string {
 	return fmt.Sprintf("%s, %d cores, linux %s", model, runtime.NumCPU(), strings.TrimSpace(string(n)))
 }
 
-
 func maxSize(sizes string) int {
 	m := 0
 	for _, s := range strings.Split(sizes, ",") {
