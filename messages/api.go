@@ -12,10 +12,16 @@ const (
 	StateOffline = "offline"
 )
 
-// StatusRequest asks for the fleet view.
+// StatusRequest asks for the fleet view, a page at a time: a fleet of
+// thousands of nodes does not fit in one message.
 type StatusRequest struct {
-	V int `json:"v"`
+	V      int `json:"v"`
+	Offset int `json:"offset,omitempty"`
+	Limit  int `json:"limit,omitempty"` // default and maximum MaxPage
 }
+
+// MaxPage bounds the rows of one status or task report page.
+const MaxPage = 500
 
 // NodeStatus is one row of the fleet view.
 type NodeStatus struct {
@@ -53,6 +59,10 @@ type StatusReply struct {
 	Nodes             []NodeStatus  `json:"nodes"`
 	Summary           StatusSummary `json:"summary"`
 	HeartbeatInterval string        `json:"heartbeat_interval"`
+	// Total is the number of nodes; NextOffset the offset of the next page
+	// (0 when this is the last one). Summary always counts the whole fleet.
+	Total      int `json:"total,omitempty"`
+	NextOffset int `json:"next_offset,omitempty"`
 }
 
 // RunRequest issues a task to the nodes a selector picks.
@@ -81,6 +91,9 @@ type TaskWaitRequest struct {
 	V      int    `json:"v"`
 	TaskID string `json:"task_id"`
 	Wait   string `json:"wait,omitempty"` // Go duration, at most 30s
+	// Offset and Limit page the result rows (default and maximum MaxPage).
+	Offset int `json:"offset,omitempty"`
+	Limit  int `json:"limit,omitempty"`
 }
 
 // NodeResult is one row of a task report.
@@ -104,6 +117,10 @@ type TaskReport struct {
 	Deadline time.Time    `json:"deadline"`
 	Done     bool         `json:"done"`
 	Results  []NodeResult `json:"results"`
+	// Total is the number of targeted nodes; NextOffset the offset of the
+	// next page of Results (0 when this is the last one).
+	Total      int `json:"total,omitempty"`
+	NextOffset int `json:"next_offset,omitempty"`
 }
 
 // TokenCreateRequest asks for a join token.

@@ -244,8 +244,20 @@ func (s *SyncReply) Validate() error {
 func (e *ErrorReply) Validate() error { return checkVersion(e.V) }
 func (e *Event) Validate() error      { return checkVersion(e.V) }
 
-func (s *StatusRequest) Validate() error { return checkVersion(s.V) }
-func (s *StatusReply) Validate() error   { return checkVersion(s.V) }
+func (s *StatusRequest) Validate() error {
+	if err := checkVersion(s.V); err != nil {
+		return err
+	}
+	return validPage(s.Offset, s.Limit)
+}
+
+func validPage(offset, limit int) error {
+	if offset < 0 || limit < 0 {
+		return fmt.Errorf("offset and limit: must not be negative")
+	}
+	return nil
+}
+func (s *StatusReply) Validate() error { return checkVersion(s.V) }
 
 func (r *RunRequest) Validate() error {
 	if err := checkVersion(r.V); err != nil {
@@ -280,7 +292,7 @@ func (r *TaskWaitRequest) Validate() error {
 			return fmt.Errorf("wait: %q is not a duration between 0 and 30s", r.Wait)
 		}
 	}
-	return nil
+	return validPage(r.Offset, r.Limit)
 }
 
 func (r *TaskReport) Validate() error { return checkVersion(r.V) }
@@ -359,3 +371,17 @@ func (r *DiagnoseRequest) Validate() error {
 }
 
 func (r *DiagnoseReply) Validate() error { return checkVersion(r.V) }
+
+// Page clamps an offset and limit to [0, total) and MaxPage, returning the
+// slice bounds and the next offset (0 at the end).
+func Page(offset, limit, total int) (lo, hi, next int) {
+	if limit <= 0 || limit > MaxPage {
+		limit = MaxPage
+	}
+	lo = min(max(offset, 0), total)
+	hi = min(lo+limit, total)
+	if hi < total {
+		next = hi
+	}
+	return lo, hi, next
+}

@@ -256,13 +256,25 @@ func (d *dispatcher) lookup(ctx context.Context, node, id string) (messages.Node
 	return nodeResult(node, r), true
 }
 
+// keepDone is how long a finished task stays in memory. Its results reach
+// the controller through the live subscription before the stream has
+// stored them, so reports of a task that just finished must come from
+// memory, not from the stream.
+const keepDone = 2 * time.Minute
+
 func (d *dispatcher) completeLocked(ts *taskState) {
 	if ts.timer != nil {
 		ts.timer.Stop()
 	}
 	id := ts.rec.Task.ID
-	delete(d.tasks, id)
 	close(ts.done)
+	time.AfterFunc(keepDone, func() {
+		d.mu.Lock()
+		if d.tasks[id] == ts {
+			delete(d.tasks, id)
+		}
+		d.mu.Unlock()
+	})
 	d.met.observeTask(time.Since(ts.rec.Task.IssuedAt))
 	rec := ts.rec
 	rec.Done = true

@@ -574,3 +574,43 @@ func TestDataDirLock(t *testing.T) {
 		t.Fatalf("second controller on one data dir: %v", err)
 	}
 }
+
+// Large fleets are read page by page: neither the fleet view nor a task
+// report has to fit in one message.
+func TestPaging(t *testing.T) {
+	f := newFleet(t, nil)
+	tok := f.token(true, "1h")
+	for _, n := range []string{"n1", "n2", "n3"} {
+		f.runAgent(f.agentCfg(n, "a", tok))
+	}
+	f.waitOnline("n1", "n2", "n3")
+	rep := f.run(messages.RunRequest{Target: "all", Kind: "ping"})
+	nc := f.cli.Conn()
+	var names []string
+	for off := 0; ; {
+		m, err := nc.Request(messages.APISubject(messages.APIStatus), messages.MustEncode(&messages.StatusRequest{V: 1, Offset: off, Limit: 1}), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := messages.Decode[messages.StatusReply](m.Data, 0)
+		if err != nil || len(st.Nodes) != 1 || st.Total != 3 || st.Summary.Online != 3 {
+			t.Fatalf("page at %d: %+v %v", off, st, err)
+		}
+		names = append(names, st.Nodes[0].Name)
+		if st.NextOffset == 0 {
+			break
+		}
+		off = st.NextOffset
+	}
+	if strings.Join(names, ",") != "n1,n2,n3" {
+		t.Fatalf("pages: %v", names)
+	}
+	m, err := nc.Request(messages.APISubject(messages.APITaskWait), messages.MustEncode(&messages.TaskWaitRequest{V: 1, TaskID: rep.TaskID, Offset: 2, Limit: 1}), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := messages.Decode[messages.TaskReport](m.Data, 0)
+	if err != nil || len(tr.Results) != 1 || tr.Results[0].Node != "n3" || tr.Total != 3 || tr.NextOffset != 0 {
+		t.Fatalf("task page: %+v %v", tr, err)
+	}
+}

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"time"
 
@@ -20,8 +21,14 @@ func (c *Controller) reply(m *nats.Msg, kind string, v messages.Message, err err
 		c.met.refused(kind, messages.CodeOf(err))
 		v = &messages.ErrorReply{V: messages.Version, Error: err.Error(), Code: messages.CodeOf(err)}
 	}
-	if perr := m.Respond(messages.MustEncode(v)); perr != nil {
-		c.log.Debug("reply", zap.String("subject", m.Subject), zap.Error(perr))
+	b := messages.MustEncode(v)
+	if len(b) > c.opts.MaxMessageBytes {
+		c.met.refused(kind, messages.CodeTooLarge)
+		b = messages.MustEncode(&messages.ErrorReply{V: messages.Version, Code: messages.CodeTooLarge,
+			Error: fmt.Sprintf("reply of %d bytes exceeds the message limit of %d bytes", len(b), c.opts.MaxMessageBytes)})
+	}
+	if perr := m.Respond(b); perr != nil {
+		c.log.Warn("reply", zap.String("subject", m.Subject), zap.Error(perr))
 	}
 }
 
@@ -123,10 +130,14 @@ func (c *Controller) api(ctx context.Context, verb string, data []byte) (message
 	max := c.opts.MaxMessageBytes
 	switch verb {
 	case messages.APIStatus:
-		if _, err := messages.Decode[messages.StatusRequest](data, max); err != nil {
+		req, err := messages.Decode[messages.StatusRequest](data, max)
+		if err != nil {
 			return nil, err
 		}
 		st := c.reg.status(time.Now().UTC())
+		st.Total = len(st.Nodes)
+		lo, hi, next := messages.Page(req.Offset, req.Limit, st.Total)
+		st.Nodes, st.NextOffset = st.Nodes[lo:hi], next
 		for i := range st.Nodes {
 			st.Nodes[i].Layers, st.Nodes[i].LastVerified = c.ver.layersOf(st.Nodes[i].Name)
 		}
@@ -148,7 +159,13 @@ func (c *Controller) api(ctx context.Context, verb string, data []byte) (message
 			wait, _ = time.ParseDuration(req.Wait)
 		}
 		rep, err := c.disp.report(ctx, req.TaskID, wait)
-		return &rep, err
+		if err != nil {
+			return nil, err
+		}
+		rep.Total = len(rep.Results)
+		lo, hi, next := messages.Page(req.Offset, req.Limit, rep.Total)
+		rep.Results, rep.NextOffset = rep.Results[lo:hi], next
+		return &rep, nil
 	case messages.APITokenCreate:
 		req, err := messages.Decode[messages.TokenCreateRequest](data, max)
 		if err != nil {

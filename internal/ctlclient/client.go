@@ -78,8 +78,22 @@ func call[T any, PT interface {
 	return messages.Decode[T, PT](m.Data, 64<<20)
 }
 
+// Status returns the whole fleet view, reading it page by page.
 func (c *Client) Status(ctx context.Context) (messages.StatusReply, error) {
-	return call[messages.StatusReply](ctx, c, messages.APIStatus, &messages.StatusRequest{V: messages.Version})
+	var all messages.StatusReply
+	for off := 0; ; {
+		page, err := call[messages.StatusReply](ctx, c, messages.APIStatus, &messages.StatusRequest{V: messages.Version, Offset: off})
+		if err != nil {
+			return all, err
+		}
+		nodes := append(all.Nodes, page.Nodes...)
+		all = page
+		all.Nodes = nodes
+		if page.NextOffset == 0 || page.NextOffset <= off {
+			return all, nil
+		}
+		off = page.NextOffset
+	}
 }
 
 func (c *Client) Run(ctx context.Context, req messages.RunRequest) (messages.RunReply, error) {
@@ -87,9 +101,22 @@ func (c *Client) Run(ctx context.Context, req messages.RunRequest) (messages.Run
 	return call[messages.RunReply](ctx, c, messages.APIRun, &req)
 }
 
-// Report returns a task's report, waiting up to wait for it to finish.
+// Report returns a task's report, waiting up to wait for it to finish; the
+// rows are read page by page.
 func (c *Client) Report(ctx context.Context, id string, wait time.Duration) (messages.TaskReport, error) {
-	return call[messages.TaskReport](ctx, c, messages.APITaskWait, &messages.TaskWaitRequest{V: messages.Version, TaskID: id, Wait: wait.String()})
+	rep, err := call[messages.TaskReport](ctx, c, messages.APITaskWait, &messages.TaskWaitRequest{V: messages.Version, TaskID: id, Wait: wait.String()})
+	for off := rep.NextOffset; err == nil && off > 0; off = rep.NextOffset {
+		var page messages.TaskReport
+		page, err = call[messages.TaskReport](ctx, c, messages.APITaskWait, &messages.TaskWaitRequest{V: messages.Version, TaskID: id, Offset: off})
+		if err == nil {
+			if page.NextOffset != 0 && page.NextOffset <= off {
+				page.NextOffset = 0
+			}
+			page.Results = append(rep.Results, page.Results...)
+			rep = page
+		}
+	}
+	return rep, err
 }
 
 // Wait polls the task until it is done or ctx ends. It survives a controller
@@ -98,7 +125,7 @@ func (c *Client) Wait(ctx context.Context, id string) (messages.TaskReport, erro
 	var last messages.TaskReport
 	for {
 		rctx, cancel := context.WithTimeout(ctx, 12*time.Second)
-		rep, err := call[messages.TaskReport](rctx, c, messages.APITaskWait, &messages.TaskWaitRequest{V: messages.Version, TaskID: id, Wait: "10s"})
+		rep, err := c.Report(rctx, id, 10*time.Second)
 		cancel()
 		if err == nil {
 			last = rep
