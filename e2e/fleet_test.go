@@ -1,7 +1,12 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
 	"strings"
 	"testing"
 	"time"
@@ -140,4 +145,50 @@ func TestAgentKilledMidTaskDoesNotRerun(t *testing.T) {
 	if r := rep.Results[0]; r.Outcome != messages.OutcomeUnknown || r.Reason != messages.ReasonOffline || !strings.Contains(string(r.Output), "not run twice") {
 		t.Fatalf("interrupted task: %+v %s", r, r.Output)
 	}
+}
+
+// verify --watch verifies again and again until interrupted; report --last
+// shows the newest report.
+func TestVerifyWatchAndReport(t *testing.T) {
+	w := newWorld(t)
+	tok := w.token()
+	w.agent("n1", "a", tok)
+	eventually(t, 20*time.Second, "online", func() bool { return w.state("n1") == messages.StateOnline })
+	var out syncBuffer
+	cmd := exec.Command(filepath.Join(binDir, "controller"), "verify", "--data-dir", w.data, "--watch", "--every", "200ms", "--layer", "host")
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "two sweeps", func() bool { return strings.Count(out.String(), "Verification ") >= 2 })
+	cmd.Process.Signal(os.Interrupt)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("verify --watch after an interrupt: %v\n%s", err, out.String())
+	}
+	rep, code := cli(t, "report", "--last", "--data-dir", w.data, "--json")
+	var r struct {
+		OverallStatus string `json:"overall_status"`
+		Layers        []struct{ Name string }
+	}
+	if err := json.Unmarshal([]byte(rep), &r); err != nil || r.OverallStatus == "" || len(r.Layers) != 1 || r.Layers[0].Name != "host" {
+		t.Fatalf("report --last: exit %d %s", code, rep)
+	}
+}
+
+// syncBuffer is a bytes.Buffer a process writes while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -614,3 +614,58 @@ func TestPaging(t *testing.T) {
 		t.Fatalf("task page: %+v %v", tr, err)
 	}
 }
+
+// Continuous monitoring: sweeps run by themselves, each lands in the report
+// history, layer changes are announced, and /metrics carries the layers.
+func TestSweepsRunByThemselves(t *testing.T) {
+	f := newFleet(t, func(o *controller.Options) { o.SweepInterval = 300 * time.Millisecond })
+	events := make(chan messages.Event, 64)
+	sub, err := f.cli.Conn().Subscribe(messages.EventSubject("layer_state"), func(m *nats.Msg) {
+		if ev, err := messages.Decode[messages.Event](m.Data, 0); err == nil {
+			events <- ev
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	tok := f.token(true, "1h")
+	cfg := f.agentCfg("n1", "a", tok)
+	// Only what this machine surely has: the host layer, thresholds that
+	// cannot trip.
+	cfg.Settings = map[string]string{"METAGN_HOST_CPU_WARN_PCT": "100", "METAGN_HOST_CPU_FAIL_PCT": "100",
+		"METAGN_HOST_MEM_WARN_PCT": "100", "METAGN_HOST_MEM_FAIL_PCT": "100", "METAGN_HOST_DISK_WARN_PCT": "100", "METAGN_HOST_DISK_FAIL_PCT": "100"}
+	f.runAgent(cfg)
+	f.waitOnline("n1")
+	ctx := context.Background()
+	var first messages.Report
+	eventually(t, 30*time.Second, "a sweep's report", func() bool {
+		r, err := f.cli.LastReport(ctx)
+		first = r
+		return err == nil
+	})
+	eventually(t, 30*time.Second, "a later sweep", func() bool {
+		r, err := f.cli.LastReport(ctx)
+		return err == nil && r.Timestamp.After(first.Timestamp)
+	})
+	// Every layer is announced the first time it is not healthy (here the
+	// network layer: no tailscaled on a test machine).
+	select {
+	case ev := <-events:
+		if ev.Layer == "" || ev.To == "" || ev.From == "" {
+			t.Fatalf("event %+v", ev)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no layer_state event")
+	}
+	st, err := f.cli.Status(ctx)
+	if err != nil || st.Nodes[0].Layers["host"] != messages.Healthy || st.Nodes[0].LastVerified.IsZero() {
+		t.Fatalf("status layers: %+v %v", st.Nodes, err)
+	}
+	m := scrape(t, f)
+	for _, want := range []string{`mgn_layer_status{layer="host",status="healthy"} 1`, `mgn_checks{layer="host",status="pass"} 3`, "mgn_verify_duration_seconds_count", `mgn_check_duration_seconds_bucket{layer="host"`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
