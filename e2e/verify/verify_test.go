@@ -10,7 +10,6 @@ import (
 	"compress/gzip"
 	"context"
 	"io"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -162,21 +161,10 @@ func (w *world) startAgent(name, cluster, role string, extra map[string]string) 
 	w.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	var routes []netip.Prefix
-	if extra["METAGN_ROUTER"] == "true" {
-		for _, r := range strings.Split(extra["TS_ROUTES"], ",") {
-			routes = append(routes, netip.MustParsePrefix(r))
-		}
-	}
 	srv, _, err := testenv.StartTSNet(ctx, testenv.TSNetOptions{ControlURL: w.hs.URL(), AuthKey: w.authKey,
-		Hostname: name, Dir: filepath.Join(w.dir, "ts-"+name), AdvertiseRoutes: routes, AcceptRoutes: true})
+		Hostname: name, Dir: filepath.Join(w.dir, "ts-"+name), AcceptRoutes: true})
 	if err != nil {
 		w.t.Fatal(err)
-	}
-	if len(routes) > 0 {
-		if err := w.approve(ctx, name, extra["TS_ROUTES"]); err != nil {
-			w.t.Fatal(err)
-		}
 	}
 	w.t.Cleanup(func() { srv.Close() })
 	lc, err := srv.LocalClient()
@@ -209,20 +197,6 @@ func (w *world) startAgent(name, cluster, role string, extra map[string]string) 
 	go func() { defer close(ra.done); a.Run(actx) }()
 	w.agents[name] = ra
 	w.t.Cleanup(func() { w.stopAgent(name) })
-}
-
-// approve approves a node's routes on Headscale (none: the "route
-// unapproved" fault).
-func (w *world) approve(ctx context.Context, name, routes string) error {
-	n, err := w.hs.NodeByName(ctx, name)
-	if err != nil {
-		return err
-	}
-	var cidrs []string
-	if routes != "" {
-		cidrs = strings.Split(routes, ",")
-	}
-	return w.hs.ApproveRoutes(ctx, n.ID, cidrs...)
 }
 
 func (w *world) stopAgent(name string) {
