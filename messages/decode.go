@@ -325,16 +325,8 @@ func (r *VerifyRequest) Validate() error {
 	if err := checkVersion(r.V); err != nil {
 		return err
 	}
-	if r.Node != "" {
-		if err := ValidNodeName(r.Node); err != nil {
-			return fmt.Errorf("node: %w", err)
-		}
-	}
-	if err := optionalName("cluster", r.Cluster); err != nil {
+	if err := validNodeOrCluster(r.Node, r.Cluster); err != nil {
 		return err
-	}
-	if r.Node != "" && r.Cluster != "" {
-		return fmt.Errorf("node and cluster: give one or neither")
 	}
 	for _, l := range r.Layers {
 		if err := ValidClusterName(l); err != nil {
@@ -356,16 +348,8 @@ func (r *DiagnoseRequest) Validate() error {
 	if err := checkVersion(r.V); err != nil {
 		return err
 	}
-	if r.Node != "" {
-		if err := ValidNodeName(r.Node); err != nil {
-			return fmt.Errorf("node: %w", err)
-		}
-	}
-	if err := optionalName("cluster", r.Cluster); err != nil {
+	if err := validNodeOrCluster(r.Node, r.Cluster); err != nil {
 		return err
-	}
-	if r.Node != "" && r.Cluster != "" {
-		return fmt.Errorf("node and cluster: give one or neither")
 	}
 	return nil
 }
@@ -384,4 +368,20 @@ func Page(offset, limit, total int) (lo, hi, next int) {
 		next = hi
 	}
 	return lo, hi, next
+}
+
+// validNodeOrCluster checks an optional node-or-cluster selection.
+func validNodeOrCluster(node, cluster string) error {
+	if node != "" {
+		if err := ValidNodeName(node); err != nil {
+			return fmt.Errorf("node: %w", err)
+		}
+	}
+	if err := optionalName("cluster", cluster); err != nil {
+		return err
+	}
+	if node != "" && cluster != "" {
+		return fmt.Errorf("node and cluster: give one or neither")
+	}
+	return nil
 }
