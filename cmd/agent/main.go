@@ -65,6 +65,7 @@ func runCmd() *cobra.Command {
 			defer log.Sync()
 			cfg.Log = log.With()
 			cfg.Version = Version
+			cfg.TrimMemory = true
 			cfg.Settings = tasks.Settings(vals.Settings())
 			cfg.Tasks = tasks.Builtin()
 			a, err := agent.New(cfg)

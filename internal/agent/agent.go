@@ -52,6 +52,10 @@ type Config struct {
 	// FaultTaskDelay delays the start of every task (fault injection for
 	// tests: a slow agent).
 	FaultTaskDelay time.Duration
+	// TrimMemory makes the agent return start-up pages and freed heap to
+	// the kernel when idle (see trimMemory). It is a process-wide action:
+	// the agent binary sets it; many agents in one process must not.
+	TrimMemory bool
 	// NATSOptions are appended to the connection options (custom dialer
 	// for the tailnet, TLS, ...).
 	NATSOptions []nats.Option
@@ -183,7 +187,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Add(2)
 	go func() { defer wg.Done(); a.heartbeats(ctx) }()
 	go func() { defer wg.Done(); a.outbox(ctx) }()
-	go a.trimMemory(ctx)
+	if a.cfg.TrimMemory {
+		go a.trimMemory(ctx)
+	}
 	<-ctx.Done()
 	wg.Wait()
 	a.nc.Drain()
