@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/guildnet/metaguildnet/internal/ctlclient"
+	"github.com/guildnet/metaguildnet/internal/poll"
 	"github.com/guildnet/metaguildnet/messages"
 )
 
@@ -31,7 +32,7 @@ func TestCLIContract(t *testing.T) {
 	w.agent("n1", "a", tok)
 	w.agent("n2", "a", tok)
 	w.agent("n3", "b", tok)
-	eventually(t, 20*time.Second, "3 online", func() bool { return w.status().Summary["online"] == 3 })
+	poll.Until(t, 20*time.Second, "3 online", func() bool { return w.status().Summary["online"] == 3 })
 
 	out, code := cli(t, "run", "--data-dir", w.data, "--target", "all", "ping", "--json")
 	var r runOut
@@ -68,7 +69,7 @@ func TestControllerKilledMidTask(t *testing.T) {
 	tok := w.token()
 	w.agent("n1", "a", tok)
 	w.agent("n2", "b", tok)
-	eventually(t, 20*time.Second, "2 online", func() bool { return w.status().Summary["online"] == 2 })
+	poll.Until(t, 20*time.Second, "2 online", func() bool { return w.status().Summary["online"] == 2 })
 
 	c, err := ctlclient.Dial(w.data)
 	if err != nil {
@@ -97,7 +98,7 @@ func TestControllerKilledMidTask(t *testing.T) {
 			t.Errorf("%s: %s %s: a result was lost across the restart", r.Node, r.Outcome, r.Reason)
 		}
 	}
-	eventually(t, 20*time.Second, "agents back online", func() bool { return w.status().Summary["online"] == 2 })
+	poll.Until(t, 20*time.Second, "agents back online", func() bool { return w.status().Summary["online"] == 2 })
 }
 
 // kill -9 of an agent: its node goes stale, then offline; a restarted agent
@@ -106,15 +107,15 @@ func TestAgentKilled(t *testing.T) {
 	w := newWorld(t)
 	tok := w.token()
 	a := w.agent("n1", "a", tok)
-	eventually(t, 20*time.Second, "online", func() bool { return w.state("n1") == messages.StateOnline })
+	poll.Until(t, 20*time.Second, "online", func() bool { return w.state("n1") == messages.StateOnline })
 	a.kill()
-	eventually(t, 10*time.Second, "stale", func() bool { return w.state("n1") == messages.StateStale })
-	eventually(t, 10*time.Second, "offline", func() bool { return w.state("n1") == messages.StateOffline })
+	poll.Until(t, 10*time.Second, "stale", func() bool { return w.state("n1") == messages.StateStale })
+	poll.Until(t, 10*time.Second, "offline", func() bool { return w.state("n1") == messages.StateOffline })
 	if _, code := cli(t, "status", "--data-dir", w.data); code != 1 {
 		t.Errorf("status with an offline node: exit %d, want 1", code)
 	}
 	w.agent("n1", "a", "")
-	eventually(t, 20*time.Second, "online again", func() bool { return w.state("n1") == messages.StateOnline })
+	poll.Until(t, 20*time.Second, "online again", func() bool { return w.state("n1") == messages.StateOnline })
 }
 
 // kill -9 of an agent mid-task: the redelivered task is not run twice.
@@ -122,7 +123,7 @@ func TestAgentKilledMidTaskDoesNotRerun(t *testing.T) {
 	w := newWorld(t)
 	tok := w.token()
 	a := w.agent("n1", "a", tok)
-	eventually(t, 20*time.Second, "online", func() bool { return w.state("n1") == messages.StateOnline })
+	poll.Until(t, 20*time.Second, "online", func() bool { return w.state("n1") == messages.StateOnline })
 	c, err := ctlclient.Dial(w.data)
 	if err != nil {
 		t.Fatal(err)
@@ -132,7 +133,7 @@ func TestAgentKilledMidTaskDoesNotRerun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "task running", func() bool {
+	poll.Until(t, 10*time.Second, "task running", func() bool {
 		st, _ := c.Status(t.Context())
 		return len(st.Nodes) == 1 && len(st.Nodes[0].Running) == 1
 	})
@@ -153,14 +154,14 @@ func TestVerifyWatchAndReport(t *testing.T) {
 	w := newWorld(t)
 	tok := w.token()
 	w.agent("n1", "a", tok)
-	eventually(t, 20*time.Second, "online", func() bool { return w.state("n1") == messages.StateOnline })
+	poll.Until(t, 20*time.Second, "online", func() bool { return w.state("n1") == messages.StateOnline })
 	var out syncBuffer
 	cmd := exec.Command(filepath.Join(binDir, "controller"), "verify", "--data-dir", w.data, "--watch", "--every", "200ms", "--layer", "host")
 	cmd.Stdout = &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "two sweeps", func() bool { return strings.Count(out.String(), "Verification ") >= 2 })
+	poll.Until(t, 30*time.Second, "two sweeps", func() bool { return strings.Count(out.String(), "Verification ") >= 2 })
 	cmd.Process.Signal(os.Interrupt)
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("verify --watch after an interrupt: %v\n%s", err, out.String())

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/guildnet/metaguildnet/internal/poll"
 	"github.com/guildnet/metaguildnet/internal/runinfo"
 )
 
@@ -94,17 +95,6 @@ func cli(t *testing.T, args ...string) (string, int) {
 	return out.String(), code
 }
 
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // world is a controller process and its data dir.
 type world struct {
 	t      *testing.T
@@ -129,7 +119,7 @@ func (w *world) startController() {
 	w.ctl = start(w.t, "controller", "serve", "--data-dir", w.data, "--listen", w.listen, "--http", "",
 		"--heartbeat-interval", "200ms")
 	var info runinfo.Info
-	eventually(w.t, 20*time.Second, "controller up", func() bool {
+	poll.Until(w.t, 20*time.Second, "controller up", func() bool {
 		var err error
 		info, err = runinfo.Read(w.data)
 		return err == nil

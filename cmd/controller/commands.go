@@ -107,6 +107,20 @@ func dial(dataDir string) (*ctlclient.Client, error) {
 	return c, nil
 }
 
+// session loads the layered configuration, then connects to the
+// controller of *dataDir (read after loading: METAGN_DATA_DIR may set it).
+// done closes the connection and the context.
+func session(cmd *cobra.Command, dataDir *string, timeout time.Duration) (c *ctlclient.Client, ctx context.Context, done func(), err error) {
+	if _, err := cli.LoadConfig(cmd); err != nil {
+		return nil, nil, nil, err
+	}
+	if c, err = dial(*dataDir); err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+	return c, ctx, func() { cancel(); c.Close() }, nil
+}
+
 // apiErr maps an API failure to an exit code: refusals of the request are
 // usage errors (2), and so is an unreachable controller.
 func apiErr(err error) error {
@@ -173,16 +187,11 @@ func statusCmd() *cobra.Command {
 		Short: "Show the fleet: nodes by cluster, their state and heartbeat age",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if _, err := cli.LoadConfig(cmd); err != nil {
-				return err
-			}
-			c, err := dial(dataDir)
+			c, ctx, done, err := session(cmd, &dataDir, time.Minute)
 			if err != nil {
 				return err
 			}
-			defer c.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
-			defer cancel()
+			defer done()
 			st, err := c.Status(ctx)
 			if err != nil {
 				return apiErr(err)
@@ -289,16 +298,11 @@ func nodesCmd() *cobra.Command {
 		Short: "Revoke a node at once: its connection is closed and it cannot reconnect",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, pos []string) error {
-			if _, err := cli.LoadConfig(cmd); err != nil {
-				return err
-			}
-			c, err := dial(dataDir)
+			c, ctx, done, err := session(cmd, &dataDir, 10*time.Second)
 			if err != nil {
 				return err
 			}
-			defer c.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
-			defer cancel()
+			defer done()
 			rep, err := c.NodesRemove(ctx, pos[0])
 			if err != nil {
 				return apiErr(err)
@@ -390,19 +394,14 @@ func reportCmd() *cobra.Command {
 		Short: "Show the newest verification report (from `verify` or the continuous sweeps)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if _, err := cli.LoadConfig(cmd); err != nil {
-				return err
-			}
 			if !last {
 				return cli.Fail(cli.ExitUsage, errors.New("say which report: --last"))
 			}
-			c, err := dial(dataDir)
+			c, ctx, done, err := session(cmd, &dataDir, 30*time.Second)
 			if err != nil {
 				return err
 			}
-			defer c.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-			defer cancel()
+			defer done()
 			rep, err := c.LastReport(ctx)
 			if err != nil {
 				return apiErr(err)

@@ -59,17 +59,6 @@ func tailnetUser(t *testing.T, ctx context.Context, h *testenv.Headscale, name s
 	return u, key
 }
 
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // inProcAgent is a real agent in this process.
 type inProcAgent struct {
 	a    *agent.Agent

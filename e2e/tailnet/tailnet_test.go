@@ -13,6 +13,7 @@ import (
 
 	"github.com/guildnet/metaguildnet/internal/agent"
 	"github.com/guildnet/metaguildnet/internal/controller"
+	"github.com/guildnet/metaguildnet/internal/poll"
 	"github.com/guildnet/metaguildnet/internal/runinfo"
 	"github.com/guildnet/metaguildnet/messages"
 )
@@ -70,7 +71,7 @@ func TestFleetOverTailnet(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	eventually(t, 2*time.Minute, "three agents online over the tailnet", func() bool { return onlineCount(status(t, cli), names...) == 3 })
+	poll.Until(t, 2*time.Minute, "three agents online over the tailnet", func() bool { return onlineCount(status(t, cli), names...) == 3 })
 	t.Logf("3 agents joined the tailnet, enrolled and online in %v", time.Since(t0).Round(time.Millisecond))
 
 	t.Run("tasks run over the tailnet", func(t *testing.T) {
@@ -110,7 +111,7 @@ func TestFleetOverTailnet(t *testing.T) {
 
 	t.Run("tailnet facts in status --json", func(t *testing.T) {
 		var st messages.StatusReply
-		eventually(t, 30*time.Second, "every node reports a measured path", func() bool {
+		poll.Until(t, 30*time.Second, "every node reports a measured path", func() bool {
 			out, _ := cliRun(t, "status", "--data-dir", data, "--json")
 			st = messages.StatusReply{}
 			if json.Unmarshal([]byte(out), &st) != nil {
@@ -154,7 +155,7 @@ func TestFleetOverTailnet(t *testing.T) {
 		if err := h.DeleteNode(ctx, node.ID); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, time.Minute, "tn-a3 offline", func() bool {
+		poll.Until(t, time.Minute, "tn-a3 offline", func() bool {
 			n, _ := nodeState(status(t, cli), "tn-a3")
 			return n.State == messages.StateOffline
 		})
@@ -185,7 +186,7 @@ func TestRestartRejoins(t *testing.T) {
 		os.Remove(filepath.Join(data, "controller.json")) // a kill -9 leaves it behind
 		p := startProc(t, "controller", env, "serve", "--tailnet", "--ts-hostname", "ctl-restart", "--data-dir", data,
 			"--http", "", "--heartbeat-interval", hb.String(), "--sweep-interval", "-1s")
-		eventually(t, 90*time.Second, "controller up", func() bool { _, err := runinfo.Read(data); return err == nil })
+		poll.Until(t, 90*time.Second, "controller up", func() bool { _, err := runinfo.Read(data); return err == nil })
 		return p
 	}
 	t0 := time.Now()
@@ -219,7 +220,7 @@ func TestRestartRejoins(t *testing.T) {
 		json.Unmarshal([]byte(out), &st)
 		return onlineCount(st, names...)
 	}
-	eventually(t, 2*time.Minute, "two agent processes online", func() bool { return online() == 2 })
+	poll.Until(t, 2*time.Minute, "two agent processes online", func() bool { return online() == 2 })
 	t.Logf("controller + 2 agent processes online in %v", time.Since(t0).Round(time.Millisecond))
 	for _, addr := range listeningTCP(t) {
 		if natsAnswers(addr) {
@@ -240,7 +241,7 @@ func TestRestartRejoins(t *testing.T) {
 	for _, n := range names {
 		procs[n] = run(n, false)
 	}
-	eventually(t, 2*time.Minute, "both agents online again after the restart", func() bool { return online() == 2 })
+	poll.Until(t, 2*time.Minute, "both agents online again after the restart", func() bool { return online() == 2 })
 	t.Logf("after kill -9 of all: rejoined from stored state and online in %v", time.Since(t0).Round(time.Millisecond))
 	for _, p := range procs {
 		if strings.Contains(p.output(), key) {
@@ -286,7 +287,7 @@ func TestListenOnHostTailscaled(t *testing.T) {
 			StateDir: filepath.Join(dir, "host-a1"), Version: "test",
 			Tailnet: agent.TailnetConfig{Mode: agent.TailnetHost, TailscaledSocket: sock, ProbeEvery: 200 * time.Millisecond}})
 		var n messages.NodeStatus
-		eventually(t, 30*time.Second, "host-a1 online with a measured path", func() bool {
+		poll.Until(t, 30*time.Second, "host-a1 online with a measured path", func() bool {
 			n, _ = nodeState(status(t, cli), "host-a1")
 			return n.State == messages.StateOnline && n.Tailnet != nil && n.Tailnet.Path == messages.PathDERP
 		})
@@ -302,7 +303,7 @@ func TestListenOnHostTailscaled(t *testing.T) {
 		a := startAgent(t, agent.Config{Name: "auto-a2", ControllerURL: c.Info().NATSURL, Token: token(t, cli),
 			StateDir: filepath.Join(dir, "auto-a2"), Version: "test",
 			Tailnet: agent.TailnetConfig{Mode: agent.TailnetAuto, TailscaledSocket: sock}})
-		eventually(t, 30*time.Second, "auto-a2 online", func() bool { return onlineCount(status(t, cli), "auto-a2") == 1 })
+		poll.Until(t, 30*time.Second, "auto-a2 online", func() bool { return onlineCount(status(t, cli), "auto-a2") == 1 })
 		if tf := a.a.TailnetFacts(); tf != nil {
 			t.Fatalf("tailnet facts %s for a loopback controller", fmtFacts(tf))
 		}

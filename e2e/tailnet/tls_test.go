@@ -15,6 +15,7 @@ import (
 
 	"github.com/guildnet/metaguildnet/internal/agent"
 	"github.com/guildnet/metaguildnet/internal/controller"
+	"github.com/guildnet/metaguildnet/internal/poll"
 	"github.com/guildnet/metaguildnet/internal/runinfo"
 	"github.com/guildnet/metaguildnet/internal/tlspin"
 	"github.com/guildnet/metaguildnet/messages"
@@ -55,15 +56,15 @@ func TestTLSPinnedCA(t *testing.T) {
 	t.Run("pinned agent enrolls, and reconnects with the stored pin", func(t *testing.T) {
 		state := filepath.Join(dir, "good")
 		a := startAgent(t, agent.Config{Name: "tls-good", ControllerURL: url, Token: tok, StateDir: state, Version: "test"})
-		eventually(t, 30*time.Second, "tls-good online", func() bool { return onlineCount(status(t, cli), "tls-good") == 1 })
+		poll.Until(t, 30*time.Second, "tls-good online", func() bool { return onlineCount(status(t, cli), "tls-good") == 1 })
 		a.stop()
 		if b, err := os.ReadFile(filepath.Join(state, "controller-ca.pin")); err != nil || strings.TrimSpace(string(b)) != pin {
 			t.Fatalf("stored pin: %q, %v", b, err)
 		}
 		// Restarted with no token: only the stored pin verifies the server.
-		eventually(t, 30*time.Second, "tls-good no longer online", func() bool { return onlineCount(status(t, cli), "tls-good") == 0 })
+		poll.Until(t, 30*time.Second, "tls-good no longer online", func() bool { return onlineCount(status(t, cli), "tls-good") == 0 })
 		startAgent(t, agent.Config{Name: "tls-good", ControllerURL: url, StateDir: state, Version: "test"})
-		eventually(t, 30*time.Second, "tls-good online again", func() bool { return onlineCount(status(t, cli), "tls-good") == 1 })
+		poll.Until(t, 30*time.Second, "tls-good online again", func() bool { return onlineCount(status(t, cli), "tls-good") == 1 })
 	})
 
 	t.Run("forged CA refused", func(t *testing.T) {

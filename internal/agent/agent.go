@@ -83,6 +83,13 @@ type Agent struct {
 	ready chan struct{} // closed once nc and js are set
 	taskCounter
 
+	// base is the parent of every task's context; Run cancels it on the
+	// way out and waits for the tasks (tasksWG), so nothing writes the
+	// journal after Run has returned.
+	base       context.Context
+	cancelBase context.CancelFunc
+	tasksWG    sync.WaitGroup
+
 	mu      sync.Mutex
 	running map[string]bool
 	kick    chan struct{} // wakes the outbox
@@ -134,6 +141,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: cfg.Log, sem: make(chan struct{}, cfg.MaxConcurrent),
 		running: map[string]bool{}, kick: make(chan struct{}, 1), ready: make(chan struct{})}
 	a.interval.Store(int64(5 * time.Second))
+	a.base, a.cancelBase = context.WithCancel(context.Background())
 	var err error
 	if a.kp, err = loadIdentity(cfg.StateDir); err != nil {
 		return nil, err
@@ -191,6 +199,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		go a.trimMemory(ctx)
 	}
 	<-ctx.Done()
+	a.cancelBase()
+	a.tasksWG.Wait()
 	wg.Wait()
 	a.nc.Drain()
 	return nil
@@ -459,6 +469,7 @@ func (a *Agent) handle(t messages.Task) {
 	if err := a.jrnl.Put(Entry{TaskID: t.ID, Deadline: t.Deadline}); err != nil {
 		a.log.Warn("journal", zap.Error(err))
 	}
+	a.tasksWG.Add(1)
 	go a.run(t, task)
 }
 
@@ -479,17 +490,24 @@ func (a *Agent) ackLater(ctx context.Context, id string) {
 }
 
 func (a *Agent) run(t messages.Task, task tasks.Task) {
+	defer a.tasksWG.Done()
 	defer func() {
 		a.mu.Lock()
 		delete(a.running, t.ID)
 		a.mu.Unlock()
 	}()
-	ctx, cancel := context.WithDeadline(context.Background(), t.Deadline)
+	ctx, cancel := context.WithDeadline(a.base, t.Deadline)
 	defer cancel()
+	// A task cut short because the agent stops leaves its journal entry as
+	// started: after a restart it is reported as interrupted, not run again.
+	interrupted := func() bool { return a.base.Err() != nil && time.Now().Before(t.Deadline) }
 	select {
 	case a.sem <- struct{}{}:
 		defer func() { <-a.sem }()
 	case <-ctx.Done():
+		if interrupted() {
+			return
+		}
 		a.finish(t, time.Time{}, messages.Result{Outcome: messages.OutcomeUnknown, Reason: messages.ReasonTimedOut,
 			Output: errOutput("waited for a free task slot until the deadline")})
 		return
@@ -507,6 +525,9 @@ func (a *Agent) run(t messages.Task, task tasks.Task) {
 	env := &tasks.Env{Node: a.cfg.Name, Cluster: a.cfg.Cluster, Role: a.cfg.Role, Labels: a.cfg.Labels,
 		Version: a.cfg.Version, Log: a.log.Named(t.Kind), Settings: a.cfg.Settings}
 	out, err := safeRun(ctx, task, env, t.Args)
+	if interrupted() {
+		return
+	}
 	r := messages.Result{Outcome: out.Outcome, Reason: out.Reason}
 	switch {
 	case ctx.Err() != nil && (err != nil || out.Outcome == ""):

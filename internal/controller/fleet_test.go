@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/guildnet/metaguildnet/internal/controller"
+	"github.com/guildnet/metaguildnet/internal/poll"
 	"github.com/guildnet/metaguildnet/messages"
 )
 
@@ -167,7 +168,7 @@ func TestEnrollmentAndPermissions(t *testing.T) {
 	a2 := f.runAgent(f.agentCfg("n2", "a", tok))
 	f.waitOnline("n2")
 	a2.stop()
-	eventually(t, 10*time.Second, "n2 offline", func() bool { return f.state("n2") == messages.StateOffline })
+	poll.Until(t, 10*time.Second, "n2 offline", func() bool { return f.state("n2") == messages.StateOffline })
 
 	errs := make(chan error, 16)
 	nc, err := connectAs(t, url, filepath.Join(a1.cfg.StateDir, "identity.seed"), errs, nats.CustomInboxPrefix("_INBOX_n1"))
@@ -315,8 +316,8 @@ func TestLivenessStaleThenOffline(t *testing.T) {
 	})
 	defer sub.Unsubscribe()
 	a.stop()
-	eventually(t, 5*time.Second, "stale", func() bool { return f.state("n1") == messages.StateStale })
-	eventually(t, 5*time.Second, "offline", func() bool { return f.state("n1") == messages.StateOffline })
+	poll.Until(t, 5*time.Second, "stale", func() bool { return f.state("n1") == messages.StateStale })
+	poll.Until(t, 5*time.Second, "offline", func() bool { return f.state("n1") == messages.StateOffline })
 	for _, want := range []string{"online->stale", "stale->offline"} {
 		select {
 		case got := <-events:
@@ -366,7 +367,7 @@ func TestStoreAndForward(t *testing.T) {
 	a := f.runAgent(cfg)
 	f.waitOnline("n1")
 	a.stop()
-	eventually(t, 5*time.Second, "offline", func() bool { return f.state("n1") == messages.StateOffline })
+	poll.Until(t, 5*time.Second, "offline", func() bool { return f.state("n1") == messages.StateOffline })
 	ctx := context.Background()
 
 	// Issued while n1 is offline, n1 returns before the deadline: it runs.
@@ -430,7 +431,7 @@ func TestSlowAgentDoesNotDelayOthers(t *testing.T) {
 	}
 	// The fast nodes' outcomes are in while the slow one is still pending.
 	var rep messages.TaskReport
-	eventually(t, 10*time.Second, "fast results", func() bool {
+	poll.Until(t, 10*time.Second, "fast results", func() bool {
 		rep, _ = f.cli.Report(ctx, run.TaskID, 0)
 		r := byNode(rep)
 		return r["fast1"].Outcome == "ok" && r["fast2"].Outcome == "ok"
@@ -486,7 +487,7 @@ func TestBadInputIsRefusedAndCounted(t *testing.T) {
 	defer raw.Close()
 	raw.Publish(messages.HeartbeatSubject("n1"), []byte(`{"v":1,"cluster":"Not Valid"}`))
 	raw.Flush()
-	eventually(t, 5*time.Second, "refused heartbeat counted", func() bool {
+	poll.Until(t, 5*time.Second, "refused heartbeat counted", func() bool {
 		return strings.Contains(scrape(t, f), `mgn_messages_refused_total{kind="heartbeat",reason="bad_request"} 1`)
 	})
 
@@ -494,11 +495,11 @@ func TestBadInputIsRefusedAndCounted(t *testing.T) {
 	// controller gets a rejected outcome for the id it could read.
 	nc.Publish(messages.TaskSubject("n1"), []byte(`{"v":2,"id":"tbadversion","kind":"ping"}`))
 	nc.Publish(messages.TaskSubject("n1"), []byte(`\x00\x01 binary`))
-	eventually(t, 5*time.Second, "agent refusals", func() bool { return a1.a.Refused() == 2 })
+	poll.Until(t, 5*time.Second, "agent refusals", func() bool { return a1.a.Refused() == 2 })
 	js, _ := jetstream.New(nc)
 	s, _ := js.Stream(context.Background(), messages.ResultsStream)
 	var got messages.Result
-	eventually(t, 5*time.Second, "rejected result stored", func() bool {
+	poll.Until(t, 5*time.Second, "rejected result stored", func() bool {
 		m, err := s.GetLastMsgForSubject(context.Background(), messages.ResultSubject("n1", "tbadversion"))
 		if err != nil {
 			return false
@@ -639,12 +640,12 @@ func TestSweepsRunByThemselves(t *testing.T) {
 	f.waitOnline("n1")
 	ctx := context.Background()
 	var first messages.Report
-	eventually(t, 30*time.Second, "a sweep's report", func() bool {
+	poll.Until(t, 30*time.Second, "a sweep's report", func() bool {
 		r, err := f.cli.LastReport(ctx)
 		first = r
 		return err == nil
 	})
-	eventually(t, 30*time.Second, "a later sweep", func() bool {
+	poll.Until(t, 30*time.Second, "a later sweep", func() bool {
 		r, err := f.cli.LastReport(ctx)
 		return err == nil && r.Timestamp.After(first.Timestamp)
 	})

@@ -13,6 +13,7 @@ import (
 	"github.com/guildnet/metaguildnet/internal/agent"
 	"github.com/guildnet/metaguildnet/internal/controller"
 	"github.com/guildnet/metaguildnet/internal/ctlclient"
+	"github.com/guildnet/metaguildnet/internal/poll"
 	"github.com/guildnet/metaguildnet/messages"
 	"github.com/guildnet/metaguildnet/tasks"
 )
@@ -122,18 +123,6 @@ func (ta *testAgent) stop() {
 	ta.done <- nil // let a second stop return at once
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func (f *fleet) state(name string) string {
 	st, err := f.cli.Status(context.Background())
 	if err != nil {
@@ -150,7 +139,7 @@ func (f *fleet) state(name string) string {
 func (f *fleet) waitOnline(names ...string) {
 	f.t.Helper()
 	for _, n := range names {
-		eventually(f.t, 15*time.Second, n+" online", func() bool { return f.state(n) == messages.StateOnline })
+		poll.Until(f.t, 15*time.Second, n+" online", func() bool { return f.state(n) == messages.StateOnline })
 	}
 }
 
