@@ -65,7 +65,8 @@ step "three agents: n1, n2 in cluster alpha; n3 in cluster beta"
 for spec in n1:alpha:controlplane n2:alpha:worker n3:beta:controlplane; do
   IFS=: read -r name cluster role <<<"$spec"
   "$BIN/agent" run --controller "$URL" --token "$TOKEN" --name "$name" --cluster "$cluster" \
-    --role "$role" --label demo=true --state-dir "$WORK/$name" --log-format json >"$WORK/$name.log" 2>&1 &
+    --role "$role" --label demo=true --state-dir "$WORK/$name" --log-format json \
+    --tailnet=off >"$WORK/$name.log" 2>&1 &  # on the host: never a tailnet node here (the world's env carries TS_AUTHKEY)
   pids+=($!)
 done
 for _ in $(seq 100); do
@@ -73,7 +74,7 @@ for _ in $(seq 100); do
   [[ "$online" == 3 ]] && break
   sleep 0.2
 done
-[[ "${online:-0}" == 3 ]] || { echo "agents did not come online"; tail -5 "$WORK"/n*.log; exit 1; }
+[[ "${online:-0}" == 3 ]] || { echo "agents did not come online"; tail -n 5 "$WORK"/n*.log; exit 1; }
 
 step "controller run --target all ping"
 "$BIN/controller" run --data-dir "$DATA" --target all ping
