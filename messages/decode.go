@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -54,12 +55,12 @@ func Decode[T any, PT interface {
 	if len(data) > max {
 		return v, Errorf(CodeTooLarge, "message of %d bytes exceeds the limit of %d bytes", len(data), max)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&v); err != nil {
+	// json.Unmarshal refuses trailing data after the value too.
+	if err := json.Unmarshal(data, &v); err != nil {
+		if strings.Contains(err.Error(), "after top-level value") {
+			return v, Errorf(CodeBadRequest, "decode %T: trailing data after the JSON object", v)
+		}
 		return v, Errorf(CodeBadRequest, "decode %T: %v", v, err)
-	}
-	if dec.More() {
-		return v, Errorf(CodeBadRequest, "decode %T: trailing data after the JSON object", v)
 	}
 	if err := PT(&v).Validate(); err != nil {
 		var e *Error

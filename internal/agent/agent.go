@@ -479,16 +479,6 @@ func (a *Agent) handle(t messages.Task) {
 // skip it and a fan-out costs one message less per node.
 const ackAfter = 250 * time.Millisecond
 
-func (a *Agent) ackLater(ctx context.Context, id string) {
-	t := time.NewTimer(ackAfter)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-		a.nc.Publish(messages.AckSubject(a.cfg.Name), messages.MustEncode(&messages.Ack{V: messages.Version, TaskID: id, Started: true}))
-	}
-}
-
 func (a *Agent) run(t messages.Task, task tasks.Task) {
 	defer a.tasksWG.Done()
 	defer func() {
@@ -513,9 +503,10 @@ func (a *Agent) run(t messages.Task, task tasks.Task) {
 		return
 	}
 	start := time.Now()
-	actx, stopAck := context.WithCancel(ctx)
-	defer stopAck()
-	go a.ackLater(actx, t.ID)
+	ack := time.AfterFunc(ackAfter, func() {
+		a.nc.Publish(messages.AckSubject(a.cfg.Name), messages.MustEncode(&messages.Ack{V: messages.Version, TaskID: t.ID, Started: true}))
+	})
+	defer ack.Stop()
 	if d := a.cfg.FaultTaskDelay; d > 0 {
 		select {
 		case <-time.After(d):
