@@ -414,6 +414,14 @@ func (v *verifier) sweeps(stop <-chan struct{}, every time.Duration, perLayer ma
 	}
 	tick := time.NewTicker(min(tickEvery, time.Second*5))
 	defer tick.Stop()
+	// A sweep in progress ends with the controller: Close waits for this
+	// goroutine, and must not wait for a sweep's deadline.
+	base, cancelBase := context.WithCancel(context.Background())
+	defer cancelBase()
+	go func() {
+		<-stop
+		cancelBase()
+	}()
 	first := time.Now().Add(min(every, 10*time.Second)) // let agents connect after a start
 	for _, l := range layers {
 		next[l] = first
@@ -436,11 +444,13 @@ func (v *verifier) sweeps(stop <-chan struct{}, every time.Duration, perLayer ma
 			if len(due) == len(layers) {
 				due = nil // all of them, custom layers included
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			ctx, cancel := context.WithTimeout(base, 5*time.Minute)
 			rep, id, err := v.run(ctx, messages.VerifyRequest{V: messages.Version, Layers: due})
 			cancel()
 			if err != nil {
-				v.log.Warn("sweep", zap.Error(err))
+				if base.Err() == nil {
+					v.log.Warn("sweep", zap.Error(err))
+				}
 				continue
 			}
 			v.log.Debug("sweep", zap.String("report", id), zap.String("overall", rep.OverallStatus), zap.Int64("duration_ms", rep.DurationMS))
