@@ -64,18 +64,33 @@ func runInNetNS(argv []string) (int, error) {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(), NetNSEnv+"=1")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET, Pdeathsig: syscall.SIGKILL}
+	code, err := RunForwardingSignals(cmd)
+	if err != nil && cmd.Process == nil {
+		return 0, fmt.Errorf("start %s in a new network namespace: %w", exe, err)
+	}
+	if err != nil {
+		return 1, nil
+	}
+	return code, nil
+}
+
+// RunForwardingSignals starts cmd, passes the signals a person or a test
+// runner sends (INT, TERM, QUIT, HUP) on to it, and returns its exit code
+// (128+N when a signal N ended it). err is set when cmd could not be run
+// or waited for.
+func RunForwardingSignals(cmd *exec.Cmd) (int, error) {
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	if err := cmd.Start(); err != nil {
-		return 0, fmt.Errorf("start %s in a new network namespace: %w", exe, err)
+		return 0, fmt.Errorf("start %s: %w", cmd.Path, err)
 	}
 	go func() {
 		for s := range sigs {
 			_ = cmd.Process.Signal(s)
 		}
 	}()
-	err = cmd.Wait()
+	err := cmd.Wait()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
@@ -84,7 +99,7 @@ func runInNetNS(argv []string) (int, error) {
 		return ee.ExitCode(), nil
 	}
 	if err != nil {
-		return 1, nil
+		return 0, err
 	}
 	return 0, nil
 }
