@@ -99,6 +99,34 @@ func TestControllerKilledMidTask(t *testing.T) {
 		}
 	}
 	poll.Until(t, 20*time.Second, "agents back online", func() bool { return w.status().Summary["online"] == 2 })
+
+	// kill -9 the moment a task is done: its results may be in memory
+	// only, not yet stored. The restarted controller still reports them
+	// (from the store, or sent again by the agents, which keep each result
+	// until it is stored).
+	run, err = c.Run(t.Context(), messages.RunRequest{Target: "all", Kind: "ping"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := c.Wait(t.Context(), run.TaskID); err != nil || !rep.Done {
+		t.Fatalf("ping: %+v %v", rep, err)
+	}
+	w.ctl.kill()
+	w.startController()
+	c2, err := ctlclient.Dial(w.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	rep, err = c2.Wait(t.Context(), run.TaskID)
+	if err != nil || !rep.Done {
+		t.Fatalf("wait after the second restart: %+v %v", rep, err)
+	}
+	for _, r := range rep.Results {
+		if r.Outcome != messages.OutcomeOK {
+			t.Errorf("%s: %s %s: a result was lost when the controller died right after the task", r.Node, r.Outcome, r.Reason)
+		}
+	}
 }
 
 // kill -9 of an agent: its node goes stale, then offline; a restarted agent

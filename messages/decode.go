@@ -55,8 +55,9 @@ func Decode[T any, PT interface {
 	if len(data) > max {
 		return v, Errorf(CodeTooLarge, "message of %d bytes exceeds the limit of %d bytes", len(data), max)
 	}
-	// json.Unmarshal refuses trailing data after the value too.
-	if err := json.Unmarshal(data, &v); err != nil {
+	if f, ok := any(&v).(fastDecoder); ok && f.decodeFast(data) {
+		// The plain form (see fast.go); validated below like any other.
+	} else if err := json.Unmarshal(data, &v); err != nil { // refuses trailing data too
 		if strings.Contains(err.Error(), "after top-level value") {
 			return v, Errorf(CodeBadRequest, "decode %T: trailing data after the JSON object", v)
 		}
@@ -73,11 +74,18 @@ func Decode[T any, PT interface {
 }
 
 // Encode marshals a payload. It exists so both sides encode one way.
-func Encode(m Message) ([]byte, error) { return json.Marshal(m) }
+func Encode(m Message) ([]byte, error) {
+	if f, ok := m.(fastEncoder); ok {
+		if b, ok := f.appendJSON(make([]byte, 0, 256)); ok {
+			return b, nil
+		}
+	}
+	return json.Marshal(m)
+}
 
 // MustEncode is Encode for values built in code, which cannot fail.
 func MustEncode(m Message) []byte {
-	b, err := json.Marshal(m)
+	b, err := Encode(m)
 	if err != nil {
 		// Only reachable with unsupported values (channels, NaN), which no
 		// payload type holds.
@@ -228,7 +236,42 @@ func (e *EnrollReply) Validate() error {
 	return ValidNodeName(e.Name)
 }
 
-func (s *SyncRequest) Validate() error { return checkVersion(s.V) }
+func (s *SyncRequest) Validate() error {
+	if err := checkVersion(s.V); err != nil {
+		return err
+	}
+	if len(s.Results) > MaxSyncResults {
+		return fmt.Errorf("results: more than %d task ids", MaxSyncResults)
+	}
+	for i, id := range s.Results {
+		if err := ValidTaskID(id); err != nil {
+			return fmt.Errorf("results[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+func (b *ResultBatch) Validate() error {
+	if err := checkVersion(b.V); err != nil {
+		return err
+	}
+	if err := ValidTaskID(b.TaskID); err != nil {
+		return fmt.Errorf("task_id: %w", err)
+	}
+	for i := range b.Results {
+		r := &b.Results[i]
+		if err := r.Validate(); err != nil {
+			return fmt.Errorf("results[%d]: %w", i, err)
+		}
+		if r.TaskID != b.TaskID {
+			return fmt.Errorf("results[%d]: task_id %q in a batch for %q", i, r.TaskID, b.TaskID)
+		}
+		if err := ValidNodeName(r.Node); err != nil {
+			return fmt.Errorf("results[%d]: node: %w", i, err)
+		}
+	}
+	return nil
+}
 
 func (s *SyncReply) Validate() error {
 	if err := checkVersion(s.V); err != nil {
@@ -237,6 +280,14 @@ func (s *SyncReply) Validate() error {
 	for i := range s.Tasks {
 		if err := s.Tasks[i].Validate(); err != nil {
 			return fmt.Errorf("tasks[%d]: %w", i, err)
+		}
+	}
+	if len(s.Settled) > MaxSyncResults {
+		return fmt.Errorf("settled: more than %d task ids", MaxSyncResults)
+	}
+	for i, id := range s.Settled {
+		if err := ValidTaskID(id); err != nil {
+			return fmt.Errorf("settled[%d]: %w", i, err)
 		}
 	}
 	return nil

@@ -12,10 +12,10 @@
 //	subject                     publisher   payload            notes
 //	mgn.enroll.PUBKEY           new agent   EnrollRequest      request; reply EnrollReply or ErrorReply
 //	mgn.hb.NODE                 agent       Heartbeat          every interval (default 5 s)
-//	mgn.sync.NODE               agent       SyncRequest        request on every (re)connect; reply SyncReply
+//	mgn.sync.NODE               agent       SyncRequest        request on every (re)connect and while results wait to be settled; reply SyncReply
 //	mgn.task.NODE               controller  Task               live push of one task to one node
 //	mgn.ack.NODE                agent       Ack                the agent started (or refused) a task
-//	mgn.res.NODE.TASKID         agent       Result             stored in JetStream stream MGN_RESULTS
+//	mgn.res.NODE                agent       Result             one per task; kept in the agent's journal until settled
 //	mgn.api.VERB                operator    API request types  admin only; reply is the matching response or ErrorReply
 //	mgn.evt.KIND                controller  Event              state changes (node online/stale/offline, ...)
 //
@@ -48,7 +48,8 @@
 //	KV mgn_tokens         sha256(token) -> expiry, reusable, used (never the token)
 //	KV mgn_tasks_open     task id -> task and targets, while open
 //	KV mgn_tasks          task id -> task and targets, for the retention period
-//	stream MGN_RESULTS    mgn.res.NODE.TASKID, one message per subject (first wins)
+//	stream MGN_RESULTS    mgn.results.TASKID: ResultBatch messages written by the controller only
+//	                      (batched; for each node the first stored outcome wins)
 //	objects mgn_reports   verification reports
 //	objects mgn_diagnoses diagnoses
 //

@@ -50,6 +50,13 @@ func FuzzDecodeResult(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) { roundTrip[Result](t, b) })
 }
 
+func FuzzDecodeResultBatch(f *testing.F) {
+	seed(f, `{"v":1,"task_id":"t1","results":[{"v":1,"task_id":"t1","node":"n1","outcome":"ok","duration_ms":3}]}`,
+		`{"v":1,"task_id":"t1","results":[{"v":1,"task_id":"t2","node":"n1","outcome":"ok"}]}`,
+		`{"v":1,"task_id":"t1","results":[{"v":1,"task_id":"t1","node":"all","outcome":"ok"}]}`)
+	f.Fuzz(func(t *testing.T, b []byte) { roundTrip[ResultBatch](t, b) })
+}
+
 func FuzzDecodeHeartbeat(f *testing.F) {
 	seed(f)
 	f.Fuzz(func(t *testing.T, b []byte) { roundTrip[Heartbeat](t, b) })
@@ -64,7 +71,9 @@ func FuzzDecodeEnroll(f *testing.F) {
 }
 
 func FuzzDecodeSyncAndAck(f *testing.F) {
-	seed(f, `{"v":1,"tasks":[{"v":1}]}`, `{"v":1,"task_id":"t1","started":true}`)
+	seed(f, `{"v":1,"tasks":[{"v":1}]}`, `{"v":1,"task_id":"t1","started":true}`,
+		`{"v":1,"results":["t1","t2"]}`, `{"v":1,"tasks":[],"settled":["t1"],"heartbeat_interval":"5s"}`,
+		`{"v":1,"results":["bad id"]}`)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		roundTrip[SyncRequest](t, b)
 		roundTrip[SyncReply](t, b)

@@ -60,6 +60,39 @@ func TestDecodeResult(t *testing.T) {
 	}
 }
 
+func TestDecodeSyncAndBatch(t *testing.T) {
+	many := `"t0"` + strings.Repeat(`,"t0"`, MaxSyncResults)
+	tests := []struct {
+		name    string
+		decode  func([]byte) error
+		in      string
+		wantErr string
+	}{
+		{"sync ok", decodeAs[SyncRequest], `{"v":1,"results":["t1","t2"]}`, ""},
+		{"sync bad id", decodeAs[SyncRequest], `{"v":1,"results":["t1","a.b"]}`, "results[1]"},
+		{"sync too many", decodeAs[SyncRequest], `{"v":1,"results":[` + many + `]}`, "results: more than"},
+		{"reply bad settled", decodeAs[SyncReply], `{"v":1,"tasks":[],"settled":["*"]}`, "settled[0]"},
+		{"batch ok", decodeAs[ResultBatch], `{"v":1,"task_id":"t1","results":[{"v":1,"task_id":"t1","node":"n1","outcome":"ok"}]}`, ""},
+		{"batch other task", decodeAs[ResultBatch], `{"v":1,"task_id":"t1","results":[{"v":1,"task_id":"t2","node":"n1","outcome":"ok"}]}`, "results[0]: task_id"},
+		{"batch no node", decodeAs[ResultBatch], `{"v":1,"task_id":"t1","results":[{"v":1,"task_id":"t1","outcome":"ok"}]}`, "results[0]: node"},
+		{"batch bad result", decodeAs[ResultBatch], `{"v":1,"task_id":"t1","results":[{"v":1,"task_id":"t1","node":"n1","outcome":"unknown"}]}`, "results[0]: reason"},
+	}
+	for _, tt := range tests {
+		err := tt.decode([]byte(tt.in))
+		if (err != nil) != (tt.wantErr != "") || err != nil && !strings.Contains(err.Error(), tt.wantErr) {
+			t.Errorf("%s: err %v, want %q", tt.name, err, tt.wantErr)
+		}
+	}
+}
+
+func decodeAs[T any, PT interface {
+	*T
+	Message
+}](b []byte) error {
+	_, err := Decode[T, PT](b, 0)
+	return err
+}
+
 func TestNames(t *testing.T) {
 	for _, ok := range []string{"n1", "node-a", "a_b", "x"} {
 		if err := ValidNodeName(ok); err != nil {
@@ -74,12 +107,11 @@ func TestNames(t *testing.T) {
 }
 
 func TestSubjects(t *testing.T) {
-	n, id, err := ParseResultSubject(ResultSubject("n1", "t9"))
-	if err != nil || n != "n1" || id != "t9" {
-		t.Fatalf("%s %s %v", n, id, err)
+	if n, err := NodeFromSubject(ResultPrefix, ResultSubject("n1")); err != nil || n != "n1" {
+		t.Fatal(n, err)
 	}
-	for _, bad := range []string{"mgn.res.n1", "mgn.res.n1.t1.x", "mgn.hb.n1.t1", "mgn.res..t"} {
-		if _, _, err := ParseResultSubject(bad); err == nil {
+	for _, bad := range []string{"mgn.res.n1.t1", "mgn.res.", "mgn.hb.n1"} {
+		if _, err := NodeFromSubject(ResultPrefix, bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
 	}

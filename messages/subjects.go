@@ -15,6 +15,7 @@ const (
 	TaskPrefix    = "mgn.task."
 	AckPrefix     = "mgn.ack."
 	ResultPrefix  = "mgn.res."
+	StoredPrefix  = "mgn.results."
 	APIPrefix     = "mgn.api."
 	EventPrefix   = "mgn.evt."
 	InboxPrefix   = "_INBOX_"
@@ -42,8 +43,15 @@ func APISubject(verb string) string       { return APIPrefix + verb }
 func EventSubject(kind string) string     { return EventPrefix + kind }
 func InboxFor(id string) string           { return InboxPrefix + id }
 
-// ResultSubject is where a node publishes its result for one task.
-func ResultSubject(node, taskID string) string { return ResultPrefix + node + "." + taskID }
+// ResultSubject is where a node publishes its results; the task id is in
+// the payload. One subject per node (not per task) lets the server cache
+// the node's publish permission and the controller's interest: a fan-out
+// to thousands of nodes would otherwise miss both caches once per result.
+func ResultSubject(node string) string { return ResultPrefix + node }
+
+// StoredResultsSubject is where the controller stores results for one task
+// (stream MGN_RESULTS, ResultBatch payloads). Agents cannot publish here.
+func StoredResultsSubject(taskID string) string { return StoredPrefix + taskID }
 
 // NodeFromSubject returns the NODE token of a subject that starts with
 // prefix and has exactly one more token (mgn.hb.NODE and the like).
@@ -53,18 +61,6 @@ func NodeFromSubject(prefix, subject string) (string, error) {
 		return "", fmt.Errorf("subject %q: want %sNODE", subject, prefix)
 	}
 	return rest, nil
-}
-
-// ParseResultSubject splits mgn.res.NODE.TASKID.
-func ParseResultSubject(subject string) (node, taskID string, err error) {
-	rest, ok := strings.CutPrefix(subject, ResultPrefix)
-	if ok {
-		node, taskID, ok = strings.Cut(rest, ".")
-	}
-	if !ok || node == "" || taskID == "" || strings.Contains(taskID, ".") {
-		return "", "", fmt.Errorf("subject %q: want %sNODE.TASKID", subject, ResultPrefix)
-	}
-	return node, taskID, nil
 }
 
 // MaxNameLen bounds node, cluster and role names.

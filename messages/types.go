@@ -119,10 +119,17 @@ type EnrollReply struct {
 	MaxMessageBytes   int    `json:"max_message_bytes"`
 }
 
-// SyncRequest asks for the tasks this node still owes a result for.
+// SyncRequest asks for the tasks this node still owes a result for, and
+// which of the results it sent the controller has settled.
 type SyncRequest struct {
 	V int `json:"v"`
+	// Results are the ids of tasks whose result this node sent but has not
+	// seen settled yet (at most MaxSyncResults).
+	Results []string `json:"results,omitempty"`
 }
+
+// MaxSyncResults bounds SyncRequest.Results; an agent with more asks again.
+const MaxSyncResults = 512
 
 // SyncReply carries them.
 type SyncReply struct {
@@ -130,6 +137,19 @@ type SyncReply struct {
 	Tasks []Task `json:"tasks"`
 	// HeartbeatInterval is the interval the controller expects (Go duration).
 	HeartbeatInterval string `json:"heartbeat_interval"`
+	// Settled are those of the request's Results that the controller has
+	// stored durably, or no longer needs (the task is closed or unknown):
+	// the agent forgets them. It sends the others again.
+	Settled []string `json:"settled,omitempty"`
+}
+
+// ResultBatch is how the controller stores results: one message of the
+// MGN_RESULTS stream holds the outcomes of one or more nodes for one task.
+// For each node the first stored outcome wins.
+type ResultBatch struct {
+	V       int      `json:"v"`
+	TaskID  string   `json:"task_id"`
+	Results []Result `json:"results"`
 }
 
 // ErrorReply is the reply to any request that was refused.

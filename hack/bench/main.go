@@ -72,7 +72,9 @@ func main() {
 	sizes := flag.String("sizes", "100,1000,5000", "fleet sizes")
 	bin := flag.String("bin", "bin", "directory with the controller and agent binaries")
 	idleFor := flag.Duration("idle", 60*time.Second, "how long the real agent idles")
-	cpuProfile := flag.String("cpuprofile", "", "write this process's CPU profile (the simulated agents) here")
+	cpuProfile := flag.String("cpuprofile", "", "write this process's CPU profile (the simulated agents) of the largest fan-out's rounds here")
+	roundsFlag := flag.Int("rounds", 0, "measured rounds per fleet size (default 30, 15 from 5,000 agents)")
+	trace := flag.Bool("trace", false, "print every round's time")
 	ctlProfile := flag.String("ctlprofile", "", "write the controller's CPU profile of the largest fan-out here")
 	worldAgents := flag.Int("world-agents", 100, "agents for the verification sweep against the test world (0 skips)")
 	tailnetJSON := flag.String("tailnet-json", "", "merge this tailnet fan-out result (from hack/tailnetbench) into the output")
@@ -85,14 +87,6 @@ func main() {
 	}
 	defer os.RemoveAll(work)
 	data := filepath.Join(work, "controller")
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			log.Fatal(err)
-		}
-		pprof.StartCPUProfile(f)
-		defer pprof.StopCPUProfile()
-	}
 	ctl := exec.Command(filepath.Join(*bin, "controller"), "serve", "--data-dir", data, "--listen", "127.0.0.1:0",
 		"--http", "127.0.0.1:0", "--pprof", "--sweep-interval", "-1s", "--log-level", "warn")
 	ctl.Stderr = os.Stderr
@@ -142,11 +136,21 @@ func main() {
 		if n >= 5000 {
 			rounds = 15
 		}
+		if *roundsFlag > 0 {
+			rounds = *roundsFlag
+		}
 		lat := make([]time.Duration, 0, rounds)
 		var prof chan []byte
 		if *ctlProfile != "" && n == maxSize(*sizes) {
 			prof = make(chan []byte, 1)
 			go func() { prof <- fetch(info.HTTPURL + "/debug/pprof/profile?seconds=5") }()
+		}
+		var simProf *os.File
+		if *cpuProfile != "" && n == maxSize(*sizes) {
+			if simProf, err = os.Create(*cpuProfile); err != nil {
+				log.Fatal(err)
+			}
+			pprof.StartCPUProfile(simProf)
 		}
 		for r := 0; r < rounds+2; r++ {
 			t := time.Now()
@@ -164,9 +168,16 @@ func main() {
 					log.Fatalf("%s: %s %s", x.Node, x.Outcome, x.Reason)
 				}
 			}
+			if *trace {
+				log.Printf("%s round %d: %.1f ms", time.Now().Format("15:04:05.000"), r, ms(d))
+			}
 			if r >= 2 { // two warm-up rounds
 				lat = append(lat, d)
 			}
+		}
+		if simProf != nil {
+			pprof.StopCPUProfile()
+			simProf.Close()
 		}
 		if prof != nil {
 			os.WriteFile(*ctlProfile, <-prof, 0o644)

@@ -2,8 +2,8 @@
 // token, then connects with its own NKey identity, sends heartbeats with
 // the node's facts, receives tasks (live, and on every reconnect by asking
 // for what it still owes), runs them from the task registry with their
-// deadlines, and stores each result in the controller's JetStream, keeping
-// it on disk until the store acknowledged it.
+// deadlines, and publishes each result, keeping it in its journal until a
+// later sync says the controller has stored it.
 package agent
 
 import (
@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 	"go.uber.org/zap"
 
@@ -47,6 +46,9 @@ type Config struct {
 	MaxMessageBytes int
 	// FactsEvery is how often heartbeats carry full facts (default 60s).
 	FactsEvery time.Duration
+	// SettleEvery is how often the agent asks which of its sent results
+	// the controller has stored, while some wait (default 5s; see outbox).
+	SettleEvery time.Duration
 	// Journal overrides the on-disk task journal (simulated agents).
 	Journal Journal
 	// FaultTaskDelay delays the start of every task (fault injection for
@@ -71,7 +73,6 @@ type Agent struct {
 	kp   nkeys.KeyPair
 	pub  string
 	nc   *nats.Conn
-	js   jetstream.JetStream
 	jrnl Journal
 	sem  chan struct{}
 
@@ -80,7 +81,7 @@ type Agent struct {
 	seq       atomic.Uint64
 	refused   atomic.Uint64 // malformed tasks refused
 
-	ready chan struct{} // closed once nc and js are set
+	ready chan struct{} // closed once nc is set
 	taskCounter
 
 	// base is the parent of every task's context; Run cancels it on the
@@ -92,8 +93,10 @@ type Agent struct {
 
 	mu      sync.Mutex
 	running map[string]bool
-	kick    chan struct{} // wakes the outbox
+	sentAt  map[string]time.Time // results published and not yet settled
+	kick    chan struct{}        // wakes the outbox
 	facts   messages.Facts
+	syncMu  sync.Mutex // one sync at a time
 
 	tn *tailnetState // nil when not on the tailnet
 }
@@ -138,8 +141,11 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.FactsEvery <= 0 {
 		cfg.FactsEvery = time.Minute
 	}
+	if cfg.SettleEvery <= 0 {
+		cfg.SettleEvery = 5 * time.Second
+	}
 	a := &Agent{cfg: cfg, log: cfg.Log, sem: make(chan struct{}, cfg.MaxConcurrent),
-		running: map[string]bool{}, kick: make(chan struct{}, 1), ready: make(chan struct{})}
+		running: map[string]bool{}, sentAt: map[string]time.Time{}, kick: make(chan struct{}, 1), ready: make(chan struct{})}
 	a.interval.Store(int64(5 * time.Second))
 	a.base, a.cancelBase = context.WithCancel(context.Background())
 	var err error
@@ -311,9 +317,6 @@ func (a *Agent) connect() error {
 		return fmt.Errorf("connect %s: %w", a.cfg.ControllerURL, err)
 	}
 	a.nc = nc
-	if a.js, err = jetstream.New(nc); err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
 	close(a.ready)
 	if _, err := nc.Subscribe(messages.TaskSubject(a.cfg.Name), func(m *nats.Msg) { a.receive(m.Data) }); err != nil {
 		return fmt.Errorf("subscribe to tasks: %w", err)
@@ -326,33 +329,80 @@ func (a *Agent) onConnect(nc *nats.Conn, what string) {
 	a.needFacts.Store(true)
 	go func() {
 		<-a.ready // the callback can fire before Connect has returned
-		a.sync()
+		a.sync(0)
 	}()
 }
 
-// sync asks the controller for tasks this node still owes a result for:
-// the store-and-forward half of delivery.
-func (a *Agent) sync() {
-	for attempt := range 3 {
-		m, err := a.nc.Request(messages.SyncSubject(a.cfg.Name), messages.MustEncode(&messages.SyncRequest{V: messages.Version}), 10*time.Second)
-		if err == nil {
-			rep, derr := messages.Decode[messages.SyncReply](m.Data, a.cfg.MaxMessageBytes)
-			if derr != nil {
-				a.log.Warn("sync: bad reply", zap.Error(derr))
-				return
+// sync asks the controller for the tasks this node still owes a result for
+// (the store-and-forward half of delivery) and which of the results it
+// sent are settled: those it forgets, the others it sends again. Only
+// results published at least settleAfter ago are asked about.
+func (a *Agent) sync(settleAfter time.Duration) {
+	a.syncMu.Lock()
+	defer a.syncMu.Unlock()
+	for attempt := 0; attempt < 3; {
+		unsent := a.jrnl.Unsent()
+		ask := make(map[string]Entry, min(len(unsent), messages.MaxSyncResults))
+		req := messages.SyncRequest{V: messages.Version}
+		now := time.Now()
+		a.mu.Lock()
+		for _, e := range unsent {
+			if len(req.Results) == messages.MaxSyncResults {
+				break
 			}
-			a.adopt(rep.HeartbeatInterval)
-			for _, t := range rep.Tasks {
-				a.handle(t)
+			if at, ok := a.sentAt[e.TaskID]; ok && now.Sub(at) < settleAfter {
+				continue // probably still on its way
 			}
-			a.wake()
+			req.Results = append(req.Results, e.TaskID)
+			ask[e.TaskID] = e
+		}
+		a.mu.Unlock()
+		if settleAfter > 0 && len(req.Results) == 0 {
+			return // a periodic sync with nothing to ask
+		}
+		m, err := a.nc.Request(messages.SyncSubject(a.cfg.Name), messages.MustEncode(&req), 10*time.Second)
+		if err != nil {
+			if !a.nc.IsConnected() {
+				return // the next reconnect syncs again
+			}
+			time.Sleep(backoff(attempt))
+			attempt++
+			continue
+		}
+		rep, derr := messages.Decode[messages.SyncReply](m.Data, a.cfg.MaxMessageBytes)
+		if derr != nil {
+			a.log.Warn("sync: bad reply", zap.Error(derr))
 			return
 		}
-		if !a.nc.IsConnected() {
-			return // the next reconnect syncs again
+		a.adopt(rep.HeartbeatInterval)
+		for _, id := range rep.Settled {
+			if e, ok := ask[id]; ok {
+				a.settled(e)
+				delete(ask, id)
+			}
 		}
-		time.Sleep(backoff(attempt))
+		for _, t := range rep.Tasks {
+			delete(ask, t.ID) // handle sends its result again
+			a.handle(t)
+		}
+		for _, e := range ask {
+			a.publish(e) // not received, and its task is past its deadline
+		}
+		if len(unsent) <= messages.MaxSyncResults || len(rep.Settled) == 0 {
+			return
+		}
 	}
+}
+
+// settled forgets a result the controller has stored.
+func (a *Agent) settled(e Entry) {
+	e.Sent = true
+	if err := a.jrnl.Put(e); err != nil {
+		a.log.Warn("journal", zap.Error(err))
+	}
+	a.mu.Lock()
+	delete(a.sentAt, e.TaskID)
+	a.mu.Unlock()
 }
 
 func (a *Agent) heartbeats(ctx context.Context) {
@@ -567,36 +617,41 @@ func (a *Agent) finish(t messages.Task, start time.Time, r messages.Result) {
 		r.StartedAt = start.UTC()
 		r.DurationMS = time.Since(start).Milliseconds()
 	}
-	if b := messages.MustEncode(&r); len(b) > a.cfg.MaxMessageBytes-1024 {
+	b := messages.MustEncode(&r)
+	if len(b) > a.cfg.MaxMessageBytes-1024 {
 		r.Output = errOutput(fmt.Sprintf("output of %d bytes exceeds the message limit of %d bytes; it was dropped", len(b), a.cfg.MaxMessageBytes))
+		b = messages.MustEncode(&r)
 	}
 	e := Entry{TaskID: t.ID, Deadline: t.Deadline, Done: true, Result: &r}
 	if err := a.jrnl.Put(e); err != nil {
 		a.log.Warn("journal", zap.Error(err))
 	}
-	a.publish(e)
+	a.send(t.ID, b)
 }
 
-// publish stores a result in the controller's stream. The publish expects
-// the node's result subject for this task to be empty, so a re-send after a
-// lost acknowledgement is harmless: "wrong last sequence" means stored.
+// publish sends a result to the controller. The journal keeps it until a
+// sync says it is settled (see sync), so a result lost on the way (the
+// controller restarting, a connection dropping) is sent again; the
+// controller keeps the first outcome per node, so a duplicate is harmless.
 func (a *Agent) publish(e Entry) {
-	if a.nc == nil || !a.nc.IsConnected() {
-		return // the outbox sends it after the next connect
+	if e.Result != nil {
+		a.send(e.TaskID, messages.MustEncode(e.Result))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_, err := a.js.Publish(ctx, messages.ResultSubject(a.cfg.Name, e.TaskID), messages.MustEncode(e.Result),
-		jetstream.WithExpectLastSequencePerSubject(0))
-	var apiErr *jetstream.APIError
-	if err != nil && !(errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence) {
-		a.log.Debug("result not stored yet; the outbox retries", zap.String("task", e.TaskID), zap.Error(err))
+}
+
+// send publishes one encoded result.
+func (a *Agent) send(id string, b []byte) {
+	if a.nc == nil || !a.nc.IsConnected() {
+		return // the sync after the next connect sends it
+	}
+	if err := a.nc.Publish(messages.ResultSubject(a.cfg.Name), b); err != nil {
+		a.log.Debug("result not sent yet; a later sync sends it", zap.String("task", id), zap.Error(err))
 		return
 	}
-	e.Sent = true
-	if err := a.jrnl.Put(e); err != nil {
-		a.log.Warn("journal", zap.Error(err))
-	}
+	a.mu.Lock()
+	a.sentAt[id] = time.Now()
+	a.mu.Unlock()
+	a.wake()
 }
 
 func (a *Agent) wake() {
@@ -606,12 +661,19 @@ func (a *Agent) wake() {
 	}
 }
 
-// outbox re-sends results that could not be stored, and prunes the journal.
+// settleAfter is how long a published result is given to reach the
+// controller before the agent asks whether it is settled. It asks every
+// Config.SettleEvery while results wait: a result is safe in the journal
+// meanwhile, so asking rarely (one request for many results) keeps a busy
+// fleet's background traffic near that of its heartbeats.
+const settleAfter = time.Second
+
+// outbox syncs while results wait to be settled (sending again what the
+// controller lacks), and prunes the journal.
 func (a *Agent) outbox(ctx context.Context) {
-	retry := time.NewTicker(5 * time.Second)
-	defer retry.Stop()
 	prune := time.NewTicker(10 * time.Minute)
 	defer prune.Stop()
+	var retry <-chan time.Time // armed while results wait
 	for {
 		select {
 		case <-ctx.Done():
@@ -620,14 +682,22 @@ func (a *Agent) outbox(ctx context.Context) {
 			a.jrnl.Prune(time.Now().Add(-24 * time.Hour))
 			continue
 		case <-a.kick:
-			time.Sleep(50 * time.Millisecond) // let a burst of wakes coalesce
-		case <-retry.C:
-		}
-		for _, e := range a.jrnl.Unsent() {
-			if ctx.Err() != nil || !a.nc.IsConnected() {
-				break
+			if retry == nil {
+				retry = time.After(a.settleDelay())
 			}
-			a.publish(e)
+			continue
+		case <-retry:
+		}
+		retry = nil
+		if a.nc.IsConnected() {
+			a.sync(min(settleAfter, a.cfg.SettleEvery))
+		}
+		if len(a.jrnl.Unsent()) > 0 {
+			retry = time.After(a.settleDelay())
 		}
 	}
+}
+
+func (a *Agent) settleDelay() time.Duration {
+	return a.cfg.SettleEvery + rand.N(a.cfg.SettleEvery/4+1)
 }

@@ -95,7 +95,7 @@ func nodePermissions(name string) *server.Permissions {
 			messages.HeartbeatSubject(name),
 			messages.SyncSubject(name),
 			messages.AckSubject(name),
-			messages.ResultSubject(name, "*"),
+			messages.ResultSubject(name),
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			messages.TaskSubject(name),

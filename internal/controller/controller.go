@@ -278,9 +278,11 @@ func (c *Controller) openState(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Only the controller writes here (resultStore): agents' result
+	// subjects (mgn.res.>) are not captured.
 	results, err := c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name: messages.ResultsStream, Subjects: []string{messages.ResultPrefix + ">"},
-		Storage: jetstream.FileStorage, MaxMsgsPerSubject: 1, MaxAge: c.opts.Retention,
+		Name: messages.ResultsStream, Subjects: []string{messages.StoredPrefix + ">"},
+		Storage: jetstream.FileStorage, MaxMsgsPerSubject: -1, MaxAge: c.opts.Retention,
 		Discard: jetstream.DiscardOld, Duplicates: 2 * time.Minute, AllowDirect: true,
 		MaxMsgSize: int32(c.opts.MaxMessageBytes + 4<<10),
 	})
@@ -315,8 +317,7 @@ func (c *Controller) openState(ctx context.Context) error {
 	for pub, name := range c.reg.keys() {
 		c.auth.addNode(pub, name)
 	}
-	c.disp = &dispatcher{nc: c.nc, js: c.js, results: results, open: openKV, history: histKV,
-		reg: c.reg, log: c.log.Named("dispatch"), met: c.met, tasks: map[string]*taskState{}}
+	c.disp = newDispatcher(c, results, openKV, histKV)
 	c.ver = newVerifier(c, reports)
 	c.met.reg.MustRegister(fleetCollector{reg: c.reg, desc: prometheus.NewDesc("mgn_nodes",
 		"Enrolled nodes by liveness state.", []string{"state"}, nil)})
@@ -332,7 +333,7 @@ func (c *Controller) subscribe() error {
 		{messages.HeartbeatPfx + "*", c.onHeartbeat},
 		{messages.SyncPrefix + "*", c.onSync},
 		{messages.AckPrefix + "*", c.onAck},
-		{messages.ResultPrefix + ">", c.disp.onResult},
+		{messages.ResultPrefix + "*", c.disp.onResult},
 		{messages.APIPrefix + ">", c.onAPI},
 	}
 	for _, s := range subs {

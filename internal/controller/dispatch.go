@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/base32"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -23,7 +22,7 @@ import (
 const settleGrace = 2 * time.Second
 
 // taskRecord is what is persisted for a task. Results live in the results
-// stream, one message per node and task, so they are never rewritten here.
+// stream (resultStore), so they are never rewritten here.
 type taskRecord struct {
 	Task        messages.Task `json:"task"`
 	Targets     []string      `json:"targets"`
@@ -38,20 +37,33 @@ type taskState struct {
 	started map[string]bool
 	done    chan struct{}
 	timer   *time.Timer
+	lastSeq uint64 // resultStore sequence of the last result settled
 }
 
 // dispatcher issues tasks, collects results and settles every targeted node
 // to exactly one outcome.
 //
-// Durability: a task is written to the open-tasks bucket before it is sent;
-// each result is stored in the MGN_RESULTS stream by the agent's JetStream
-// publish (first write wins: publishes expect an empty subject); the
-// controller's live subscription to mgn.res.> is only the fast path, and
-// every open task is rebuilt from the stream after a restart.
+// Durability: a task is written to the open-tasks bucket before it is sent.
+// Agents publish results on mgn.res.NODE; the dispatcher settles
+// each node's first outcome in memory (that is what a report shows at once)
+// and queues it for the results stream (resultStore, batched). An agent
+// keeps a result in its journal until a later sync says it is settled, and
+// a task leaves the open bucket only after its results are stored, so a
+// controller killed at any point loses nothing: open tasks are rebuilt from
+// the bucket and the stream, and agents send again what is missing.
 type dispatcher struct {
 	nc      *nats.Conn
 	js      jetstream.JetStream
 	results jetstream.Stream
+	store   *resultStore
+	// ctx ends when the controller stops; background writes use it.
+	ctx       context.Context
+	cancel    context.CancelFunc
+	stopStore context.CancelFunc
+	maxBytes int
+	// recovered is closed once open tasks are rebuilt: until then the
+	// dispatcher cannot tell an agent which results it may forget.
+	recovered chan struct{}
 	open    jetstream.KeyValue // id -> taskRecord while open
 	history jetstream.KeyValue // id -> taskRecord, kept for the retention period
 	reg     *registry
@@ -118,7 +130,7 @@ func (d *dispatcher) issueTo(ctx context.Context, req messages.RunRequest, targe
 		}
 	}
 	for _, n := range skipped {
-		d.settle(ctx, ts, n, messages.NodeResult{Node: n, Outcome: messages.OutcomeUnknown, Reason: messages.ReasonOffline})
+		d.settle(ts, unknownResult(t.ID, n, messages.ReasonOffline, nil), nil)
 	}
 	d.arm(ts)
 	return messages.RunReply{V: messages.Version, TaskID: t.ID, Nodes: targets, Deadline: t.Deadline}, nil
@@ -154,15 +166,14 @@ func newTaskState(rec taskRecord) *taskState {
 func (d *dispatcher) arm(ts *taskState) {
 	id := ts.rec.Task.ID
 	ts.timer = time.AfterFunc(time.Until(ts.rec.Task.Deadline)+settleGrace, func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		d.expire(ctx, id)
+		d.expire(id)
 	})
 }
 
-// onResult is the live path for results published by agents.
+// onResult takes a result an agent published. The node is the subject's,
+// which the server binds to the agent's identity; the payload's is ignored.
 func (d *dispatcher) onResult(m *nats.Msg) {
-	node, id, err := messages.ParseResultSubject(m.Subject)
+	node, err := messages.NodeFromSubject(messages.ResultPrefix, m.Subject)
 	if err != nil {
 		d.met.refused("result", "bad_subject")
 		return
@@ -170,25 +181,30 @@ func (d *dispatcher) onResult(m *nats.Msg) {
 	r, err := messages.Decode[messages.Result](m.Data, d.met.maxBytes)
 	if err != nil {
 		d.met.refused("result", messages.CodeOf(err))
-		d.log.Warn("refused result", zap.String("node", node), zap.String("task", id), zap.Error(err))
+		d.log.Warn("refused result", zap.String("node", node), zap.Error(err))
 		return
 	}
-	if r.TaskID != id {
-		d.met.refused("result", "id_mismatch")
-		return
-	}
+	id := r.TaskID
 	d.met.resultsReceived.Inc()
+	raw := m.Data // stored as sent when it names its node truly
+	if r.Node != node {
+		r.Node, raw = node, nil
+	}
 	d.mu.Lock()
 	ts := d.tasks[id]
 	d.mu.Unlock()
 	if ts == nil {
-		return // settled already, or a task from before a purge
+		return // closed already (this node's outcome is settled), or unknown
 	}
-	d.settle(context.Background(), ts, node, nodeResult(node, r))
+	d.settle(ts, r, raw)
 }
 
-func nodeResult(node string, r messages.Result) messages.NodeResult {
-	return messages.NodeResult{Node: node, Outcome: r.Outcome, Reason: r.Reason, DurationMS: r.DurationMS, Output: r.Output}
+func unknownResult(id, node, reason string, output json.RawMessage) messages.Result {
+	return messages.Result{V: messages.Version, TaskID: id, Node: node, Outcome: messages.OutcomeUnknown, Reason: reason, Output: output}
+}
+
+func nodeResult(r messages.Result) messages.NodeResult {
+	return messages.NodeResult{Node: r.Node, Outcome: r.Outcome, Reason: r.Reason, DurationMS: r.DurationMS, Output: r.Output}
 }
 
 func (d *dispatcher) onAck(node string, a messages.Ack) {
@@ -199,101 +215,98 @@ func (d *dispatcher) onAck(node string, a messages.Ack) {
 	}
 }
 
-// settle records one node's outcome if it has none yet; the first outcome
-// wins. A controller-made outcome is also stored in the stream (unless one
-// is there already, in which case that one is used).
-func (d *dispatcher) settle(ctx context.Context, ts *taskState, node string, res messages.NodeResult) {
-	d.mu.Lock()
-	if _, have := ts.results[node]; have || !ts.targets[node] || d.closed {
-		d.mu.Unlock()
-		return
-	}
-	d.mu.Unlock()
-	if res.Outcome == messages.OutcomeUnknown && res.Reason != "" && !res.Pending {
-		if stored, ok := d.storeUnknown(ctx, ts.rec.Task.ID, node, res); ok {
-			res = stored
-		}
-	}
+// settle records one node's outcome if it has none yet (the first outcome
+// wins) and queues it for the results stream; raw, if set, is r encoded.
+func (d *dispatcher) settle(ts *taskState, r messages.Result, raw []byte) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if _, have := ts.results[node]; have {
+	if _, have := ts.results[r.Node]; have || !ts.targets[r.Node] || d.closed {
 		return
 	}
-	ts.results[node] = res
-	d.met.outcome(string(res.Outcome))
+	ts.results[r.Node] = nodeResult(r)
+	if raw == nil {
+		raw = messages.MustEncode(&r)
+	}
+	ts.lastSeq = d.store.add(r.TaskID, raw)
+	d.met.outcome(string(r.Outcome))
 	if len(ts.results) == len(ts.rec.Targets) {
 		d.completeLocked(ts)
 	}
 }
 
-// storeUnknown writes a controller-made outcome to the results stream. If
-// the node's own result got there first, that result is returned instead.
-func (d *dispatcher) storeUnknown(ctx context.Context, id, node string, res messages.NodeResult) (messages.NodeResult, bool) {
-	r := messages.Result{V: messages.Version, TaskID: id, Node: node, Outcome: res.Outcome, Reason: res.Reason, Output: res.Output}
-	subj := messages.ResultSubject(node, id)
-	_, err := d.js.Publish(ctx, subj, messages.MustEncode(&r), jetstream.WithExpectLastSequencePerSubject(0))
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
-		if stored, ok := d.lookup(ctx, node, id); ok {
-			return stored, true
+// settledFor answers an agent's sync: which of the results it sent (ids)
+// may it forget? Those the controller has stored, and those of tasks that
+// are closed or unknown (their outcome for this node is settled, or
+// nobody waits for it). A result the controller has not received is not
+// settled: the agent sends it again.
+func (d *dispatcher) settledFor(ctx context.Context, node string, ids []string) []string {
+	if len(ids) == 0 {
+		return nil
+	}
+	var out []string
+	var seq uint64
+	d.mu.Lock()
+	for _, id := range ids {
+		ts := d.tasks[id]
+		if ts == nil || !ts.targets[node] {
+			out = append(out, id)
+			continue
 		}
-	} else if err != nil {
-		d.log.Warn("store outcome", zap.String("task", id), zap.String("node", node), zap.Error(err))
+		if _, ok := ts.results[node]; ok {
+			out = append(out, id)
+			seq = max(seq, ts.lastSeq)
+		}
 	}
-	return res, false
+	d.mu.Unlock()
+	if err := d.store.wait(ctx, seq); err != nil {
+		return nil // not stored yet: the agent asks again
+	}
+	return out
 }
 
-// lookup reads a stored result from the stream.
-func (d *dispatcher) lookup(ctx context.Context, node, id string) (messages.NodeResult, bool) {
-	m, err := d.results.GetLastMsgForSubject(ctx, messages.ResultSubject(node, id))
-	if err != nil {
-		return messages.NodeResult{}, false
-	}
-	r, err := messages.Decode[messages.Result](m.Data, 0)
-	if err != nil || r.TaskID != id {
-		return messages.NodeResult{}, false
-	}
-	return nodeResult(node, r), true
-}
-
-// keepDone is how long a finished task stays in memory. Its results reach
-// the controller through the live subscription before the stream has
-// stored them, so reports of a task that just finished must come from
-// memory, not from the stream.
+// keepDone is how long a finished task stays in memory once its results
+// are stored: reports of a task that just finished come from memory, and
+// agents asking whether their result is settled get a quick answer.
 const keepDone = 2 * time.Minute
 
+// completeLocked marks a task done. It is closed (moved from the open
+// bucket to history) only once its results are stored: until then a
+// restart must still find it open.
 func (d *dispatcher) completeLocked(ts *taskState) {
 	if ts.timer != nil {
 		ts.timer.Stop()
 	}
 	id := ts.rec.Task.ID
 	close(ts.done)
-	time.AfterFunc(keepDone, func() {
-		d.mu.Lock()
-		if d.tasks[id] == ts {
-			delete(d.tasks, id)
-		}
-		d.mu.Unlock()
-	})
 	d.met.observeTask(time.Since(ts.rec.Task.IssuedAt))
 	rec := ts.rec
 	rec.Done = true
+	seq := ts.lastSeq
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := d.store.wait(d.ctx, seq); err != nil {
+			return // the controller stops; the task stays open and is recovered
+		}
+		ctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
 		defer cancel()
 		b, _ := json.Marshal(rec)
 		if _, err := d.history.Put(ctx, id, b); err != nil {
 			d.log.Warn("store task history", zap.String("task", id), zap.Error(err))
-		}
-		if err := d.open.Delete(ctx, id); err != nil {
+		} else if err := d.open.Delete(ctx, id); err != nil {
 			d.log.Warn("close task", zap.String("task", id), zap.Error(err))
 		}
+		time.AfterFunc(keepDone, func() {
+			d.mu.Lock()
+			if d.tasks[id] == ts {
+				delete(d.tasks, id)
+			}
+			d.mu.Unlock()
+		})
 	}()
 }
 
 // expire settles every node still missing at the deadline: timed_out when it
 // had started, expired when it never did.
-func (d *dispatcher) expire(ctx context.Context, id string) {
+func (d *dispatcher) expire(id string) {
 	d.mu.Lock()
 	ts := d.tasks[id]
 	var missing []string
@@ -306,10 +319,6 @@ func (d *dispatcher) expire(ctx context.Context, id string) {
 	}
 	d.mu.Unlock()
 	for _, n := range missing {
-		if r, ok := d.lookup(ctx, n, id); ok {
-			d.settle(ctx, ts, n, r)
-			continue
-		}
 		d.mu.Lock()
 		started := ts.started[n]
 		d.mu.Unlock()
@@ -317,12 +326,12 @@ func (d *dispatcher) expire(ctx context.Context, id string) {
 		if started {
 			reason = messages.ReasonTimedOut
 		}
-		d.settle(ctx, ts, n, messages.NodeResult{Node: n, Outcome: messages.OutcomeUnknown, Reason: reason})
+		d.settle(ts, unknownResult(id, n, reason, nil), nil)
 	}
 }
 
 // nodeRemoved settles a removed node's open tasks as unknown/offline.
-func (d *dispatcher) nodeRemoved(ctx context.Context, node string) {
+func (d *dispatcher) nodeRemoved(node string) {
 	d.mu.Lock()
 	var open []*taskState
 	for _, ts := range d.tasks {
@@ -332,8 +341,7 @@ func (d *dispatcher) nodeRemoved(ctx context.Context, node string) {
 	}
 	d.mu.Unlock()
 	for _, ts := range open {
-		d.settle(ctx, ts, node, messages.NodeResult{Node: node, Outcome: messages.OutcomeUnknown, Reason: messages.ReasonOffline,
-			Output: json.RawMessage(`{"error":"node removed from the fleet"}`)})
+		d.settle(ts, unknownResult(ts.rec.Task.ID, node, messages.ReasonOffline, json.RawMessage(`{"error":"node removed from the fleet"}`)), nil)
 	}
 }
 
@@ -380,11 +388,13 @@ func (d *dispatcher) report(ctx context.Context, id string, wait time.Duration) 
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
 		return messages.TaskReport{}, fmt.Errorf("task %s: %w", id, err)
 	}
-	res := map[string]messages.NodeResult{}
-	for _, n := range rec.Targets {
-		if r, ok := d.lookup(ctx, n, id); ok {
-			res[n] = r
-		}
+	stored, err := storedResults(ctx, d.results, id, d.maxBytes)
+	if err != nil {
+		return messages.TaskReport{}, err
+	}
+	res := make(map[string]messages.NodeResult, len(stored))
+	for n, r := range stored {
+		res[n] = nodeResult(r)
 	}
 	return buildReport(rec, res, rec.Done), nil
 }
@@ -414,6 +424,7 @@ func isClosed(ch chan struct{}) bool {
 // recover rebuilds open tasks after a restart from the open-tasks bucket and
 // the results stream, settling those whose deadline has passed.
 func (d *dispatcher) recover(ctx context.Context) error {
+	defer close(d.recovered)
 	keys, err := d.open.ListKeys(ctx)
 	if err != nil {
 		return fmt.Errorf("list open tasks: %w", err)
@@ -433,9 +444,13 @@ func (d *dispatcher) recover(ctx context.Context) error {
 			continue
 		}
 		ts := newTaskState(rec)
-		for _, n := range rec.Targets {
-			if r, ok := d.lookup(ctx, n, id); ok {
-				ts.results[n] = r
+		stored, err := storedResults(ctx, d.results, id, d.maxBytes)
+		if err != nil {
+			return err
+		}
+		for n, r := range stored {
+			if ts.targets[n] {
+				ts.results[n] = nodeResult(r)
 			}
 		}
 		d.mu.Lock()
@@ -454,13 +469,30 @@ func (d *dispatcher) recover(ctx context.Context) error {
 	return nil
 }
 
+func newDispatcher(c *Controller, results jetstream.Stream, open, history jetstream.KeyValue) *dispatcher {
+	d := &dispatcher{nc: c.nc, js: c.js, results: results, open: open, history: history,
+		reg: c.reg, log: c.log.Named("dispatch"), met: c.met, tasks: map[string]*taskState{},
+		maxBytes: c.opts.MaxMessageBytes, recovered: make(chan struct{})}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.store = newResultStore(c.js, d.log, c.opts.MaxMessageBytes)
+	var storeCtx context.Context
+	storeCtx, d.stopStore = context.WithCancel(context.Background())
+	go d.store.run(storeCtx, 5*time.Second)
+	return d
+}
+
+// stop settles nothing more, stores what is queued, and ends background
+// work.
 func (d *dispatcher) stop() {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	d.closed = true
 	for _, ts := range d.tasks {
 		if ts.timer != nil {
 			ts.timer.Stop()
 		}
 	}
+	d.mu.Unlock()
+	d.stopStore()
+	<-d.store.done
+	d.cancel()
 }

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
 	"github.com/guildnet/metaguildnet/internal/controller"
@@ -199,7 +198,7 @@ func TestEnrollmentAndPermissions(t *testing.T) {
 		if s := f.state("n2"); s != messages.StateOffline {
 			t.Fatalf("spoofed heartbeat changed n2 to %s", s)
 		}
-		nc.Publish(messages.ResultSubject("n2", "t1"), []byte("{}"))
+		nc.Publish(messages.ResultSubject("n2"), []byte("{}"))
 		expectViolation(t, errs, "result as n2")
 	})
 	t.Run("cannot issue tasks or call the API", func(t *testing.T) {
@@ -493,20 +492,21 @@ func TestBadInputIsRefusedAndCounted(t *testing.T) {
 
 	// A malformed task reaches the agent: it is refused, counted, and the
 	// controller gets a rejected outcome for the id it could read.
+	answers, err := nc.SubscribeSync(messages.ResultSubject("n1"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	nc.Publish(messages.TaskSubject("n1"), []byte(`{"v":2,"id":"tbadversion","kind":"ping"}`))
 	nc.Publish(messages.TaskSubject("n1"), []byte(`\x00\x01 binary`))
 	poll.Until(t, 5*time.Second, "agent refusals", func() bool { return a1.a.Refused() == 2 })
-	js, _ := jetstream.New(nc)
-	s, _ := js.Stream(context.Background(), messages.ResultsStream)
-	var got messages.Result
-	poll.Until(t, 5*time.Second, "rejected result stored", func() bool {
-		m, err := s.GetLastMsgForSubject(context.Background(), messages.ResultSubject("n1", "tbadversion"))
-		if err != nil {
-			return false
-		}
-		got, err = messages.Decode[messages.Result](m.Data, 0)
-		return err == nil
-	})
+	m, err := answers.NextMsg(5 * time.Second)
+	if err != nil {
+		t.Fatalf("no rejected result: %v", err)
+	}
+	got, err := messages.Decode[messages.Result](m.Data, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if got.Outcome != messages.OutcomeUnknown || got.Reason != messages.ReasonRejected || !strings.Contains(string(got.Output), "version") {
 		t.Fatalf("rejected result: %+v", got)
 	}

@@ -85,12 +85,29 @@ func (c *Controller) onSync(m *nats.Msg) {
 		c.met.refused("sync", "bad_subject")
 		return
 	}
-	if _, err := messages.Decode[messages.SyncRequest](m.Data, c.opts.MaxMessageBytes); err != nil {
+	req, err := messages.Decode[messages.SyncRequest](m.Data, c.opts.MaxMessageBytes)
+	if err != nil {
 		c.reply(m, "sync", nil, err)
 		return
 	}
-	tasks := c.disp.pendingFor(node, time.Now())
-	c.reply(m, "sync", &messages.SyncReply{V: messages.Version, Tasks: tasks, HeartbeatInterval: c.opts.HeartbeatInterval.String()}, nil)
+	answer := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		select {
+		case <-c.disp.recovered:
+		case <-ctx.Done():
+			return // the agent asks again
+		}
+		settled := c.disp.settledFor(ctx, node, req.Results)
+		tasks := c.disp.pendingFor(node, time.Now())
+		c.reply(m, "sync", &messages.SyncReply{V: messages.Version, Tasks: tasks, Settled: settled,
+			HeartbeatInterval: c.opts.HeartbeatInterval.String()}, nil)
+	}
+	if len(req.Results) == 0 && isClosed(c.disp.recovered) {
+		answer()
+		return
+	}
+	go answer() // it may wait for the result store: other syncs go on
 }
 
 func (c *Controller) onAck(m *nats.Msg) {
@@ -236,7 +253,7 @@ func (c *Controller) removeNode(ctx context.Context, name string) (messages.Mess
 			n++
 		}
 	}
-	c.disp.nodeRemoved(ctx, name)
+	c.disp.nodeRemoved(name)
 	c.log.Info("node removed", zap.String("node", name), zap.Int("disconnected", n))
 	c.announce(transition{name, "enrolled", "removed"})
 	if err != nil {

@@ -1,0 +1,433 @@
+package messages
+
+import (
+	"encoding/json"
+	"time"
+	"unicode/utf8"
+)
+
+// Fast paths for the two payloads every fan-out moves once per node: a
+// Task (decoded by each agent) and a Result (encoded by each agent,
+// decoded by the controller). encoding/json spends most of its time on
+// reflection and on time.Time; these do neither, and allocate only the
+// strings they return.
+//
+// They are paths, not codecs: a decoder handles the plain form our own
+// encoders produce (known lower-case keys once each, strings without
+// escapes, integers) and reports false on anything else, and Decode then
+// runs encoding/json, whose semantics stay the reference. A fuzz test
+// checks that whatever a fast path accepts, encoding/json decodes to the
+// same value.
+
+// fastDecoder is implemented by payloads with a fast decoding path.
+type fastDecoder interface {
+	decodeFast(data []byte) bool
+}
+
+// fastEncoder is implemented by payloads with a fast encoding path; ok is
+// false when the value needs encoding/json (which may then refuse it).
+type fastEncoder interface {
+	appendJSON(b []byte) (out []byte, ok bool)
+}
+
+func (r *Result) appendJSON(b []byte) ([]byte, bool) {
+	if len(r.Output) > 0 && !json.Valid(r.Output) {
+		return b, false
+	}
+	b = append(b, `{"v":`...)
+	b = appendInt(b, int64(r.V))
+	b = append(b, `,"task_id":`...)
+	b = appendString(b, r.TaskID)
+	b = append(b, `,"node":`...)
+	b = appendString(b, r.Node)
+	b = append(b, `,"outcome":`...)
+	b = appendString(b, string(r.Outcome))
+	if r.Reason != "" {
+		b = append(b, `,"reason":`...)
+		b = appendString(b, r.Reason)
+	}
+	if !r.StartedAt.IsZero() {
+		if y := r.StartedAt.Year(); y < 0 || y > 9999 {
+			return b, false // encoding/json refuses it
+		}
+		b = append(b, `,"started_at":"`...)
+		b = r.StartedAt.AppendFormat(b, time.RFC3339Nano)
+		b = append(b, '"')
+	}
+	b = append(b, `,"duration_ms":`...)
+	b = appendInt(b, r.DurationMS)
+	if len(r.Output) > 0 {
+		b = append(b, `,"output":`...)
+		b = append(b, r.Output...)
+	}
+	return append(b, '}'), true
+}
+
+func (r *Result) decodeFast(data []byte) bool {
+	var v Result
+	ok := scanObject(data, func(s *scanner, key []byte) (field int, ok bool) {
+		switch string(key) {
+		case "v":
+			v.V, ok = s.int()
+		case "task_id":
+			field = 1
+			v.TaskID, ok = s.str()
+		case "node":
+			field = 2
+			v.Node, ok = s.str()
+		case "outcome":
+			field = 3
+			var o string
+			o, ok = s.str()
+			v.Outcome = Outcome(o)
+		case "reason":
+			field = 4
+			v.Reason, ok = s.str()
+		case "started_at":
+			field = 5
+			v.StartedAt, ok = s.time()
+		case "duration_ms":
+			field = 6
+			var n int
+			n, ok = s.int()
+			v.DurationMS = int64(n)
+		case "output":
+			field = 7
+			v.Output, ok = s.raw()
+		}
+		return field, ok
+	})
+	if ok {
+		*r = v
+	}
+	return ok
+}
+
+func (t *Task) decodeFast(data []byte) bool {
+	var v Task
+	ok := scanObject(data, func(s *scanner, key []byte) (field int, ok bool) {
+		switch string(key) {
+		case "v":
+			v.V, ok = s.int()
+		case "id":
+			field = 1
+			v.ID, ok = s.str()
+		case "kind":
+			field = 2
+			v.Kind, ok = s.str()
+		case "target":
+			field = 3
+			v.Target, ok = s.str()
+		case "args":
+			field = 4
+			v.Args, ok = s.raw()
+		case "deadline":
+			field = 5
+			v.Deadline, ok = s.time()
+		case "issued_at":
+			field = 6
+			v.IssuedAt, ok = s.time()
+		}
+		return field, ok
+	})
+	if ok {
+		*t = v
+	}
+	return ok
+}
+
+// scanner reads the plain subset of JSON the fast paths accept.
+type scanner struct {
+	b []byte
+	i int
+}
+
+// scanObject reads one object and nothing after it. For each key, value
+// reads the value (the scanner is positioned at it) and says which field
+// (0 to 31) it was and whether it could read it; an unknown key or a
+// repeated field ends the fast path.
+func scanObject(data []byte, value func(s *scanner, key []byte) (field int, ok bool)) bool {
+	s := &scanner{b: data}
+	if !s.lit('{') {
+		return false
+	}
+	if s.lit('}') {
+		return s.end()
+	}
+	var seen uint32
+	for {
+		key, ok := s.strBytes()
+		if !ok || !s.lit(':') {
+			return false
+		}
+		field, ok := value(s, key)
+		if !ok || seen&(1<<field) != 0 {
+			return false
+		}
+		seen |= 1 << field
+		if s.lit('}') {
+			return s.end()
+		}
+		if !s.lit(',') {
+			return false
+		}
+	}
+}
+
+func (s *scanner) ws() {
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ' ', '\t', '\n', '\r':
+			s.i++
+		default:
+			return
+		}
+	}
+}
+
+// lit consumes c (after white space) if it is next.
+func (s *scanner) lit(c byte) bool {
+	s.ws()
+	if s.i < len(s.b) && s.b[s.i] == c {
+		s.i++
+		return true
+	}
+	return false
+}
+
+func (s *scanner) end() bool {
+	s.ws()
+	return s.i == len(s.b)
+}
+
+// strBytes reads a string without escapes or control characters, in
+// valid UTF-8: what encoding/json would return unchanged.
+func (s *scanner) strBytes() ([]byte, bool) {
+	if !s.lit('"') {
+		return nil, false
+	}
+	start := s.i
+	ascii := true
+	for ; s.i < len(s.b); s.i++ {
+		c := s.b[s.i]
+		switch {
+		case c == '"':
+			out := s.b[start:s.i]
+			s.i++
+			if !ascii && !utf8.Valid(out) {
+				return nil, false
+			}
+			return out, true
+		case c == '\\' || c < 0x20:
+			return nil, false
+		case c >= utf8.RuneSelf:
+			ascii = false
+		}
+	}
+	return nil, false
+}
+
+func (s *scanner) str() (string, bool) {
+	b, ok := s.strBytes()
+	return string(b), ok
+}
+
+// int reads an integer without fraction or exponent that fits in 53 bits
+// (far beyond any field's range, and exact in every JSON reader).
+func (s *scanner) int() (int, bool) {
+	s.ws()
+	neg := s.i < len(s.b) && s.b[s.i] == '-'
+	if neg {
+		s.i++
+	}
+	start := s.i
+	n := 0
+	for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
+		if s.i-start >= 15 {
+			return 0, false
+		}
+		n = n*10 + int(s.b[s.i]-'0')
+		s.i++
+	}
+	digits := s.i - start
+	if digits == 0 || digits > 1 && s.b[start] == '0' {
+		return 0, false
+	}
+	if s.i < len(s.b) {
+		switch s.b[s.i] {
+		case '.', 'e', 'E':
+			return 0, false
+		}
+	}
+	if neg {
+		n = -n
+	}
+	return n, true
+}
+
+// time reads an RFC 3339 time the way time.Time's UnmarshalJSON does.
+func (s *scanner) time() (time.Time, bool) {
+	b, ok := s.strBytes()
+	if !ok {
+		return time.Time{}, false
+	}
+	var t time.Time
+	if t.UnmarshalText(b) != nil {
+		return time.Time{}, false
+	}
+	return t, true
+}
+
+// raw reads any JSON value and returns a copy of its bytes.
+func (s *scanner) raw() (json.RawMessage, bool) {
+	s.ws()
+	start := s.i
+	if !s.skip(0) {
+		return nil, false
+	}
+	v := s.b[start:s.i]
+	if !json.Valid(v) {
+		return nil, false
+	}
+	return append(json.RawMessage(nil), v...), true
+}
+
+// skip moves past one value. It only finds the value's end; raw validates
+// what it spans.
+func (s *scanner) skip(depth int) bool {
+	if depth > 32 || s.i >= len(s.b) {
+		return false // deeper values are left to encoding/json
+	}
+	switch c := s.b[s.i]; c {
+	case '"':
+		for s.i++; s.i < len(s.b); {
+			switch s.b[s.i] {
+			case '\\':
+				s.i += 2
+			case '"':
+				s.i++
+				return true
+			default:
+				s.i++
+			}
+		}
+		return false
+	case '{', '[':
+		closer := byte(']')
+		if c == '{' {
+			closer = '}'
+		}
+		s.i++
+		if s.lit(closer) {
+			return true
+		}
+		for {
+			s.ws()
+			if !s.skip(depth + 1) {
+				return false
+			}
+			if c == '{' {
+				if !s.lit(':') {
+					return false
+				}
+				s.ws()
+				if !s.skip(depth + 1) {
+					return false
+				}
+			}
+			if s.lit(closer) {
+				return true
+			}
+			if !s.lit(',') {
+				return false
+			}
+		}
+	default: // number, true, false, null: up to the next delimiter
+		start := s.i
+		for s.i < len(s.b) && !isDelim(s.b[s.i]) {
+			s.i++
+		}
+		return s.i > start
+	}
+}
+
+func isDelim(c byte) bool {
+	switch c {
+	case ',', '}', ']', ':', ' ', '\t', '\n', '\r':
+		return true
+	}
+	return false
+}
+
+func appendInt(b []byte, n int64) []byte {
+	if n < 0 {
+		b = append(b, '-')
+		if n == -n { // math.MinInt64
+			return append(b, "9223372036854775808"...)
+		}
+		n = -n
+	}
+	var d [20]byte
+	i := len(d)
+	for {
+		i--
+		d[i] = byte('0' + n%10)
+		n /= 10
+		if n == 0 {
+			break
+		}
+	}
+	return append(b, d[i:]...)
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendString appends s as a JSON string, escaped as encoding/json does
+// (HTML-safe, invalid UTF-8 as U+FFFD).
+func appendString(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}
