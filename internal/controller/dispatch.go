@@ -60,15 +60,15 @@ type dispatcher struct {
 	ctx       context.Context
 	cancel    context.CancelFunc
 	stopStore context.CancelFunc
-	maxBytes int
+	maxBytes  int
 	// recovered is closed once open tasks are rebuilt: until then the
 	// dispatcher cannot tell an agent which results it may forget.
 	recovered chan struct{}
-	open    jetstream.KeyValue // id -> taskRecord while open
-	history jetstream.KeyValue // id -> taskRecord, kept for the retention period
-	reg     *registry
-	log     *zap.Logger
-	met     *metrics
+	open      jetstream.KeyValue // id -> taskRecord while open
+	history   jetstream.KeyValue // id -> taskRecord, kept for the retention period
+	reg       *registry
+	log       *zap.Logger
+	met       *metrics
 
 	mu     sync.Mutex
 	tasks  map[string]*taskState
