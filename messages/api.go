@@ -20,8 +20,12 @@ type StatusRequest struct {
 	Limit  int `json:"limit,omitempty"` // default and maximum MaxPage
 }
 
-// MaxPage bounds the rows of one status or task report page.
-const MaxPage = 500
+// MaxPage bounds the rows of one status page; MaxReportPage those of one
+// task report page, which is bounded by bytes as well (ReportPage).
+const (
+	MaxPage       = 500
+	MaxReportPage = 10000
+)
 
 // NodeStatus is one row of the fleet view.
 type NodeStatus struct {
@@ -91,7 +95,8 @@ type TaskWaitRequest struct {
 	V      int    `json:"v"`
 	TaskID string `json:"task_id"`
 	Wait   string `json:"wait,omitempty"` // Go duration, at most 30s
-	// Offset and Limit page the result rows (default and maximum MaxPage).
+	// Offset and Limit page the result rows (default and maximum
+	// MaxReportPage; a page is also bounded by bytes, see ReportPage).
 	Offset int `json:"offset,omitempty"`
 	Limit  int `json:"limit,omitempty"`
 }

@@ -83,6 +83,17 @@ func Encode(m Message) ([]byte, error) {
 	return json.Marshal(m)
 }
 
+// AppendEncode appends m's encoding to dst (MustEncode's rules), so hot
+// paths can reuse a buffer.
+func AppendEncode(dst []byte, m Message) []byte {
+	if f, ok := m.(fastEncoder); ok {
+		if b, ok := f.appendJSON(dst); ok {
+			return b
+		}
+	}
+	return append(dst, MustEncode(m)...)
+}
+
 // MustEncode is Encode for values built in code, which cannot fail.
 func MustEncode(m Message) []byte {
 	b, err := Encode(m)
@@ -417,6 +428,37 @@ func Page(offset, limit, total int) (lo, hi, next int) {
 	lo = min(max(offset, 0), total)
 	hi = min(lo+limit, total)
 	if hi < total {
+		next = hi
+	}
+	return lo, hi, next
+}
+
+// ReportPage picks the rows of one task report page: from offset, at most
+// limit rows (default and maximum MaxReportPage) and, past the first row,
+// no more than budget bytes of encoded rows. Rows are small for most tasks
+// (a fan-out of a thousand pings is one page) and large for some (a
+// verification's checks), so pages are bounded by bytes, not only rows.
+func ReportPage(rows []NodeResult, offset, limit, budget int) (lo, hi, next int) {
+	if limit <= 0 || limit > MaxReportPage {
+		limit = MaxReportPage
+	}
+	lo = min(max(offset, 0), len(rows))
+	var scratch []byte
+	size := 0
+	for hi = lo; hi < len(rows) && hi-lo < limit; hi++ {
+		enc, ok := rows[hi].appendJSON(scratch[:0])
+		n := len(enc) + 1
+		if !ok {
+			b, _ := json.Marshal(&rows[hi])
+			n = len(b) + 1
+		}
+		scratch = enc
+		if hi > lo && size+n > budget {
+			break
+		}
+		size += n
+	}
+	if hi < len(rows) {
 		next = hi
 	}
 	return lo, hi, next

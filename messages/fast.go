@@ -47,12 +47,10 @@ func (r *Result) appendJSON(b []byte) ([]byte, bool) {
 		b = appendString(b, r.Reason)
 	}
 	if !r.StartedAt.IsZero() {
-		if y := r.StartedAt.Year(); y < 0 || y > 9999 {
+		var ok bool
+		if b, ok = appendTime(append(b, `,"started_at":`...), r.StartedAt); !ok {
 			return b, false // encoding/json refuses it
 		}
-		b = append(b, `,"started_at":"`...)
-		b = r.StartedAt.AppendFormat(b, time.RFC3339Nano)
-		b = append(b, '"')
 	}
 	b = append(b, `,"duration_ms":`...)
 	b = appendInt(b, r.DurationMS)
@@ -61,6 +59,88 @@ func (r *Result) appendJSON(b []byte) ([]byte, bool) {
 		b = append(b, r.Output...)
 	}
 	return append(b, '}'), true
+}
+
+func (n *NodeResult) appendJSON(b []byte) ([]byte, bool) {
+	if n.Output != nil && !json.Valid(n.Output) {
+		return b, false // (as encoding/json, an empty non-nil Output too)
+	}
+	b = append(b, `{"node":`...)
+	b = appendString(b, n.Node)
+	if n.Pending {
+		b = append(b, `,"pending":true`...)
+	}
+	b = append(b, `,"outcome":`...)
+	b = appendString(b, string(n.Outcome))
+	b = append(b, `,"reason":`...)
+	b = appendString(b, n.Reason)
+	b = append(b, `,"duration_ms":`...)
+	b = appendInt(b, n.DurationMS)
+	b = append(b, `,"output":`...)
+	if len(n.Output) == 0 {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, n.Output...)
+	}
+	return append(b, '}'), true
+}
+
+// appendJSON encodes a task report: thousands of rows, answered while the
+// operator waits for a fan-out.
+func (r *TaskReport) appendJSON(b []byte) ([]byte, bool) {
+	b = append(b, `{"v":`...)
+	b = appendInt(b, int64(r.V))
+	b = append(b, `,"task_id":`...)
+	b = appendString(b, r.TaskID)
+	b = append(b, `,"kind":`...)
+	b = appendString(b, r.Kind)
+	b = append(b, `,"target":`...)
+	b = appendString(b, r.Target)
+	var ok bool
+	if b, ok = appendTime(append(b, `,"issued_at":`...), r.IssuedAt); !ok {
+		return b, false
+	}
+	if b, ok = appendTime(append(b, `,"deadline":`...), r.Deadline); !ok {
+		return b, false
+	}
+	if r.Done {
+		b = append(b, `,"done":true`...)
+	} else {
+		b = append(b, `,"done":false`...)
+	}
+	b = append(b, `,"results":`...)
+	if r.Results == nil {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, '[')
+		for i := range r.Results {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			if b, ok = r.Results[i].appendJSON(b); !ok {
+				return b, false
+			}
+		}
+		b = append(b, ']')
+	}
+	if r.Total != 0 {
+		b = appendInt(append(b, `,"total":`...), int64(r.Total))
+	}
+	if r.NextOffset != 0 {
+		b = appendInt(append(b, `,"next_offset":`...), int64(r.NextOffset))
+	}
+	return append(b, '}'), true
+}
+
+// appendTime appends t as time.Time's MarshalJSON does; false where that
+// fails (years outside 0-9999).
+func appendTime(b []byte, t time.Time) ([]byte, bool) {
+	if y := t.Year(); y < 0 || y > 9999 {
+		return b, false
+	}
+	b = append(b, '"')
+	b = t.AppendFormat(b, time.RFC3339Nano)
+	return append(b, '"'), true
 }
 
 func (r *Result) decodeFast(data []byte) bool {

@@ -2,6 +2,7 @@ package messages
 
 import (
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -132,4 +133,68 @@ func FuzzFastEncode(f *testing.F) {
 			t.Fatalf("output: fast %q, ref %q", ao, bo)
 		}
 	})
+}
+
+func FuzzFastEncodeReport(f *testing.F) {
+	f.Add("t1", "ping", "all", int64(1764230400123456789), true, "n1", true, "ok", "<&>", int64(3), []byte(`{"a": 1}`), 2, 1)
+	f.Add("", "", "", int64(0), false, "", false, "", "", int64(0), []byte(nil), 0, 0)
+	f.Fuzz(func(t *testing.T, id, kind, target string, nanos int64, done bool, node string, pending bool, outcome, reason string, dur int64, output []byte, total, next int) {
+		r := TaskReport{V: 1, TaskID: id, Kind: kind, Target: target, Done: done, Total: total, NextOffset: next,
+			Results: []NodeResult{{Node: node, Pending: pending, Outcome: Outcome(outcome), Reason: reason, DurationMS: dur, Output: output}, {}}}
+		if nanos != 0 {
+			r.IssuedAt = time.Unix(0, nanos).UTC()
+			r.Deadline = r.IssuedAt.Add(time.Minute)
+		}
+		fast, ok := r.appendJSON(nil)
+		ref, err := json.Marshal(&r)
+		if ok != (err == nil) {
+			t.Fatalf("fast encoder ok=%v, encoding/json err=%v", ok, err)
+		}
+		if !ok {
+			return
+		}
+		var a, b TaskReport
+		if err := json.Unmarshal(fast, &a); err != nil {
+			t.Fatalf("fast encoding %q does not decode: %v", fast, err)
+		}
+		json.Unmarshal(ref, &b)
+		var ao, bo []any
+		for i := range a.Results {
+			var x, y any
+			json.Unmarshal(a.Results[i].Output, &x)
+			json.Unmarshal(b.Results[i].Output, &y)
+			ao, bo = append(ao, x), append(bo, y)
+			a.Results[i].Output, b.Results[i].Output = nil, nil
+		}
+		if !reflect.DeepEqual(a, b) || !reflect.DeepEqual(ao, bo) {
+			t.Fatalf("fast %q\n ref %q", fast, ref)
+		}
+	})
+}
+
+func TestReportPage(t *testing.T) {
+	rows := make([]NodeResult, 10)
+	for i := range rows {
+		rows[i] = NodeResult{Node: fmt.Sprintf("n%d", i), Outcome: OutcomeOK, Output: json.RawMessage(`{"x":"` + strings.Repeat("a", 100) + `"}`)}
+	}
+	one, _ := rows[0].appendJSON(nil)
+	row := len(one) + 1
+	tests := []struct {
+		name                 string
+		offset, limit, bytes int
+		lo, hi, next         int
+	}{
+		{"all fit", 0, 0, 1 << 20, 0, 10, 0},
+		{"limit", 0, 3, 1 << 20, 0, 3, 3},
+		{"bytes", 0, 0, 4*row + row/2, 0, 4, 4},
+		{"from offset", 4, 0, 4 * row, 4, 8, 8},
+		{"one row even over budget", 9, 0, 1, 9, 10, 0},
+		{"past the end", 12, 0, 1 << 20, 10, 10, 0},
+	}
+	for _, tt := range tests {
+		lo, hi, next := ReportPage(rows, tt.offset, tt.limit, tt.bytes)
+		if lo != tt.lo || hi != tt.hi || next != tt.next {
+			t.Errorf("%s: got %d,%d,%d want %d,%d,%d", tt.name, lo, hi, next, tt.lo, tt.hi, tt.next)
+		}
+	}
 }

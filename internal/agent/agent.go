@@ -93,8 +93,9 @@ type Agent struct {
 
 	mu      sync.Mutex
 	running map[string]bool
-	sentAt  map[string]time.Time // results published and not yet settled
-	kick    chan struct{}        // wakes the outbox
+	sentAt  map[string]time.Time   // results published and not yet settled
+	logs    map[string]*zap.Logger // per task kind
+	kick    chan struct{}          // wakes the outbox
 	facts   messages.Facts
 	syncMu  sync.Mutex // one sync at a time
 
@@ -564,7 +565,7 @@ func (a *Agent) run(t messages.Task, task tasks.Task) {
 		}
 	}
 	env := &tasks.Env{Node: a.cfg.Name, Cluster: a.cfg.Cluster, Role: a.cfg.Role, Labels: a.cfg.Labels,
-		Version: a.cfg.Version, Log: a.log.Named(t.Kind), Settings: a.cfg.Settings}
+		Version: a.cfg.Version, Log: a.taskLog(t.Kind), Settings: a.cfg.Settings}
 	out, err := safeRun(ctx, task, env, t.Args)
 	if interrupted() {
 		return
@@ -617,17 +618,26 @@ func (a *Agent) finish(t messages.Task, start time.Time, r messages.Result) {
 		r.StartedAt = start.UTC()
 		r.DurationMS = time.Since(start).Milliseconds()
 	}
-	b := messages.MustEncode(&r)
+	buf := encodeBufs.Get().(*[]byte)
+	defer encodeBufs.Put(buf)
+	b := messages.AppendEncode((*buf)[:0], &r)
 	if len(b) > a.cfg.MaxMessageBytes-1024 {
 		r.Output = errOutput(fmt.Sprintf("output of %d bytes exceeds the message limit of %d bytes; it was dropped", len(b), a.cfg.MaxMessageBytes))
-		b = messages.MustEncode(&r)
+		b = messages.AppendEncode(b[:0], &r)
+	}
+	if cap(b) <= 64<<10 {
+		*buf = b // keep a grown buffer, not a huge one
 	}
 	e := Entry{TaskID: t.ID, Deadline: t.Deadline, Done: true, Result: &r}
 	if err := a.jrnl.Put(e); err != nil {
 		a.log.Warn("journal", zap.Error(err))
 	}
-	a.send(t.ID, b)
+	a.send(t.ID, b) // the connection copies it
 }
+
+// encodeBufs recycles result encoding buffers: a fan-out to many agents in
+// one process (and a busy agent) would otherwise allocate one per result.
+var encodeBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 
 // publish sends a result to the controller. The journal keeps it until a
 // sync says it is settled (see sync), so a result lost on the way (the
@@ -700,4 +710,19 @@ func (a *Agent) outbox(ctx context.Context) {
 
 func (a *Agent) settleDelay() time.Duration {
 	return a.cfg.SettleEvery + rand.N(a.cfg.SettleEvery/4+1)
+}
+
+// taskLog is the logger for tasks of one kind, named once, not per task.
+func (a *Agent) taskLog(kind string) *zap.Logger {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	l := a.logs[kind]
+	if l == nil {
+		if a.logs == nil {
+			a.logs = map[string]*zap.Logger{}
+		}
+		l = a.log.Named(kind)
+		a.logs[kind] = l
+	}
+	return l
 }

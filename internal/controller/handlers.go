@@ -180,7 +180,7 @@ func (c *Controller) api(ctx context.Context, verb string, data []byte) (message
 			return nil, err
 		}
 		rep.Total = len(rep.Results)
-		lo, hi, next := messages.Page(req.Offset, req.Limit, rep.Total)
+		lo, hi, next := messages.ReportPage(rep.Results, req.Offset, req.Limit, c.opts.MaxMessageBytes/2)
 		rep.Results, rep.NextOffset = rep.Results[lo:hi], next
 		return &rep, nil
 	case messages.APITokenCreate:

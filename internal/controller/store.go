@@ -1,7 +1,6 @@
 package controller
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -161,21 +160,26 @@ func (s *resultStore) write(ctx context.Context, batch []queued) error {
 		g.items = append(g.items, q.data)
 	}
 	var futures []jetstream.PubAckFuture
-	var buf bytes.Buffer
 	for _, g := range order {
 		id, _ := json.Marshal(g.id)
 		head := fmt.Sprintf(`{"v":%d,"task_id":%s,"results":[`, messages.Version, id)
 		for i := 0; i < len(g.items); {
-			buf.Reset()
-			buf.WriteString(head)
-			for n := 0; i < len(g.items) && (n == 0 || buf.Len()+len(g.items[i])+3 <= s.maxBytes); n, i = n+1, i+1 {
-				if n > 0 {
-					buf.WriteByte(',')
-				}
-				buf.Write(g.items[i])
+			// Size the message first: it is handed to the publisher, which
+			// keeps it until the store acknowledges it.
+			size, end := len(head)+2, i
+			for ; end < len(g.items) && (end == i || size+len(g.items[end])+1 <= s.maxBytes); end++ {
+				size += len(g.items[end]) + 1
 			}
-			buf.WriteString("]}")
-			f, err := s.js.PublishAsync(messages.StoredResultsSubject(g.id), bytes.Clone(buf.Bytes()))
+			msg := append(make([]byte, 0, size), head...)
+			for k := i; k < end; k++ {
+				if k > i {
+					msg = append(msg, ',')
+				}
+				msg = append(msg, g.items[k]...)
+			}
+			msg = append(msg, "]}"...)
+			i = end
+			f, err := s.js.PublishAsync(messages.StoredResultsSubject(g.id), msg)
 			if err != nil {
 				return fmt.Errorf("store results of %s: %w", g.id, err)
 			}
