@@ -76,22 +76,11 @@ func Decode[T any, PT interface {
 // Encode marshals a payload. It exists so both sides encode one way.
 func Encode(m Message) ([]byte, error) {
 	if f, ok := m.(fastEncoder); ok {
-		if b, ok := f.appendJSON(make([]byte, 0, 256)); ok {
+		if b, ok := f.appendJSON(make([]byte, 0, f.sizeHint())); ok {
 			return b, nil
 		}
 	}
 	return json.Marshal(m)
-}
-
-// AppendEncode appends m's encoding to dst (MustEncode's rules), so hot
-// paths can reuse a buffer.
-func AppendEncode(dst []byte, m Message) []byte {
-	if f, ok := m.(fastEncoder); ok {
-		if b, ok := f.appendJSON(dst); ok {
-			return b
-		}
-	}
-	return append(dst, MustEncode(m)...)
 }
 
 // MustEncode is Encode for values built in code, which cannot fail.

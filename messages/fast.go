@@ -26,8 +26,24 @@ type fastDecoder interface {
 
 // fastEncoder is implemented by payloads with a fast encoding path; ok is
 // false when the value needs encoding/json (which may then refuse it).
+// sizeHint is about the encoded size, to allocate once.
 type fastEncoder interface {
 	appendJSON(b []byte) (out []byte, ok bool)
+	sizeHint() int
+}
+
+func (r *Result) sizeHint() int {
+	return 192 + len(r.TaskID) + len(r.Node) + len(r.Reason) + len(r.Output)
+}
+
+func (n *NodeResult) sizeHint() int { return 96 + len(n.Node) + len(n.Reason) + len(n.Output) }
+
+func (r *TaskReport) sizeHint() int {
+	n := 256 + len(r.Target)
+	for i := range r.Results {
+		n += r.Results[i].sizeHint()
+	}
+	return n
 }
 
 func (r *Result) appendJSON(b []byte) ([]byte, bool) {
@@ -143,6 +159,94 @@ func appendTime(b []byte, t time.Time) ([]byte, bool) {
 	return append(b, '"'), true
 }
 
+func (r *TaskReport) decodeFast(data []byte) bool {
+	var v TaskReport
+	ok := scanObject(data, func(s *scanner, key []byte) (field int, ok bool) {
+		switch string(key) {
+		case "v":
+			v.V, ok = s.int()
+		case "task_id":
+			field = 1
+			v.TaskID, ok = s.str()
+		case "kind":
+			field = 2
+			v.Kind, ok = s.str()
+		case "target":
+			field = 3
+			v.Target, ok = s.str()
+		case "issued_at":
+			field = 4
+			v.IssuedAt, ok = s.time()
+		case "deadline":
+			field = 5
+			v.Deadline, ok = s.time()
+		case "done":
+			field = 6
+			v.Done, ok = s.boolean()
+		case "results":
+			field = 7
+			v.Results, ok = s.nodeResults()
+		case "total":
+			field = 8
+			v.Total, ok = s.int()
+		case "next_offset":
+			field = 9
+			v.NextOffset, ok = s.int()
+		}
+		return field, ok
+	})
+	if ok {
+		*r = v
+	}
+	return ok
+}
+
+// nodeResults reads an array of report rows.
+func (s *scanner) nodeResults() ([]NodeResult, bool) {
+	if !s.lit('[') {
+		return nil, false
+	}
+	out := []NodeResult{}
+	if s.lit(']') {
+		return out, true
+	}
+	for {
+		var n NodeResult
+		ok := s.object(func(s *scanner, key []byte) (field int, ok bool) {
+			switch string(key) {
+			case "node":
+				n.Node, ok = s.str()
+			case "pending":
+				field = 1
+				n.Pending, ok = s.boolean()
+			case "outcome":
+				field = 2
+				n.Outcome, ok = s.outcome()
+			case "reason":
+				field = 3
+				n.Reason, ok = s.str()
+			case "duration_ms":
+				field = 4
+				n.DurationMS, ok = s.int64()
+			case "output":
+				field = 5
+				n.Output, ok = s.raw()
+			}
+			return field, ok
+		})
+		if !ok {
+			return nil, false
+		}
+		out = append(out, n)
+		if s.lit(']') {
+			return out, true
+		}
+		if !s.lit(',') {
+			return nil, false
+		}
+	}
+}
+
 func (r *Result) decodeFast(data []byte) bool {
 	var v Result
 	ok := scanObject(data, func(s *scanner, key []byte) (field int, ok bool) {
@@ -157,9 +261,7 @@ func (r *Result) decodeFast(data []byte) bool {
 			v.Node, ok = s.str()
 		case "outcome":
 			field = 3
-			var o string
-			o, ok = s.str()
-			v.Outcome = Outcome(o)
+			v.Outcome, ok = s.outcome()
 		case "reason":
 			field = 4
 			v.Reason, ok = s.str()
@@ -168,9 +270,7 @@ func (r *Result) decodeFast(data []byte) bool {
 			v.StartedAt, ok = s.time()
 		case "duration_ms":
 			field = 6
-			var n int
-			n, ok = s.int()
-			v.DurationMS = int64(n)
+			v.DurationMS, ok = s.int64()
 		case "output":
 			field = 7
 			v.Output, ok = s.raw()
@@ -222,17 +322,22 @@ type scanner struct {
 	i int
 }
 
-// scanObject reads one object and nothing after it. For each key, value
-// reads the value (the scanner is positioned at it) and says which field
-// (0 to 31) it was and whether it could read it; an unknown key or a
-// repeated field ends the fast path.
+// scanObject reads one object and nothing after it (see object).
 func scanObject(data []byte, value func(s *scanner, key []byte) (field int, ok bool)) bool {
 	s := &scanner{b: data}
+	return s.object(value) && s.end()
+}
+
+// object reads one object. For each key, value reads the value (the
+// scanner is positioned at it) and says which field (0 to 31) it was and
+// whether it could read it; an unknown key or a repeated field ends the
+// fast path.
+func (s *scanner) object(value func(s *scanner, key []byte) (field int, ok bool)) bool {
 	if !s.lit('{') {
 		return false
 	}
 	if s.lit('}') {
-		return s.end()
+		return true
 	}
 	var seen uint32
 	for {
@@ -246,7 +351,7 @@ func scanObject(data []byte, value func(s *scanner, key []byte) (field int, ok b
 		}
 		seen |= 1 << field
 		if s.lit('}') {
-			return s.end()
+			return true
 		}
 		if !s.lit(',') {
 			return false
@@ -307,6 +412,19 @@ func (s *scanner) strBytes() ([]byte, bool) {
 	return nil, false
 }
 
+// boolean reads true or false.
+func (s *scanner) boolean() (v, ok bool) {
+	s.ws()
+	for _, lit := range [...]string{"true", "false"} {
+		if len(s.b)-s.i >= len(lit) && string(s.b[s.i:s.i+len(lit)]) == lit &&
+			(s.i+len(lit) == len(s.b) || isDelim(s.b[s.i+len(lit)])) {
+			s.i += len(lit)
+			return lit == "true", true
+		}
+	}
+	return false, false
+}
+
 func (s *scanner) str() (string, bool) {
 	b, ok := s.strBytes()
 	return string(b), ok
@@ -343,6 +461,22 @@ func (s *scanner) int() (int, bool) {
 		n = -n
 	}
 	return n, true
+}
+
+func (s *scanner) int64() (int64, bool) {
+	n, ok := s.int()
+	return int64(n), ok
+}
+
+// outcome reads an outcome; the four valid ones are not allocated.
+func (s *scanner) outcome() (Outcome, bool) {
+	b, ok := s.strBytes()
+	for _, o := range [...]Outcome{OutcomeOK, OutcomeWarn, OutcomeFail, OutcomeUnknown} {
+		if string(b) == string(o) {
+			return o, ok
+		}
+	}
+	return Outcome(b), ok
 }
 
 // time reads an RFC 3339 time the way time.Time's UnmarshalJSON does.

@@ -80,6 +80,11 @@ func TestFastDecode(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("round trip:\n got %+v\nwant %+v", got, want)
 	}
+	report := TaskReport{V: 1, TaskID: "t1", Kind: "ping", Target: "all", IssuedAt: now, Deadline: now.Add(time.Minute), Done: true, Total: 2,
+		Results: []NodeResult{{Node: "n1", Outcome: OutcomeOK, Output: r.Output}, {Node: "n2", Pending: true}}}
+	if !sameAsJSON[TaskReport](t, MustEncode(&report)) {
+		t.Fatal("our own report encoding missed the fast path")
+	}
 	task := `{"v":1,"id":"t1","kind":"ping","target":"cluster=a","args":{"duration":"1s"},"deadline":"2026-11-27T08:00:30Z","issued_at":"2026-11-27T08:00:00Z"}`
 	if !sameAsJSON[Task](t, []byte(task)) {
 		t.Fatal("a plain task missed the fast path")
@@ -93,9 +98,13 @@ func FuzzFastDecode(f *testing.F) {
 	seed(f, `{"v":1,"task_id":"t1","node":"n1","outcome":"ok","duration_ms":3,"output":{"a":[1,{"b":"\"}"}]}}`,
 		`{"v":1,"id":"t1","kind":"ping","args":[true,false,null],"deadline":"2026-01-01T00:00:00Z","issued_at":"2026-01-01T00:00:00.5+02:00"}`,
 		`{"output":"x\\"}`, `{"args":[[[[]]]]}`, `{"output":1e400}`, `{"v":-0}`, `{"output":tru}`)
+	f.Add([]byte(`{"v":1,"task_id":"t1","kind":"ping","target":"all","issued_at":"2026-01-01T00:00:00Z","deadline":"2026-01-01T00:00:30Z","done":true,"results":[{"node":"n1","outcome":"ok","reason":"","duration_ms":1,"output":{"pong":"n1"}},{"node":"n2","pending":true,"outcome":"","reason":"","duration_ms":0,"output":null}],"total":2}`))
+	f.Add([]byte(`{"done":false,"results":[]}`))
+	f.Add([]byte(`{"done":truex,"results":[{}]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		sameAsJSON[Result](t, b)
 		sameAsJSON[Task](t, b)
+		sameAsJSON[TaskReport](t, b)
 	})
 }
 

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/guildnet/metaguildnet/messages"
 )
@@ -58,7 +59,10 @@ func memTotal() uint64 {
 	return 0
 }
 
-func bootTime() int64 {
+// bootTime is read once: it does not change while the process runs.
+var bootTime = sync.OnceValue(readBootTime)
+
+func readBootTime() int64 {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
 		return 0

@@ -25,6 +25,14 @@ type Task interface {
 	Run(ctx context.Context, env *Env, args json.RawMessage) (Output, error)
 }
 
+// Instant is implemented by tasks that return at once, without I/O or
+// waiting (ping). The agent runs them in place: no goroutine, deadline
+// timer or task slot, so a fan-out of them costs an agent little more than
+// the two messages.
+type Instant interface {
+	Instant() bool
+}
+
 // Output is what a task reports.
 type Output struct {
 	Outcome messages.Outcome

@@ -73,8 +73,9 @@ func main() {
 	bin := flag.String("bin", "bin", "directory with the controller and agent binaries")
 	idleFor := flag.Duration("idle", 60*time.Second, "how long the real agent idles")
 	cpuProfile := flag.String("cpuprofile", "", "write this process's CPU profile (the simulated agents) of the largest fan-out's rounds here")
-	roundsFlag := flag.Int("rounds", 0, "measured rounds per fleet size (default 30, 15 from 5,000 agents)")
+	roundsFlag := flag.Int("rounds", 0, "measured rounds per fleet size (default 100, 30 from 5,000 agents)")
 	trace := flag.Bool("trace", false, "print every round's time")
+	allocDir := flag.String("allocprofiles", "", "write allocation profiles of the controller and this process before and after the largest fan-out's rounds to this directory (compare with pprof -diff_base)")
 	ctlProfile := flag.String("ctlprofile", "", "write the controller's CPU profile of the largest fan-out here")
 	worldAgents := flag.Int("world-agents", 100, "agents for the verification sweep against the test world (0 skips)")
 	tailnetJSON := flag.String("tailnet-json", "", "merge this tailnet fan-out result (from hack/tailnetbench) into the output")
@@ -132,9 +133,10 @@ func main() {
 		log.Printf("%d simulated agents online (%.1fs to enroll and connect)", n, time.Since(t0).Seconds())
 		time.Sleep(2 * time.Second) // let enrollment writes settle before measuring memory
 		perAgent := float64(rssKiB(ctl.Process.Pid)-baseRSS) / float64(n)
-		rounds := 30
+		// p99 needs samples: with 30 rounds it is simply the slowest one.
+		rounds := 100
 		if n >= 5000 {
-			rounds = 15
+			rounds = 30
 		}
 		if *roundsFlag > 0 {
 			rounds = *roundsFlag
@@ -151,6 +153,9 @@ func main() {
 				log.Fatal(err)
 			}
 			pprof.StartCPUProfile(simProf)
+		}
+		if *allocDir != "" && n == maxSize(*sizes) {
+			allocProfiles(*allocDir, "before", info.HTTPURL)
 		}
 		for r := 0; r < rounds+2; r++ {
 			t := time.Now()
@@ -178,6 +183,9 @@ func main() {
 		if simProf != nil {
 			pprof.StopCPUProfile()
 			simProf.Close()
+		}
+		if *allocDir != "" && n == maxSize(*sizes) {
+			allocProfiles(*allocDir, "after", info.HTTPURL)
 		}
 		if prof != nil {
 			os.WriteFile(*ctlProfile, <-prof, 0o644)
@@ -392,4 +400,19 @@ func fetch(url string) []byte {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return b
+}
+
+// allocProfiles writes DIR/controller-WHEN.prof and DIR/bench-WHEN.prof,
+// each after a collection so that it counts everything allocated so far.
+func allocProfiles(dir, when, ctlHTTP string) {
+	if err := os.WriteFile(filepath.Join(dir, "controller-"+when+".prof"), fetch(ctlHTTP+"/debug/pprof/allocs?gc=1"), 0o644); err != nil {
+		log.Fatal(err)
+	}
+	runtime.GC()
+	f, err := os.Create(filepath.Join(dir, "bench-"+when+".prof"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer f.Close()
+	pprof.Lookup("allocs").WriteTo(f, 0)
 }

@@ -395,9 +395,10 @@ func (a *Agent) sync(settleAfter time.Duration) {
 	}
 }
 
-// settled forgets a result the controller has stored.
+// settled forgets a result the controller has stored. The entry stays
+// (a task id is never run twice) without the result.
 func (a *Agent) settled(e Entry) {
-	e.Sent = true
+	e.Sent, e.Result = true, nil
 	if err := a.jrnl.Put(e); err != nil {
 		a.log.Warn("journal", zap.Error(err))
 	}
@@ -492,6 +493,9 @@ func (a *Agent) handle(t messages.Task) {
 	}
 	if e, seen := a.jrnl.Get(t.ID); seen {
 		a.mu.Unlock()
+		if e.Sent {
+			return // done, and the controller has stored its result
+		}
 		if e.Done && e.Result != nil {
 			a.publish(e)
 			return
@@ -521,7 +525,32 @@ func (a *Agent) handle(t messages.Task) {
 		a.log.Warn("journal", zap.Error(err))
 	}
 	a.tasksWG.Add(1)
+	if in, ok := task.(tasks.Instant); ok && in.Instant() && a.cfg.FaultTaskDelay == 0 {
+		a.runInstant(t, task)
+		return
+	}
 	go a.run(t, task)
+}
+
+// runInstant runs an Instant task on the receiving goroutine, with the
+// agent's context: it returns before a deadline could matter.
+func (a *Agent) runInstant(t messages.Task, task tasks.Task) {
+	defer a.tasksWG.Done()
+	defer a.notRunning(t.ID)
+	start := time.Now()
+	out, err := safeRun(a.base, task, a.env(t.Kind), t.Args)
+	a.finish(t, start, result(a.base, start, out, err))
+}
+
+func (a *Agent) notRunning(id string) {
+	a.mu.Lock()
+	delete(a.running, id)
+	a.mu.Unlock()
+}
+
+func (a *Agent) env(kind string) *tasks.Env {
+	return &tasks.Env{Node: a.cfg.Name, Cluster: a.cfg.Cluster, Role: a.cfg.Role, Labels: a.cfg.Labels,
+		Version: a.cfg.Version, Log: a.taskLog(kind), Settings: a.cfg.Settings}
 }
 
 // ackAfter is how long a task runs before the agent tells the controller it
@@ -532,20 +561,13 @@ const ackAfter = 250 * time.Millisecond
 
 func (a *Agent) run(t messages.Task, task tasks.Task) {
 	defer a.tasksWG.Done()
-	defer func() {
-		a.mu.Lock()
-		delete(a.running, t.ID)
-		a.mu.Unlock()
-	}()
+	defer a.notRunning(t.ID)
 	ctx, cancel := context.WithDeadline(a.base, t.Deadline)
 	defer cancel()
 	// A task cut short because the agent stops leaves its journal entry as
 	// started: after a restart it is reported as interrupted, not run again.
 	interrupted := func() bool { return a.base.Err() != nil && time.Now().Before(t.Deadline) }
-	select {
-	case a.sem <- struct{}{}:
-		defer func() { <-a.sem }()
-	case <-ctx.Done():
+	if !a.acquire(ctx) {
 		if interrupted() {
 			return
 		}
@@ -553,6 +575,7 @@ func (a *Agent) run(t messages.Task, task tasks.Task) {
 			Output: errOutput("waited for a free task slot until the deadline")})
 		return
 	}
+	defer func() { <-a.sem }()
 	start := time.Now()
 	ack := time.AfterFunc(ackAfter, func() {
 		a.nc.Publish(messages.AckSubject(a.cfg.Name), messages.MustEncode(&messages.Ack{V: messages.Version, TaskID: t.ID, Started: true}))
@@ -564,12 +587,15 @@ func (a *Agent) run(t messages.Task, task tasks.Task) {
 		case <-ctx.Done():
 		}
 	}
-	env := &tasks.Env{Node: a.cfg.Name, Cluster: a.cfg.Cluster, Role: a.cfg.Role, Labels: a.cfg.Labels,
-		Version: a.cfg.Version, Log: a.taskLog(t.Kind), Settings: a.cfg.Settings}
-	out, err := safeRun(ctx, task, env, t.Args)
+	out, err := safeRun(ctx, task, a.env(t.Kind), t.Args)
 	if interrupted() {
 		return
 	}
+	a.finish(t, start, result(ctx, start, out, err))
+}
+
+// result turns what a task returned into the result to report.
+func result(ctx context.Context, start time.Time, out tasks.Output, err error) messages.Result {
 	r := messages.Result{Outcome: out.Outcome, Reason: out.Reason}
 	switch {
 	case ctx.Err() != nil && (err != nil || out.Outcome == ""):
@@ -595,7 +621,23 @@ func (a *Agent) run(t messages.Task, task tasks.Task) {
 			r.Output = b
 		}
 	}
-	a.finish(t, start, r)
+	return r
+}
+
+// acquire takes a task slot, waiting until ctx ends. A free slot is taken
+// without touching ctx.Done, which would allocate a channel per task.
+func (a *Agent) acquire(ctx context.Context) bool {
+	select {
+	case a.sem <- struct{}{}:
+		return true
+	default:
+	}
+	select {
+	case a.sem <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // safeRun turns a panicking task into an error: one bad task must not take
@@ -618,26 +660,17 @@ func (a *Agent) finish(t messages.Task, start time.Time, r messages.Result) {
 		r.StartedAt = start.UTC()
 		r.DurationMS = time.Since(start).Milliseconds()
 	}
-	buf := encodeBufs.Get().(*[]byte)
-	defer encodeBufs.Put(buf)
-	b := messages.AppendEncode((*buf)[:0], &r)
+	b := messages.MustEncode(&r)
 	if len(b) > a.cfg.MaxMessageBytes-1024 {
 		r.Output = errOutput(fmt.Sprintf("output of %d bytes exceeds the message limit of %d bytes; it was dropped", len(b), a.cfg.MaxMessageBytes))
-		b = messages.AppendEncode(b[:0], &r)
+		b = messages.MustEncode(&r)
 	}
-	if cap(b) <= 64<<10 {
-		*buf = b // keep a grown buffer, not a huge one
-	}
-	e := Entry{TaskID: t.ID, Deadline: t.Deadline, Done: true, Result: &r}
+	e := Entry{TaskID: t.ID, Deadline: t.Deadline, Done: true, Result: b}
 	if err := a.jrnl.Put(e); err != nil {
 		a.log.Warn("journal", zap.Error(err))
 	}
-	a.send(t.ID, b) // the connection copies it
+	a.send(t.ID, b)
 }
-
-// encodeBufs recycles result encoding buffers: a fan-out to many agents in
-// one process (and a busy agent) would otherwise allocate one per result.
-var encodeBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 
 // publish sends a result to the controller. The journal keeps it until a
 // sync says it is settled (see sync), so a result lost on the way (the
@@ -645,7 +678,7 @@ var encodeBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &
 // controller keeps the first outcome per node, so a duplicate is harmless.
 func (a *Agent) publish(e Entry) {
 	if e.Result != nil {
-		a.send(e.TaskID, messages.MustEncode(e.Result))
+		a.send(e.TaskID, e.Result)
 	}
 }
 

@@ -17,11 +17,16 @@ import (
 // redelivered task is never run twice and a result that could not be sent
 // survives a restart.
 type Entry struct {
-	TaskID   string           `json:"task_id"`
-	Deadline time.Time        `json:"deadline"`
-	Done     bool             `json:"done"`
-	Sent     bool             `json:"sent"`
-	Result   *messages.Result `json:"result,omitempty"`
+	TaskID   string    `json:"task_id"`
+	Deadline time.Time `json:"deadline"`
+	Done     bool      `json:"done"`
+	// Sent means settled: the controller has stored the result, so the
+	// entry no longer carries it.
+	Sent bool `json:"sent"`
+	// Result is the encoded messages.Result, as sent. Bytes, not a
+	// struct: they are what is sent again, and a journal of many entries
+	// is cheap for the garbage collector.
+	Result json.RawMessage `json:"result,omitempty"`
 }
 
 // Journal stores entries. FileJournal is the real one; MemJournal serves
@@ -29,7 +34,7 @@ type Entry struct {
 type Journal interface {
 	Get(id string) (Entry, bool)
 	Put(e Entry) error
-	// Unsent lists finished entries whose result has not been stored yet.
+	// Unsent lists finished entries whose result is not settled yet.
 	Unsent() []Entry
 	// Prune forgets sent entries whose deadline is before t.
 	Prune(t time.Time)
@@ -109,6 +114,13 @@ func OpenFileJournal(dir string) (*FileJournal, error) {
 		var e Entry
 		if json.Unmarshal(b, &e) != nil || messages.ValidTaskID(e.TaskID) != nil {
 			continue
+		}
+		if e.Result != nil {
+			if r, err := messages.Decode[messages.Result](e.Result, 0); err != nil || r.TaskID != e.TaskID {
+				// A result that cannot be sent: the task counts as cut
+				// short, which is reported, never run again.
+				e.Done, e.Result = false, nil
+			}
 		}
 		j.m[e.TaskID] = e
 	}

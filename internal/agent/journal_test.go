@@ -20,7 +20,8 @@ func TestFileJournalSurvivesReopen(t *testing.T) {
 	}
 	dl := time.Now().Add(time.Hour)
 	j.Put(Entry{TaskID: "t1", Deadline: dl})
-	j.Put(Entry{TaskID: "t2", Deadline: dl, Done: true, Result: &messages.Result{V: 1, TaskID: "t2", Outcome: messages.OutcomeOK}})
+	j.Put(Entry{TaskID: "t2", Deadline: dl, Done: true, Result: messages.MustEncode(&messages.Result{V: 1, TaskID: "t2", Outcome: messages.OutcomeOK})})
+	j.Put(Entry{TaskID: "t4", Deadline: dl, Done: true, Result: []byte(`{"v":1,"task_id":"t4","outcome":"great"}`)})
 	j.Put(Entry{TaskID: "t3", Deadline: time.Now().Add(-48 * time.Hour), Done: true, Sent: true})
 	if err := j.Put(Entry{TaskID: "../escape"}); err == nil {
 		t.Fatal("a task id that is a path was accepted")
@@ -35,8 +36,15 @@ func TestFileJournalSurvivesReopen(t *testing.T) {
 		t.Fatalf("t1 after reopen: %+v %v", e, ok)
 	}
 	unsent := j2.Unsent()
-	if len(unsent) != 1 || unsent[0].TaskID != "t2" || unsent[0].Result.Outcome != messages.OutcomeOK {
+	if len(unsent) != 1 || unsent[0].TaskID != "t2" {
 		t.Fatalf("unsent after reopen: %+v", unsent)
+	}
+	if r, err := messages.Decode[messages.Result](unsent[0].Result, 0); err != nil || r.Outcome != messages.OutcomeOK {
+		t.Fatalf("t2's result after reopen: %+v %v", r, err)
+	}
+	// An unreadable result: the task counts as cut short, not as done.
+	if e, ok := j2.Get("t4"); !ok || e.Done || e.Result != nil {
+		t.Fatalf("t4 after reopen: %+v %v", e, ok)
 	}
 	j2.Prune(time.Now().Add(-24 * time.Hour))
 	if _, ok := j2.Get("t3"); ok {

@@ -6,6 +6,7 @@ import (
 	"encoding/base32"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -30,14 +31,36 @@ type taskRecord struct {
 	Done        bool          `json:"done,omitempty"`
 }
 
+// taskState is an open (or just finished) task in memory. Guarded by
+// dispatcher.mu.
 type taskState struct {
-	rec     taskRecord
-	targets map[string]bool
-	results map[string]messages.NodeResult
-	started map[string]bool
+	rec taskRecord
+	// rows has one row per target, in rec.Targets order; a row's Outcome
+	// is "" until its node settles. idx maps a node to its row; it is nil
+	// once the task is done and its results are stored.
+	rows    []messages.NodeResult
+	idx     map[string]int32
+	settled int
+	started map[string]bool // nodes that said they started (long tasks)
 	done    chan struct{}
 	timer   *time.Timer
 	lastSeq uint64 // resultStore sequence of the last result settled
+}
+
+// pendingRow returns node's row if node is a target whose outcome is not
+// settled yet.
+func (ts *taskState) pendingRow(node string) (*messages.NodeResult, bool) {
+	i, ok := ts.idx[node]
+	if !ok || ts.rows[i].Outcome != "" {
+		return nil, false
+	}
+	return &ts.rows[i], true
+}
+
+// owes reports whether node is a target with no outcome yet.
+func (ts *taskState) owes(node string) bool {
+	_, ok := ts.pendingRow(node)
+	return ok
 }
 
 // dispatcher issues tasks, collects results and settles every targeted node
@@ -151,14 +174,14 @@ func (d *dispatcher) wait(ctx context.Context, id string) (messages.TaskReport, 
 
 func newTaskState(rec taskRecord) *taskState {
 	ts := &taskState{
-		rec:     rec,
-		targets: make(map[string]bool, len(rec.Targets)),
-		results: make(map[string]messages.NodeResult, len(rec.Targets)),
-		started: map[string]bool{},
-		done:    make(chan struct{}),
+		rec:  rec,
+		rows: make([]messages.NodeResult, len(rec.Targets)),
+		idx:  make(map[string]int32, len(rec.Targets)),
+		done: make(chan struct{}),
 	}
-	for _, n := range rec.Targets {
-		ts.targets[n] = true
+	for i, n := range rec.Targets {
+		ts.idx[n] = int32(i)
+		ts.rows[i].Node = n
 	}
 	return ts
 }
@@ -210,7 +233,10 @@ func nodeResult(r messages.Result) messages.NodeResult {
 func (d *dispatcher) onAck(node string, a messages.Ack) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if ts := d.tasks[a.TaskID]; ts != nil && a.Started {
+	if ts := d.tasks[a.TaskID]; ts != nil && a.Started && ts.owes(node) {
+		if ts.started == nil {
+			ts.started = map[string]bool{}
+		}
 		ts.started[node] = true
 	}
 }
@@ -220,16 +246,19 @@ func (d *dispatcher) onAck(node string, a messages.Ack) {
 func (d *dispatcher) settle(ts *taskState, r messages.Result, raw []byte) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if _, have := ts.results[r.Node]; have || !ts.targets[r.Node] || d.closed {
+	row, ok := ts.pendingRow(r.Node)
+	if !ok || d.closed {
 		return
 	}
-	ts.results[r.Node] = nodeResult(r)
+	*row = nodeResult(r)
+	ts.settled++
 	if raw == nil {
-		raw = messages.MustEncode(&r)
+		rr := r // only this copy escapes, and only here
+		raw = messages.MustEncode(&rr)
 	}
 	ts.lastSeq = d.store.add(r.TaskID, raw)
 	d.met.outcome(string(r.Outcome))
-	if len(ts.results) == len(ts.rec.Targets) {
+	if ts.settled == len(ts.rows) {
 		d.completeLocked(ts)
 	}
 }
@@ -248,11 +277,16 @@ func (d *dispatcher) settledFor(ctx context.Context, node string, ids []string) 
 	d.mu.Lock()
 	for _, id := range ids {
 		ts := d.tasks[id]
-		if ts == nil || !ts.targets[node] {
+		if ts == nil || ts.idx == nil {
+			out = append(out, id) // closed (and stored), or unknown
+			continue
+		}
+		i, target := ts.idx[node]
+		if !target {
 			out = append(out, id)
 			continue
 		}
-		if _, ok := ts.results[node]; ok {
+		if ts.rows[i].Outcome != "" {
 			out = append(out, id)
 			seq = max(seq, ts.lastSeq)
 		}
@@ -264,14 +298,11 @@ func (d *dispatcher) settledFor(ctx context.Context, node string, ids []string) 
 	return out
 }
 
-// keepDone is how long a finished task stays in memory once its results
-// are stored: reports of a task that just finished come from memory, and
-// agents asking whether their result is settled get a quick answer.
-const keepDone = 2 * time.Minute
-
 // completeLocked marks a task done. It is closed (moved from the open
 // bucket to history) only once its results are stored: until then a
-// restart must still find it open.
+// restart must still find it open. Then it leaves memory: reports of a
+// closed task come from history and the results stream, so the memory a
+// controller holds follows its open tasks, not its past ones.
 func (d *dispatcher) completeLocked(ts *taskState) {
 	if ts.timer != nil {
 		ts.timer.Stop()
@@ -286,6 +317,9 @@ func (d *dispatcher) completeLocked(ts *taskState) {
 		if err := d.store.wait(d.ctx, seq); err != nil {
 			return // the controller stops; the task stays open and is recovered
 		}
+		d.mu.Lock()
+		ts.idx, ts.started = nil, nil // rows are all a done task needs
+		d.mu.Unlock()
 		ctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
 		defer cancel()
 		b, _ := json.Marshal(rec)
@@ -294,13 +328,11 @@ func (d *dispatcher) completeLocked(ts *taskState) {
 		} else if err := d.open.Delete(ctx, id); err != nil {
 			d.log.Warn("close task", zap.String("task", id), zap.Error(err))
 		}
-		time.AfterFunc(keepDone, func() {
-			d.mu.Lock()
-			if d.tasks[id] == ts {
-				delete(d.tasks, id)
-			}
-			d.mu.Unlock()
-		})
+		d.mu.Lock()
+		if d.tasks[id] == ts {
+			delete(d.tasks, id)
+		}
+		d.mu.Unlock()
 	}()
 }
 
@@ -312,7 +344,7 @@ func (d *dispatcher) expire(id string) {
 	var missing []string
 	if ts != nil {
 		for _, n := range ts.rec.Targets {
-			if _, ok := ts.results[n]; !ok {
+			if ts.owes(n) {
 				missing = append(missing, n)
 			}
 		}
@@ -335,7 +367,7 @@ func (d *dispatcher) nodeRemoved(node string) {
 	d.mu.Lock()
 	var open []*taskState
 	for _, ts := range d.tasks {
-		if _, ok := ts.results[node]; !ok && ts.targets[node] {
+		if ts.owes(node) {
 			open = append(open, ts)
 		}
 	}
@@ -351,7 +383,7 @@ func (d *dispatcher) pendingFor(node string, now time.Time) []messages.Task {
 	defer d.mu.Unlock()
 	var out []messages.Task
 	for _, ts := range d.tasks {
-		if _, ok := ts.results[node]; ok || !now.Before(ts.rec.Task.Deadline) || !ts.targets[node] {
+		if !ts.owes(node) || !now.Before(ts.rec.Task.Deadline) {
 			continue
 		}
 		out = append(out, ts.rec.Task)
@@ -376,7 +408,18 @@ func (d *dispatcher) report(ctx context.Context, id string, wait time.Duration) 
 	if ts != nil {
 		d.mu.Lock()
 		defer d.mu.Unlock()
-		return buildReport(ts.rec, ts.results, isClosed(ts.done)), nil
+		rep := reportHeader(ts.rec, isClosed(ts.done))
+		if ts.idx == nil {
+			rep.Results = ts.rows // done and stored: the rows no longer change
+			return rep, nil
+		}
+		rep.Results = slices.Clone(ts.rows)
+		for i := range rep.Results {
+			if rep.Results[i].Outcome == "" {
+				rep.Results[i].Pending = true
+			}
+		}
+		return rep, nil
 	}
 	e, err := d.history.Get(ctx, id)
 	if err != nil {
@@ -392,24 +435,21 @@ func (d *dispatcher) report(ctx context.Context, id string, wait time.Duration) 
 	if err != nil {
 		return messages.TaskReport{}, err
 	}
-	res := make(map[string]messages.NodeResult, len(stored))
-	for n, r := range stored {
-		res[n] = nodeResult(r)
+	rep := reportHeader(rec, rec.Done)
+	rep.Results = make([]messages.NodeResult, len(rec.Targets))
+	for i, n := range rec.Targets {
+		if r, ok := stored[n]; ok {
+			rep.Results[i] = nodeResult(r)
+		} else {
+			rep.Results[i] = messages.NodeResult{Node: n, Pending: true}
+		}
 	}
-	return buildReport(rec, res, rec.Done), nil
+	return rep, nil
 }
 
-func buildReport(rec taskRecord, res map[string]messages.NodeResult, done bool) messages.TaskReport {
-	rep := messages.TaskReport{V: messages.Version, TaskID: rec.Task.ID, Kind: rec.Task.Kind, Target: rec.Task.Target,
-		IssuedAt: rec.Task.IssuedAt, Deadline: rec.Task.Deadline, Done: done, Results: make([]messages.NodeResult, 0, len(rec.Targets))}
-	for _, n := range rec.Targets {
-		r, ok := res[n]
-		if !ok {
-			r = messages.NodeResult{Node: n, Pending: true}
-		}
-		rep.Results = append(rep.Results, r)
-	}
-	return rep
+func reportHeader(rec taskRecord, done bool) messages.TaskReport {
+	return messages.TaskReport{V: messages.Version, TaskID: rec.Task.ID, Kind: rec.Task.Kind, Target: rec.Task.Target,
+		IssuedAt: rec.Task.IssuedAt, Deadline: rec.Task.Deadline, Done: done}
 }
 
 func isClosed(ch chan struct{}) bool {
@@ -449,13 +489,14 @@ func (d *dispatcher) recover(ctx context.Context) error {
 			return err
 		}
 		for n, r := range stored {
-			if ts.targets[n] {
-				ts.results[n] = nodeResult(r)
+			if row, ok := ts.pendingRow(n); ok {
+				*row = nodeResult(r)
+				ts.settled++
 			}
 		}
 		d.mu.Lock()
 		d.tasks[id] = ts
-		if len(ts.results) == len(rec.Targets) {
+		if ts.settled == len(ts.rows) {
 			d.completeLocked(ts)
 			d.mu.Unlock()
 			continue

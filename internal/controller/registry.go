@@ -323,19 +323,24 @@ func (sel selector) matches(rec *nodeRecord) bool {
 	return true
 }
 
-// selectNodes resolves a selector to sorted node names with their state.
-func (r *registry) selectNodes(sel selector, now time.Time) (names []string, states map[string]string) {
+// selectNodes resolves a selector to sorted node names, and the state of
+// those that are offline (the only state issuing a task looks at).
+func (r *registry) selectNodes(sel selector, now time.Time) (names []string, offline map[string]string) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	states = map[string]string{}
 	for name, n := range r.nodes {
 		if sel.matches(&n.rec) {
 			names = append(names, name)
-			states[name] = r.stateAt(n, now)
+			if s := r.stateAt(n, now); s == messages.StateOffline {
+				if offline == nil {
+					offline = map[string]string{}
+				}
+				offline[name] = s
+			}
 		}
 	}
 	slices.Sort(names)
-	return names, states
+	return names, offline
 }
 
 func (r *registry) counts(now time.Time) (online, stale, offline int) {

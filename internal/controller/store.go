@@ -122,8 +122,9 @@ func (s *resultStore) flush(ctx context.Context) {
 		if err == nil {
 			s.mu.Lock()
 			s.queue = s.queue[len(batch):]
-			if len(s.queue) == 0 {
-				s.queue = nil // let the backing array go
+			if len(s.queue) == 0 && cap(batch) <= 1<<16 {
+				clear(batch)
+				s.queue = batch[:0] // reuse it: every fan-out fills one
 			}
 			s.stored = last
 			close(s.changed)
