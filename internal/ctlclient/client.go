@@ -3,6 +3,7 @@
 package ctlclient
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -72,8 +73,12 @@ func call[T any, PT interface {
 	if err != nil {
 		return zero, fmt.Errorf("%w: %s: %v", ErrUnreachable, verb, err)
 	}
-	if e, err := messages.Decode[messages.ErrorReply](m.Data, 0); err == nil && e.Code != "" {
-		return zero, &APIError{e}
+	// Every reply could be an ErrorReply; only one that has a "code" key
+	// is worth decoding as one (a large report is not read twice).
+	if bytes.Contains(m.Data, []byte(`"code"`)) {
+		if e, err := messages.Decode[messages.ErrorReply](m.Data, 0); err == nil && e.Code != "" {
+			return zero, &APIError{e}
+		}
 	}
 	return messages.Decode[T, PT](m.Data, 64<<20)
 }
