@@ -1,8 +1,6 @@
 package tasks
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"net"
@@ -49,9 +47,8 @@ func memTotal() uint64 {
 	if err != nil {
 		return 0
 	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "MemTotal:"); ok {
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "MemTotal:"); ok {
 			kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 			return kb * 1024
 		}
@@ -84,10 +81,28 @@ var (
 )
 
 func addresses() (all, tailnet []string) {
+	for _, ip := range upIPs() {
+		if ip.IsLinkLocalUnicast() {
+			continue
+		}
+		s := ip.String()
+		all = append(all, s)
+		if tailnetV4.Contains(ip) || tailnetV6.Contains(ip) {
+			tailnet = append(tailnet, s)
+		}
+	}
+	return all, tailnet
+}
+
+// upIPsPortable lists the addresses of the interfaces that are up, one
+// interface at a time (on Linux that is two netlink dumps per interface;
+// facts_linux.go needs two in all).
+func upIPsPortable() []net.IP {
 	ifs, err := net.Interfaces()
 	if err != nil {
-		return nil, nil
+		return nil
 	}
+	var out []net.IP
 	for _, ifc := range ifs {
 		if ifc.Flags&net.FlagUp == 0 {
 			continue
@@ -97,16 +112,10 @@ func addresses() (all, tailnet []string) {
 			continue
 		}
 		for _, a := range addrs {
-			ipn, ok := a.(*net.IPNet)
-			if !ok || ipn.IP.IsLinkLocalUnicast() {
-				continue
-			}
-			ip := ipn.IP.String()
-			all = append(all, ip)
-			if tailnetV4.Contains(ipn.IP) || tailnetV6.Contains(ipn.IP) {
-				tailnet = append(tailnet, ip)
+			if ipn, ok := a.(*net.IPNet); ok {
+				out = append(out, ipn.IP)
 			}
 		}
 	}
-	return all, tailnet
+	return out
 }
