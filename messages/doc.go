@@ -22,12 +22,31 @@
 // An agent's reply inbox is "_INBOX_NODE" (or "_INBOX_PUBKEY" while it
 // enrolls) so that its permissions can allow exactly its own replies.
 //
+// # Results and settlement
+//
+// An agent publishes a Result on mgn.res.NODE and keeps it in its journal.
+// The controller keeps the first outcome per node and task and stores
+// results in batches (ResultBatch on mgn.results.TASKID, stream
+// MGN_RESULTS, written by the controller only). While results wait, the
+// agent syncs every few seconds with SyncRequest.Results: the reply's
+// Settled lists those the controller has stored (or whose task is closed or
+// unknown), which the agent forgets; it sends the others again. The reply's
+// Tasks are the open tasks the node still owes, which it runs, or answers
+// from its journal.
+//
+// # Encoding
+//
+// Payloads are JSON. Task, Result and TaskReport, which a fan-out moves once
+// per node, have fast paths (fast.go) for the plain form the two sides
+// write; anything else goes through encoding/json, and fuzz tests check the
+// two always agree.
+//
 // # Operator API (mgn.api.VERB)
 //
 //	verb          request             reply
 //	status        StatusRequest       StatusReply (the fleet view)
 //	run           RunRequest          RunReply (task id and targeted nodes)
-//	task.wait     TaskWaitRequest     TaskReport (one row per targeted node)
+//	task.wait     TaskWaitRequest     TaskReport (one row per targeted node; paged by rows and bytes)
 //	token.create  TokenCreateRequest  TokenCreateReply
 //	nodes.remove  NodesRemoveRequest  NodesRemoveReply
 //	verify        VerifyRequest       VerifyReply (report id; the Report is in object store mgn_reports)

@@ -120,6 +120,17 @@ func main() {
 	idleRes := make(chan idle, 1)
 	go func() { idleRes <- measureIdle(*bin, info.NATSURL, tok.Token, work, *idleFor) }()
 
+	// The base for "RSS per agent" is taken once the controller is warm:
+	// the idle agent enrolled and one task went through (streams, buckets
+	// and the result store in use). Otherwise the first fleet size pays
+	// for one-time start-up, which is not a cost per agent.
+	waitOnline(cli, 1)
+	if rep, err := cli.Run(ctx, messages.RunRequest{Target: "idle-agent", Kind: "ping", Timeout: "30s"}); err != nil {
+		log.Fatal(err)
+	} else if _, err := cli.Wait(ctx, rep.TaskID); err != nil {
+		log.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
 	baseRSS := rssKiB(ctl.Process.Pid)
 	var res output
 	var agents []context.CancelFunc
