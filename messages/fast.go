@@ -32,6 +32,92 @@ type fastEncoder interface {
 	sizeHint() int
 }
 
+func (r *SyncRequest) sizeHint() int { return 32 + 40*len(r.Results) }
+
+func (r *SyncRequest) appendJSON(b []byte) ([]byte, bool) {
+	b = append(b, `{"v":`...)
+	b = appendInt(b, int64(r.V))
+	if len(r.Results) > 0 {
+		b = appendStrings(append(b, `,"results":`...), r.Results)
+	}
+	return append(b, '}'), true
+}
+
+func (r *SyncRequest) decodeFast(data []byte) bool {
+	var v SyncRequest
+	ok := scanObject(data, func(s *scanner, key []byte) (field int, ok bool) {
+		switch string(key) {
+		case "v":
+			v.V, ok = s.int()
+		case "results":
+			field = 1
+			v.Results, ok = s.strs()
+		}
+		return field, ok
+	})
+	if ok {
+		*r = v
+	}
+	return ok
+}
+
+// SyncReply has fast paths for the settlement lists; a reply that carries
+// tasks goes through encoding/json (tasks are rare there).
+func (r *SyncReply) sizeHint() int { return 96 + 40*len(r.Settled) }
+
+func (r *SyncReply) appendJSON(b []byte) ([]byte, bool) {
+	if len(r.Tasks) > 0 {
+		return b, false
+	}
+	b = append(b, `{"v":`...)
+	b = appendInt(b, int64(r.V))
+	if r.Tasks == nil {
+		b = append(b, `,"tasks":null`...)
+	} else {
+		b = append(b, `,"tasks":[]`...)
+	}
+	b = appendString(append(b, `,"heartbeat_interval":`...), r.HeartbeatInterval)
+	if len(r.Settled) > 0 {
+		b = appendStrings(append(b, `,"settled":`...), r.Settled)
+	}
+	return append(b, '}'), true
+}
+
+func (r *SyncReply) decodeFast(data []byte) bool {
+	var v SyncReply
+	ok := scanObject(data, func(s *scanner, key []byte) (field int, ok bool) {
+		switch string(key) {
+		case "v":
+			v.V, ok = s.int()
+		case "tasks":
+			field = 1
+			ok = s.emptyList(&v.Tasks) // tasks: encoding/json
+		case "heartbeat_interval":
+			field = 2
+			v.HeartbeatInterval, ok = s.str()
+		case "settled":
+			field = 3
+			v.Settled, ok = s.strs()
+		}
+		return field, ok
+	})
+	if ok {
+		*r = v
+	}
+	return ok
+}
+
+func appendStrings(b []byte, ss []string) []byte {
+	b = append(b, '[')
+	for i, x := range ss {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, x)
+	}
+	return append(b, ']')
+}
+
 func (r *Result) sizeHint() int {
 	return 192 + len(r.TaskID) + len(r.Node) + len(r.Reason) + len(r.Output)
 }
@@ -199,6 +285,45 @@ func (r *TaskReport) decodeFast(data []byte) bool {
 		*r = v
 	}
 	return ok
+}
+
+// strs reads an array of plain strings.
+func (s *scanner) strs() ([]string, bool) {
+	if !s.lit('[') {
+		return nil, false
+	}
+	out := []string{}
+	if s.lit(']') {
+		return out, true
+	}
+	for {
+		x, ok := s.str()
+		if !ok {
+			return nil, false
+		}
+		out = append(out, x)
+		if s.lit(']') {
+			return out, true
+		}
+		if !s.lit(',') {
+			return nil, false
+		}
+	}
+}
+
+// emptyList reads null (leaving *v nil) or [] (setting it empty); anything
+// else is not for the fast path.
+func (s *scanner) emptyList(v *[]Task) bool {
+	s.ws()
+	if len(s.b)-s.i >= 4 && string(s.b[s.i:s.i+4]) == "null" && (s.i+4 == len(s.b) || isDelim(s.b[s.i+4])) {
+		s.i += 4
+		return true
+	}
+	if s.lit('[') && s.lit(']') {
+		*v = []Task{}
+		return true
+	}
+	return false
 }
 
 // nodeResults reads an array of report rows.

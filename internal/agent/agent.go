@@ -741,8 +741,10 @@ func (a *Agent) outbox(ctx context.Context) {
 	}
 }
 
+// settleDelay is SettleEvery on average, spread widely: agents that got
+// the same fan-out must not all ask at once.
 func (a *Agent) settleDelay() time.Duration {
-	return a.cfg.SettleEvery + rand.N(a.cfg.SettleEvery/4+1)
+	return a.cfg.SettleEvery/2 + rand.N(a.cfg.SettleEvery+1)
 }
 
 // taskLog is the logger for tasks of one kind, named once, not per task.
