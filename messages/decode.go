@@ -236,20 +236,7 @@ func (e *EnrollReply) Validate() error {
 	return ValidNodeName(e.Name)
 }
 
-func (s *SyncRequest) Validate() error {
-	if err := checkVersion(s.V); err != nil {
-		return err
-	}
-	if len(s.Results) > MaxSyncResults {
-		return fmt.Errorf("results: more than %d task ids", MaxSyncResults)
-	}
-	for i, id := range s.Results {
-		if err := ValidTaskID(id); err != nil {
-			return fmt.Errorf("results[%d]: %w", i, err)
-		}
-	}
-	return nil
-}
+func (s *SyncRequest) Validate() error { return checkVersion(s.V) }
 
 func (b *ResultBatch) Validate() error {
 	if err := checkVersion(b.V); err != nil {
@@ -280,14 +267,6 @@ func (s *SyncReply) Validate() error {
 	for i := range s.Tasks {
 		if err := s.Tasks[i].Validate(); err != nil {
 			return fmt.Errorf("tasks[%d]: %w", i, err)
-		}
-	}
-	if len(s.Settled) > MaxSyncResults {
-		return fmt.Errorf("settled: more than %d task ids", MaxSyncResults)
-	}
-	for i, id := range s.Settled {
-		if err := ValidTaskID(id); err != nil {
-			return fmt.Errorf("settled[%d]: %w", i, err)
 		}
 	}
 	return nil

@@ -28,11 +28,11 @@
 // The controller keeps the first outcome per node and task and stores
 // results in batches (ResultBatch on mgn.results.TASKID, stream
 // MGN_RESULTS, written by the controller only). While results wait, the
-// agent syncs every few seconds with SyncRequest.Results: the reply's
-// Settled lists those the controller has stored (or whose task is closed or
-// unknown), which the agent forgets; it sends the others again. The reply's
-// Tasks are the open tasks the node still owes, which it runs, or answers
-// from its journal.
+// agent syncs every few seconds. The reply lists the open tasks the node
+// owes an outcome for, and is sent only once everything the controller had
+// received is stored; so the agent forgets every result it had sent whose
+// task is not listed, sends again the results of listed tasks, and runs
+// the listed tasks it has not seen. No result id crosses the wire for this.
 //
 // # Encoding
 //

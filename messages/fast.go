@@ -32,38 +32,9 @@ type fastEncoder interface {
 	sizeHint() int
 }
 
-func (r *SyncRequest) sizeHint() int { return 32 + 40*len(r.Results) }
-
-func (r *SyncRequest) appendJSON(b []byte) ([]byte, bool) {
-	b = append(b, `{"v":`...)
-	b = appendInt(b, int64(r.V))
-	if len(r.Results) > 0 {
-		b = appendStrings(append(b, `,"results":`...), r.Results)
-	}
-	return append(b, '}'), true
-}
-
-func (r *SyncRequest) decodeFast(data []byte) bool {
-	var v SyncRequest
-	ok := scanObject(data, func(s *scanner, key []byte) (field int, ok bool) {
-		switch string(key) {
-		case "v":
-			v.V, ok = s.int()
-		case "results":
-			field = 1
-			v.Results, ok = s.strs()
-		}
-		return field, ok
-	})
-	if ok {
-		*r = v
-	}
-	return ok
-}
-
-// SyncReply has fast paths for the settlement lists; a reply that carries
-// tasks goes through encoding/json (tasks are rare there).
-func (r *SyncReply) sizeHint() int { return 96 + 40*len(r.Settled) }
+// SyncReply has fast paths for the common reply, with no tasks; one that
+// carries tasks goes through encoding/json.
+func (r *SyncReply) sizeHint() int { return 96 }
 
 func (r *SyncReply) appendJSON(b []byte) ([]byte, bool) {
 	if len(r.Tasks) > 0 {
@@ -77,9 +48,6 @@ func (r *SyncReply) appendJSON(b []byte) ([]byte, bool) {
 		b = append(b, `,"tasks":[]`...)
 	}
 	b = appendString(append(b, `,"heartbeat_interval":`...), r.HeartbeatInterval)
-	if len(r.Settled) > 0 {
-		b = appendStrings(append(b, `,"settled":`...), r.Settled)
-	}
 	return append(b, '}'), true
 }
 
@@ -95,9 +63,6 @@ func (r *SyncReply) decodeFast(data []byte) bool {
 		case "heartbeat_interval":
 			field = 2
 			v.HeartbeatInterval, ok = s.str()
-		case "settled":
-			field = 3
-			v.Settled, ok = s.strs()
 		}
 		return field, ok
 	})
@@ -105,17 +70,6 @@ func (r *SyncReply) decodeFast(data []byte) bool {
 		*r = v
 	}
 	return ok
-}
-
-func appendStrings(b []byte, ss []string) []byte {
-	b = append(b, '[')
-	for i, x := range ss {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = appendString(b, x)
-	}
-	return append(b, ']')
 }
 
 func (r *Result) sizeHint() int {
@@ -285,30 +239,6 @@ func (r *TaskReport) decodeFast(data []byte) bool {
 		*r = v
 	}
 	return ok
-}
-
-// strs reads an array of plain strings.
-func (s *scanner) strs() ([]string, bool) {
-	if !s.lit('[') {
-		return nil, false
-	}
-	out := []string{}
-	if s.lit(']') {
-		return out, true
-	}
-	for {
-		x, ok := s.str()
-		if !ok {
-			return nil, false
-		}
-		out = append(out, x)
-		if s.lit(']') {
-			return out, true
-		}
-		if !s.lit(',') {
-			return nil, false
-		}
-	}
 }
 
 // emptyList reads null (leaving *v nil) or [] (setting it empty); anything

@@ -60,18 +60,13 @@ func TestDecodeResult(t *testing.T) {
 	}
 }
 
-func TestDecodeSyncAndBatch(t *testing.T) {
-	many := `"t0"` + strings.Repeat(`,"t0"`, MaxSyncResults)
+func TestDecodeResultBatch(t *testing.T) {
 	tests := []struct {
 		name    string
 		decode  func([]byte) error
 		in      string
 		wantErr string
 	}{
-		{"sync ok", decodeAs[SyncRequest], `{"v":1,"results":["t1","t2"]}`, ""},
-		{"sync bad id", decodeAs[SyncRequest], `{"v":1,"results":["t1","a.b"]}`, "results[1]"},
-		{"sync too many", decodeAs[SyncRequest], `{"v":1,"results":[` + many + `]}`, "results: more than"},
-		{"reply bad settled", decodeAs[SyncReply], `{"v":1,"tasks":[],"settled":["*"]}`, "settled[0]"},
 		{"batch ok", decodeAs[ResultBatch], `{"v":1,"task_id":"t1","results":[{"v":1,"task_id":"t1","node":"n1","outcome":"ok"}]}`, ""},
 		{"batch other task", decodeAs[ResultBatch], `{"v":1,"task_id":"t1","results":[{"v":1,"task_id":"t2","node":"n1","outcome":"ok"}]}`, "results[0]: task_id"},
 		{"batch no node", decodeAs[ResultBatch], `{"v":1,"task_id":"t1","results":[{"v":1,"task_id":"t1","outcome":"ok"}]}`, "results[0]: node"},

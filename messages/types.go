@@ -119,28 +119,22 @@ type EnrollReply struct {
 	MaxMessageBytes   int    `json:"max_message_bytes"`
 }
 
-// SyncRequest asks for the tasks this node still owes a result for, and
-// which of the results it sent the controller has settled.
+// SyncRequest asks for the tasks this node owes an outcome for.
 type SyncRequest struct {
 	V int `json:"v"`
-	// Results are the ids of tasks whose result this node sent but has not
-	// seen settled yet (at most MaxSyncResults).
-	Results []string `json:"results,omitempty"`
 }
 
-// MaxSyncResults bounds SyncRequest.Results; an agent with more asks again.
-const MaxSyncResults = 512
-
-// SyncReply carries them.
+// SyncReply carries them: every open task the node has no outcome for,
+// including those past their deadline that are not settled yet. The
+// controller answers once every outcome it had received is stored, so a
+// result the node sent before asking whose task is not listed is settled
+// (stored, or the task decided without it): the node forgets it. Results
+// of listed tasks it sends again; listed tasks it has not seen it runs.
 type SyncReply struct {
 	V     int    `json:"v"`
 	Tasks []Task `json:"tasks"`
 	// HeartbeatInterval is the interval the controller expects (Go duration).
 	HeartbeatInterval string `json:"heartbeat_interval"`
-	// Settled are those of the request's Results that the controller has
-	// stored durably, or no longer needs (the task is closed or unknown):
-	// the agent forgets them. It sends the others again.
-	Settled []string `json:"settled,omitempty"`
 }
 
 // ResultBatch is how the controller stores results: one message of the

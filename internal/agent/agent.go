@@ -334,34 +334,24 @@ func (a *Agent) onConnect(nc *nats.Conn, what string) {
 	}()
 }
 
-// sync asks the controller for the tasks this node still owes a result for
-// (the store-and-forward half of delivery) and which of the results it
-// sent are settled: those it forgets, the others it sends again. Only
-// results published at least settleAfter ago are asked about.
+// sync asks the controller which tasks this node owes an outcome for (see
+// messages.SyncReply): it forgets the results it had sent for every other
+// task, sends again those of listed tasks (unless sent less than
+// settleAfter ago: they are probably on their way), and runs the listed
+// tasks it has not seen, which is the store-and-forward half of delivery.
+// A periodic sync (settleAfter > 0) with no result waiting asks nothing.
 func (a *Agent) sync(settleAfter time.Duration) {
 	a.syncMu.Lock()
 	defer a.syncMu.Unlock()
 	for attempt := 0; attempt < 3; {
-		unsent := a.jrnl.Unsent()
-		ask := make(map[string]Entry, min(len(unsent), messages.MaxSyncResults))
-		req := messages.SyncRequest{V: messages.Version}
-		now := time.Now()
-		a.mu.Lock()
-		for _, e := range unsent {
-			if len(req.Results) == messages.MaxSyncResults {
-				break
-			}
-			if at, ok := a.sentAt[e.TaskID]; ok && now.Sub(at) < settleAfter {
-				continue // probably still on its way
-			}
-			req.Results = append(req.Results, e.TaskID)
-			ask[e.TaskID] = e
+		// Only results finished before asking can be settled by the
+		// answer: a task issued meanwhile is not in it yet.
+		waiting := a.jrnl.Unsent()
+		if settleAfter > 0 && len(waiting) == 0 {
+			return
 		}
-		a.mu.Unlock()
-		if settleAfter > 0 && len(req.Results) == 0 {
-			return // a periodic sync with nothing to ask
-		}
-		m, err := a.nc.Request(messages.SyncSubject(a.cfg.Name), messages.MustEncode(&req), 10*time.Second)
+		asked := time.Now()
+		m, err := a.nc.Request(messages.SyncSubject(a.cfg.Name), messages.MustEncode(&messages.SyncRequest{V: messages.Version}), 10*time.Second)
 		if err != nil {
 			if !a.nc.IsConnected() {
 				return // the next reconnect syncs again
@@ -376,22 +366,25 @@ func (a *Agent) sync(settleAfter time.Duration) {
 			return
 		}
 		a.adopt(rep.HeartbeatInterval)
-		for _, id := range rep.Settled {
-			if e, ok := ask[id]; ok {
+		owed := make(map[string]bool, len(rep.Tasks))
+		for _, t := range rep.Tasks {
+			owed[t.ID] = true
+		}
+		for _, e := range waiting {
+			if !owed[e.TaskID] {
 				a.settled(e)
-				delete(ask, id)
 			}
 		}
 		for _, t := range rep.Tasks {
-			delete(ask, t.ID) // handle sends its result again
-			a.handle(t)
+			a.mu.Lock()
+			at, sent := a.sentAt[t.ID]
+			a.mu.Unlock()
+			if sent && asked.Sub(at) < settleAfter {
+				continue // just sent
+			}
+			a.handle(t) // runs it, or sends its result again
 		}
-		for _, e := range ask {
-			a.publish(e) // not received, and its task is past its deadline
-		}
-		if len(unsent) <= messages.MaxSyncResults || len(rep.Settled) == 0 {
-			return
-		}
+		return
 	}
 }
 

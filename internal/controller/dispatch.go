@@ -263,41 +263,6 @@ func (d *dispatcher) settle(ts *taskState, r messages.Result, raw []byte) {
 	}
 }
 
-// settledFor answers an agent's sync: which of the results it sent (ids)
-// may it forget? Those the controller has stored, and those of tasks that
-// are closed or unknown (their outcome for this node is settled, or
-// nobody waits for it). A result the controller has not received is not
-// settled: the agent sends it again.
-func (d *dispatcher) settledFor(ctx context.Context, node string, ids []string) []string {
-	if len(ids) == 0 {
-		return nil
-	}
-	var out []string
-	var seq uint64
-	d.mu.Lock()
-	for _, id := range ids {
-		ts := d.tasks[id]
-		if ts == nil || ts.idx == nil {
-			out = append(out, id) // closed (and stored), or unknown
-			continue
-		}
-		i, target := ts.idx[node]
-		if !target {
-			out = append(out, id)
-			continue
-		}
-		if ts.rows[i].Outcome != "" {
-			out = append(out, id)
-			seq = max(seq, ts.lastSeq)
-		}
-	}
-	d.mu.Unlock()
-	if err := d.store.wait(ctx, seq); err != nil {
-		return nil // not stored yet: the agent asks again
-	}
-	return out
-}
-
 // completeLocked marks a task done. It is closed (moved from the open
 // bucket to history) only once its results are stored: until then a
 // restart must still find it open. Then it leaves memory: reports of a
@@ -377,18 +342,23 @@ func (d *dispatcher) nodeRemoved(node string) {
 	}
 }
 
-// pendingFor lists the open tasks node still owes a result for.
-func (d *dispatcher) pendingFor(node string, now time.Time) []messages.Task {
+// owedBy lists the open tasks node owes an outcome for (also those past
+// their deadline that are not settled yet), once every outcome received
+// so far is stored: whatever the node sent for a task not listed is
+// therefore settled (see messages.SyncReply).
+func (d *dispatcher) owedBy(ctx context.Context, node string) ([]messages.Task, error) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	var out []messages.Task
 	for _, ts := range d.tasks {
-		if !ts.owes(node) || !now.Before(ts.rec.Task.Deadline) {
-			continue
+		if ts.owes(node) {
+			out = append(out, ts.rec.Task)
 		}
-		out = append(out, ts.rec.Task)
 	}
-	return out
+	d.mu.Unlock()
+	if err := d.store.wait(ctx, d.store.last()); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // report describes a task, waiting up to wait for it to finish.

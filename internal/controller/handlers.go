@@ -85,29 +85,27 @@ func (c *Controller) onSync(m *nats.Msg) {
 		c.met.refused("sync", "bad_subject")
 		return
 	}
-	req, err := messages.Decode[messages.SyncRequest](m.Data, c.opts.MaxMessageBytes)
-	if err != nil {
+	if _, err := messages.Decode[messages.SyncRequest](m.Data, c.opts.MaxMessageBytes); err != nil {
 		c.reply(m, "sync", nil, err)
 		return
 	}
-	answer := func() {
+	// The answer may wait for recovery and for the result store: other
+	// syncs go on meanwhile. Without an answer the agent asks again.
+	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		select {
 		case <-c.disp.recovered:
 		case <-ctx.Done():
-			return // the agent asks again
+			return
 		}
-		settled := c.disp.settledFor(ctx, node, req.Results)
-		tasks := c.disp.pendingFor(node, time.Now())
-		c.reply(m, "sync", &messages.SyncReply{V: messages.Version, Tasks: tasks, Settled: settled,
+		tasks, err := c.disp.owedBy(ctx, node)
+		if err != nil {
+			return
+		}
+		c.reply(m, "sync", &messages.SyncReply{V: messages.Version, Tasks: tasks,
 			HeartbeatInterval: c.opts.HeartbeatInterval.String()}, nil)
-	}
-	if len(req.Results) == 0 && isClosed(c.disp.recovered) {
-		answer()
-		return
-	}
-	go answer() // it may wait for the result store: other syncs go on
+	}()
 }
 
 func (c *Controller) onAck(m *nats.Msg) {

@@ -56,10 +56,11 @@ func TestResultsSettleThenSurviveRestart(t *testing.T) {
 	}
 }
 
-// The sync protocol, spoken by hand as node n1: a result the controller
-// never received is not settled (the task comes back to be answered), one
-// it received and stored is, and so is one for a task it does not know.
-func TestSyncSettlesOnlyStoredResults(t *testing.T) {
+// The sync protocol, spoken by hand as node n1: while the controller has
+// no outcome from n1 for a task, the reply lists it (n1 must answer it);
+// once n1's result is in (and stored) it is no longer listed, which tells
+// n1 to forget it. A task past its deadline but not settled is listed too.
+func TestSyncListsWhatIsOwed(t *testing.T) {
 	f := newFleet(t, nil)
 	cfg := f.agentCfg("n1", "a", f.token(false, "1h"))
 	a := f.runAgent(cfg)
@@ -76,9 +77,9 @@ func TestSyncSettlesOnlyStoredResults(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	sync := func(ids ...string) messages.SyncReply {
+	owed := func() []string {
 		t.Helper()
-		m, err := nc.Request(messages.SyncSubject("n1"), messages.MustEncode(&messages.SyncRequest{V: messages.Version, Results: ids}), 10*time.Second)
+		m, err := nc.Request(messages.SyncSubject("n1"), messages.MustEncode(&messages.SyncRequest{V: messages.Version}), 10*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -86,17 +87,17 @@ func TestSyncSettlesOnlyStoredResults(t *testing.T) {
 		if err != nil {
 			t.Fatalf("sync reply %s: %v", m.Data, err)
 		}
-		return rep
+		var ids []string
+		for _, x := range rep.Tasks {
+			ids = append(ids, x.ID)
+		}
+		slices.Sort(ids)
+		return ids
 	}
 
-	rep := sync(run.TaskID, "tnosuchtask")
-	if !slices.Equal(rep.Settled, []string{"tnosuchtask"}) {
-		t.Fatalf("settled before the result arrived: %v", rep.Settled)
+	if got := owed(); !slices.Equal(got, []string{run.TaskID}) {
+		t.Fatalf("owed before the result: %v, want [%s]", got, run.TaskID)
 	}
-	if len(rep.Tasks) != 1 || rep.Tasks[0].ID != run.TaskID {
-		t.Fatalf("the task to answer is not offered again: %+v", rep.Tasks)
-	}
-
 	res := messages.Result{V: messages.Version, TaskID: run.TaskID, Node: "n1", Outcome: messages.OutcomeWarn, Reason: "by hand"}
 	if err := nc.Publish(messages.ResultSubject("n1"), messages.MustEncode(&res)); err != nil {
 		t.Fatal(err)
@@ -105,10 +106,21 @@ func TestSyncSettlesOnlyStoredResults(t *testing.T) {
 	if err != nil || report.Results[0].Outcome != messages.OutcomeWarn {
 		t.Fatalf("report: %+v %v", report, err)
 	}
-	if rep := sync(run.TaskID); !slices.Equal(rep.Settled, []string{run.TaskID}) || len(rep.Tasks) != 0 {
-		t.Fatalf("after the result: %+v", rep)
+	if got := owed(); len(got) != 0 {
+		t.Fatalf("owed after the result: %v", got)
 	}
-	// A second, different result for the same task is a duplicate: the
+
+	// Past its deadline, not yet settled (the grace period): still owed.
+	late, err := f.cli.Run(ctx, messages.RunRequest{Target: "n1", Kind: "ping", Timeout: "100ms"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // past the deadline (a duration, not a condition), inside the 2 s grace
+	if got := owed(); !slices.Equal(got, []string{late.TaskID}) {
+		t.Fatalf("owed past the deadline: %v, want [%s]", got, late.TaskID)
+	}
+
+	// A second, different result for the first task is a duplicate: the
 	// first outcome stays, in memory and in the store.
 	res.Outcome, res.Reason = messages.OutcomeOK, ""
 	nc.Publish(messages.ResultSubject("n1"), messages.MustEncode(&res))

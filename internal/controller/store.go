@@ -66,6 +66,13 @@ func (s *resultStore) add(id string, result []byte) uint64 {
 	return seq
 }
 
+// last is the sequence of the last result queued.
+func (s *resultStore) last() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seq
+}
+
 // wait blocks until the result with sequence seq is durable.
 func (s *resultStore) wait(ctx context.Context, seq uint64) error {
 	for {
