@@ -378,9 +378,10 @@ func (d *dispatcher) report(ctx context.Context, id string, wait time.Duration) 
 	if ts != nil {
 		d.mu.Lock()
 		defer d.mu.Unlock()
-		rep := reportHeader(ts.rec, isClosed(ts.done))
-		if ts.idx == nil {
-			rep.Results = ts.rows // done and stored: the rows no longer change
+		done := isClosed(ts.done)
+		rep := reportHeader(ts.rec, done)
+		if done {
+			rep.Results = ts.rows // every row settled: they no longer change
 			return rep, nil
 		}
 		rep.Results = slices.Clone(ts.rows)

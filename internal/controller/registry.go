@@ -328,6 +328,9 @@ func (sel selector) matches(rec *nodeRecord) bool {
 func (r *registry) selectNodes(sel selector, now time.Time) (names []string, offline map[string]string) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
+	if sel.name == "" { // may match many: one allocation, not a doubling series
+		names = make([]string, 0, len(r.nodes))
+	}
 	for name, n := range r.nodes {
 		if sel.matches(&n.rec) {
 			names = append(names, name)
