@@ -283,15 +283,18 @@ func TestFleetVerification(t *testing.T) {
 
 	t.Run("healthy world", func(t *testing.T) {
 		// A fresh tsnet node may report a transient health warning (its DERP
-		// connection still coming up): poll until the world settles.
+		// connection still coming up, which under the load of a full test
+		// run once took more than 45 s): poll until the world settles.
 		var r messages.Report
-		for deadline := time.Now().Add(45 * time.Second); ; {
+		start := time.Now()
+		for deadline := start.Add(120 * time.Second); ; {
 			r = w.verify()
 			if r.OverallStatus == messages.Healthy || time.Now().After(deadline) {
 				break
 			}
 			time.Sleep(500 * time.Millisecond)
 		}
+		t.Logf("world healthy after %s", time.Since(start).Round(100*time.Millisecond))
 		for _, l := range []string{"network", "host", "cluster", "database", "application"} {
 			if got := layer(r, l).Status; got != messages.Healthy {
 				t.Errorf("layer %s: %s%s", l, got, dump(r))

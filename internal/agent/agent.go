@@ -698,10 +698,11 @@ func (a *Agent) wake() {
 }
 
 // settleAfter is how long a published result is given to reach the
-// controller before the agent asks whether it is settled. It asks every
-// Config.SettleEvery while results wait: a result is safe in the journal
-// meanwhile, so asking rarely (one request for many results) keeps a busy
-// fleet's background traffic near that of its heartbeats.
+// controller before a sync that still lists its task makes the agent send
+// it again. The agent syncs every Config.SettleEvery while results wait: a
+// result is safe in the journal meanwhile, so syncing rarely (one small
+// request settles them all) keeps a busy fleet's background traffic near
+// that of its heartbeats.
 const settleAfter = time.Second
 
 // outbox syncs while results wait to be settled (sending again what the
