@@ -5,7 +5,9 @@
 // (internal/agent with an in-memory journal instead of files). A no-op
 // task (ping) goes to all of them; we time issue → every outcome in. The
 // floor is a bare nats.go request fan-out to N plain subscribers on a plain
-// embedded server. Idle: one real agent process, idle for 60 s.
+// embedded server. Idle: one real agent process, idle for 60 s. This
+// process runs with GOGC=400 (-sim-gogc; see main for why); the
+// controller with Go's default.
 package main
 
 import (
