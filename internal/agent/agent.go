@@ -351,12 +351,23 @@ func (a *Agent) sync(settleAfter time.Duration) {
 			return
 		}
 		asked := time.Now()
-		m, err := a.nc.Request(messages.SyncSubject(a.cfg.Name), messages.MustEncode(&messages.SyncRequest{V: messages.Version}), 10*time.Second)
+		// Bounded by the agent's life too: a sync must not hold up Run's
+		// return (the outbox that calls it is waited for).
+		ctx, cancel := context.WithTimeout(a.base, 10*time.Second)
+		m, err := a.nc.RequestWithContext(ctx, messages.SyncSubject(a.cfg.Name), messages.MustEncode(&messages.SyncRequest{V: messages.Version}))
+		cancel()
+		if a.base.Err() != nil {
+			return // stopping
+		}
 		if err != nil {
 			if !a.nc.IsConnected() {
 				return // the next reconnect syncs again
 			}
-			time.Sleep(backoff(attempt))
+			select {
+			case <-time.After(backoff(attempt)):
+			case <-a.base.Done():
+				return
+			}
 			attempt++
 			continue
 		}
