@@ -156,6 +156,26 @@ func (w *world) stopController() {
 	}
 }
 
+// dumpDERPLogs prints the DERP lines of each tsnet node's log, to tell
+// why a node could not reach its relay.
+func (w *world) dumpDERPLogs(t *testing.T) {
+	for name := range w.agents {
+		b, err := os.ReadFile(filepath.Join(w.dir, "ts-"+name, "logs", "tsnet.log"))
+		if err != nil {
+			t.Logf("%s: tsnet log: %v", name, err)
+			continue
+		}
+		var lines []string
+		for line := range strings.Lines(string(b)) {
+			if strings.Contains(strings.ToLower(line), "derp") {
+				lines = append(lines, strings.TrimRight(line, "\n"))
+			}
+		}
+		lines = lines[max(0, len(lines)-25):]
+		t.Logf("%s: last DERP lines of its tsnet log:\n%s", name, strings.Join(lines, "\n"))
+	}
+}
+
 // startAgent runs an agent whose network checks ask its own tsnet node.
 func (w *world) startAgent(name, cluster, role string, extra map[string]string) {
 	w.t.Helper()
@@ -301,6 +321,7 @@ func TestFleetVerification(t *testing.T) {
 			}
 		}
 		if r.OverallStatus != messages.Healthy {
+			w.dumpDERPLogs(t)
 			t.Fatalf("overall %s%s", r.OverallStatus, dump(r))
 		}
 		// Cluster checks ran once per cluster, on the controlplane agents.
