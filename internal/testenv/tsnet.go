@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"tailscale.com/envknob"
 	"tailscale.com/ipn"
 	"tailscale.com/ipn/ipnstate"
 	"tailscale.com/tsnet"
@@ -138,6 +139,11 @@ func SetTSNetEnv(logsDir string) {
 		// forever; the tailnet here runs over loopback and DERP-over-HTTP.
 		"TS_ASSUME_NETWORK_UP_FOR_TEST": "1",
 	} {
-		os.Setenv(k, v)
+		// envknob.Setenv, not os.Setenv: tailscale reads most of these
+		// knobs once, at package init (envknob.RegisterBool), and only
+		// envknob.Setenv updates them afterwards. With os.Setenv the DERP
+		// client kept speaking TLS to Headscale's plain-HTTP relay, which
+		// failed whenever a node got as far as using its relay.
+		envknob.Setenv(k, v)
 	}
 }
