@@ -46,8 +46,8 @@ type Config struct {
 	MaxMessageBytes int
 	// FactsEvery is how often heartbeats carry full facts (default 60s).
 	FactsEvery time.Duration
-	// SettleEvery is how often the agent asks which of its sent results
-	// the controller has stored, while some wait (default 5s; see outbox).
+	// SettleEvery is how often the agent syncs while results wait to be
+	// settled (default 5s; see outbox and sync).
 	SettleEvery time.Duration
 	// Journal overrides the on-disk task journal (simulated agents).
 	Journal Journal

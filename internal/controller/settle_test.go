@@ -115,7 +115,9 @@ func TestSyncListsWhatIsOwed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond) // past the deadline (a duration, not a condition), inside the 2 s grace
+	// Wait out the task's own deadline (the condition is the clock), still
+	// inside the 2 s settling grace.
+	time.Sleep(time.Until(late.Deadline) + 50*time.Millisecond)
 	if got := owed(); !slices.Equal(got, []string{late.TaskID}) {
 		t.Fatalf("owed past the deadline: %v, want [%s]", got, late.TaskID)
 	}
