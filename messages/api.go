@@ -133,20 +133,52 @@ type TokenCreateRequest struct {
 	V        int    `json:"v"`
 	TTL      string `json:"ttl,omitempty"` // Go duration, default 24h
 	Reusable bool   `json:"reusable,omitempty"`
+	// Scope limits what a node enrolling with the token may be.
+	Scope TokenScope `json:"scope,omitzero"`
+}
+
+// TokenScope limits the claims of the nodes a join token enrolls: a node
+// must ask for this cluster (or none, and gets it), one of these roles (or
+// none, and gets the only one when there is one), and labels that agree
+// with these (which it gets in any case). Empty fields limit nothing.
+type TokenScope struct {
+	Cluster string            `json:"cluster,omitempty"`
+	Roles   []string          `json:"roles,omitempty"`
+	Labels  map[string]string `json:"labels,omitempty"`
 }
 
 // TokenCreateReply carries the token; it is shown once and stored only hashed.
 type TokenCreateReply struct {
-	V         int       `json:"v"`
-	Token     string    `json:"token"`
-	ExpiresAt time.Time `json:"expires_at"`
-	Reusable  bool      `json:"reusable"`
+	V         int        `json:"v"`
+	Token     string     `json:"token"`
+	ExpiresAt time.Time  `json:"expires_at"`
+	Reusable  bool       `json:"reusable"`
+	Scope     TokenScope `json:"scope,omitzero"`
 }
 
 // NodesRemoveRequest revokes a node.
 type NodesRemoveRequest struct {
 	V    int    `json:"v"`
 	Name string `json:"name"`
+}
+
+// NodesSetRequest changes a node's claims (the operator's alone to
+// change). Nil fields are left as they are; Labels are set (merged),
+// UnsetLabels removed.
+type NodesSetRequest struct {
+	V           int               `json:"v"`
+	Name        string            `json:"name"`
+	Cluster     *string           `json:"cluster,omitempty"`
+	Role        *string           `json:"role,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	UnsetLabels []string          `json:"unset_labels,omitempty"`
+}
+
+// NodesSetReply is the node's claims after the change.
+type NodesSetReply struct {
+	V    int        `json:"v"`
+	Name string     `json:"name"`
+	Node NodeClaims `json:"node"`
 }
 
 // NodesRemoveReply confirms it.

@@ -104,7 +104,6 @@ func checkVersion(v int) error {
 const (
 	maxLabels     = 64
 	maxLabelBytes = 253
-	maxListItems  = 256
 )
 
 // ValidateLabels checks label keys and values.
@@ -175,17 +174,13 @@ func (r *Result) Validate() error {
 	if r.Outcome == OutcomeUnknown && r.Reason == "" {
 		return fmt.Errorf("reason: an unknown outcome needs a reason")
 	}
+	if err := boundedString("reason", r.Reason, MaxReasonLen); err != nil {
+		return err
+	}
 	if r.DurationMS < 0 {
 		return fmt.Errorf("duration_ms: negative")
 	}
 	return nil
-}
-
-func (f *Facts) validate() error {
-	if len(f.Addresses) > maxListItems || len(f.TailnetIPs) > maxListItems {
-		return fmt.Errorf("facts: more than %d addresses", maxListItems)
-	}
-	return f.Tailnet.validate()
 }
 
 func (h *Heartbeat) Validate() error {
@@ -201,8 +196,13 @@ func (h *Heartbeat) Validate() error {
 	if err := ValidateLabels(h.Labels); err != nil {
 		return err
 	}
-	if len(h.Running) > maxListItems {
-		return fmt.Errorf("running: more than %d tasks", maxListItems)
+	if len(h.Running) > MaxRunning {
+		return fmt.Errorf("running: %d tasks, at most %d", len(h.Running), MaxRunning)
+	}
+	for i, id := range h.Running {
+		if err := ValidTaskID(id); err != nil {
+			return fmt.Errorf("running[%d]: %w", i, err)
+		}
 	}
 	if h.Facts == nil {
 		return nil
@@ -233,7 +233,10 @@ func (e *EnrollReply) Validate() error {
 	if err := checkVersion(e.V); err != nil {
 		return err
 	}
-	return ValidNodeName(e.Name)
+	if err := ValidNodeName(e.Name); err != nil {
+		return err
+	}
+	return e.Node.validate()
 }
 
 func (s *SyncRequest) Validate() error { return checkVersion(s.V) }
@@ -269,7 +272,7 @@ func (s *SyncReply) Validate() error {
 			return fmt.Errorf("tasks[%d]: %w", i, err)
 		}
 	}
-	return nil
+	return s.Node.validate()
 }
 
 func (e *ErrorReply) Validate() error { return checkVersion(e.V) }
@@ -337,6 +340,82 @@ func (r *TokenCreateRequest) Validate() error {
 			return fmt.Errorf("ttl: %q is not a positive duration", r.TTL)
 		}
 	}
+	return r.Scope.validate()
+}
+
+// maxScopeRoles bounds TokenScope.Roles.
+const maxScopeRoles = 16
+
+func (s *TokenScope) validate() error {
+	if err := optionalName("scope.cluster", s.Cluster); err != nil {
+		return err
+	}
+	if len(s.Roles) > maxScopeRoles {
+		return fmt.Errorf("scope.roles: %d roles, at most %d", len(s.Roles), maxScopeRoles)
+	}
+	for i, r := range s.Roles {
+		if err := ValidClusterName(r); err != nil {
+			return fmt.Errorf("scope.roles[%d]: %w", i, err)
+		}
+	}
+	if err := ValidateLabels(s.Labels); err != nil {
+		return fmt.Errorf("scope.%w", err)
+	}
+	return nil
+}
+
+func (r *NodesSetRequest) Validate() error {
+	if err := checkVersion(r.V); err != nil {
+		return err
+	}
+	if err := ValidNodeName(r.Name); err != nil {
+		return fmt.Errorf("name: %w", err)
+	}
+	if r.Cluster != nil {
+		if err := optionalName("cluster", *r.Cluster); err != nil {
+			return err
+		}
+	}
+	if r.Role != nil {
+		if err := optionalName("role", *r.Role); err != nil {
+			return err
+		}
+	}
+	if err := ValidateLabels(r.Labels); err != nil {
+		return err
+	}
+	if len(r.UnsetLabels) > maxLabels {
+		return fmt.Errorf("unset_labels: %d keys, at most %d", len(r.UnsetLabels), maxLabels)
+	}
+	for i, k := range r.UnsetLabels {
+		if k == "" || len(k) > maxLabelBytes {
+			return fmt.Errorf("unset_labels[%d]: empty or longer than %d bytes", i, maxLabelBytes)
+		}
+		if _, ok := r.Labels[k]; ok {
+			return fmt.Errorf("unset_labels[%d]: %q is also in labels", i, k)
+		}
+	}
+	if r.Cluster == nil && r.Role == nil && len(r.Labels) == 0 && len(r.UnsetLabels) == 0 {
+		return fmt.Errorf("nothing to change: give cluster, role, labels or unset_labels")
+	}
+	return nil
+}
+
+func (r *NodesSetReply) Validate() error { return checkVersion(r.V) }
+
+func (c *NodeClaims) validate() error {
+	if c == nil {
+		return nil
+	}
+	if err := optionalName("node.cluster", c.Cluster); err != nil {
+		return err
+	}
+	if err := optionalName("node.role", c.Role); err != nil {
+		return err
+	}
+	if err := ValidateLabels(c.Labels); err != nil {
+		return fmt.Errorf("node.%w", err)
+	}
 	return nil
 }
 
@@ -387,46 +466,43 @@ func (r *DiagnoseRequest) Validate() error {
 
 func (r *DiagnoseReply) Validate() error { return checkVersion(r.V) }
 
-// Page clamps an offset and limit to [0, total) and MaxPage, returning the
-// slice bounds and the next offset (0 at the end).
-func Page(offset, limit, total int) (lo, hi, next int) {
-	if limit <= 0 || limit > MaxPage {
-		limit = MaxPage
-	}
-	lo = min(max(offset, 0), total)
-	hi = min(lo+limit, total)
-	if hi < total {
-		next = hi
-	}
-	return lo, hi, next
-}
-
 // ReportPage picks the rows of one task report page: from offset, at most
 // limit rows (default and maximum MaxReportPage) and, past the first row,
 // no more than budget bytes of encoded rows. Rows are small for most tasks
 // (a fan-out of a thousand pings is one page) and large for some (a
 // verification's checks), so pages are bounded by bytes, not only rows.
 func ReportPage(rows []NodeResult, offset, limit, budget int) (lo, hi, next int) {
-	if limit <= 0 || limit > MaxReportPage {
-		limit = MaxReportPage
-	}
-	lo = min(max(offset, 0), len(rows))
 	var scratch []byte
-	size := 0
-	for hi = lo; hi < len(rows) && hi-lo < limit; hi++ {
-		enc, ok := rows[hi].appendJSON(scratch[:0])
-		n := len(enc) + 1
-		if !ok {
-			b, _ := json.Marshal(&rows[hi])
-			n = len(b) + 1
-		}
+	return PageBySize(offset, limit, MaxReportPage, len(rows), budget, func(i int) int {
+		enc, ok := rows[i].appendJSON(scratch[:0])
 		scratch = enc
-		if hi > lo && size+n > budget {
+		if !ok {
+			b, _ := json.Marshal(&rows[i])
+			return len(b) + 1
+		}
+		return len(enc) + 1
+	})
+}
+
+// PageBySize picks rows [lo, hi) of total for one reply page: from offset,
+// at most limit rows (default and maximum maxRows) and, past the first row,
+// no more than budget bytes as size measures each row. Every reply that
+// lists rows a node can make large (facts, outputs) is paged this way, so
+// no reply exceeds the message limit however large one node made its row.
+func PageBySize(offset, limit, maxRows, total, budget int, size func(i int) int) (lo, hi, next int) {
+	if limit <= 0 || limit > maxRows {
+		limit = maxRows
+	}
+	lo = min(max(offset, 0), total)
+	used := 0
+	for hi = lo; hi < total && hi-lo < limit; hi++ {
+		n := size(hi)
+		if hi > lo && used+n > budget {
 			break
 		}
-		size += n
+		used += n
 	}
-	if hi < len(rows) {
+	if hi < total {
 		next = hi
 	}
 	return lo, hi, next

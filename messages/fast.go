@@ -32,12 +32,13 @@ type fastEncoder interface {
 	sizeHint() int
 }
 
-// SyncReply has fast paths for the common reply, with no tasks; one that
-// carries tasks goes through encoding/json.
+// SyncReply has fast paths for the common reply, with no tasks and no
+// change of the node's claims; one that carries either goes through
+// encoding/json.
 func (r *SyncReply) sizeHint() int { return 96 }
 
 func (r *SyncReply) appendJSON(b []byte) ([]byte, bool) {
-	if len(r.Tasks) > 0 {
+	if len(r.Tasks) > 0 || r.Node != nil {
 		return b, false
 	}
 	b = append(b, `{"v":`...)

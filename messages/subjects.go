@@ -18,7 +18,12 @@ const (
 	StoredPrefix  = "mgn.results."
 	APIPrefix     = "mgn.api."
 	EventPrefix   = "mgn.evt."
-	InboxPrefix   = "_INBOX_"
+	// Reply inboxes, one family per kind of requester. Each is a subject
+	// token of its own so that a permission can name the whole family
+	// (_INBOX_N.>) and a node exactly its own (_INBOX_N.NODE.>).
+	NodeInboxPrefix     = "_INBOX_N."
+	EnrollInboxPrefix   = "_INBOX_E."
+	OperatorInboxPrefix = "_INBOX." // nats.go's default, used by admin clients
 	ResultsStream = "MGN_RESULTS"
 )
 
@@ -29,6 +34,7 @@ const (
 	APITaskWait    = "task.wait"
 	APITokenCreate = "token.create"
 	APINodesRemove = "nodes.remove"
+	APINodesSet    = "nodes.set"
 	APIVerify      = "verify"
 	APIReportLast  = "report.last"
 	APIDiagnose    = "diagnose"
@@ -41,7 +47,35 @@ func TaskSubject(node string) string      { return TaskPrefix + node }
 func AckSubject(node string) string       { return AckPrefix + node }
 func APISubject(verb string) string       { return APIPrefix + verb }
 func EventSubject(kind string) string     { return EventPrefix + kind }
-func InboxFor(id string) string           { return InboxPrefix + id }
+
+// NodeInbox is the inbox prefix of an enrolled node's connection (the
+// agent passes it to nats.CustomInboxPrefix); EnrollInbox that of a
+// connection enrolling the public key pub.
+func NodeInbox(node string) string  { return NodeInboxPrefix + node }
+func EnrollInbox(pub string) string { return EnrollInboxPrefix + pub }
+
+// MaxReplySubjectLen bounds a reply subject the controller answers to: an
+// inbox prefix, a 22-character NUID and a request token fit with room.
+const MaxReplySubjectLen = 192
+
+// ReplyUnder reports whether reply is a subject under inbox (a prefix from
+// NodeInbox, EnrollInbox or OperatorInboxPrefix without its dot): at least
+// one more token, no wildcards, no white space, bounded length. The
+// controller answers a request only when this holds for the requester's
+// own inbox, so a requester cannot make it publish anywhere else.
+func ReplyUnder(reply, inbox string) bool {
+	inbox = strings.TrimSuffix(inbox, ".") + "."
+	rest, ok := strings.CutPrefix(reply, inbox)
+	if !ok || rest == "" || len(reply) > MaxReplySubjectLen {
+		return false
+	}
+	for _, tok := range strings.Split(rest, ".") {
+		if tok == "" || strings.ContainsAny(tok, "*> \t\r\n") {
+			return false
+		}
+	}
+	return true
+}
 
 // ResultSubject is where a node publishes its results; the task id is in
 // the payload. One subject per node (not per task) lets the server cache

@@ -54,8 +54,8 @@ func (t *TailnetFacts) validate() error {
 	if t == nil {
 		return nil
 	}
-	if len(t.IPs) > maxListItems {
-		return fmt.Errorf("facts: tailnet: more than %d addresses", maxListItems)
+	if err := boundedList("facts.tailnet.ips", t.IPs, MaxFactAddresses, MaxAddressLen); err != nil {
+		return err
 	}
 	for name, s := range map[string]string{"mode": t.Mode, "hostname": t.Hostname, "controller_ip": t.ControllerIP,
 		"path": t.Path, "derp_region": t.DERPRegion, "endpoint": t.Endpoint} {

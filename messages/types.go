@@ -85,11 +85,27 @@ type Facts struct {
 	Tailnet *TailnetFacts `json:"tailnet,omitempty"`
 }
 
+// NodeClaims are what a node is in the fleet: its cluster, role and
+// labels, which decide which tasks and checks it gets. They are fixed at
+// enrollment (within the join token's scope) and changed only by the
+// operator (nodes.set). A node learns them from EnrollReply and SyncReply;
+// Rev grows with every change so a sync carries them only when the node's
+// copy is old.
+type NodeClaims struct {
+	Rev     uint64            `json:"rev"`
+	Cluster string            `json:"cluster,omitempty"`
+	Role    string            `json:"role,omitempty"`
+	Labels  map[string]string `json:"labels,omitempty"`
+}
+
 // Heartbeat is an agent's periodic sign of life.
 type Heartbeat struct {
-	V       int               `json:"v"`
-	Seq     uint64            `json:"seq"`
-	Time    time.Time         `json:"time"`
+	V    int       `json:"v"`
+	Seq  uint64    `json:"seq"`
+	Time time.Time `json:"time"`
+	// Cluster, Role and Labels are not sent by current agents: a node's
+	// claims are the controller's (NodeClaims). A heartbeat that carries
+	// any that differ from the node's enrolled ones is refused.
 	Cluster string            `json:"cluster,omitempty"`
 	Role    string            `json:"role,omitempty"`
 	Labels  map[string]string `json:"labels,omitempty"`
@@ -101,7 +117,9 @@ type Heartbeat struct {
 
 // EnrollRequest exchanges a join token (sent in the connection's
 // credentials, not here) for a node identity: the public NKey in the
-// subject becomes the node's key.
+// subject becomes the node's key. Cluster, Role and Labels are what the
+// node asks to be; a token scoped to a cluster, roles or labels refuses
+// anything outside its scope and fills in what is left empty.
 type EnrollRequest struct {
 	V       int               `json:"v"`
 	Name    string            `json:"name"`
@@ -117,11 +135,16 @@ type EnrollReply struct {
 	Name              string `json:"name"`
 	HeartbeatInterval string `json:"heartbeat_interval"`
 	MaxMessageBytes   int    `json:"max_message_bytes"`
+	// Node is what the node was enrolled as.
+	Node *NodeClaims `json:"node,omitempty"`
 }
 
 // SyncRequest asks for the tasks this node owes an outcome for.
 type SyncRequest struct {
 	V int `json:"v"`
+	// ClaimsRev is the NodeClaims.Rev the node has (0: none); the reply
+	// carries the node's claims when they are newer.
+	ClaimsRev uint64 `json:"claims_rev,omitempty"`
 }
 
 // SyncReply carries them: every open task the node has no outcome for,
@@ -135,6 +158,8 @@ type SyncReply struct {
 	Tasks []Task `json:"tasks"`
 	// HeartbeatInterval is the interval the controller expects (Go duration).
 	HeartbeatInterval string `json:"heartbeat_interval"`
+	// Node is set when the node's claims changed since SyncRequest.ClaimsRev.
+	Node *NodeClaims `json:"node,omitempty"`
 }
 
 // ResultBatch is how the controller stores results: one message of the

@@ -33,18 +33,30 @@ func newRoot() *cobra.Command {
 func runCmd() *cobra.Command {
 	var cfg agent.Config
 	var labels []string
+	var tokenFile string
 	var lf cli.LogFlags
 	cmd := &cobra.Command{
-		Use:   "run --controller nats://HOST:PORT --token TOKEN --name NAME",
-		Short: "Enroll (first start, with --token) and serve the controller",
-		Long: "Run the agent. The first start exchanges --token for a node identity kept in --state-dir;\n" +
-			"later starts use that identity and need no token. Flags can also be set as METAGN_<FLAG>\n" +
-			"(environment, .env.local, .env); task settings (KUBECONFIG, TS_ROUTES, ...) come from the same places.",
+		Use:   "run --controller nats://HOST:PORT --name NAME [--token-file FILE]",
+		Short: "Enroll (first start, with a join token) and serve the controller",
+		Long: "Run the agent. The first start exchanges a join token for a node identity kept in --state-dir;\n" +
+			"later starts use that identity and need no token. Pass the token as METAGN_TOKEN (environment,\n" +
+			".env.local, .env) or in a file (--token-file): --token puts it in the process list for everyone\n" +
+			"on the machine to read. Flags can also be set as METAGN_<FLAG>; task settings (KUBECONFIG,\n" +
+			"TS_ROUTES, ...) come from the same places.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			tokenOnCommandLine := cmd.Flags().Changed("token")
 			vals, err := cli.LoadConfig(cmd)
 			if err != nil {
 				return err
+			}
+			if tokenFile != "" {
+				if cfg.Token != "" {
+					return cli.Fail(cli.ExitUsage, errors.New("--token-file and --token (or METAGN_TOKEN) both given: use one"))
+				}
+				if cfg.Token, err = readTokenFile(tokenFile); err != nil {
+					return cli.Fail(cli.ExitUsage, err)
+				}
 			}
 			cfg.Labels = map[string]string{}
 			for _, l := range labels {
@@ -64,6 +76,9 @@ func runCmd() *cobra.Command {
 			}
 			defer log.Sync()
 			cfg.Log = log.With()
+			if tokenOnCommandLine {
+				log.Warn("--token on the command line is visible to every user of this machine (ps): pass it as METAGN_TOKEN or with --token-file")
+			}
 			cfg.Version = Version
 			cfg.TrimMemory = true
 			cfg.Settings = tasks.Settings(vals.Settings())
@@ -82,7 +97,8 @@ func runCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.ControllerURL, "controller", defaultController, "controller NATS URL (with tsnet the default is "+defaultTailnetController+")")
-	f.StringVar(&cfg.Token, "token", "", "join token (first start only)")
+	f.StringVar(&cfg.Token, "token", "", "join token (first start only; prefer METAGN_TOKEN or --token-file: a flag shows in ps)")
+	f.StringVar(&tokenFile, "token-file", "", "file holding the join token (first start only)")
 	f.StringVar(&cfg.Name, "name", hostname(), "node name (a-z, 0-9, '-', '_')")
 	f.StringVar(&cfg.Cluster, "cluster", "", "cluster this node belongs to")
 	f.StringVar(&cfg.Role, "role", "", "node role (e.g. controlplane, worker, router)")
@@ -94,6 +110,27 @@ func runCmd() *cobra.Command {
 	f.MarkHidden("fault-task-delay")
 	lf.Add(cmd)
 	return cmd
+}
+
+// readTokenFile reads a join token from path: the whole file, surrounding
+// white space trimmed. The token is not echoed in errors.
+func readTokenFile(path string) (string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	if fi.Size() > 4096 {
+		return "", fmt.Errorf("--token-file %s: %d bytes is too large for a join token", path, fi.Size())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" || strings.ContainsAny(tok, " \t\r\n") {
+		return "", fmt.Errorf("--token-file %s: want one token on one line", path)
+	}
+	return tok, nil
 }
 
 func hostname() string {

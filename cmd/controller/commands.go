@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -141,16 +143,25 @@ func tokenCmd() *cobra.Command {
 	tok := &cobra.Command{Use: "token", Short: "Manage join tokens"}
 	var dataDir, ttl string
 	var reusable bool
+	var scope messages.TokenScope
+	var labels []string
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Create a join token (printed as the last line)",
-		Args:  cobra.NoArgs,
+		Long: "Create a join token. A node enrolling with it gets the token's scope: --cluster fixes the\n" +
+			"cluster, --role (repeatable) the roles it may take, --label the labels it gets. A node's\n" +
+			"cluster, role and labels are fixed at enrollment; only `controller nodes set` changes them.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if _, err := cli.LoadConfig(cmd); err != nil {
 				return err
 			}
 			if d, err := time.ParseDuration(ttl); err != nil || d <= 0 {
 				return cli.Fail(cli.ExitUsage, fmt.Errorf("--ttl %q: want a positive duration such as 24h", ttl))
+			}
+			var err error
+			if scope.Labels, err = parseLabels(labels); err != nil {
+				return cli.Fail(cli.ExitUsage, err)
 			}
 			c, err := dial(dataDir)
 			if err != nil {
@@ -159,13 +170,16 @@ func tokenCmd() *cobra.Command {
 			defer c.Close()
 			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
 			defer cancel()
-			rep, err := c.TokenCreate(ctx, ttl, reusable)
+			rep, err := c.TokenCreate(ctx, ttl, reusable, scope)
 			if err != nil {
 				return apiErr(err)
 			}
 			use := "single-use"
 			if rep.Reusable {
 				use = "reusable"
+			}
+			if sc := scopeString(rep.Scope); sc != "" {
+				use += ", " + sc
 			}
 			fmt.Fprintf(os.Stderr, "join token (%s, expires %s); keep it secret:\n", use, rep.ExpiresAt.Format(time.RFC3339))
 			fmt.Println(rep.Token)
@@ -175,8 +189,44 @@ func tokenCmd() *cobra.Command {
 	dataDirFlag(create, &dataDir)
 	create.Flags().StringVar(&ttl, "ttl", "24h", "how long the token is valid")
 	create.Flags().BoolVar(&reusable, "reusable", false, "allow many nodes to enroll with it until it expires")
+	create.Flags().StringVar(&scope.Cluster, "cluster", "", "nodes enrolling with it belong to this cluster")
+	create.Flags().StringSliceVar(&scope.Roles, "role", nil, "roles nodes enrolling with it may take (repeatable)")
+	create.Flags().StringSliceVar(&labels, "label", nil, "label k=v nodes enrolling with it get (repeatable)")
 	tok.AddCommand(create)
 	return tok
+}
+
+// parseLabels turns k=v flags into a map.
+func parseLabels(kvs []string) (map[string]string, error) {
+	if len(kvs) == 0 {
+		return nil, nil
+	}
+	m := make(map[string]string, len(kvs))
+	for _, kv := range kvs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--label %q: want k=v", kv)
+		}
+		m[k] = v
+	}
+	if err := messages.ValidateLabels(m); err != nil {
+		return nil, fmt.Errorf("--label: %w", err)
+	}
+	return m, nil
+}
+
+func scopeString(s messages.TokenScope) string {
+	var parts []string
+	if s.Cluster != "" {
+		parts = append(parts, "cluster "+s.Cluster)
+	}
+	if len(s.Roles) > 0 {
+		parts = append(parts, "roles "+strings.Join(s.Roles, "|"))
+	}
+	for _, k := range slices.Sorted(maps.Keys(s.Labels)) {
+		parts = append(parts, k+"="+s.Labels[k])
+	}
+	return strings.Join(parts, ", ")
 }
 
 func statusCmd() *cobra.Command {
@@ -312,8 +362,55 @@ func nodesCmd() *cobra.Command {
 		},
 	}
 	dataDirFlag(rm, &dataDir)
-	nodes.AddCommand(rm)
+	nodes.AddCommand(rm, nodesSetCmd())
 	return nodes
+}
+
+func nodesSetCmd() *cobra.Command {
+	var dataDir, cluster, role string
+	var labels, unset []string
+	cmd := &cobra.Command{
+		Use:   "set NAME [--cluster C] [--role R] [--label k=v ...] [--unset-label k ...]",
+		Short: "Change a node's cluster, role or labels (they decide which tasks and checks it gets)",
+		Long: "Change what a node is. A node's cluster, role and labels are fixed at enrollment and only\n" +
+			"the operator changes them: the node learns the change within a minute, and a heartbeat that\n" +
+			"claims otherwise is refused.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, pos []string) error {
+			req := messages.NodesSetRequest{Name: pos[0], UnsetLabels: unset}
+			if cmd.Flags().Changed("cluster") {
+				req.Cluster = &cluster
+			}
+			if cmd.Flags().Changed("role") {
+				req.Role = &role
+			}
+			var err error
+			if req.Labels, err = parseLabels(labels); err != nil {
+				return cli.Fail(cli.ExitUsage, err)
+			}
+			c, ctx, done, err := session(cmd, &dataDir, 10*time.Second)
+			if err != nil {
+				return err
+			}
+			defer done()
+			rep, err := c.NodesSet(ctx, req)
+			if err != nil {
+				return apiErr(err)
+			}
+			ls := make([]string, 0, len(rep.Node.Labels))
+			for _, k := range slices.Sorted(maps.Keys(rep.Node.Labels)) {
+				ls = append(ls, k+"="+rep.Node.Labels[k])
+			}
+			fmt.Printf("%s: cluster %s, role %s, labels %s\n", rep.Name, dash(rep.Node.Cluster), dash(rep.Node.Role), dash(strings.Join(ls, ",")))
+			return nil
+		},
+	}
+	dataDirFlag(cmd, &dataDir)
+	cmd.Flags().StringVar(&cluster, "cluster", "", "the node's cluster (\"\" for none)")
+	cmd.Flags().StringVar(&role, "role", "", "the node's role (\"\" for none)")
+	cmd.Flags().StringSliceVar(&labels, "label", nil, "set label k=v (repeatable)")
+	cmd.Flags().StringSliceVar(&unset, "unset-label", nil, "remove label k (repeatable)")
+	return cmd
 }
 
 func verifyCmd() *cobra.Command {

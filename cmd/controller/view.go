@@ -79,7 +79,7 @@ func printRun(w io.Writer, r runOutput) {
 	fmt.Fprintln(tw, "  NODE\tOUTCOME\tDURATION\tDETAIL\t")
 	for _, res := range r.Results {
 		detail := res.Reason
-		if len(res.Output) > 0 {
+		if len(res.Output) > 0 && string(res.Output) != "null" {
 			if detail != "" {
 				detail += ": "
 			}

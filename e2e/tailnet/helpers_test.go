@@ -295,7 +295,7 @@ func token(t *testing.T, cli *ctlclient.Client) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	tok, err := cli.TokenCreate(ctx, "1h", true)
+	tok, err := cli.TokenCreate(ctx, "1h", true, messages.TokenScope{})
 	if err != nil {
 		t.Fatal(err)
 	}

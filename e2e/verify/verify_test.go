@@ -202,7 +202,7 @@ func (w *world) startAgent(name, cluster, role string, extra map[string]string) 
 	for k, v := range extra {
 		settings[k] = v
 	}
-	tok, err := w.cli.TokenCreate(context.Background(), "1h", false)
+	tok, err := w.cli.TokenCreate(context.Background(), "1h", false, messages.TokenScope{})
 	if err != nil {
 		w.t.Fatal(err)
 	}

@@ -123,7 +123,7 @@ func main() {
 		log.Fatal(err)
 	}
 	ctx := context.Background()
-	tok, err := cli.TokenCreate(ctx, "2h", true)
+	tok, err := cli.TokenCreate(ctx, "2h", true, messages.TokenScope{})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -153,7 +153,7 @@ func fanout(ctx context.Context, work, name string, n, rounds, parallel int, ctl
 		return f, err
 	}
 	defer cli.Close()
-	tok, err := cli.TokenCreate(ctx, "2h", true)
+	tok, err := cli.TokenCreate(ctx, "2h", true, messages.TokenScope{})
 	if err != nil {
 		return f, err
 	}

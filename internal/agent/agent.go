@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,9 +32,13 @@ type Config struct {
 	ControllerURL string
 	Token         string // join token; needed only for the first start
 	Name          string
-	Cluster       string
-	Role          string
-	Labels        map[string]string
+	// Cluster, Role and Labels are what the node asks to be when it
+	// enrolls. After that its claims are the controller's (the join token's
+	// scope, `controller nodes set`): the agent learns them from the
+	// enrollment and sync replies and keeps them in the state dir.
+	Cluster string
+	Role    string
+	Labels  map[string]string
 	StateDir      string
 	Settings      tasks.Settings
 	Tasks         *tasks.Registry // default tasks.Builtin()
@@ -46,6 +51,9 @@ type Config struct {
 	MaxMessageBytes int
 	// FactsEvery is how often heartbeats carry full facts (default 60s).
 	FactsEvery time.Duration
+	// ClaimsEvery is how often an idle agent asks whether the operator
+	// changed its claims (default 60s).
+	ClaimsEvery time.Duration
 	// SettleEvery is how often the agent syncs while results wait to be
 	// settled (default 5s; see outbox and sync).
 	SettleEvery time.Duration
@@ -97,7 +105,8 @@ type Agent struct {
 	logs    map[string]*zap.Logger // per task kind
 	kick    chan struct{}          // wakes the outbox
 	facts   messages.Facts
-	syncMu  sync.Mutex // one sync at a time
+	claims  messages.NodeClaims // what the controller says this node is
+	syncMu  sync.Mutex          // one sync at a time
 
 	tn *tailnetState // nil when not on the tailnet
 }
@@ -145,12 +154,15 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.SettleEvery <= 0 {
 		cfg.SettleEvery = 5 * time.Second
 	}
+	if cfg.ClaimsEvery <= 0 {
+		cfg.ClaimsEvery = time.Minute
+	}
 	a := &Agent{cfg: cfg, log: cfg.Log, sem: make(chan struct{}, cfg.MaxConcurrent),
 		running: map[string]bool{}, sentAt: map[string]time.Time{}, kick: make(chan struct{}, 1), ready: make(chan struct{})}
 	a.interval.Store(int64(5 * time.Second))
 	a.base, a.cancelBase = context.WithCancel(context.Background())
 	var err error
-	if a.kp, err = loadIdentity(cfg.StateDir); err != nil {
+	if a.kp, err = loadIdentity(cfg.StateDir, a.log); err != nil {
 		return nil, err
 	}
 	a.pub, _ = a.kp.PublicKey()
@@ -178,6 +190,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	if st.Name != "" && st.Name != a.cfg.Name {
 		return fmt.Errorf("state dir %s belongs to node %q, not %q: use another --state-dir", a.cfg.StateDir, st.Name, a.cfg.Name)
 	}
+	if st.Claims != nil {
+		a.adoptClaims(*st.Claims, false)
+	} else {
+		// Not enrolled yet, or enrolled by an older agent: until the
+		// controller says otherwise, the node is what it asked to be.
+		a.mu.Lock()
+		a.claims = messages.NodeClaims{Cluster: a.cfg.Cluster, Role: a.cfg.Role, Labels: a.cfg.Labels}
+		a.mu.Unlock()
+	}
 	stopTailnet, err := a.startTailnet(ctx)
 	if err != nil {
 		return err
@@ -190,10 +211,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err := a.enroll(ctx); err != nil {
 			return err
 		}
-		if err := saveNodeState(a.cfg.StateDir, nodeState{Name: a.cfg.Name, Controller: a.cfg.ControllerURL, Enrolled: true}); err != nil {
+		cl := a.currentClaims()
+		if err := saveNodeState(a.cfg.StateDir, nodeState{Name: a.cfg.Name, Controller: a.cfg.ControllerURL, Enrolled: true, Claims: &cl}); err != nil {
 			return err
 		}
+	} else if a.cfg.Token != "" {
+		a.log.Info("this node is enrolled already: the join token is not needed and was not used (remove it from the configuration)")
 	}
+	a.cfg.Token = "" // never needed again
 	if err := a.connect(); err != nil {
 		return err
 	}
@@ -240,7 +265,7 @@ func (a *Agent) enroll(ctx context.Context) error {
 
 func (a *Agent) enrollOnce(ctx context.Context, req messages.EnrollRequest) error {
 	opts := append([]nats.Option{nats.Token(a.cfg.Token), nats.Nkey(a.pub, a.kp.Sign),
-		nats.CustomInboxPrefix(messages.InboxFor(a.pub)), nats.Name("enroll:" + a.cfg.Name),
+		nats.CustomInboxPrefix(messages.EnrollInbox(a.pub)), nats.Name("enroll:" + a.cfg.Name),
 		nats.NoReconnect(), nats.Timeout(5 * time.Second)}, a.cfg.NATSOptions...)
 	nc, err := nats.Connect(a.cfg.ControllerURL, opts...)
 	if err != nil {
@@ -258,6 +283,9 @@ func (a *Agent) enrollOnce(ctx context.Context, req messages.EnrollRequest) erro
 	}
 	if rep, err := messages.Decode[messages.EnrollReply](m.Data, a.cfg.MaxMessageBytes); err == nil {
 		a.adopt(rep.HeartbeatInterval)
+		if rep.Node != nil {
+			a.adoptClaims(*rep.Node, false)
+		}
 		if rep.MaxMessageBytes > 0 {
 			a.cfg.MaxMessageBytes = rep.MaxMessageBytes
 		}
@@ -289,7 +317,7 @@ func (a *Agent) connect() error {
 	opts := append([]nats.Option{
 		nats.Nkey(a.pub, a.kp.Sign),
 		nats.Name("agent:" + a.cfg.Name),
-		nats.CustomInboxPrefix(messages.InboxFor(a.cfg.Name)),
+		nats.CustomInboxPrefix(messages.NodeInbox(a.cfg.Name)),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
 		nats.IgnoreAuthErrorAbort(),
@@ -330,7 +358,7 @@ func (a *Agent) onConnect(nc *nats.Conn, what string) {
 	a.needFacts.Store(true)
 	go func() {
 		<-a.ready // the callback can fire before Connect has returned
-		a.sync(0)
+		a.sync(0, true)
 	}()
 }
 
@@ -339,22 +367,23 @@ func (a *Agent) onConnect(nc *nats.Conn, what string) {
 // task, sends again those of listed tasks (unless sent less than
 // settleAfter ago: they are probably on their way), and runs the listed
 // tasks it has not seen, which is the store-and-forward half of delivery.
-// A periodic sync (settleAfter > 0) with no result waiting asks nothing.
-func (a *Agent) sync(settleAfter time.Duration) {
+// A sync that is not forced asks nothing when no result is waiting; the
+// reply also carries the node's claims when they changed (adoptClaims).
+func (a *Agent) sync(settleAfter time.Duration, force bool) {
 	a.syncMu.Lock()
 	defer a.syncMu.Unlock()
 	for attempt := 0; attempt < 3; {
 		// Only results finished before asking can be settled by the
 		// answer: a task issued meanwhile is not in it yet.
 		waiting := a.jrnl.Unsent()
-		if settleAfter > 0 && len(waiting) == 0 {
+		if !force && len(waiting) == 0 {
 			return
 		}
 		asked := time.Now()
 		// Bounded by the agent's life too: a sync must not hold up Run's
 		// return (the outbox that calls it is waited for).
 		ctx, cancel := context.WithTimeout(a.base, 10*time.Second)
-		m, err := a.nc.RequestWithContext(ctx, messages.SyncSubject(a.cfg.Name), messages.MustEncode(&messages.SyncRequest{V: messages.Version}))
+		m, err := a.nc.RequestWithContext(ctx, messages.SyncSubject(a.cfg.Name), messages.MustEncode(&messages.SyncRequest{V: messages.Version, ClaimsRev: a.currentClaims().Rev}))
 		cancel()
 		if a.base.Err() != nil {
 			return // stopping
@@ -377,6 +406,9 @@ func (a *Agent) sync(settleAfter time.Duration) {
 			return
 		}
 		a.adopt(rep.HeartbeatInterval)
+		if rep.Node != nil {
+			a.adoptClaims(*rep.Node, true)
+		}
 		owed := make(map[string]bool, len(rep.Tasks))
 		for _, t := range rep.Tasks {
 			owed[t.ID] = true
@@ -424,8 +456,7 @@ func (a *Agent) heartbeats(ctx context.Context) {
 		if !a.nc.IsConnected() {
 			continue
 		}
-		hb := messages.Heartbeat{V: messages.Version, Seq: a.seq.Add(1), Time: time.Now().UTC(),
-			Cluster: a.cfg.Cluster, Role: a.cfg.Role, Labels: a.cfg.Labels, Running: a.runningIDs()}
+		hb := messages.Heartbeat{V: messages.Version, Seq: a.seq.Add(1), Time: time.Now().UTC(), Running: a.runningIDs()}
 		if a.needFacts.Swap(false) || time.Since(lastFacts) >= a.cfg.FactsEvery {
 			f := tasks.CollectFacts(a.cfg.Version)
 			a.addTailnetFacts(&f)
@@ -439,8 +470,7 @@ func (a *Agent) heartbeats(ctx context.Context) {
 // SendHeartbeat sends one heartbeat now (simulated agents and tests).
 func (a *Agent) SendHeartbeat() error {
 	f := a.facts
-	hb := messages.Heartbeat{V: messages.Version, Seq: a.seq.Add(1), Time: time.Now().UTC(),
-		Cluster: a.cfg.Cluster, Role: a.cfg.Role, Labels: a.cfg.Labels, Facts: &f}
+	hb := messages.Heartbeat{V: messages.Version, Seq: a.seq.Add(1), Time: time.Now().UTC(), Facts: &f}
 	return a.nc.Publish(messages.HeartbeatSubject(a.cfg.Name), messages.MustEncode(&hb))
 }
 
@@ -553,8 +583,46 @@ func (a *Agent) notRunning(id string) {
 }
 
 func (a *Agent) env(kind string) *tasks.Env {
-	return &tasks.Env{Node: a.cfg.Name, Cluster: a.cfg.Cluster, Role: a.cfg.Role, Labels: a.cfg.Labels,
+	cl := a.currentClaims()
+	return &tasks.Env{Node: a.cfg.Name, Cluster: cl.Cluster, Role: cl.Role, Labels: cl.Labels,
 		Version: a.cfg.Version, Log: a.taskLog(kind), Settings: a.cfg.Settings}
+}
+
+// currentClaims returns what the controller says this node is.
+func (a *Agent) currentClaims() messages.NodeClaims {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.claims
+}
+
+// Claims returns the node's cluster, role and labels as the controller
+// last told them (tests).
+func (a *Agent) Claims() messages.NodeClaims { return a.currentClaims() }
+
+// adoptClaims takes the node's claims from the controller; with persist
+// they are written to the state dir so a restart runs tasks as the same
+// node before it reaches the controller. Flags that say otherwise are
+// reported once: the controller's word wins.
+func (a *Agent) adoptClaims(cl messages.NodeClaims, persist bool) {
+	a.mu.Lock()
+	changed := cl.Rev != a.claims.Rev
+	a.claims = cl
+	a.mu.Unlock()
+	if changed {
+		for _, d := range []struct{ flag, asked, is string }{
+			{"--cluster", a.cfg.Cluster, cl.Cluster}, {"--role", a.cfg.Role, cl.Role},
+		} {
+			if d.asked != "" && d.asked != d.is {
+				a.log.Warn("the controller has this node as "+d.flag[2:]+" "+strconv.Quote(d.is)+", not "+strconv.Quote(d.asked)+
+					": the flag only counts at enrollment (change it with `controller nodes set`)", zap.String("node", a.cfg.Name))
+			}
+		}
+	}
+	if persist && changed {
+		if err := saveNodeState(a.cfg.StateDir, nodeState{Name: a.cfg.Name, Controller: a.cfg.ControllerURL, Enrolled: true, Claims: &cl}); err != nil {
+			a.log.Warn("save node state", zap.Error(err))
+		}
+	}
 }
 
 // ackAfter is how long a task runs before the agent tells the controller it
@@ -721,6 +789,8 @@ const settleAfter = time.Second
 func (a *Agent) outbox(ctx context.Context) {
 	prune := time.NewTicker(10 * time.Minute)
 	defer prune.Stop()
+	claims := time.NewTicker(a.cfg.ClaimsEvery)
+	defer claims.Stop()
 	var retry <-chan time.Time // armed while results wait
 	for {
 		select {
@@ -728,6 +798,13 @@ func (a *Agent) outbox(ctx context.Context) {
 			return
 		case <-prune.C:
 			a.jrnl.Prune(time.Now().Add(-24 * time.Hour))
+			continue
+		case <-claims.C:
+			// An idle agent syncs now and then all the same, to learn
+			// claims the operator changed.
+			if a.nc.IsConnected() {
+				a.sync(min(settleAfter, a.cfg.SettleEvery), true)
+			}
 			continue
 		case <-a.kick:
 			if retry == nil {
@@ -738,7 +815,7 @@ func (a *Agent) outbox(ctx context.Context) {
 		}
 		retry = nil
 		if a.nc.IsConnected() {
-			a.sync(min(settleAfter, a.cfg.SettleEvery))
+			a.sync(min(settleAfter, a.cfg.SettleEvery), false)
 		}
 		if len(a.jrnl.Unsent()) > 0 {
 			retry = time.After(a.settleDelay())

@@ -9,8 +9,11 @@ import (
 	"path/filepath"
 
 	"github.com/nats-io/nkeys"
+	"go.uber.org/zap"
 
+	"github.com/guildnet/metaguildnet/internal/privdir"
 	"github.com/guildnet/metaguildnet/internal/runinfo"
+	"github.com/guildnet/metaguildnet/messages"
 )
 
 // The state dir holds the node's identity (an NKey seed that never leaves
@@ -25,11 +28,19 @@ type nodeState struct {
 	Name       string `json:"name"`
 	Controller string `json:"controller"`
 	Enrolled   bool   `json:"enrolled"`
+	// Claims are the node's cluster, role and labels as the controller
+	// last told them.
+	Claims *messages.NodeClaims `json:"claims,omitempty"`
 }
 
-func loadIdentity(dir string) (nkeys.KeyPair, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("state dir %s: %w", dir, err)
+// loadIdentity loads (or makes) the node's key, in a state dir that it
+// keeps private: a dir readable by others is tightened to 0700, and said.
+func loadIdentity(dir string, log *zap.Logger) (nkeys.KeyPair, error) {
+	if was, err := privdir.Ensure(dir); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	} else if was != 0 {
+		log.Warn("state dir was readable by others: tightened it to 0700 (it holds the node's identity)",
+			zap.String("state_dir", dir), zap.String("was", fmt.Sprintf("%04o", was)))
 	}
 	return runinfo.LoadOrCreateUserKey(filepath.Join(dir, identityFile), true)
 }

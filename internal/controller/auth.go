@@ -15,34 +15,66 @@ import (
 // that the fleet registry (not a static config file) is the source of truth
 // and a removal takes effect on the next connect without a reload.
 //
-// Three kinds of clients exist:
-//   - the operator (the controller itself and the CLI), by the admin NKey;
+// Kinds of clients:
+//   - the operator (the CLI, and the controller's own state connection), by
+//     the admin NKey: no limits;
+//   - the controller's two responders, by keys that exist only in this
+//     process: one serves the nodes (enroll, heartbeat, sync, ack, result),
+//     one the operator API. Each may publish only into the inbox family of
+//     the requesters it answers, so no request, whatever reply subject it
+//     names, can make the controller write into JetStream, the KV buckets,
+//     another node's subjects or the API;
 //   - an enrolled node, by its own NKey, bound to subjects carrying its name;
 //   - a node enrolling, by a valid join token plus a fresh NKey whose
-//     signature proves possession; it may only ask to enroll that key.
+//     signature proves possession; it may only ask to enroll that key, and
+//     its connection ends when the token expires (or when it has enrolled).
 type authenticator struct {
 	adminKey string
+	internal map[string]*server.User // responder keys -> their users
 	tokens   *tokenStore
 
 	mu      sync.Mutex
-	nodes   map[string]string          // public key -> node name
-	conns   map[string]map[uint64]bool // node name -> client ids seen
-	pending map[string]string          // enrolling public key -> token hash
-	refused func(reason string)        // counts refusals (metrics)
+	nodes   map[string]string        // public key -> node name
+	pending map[string]pendingEnroll // enrolling public key -> its attempt
+	refused func(reason string)      // counts refusals (metrics)
+}
+
+// pendingEnroll is an enrollment connection that has not enrolled yet.
+type pendingEnroll struct {
+	tokenHash string
+	clientID  uint64
 }
 
 // maxPendingEnrollments bounds the memory held for enrollments in flight.
 const maxPendingEnrollments = 4096
 
+// User names the server sees; removal finds a node's connections by them.
+const (
+	userAdmin     = "admin"
+	userNodesResp = "controller-nodes"
+	userAPIResp   = "controller-api"
+)
+
+func nodeUser(name string) string  { return "node:" + name }
+func enrollUser(pub string) string { return "enroll:" + pub }
+
 func newAuthenticator(adminKey string, tokens *tokenStore, refused func(string)) *authenticator {
 	return &authenticator{
 		adminKey: adminKey,
+		internal: map[string]*server.User{},
 		tokens:   tokens,
 		nodes:    map[string]string{},
-		conns:    map[string]map[uint64]bool{},
-		pending:  map[string]string{},
+		pending:  map[string]pendingEnroll{},
 		refused:  refused,
 	}
+}
+
+// addInternal admits the controller's own restricted connection with key
+// pub (generated at start, never written down).
+func (a *authenticator) addInternal(pub string, u *server.User) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.internal[pub] = u
 }
 
 // Check implements server.Authentication.
@@ -56,28 +88,29 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 		return false
 	}
 	if o.Nkey == a.adminKey {
-		c.RegisterUser(&server.User{Username: "admin"})
+		c.RegisterUser(&server.User{Username: userAdmin})
 		return true
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if u, ok := a.internal[o.Nkey]; ok {
+		c.RegisterUser(u)
+		return true
+	}
 	if name, ok := a.nodes[o.Nkey]; ok {
-		ids := a.conns[name]
-		if ids == nil || len(ids) > 16 {
-			ids = map[uint64]bool{}
-			a.conns[name] = ids
-		}
-		ids[c.GetID()] = true
-		c.RegisterUser(&server.User{Username: "node:" + name, Permissions: nodePermissions(name)})
+		c.RegisterUser(&server.User{Username: nodeUser(name), Permissions: nodePermissions(name)})
 		return true
 	}
 	if o.Token != "" {
-		if h, ok := a.tokens.valid(o.Token); ok {
+		if h, exp, ok := a.tokens.valid(o.Token); ok {
 			if len(a.pending) >= maxPendingEnrollments {
 				clear(a.pending) // abandoned attempts; their owners reconnect
 			}
-			a.pending[o.Nkey] = h
-			c.RegisterUser(&server.User{Username: "enroll:" + o.Nkey, Permissions: enrollPermissions(o.Nkey)})
+			a.pending[o.Nkey] = pendingEnroll{tokenHash: h, clientID: c.GetID()}
+			// The server closes the connection when the token expires: an
+			// enrollment connection is no credential of its own.
+			c.RegisterUser(&server.User{Username: enrollUser(o.Nkey), Permissions: enrollPermissions(o.Nkey),
+				ConnectionDeadline: exp})
 			return true
 		}
 		a.refused("bad_token")
@@ -99,7 +132,7 @@ func nodePermissions(name string) *server.Permissions {
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			messages.TaskSubject(name),
-			messages.InboxFor(name) + ".>",
+			messages.NodeInbox(name) + ".>",
 		}},
 	}
 }
@@ -107,8 +140,36 @@ func nodePermissions(name string) *server.Permissions {
 func enrollPermissions(pub string) *server.Permissions {
 	return &server.Permissions{
 		Publish:   &server.SubjectPermission{Allow: []string{messages.EnrollSubject(pub)}},
-		Subscribe: &server.SubjectPermission{Allow: []string{messages.InboxFor(pub) + ".>"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{messages.EnrollInbox(pub) + ".>"}},
 	}
+}
+
+// nodesResponderUser may hear what nodes send and answer only into node
+// and enrollment inboxes. ReplyUnder narrows each answer further, to the
+// requester's own inbox.
+func nodesResponderUser() *server.User {
+	return &server.User{Username: userNodesResp, Permissions: &server.Permissions{
+		Publish: &server.SubjectPermission{Allow: []string{
+			messages.NodeInboxPrefix + ">",
+			messages.EnrollInboxPrefix + ">",
+		}},
+		Subscribe: &server.SubjectPermission{Allow: []string{
+			messages.EnrollPrefix + "*",
+			messages.HeartbeatPfx + "*",
+			messages.SyncPrefix + "*",
+			messages.AckPrefix + "*",
+			messages.ResultPrefix + "*",
+		}},
+	}}
+}
+
+// apiResponderUser hears the operator API (which only the admin key may
+// publish to) and answers only into operator inboxes.
+func apiResponderUser() *server.User {
+	return &server.User{Username: userAPIResp, Permissions: &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{messages.OperatorInboxPrefix + ">"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{messages.APIPrefix + ">"}},
+	}}
 }
 
 func verifySig(pub, sig string, nonce []byte) bool {
@@ -134,25 +195,36 @@ func (a *authenticator) addNode(pub, name string) {
 	a.nodes[pub] = name
 }
 
-// removeNode forgets a node's key and returns the client ids it used, so
-// the caller can disconnect them.
-func (a *authenticator) removeNode(pub, name string) []uint64 {
+// removeNode forgets a node's key, so that it cannot connect again. Its
+// open connections are found through the server (Controller.disconnect).
+func (a *authenticator) removeNode(pub string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	delete(a.nodes, pub)
-	var ids []uint64
-	for id := range a.conns[name] {
-		ids = append(ids, id)
-	}
-	delete(a.conns, name)
-	return ids
 }
 
-// takePending returns the token hash an enrolling key connected with.
-func (a *authenticator) takePending(pub string) (string, bool) {
+// pendingFor returns the enrollment attempt of key pub without ending it:
+// a refused enrollment leaves the attempt (and the token) as they were.
+func (a *authenticator) pendingFor(pub string) (pendingEnroll, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	h, ok := a.pending[pub]
+	p, ok := a.pending[pub]
+	return p, ok
+}
+
+// endPending forgets the enrollment attempt of key pub.
+func (a *authenticator) endPending(pub string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	delete(a.pending, pub)
-	return h, ok
+}
+
+// internalKey makes a key for one of the controller's own connections.
+func internalKey() (nkeys.KeyPair, string, error) {
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		return nil, "", err
+	}
+	pub, err := kp.PublicKey()
+	return kp, pub, err
 }

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -25,7 +26,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
+	"github.com/guildnet/metaguildnet/internal/privdir"
 	"github.com/guildnet/metaguildnet/internal/runinfo"
 	"github.com/guildnet/metaguildnet/messages"
 )
@@ -97,9 +100,15 @@ func (o *Options) setDefaults() {
 type Controller struct {
 	opts   Options
 	log    *zap.Logger
-	ns     *server.Server
-	nc     *nats.Conn
-	js     jetstream.JetStream
+	ns *server.Server
+	// nc is the operator's (admin) connection: JetStream state, tasks and
+	// events, all on subjects the controller chooses itself. What others
+	// send is heard on nodesNC and apiNC, whose permissions let them answer
+	// only into inboxes (auth.go), so no request can steer a write.
+	nc      *nats.Conn
+	nodesNC *nats.Conn
+	apiNC   *nats.Conn
+	js      jetstream.JetStream
 	auth   *authenticator
 	tokens *tokenStore
 	reg    *registry
@@ -114,6 +123,11 @@ type Controller struct {
 
 	tr     *transport // tailnet, local socket, TLS (tailnet.go)
 	apiSem chan struct{}
+
+	// Per-node limits (guard.go) and the rate limit on repeated log lines.
+	hbLimit   *nodeLimiter
+	syncLimit *nodeLimiter
+	logRate   *logLimiter
 	stop   chan struct{}
 	wg     sync.WaitGroup
 }
@@ -124,10 +138,16 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 	if o.DataDir == "" {
 		return nil, errors.New("data dir: empty")
 	}
-	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data dir %s: %w", o.DataDir, err)
+	c := &Controller{opts: o, log: o.Log, met: newMetrics(o.MaxMessageBytes), apiSem: make(chan struct{}, 64), stop: make(chan struct{}),
+		hbLimit:   newNodeLimiter(heartbeatRate, heartbeatBurst, 0),
+		syncLimit: newNodeLimiter(syncRate, syncBurst, syncInFlight),
+		logRate:   newLogLimiter(10 * time.Second)}
+	if was, err := privdir.Ensure(o.DataDir); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	} else if was != 0 {
+		c.log.Warn("data dir was readable by others: tightened it to 0700 (it holds the operator key and the fleet's state)",
+			zap.String("data_dir", o.DataDir), zap.String("was", fmt.Sprintf("%04o", was)))
 	}
-	c := &Controller{opts: o, log: o.Log, met: newMetrics(o.MaxMessageBytes), apiSem: make(chan struct{}, 64), stop: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -160,6 +180,12 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 	if c.nc, err = nats.Connect("", nats.InProcessServer(c.ns), nats.Nkey(adminPub, admin.Sign),
 		nats.Name("controller"), nats.MaxReconnects(-1)); err != nil {
 		return nil, fmt.Errorf("connect to embedded server: %w", err)
+	}
+	if c.nodesNC, err = c.connectInternal(nodesResponderUser()); err != nil {
+		return nil, err
+	}
+	if c.apiNC, err = c.connectInternal(apiResponderUser()); err != nil {
+		return nil, err
 	}
 	if c.js, err = jetstream.New(c.nc); err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
@@ -241,7 +267,7 @@ func (c *Controller) startServer() error {
 	if err != nil {
 		return fmt.Errorf("nats server: %w", err)
 	}
-	ns.SetLoggerV2(natsLogger{c.log.Named("nats")}, false, false, false)
+	ns.SetLoggerV2(natsLogger{l: c.log.Named("nats").WithOptions(zap.AddStacktrace(zap.FatalLevel)), met: c.met, rate: c.logRate}, false, false, false)
 	go ns.Start()
 	if !ns.ReadyForConnections(15 * time.Second) {
 		ns.Shutdown()
@@ -324,20 +350,39 @@ func (c *Controller) openState(ctx context.Context) error {
 	return nil
 }
 
+// connectInternal opens one of the controller's restricted connections
+// with a key made for it now and known only to this process.
+func (c *Controller) connectInternal(u *server.User) (*nats.Conn, error) {
+	kp, pub, err := internalKey()
+	if err != nil {
+		return nil, fmt.Errorf("key for %s: %w", u.Username, err)
+	}
+	c.auth.addInternal(pub, u)
+	nc, err := nats.Connect("", nats.InProcessServer(c.ns), nats.Nkey(pub, kp.Sign),
+		nats.Name(u.Username), nats.MaxReconnects(-1))
+	if err != nil {
+		return nil, fmt.Errorf("connect %s to embedded server: %w", u.Username, err)
+	}
+	return nc, nil
+}
+
+// subscribe hears the nodes on nodesNC and the operator on apiNC: two
+// connections, so a flood from nodes does not queue in front of the API.
 func (c *Controller) subscribe() error {
 	subs := []struct {
+		nc   *nats.Conn
 		subj string
 		h    nats.MsgHandler
 	}{
-		{messages.EnrollPrefix + "*", c.onEnroll},
-		{messages.HeartbeatPfx + "*", c.onHeartbeat},
-		{messages.SyncPrefix + "*", c.onSync},
-		{messages.AckPrefix + "*", c.onAck},
-		{messages.ResultPrefix + "*", c.disp.onResult},
-		{messages.APIPrefix + ">", c.onAPI},
+		{c.nodesNC, messages.EnrollPrefix + "*", c.onEnroll},
+		{c.nodesNC, messages.HeartbeatPfx + "*", c.onHeartbeat},
+		{c.nodesNC, messages.SyncPrefix + "*", c.onSync},
+		{c.nodesNC, messages.AckPrefix + "*", c.onAck},
+		{c.nodesNC, messages.ResultPrefix + "*", c.disp.onResult},
+		{c.apiNC, messages.APIPrefix + ">", c.onAPI},
 	}
 	for _, s := range subs {
-		sub, err := c.nc.Subscribe(s.subj, s.h)
+		sub, err := s.nc.Subscribe(s.subj, s.h)
 		if err != nil {
 			return fmt.Errorf("subscribe %s: %w", s.subj, err)
 		}
@@ -345,7 +390,10 @@ func (c *Controller) subscribe() error {
 		// dropped as a slow consumer (the stream is the backstop anyway).
 		sub.SetPendingLimits(1<<20, 1<<30)
 	}
-	return c.nc.Flush()
+	if err := c.nodesNC.Flush(); err != nil {
+		return fmt.Errorf("subscribe: %w", err)
+	}
+	return c.apiNC.Flush()
 }
 
 // Info returns what the controller published about itself.
@@ -376,8 +424,10 @@ func (c *Controller) Close() {
 		c.http.Shutdown(ctx)
 		cancel()
 	}
-	if c.nc != nil {
-		c.nc.Close()
+	for _, nc := range []*nats.Conn{c.nodesNC, c.apiNC, c.nc} {
+		if nc != nil {
+			nc.Close()
+		}
 	}
 	c.tr.close()
 	if c.ns != nil {
@@ -456,12 +506,50 @@ func (c *Controller) startHTTP() error {
 	return nil
 }
 
-// natsLogger sends the embedded server's log lines to zap.
-type natsLogger struct{ l *zap.Logger }
+// natsLogger sends the embedded server's log lines to zap, without stack
+// traces. Lines a client can cause at will (permission violations, auth
+// failures) are counted and logged at most once per interval per kind, so
+// a hostile node cannot grow the log faster than the fleet runs.
+type natsLogger struct {
+	l    *zap.Logger
+	met  *metrics
+	rate *logLimiter
+}
 
 func (n natsLogger) Noticef(f string, a ...any) { n.l.Debug(fmt.Sprintf(f, a...)) }
-func (n natsLogger) Warnf(f string, a ...any)   { n.l.Warn(fmt.Sprintf(f, a...)) }
+func (n natsLogger) Warnf(f string, a ...any)   { n.limited(zap.WarnLevel, fmt.Sprintf(f, a...)) }
 func (n natsLogger) Fatalf(f string, a ...any)  { n.l.Error(fmt.Sprintf(f, a...)) }
-func (n natsLogger) Errorf(f string, a ...any)  { n.l.Error(fmt.Sprintf(f, a...)) }
+func (n natsLogger) Errorf(f string, a ...any)  { n.limited(zap.ErrorLevel, fmt.Sprintf(f, a...)) }
 func (n natsLogger) Debugf(f string, a ...any)  { n.l.Debug(fmt.Sprintf(f, a...)) }
 func (n natsLogger) Tracef(f string, a ...any)  {}
+
+func (n natsLogger) limited(level zapcore.Level, msg string) {
+	key := "nats"
+	switch {
+	case strings.Contains(msg, "Publish Violation"), strings.Contains(msg, "Violation for Publish"):
+		n.met.permDenied.WithLabelValues("publish").Inc()
+		key, level = "perm-publish", zap.WarnLevel
+	case strings.Contains(msg, "Subscription Violation"), strings.Contains(msg, "Violation for Subscription"):
+		n.met.permDenied.WithLabelValues("subscribe").Inc()
+		key, level = "perm-subscribe", zap.WarnLevel
+	case strings.Contains(msg, "Authorization Error"), strings.Contains(msg, "authentication error"):
+		key, level = "auth", zap.WarnLevel
+	default:
+		if i := strings.IndexByte(msg, '-'); i > 0 && i < 40 {
+			key += msg[i:min(len(msg), i+40)]
+		} else {
+			key += msg[:min(len(msg), 40)]
+		}
+	}
+	ok, held := n.rate.allow(key, time.Now())
+	if !ok {
+		return
+	}
+	fields := []zap.Field{}
+	if held > 0 {
+		fields = append(fields, zap.Int("suppressed_since_last", held))
+	}
+	if ce := n.l.Check(level, msg); ce != nil {
+		ce.Write(fields...)
+	}
+}

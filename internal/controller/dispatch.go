@@ -319,11 +319,18 @@ func (d *dispatcher) expire(id string) {
 		d.mu.Lock()
 		started := ts.started[n]
 		d.mu.Unlock()
-		reason := messages.ReasonExpired
+		reason, output := messages.ReasonExpired, json.RawMessage(nil)
 		if started {
 			reason = messages.ReasonTimedOut
+			// A node that started the task and stopped beating has died
+			// mid-task (its heartbeats run beside tasks): that is offline,
+			// not a task that ran too long.
+			if st, ok := d.reg.state(n); ok && st != messages.StateOnline {
+				reason = messages.ReasonOffline
+				output = json.RawMessage(`{"error":"the node stopped sending heartbeats while it ran the task (` + st + `)"}`)
+			}
 		}
-		d.settle(ts, unknownResult(id, n, reason, nil), nil)
+		d.settle(ts, unknownResult(id, n, reason, output), nil)
 	}
 }
 

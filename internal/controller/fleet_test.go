@@ -170,7 +170,7 @@ func TestEnrollmentAndPermissions(t *testing.T) {
 	poll.Until(t, 10*time.Second, "n2 offline", func() bool { return f.state("n2") == messages.StateOffline })
 
 	errs := make(chan error, 16)
-	nc, err := connectAs(t, url, filepath.Join(a1.cfg.StateDir, "identity.seed"), errs, nats.CustomInboxPrefix("_INBOX_n1"))
+	nc, err := connectAs(t, url, filepath.Join(a1.cfg.StateDir, "identity.seed"), errs, nats.CustomInboxPrefix(messages.NodeInbox("n1")))
 	if err != nil {
 		t.Fatalf("n1 identity refused: %v", err)
 	}
@@ -184,7 +184,7 @@ func TestEnrollmentAndPermissions(t *testing.T) {
 			t.Fatalf("n1 read n2's task: %s", m.Data)
 		}
 	})
-	for _, sub := range []string{"mgn.res.>", "mgn.hb.*", "_INBOX_n2.>", "mgn.api.>", ">"} {
+	for _, sub := range []string{"mgn.res.>", "mgn.hb.*", messages.NodeInbox("n2") + ".>", "mgn.api.>", ">"} {
 		t.Run("cannot subscribe "+sub, func(t *testing.T) {
 			nc.SubscribeSync(sub)
 			expectViolation(t, errs, "subscribe "+sub)
@@ -224,7 +224,7 @@ func TestEnrollmentAndPermissions(t *testing.T) {
 		pub, _ := kp.PublicKey()
 		errs := make(chan error, 4)
 		enc, err := nats.Connect(url, nats.Nkey(pub, kp.Sign), nats.Token(tok), nats.NoReconnect(),
-			nats.CustomInboxPrefix(messages.InboxFor(pub)),
+			nats.CustomInboxPrefix(messages.EnrollInbox(pub)),
 			nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
 		if err != nil {
 			t.Fatal(err)
@@ -465,9 +465,21 @@ func TestBadInputIsRefusedAndCounted(t *testing.T) {
 		{"bad selector", messages.APISubject(messages.APIRun), []byte(`{"v":1,"kind":"ping","target":"a.b"}`), messages.CodeBadRequest},
 		{"bad sync", messages.SyncSubject("n1"), []byte(`[]`), messages.CodeBadRequest},
 	}
+	// A node's requests are answered only in its own inbox.
+	errs := make(chan error, 4)
+	asNode, err := connectAs(t, f.c.Info().NATSURL, filepath.Join(a1.cfg.StateDir, "identity.seed"), errs,
+		nats.CustomInboxPrefix(messages.NodeInbox("n1")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer asNode.Close()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m, err := nc.Request(tt.subject, tt.data, 5*time.Second)
+			conn := nc
+			if strings.HasPrefix(tt.subject, messages.SyncPrefix) {
+				conn = asNode
+			}
+			m, err := conn.Request(tt.subject, tt.data, 5*time.Second)
 			if err != nil {
 				t.Fatalf("no reply: %v", err)
 			}
@@ -478,7 +490,6 @@ func TestBadInputIsRefusedAndCounted(t *testing.T) {
 		})
 	}
 	// Heartbeats have no reply: they are counted.
-	errs := make(chan error, 4)
 	raw, err := connectAs(t, f.c.Info().NATSURL, filepath.Join(a1.cfg.StateDir, "identity.seed"), errs)
 	if err != nil {
 		t.Fatal(err)

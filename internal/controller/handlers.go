@@ -2,19 +2,32 @@ package controller
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
 	"github.com/guildnet/metaguildnet/messages"
 )
 
-// reply answers a request with v, or with an ErrorReply when err is set.
-func (c *Controller) reply(m *nats.Msg, kind string, v messages.Message, err error) {
+// reply answers a request with v, or with an ErrorReply when err is set. It
+// answers only under inbox, the requester's own inbox family (a node's, an
+// enrolling key's, the operator's): a reply subject anywhere else is the
+// requester asking the controller to write for it, and is dropped and
+// counted. The connections that reply are also limited to inbox families
+// (auth.go), so this is the second of two locks.
+func (c *Controller) reply(m *nats.Msg, kind, inbox string, v messages.Message, err error) {
 	if m.Reply == "" {
+		return
+	}
+	if !messages.ReplyUnder(m.Reply, inbox) {
+		c.met.replyDropped(kind)
+		c.logRate.warn(c.log, "reply:"+kind+":"+m.Subject, "dropped a reply to a subject outside the requester's inbox",
+			zap.String("kind", kind), zap.String("request_subject", m.Subject), zap.String("reply_subject", trimSubject(m.Reply)))
 		return
 	}
 	if err != nil {
@@ -32,32 +45,69 @@ func (c *Controller) reply(m *nats.Msg, kind string, v messages.Message, err err
 	}
 }
 
+// trimSubject shortens a subject a requester chose before it is logged.
+func trimSubject(s string) string {
+	if len(s) > 128 {
+		return s[:128] + "..."
+	}
+	return s
+}
+
 func (c *Controller) onEnroll(m *nats.Msg) {
 	pub := strings.TrimPrefix(m.Subject, messages.EnrollPrefix)
+	inbox := messages.EnrollInbox(pub)
 	req, err := messages.Decode[messages.EnrollRequest](m.Data, c.opts.MaxMessageBytes)
 	if err != nil {
-		c.reply(m, "enroll", nil, err)
+		c.reply(m, "enroll", inbox, nil, err)
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	h, ok := c.auth.takePending(pub)
+	claims, err := c.enroll(ctx, pub, req)
+	if err != nil {
+		c.log.Info("enrollment refused", zap.String("node", req.Name), zap.Error(err))
+		c.reply(m, "enroll", inbox, nil, err)
+		return
+	}
+	c.log.Info("node enrolled", zap.String("node", req.Name), zap.String("cluster", claims.Cluster), zap.String("role", claims.Role))
+	c.reply(m, "enroll", inbox, &messages.EnrollReply{V: messages.Version, Name: req.Name,
+		HeartbeatInterval: c.opts.HeartbeatInterval.String(), MaxMessageBytes: c.opts.MaxMessageBytes, Node: &claims}, nil)
+}
+
+// enroll checks everything that can refuse an enrollment before it spends
+// the join token, and gives the token back if storing the node fails: a
+// refused enrollment never burns a single-use token. Once enrolled, the
+// enrollment connection is closed (the agent reconnects with its key).
+func (c *Controller) enroll(ctx context.Context, pub string, req messages.EnrollRequest) (messages.NodeClaims, error) {
+	p, ok := c.auth.pendingFor(pub)
 	if !ok {
-		c.reply(m, "enroll", nil, messages.Errorf(messages.CodeBadRequest, "no enrollment in progress for this key: reconnect with a join token"))
-		return
+		return messages.NodeClaims{}, messages.Errorf(messages.CodeBadRequest, "no enrollment in progress for this key: reconnect with a join token")
 	}
-	if err := c.tokens.consume(ctx, h, req.Name); err != nil {
-		c.reply(m, "enroll", nil, messages.Errorf(messages.CodeBadRequest, "%v", err))
-		return
+	tok, err := c.tokens.record(p.tokenHash)
+	if err != nil {
+		return messages.NodeClaims{}, messages.Errorf(messages.CodeBadRequest, "%v", err)
 	}
-	if err := c.reg.enroll(ctx, pub, req); err != nil {
-		c.reply(m, "enroll", nil, err)
-		return
+	claims, err := scopeClaims(req, tok.Scope)
+	if err != nil {
+		return claims, err
 	}
+	if err := c.reg.canEnroll(pub, req.Name); err != nil {
+		return claims, err
+	}
+	undo, err := c.tokens.consume(ctx, p.tokenHash, req.Name)
+	if err != nil {
+		return claims, messages.Errorf(messages.CodeBadRequest, "%v", err)
+	}
+	if claims, err = c.reg.enroll(ctx, pub, req, claims); err != nil {
+		undo(ctx)
+		return claims, err
+	}
+	c.auth.endPending(pub)
 	c.auth.addNode(pub, req.Name)
-	c.log.Info("node enrolled", zap.String("node", req.Name), zap.String("cluster", req.Cluster), zap.String("role", req.Role))
-	c.reply(m, "enroll", &messages.EnrollReply{V: messages.Version, Name: req.Name,
-		HeartbeatInterval: c.opts.HeartbeatInterval.String(), MaxMessageBytes: c.opts.MaxMessageBytes}, nil)
+	// Let the reply go out first; the agent closes the connection itself
+	// as soon as it has read it.
+	time.AfterFunc(time.Second, func() { c.ns.DisconnectClientByID(p.clientID) })
+	return claims, nil
 }
 
 func (c *Controller) onHeartbeat(m *nats.Msg) {
@@ -66,14 +116,24 @@ func (c *Controller) onHeartbeat(m *nats.Msg) {
 		c.met.refused("heartbeat", "bad_subject")
 		return
 	}
+	if !c.hbLimit.allow(node, time.Now()) {
+		c.met.refused("heartbeat", "rate_limited")
+		c.logRate.warn(c.log, "hb-rate:"+node, "heartbeats over the per-node rate limit dropped", zap.String("node", node))
+		return
+	}
 	hb, err := messages.Decode[messages.Heartbeat](m.Data, c.opts.MaxMessageBytes)
 	if err != nil {
 		c.met.refused("heartbeat", messages.CodeOf(err))
-		c.log.Warn("refused heartbeat", zap.String("node", node), zap.Error(err))
+		c.logRate.warn(c.log, "hb-bad:"+node, "refused heartbeat", zap.String("node", node), zap.Error(err))
+		return
+	}
+	prev, ok, err := c.reg.heartbeat(node, hb, time.Now().UTC())
+	if err != nil {
+		c.met.refused("heartbeat", "claims")
+		c.logRate.warn(c.log, "hb-claims:"+node+":"+err.Error(), "refused heartbeat", zap.String("node", node), zap.Error(err))
 		return
 	}
 	c.met.heartbeats.Inc()
-	prev, ok := c.reg.heartbeat(node, hb, time.Now().UTC())
 	if ok && prev != messages.StateOnline {
 		c.announce(transition{node, prev, messages.StateOnline})
 	}
@@ -85,13 +145,26 @@ func (c *Controller) onSync(m *nats.Msg) {
 		c.met.refused("sync", "bad_subject")
 		return
 	}
-	if _, err := messages.Decode[messages.SyncRequest](m.Data, c.opts.MaxMessageBytes); err != nil {
-		c.reply(m, "sync", nil, err)
+	inbox := messages.NodeInbox(node)
+	if !messages.ReplyUnder(m.Reply, inbox) {
+		c.reply(m, "sync", inbox, nil, nil) // counts and logs the drop
+		return
+	}
+	if !c.syncLimit.allow(node, time.Now()) {
+		c.met.refused("sync", "rate_limited")
+		c.logRate.warn(c.log, "sync-rate:"+node, "sync requests over the per-node limit dropped", zap.String("node", node))
+		return
+	}
+	req, err := messages.Decode[messages.SyncRequest](m.Data, c.opts.MaxMessageBytes)
+	if err != nil {
+		c.syncLimit.done(node)
+		c.reply(m, "sync", inbox, nil, err)
 		return
 	}
 	// The answer may wait for recovery and for the result store: other
 	// syncs go on meanwhile. Without an answer the agent asks again.
 	go func() {
+		defer c.syncLimit.done(node)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		select {
@@ -103,8 +176,11 @@ func (c *Controller) onSync(m *nats.Msg) {
 		if err != nil {
 			return
 		}
-		c.reply(m, "sync", &messages.SyncReply{V: messages.Version, Tasks: tasks,
-			HeartbeatInterval: c.opts.HeartbeatInterval.String()}, nil)
+		rep := &messages.SyncReply{V: messages.Version, Tasks: tasks, HeartbeatInterval: c.opts.HeartbeatInterval.String()}
+		if cl, ok := c.reg.claims(node); ok && cl.Rev != req.ClaimsRev {
+			rep.Node = &cl
+		}
+		c.reply(m, "sync", inbox, rep, nil)
 	}()
 }
 
@@ -128,7 +204,7 @@ func (c *Controller) onAPI(m *nats.Msg) {
 	select {
 	case c.apiSem <- struct{}{}:
 	default:
-		c.reply(m, "api", nil, messages.Errorf(messages.CodeInternal, "controller busy: too many API requests in flight, retry"))
+		c.reply(m, "api", messages.OperatorInboxPrefix, nil, messages.Errorf(messages.CodeInternal, "controller busy: too many API requests in flight, retry"))
 		return
 	}
 	go func() {
@@ -137,7 +213,7 @@ func (c *Controller) onAPI(m *nats.Msg) {
 		ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 		defer cancel()
 		v, err := c.api(ctx, verb, m.Data)
-		c.reply(m, "api", v, err)
+		c.reply(m, "api", messages.OperatorInboxPrefix, v, err)
 	}()
 }
 
@@ -151,11 +227,15 @@ func (c *Controller) api(ctx context.Context, verb string, data []byte) (message
 		}
 		st := c.reg.status(time.Now().UTC())
 		st.Total = len(st.Nodes)
-		lo, hi, next := messages.Page(req.Offset, req.Limit, st.Total)
+		// Paged by bytes as well as rows: a node decides how large its
+		// facts are (within messages' bounds), so rows are measured.
+		lo, hi, next := messages.PageBySize(req.Offset, req.Limit, messages.MaxPage, st.Total, c.opts.MaxMessageBytes/2, func(i int) int {
+			n := &st.Nodes[i]
+			n.Layers, n.LastVerified = c.ver.layersOf(n.Name)
+			b, _ := json.Marshal(n)
+			return len(b) + 1
+		})
 		st.Nodes, st.NextOffset = st.Nodes[lo:hi], next
-		for i := range st.Nodes {
-			st.Nodes[i].Layers, st.Nodes[i].LastVerified = c.ver.layersOf(st.Nodes[i].Name)
-		}
 		return &st, nil
 	case messages.APIRun:
 		req, err := messages.Decode[messages.RunRequest](data, max)
@@ -190,12 +270,13 @@ func (c *Controller) api(ctx context.Context, verb string, data []byte) (message
 		if req.TTL != "" {
 			ttl, _ = time.ParseDuration(req.TTL)
 		}
-		tok, rec, err := c.tokens.create(ctx, ttl, req.Reusable)
+		tok, rec, err := c.tokens.create(ctx, ttl, req.Reusable, req.Scope)
 		if err != nil {
 			return nil, err
 		}
-		c.log.Info("join token created", zap.Time("expires_at", rec.ExpiresAt), zap.Bool("reusable", rec.Reusable))
-		return &messages.TokenCreateReply{V: messages.Version, Token: tok, ExpiresAt: rec.ExpiresAt, Reusable: rec.Reusable}, nil
+		c.log.Info("join token created", zap.Time("expires_at", rec.ExpiresAt), zap.Bool("reusable", rec.Reusable),
+			zap.String("scope_cluster", rec.Scope.Cluster), zap.Strings("scope_roles", rec.Scope.Roles))
+		return &messages.TokenCreateReply{V: messages.Version, Token: tok, ExpiresAt: rec.ExpiresAt, Reusable: rec.Reusable, Scope: rec.Scope}, nil
 	case messages.APIVerify:
 		req, err := messages.Decode[messages.VerifyRequest](data, max)
 		if err != nil {
@@ -234,23 +315,34 @@ func (c *Controller) api(ctx context.Context, verb string, data []byte) (message
 			return nil, err
 		}
 		return c.removeNode(ctx, req.Name)
+	case messages.APINodesSet:
+		req, err := messages.Decode[messages.NodesSetRequest](data, max)
+		if err != nil {
+			return nil, err
+		}
+		cl, err := c.reg.set(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		c.log.Info("node claims changed by the operator", zap.String("node", req.Name), zap.String("cluster", cl.Cluster),
+			zap.String("role", cl.Role), zap.Any("labels", cl.Labels), zap.Uint64("rev", cl.Rev))
+		return &messages.NodesSetReply{V: messages.Version, Name: req.Name, Node: cl}, nil
 	}
 	return nil, messages.Errorf(messages.CodeUnknownKind, "unknown API verb %q", verb)
 }
 
 // removeNode revokes a node at once: its key is forgotten (so reconnects
-// are refused), its live connections are closed, and its open tasks settle.
+// are refused), every live connection of that identity is closed, however
+// many it opened, and its open tasks settle.
 func (c *Controller) removeNode(ctx context.Context, name string) (messages.Message, error) {
 	pub, err := c.reg.remove(ctx, name)
 	if pub == "" {
 		return nil, err
 	}
-	n := 0
-	for _, id := range c.auth.removeNode(pub, name) {
-		if c.ns.DisconnectClientByID(id) == nil {
-			n++
-		}
-	}
+	c.auth.removeNode(pub)
+	n := c.disconnectKey(pub)
+	c.syncLimit.forget(name)
+	c.hbLimit.forget(name)
 	c.disp.nodeRemoved(name)
 	c.log.Info("node removed", zap.String("node", name), zap.Int("disconnected", n))
 	c.announce(transition{name, "enrolled", "removed"})
@@ -258,4 +350,30 @@ func (c *Controller) removeNode(ctx context.Context, name string) (messages.Mess
 		return nil, err
 	}
 	return &messages.NodesRemoveReply{V: messages.Version, Name: name, Disconnected: n}, nil
+}
+
+// disconnectKey closes every open connection the server has for the NKey
+// pub, asking the server rather than remembering ids: nothing is missed
+// however many connections one identity opened. The authenticator no
+// longer admits the key, so none can come back; a connection that was
+// between its check and its registration when the first pass ran is
+// caught by the second.
+func (c *Controller) disconnectKey(pub string) int {
+	n := 0
+	for pass := 0; pass < 2; pass++ {
+		cz, err := c.ns.Connz(&server.ConnzOptions{User: pub, State: server.ConnOpen, Limit: 1 << 20})
+		if err != nil {
+			c.log.Warn("list connections", zap.String("key", pub), zap.Error(err))
+			break
+		}
+		for _, ci := range cz.Conns {
+			if c.ns.DisconnectClientByID(ci.Cid) == nil {
+				n++
+			}
+		}
+		if pass == 0 {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return n
 }

@@ -75,7 +75,7 @@ func (f *fleet) stop() {
 
 func (f *fleet) token(reusable bool, ttl string) string {
 	f.t.Helper()
-	rep, err := f.cli.TokenCreate(context.Background(), ttl, reusable)
+	rep, err := f.cli.TokenCreate(context.Background(), ttl, reusable, messages.TokenScope{})
 	if err != nil {
 		f.t.Fatalf("token: %v", err)
 	}

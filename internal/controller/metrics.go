@@ -17,6 +17,8 @@ type metrics struct {
 	outcomes        *prometheus.CounterVec
 	taskDuration    prometheus.Histogram
 	heartbeats      prometheus.Counter
+	repliesDropped  *prometheus.CounterVec
+	permDenied      *prometheus.CounterVec
 }
 
 func newMetrics(maxBytes int) *metrics {
@@ -44,13 +46,23 @@ func newMetrics(maxBytes int) *metrics {
 		heartbeats: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "mgn_heartbeats_total", Help: "Heartbeats received.",
 		}),
+		repliesDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mgn_replies_dropped_total",
+			Help: "Replies not sent because the request named a reply subject outside the requester's own inbox, by request kind.",
+		}, []string{"kind"}),
+		permDenied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mgn_permission_denied_total",
+			Help: "Publishes and subscriptions the embedded server denied a client, by operation.",
+		}, []string{"op"}),
 	}
 	m.reg.MustRegister(m.refusedTotal, m.tasksIssued, m.resultsReceived, m.outcomes, m.taskDuration, m.heartbeats,
+		m.repliesDropped, m.permDenied,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
 
 func (m *metrics) refused(kind, reason string) { m.refusedTotal.WithLabelValues(kind, reason).Inc() }
+func (m *metrics) replyDropped(kind string)    { m.repliesDropped.WithLabelValues(kind).Inc() }
 func (m *metrics) outcome(o string)            { m.outcomes.WithLabelValues(o).Inc() }
 func (m *metrics) observeTask(d time.Duration) { m.taskDuration.Observe(d.Seconds()) }
 

@@ -26,6 +26,14 @@ type nodeRecord struct {
 	EnrolledAt time.Time         `json:"enrolled_at"`
 	LastSeen   time.Time         `json:"last_seen"`
 	Facts      messages.Facts    `json:"facts"`
+	// ClaimsRev grows with every change of Cluster, Role or Labels
+	// (enrollment, nodes set), so a sync can tell the node when its copy
+	// is old.
+	ClaimsRev uint64 `json:"claims_rev,omitempty"`
+}
+
+func (rec *nodeRecord) claims() messages.NodeClaims {
+	return messages.NodeClaims{Rev: rec.ClaimsRev, Cluster: rec.Cluster, Role: rec.Role, Labels: maps.Clone(rec.Labels)}
 }
 
 type node struct {
@@ -88,26 +96,141 @@ func (r *registry) stateAt(n *node, now time.Time) string {
 	}
 }
 
-// enroll adds a node, or confirms it when the same key enrolls again.
-func (r *registry) enroll(ctx context.Context, pub string, req messages.EnrollRequest) error {
+// canEnroll refuses a name that another key holds, before a token is spent
+// on it.
+func (r *registry) canEnroll(pub, name string) error {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if n, ok := r.nodes[name]; ok && n.rec.PublicKey != pub {
+		return messages.Errorf(messages.CodeConflict, "node name %q is already enrolled with another key: remove it first with `controller nodes remove %s`", name, name)
+	}
+	return nil
+}
+
+// scopeClaims resolves what an enrolling node asks to be against its join
+// token's scope: it must stay inside it, and gets what it leaves empty.
+func scopeClaims(req messages.EnrollRequest, scope messages.TokenScope) (messages.NodeClaims, error) {
+	c := messages.NodeClaims{Cluster: req.Cluster, Role: req.Role, Labels: maps.Clone(req.Labels)}
+	if scope.Cluster != "" {
+		switch c.Cluster {
+		case "":
+			c.Cluster = scope.Cluster
+		case scope.Cluster:
+		default:
+			return c, messages.Errorf(messages.CodeBadRequest, "cluster %q: the join token is for cluster %q only", c.Cluster, scope.Cluster)
+		}
+	}
+	if len(scope.Roles) > 0 {
+		switch {
+		case c.Role == "" && len(scope.Roles) == 1:
+			c.Role = scope.Roles[0]
+		case c.Role == "":
+			return c, messages.Errorf(messages.CodeBadRequest, "role: the join token allows roles %s: give one with --role", strings.Join(scope.Roles, ", "))
+		case !slices.Contains(scope.Roles, c.Role):
+			return c, messages.Errorf(messages.CodeBadRequest, "role %q: the join token allows only %s", c.Role, strings.Join(scope.Roles, ", "))
+		}
+	}
+	for k, v := range scope.Labels {
+		if got, ok := c.Labels[k]; ok && got != v {
+			return c, messages.Errorf(messages.CodeBadRequest, "label %s=%s: the join token sets %s=%s", k, got, k, v)
+		}
+		if c.Labels == nil {
+			c.Labels = map[string]string{}
+		}
+		c.Labels[k] = v
+	}
+	return c, nil
+}
+
+// enroll adds a node with the given claims, or confirms it when the same
+// key enrolls again (its claims then stay what they are: the operator's).
+func (r *registry) enroll(ctx context.Context, pub string, req messages.EnrollRequest, c messages.NodeClaims) (messages.NodeClaims, error) {
 	r.mu.Lock()
-	if n, ok := r.nodes[req.Name]; ok && n.rec.PublicKey != pub {
+	old, ok := r.nodes[req.Name]
+	if ok && old.rec.PublicKey != pub {
 		r.mu.Unlock()
-		return messages.Errorf(messages.CodeConflict, "node name %q is already enrolled with another key: remove it first with `controller nodes remove %s`", req.Name, req.Name)
+		return c, messages.Errorf(messages.CodeConflict, "node name %q is already enrolled with another key: remove it first with `controller nodes remove %s`", req.Name, req.Name)
 	}
 	now := time.Now().UTC()
 	n := &node{rec: nodeRecord{
-		Name: req.Name, PublicKey: pub, Cluster: req.Cluster, Role: req.Role,
-		Labels: req.Labels, EnrolledAt: now, LastSeen: now, Facts: req.Facts,
+		Name: req.Name, PublicKey: pub, Cluster: c.Cluster, Role: c.Role,
+		Labels: c.Labels, EnrolledAt: now, LastSeen: now, Facts: req.Facts, ClaimsRev: 1,
 	}}
-	if old, ok := r.nodes[req.Name]; ok {
+	if ok {
 		n.rec.EnrolledAt = old.rec.EnrolledAt
+		n.rec.Cluster, n.rec.Role, n.rec.Labels, n.rec.ClaimsRev = old.rec.Cluster, old.rec.Role, old.rec.Labels, old.rec.ClaimsRev
 	}
 	n.state = messages.StateOnline
 	r.nodes[req.Name] = n
 	rec := n.rec
 	r.mu.Unlock()
-	return r.persist(ctx, rec)
+	return rec.claims(), r.persist(ctx, rec)
+}
+
+// errClaims is a heartbeat that asserts claims the node does not have.
+type errClaims struct{ field, got, want string }
+
+func (e *errClaims) Error() string {
+	return fmt.Sprintf("heartbeat claims %s %q, but the node is enrolled with %q (only `controller nodes set` changes it)", e.field, e.got, e.want)
+}
+
+// checkClaims refuses a heartbeat whose claims differ from the node's. An
+// agent of this version sends none.
+func checkClaims(hb *messages.Heartbeat, rec *nodeRecord) error {
+	if hb.Cluster != "" && hb.Cluster != rec.Cluster {
+		return &errClaims{"cluster", hb.Cluster, rec.Cluster}
+	}
+	if hb.Role != "" && hb.Role != rec.Role {
+		return &errClaims{"role", hb.Role, rec.Role}
+	}
+	if len(hb.Labels) > 0 && !maps.Equal(hb.Labels, rec.Labels) {
+		return &errClaims{"labels", fmt.Sprint(hb.Labels), fmt.Sprint(rec.Labels)}
+	}
+	return nil
+}
+
+// set changes a node's claims (the operator's API).
+func (r *registry) set(ctx context.Context, req messages.NodesSetRequest) (messages.NodeClaims, error) {
+	r.mu.Lock()
+	n, ok := r.nodes[req.Name]
+	if !ok {
+		r.mu.Unlock()
+		return messages.NodeClaims{}, messages.Errorf(messages.CodeNotFound, "no node named %q (see `controller status`)", req.Name)
+	}
+	rec := n.rec
+	if req.Cluster != nil {
+		rec.Cluster = *req.Cluster
+	}
+	if req.Role != nil {
+		rec.Role = *req.Role
+	}
+	rec.Labels = maps.Clone(rec.Labels)
+	if rec.Labels == nil && len(req.Labels) > 0 {
+		rec.Labels = map[string]string{}
+	}
+	maps.Copy(rec.Labels, req.Labels)
+	for _, k := range req.UnsetLabels {
+		delete(rec.Labels, k)
+	}
+	if err := messages.ValidateLabels(rec.Labels); err != nil {
+		r.mu.Unlock()
+		return messages.NodeClaims{}, messages.Errorf(messages.CodeBadRequest, "%v", err)
+	}
+	rec.ClaimsRev++
+	n.rec = rec
+	r.mu.Unlock()
+	return rec.claims(), r.persist(ctx, rec)
+}
+
+// claims returns a node's claims.
+func (r *registry) claims(name string) (messages.NodeClaims, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	n, ok := r.nodes[name]
+	if !ok {
+		return messages.NodeClaims{}, false
+	}
+	return n.rec.claims(), true
 }
 
 func (r *registry) persist(ctx context.Context, rec nodeRecord) error {
@@ -118,13 +241,18 @@ func (r *registry) persist(ctx context.Context, rec nodeRecord) error {
 	return nil
 }
 
-// heartbeat records a sign of life; it returns false for an unknown node.
-func (r *registry) heartbeat(name string, hb messages.Heartbeat, now time.Time) (prev string, ok bool) {
+// heartbeat records a sign of life; it returns false for an unknown node,
+// and an *errClaims (with nothing recorded) for a heartbeat that claims to
+// be in another cluster, role or label set than the node is.
+func (r *registry) heartbeat(name string, hb messages.Heartbeat, now time.Time) (prev string, ok bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n, ok := r.nodes[name]
 	if !ok {
-		return "", false
+		return "", false, nil
+	}
+	if err := checkClaims(&hb, &n.rec); err != nil {
+		return n.state, true, err
 	}
 	prev = n.state
 	persistEvery := 30 * time.Second
@@ -134,15 +262,11 @@ func (r *registry) heartbeat(name string, hb messages.Heartbeat, now time.Time) 
 	n.rec.LastSeen = now
 	n.state = messages.StateOnline
 	n.running = hb.Running
-	if hb.Cluster != n.rec.Cluster || hb.Role != n.rec.Role || !maps.Equal(hb.Labels, n.rec.Labels) {
-		n.rec.Cluster, n.rec.Role, n.rec.Labels = hb.Cluster, hb.Role, hb.Labels
-		n.dirty = true
-	}
 	if hb.Facts != nil && !factsEqual(*hb.Facts, n.rec.Facts) {
 		n.rec.Facts = *hb.Facts
 		n.dirty = true
 	}
-	return prev, true
+	return prev, true, nil
 }
 
 func factsEqual(a, b messages.Facts) bool {

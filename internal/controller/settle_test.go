@@ -72,7 +72,7 @@ func TestSyncListsWhatIsOwed(t *testing.T) {
 		t.Fatal(err)
 	}
 	errs := make(chan error, 4)
-	nc, err := connectAs(t, f.c.Info().NATSURL, filepath.Join(cfg.StateDir, "identity.seed"), errs, nats.CustomInboxPrefix(messages.InboxFor("n1")))
+	nc, err := connectAs(t, f.c.Info().NATSURL, filepath.Join(cfg.StateDir, "identity.seed"), errs, nats.CustomInboxPrefix(messages.NodeInbox("n1")))
 	if err != nil {
 		t.Fatal(err)
 	}

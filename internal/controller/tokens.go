@@ -9,11 +9,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/guildnet/metaguildnet/messages"
 )
 
 // TokenPrefix marks join tokens so that people and secret scanners can
@@ -27,6 +30,8 @@ type tokenRecord struct {
 	Used      bool      `json:"used"`
 	CreatedAt time.Time `json:"created_at"`
 	UsedBy    []string  `json:"used_by,omitempty"`
+	// Scope limits the claims of the nodes the token enrolls.
+	Scope messages.TokenScope `json:"scope,omitzero"`
 }
 
 // tokenStore keeps join tokens by their SHA-256 in a KV bucket with an
@@ -66,14 +71,14 @@ func hashToken(tok string) string {
 }
 
 // create makes a token valid for ttl.
-func (ts *tokenStore) create(ctx context.Context, ttl time.Duration, reusable bool) (string, tokenRecord, error) {
+func (ts *tokenStore) create(ctx context.Context, ttl time.Duration, reusable bool, scope messages.TokenScope) (string, tokenRecord, error) {
 	var b [32]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", tokenRecord{}, fmt.Errorf("token: %w", err)
 	}
 	tok := TokenPrefix + base64.RawURLEncoding.EncodeToString(b[:])
 	now := time.Now().UTC()
-	r := tokenRecord{ExpiresAt: now.Add(ttl), Reusable: reusable, CreatedAt: now}
+	r := tokenRecord{ExpiresAt: now.Add(ttl), Reusable: reusable, CreatedAt: now, Scope: scope}
 	h := hashToken(tok)
 	if err := ts.put(ctx, h, r); err != nil {
 		return "", r, err
@@ -95,17 +100,28 @@ func (ts *tokenStore) put(ctx context.Context, h string, r tokenRecord) error {
 	return nil
 }
 
-// valid reports whether tok may be used now, and its hash.
-func (ts *tokenStore) valid(tok string) (string, bool) {
+// valid reports whether tok may be used now, its hash and when it expires.
+func (ts *tokenStore) valid(tok string) (string, time.Time, bool) {
 	if !strings.HasPrefix(tok, TokenPrefix) || len(tok) > 128 {
-		return "", false
+		return "", time.Time{}, false
 	}
 	tok, _, _ = strings.Cut(tok, ".") // a CA pin may follow the secret
 	h := hashToken(tok)
 	ts.mu.RLock()
 	r, ok := ts.m[h]
 	ts.mu.RUnlock()
-	return h, ok && usable(r, time.Now())
+	return h, r.ExpiresAt, ok && usable(r, time.Now())
+}
+
+// record returns the token with hash h if it may be used now.
+func (ts *tokenStore) record(h string) (tokenRecord, error) {
+	ts.mu.RLock()
+	r, ok := ts.m[h]
+	ts.mu.RUnlock()
+	if !ok || !usable(r, time.Now()) {
+		return r, errTokenSpent
+	}
+	return r, nil
 }
 
 func usable(r tokenRecord, now time.Time) bool {
@@ -115,20 +131,33 @@ func usable(r tokenRecord, now time.Time) bool {
 var errTokenSpent = errors.New("join token expired or already used: create a new one with `controller token create`")
 
 // consume marks a token used by node; single-use tokens then stop working.
-func (ts *tokenStore) consume(ctx context.Context, h, node string) error {
+// It returns a function that gives the token back, for an enrollment that
+// fails after the token was claimed: a refused enrollment must not burn it.
+func (ts *tokenStore) consume(ctx context.Context, h, node string) (undo func(context.Context), err error) {
 	ts.mu.Lock()
 	r, ok := ts.m[h]
 	if !ok || !usable(r, time.Now()) {
 		ts.mu.Unlock()
-		return errTokenSpent
+		return nil, errTokenSpent
 	}
+	before := r
 	r.Used = true
 	if len(r.UsedBy) < 100 {
-		r.UsedBy = append(r.UsedBy, node)
+		r.UsedBy = append(slices.Clip(r.UsedBy), node)
 	}
 	ts.m[h] = r // claim it before the write so a concurrent enrollment fails
 	ts.mu.Unlock()
-	return ts.put(ctx, h, r)
+	undo = func(ctx context.Context) {
+		ts.mu.Lock()
+		ts.m[h] = before
+		ts.mu.Unlock()
+		ts.put(ctx, h, before)
+	}
+	if err := ts.put(ctx, h, r); err != nil {
+		undo(ctx)
+		return nil, err
+	}
+	return undo, nil
 }
 
 // prune drops tokens that expired more than a day ago.

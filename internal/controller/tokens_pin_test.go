@@ -23,7 +23,7 @@ func TestTokenValidIgnoresPin(t *testing.T) {
 		{"." + pin, false},
 		{secret + "." + strings.Repeat("x", 100), false}, // over the length bound
 	} {
-		h, ok := ts.valid(tt.tok)
+		h, _, ok := ts.valid(tt.tok)
 		if ok != tt.ok {
 			t.Errorf("valid(%.20q...) = %v, want %v", tt.tok, ok, tt.ok)
 		}

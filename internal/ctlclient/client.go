@@ -151,8 +151,14 @@ func (c *Client) Wait(ctx context.Context, id string) (messages.TaskReport, erro
 	}
 }
 
-func (c *Client) TokenCreate(ctx context.Context, ttl string, reusable bool) (messages.TokenCreateReply, error) {
-	return call[messages.TokenCreateReply](ctx, c, messages.APITokenCreate, &messages.TokenCreateRequest{V: messages.Version, TTL: ttl, Reusable: reusable})
+func (c *Client) TokenCreate(ctx context.Context, ttl string, reusable bool, scope messages.TokenScope) (messages.TokenCreateReply, error) {
+	return call[messages.TokenCreateReply](ctx, c, messages.APITokenCreate, &messages.TokenCreateRequest{V: messages.Version, TTL: ttl, Reusable: reusable, Scope: scope})
+}
+
+// NodesSet changes a node's cluster, role or labels.
+func (c *Client) NodesSet(ctx context.Context, req messages.NodesSetRequest) (messages.NodesSetReply, error) {
+	req.V = messages.Version
+	return call[messages.NodesSetReply](ctx, c, messages.APINodesSet, &req)
 }
 
 func (c *Client) NodesRemove(ctx context.Context, name string) (messages.NodesRemoveReply, error) {

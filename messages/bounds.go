@@ -1,0 +1,65 @@
+package messages
+
+import "fmt"
+
+// Bounds on what a node may send. Anything a node sends is untrusted: every
+// field has a limit here, checked by Validate, so that one node cannot grow
+// the controller's memory, its stored records or the replies that list the
+// fleet (a status page carries every node's facts).
+const (
+	// MaxFactString bounds each string fact (hostname, os, kernel, ...).
+	MaxFactString = 255
+	// MaxFactAddresses bounds Facts.Addresses and Facts.TailnetIPs, and
+	// MaxAddressLen each of their entries (an IPv6 address with a prefix
+	// and a zone fits).
+	MaxFactAddresses = 64
+	MaxAddressLen    = 64
+	// MaxRunning bounds Heartbeat.Running.
+	MaxRunning = 256
+	// MaxReasonLen bounds Result.Reason.
+	MaxReasonLen = 1024
+	// MaxNodeRowBytes is about the largest a node's row in the fleet view
+	// can be when every bound above is used; status pages are sized by it.
+	MaxNodeRowBytes = 24 << 10
+)
+
+// boundedString refuses s when longer than max, naming field.
+func boundedString(field, s string, max int) error {
+	if len(s) > max {
+		return fmt.Errorf("%s: %d bytes, at most %d", field, len(s), max)
+	}
+	return nil
+}
+
+func boundedList(field string, l []string, maxItems, maxLen int) error {
+	if len(l) > maxItems {
+		return fmt.Errorf("%s: %d entries, at most %d", field, len(l), maxItems)
+	}
+	for i, s := range l {
+		if err := boundedString(fmt.Sprintf("%s[%d]", field, i), s, maxLen); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (f *Facts) validate() error {
+	for _, s := range []struct{ field, v string }{
+		{"facts.hostname", f.Hostname}, {"facts.os", f.OS}, {"facts.kernel", f.Kernel},
+		{"facts.arch", f.Arch}, {"facts.agent_version", f.AgentVersion},
+	} {
+		if err := boundedString(s.field, s.v, MaxFactString); err != nil {
+			return err
+		}
+	}
+	if f.CPUs < 0 || f.CPUs > 1<<16 {
+		return fmt.Errorf("facts.cpus: %d is out of range", f.CPUs)
+	}
+	if err := boundedList("facts.addresses", f.Addresses, MaxFactAddresses, MaxAddressLen); err != nil {
+		return err
+	}
+	if err := boundedList("facts.tailnet_ips", f.TailnetIPs, MaxFactAddresses, MaxAddressLen); err != nil {
+		return err
+	}
+	return f.Tailnet.validate()
+}
