@@ -8,23 +8,23 @@ import (
 // Subject prefixes and fixed subjects. Builders below are the only way the
 // code forms subjects, so the table in the package doc stays true.
 const (
-	Prefix        = "mgn."
-	EnrollPrefix  = "mgn.enroll."
-	HeartbeatPfx  = "mgn.hb."
-	SyncPrefix    = "mgn.sync."
-	TaskPrefix    = "mgn.task."
-	AckPrefix     = "mgn.ack."
-	ResultPrefix  = "mgn.res."
-	StoredPrefix  = "mgn.results."
-	APIPrefix     = "mgn.api."
-	EventPrefix   = "mgn.evt."
+	Prefix       = "mgn."
+	EnrollPrefix = "mgn.enroll."
+	HeartbeatPfx = "mgn.hb."
+	SyncPrefix   = "mgn.sync."
+	TaskPrefix   = "mgn.task."
+	AckPrefix    = "mgn.ack."
+	ResultPrefix = "mgn.res."
+	StoredPrefix = "mgn.results."
+	APIPrefix    = "mgn.api."
+	EventPrefix  = "mgn.evt."
 	// Reply inboxes, one family per kind of requester. Each is a subject
 	// token of its own so that a permission can name the whole family
 	// (_INBOX_N.>) and a node exactly its own (_INBOX_N.NODE.>).
 	NodeInboxPrefix     = "_INBOX_N."
 	EnrollInboxPrefix   = "_INBOX_E."
 	OperatorInboxPrefix = "_INBOX." // nats.go's default, used by admin clients
-	ResultsStream = "MGN_RESULTS"
+	ResultsStream       = "MGN_RESULTS"
 )
 
 // API verbs, used as mgn.api.VERB.

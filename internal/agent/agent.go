@@ -36,14 +36,14 @@ type Config struct {
 	// enrolls. After that its claims are the controller's (the join token's
 	// scope, `controller nodes set`): the agent learns them from the
 	// enrollment and sync replies and keeps them in the state dir.
-	Cluster string
-	Role    string
-	Labels  map[string]string
-	StateDir      string
-	Settings      tasks.Settings
-	Tasks         *tasks.Registry // default tasks.Builtin()
-	Version       string
-	Log           *zap.Logger
+	Cluster  string
+	Role     string
+	Labels   map[string]string
+	StateDir string
+	Settings tasks.Settings
+	Tasks    *tasks.Registry // default tasks.Builtin()
+	Version  string
+	Log      *zap.Logger
 	// MaxConcurrent bounds tasks running at once (default 8).
 	MaxConcurrent int
 	// MaxMessageBytes bounds payloads (default 1 MiB; the controller's

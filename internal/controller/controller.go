@@ -98,9 +98,9 @@ func (o *Options) setDefaults() {
 
 // Controller is a running controller.
 type Controller struct {
-	opts   Options
-	log    *zap.Logger
-	ns *server.Server
+	opts Options
+	log  *zap.Logger
+	ns   *server.Server
 	// nc is the operator's (admin) connection: JetStream state, tasks and
 	// events, all on subjects the controller chooses itself. What others
 	// send is heard on nodesNC and apiNC, whose permissions let them answer
@@ -109,12 +109,12 @@ type Controller struct {
 	nodesNC *nats.Conn
 	apiNC   *nats.Conn
 	js      jetstream.JetStream
-	auth   *authenticator
-	tokens *tokenStore
-	reg    *registry
-	disp   *dispatcher
-	ver    *verifier
-	met    *metrics
+	auth    *authenticator
+	tokens  *tokenStore
+	reg     *registry
+	disp    *dispatcher
+	ver     *verifier
+	met     *metrics
 
 	diagnoses jetstream.ObjectStore
 	http      *http.Server
@@ -128,8 +128,8 @@ type Controller struct {
 	hbLimit   *nodeLimiter
 	syncLimit *nodeLimiter
 	logRate   *logLimiter
-	stop   chan struct{}
-	wg     sync.WaitGroup
+	stop      chan struct{}
+	wg        sync.WaitGroup
 }
 
 // Start brings a controller up and returns once it serves.
