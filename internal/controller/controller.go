@@ -139,7 +139,7 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 		return nil, errors.New("data dir: empty")
 	}
 	c := &Controller{opts: o, log: o.Log, met: newMetrics(o.MaxMessageBytes), apiSem: make(chan struct{}, 64), stop: make(chan struct{}),
-		hbLimit:   newNodeLimiter(heartbeatRate, heartbeatBurst, 0),
+		hbLimit:   heartbeatLimiter(o.HeartbeatInterval),
 		syncLimit: newNodeLimiter(syncRate, syncBurst, syncInFlight),
 		logRate:   newLogLimiter(10 * time.Second)}
 	if was, err := privdir.Ensure(o.DataDir); err != nil {
@@ -359,7 +359,12 @@ func (c *Controller) connectInternal(u *server.User) (*nats.Conn, error) {
 	}
 	c.auth.addInternal(pub, u)
 	nc, err := nats.Connect("", nats.InProcessServer(c.ns), nats.Nkey(pub, kp.Sign),
-		nats.Name(u.Username), nats.MaxReconnects(-1))
+		nats.Name(u.Username), nats.MaxReconnects(-1),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			// A denial here means a reply subject got past ReplyUnder:
+			// the server stopped it, the log says so (rate-limited).
+			c.logRate.warn(c.log, "internal:"+u.Username, "controller connection error", zap.String("conn", u.Username), zap.Error(err))
+		}))
 	if err != nil {
 		return nil, fmt.Errorf("connect %s to embedded server: %w", u.Username, err)
 	}

@@ -17,10 +17,16 @@ const (
 	syncRate     = 5
 	syncBurst    = 10
 	syncInFlight = 2
-	// heartbeatRate and heartbeatBurst bound heartbeats per node.
-	heartbeatRate  = 10
-	heartbeatBurst = 20
+	// heartbeatRate bounds heartbeats per node per second, or four per
+	// heartbeat interval when that is more (short intervals in tests);
+	// the burst is twice the rate.
+	heartbeatRate = 10
 )
+
+func heartbeatLimiter(interval time.Duration) *nodeLimiter {
+	rate := max(heartbeatRate, 4/interval.Seconds())
+	return newNodeLimiter(rate, 2*rate, 0)
+}
 
 // bucket is a token bucket plus a count of requests being answered.
 type bucket struct {

@@ -22,6 +22,7 @@ import (
 // (auth.go), so this is the second of two locks.
 func (c *Controller) reply(m *nats.Msg, kind, inbox string, v messages.Message, err error) {
 	if m.Reply == "" {
+		c.met.replyDropped(kind)
 		return
 	}
 	if !messages.ReplyUnder(m.Reply, inbox) {
@@ -53,9 +54,24 @@ func trimSubject(s string) string {
 	return s
 }
 
+// replyOK reports whether a request's reply subject is under the
+// requester's inbox; a request that names any other is not served at all
+// (a request that is served but not answered would still act for the
+// requester), and is counted and logged (rate-limited).
+func (c *Controller) replyOK(m *nats.Msg, kind, inbox string) bool {
+	if messages.ReplyUnder(m.Reply, inbox) {
+		return true
+	}
+	c.reply(m, kind, inbox, nil, nil) // counts and logs the drop
+	return false
+}
+
 func (c *Controller) onEnroll(m *nats.Msg) {
 	pub := strings.TrimPrefix(m.Subject, messages.EnrollPrefix)
 	inbox := messages.EnrollInbox(pub)
+	if !c.replyOK(m, "enroll", inbox) {
+		return
+	}
 	req, err := messages.Decode[messages.EnrollRequest](m.Data, c.opts.MaxMessageBytes)
 	if err != nil {
 		c.reply(m, "enroll", inbox, nil, err)
@@ -146,8 +162,7 @@ func (c *Controller) onSync(m *nats.Msg) {
 		return
 	}
 	inbox := messages.NodeInbox(node)
-	if !messages.ReplyUnder(m.Reply, inbox) {
-		c.reply(m, "sync", inbox, nil, nil) // counts and logs the drop
+	if !c.replyOK(m, "sync", inbox) {
 		return
 	}
 	if !c.syncLimit.allow(node, time.Now()) {
@@ -201,6 +216,9 @@ func (c *Controller) onAck(m *nats.Msg) {
 // onAPI serves the operator API. Each request runs in its own goroutine
 // (bounded) because task.wait may block for up to 30 s.
 func (c *Controller) onAPI(m *nats.Msg) {
+	if !c.replyOK(m, "api", messages.OperatorInboxPrefix) {
+		return
+	}
 	select {
 	case c.apiSem <- struct{}{}:
 	default:

@@ -1,0 +1,21 @@
+package controller
+
+import "fmt"
+
+// PublishAsResponders publishes data on subject from both of the
+// controller's responder connections, as a bug that skipped ReplyUnder
+// would: the server must deny it (adversary_test.go).
+func (c *Controller) PublishAsResponders(subject string, data []byte) error {
+	for _, nc := range []interface {
+		Publish(string, []byte) error
+		Flush() error
+	}{c.nodesNC, c.apiNC} {
+		if err := nc.Publish(subject, data); err != nil {
+			return fmt.Errorf("publish %s: %w", subject, err)
+		}
+		if err := nc.Flush(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
