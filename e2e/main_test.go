@@ -141,9 +141,22 @@ func (w *world) agent(name, cluster, token string, extra ...string) *proc {
 	args := append([]string{"run", "--controller", w.url, "--name", name, "--cluster", cluster,
 		"--state-dir", filepath.Join(w.dir, name)}, extra...)
 	if token != "" {
-		args = append(args, "--token", token)
+		// As an operator should: in a file, never on the command line.
+		file := filepath.Join(w.dir, name+".token")
+		if err := os.WriteFile(file, []byte(token+"\n"), 0o600); err != nil {
+			w.t.Fatal(err)
+		}
+		args = append(args, "--token-file", file)
 	}
-	return start(w.t, "agent", args...)
+	p := start(w.t, "agent", args...)
+	if token != "" {
+		// Secrets never in the process list.
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.cmd.Process.Pid))
+		if strings.Contains(string(cmdline), "mgnt_") {
+			w.t.Fatalf("the join token is in the agent's process list: %q", cmdline)
+		}
+	}
+	return p
 }
 
 type status struct {

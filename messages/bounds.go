@@ -43,6 +43,10 @@ func boundedList(field string, l []string, maxItems, maxLen int) error {
 	return nil
 }
 
+// ValidateFacts checks facts against the bounds above (the controller also
+// checks stored facts with it, which older versions did not bound).
+func ValidateFacts(f *Facts) error { return f.validate() }
+
 func (f *Facts) validate() error {
 	for _, s := range []struct{ field, v string }{
 		{"facts.hostname", f.Hostname}, {"facts.os", f.OS}, {"facts.kernel", f.Kernel},

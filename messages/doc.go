@@ -19,8 +19,13 @@
 //	mgn.api.VERB                operator    API request types  admin only; reply is the matching response or ErrorReply
 //	mgn.evt.KIND                controller  Event              state changes (node online/stale/offline, ...)
 //
-// An agent's reply inbox is "_INBOX_NODE" (or "_INBOX_PUBKEY" while it
-// enrolls) so that its permissions can allow exactly its own replies.
+// Replies go only into the requester's own inbox: "_INBOX_N.NODE." for an
+// enrolled node, "_INBOX_E.PUBKEY." while it enrolls, "_INBOX." for the
+// operator. The controller serves a request only when its reply subject is
+// under that prefix ([ReplyUnder]), so a request cannot steer the
+// controller's answer onto another subject (a KV key, another node's
+// heartbeat, the API). Each family is one subject token, so permissions can
+// name a whole family and a node exactly its own inbox.
 //
 // # Results and settlement
 //
@@ -49,6 +54,7 @@
 //	task.wait     TaskWaitRequest     TaskReport (one row per targeted node; paged by rows and bytes)
 //	token.create  TokenCreateRequest  TokenCreateReply
 //	nodes.remove  NodesRemoveRequest  NodesRemoveReply
+//	nodes.set     NodesSetRequest     NodesSetReply (a node's cluster, role and labels: the operator's alone)
 //	verify        VerifyRequest       VerifyReply (report id; the Report is in object store mgn_reports)
 //	report.last   ReportLastRequest   VerifyReply
 //	diagnose      DiagnoseRequest     DiagnoseReply (result id; the result is in object store mgn_diagnoses)

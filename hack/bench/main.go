@@ -358,8 +358,9 @@ func floor(n, rounds int) (p50, p99 time.Duration) {
 }
 
 func measureIdle(bin, url, token, work string, d time.Duration) idle {
-	cmd := exec.Command(filepath.Join(bin, "agent"), "run", "--controller", url, "--token", token, "--name", "idle-agent",
+	cmd := exec.Command(filepath.Join(bin, "agent"), "run", "--controller", url, "--name", "idle-agent",
 		"--state-dir", filepath.Join(work, "idle-agent"), "--log-level", "warn")
+	cmd.Env = append(os.Environ(), "METAGN_TOKEN="+token)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		log.Fatal(err)

@@ -128,6 +128,7 @@ type Controller struct {
 	hbLimit   *nodeLimiter
 	syncLimit *nodeLimiter
 	logRate   *logLimiter
+	logOnce   *logLimiter // a node's refused claims: said once a day
 	stop      chan struct{}
 	wg        sync.WaitGroup
 }
@@ -141,7 +142,8 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 	c := &Controller{opts: o, log: o.Log, met: newMetrics(o.MaxMessageBytes), apiSem: make(chan struct{}, 64), stop: make(chan struct{}),
 		hbLimit:   heartbeatLimiter(o.HeartbeatInterval),
 		syncLimit: newNodeLimiter(syncRate, syncBurst, syncInFlight),
-		logRate:   newLogLimiter(10 * time.Second)}
+		logRate:   newLogLimiter(10 * time.Second),
+		logOnce:   newLogLimiter(24 * time.Hour)}
 	if was, err := privdir.Ensure(o.DataDir); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	} else if was != 0 {

@@ -681,3 +681,48 @@ func TestSweepsRunByThemselves(t *testing.T) {
 		}
 	}
 }
+
+// An agent that dies mid-task and never comes back is reported offline
+// (it stopped beating), not timed_out (a task that ran too long).
+func TestAgentDeadMidTaskIsOffline(t *testing.T) {
+	f := newFleet(t, nil)
+	tok := f.token(true, "1h")
+	a := f.runAgent(f.agentCfg("n1", "a", tok))
+	f.waitOnline("n1")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	run, err := f.cli.Run(ctx, messages.RunRequest{Target: "n1", Kind: "sleep", Args: json.RawMessage(`{"duration":"30s"}`), Timeout: "2s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 5*time.Second, "the task started", func() bool {
+		st, _ := f.cli.Status(ctx)
+		return len(st.Nodes) == 1 && len(st.Nodes[0].Running) == 1
+	})
+	time.Sleep(300 * time.Millisecond) // past the agent's started acknowledgement (ackAfter)
+	a.stop()
+	rep, err := f.cli.Wait(ctx, run.TaskID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := rep.Results[0]; r.Outcome != messages.OutcomeUnknown || r.Reason != messages.ReasonOffline || !strings.Contains(string(r.Output), "heartbeats") {
+		t.Fatalf("a task whose node died: %+v %s", r, r.Output)
+	}
+}
+
+// A data dir readable by others is made private at start.
+func TestDataDirIsMadePrivate(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "controller")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	newFleet(t, func(o *controller.Options) { o.DataDir = dir })
+	fi, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o700 {
+		t.Fatalf("data dir mode %04o after start, want 0700", fi.Mode().Perm())
+	}
+}

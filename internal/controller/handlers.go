@@ -146,7 +146,7 @@ func (c *Controller) onHeartbeat(m *nats.Msg) {
 	prev, ok, err := c.reg.heartbeat(node, hb, time.Now().UTC())
 	if err != nil {
 		c.met.refused("heartbeat", "claims")
-		c.logRate.warn(c.log, "hb-claims:"+node+":"+err.Error(), "refused heartbeat", zap.String("node", node), zap.Error(err))
+		c.logOnce.warn(c.log, "hb-claims:"+node+":"+err.Error(), "refused heartbeat", zap.String("node", node), zap.Error(err))
 		return
 	}
 	c.met.heartbeats.Inc()

@@ -71,6 +71,11 @@ func newRegistry(ctx context.Context, kv jetstream.KeyValue, interval time.Durat
 		if err := json.Unmarshal(e.Value(), &rec); err != nil || rec.Name != k {
 			continue
 		}
+		if messages.ValidateFacts(&rec.Facts) != nil {
+			// Stored before facts were bounded: the next heartbeat with
+			// facts fills them in again.
+			rec.Facts = messages.Facts{}
+		}
 		n := &node{rec: rec}
 		n.state = r.stateAt(n, time.Now())
 		r.nodes[k] = n
