@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"path/filepath"
 	"testing"
 
+	"github.com/guildnet/metaguildnet/internal/buildinfo"
 	"github.com/guildnet/metaguildnet/internal/cli"
 	"github.com/guildnet/metaguildnet/internal/deploytest"
 )
@@ -33,5 +36,19 @@ func TestDeployCommandLines(t *testing.T) {
 		if cmd.Name() != "run" {
 			t.Fatalf("%s runs %q", name, cmd.CommandPath())
 		}
+	}
+}
+
+func TestVersionSubcommand(t *testing.T) {
+	var out bytes.Buffer
+	root := newRoot()
+	root.SetOut(&out)
+	root.SetArgs([]string{"version", "--json"})
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	var info buildinfo.Info
+	if err := json.Unmarshal(out.Bytes(), &info); err != nil || info.Version != buildinfo.Version || info.GoVersion == "" {
+		t.Fatalf("agent version --json printed %q (%v)", out.String(), err)
 	}
 }

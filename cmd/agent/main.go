@@ -15,18 +15,16 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/guildnet/metaguildnet/internal/agent"
+	"github.com/guildnet/metaguildnet/internal/buildinfo"
 	"github.com/guildnet/metaguildnet/internal/cli"
 	"github.com/guildnet/metaguildnet/tasks"
 )
 
-// Version is set at build time.
-var Version = "dev"
-
 func main() { cli.Main(newRoot()) }
 
 func newRoot() *cobra.Command {
-	root := &cobra.Command{Use: "agent", Short: "MetaGuildNet node agent", Version: Version}
-	root.AddCommand(runCmd())
+	root := &cobra.Command{Use: "agent", Short: "MetaGuildNet node agent", Version: buildinfo.Version}
+	root.AddCommand(runCmd(), buildinfo.Command())
 	return root
 }
 
@@ -64,7 +62,7 @@ func runCmd() *cobra.Command {
 			}
 			defer log.Sync()
 			cfg.Log = log.With()
-			cfg.Version = Version
+			cfg.Version = buildinfo.Version
 			cfg.TrimMemory = true
 			cfg.Settings = tasks.Settings(vals.Settings())
 			cfg.Tasks = tasks.Builtin()
