@@ -52,3 +52,8 @@ func TestVersionSubcommand(t *testing.T) {
 		t.Fatalf("agent version --json printed %q (%v)", out.String(), err)
 	}
 }
+
+// systemd accepts the hardened unit as written (no ignored settings).
+func TestSystemdUnitVerifies(t *testing.T) {
+	deploytest.RequireVerifiedUnit(t, filepath.Join("..", "..", "deploy", "systemd", "metaguildnet-agent.service"))
+}

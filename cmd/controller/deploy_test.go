@@ -52,3 +52,8 @@ func TestVersionSubcommand(t *testing.T) {
 		t.Fatalf("controller version printed %q", out.String())
 	}
 }
+
+// systemd accepts the hardened unit as written (no ignored settings).
+func TestSystemdUnitVerifies(t *testing.T) {
+	deploytest.RequireVerifiedUnit(t, filepath.Join("..", "..", "deploy", "systemd", "metaguildnet-controller.service"))
+}
