@@ -22,19 +22,26 @@ func TestDeployCommandLines(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ds["agent"]) == 0 {
-		t.Fatal("DaemonSet has no agent container")
+	if len(ds["agent"]) == 0 || len(ds["state-dir"]) == 0 {
+		t.Fatalf("DaemonSet lacks the agent container or the state-dir init container: %v", ds)
 	}
-	for name, argv := range map[string][]string{"systemd": unit, "daemonset": ds["agent"]} {
-		if filepath.Base(argv[0]) != "agent" {
-			t.Fatalf("%s runs %s", name, argv[0])
+	for name, tc := range map[string]struct {
+		argv []string
+		want string
+	}{
+		"systemd":        {unit, "run"},
+		"daemonset":      {ds["agent"], "run"},
+		"daemonset init": {ds["state-dir"], "chown-state-dir"},
+	} {
+		if filepath.Base(tc.argv[0]) != "agent" {
+			t.Fatalf("%s runs %s", name, tc.argv[0])
 		}
-		cmd, err := cli.CheckArgs(newRoot(), argv[1:])
+		cmd, err := cli.CheckArgs(newRoot(), tc.argv[1:])
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		if cmd.Name() != "run" {
-			t.Fatalf("%s runs %q", name, cmd.CommandPath())
+		if cmd.Name() != tc.want {
+			t.Fatalf("%s runs %q, want %s", name, cmd.CommandPath(), tc.want)
 		}
 	}
 }

@@ -24,7 +24,7 @@ func main() { cli.Main(newRoot()) }
 
 func newRoot() *cobra.Command {
 	root := &cobra.Command{Use: "agent", Short: "MetaGuildNet node agent", Version: buildinfo.Version}
-	root.AddCommand(runCmd(), buildinfo.Command())
+	root.AddCommand(runCmd(), buildinfo.Command(), stateDirCmd())
 	return root
 }
 
