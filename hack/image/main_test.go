@@ -48,32 +48,46 @@ func writeImage(t *testing.T, dir string, st Stamp, bin []byte) (digest string, 
 	return d.String(), b
 }
 
-// readBack unpacks an OCI archive and reads it with go-containerregistry's
-// layout reader: one image, named ref, with digest want, whose blobs verify.
-func readBack(t *testing.T, archive []byte, want, ref string) {
+type tarEntry struct {
+	*tar.Header
+	data []byte
+}
+
+// readTar reads every entry of a tar stream.
+func readTar(t *testing.T, r io.Reader) []tarEntry {
 	t.Helper()
-	dir := t.TempDir()
-	tr := tar.NewReader(bytes.NewReader(archive))
+	var out []tarEntry
+	tr := tar.NewReader(r)
 	for {
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
-			break
+			return out
 		}
 		if err != nil {
 			t.Fatal(err)
-		}
-		p := filepath.Join(dir, filepath.FromSlash(h.Name))
-		if h.Typeflag == tar.TypeDir {
-			if err := os.MkdirAll(p, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			continue
 		}
 		b, err := io.ReadAll(tr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(p, b, 0o644); err != nil {
+		out = append(out, tarEntry{h, b})
+	}
+}
+
+// readBack unpacks an OCI archive and reads it with go-containerregistry's
+// layout reader: one image, named ref, with digest want, whose blobs verify.
+func readBack(t *testing.T, archive []byte, want, ref string) {
+	t.Helper()
+	dir := t.TempDir()
+	for _, e := range readTar(t, bytes.NewReader(archive)) {
+		p := filepath.Join(dir, filepath.FromSlash(e.Name))
+		if e.Typeflag == tar.TypeDir {
+			if err := os.MkdirAll(p, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if err := os.WriteFile(p, e.data, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -153,22 +167,13 @@ func TestImageContents(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rc.Close()
-	tr := tar.NewReader(rc)
 	found := false
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
+	for _, e := range readTar(t, rc) {
+		if !e.ModTime.Equal(testStamp.Date) || e.Uid != 0 || e.Gid != 0 {
+			t.Errorf("%s: mtime %s uid %d gid %d", e.Name, e.ModTime, e.Uid, e.Gid)
 		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !h.ModTime.Equal(testStamp.Date) || h.Uid != 0 || h.Gid != 0 {
-			t.Errorf("%s: mtime %s uid %d gid %d", h.Name, h.ModTime, h.Uid, h.Gid)
-		}
-		if h.Name == "usr/local/bin/controller" {
-			b, _ := io.ReadAll(tr)
-			found = bytes.Equal(b, bin) && h.Mode == 0o755
+		if e.Name == "usr/local/bin/controller" {
+			found = bytes.Equal(e.data, bin) && e.Mode == 0o755
 		}
 	}
 	if !found {
