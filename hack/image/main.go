@@ -73,7 +73,7 @@ func main() {
 	)
 	flag.StringVar(&st.Version, "version", "dev", "version stamped into the binaries and used as the image tag")
 	flag.StringVar(&st.Commit, "commit", "", "commit stamped into the binaries")
-	flag.StringVar(&date, "date", "", "build date, RFC 3339 (the commit's date: `git log -1 --format=%cI`); every timestamp in the image")
+	flag.StringVar(&date, "date", "", "build date, RFC 3339 (the commit's date, git log -1 --format=%cI; empty: SOURCE_DATE_EPOCH, else 1970); every timestamp in the image")
 	flag.StringVar(&out, "out", "bin", "directory for the binaries and the image tarballs")
 	flag.StringVar(&repoPrefix, "repo-prefix", defaultRepo, "image repository prefix; the command name is appended")
 	flag.StringVar(&arch, "arch", runtime.GOARCH, "GOARCH of the binaries and images")
