@@ -196,11 +196,16 @@ func TestParseDate(t *testing.T) {
 }
 
 // The real agent binary, built twice the way `make image` builds it, is
-// byte-identical, says what was stamped, and gives one image digest. The
-// compile is cached after the first `make image`; each build relinks.
+// byte-identical, says what was stamped, and gives one image digest. After
+// a `make image` the packages come from the build cache and each build
+// relinks (~10 s); on a cold cache the first build compiles everything
+// with -trimpath (~10 min on 2 cores), so it runs with CI=true or
+// MGN_TEST_BUILD=1 only. The two builds share the cache: that the compile
+// itself is reproducible is Go's promise (checked by hand once, see
+// deploy/README.md).
 func TestAgentBuildIsReproducible(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the agent twice")
+	if testing.Short() || (os.Getenv("CI") != "true" && os.Getenv("MGN_TEST_BUILD") != "1") {
+		t.Skip("builds the agent twice: set MGN_TEST_BUILD=1 (CI=true runs it)")
 	}
 	if runtime.GOOS != "linux" {
 		t.Skip("runs the linux binary it builds")
