@@ -5,11 +5,28 @@ BIN   := $(CURDIR)/bin
 # Integration tests need the test world's servers (see hack/testenv.mk).
 TEST_TIMEOUT ?= 40m
 
-.PHONY: all build demo test test-unit race fuzz bench vet clean
+.PHONY: all build image demo test test-unit race fuzz bench vet clean
 all: build
 
+# What the binaries say in `controller version` / `agent version`. The date is
+# the commit's (or SOURCE_DATE_EPOCH), never the clock, so rebuilds of one
+# commit are byte-identical.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
+ifdef SOURCE_DATE_EPOCH
+BUILD_DATE ?= $(shell date -u -d @$(SOURCE_DATE_EPOCH) +%Y-%m-%dT%H:%M:%SZ)
+else
+BUILD_DATE ?= $(shell git log -1 --format=%cI 2>/dev/null)
+endif
+BUILDINFO := github.com/guildnet/metaguildnet/internal/buildinfo
+LDFLAGS   := -X $(BUILDINFO).Version=$(VERSION) -X $(BUILDINFO).Commit=$(COMMIT) -X $(BUILDINFO).Date=$(BUILD_DATE)
+
 build:
-	$(GO) build -o $(BIN)/ ./cmd/controller ./cmd/agent
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/controller ./cmd/agent
+
+## image: OCI images of agent and controller as tarballs in bin/ (no Docker; see deploy/README.md)
+image:
+	$(GO) run ./hack/image -version "$(VERSION)" -commit "$(COMMIT)" -date "$(BUILD_DATE)" -out $(BIN) agent controller
 
 ## demo: controller + three local agents, ping and facts across the fleet, the fleet view
 demo:

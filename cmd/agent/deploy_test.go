@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"path/filepath"
 	"testing"
 
+	"github.com/guildnet/metaguildnet/internal/buildinfo"
 	"github.com/guildnet/metaguildnet/internal/cli"
 	"github.com/guildnet/metaguildnet/internal/deploytest"
 )
@@ -19,19 +22,45 @@ func TestDeployCommandLines(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ds["agent"]) == 0 {
-		t.Fatal("DaemonSet has no agent container")
+	if len(ds["agent"]) == 0 || len(ds["state-dir"]) == 0 {
+		t.Fatalf("DaemonSet lacks the agent container or the state-dir init container: %v", ds)
 	}
-	for name, argv := range map[string][]string{"systemd": unit, "daemonset": ds["agent"]} {
-		if filepath.Base(argv[0]) != "agent" {
-			t.Fatalf("%s runs %s", name, argv[0])
+	for name, tc := range map[string]struct {
+		argv []string
+		want string
+	}{
+		"systemd":        {unit, "run"},
+		"daemonset":      {ds["agent"], "run"},
+		"daemonset init": {ds["state-dir"], "chown-state-dir"},
+	} {
+		if filepath.Base(tc.argv[0]) != "agent" {
+			t.Fatalf("%s runs %s", name, tc.argv[0])
 		}
-		cmd, err := cli.CheckArgs(newRoot(), argv[1:])
+		cmd, err := cli.CheckArgs(newRoot(), tc.argv[1:])
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		if cmd.Name() != "run" {
-			t.Fatalf("%s runs %q", name, cmd.CommandPath())
+		if cmd.Name() != tc.want {
+			t.Fatalf("%s runs %q, want %s", name, cmd.CommandPath(), tc.want)
 		}
 	}
+}
+
+func TestVersionSubcommand(t *testing.T) {
+	var out bytes.Buffer
+	root := newRoot()
+	root.SetOut(&out)
+	root.SetArgs([]string{"version", "--json"})
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	var info buildinfo.Info
+	if err := json.Unmarshal(out.Bytes(), &info); err != nil || info.Version != buildinfo.Version || info.GoVersion == "" {
+		t.Fatalf("agent version --json printed %q (%v)", out.String(), err)
+	}
+}
+
+// systemd accepts the hardened unit as written (no ignored settings).
+func TestSystemdUnitVerifies(t *testing.T) {
+	deploytest.RequireVerifiedUnit(t, filepath.Join("..", "..", "deploy", "systemd", "metaguildnet-agent.service"))
 }

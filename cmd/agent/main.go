@@ -15,18 +15,16 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/guildnet/metaguildnet/internal/agent"
+	"github.com/guildnet/metaguildnet/internal/buildinfo"
 	"github.com/guildnet/metaguildnet/internal/cli"
 	"github.com/guildnet/metaguildnet/tasks"
 )
 
-// Version is set at build time.
-var Version = "dev"
-
 func main() { cli.Main(newRoot()) }
 
 func newRoot() *cobra.Command {
-	root := &cobra.Command{Use: "agent", Short: "MetaGuildNet node agent", Version: Version}
-	root.AddCommand(runCmd())
+	root := &cobra.Command{Use: "agent", Short: "MetaGuildNet node agent", Version: buildinfo.Version}
+	root.AddCommand(runCmd(), buildinfo.Command(), stateDirCmd())
 	return root
 }
 
@@ -79,7 +77,7 @@ func runCmd() *cobra.Command {
 			if tokenOnCommandLine {
 				log.Warn("--token on the command line is visible to every user of this machine (ps): pass it as METAGN_TOKEN or with --token-file")
 			}
-			cfg.Version = Version
+			cfg.Version = buildinfo.Version
 			cfg.TrimMemory = true
 			cfg.Settings = tasks.Settings(vals.Settings())
 			cfg.Tasks = tasks.Builtin()

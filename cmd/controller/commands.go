@@ -18,6 +18,7 @@ import (
 	"github.com/guildnet/metaguildnet/diagnostics"
 	"github.com/guildnet/metaguildnet/diagnostics/bundle"
 	"github.com/guildnet/metaguildnet/diagnostics/report"
+	"github.com/guildnet/metaguildnet/internal/buildinfo"
 	"github.com/guildnet/metaguildnet/internal/cli"
 	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/internal/controller"
@@ -32,9 +33,9 @@ func newRoot() *cobra.Command {
 		Long: "The MetaGuildNet controller: an embedded NATS server with JetStream that enrolls agents,\n" +
 			"sends them tasks and keeps the fleet's state. Flags can also be set as METAGN_<FLAG> in the\n" +
 			"environment, .env.local or .env (flags win, then the environment, then .env.local, then .env).",
-		Version: controller.Version,
+		Version: buildinfo.Version,
 	}
-	root.AddCommand(serveCmd(), tokenCmd(), statusCmd(), runCmd(), nodesCmd(), verifyCmd(), reportCmd(), diagnoseCmd())
+	root.AddCommand(serveCmd(), tokenCmd(), statusCmd(), runCmd(), nodesCmd(), verifyCmd(), reportCmd(), diagnoseCmd(), buildinfo.Command())
 	return root
 }
 

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/guildnet/metaguildnet/internal/buildinfo"
 	"github.com/guildnet/metaguildnet/internal/cli"
 	"github.com/guildnet/metaguildnet/internal/deploytest"
 )
@@ -32,4 +35,25 @@ func TestCheckArgsRefusesBadLines(t *testing.T) {
 			t.Errorf("%v accepted", argv)
 		}
 	}
+}
+
+// `controller version` prints what the build stamped.
+func TestVersionSubcommand(t *testing.T) {
+	defer func(v string) { buildinfo.Version = v }(buildinfo.Version)
+	buildinfo.Version = "v9.9.9-test"
+	var out bytes.Buffer
+	root := newRoot()
+	root.SetOut(&out)
+	root.SetArgs([]string{"version"})
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "version:    v9.9.9-test") || !strings.Contains(out.String(), "go:") {
+		t.Fatalf("controller version printed %q", out.String())
+	}
+}
+
+// systemd accepts the hardened unit as written (no ignored settings).
+func TestSystemdUnitVerifies(t *testing.T) {
+	deploytest.RequireVerifiedUnit(t, filepath.Join("..", "..", "deploy", "systemd", "metaguildnet-controller.service"))
 }

@@ -118,7 +118,9 @@ type Env struct {
 	// settings and the secret values of .env, .env.local and config.json.
 	Redact *redact.Redactor
 	Limits Limits
-	// ProcRoot is /proc; tests may point it elsewhere.
+	// ProcRoot is the host's /proc: setting METAGN_HOST_PROC (a container
+	// mounts the host's at /host/proc), else /proc; tests may point it
+	// elsewhere.
 	ProcRoot string
 	// Now is the clock for certificate expiry.
 	Now func() time.Time
@@ -146,7 +148,7 @@ func NewEnv(node string, settings map[string]string) *Env {
 func (e *Env) Prepare() {
 	e.Limits = e.Limits.withDefaults()
 	if e.ProcRoot == "" {
-		e.ProcRoot = "/proc"
+		e.ProcRoot = e.setting("METAGN_HOST_PROC", "/proc")
 	}
 	if e.Now == nil {
 		e.Now = time.Now

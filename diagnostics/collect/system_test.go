@@ -52,7 +52,8 @@ func TestSystemFakeProc(t *testing.T) {
 	w("43/stat", "43 (a) b)) S 1 1 1 0 -1 0 0 0 0 0 5 5 0 0 20 0 1 0 1 1000 10 0 0\n")
 	w("44/stat", "garbage")
 	w("self/stat", "not a pid dir")
-	env := &Env{ProcRoot: root}
+	// A container reads the host's /proc where METAGN_HOST_PROC says.
+	env := &Env{Settings: map[string]string{"METAGN_HOST_PROC": root}}
 	env.Limits.CPUSample = 1
 	env.Prepare()
 	s, err := System{}.Collect(context.Background(), env)

@@ -28,13 +28,11 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/guildnet/metaguildnet/internal/buildinfo"
 	"github.com/guildnet/metaguildnet/internal/privdir"
 	"github.com/guildnet/metaguildnet/internal/runinfo"
 	"github.com/guildnet/metaguildnet/messages"
 )
-
-// Version is the controller's version, set at build time.
-var Version = "dev"
 
 // Options configure a controller. Zero values mean the defaults below.
 type Options struct {
@@ -204,7 +202,7 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 	if err := c.startHTTP(); err != nil {
 		return nil, err
 	}
-	c.info = runinfo.Info{PID: os.Getpid(), NATSURL: c.ns.ClientURL(), Version: Version}
+	c.info = runinfo.Info{PID: os.Getpid(), NATSURL: c.ns.ClientURL(), Version: buildinfo.Version}
 	c.tr.describe(&c.info)
 	if c.http != nil {
 		c.info.HTTPURL = "http://" + c.http.Addr

@@ -34,8 +34,14 @@ func ExecStart(path string) ([]string, error) {
 	return nil, fmt.Errorf("%s: no ExecStart=", path)
 }
 
-// ContainerArgs returns command+args of every container in every document
-// of a Kubernetes manifest, by container name.
+type container struct {
+	Name    string   `yaml:"name"`
+	Command []string `yaml:"command"`
+	Args    []string `yaml:"args"`
+}
+
+// ContainerArgs returns command+args of every container and init container
+// in every document of a Kubernetes manifest, by container name.
 func ContainerArgs(path string) (map[string][]string, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -49,11 +55,8 @@ func ContainerArgs(path string) (map[string][]string, error) {
 			Spec struct {
 				Template struct {
 					Spec struct {
-						Containers []struct {
-							Name    string   `yaml:"name"`
-							Command []string `yaml:"command"`
-							Args    []string `yaml:"args"`
-						} `yaml:"containers"`
+						Containers     []container `yaml:"containers"`
+						InitContainers []container `yaml:"initContainers"`
 					} `yaml:"spec"`
 				} `yaml:"template"`
 			} `yaml:"spec"`
@@ -64,7 +67,7 @@ func ContainerArgs(path string) (map[string][]string, error) {
 			}
 			return nil, fmt.Errorf("%s: %w", path, err)
 		}
-		for _, c := range doc.Spec.Template.Spec.Containers {
+		for _, c := range append(doc.Spec.Template.Spec.InitContainers, doc.Spec.Template.Spec.Containers...) {
 			var argv []string
 			for _, a := range append(c.Command, c.Args...) {
 				argv = append(argv, substitute(a))
