@@ -16,10 +16,10 @@ import (
 // and a removal takes effect on the next connect without a reload.
 //
 // Kinds of clients:
-//   - the operator (the CLI, and the controller's own state connection), by
-//     the admin NKey: no limits;
-//   - the controller's two responders, by keys that exist only in this
-//     process: one serves the nodes (enroll, heartbeat, sync, ack, result),
+//   - the operator (the CLI), by the admin NKey: no limits;
+//   - the controller's own three connections, by keys that exist only in
+//     this process: the state connection (JetStream, tasks, events), and
+//     two responders: one serves the nodes (enroll, heartbeat, sync, ack, result),
 //     one the operator API. Each may publish only into the inbox family of
 //     the requesters it answers, so no request, whatever reply subject it
 //     names, can make the controller write into JetStream, the KV buckets,
@@ -51,6 +51,7 @@ const maxPendingEnrollments = 4096
 // User names the server sees; removal finds a node's connections by them.
 const (
 	userAdmin     = "admin"
+	userState     = "controller-state"
 	userNodesResp = "controller-nodes"
 	userAPIResp   = "controller-api"
 )
@@ -160,6 +161,19 @@ func nodesResponderUser() *server.User {
 			messages.AckPrefix + "*",
 			messages.ResultPrefix + "*",
 		}},
+	}}
+}
+
+// stateUser is the controller's own state connection: JetStream (its API,
+// the KV buckets, object stores and the results stream), tasks to nodes
+// and events. It hears only its own inbox.
+func stateUser() *server.User {
+	return &server.User{Username: userState, Permissions: &server.Permissions{
+		Publish: &server.SubjectPermission{Allow: []string{
+			"$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>",
+			messages.TaskPrefix + "*", messages.EventPrefix + "*", messages.StoredPrefix + "*",
+		}},
+		Subscribe: &server.SubjectPermission{Allow: []string{messages.OperatorInboxPrefix + ">"}},
 	}}
 }
 

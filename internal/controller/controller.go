@@ -99,7 +99,7 @@ type Controller struct {
 	opts Options
 	log  *zap.Logger
 	ns   *server.Server
-	// nc is the operator's (admin) connection: JetStream state, tasks and
+	// nc is the state connection: JetStream state, tasks and
 	// events, all on subjects the controller chooses itself. What others
 	// send is heard on nodesNC and apiNC, whose permissions let them answer
 	// only into inboxes (auth.go), so no request can steer a write.
@@ -177,9 +177,8 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 	if err := c.tr.serve(c.ns, o.DataDir); err != nil {
 		return nil, err
 	}
-	if c.nc, err = nats.Connect("", nats.InProcessServer(c.ns), nats.Nkey(adminPub, admin.Sign),
-		nats.Name("controller"), nats.MaxReconnects(-1)); err != nil {
-		return nil, fmt.Errorf("connect to embedded server: %w", err)
+	if c.nc, err = c.connectInternal(stateUser()); err != nil {
+		return nil, err
 	}
 	if c.nodesNC, err = c.connectInternal(nodesResponderUser()); err != nil {
 		return nil, err
