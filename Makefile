@@ -5,7 +5,7 @@ BIN   := $(CURDIR)/bin
 # Integration tests need the test world's servers (see hack/testenv.mk).
 TEST_TIMEOUT ?= 40m
 
-.PHONY: all build image demo test test-unit race fuzz bench vet clean
+.PHONY: all build image demo test test-unit race fuzz bench vet clean apt-deps
 all: build
 
 # What the binaries say in `controller version` / `agent version`. The date is
@@ -32,8 +32,12 @@ image:
 demo:
 	@hack/demo.sh
 
+## apt-deps: the Debian packages the tests use (containerd, runc, systemd)
+apt-deps:
+	@hack/apt-deps.sh
+
 ## test: everything, against the real test world (built once and cached)
-test: testenv
+test: testenv apt-deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	$(GO) test -count=1 -race -timeout $(TEST_TIMEOUT) ./internal/controller/ ./internal/agent/ ./messages/

@@ -186,11 +186,27 @@ func newTaskState(rec taskRecord) *taskState {
 	return ts
 }
 
+// arm starts the task's deadline timer. The timer is set under d.mu, as
+// stop and completeLocked read it there; a task that finished (or a
+// dispatcher that stopped) meanwhile gets no timer.
 func (d *dispatcher) arm(ts *taskState) {
 	id := ts.rec.Task.ID
-	ts.timer = time.AfterFunc(time.Until(ts.rec.Task.Deadline)+settleGrace, func() {
+	t := time.AfterFunc(time.Until(ts.rec.Task.Deadline)+settleGrace, func() {
 		d.expire(id)
 	})
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	select {
+	case <-ts.done:
+		t.Stop()
+		return
+	default:
+	}
+	if d.closed {
+		t.Stop()
+		return
+	}
+	ts.timer = t
 }
 
 // onResult takes a result an agent published. The node is the subject's,
