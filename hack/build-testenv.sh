@@ -15,15 +15,17 @@ set -euo pipefail
 K8S_VERSION=v1.37.2
 ETCD_NOTE="etcd as pinned by k8s.io/kubernetes ${K8S_VERSION}"
 HEADSCALE_VERSION=v0.29.1
+KWOK_VERSION=v0.8.0
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${MGN_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/metaguildnet/testenv}"
 KUBE_DIR="$CACHE/k8s-${K8S_VERSION}"
 HEADSCALE_DIR="$CACHE/headscale-${HEADSCALE_VERSION}"
+KWOK_DIR="$CACHE/kwok-${KWOK_VERSION}"
 GO="${GO:-go}"
 
 if [[ "${1:-}" == "print-dirs" ]]; then
-	echo "$KUBE_DIR $HEADSCALE_DIR"
+	echo "$KUBE_DIR $HEADSCALE_DIR $KWOK_DIR"
 	exit 0
 fi
 
@@ -77,4 +79,9 @@ build "$KUBE_DIR/etcd" "$ROOT/hack/kube" "-s -w" go.etcd.io/etcd/server/v3
 log "($ETCD_NOTE)"
 build "$KUBE_DIR/kube-apiserver" "$ROOT/hack/kube" "$KUBE_LDFLAGS" k8s.io/kubernetes/cmd/kube-apiserver
 build "$HEADSCALE_DIR/headscale" "$ROOT/hack/headscale" "-s -w" github.com/juanfont/headscale/cmd/headscale
+# The live control plane: the real controllers and scheduler (~95 s each once
+# kube-apiserver's packages are cached) and KWOK as every node's kubelet.
+build "$KUBE_DIR/kube-controller-manager" "$ROOT/hack/kube" "$KUBE_LDFLAGS" k8s.io/kubernetes/cmd/kube-controller-manager
+build "$KUBE_DIR/kube-scheduler" "$ROOT/hack/kube" "$KUBE_LDFLAGS" k8s.io/kubernetes/cmd/kube-scheduler
+build "$KWOK_DIR/kwok" "$ROOT/hack/kwok" "-s -w" sigs.k8s.io/kwok/cmd/kwok
 log "all test-world binaries ready in $CACHE"

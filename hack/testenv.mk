@@ -13,7 +13,7 @@ GO ?= go
 
 TESTENV_CACHE ?= $(or $(MGN_TESTENV_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/metaguildnet/testenv)
 export MGN_TESTENV_CACHE := $(TESTENV_CACHE)
-TESTENV_BIN_DIRS := $(TESTENV_CACHE)/k8s-v1.37.2 $(TESTENV_CACHE)/headscale-v0.29.1
+TESTENV_BIN_DIRS := $(TESTENV_CACHE)/k8s-v1.37.2 $(TESTENV_CACHE)/headscale-v0.29.1 $(TESTENV_CACHE)/kwok-v0.8.0
 TESTENV_DIR ?= /tmp/metaguildnet-testenv
 TESTWORLD := $(CURDIR)/bin/testworld
 

@@ -1,8 +1,8 @@
 // Package kubernetes_test applies the agent's manifests to the test world's
 // real kube-apiserver (internal/testenv) and checks what its service
 // account may do: every read the checks make, and nothing else (no
-// Secrets). The pods are not scheduled here: the test world's API server
-// runs without kubelet, scheduler or controllers.
+// Secrets). live_test.go runs the DaemonSet on a live control plane, where
+// its pods are scheduled and go Running.
 package kubernetes_test
 
 import (

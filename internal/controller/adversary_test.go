@@ -452,8 +452,12 @@ func TestAdversaryConnectionsEnd(t *testing.T) {
 
 	t.Run("a refused enrollment does not burn a single-use token", func(t *testing.T) {
 		single := h.token(false, "1h")
+		freshKey, _ := nkeys.CreateUser()
 		try := func(name string) string {
 			kp, _ := nkeys.CreateUser()
+			if name == "fresh" {
+				kp = freshKey // enrolls twice below
+			}
 			pub, _ := kp.PublicKey()
 			nc, err := nats.Connect(h.c.Info().NATSURL, nats.Token(single), nats.Nkey(pub, kp.Sign), nats.NoReconnect(),
 				nats.CustomInboxPrefix(messages.EnrollInbox(pub)))
@@ -472,6 +476,11 @@ func TestAdversaryConnectionsEnd(t *testing.T) {
 		}
 		if got := try("fresh"); !strings.Contains(got, `"name":"fresh"`) {
 			t.Fatalf("the single-use token after a refused enrollment: %s", got)
+		}
+		// The same key asking again (its reply was lost) is told it is
+		// enrolled, without a second token.
+		if got := try("fresh"); !strings.Contains(got, `"name":"fresh"`) {
+			t.Fatalf("the same key enrolling again: %s", got)
 		}
 		if got := try("fresh2"); strings.Contains(got, `"name":"fresh2"`) {
 			t.Fatalf("the single-use token worked twice: %s", got)

@@ -3,6 +3,7 @@ package controller
 import (
 	"encoding/base64"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
@@ -98,12 +99,19 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 		c.RegisterUser(u)
 		return true
 	}
-	if name, ok := a.nodes[o.Nkey]; ok {
+	if name, ok := a.nodes[o.Nkey]; ok && o.Token == "" {
 		c.RegisterUser(&server.User{Username: nodeUser(name), Permissions: nodePermissions(name)})
 		return true
 	}
+	// A known key with a token is an agent enrolling again because it
+	// never got its first answer: it gets an enrollment connection, and
+	// the enrollment answers that it is enrolled (no token is spent).
 	if o.Token != "" {
-		if h, exp, ok := a.tokens.valid(o.Token); ok {
+		h, exp, ok := a.tokens.valid(o.Token)
+		if name, known := a.nodes[o.Nkey]; known && !ok {
+			ok = a.tokens.enrolled(h, name, time.Now()) // its own single-use token
+		}
+		if ok {
 			if len(a.pending) >= maxPendingEnrollments {
 				clear(a.pending) // abandoned attempts; their owners reconnect
 			}

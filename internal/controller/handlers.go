@@ -99,6 +99,12 @@ func (c *Controller) enroll(ctx context.Context, pub string, req messages.Enroll
 	if !ok {
 		return messages.NodeClaims{}, messages.Errorf(messages.CodeBadRequest, "no enrollment in progress for this key: reconnect with a join token")
 	}
+	if cl, ok := c.reg.enrolledAs(pub, req.Name); ok {
+		// The same key asks again (its first reply was lost): it is
+		// enrolled already, and no token is spent twice.
+		c.auth.endPending(pub)
+		return cl, nil
+	}
 	tok, err := c.tokens.record(p.tokenHash)
 	if err != nil {
 		return messages.NodeClaims{}, messages.Errorf(messages.CodeBadRequest, "%v", err)

@@ -227,6 +227,17 @@ func (r *registry) set(ctx context.Context, req messages.NodesSetRequest) (messa
 	return rec.claims(), r.persist(ctx, rec)
 }
 
+// enrolledAs returns the claims of node name when key pub holds it.
+func (r *registry) enrolledAs(pub, name string) (messages.NodeClaims, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	n, ok := r.nodes[name]
+	if !ok || n.rec.PublicKey != pub {
+		return messages.NodeClaims{}, false
+	}
+	return n.rec.claims(), true
+}
+
 // claims returns a node's claims.
 func (r *registry) claims(name string) (messages.NodeClaims, bool) {
 	r.mu.RLock()

@@ -113,6 +113,14 @@ func (ts *tokenStore) valid(tok string) (string, time.Time, bool) {
 	return h, r.ExpiresAt, ok && usable(r, time.Now())
 }
 
+// enrolled reports whether the unexpired token with hash h enrolled node.
+func (ts *tokenStore) enrolled(h, node string, now time.Time) bool {
+	ts.mu.RLock()
+	defer ts.mu.RUnlock()
+	r, ok := ts.m[h]
+	return ok && h != "" && now.Before(r.ExpiresAt) && slices.Contains(r.UsedBy, node)
+}
+
 // record returns the token with hash h if it may be used now.
 func (ts *tokenStore) record(h string) (tokenRecord, error) {
 	ts.mu.RLock()

@@ -60,6 +60,9 @@ const (
 	// NeedNetNS: the process runs inside a loopback-only network namespace
 	// (see [MainInNetNS]), which tsnet requires.
 	NeedNetNS
+	// NeedControlPlane: kube-controller-manager, kube-scheduler and KWOK
+	// (the live control plane, [Kube.StartControlPlane]).
+	NeedControlPlane
 )
 
 func (n Need) String() string {
@@ -70,6 +73,8 @@ func (n Need) String() string {
 		return "headscale"
 	case NeedNetNS:
 		return "a loopback-only network namespace"
+	case NeedControlPlane:
+		return "kube-controller-manager, kube-scheduler and kwok"
 	}
 	return fmt.Sprintf("Need(%d)", int(n))
 }
@@ -80,6 +85,12 @@ func Missing(what ...Need) string {
 		switch n {
 		case NeedKube:
 			for _, p := range []string{EtcdPath(), KubeAPIServerPath()} {
+				if !isExecutable(p) {
+					return fmt.Sprintf("%s not built (%s missing)", n, p)
+				}
+			}
+		case NeedControlPlane:
+			for _, p := range []string{KubeControllerManagerPath(), KubeSchedulerPath(), KWOKPath()} {
 				if !isExecutable(p) {
 					return fmt.Sprintf("%s not built (%s missing)", n, p)
 				}
