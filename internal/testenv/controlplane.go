@@ -26,8 +26,10 @@ const KWOKVersion = "v0.8.0"
 func KubeControllerManagerPath() string {
 	return filepath.Join(CacheDir(), "k8s-"+KubeVersion, "kube-controller-manager")
 }
-func KubeSchedulerPath() string { return filepath.Join(CacheDir(), "k8s-"+KubeVersion, "kube-scheduler") }
-func KWOKPath() string          { return filepath.Join(CacheDir(), "kwok-"+KWOKVersion, "kwok") }
+func KubeSchedulerPath() string {
+	return filepath.Join(CacheDir(), "k8s-"+KubeVersion, "kube-scheduler")
+}
+func KWOKPath() string { return filepath.Join(CacheDir(), "kwok-"+KWOKVersion, "kwok") }
 
 // kwokStages are KWOK's own "fast" stage configs (copied from its module's
 // kustomize/stage/{node/fast,node/heartbeat,pod/fast}): nodes become Ready
