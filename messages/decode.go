@@ -73,6 +73,42 @@ func Decode[T any, PT interface {
 	return v, nil
 }
 
+// DecodeTaskArgs parses a task's arguments (Task.Args) of type T: strictly,
+// unlike Decode, since operators type them by hand (`controller run
+// --args`) and a misspelt field must not be silently ignored. Empty or null
+// arguments are the zero T, validated like any other. Errors are *Error
+// with CodeBadRequest or CodeBadVersion and name the offending field.
+func DecodeTaskArgs[T any, PT interface {
+	*T
+	Message
+}](raw json.RawMessage, max int) (T, error) {
+	var v T
+	if max <= 0 {
+		max = DefaultMaxMessageBytes
+	}
+	if len(raw) > max {
+		return v, Errorf(CodeTooLarge, "arguments of %d bytes exceed the limit of %d bytes", len(raw), max)
+	}
+	if len(raw) > 0 && string(raw) != "null" {
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&v); err != nil {
+			return v, Errorf(CodeBadRequest, "decode %T: %v", v, err)
+		}
+		if dec.More() {
+			return v, Errorf(CodeBadRequest, "decode %T: trailing data after the JSON object", v)
+		}
+	}
+	if err := PT(&v).Validate(); err != nil {
+		var e *Error
+		if errors.As(err, &e) {
+			return v, err
+		}
+		return v, Errorf(CodeBadRequest, "%T: %v", v, err)
+	}
+	return v, nil
+}
+
 // Encode marshals a payload. It exists so both sides encode one way.
 func Encode(m Message) ([]byte, error) {
 	if f, ok := m.(fastEncoder); ok {

@@ -172,7 +172,7 @@ func (v *verifier) run(ctx context.Context, req messages.VerifyRequest) (message
 	var tasks []issued
 	var missing []report.Unavailable
 	if layers, ok := wantScope(req.Layers, report.NodeScopedLayers); ok {
-		args, _ := json.Marshal(map[string]any{"scope": "node", "layers": nonEmpty(req.Layers)})
+		args := messages.MustEncode(&messages.VerifyArgs{V: messages.Version, Scope: messages.ScopeNode, Layers: nonEmpty(req.Layers)})
 		rep, err := v.c.disp.issueTo(ctx, messages.RunRequest{Kind: "verify", Target: "verify:node", Args: args, Timeout: timeout, SkipOffline: true}, nodes, states)
 		if err != nil {
 			return messages.Report{}, "", fmt.Errorf("verify: issue node checks: %w", err)
@@ -193,7 +193,7 @@ func (v *verifier) run(ctx context.Context, req messages.VerifyRequest) (message
 			}
 		}
 		if len(agents) > 0 {
-			args, _ := json.Marshal(map[string]any{"scope": "cluster", "layers": nonEmpty(req.Layers)})
+			args := messages.MustEncode(&messages.VerifyArgs{V: messages.Version, Scope: messages.ScopeCluster, Layers: nonEmpty(req.Layers)})
 			st := map[string]string{}
 			for _, a := range agents {
 				st[a] = messages.StateOnline
@@ -217,11 +217,9 @@ func (v *verifier) run(ctx context.Context, req messages.VerifyRequest) (message
 				run.Reason = "rejected: " + string(r.Output)
 			}
 			if r.Outcome != messages.OutcomeUnknown {
-				var out struct {
-					Checks []messages.CheckResult `json:"checks"`
-				}
-				if err := json.Unmarshal(r.Output, &out); err != nil || out.Checks == nil {
-					run.Outcome, run.Reason = messages.OutcomeUnknown, fmt.Sprintf("unreadable verify output: %s", truncate(string(r.Output), 200))
+				out, err := messages.Decode[messages.VerifyOutput](r.Output, v.c.opts.MaxMessageBytes)
+				if err != nil {
+					run.Outcome, run.Reason = messages.OutcomeUnknown, fmt.Sprintf("unreadable verify output: %s", truncate(err.Error(), 200))
 				}
 				run.Checks = out.Checks
 			}
