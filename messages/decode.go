@@ -338,8 +338,8 @@ func (r *RunRequest) Validate() error {
 	}
 	if r.Timeout != "" {
 		d, err := time.ParseDuration(r.Timeout)
-		if err != nil || d <= 0 || d > 24*time.Hour {
-			return fmt.Errorf("timeout: %q is not a duration between 0 and 24h", r.Timeout)
+		if err != nil || d <= 0 || d > MaxRunTimeout {
+			return fmt.Errorf("timeout: %q is not a duration between 0 and %v", r.Timeout, MaxRunTimeout)
 		}
 	}
 	return nil
@@ -355,8 +355,8 @@ func (r *TaskWaitRequest) Validate() error {
 		return fmt.Errorf("task_id: %w", err)
 	}
 	if r.Wait != "" {
-		if d, err := time.ParseDuration(r.Wait); err != nil || d < 0 || d > 30*time.Second {
-			return fmt.Errorf("wait: %q is not a duration between 0 and 30s", r.Wait)
+		if d, err := time.ParseDuration(r.Wait); err != nil || d < 0 || d > MaxTaskWait {
+			return fmt.Errorf("wait: %q is not a duration between 0 and %v", r.Wait, MaxTaskWait)
 		}
 	}
 	return validPage(r.Offset, r.Limit)
@@ -401,8 +401,8 @@ func (r *VerifyRequest) Validate() error {
 		}
 	}
 	if r.Timeout != "" {
-		if d, err := time.ParseDuration(r.Timeout); err != nil || d <= 0 || d > 10*time.Minute {
-			return fmt.Errorf("timeout: %q is not a duration between 0 and 10m", r.Timeout)
+		if d, err := time.ParseDuration(r.Timeout); err != nil || d <= 0 || d > MaxVerifyTimeout {
+			return fmt.Errorf("timeout: %q is not a duration between 0 and %v", r.Timeout, MaxVerifyTimeout)
 		}
 	}
 	return nil

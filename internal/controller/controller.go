@@ -33,7 +33,8 @@ import (
 // Version is the controller's version, set at build time.
 var Version = "dev"
 
-// Options configure a controller. Zero values mean the defaults below.
+// Options configure a controller. Zero values mean the defaults, and
+// values that cannot work are refused by Start, both in limits.go.
 type Options struct {
 	DataDir string
 	// Listen is the NATS client address (host:port; port 0 picks one).
@@ -66,33 +67,6 @@ type Options struct {
 	Log   *zap.Logger
 }
 
-func (o *Options) setDefaults() {
-	if o.Listen == "" {
-		o.Listen = "127.0.0.1:4222"
-	}
-	if o.HeartbeatInterval <= 0 {
-		o.HeartbeatInterval = 5 * time.Second
-	}
-	if o.OfflineAfter < 3 {
-		o.OfflineAfter = 6
-	}
-	if o.MaxMessageBytes <= 0 {
-		o.MaxMessageBytes = messages.DefaultMaxMessageBytes
-	}
-	if o.Retention <= 0 {
-		o.Retention = 7 * 24 * time.Hour
-	}
-	if o.SweepInterval == 0 {
-		o.SweepInterval = time.Minute
-	}
-	if o.HistoryRetention <= 0 {
-		o.HistoryRetention = 7 * 24 * time.Hour
-	}
-	if o.Log == nil {
-		o.Log = zap.NewNop()
-	}
-}
-
 // Controller is a running controller.
 type Controller struct {
 	opts   Options
@@ -120,14 +94,19 @@ type Controller struct {
 
 // Start brings a controller up and returns once it serves.
 func Start(ctx context.Context, o Options) (_ *Controller, err error) {
-	o.setDefaults()
+	if err := o.resolve(); err != nil {
+		return nil, err
+	}
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
 	if o.DataDir == "" {
 		return nil, errors.New("data dir: empty")
 	}
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir %s: %w", o.DataDir, err)
 	}
-	c := &Controller{opts: o, log: o.Log, met: newMetrics(o.MaxMessageBytes), apiSem: make(chan struct{}, 64), stop: make(chan struct{})}
+	c := &Controller{opts: o, log: o.Log, met: newMetrics(o.MaxMessageBytes), apiSem: make(chan struct{}, maxAPIRequests), stop: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -229,7 +208,7 @@ func (c *Controller) startServer() error {
 		// The server's own limit sits above ours so that an oversize
 		// payload reaches the decoder and gets a clear error reply
 		// instead of a dropped connection.
-		MaxPayload:                 int32(c.opts.MaxMessageBytes + 64<<10),
+		MaxPayload:                 int32(c.opts.MaxMessageBytes + serverPayloadMargin),
 		MaxPending:                 64 << 20,
 		CustomClientAuthentication: c.auth,
 		AlwaysEnableNonce:          true,

@@ -29,7 +29,7 @@ func (c *Controller) diagnose(ctx context.Context, req messages.DiagnoseRequest)
 	if len(targets) == 0 {
 		return messages.DiagnoseReply{}, messages.Errorf(messages.CodeNotFound, "nothing to diagnose: no node matches (see `controller status`)")
 	}
-	run, err := c.disp.issueTo(ctx, messages.RunRequest{Kind: "diagnose", Target: "diagnose", Timeout: "15s", SkipOffline: true}, targets, states)
+	run, err := c.disp.issueTo(ctx, messages.RunRequest{Kind: "diagnose", Target: "diagnose", Timeout: messages.DiagnoseTaskTimeout.String(), SkipOffline: true}, targets, states)
 	if err != nil {
 		return messages.DiagnoseReply{}, fmt.Errorf("diagnose: %w", err)
 	}

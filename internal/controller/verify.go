@@ -146,7 +146,7 @@ func (v *verifier) run(ctx context.Context, req messages.VerifyRequest) (message
 	if len(sel) == 0 {
 		return messages.Report{}, "", messages.Errorf(messages.CodeNotFound, "no nodes enrolled yet")
 	}
-	timeout := "20s"
+	timeout := messages.DefaultVerifyTimeout.String()
 	if req.Timeout != "" {
 		timeout = req.Timeout
 	}
@@ -442,7 +442,7 @@ func (v *verifier) sweeps(stop <-chan struct{}, every time.Duration, perLayer ma
 			if len(due) == len(layers) {
 				due = nil // all of them, custom layers included
 			}
-			ctx, cancel := context.WithTimeout(base, 5*time.Minute)
+			ctx, cancel := context.WithTimeout(base, sweepTimeout)
 			rep, id, err := v.run(ctx, messages.VerifyRequest{V: messages.Version, Layers: due})
 			cancel()
 			if err != nil {
