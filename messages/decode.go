@@ -63,14 +63,7 @@ func Decode[T any, PT interface {
 		}
 		return v, Errorf(CodeBadRequest, "decode %T: %v", v, err)
 	}
-	if err := PT(&v).Validate(); err != nil {
-		var e *Error
-		if errors.As(err, &e) {
-			return v, err
-		}
-		return v, Errorf(CodeBadRequest, "%T: %v", v, err)
-	}
-	return v, nil
+	return v, validate(PT(&v))
 }
 
 // DecodeTaskArgs parses a task's arguments (Task.Args) of type T: strictly,
@@ -81,7 +74,7 @@ func Decode[T any, PT interface {
 func DecodeTaskArgs[T any, PT interface {
 	*T
 	Message
-}](raw json.RawMessage, max int) (T, error) {
+}](raw []byte, max int) (T, error) {
 	var v T
 	if max <= 0 {
 		max = DefaultMaxMessageBytes
@@ -99,14 +92,21 @@ func DecodeTaskArgs[T any, PT interface {
 			return v, Errorf(CodeBadRequest, "decode %T: trailing data after the JSON object", v)
 		}
 	}
-	if err := PT(&v).Validate(); err != nil {
-		var e *Error
-		if errors.As(err, &e) {
-			return v, err
-		}
-		return v, Errorf(CodeBadRequest, "%T: %v", v, err)
+	return v, validate(PT(&v))
+}
+
+// validate runs m's Validate, giving an error without a code
+// CodeBadRequest and the payload's type.
+func validate(m Message) error {
+	err := m.Validate()
+	if err == nil {
+		return nil
 	}
-	return v, nil
+	var e *Error
+	if errors.As(err, &e) {
+		return err
+	}
+	return Errorf(CodeBadRequest, "%T: %v", m, err)
 }
 
 // Encode marshals a payload. It exists so both sides encode one way.

@@ -95,5 +95,6 @@
 // # Limits
 //
 // Every decoder takes a size limit (default [DefaultMaxMessageBytes]) and
-// refuses larger input before parsing it.
+// refuses larger input before parsing it. The limits both sides share (task
+// and API deadlines, [APITimeout] per verb) are defined once in limits.go.
 package messages
