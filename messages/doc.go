@@ -58,10 +58,13 @@
 //
 // # Task payloads
 //
-// Task.Args and Result.Output carry typed payloads for the task kinds whose
-// data the controller reads or stores; both sides use these types:
+// Task.Args and Result.Output carry typed payloads; both sides use these
+// types:
 //
 //	kind      Task.Args                       Result.Output
+//	ping      (none)                          PingOutput
+//	facts     (none)                          Facts
+//	sleep     SleepArgs (duration)            SleepOutput
 //	verify    VerifyArgs (scope, layers)      VerifyOutput (one CheckResult per check)
 //	diagnose  DiagnoseArgs (collectors)       DiagnoseOutput (Sections and Findings, redacted on the node)
 //

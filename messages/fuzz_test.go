@@ -125,13 +125,17 @@ func FuzzDecodeTaskPayloads(f *testing.F) {
 		`{"v":1,"checks":[{"name":"x","status":"maybe"}]}`, `{"collectors":["logs","config"]}`,
 		`{"v":1,"node":"n1","duration_ms":5,"sections":[{"name":"logs","lines":[{"source":"f","text":"t"}],"data":[{"source":"f"}]}],"findings":[{"id":"a","severity":"warning","symptoms":[{"id":"b","severity":"info"}]}]}`,
 		`{"v":1,"diagnosis":{"status":"healthy","findings":[]},"sections":{"n1":[{"name":"system","metrics":{"cpu":1}}]},"notes":["x"]}`,
-		`{"v":1,"diagnosis":{"status":"bad"}}`)
+		`{"v":1,"diagnosis":{"status":"bad"}}`, `{"v":1,"pong":"n1","time":"2026-01-01T00:00:00.5Z"}`,
+		`{"duration":"2s"}`, `{"v":1,"duration":"-1s"}`, `{"v":1,"slept":"2s"}`)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		roundTrip[VerifyArgs](t, b)
 		roundTrip[VerifyOutput](t, b)
 		roundTrip[DiagnoseArgs](t, b)
 		roundTrip[DiagnoseOutput](t, b)
 		roundTrip[DiagnoseResult](t, b)
+		roundTrip[PingOutput](t, b)
+		roundTrip[SleepOutput](t, b)
+		argsRoundTrip[SleepArgs](t, b)
 		argsRoundTrip[VerifyArgs](t, b)
 		argsRoundTrip[DiagnoseArgs](t, b)
 	})

@@ -26,6 +26,9 @@ const (
 	// sends to each node (its collectors stop after 5 s).
 	DiagnoseTaskTimeout = 15 * time.Second
 
+	// MaxSleep bounds the sleep task's duration (SleepArgs).
+	MaxSleep = 10 * time.Minute
+
 	// MaxTaskWait bounds TaskWaitRequest.Wait.
 	MaxTaskWait = 30 * time.Second
 

@@ -86,14 +86,3 @@ func decodeTaskArgs[T any, PT interface {
 	}
 	return v, nil
 }
-
-// DecodeArgs unmarshals task arguments strictly; empty args leave v as is.
-func DecodeArgs(args json.RawMessage, v any) error {
-	if len(args) == 0 || string(args) == "null" {
-		return nil
-	}
-	if err := json.Unmarshal(args, v); err != nil {
-		return BadArgs("%v", err)
-	}
-	return nil
-}
