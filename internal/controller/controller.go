@@ -209,7 +209,7 @@ func (c *Controller) startServer() error {
 		// payload reaches the decoder and gets a clear error reply
 		// instead of a dropped connection.
 		MaxPayload:                 int32(c.opts.MaxMessageBytes + serverPayloadMargin),
-		MaxPending:                 64 << 20,
+		MaxPending:                 server.MAX_PENDING_SIZE, // MaxMaxMessageBytes is below it
 		CustomClientAuthentication: c.auth,
 		AlwaysEnableNonce:          true,
 		NoSigs:                     true,
