@@ -22,7 +22,6 @@ package diagnostics
 
 import (
 	"cmp"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -389,7 +388,7 @@ func passed(nodes []NodeInput, insts []*instance) []Passed {
 			}
 			a.nodes++
 			a.ok = a.ok && c.Status == messages.CheckPass
-			a.applied = a.applied || !notApplicable(c)
+			a.applied = a.applied || !c.NotApplicable()
 		}
 	}
 	for _, i := range insts {
@@ -409,17 +408,6 @@ func passed(nodes []NodeInput, insts []*instance) []Passed {
 		return cmp.Or(layerRank(a.Layer)-layerRank(b.Layer), checkRank(a.Layer, a.Check)-checkRank(b.Layer, b.Check), strings.Compare(a.Check, b.Check))
 	})
 	return out
-}
-
-// notApplicable recognises the verification tasks' "not applicable" pass.
-func notApplicable(c messages.CheckResult) bool {
-	if strings.HasPrefix(c.Message, "not applicable") {
-		return true
-	}
-	var o struct {
-		Applicable *bool `json:"applicable"`
-	}
-	return json.Unmarshal(c.Observed, &o) == nil && o.Applicable != nil && !*o.Applicable
 }
 
 func checkRank(layer, check string) int {

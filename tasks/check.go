@@ -97,8 +97,8 @@ func Unknown(format string, a ...any) Result {
 // node or with this configuration (a router check on a non-router, a
 // setting left unset). Its dependents run.
 func NotApplicable(format string, a ...any) Result {
-	r := result(messages.CheckPass, "not applicable: "+format, a)
-	r.Observed = map[string]bool{"applicable": false}
+	r := result(messages.CheckPass, messages.NotApplicablePrefix+format, a)
+	r.Observed = messages.NotApplicableObserved()
 	return r
 }
 
@@ -465,7 +465,7 @@ func boundedJSON(v any) json.RawMessage {
 		b, _ = json.Marshal(map[string]string{"error": "observed value not encodable: " + err.Error()})
 	}
 	if len(b) > MaxCheckValueBytes {
-		b, _ = json.Marshal(map[string]any{"truncated": true, "bytes": len(b)})
+		b, _ = json.Marshal(messages.ObservedTruncated{Truncated: true, Bytes: len(b)})
 	}
 	return b
 }
