@@ -17,9 +17,10 @@ import (
 //
 //	limit                    flag                   default   relation
 //	HeartbeatInterval        --heartbeat-interval   5s        ≥ MinHeartbeatInterval (liveness is checked every half interval)
-//	StaleAfter               (fixed)                2         intervals without a heartbeat before a node is stale
-//	OfflineAfter             --offline-after        6         > StaleAfter: a node is stale before it is offline
-//	MaxMessageBytes          --max-message-bytes    1 MiB     ≥ MinMaxMessageBytes (4 KiB); value + serverPayloadMargin ≤ the NATS server's max pending (64 MiB)
+//	StaleAfter               (fixed)                2         missed heartbeats (plus half an interval of slack) before a node is stale
+//	OfflineAfter             --offline-after        6         ≥ StaleAfter + 1: a node is stale before it is offline
+//	MaxMessageBytes          --max-message-bytes    1 MiB     ≥ MinMaxMessageBytes (4 KiB); value + serverPayloadMargin ≤ the NATS server's max pending (64 MiB);
+//	                                                          a diagnose output is trimmed to 3/4 of 1 MiB, so below that a node's may be dropped (with a reason)
 //	SweepInterval            --sweep-interval       60s       negative disables; sweeps never overlap, so one shorter than a sweep runs them back to back
 //	SweepLayerIntervals      --sweep-layer-interval (none)    positive, per layer name
 //	sweepTimeout             (fixed)                35s       ≥ DefaultVerifyTimeout + settleGrace: a sweep's tasks can finish inside it
