@@ -22,7 +22,6 @@ package diagnostics
 
 import (
 	"cmp"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -35,45 +34,13 @@ import (
 	"github.com/guildnet/metaguildnet/messages"
 )
 
-// Finding is one problem, reported once however many nodes show it. A root
-// finding carries the findings it explains as Symptoms.
-type Finding struct {
-	ID         string   `json:"id"`
-	Severity   string   `json:"severity"` // info | warning | critical
-	Layer      string   `json:"layer"`
-	Title      string   `json:"title"`
-	Evidence   []string `json:"evidence,omitempty"` // "NODE: what fired the rule", redacted
-	Suggestion string   `json:"suggestion"`
-	Command    string   `json:"command,omitempty"`
-	Docs       string   `json:"docs"`
-	Threshold  string   `json:"threshold,omitempty"`
-	// Nodes are where this finding was observed.
-	Nodes []string `json:"nodes"`
-	// Affected are the nodes with this finding or any of its symptoms
-	// (roots only).
-	Affected []string `json:"affected,omitempty"`
-	// Symptoms are findings this one explains (roots only).
-	Symptoms []Finding `json:"symptoms,omitempty"`
-}
-
-// Passed is a check that passed on every node that ran it.
-type Passed struct {
-	Layer string `json:"layer"`
-	Check string `json:"check"`
-	Title string `json:"title"`
-	Nodes int    `json:"nodes"`
-}
-
-// Diagnosis is the outcome of an analysis.
-type Diagnosis struct {
-	Timestamp time.Time `json:"timestamp"`
-	// Status is healthy (no warning or critical finding), degraded
-	// (warnings only) or unhealthy (a critical finding).
-	Status   string    `json:"status"`
-	Nodes    []string  `json:"nodes"`
-	Findings []Finding `json:"findings"` // root causes, by layer then severity
-	Healthy  []Passed  `json:"healthy,omitempty"`
-}
+// Finding, Passed and Diagnosis are the wire types (messages), named here
+// for the analysis that makes them.
+type (
+	Finding   = messages.Finding
+	Passed    = messages.Passed
+	Diagnosis = messages.Diagnosis
+)
 
 // NodeInput is what is known about one node.
 type NodeInput struct {
@@ -421,7 +388,7 @@ func passed(nodes []NodeInput, insts []*instance) []Passed {
 			}
 			a.nodes++
 			a.ok = a.ok && c.Status == messages.CheckPass
-			a.applied = a.applied || !notApplicable(c)
+			a.applied = a.applied || !c.NotApplicable()
 		}
 	}
 	for _, i := range insts {
@@ -441,17 +408,6 @@ func passed(nodes []NodeInput, insts []*instance) []Passed {
 		return cmp.Or(layerRank(a.Layer)-layerRank(b.Layer), checkRank(a.Layer, a.Check)-checkRank(b.Layer, b.Check), strings.Compare(a.Check, b.Check))
 	})
 	return out
-}
-
-// notApplicable recognises the verification tasks' "not applicable" pass.
-func notApplicable(c messages.CheckResult) bool {
-	if strings.HasPrefix(c.Message, "not applicable") {
-		return true
-	}
-	var o struct {
-		Applicable *bool `json:"applicable"`
-	}
-	return json.Unmarshal(c.Observed, &o) == nil && o.Applicable != nil && !*o.Applicable
 }
 
 func checkRank(layer, check string) int {

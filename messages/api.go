@@ -75,7 +75,8 @@ type RunRequest struct {
 	Target string          `json:"target"`
 	Kind   string          `json:"kind"`
 	Args   json.RawMessage `json:"args,omitempty"`
-	// Timeout is how long nodes have, as a Go duration; default 30s.
+	// Timeout is how long nodes have, as a Go duration; default
+	// DefaultRunTimeout, at most MaxRunTimeout.
 	Timeout string `json:"timeout,omitempty"`
 	// SkipOffline settles nodes that are offline at issue time at once as
 	// unknown/offline instead of waiting for them until the deadline.
@@ -94,7 +95,7 @@ type RunReply struct {
 type TaskWaitRequest struct {
 	V      int    `json:"v"`
 	TaskID string `json:"task_id"`
-	Wait   string `json:"wait,omitempty"` // Go duration, at most 30s
+	Wait   string `json:"wait,omitempty"` // Go duration, at most MaxTaskWait
 	// Offset and Limit page the result rows (default and maximum
 	// MaxReportPage; a page is also bounded by bytes, see ReportPage).
 	Offset int `json:"offset,omitempty"`
@@ -131,7 +132,7 @@ type TaskReport struct {
 // TokenCreateRequest asks for a join token.
 type TokenCreateRequest struct {
 	V        int    `json:"v"`
-	TTL      string `json:"ttl,omitempty"` // Go duration, default 24h
+	TTL      string `json:"ttl,omitempty"` // Go duration, default DefaultTokenTTL
 	Reusable bool   `json:"reusable,omitempty"`
 	// Scope limits what a node enrolling with the token may be.
 	Scope TokenScope `json:"scope,omitzero"`
@@ -194,7 +195,7 @@ type VerifyRequest struct {
 	Node    string   `json:"node,omitempty"`    // only this node (and its cluster's checks)
 	Cluster string   `json:"cluster,omitempty"` // only this cluster
 	Layers  []string `json:"layers,omitempty"`  // only these layers
-	Timeout string   `json:"timeout,omitempty"` // per task, Go duration; default 20s
+	Timeout string   `json:"timeout,omitempty"` // per task, Go duration; default DefaultVerifyTimeout, at most MaxVerifyTimeout
 }
 
 // VerifyReply names the stored report. Reports can be larger than one

@@ -63,14 +63,50 @@ func Decode[T any, PT interface {
 		}
 		return v, Errorf(CodeBadRequest, "decode %T: %v", v, err)
 	}
-	if err := PT(&v).Validate(); err != nil {
-		var e *Error
-		if errors.As(err, &e) {
-			return v, err
-		}
-		return v, Errorf(CodeBadRequest, "%T: %v", v, err)
+	return v, validate(PT(&v))
+}
+
+// DecodeTaskArgs parses a task's arguments (Task.Args) of type T: strictly,
+// unlike Decode, since operators type them by hand (`controller run
+// --args`) and a misspelt field must not be silently ignored. Empty or null
+// arguments are the zero T, validated like any other. Errors are *Error
+// with CodeBadRequest or CodeBadVersion and name the offending field.
+func DecodeTaskArgs[T any, PT interface {
+	*T
+	Message
+}](raw []byte, max int) (T, error) {
+	var v T
+	if max <= 0 {
+		max = DefaultMaxMessageBytes
 	}
-	return v, nil
+	if len(raw) > max {
+		return v, Errorf(CodeTooLarge, "arguments of %d bytes exceed the limit of %d bytes", len(raw), max)
+	}
+	if len(raw) > 0 && string(raw) != "null" {
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&v); err != nil {
+			return v, Errorf(CodeBadRequest, "decode %T: %v", v, err)
+		}
+		if dec.More() {
+			return v, Errorf(CodeBadRequest, "decode %T: trailing data after the JSON object", v)
+		}
+	}
+	return v, validate(PT(&v))
+}
+
+// validate runs m's Validate, giving an error without a code
+// CodeBadRequest and the payload's type.
+func validate(m Message) error {
+	err := m.Validate()
+	if err == nil {
+		return nil
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return err
+	}
+	return Errorf(CodeBadRequest, "%T: %v", m, err)
 }
 
 // Encode marshals a payload. It exists so both sides encode one way.
@@ -305,8 +341,8 @@ func (r *RunRequest) Validate() error {
 	}
 	if r.Timeout != "" {
 		d, err := time.ParseDuration(r.Timeout)
-		if err != nil || d <= 0 || d > 24*time.Hour {
-			return fmt.Errorf("timeout: %q is not a duration between 0 and 24h", r.Timeout)
+		if err != nil || d <= 0 || d > MaxRunTimeout {
+			return fmt.Errorf("timeout: %q is not a duration between 0 and %v", r.Timeout, MaxRunTimeout)
 		}
 	}
 	return nil
@@ -322,8 +358,8 @@ func (r *TaskWaitRequest) Validate() error {
 		return fmt.Errorf("task_id: %w", err)
 	}
 	if r.Wait != "" {
-		if d, err := time.ParseDuration(r.Wait); err != nil || d < 0 || d > 30*time.Second {
-			return fmt.Errorf("wait: %q is not a duration between 0 and 30s", r.Wait)
+		if d, err := time.ParseDuration(r.Wait); err != nil || d < 0 || d > MaxTaskWait {
+			return fmt.Errorf("wait: %q is not a duration between 0 and %v", r.Wait, MaxTaskWait)
 		}
 	}
 	return validPage(r.Offset, r.Limit)
@@ -444,8 +480,8 @@ func (r *VerifyRequest) Validate() error {
 		}
 	}
 	if r.Timeout != "" {
-		if d, err := time.ParseDuration(r.Timeout); err != nil || d <= 0 || d > 10*time.Minute {
-			return fmt.Errorf("timeout: %q is not a duration between 0 and 10m", r.Timeout)
+		if d, err := time.ParseDuration(r.Timeout); err != nil || d <= 0 || d > MaxVerifyTimeout {
+			return fmt.Errorf("timeout: %q is not a duration between 0 and %v", r.Timeout, MaxVerifyTimeout)
 		}
 	}
 	return nil

@@ -62,6 +62,22 @@
 // Reports and diagnoses can be larger than one message, so they are stored
 // in JetStream object stores and read by name.
 //
+// # Task payloads
+//
+// Task.Args and Result.Output carry typed payloads; both sides use these
+// types:
+//
+//	kind      Task.Args                       Result.Output
+//	ping      (none)                          PingOutput
+//	facts     (none)                          Facts
+//	sleep     SleepArgs (duration)            SleepOutput
+//	verify    VerifyArgs (scope, layers)      VerifyOutput (one CheckResult per check)
+//	diagnose  DiagnoseArgs (collectors)       DiagnoseOutput (Sections and Findings, redacted on the node)
+//
+// Arguments are decoded strictly with [DecodeTaskArgs] (an unknown field is
+// refused) and may leave out "v", since operators type them for `controller
+// run --args`. Outputs are read with [Decode] like any other payload.
+//
 // # Events (mgn.evt.KIND)
 //
 // node_state (a node went online, stale, offline or was removed) and
@@ -75,8 +91,8 @@
 //	KV mgn_tasks          task id -> task and targets, for the retention period
 //	stream MGN_RESULTS    mgn.results.TASKID: ResultBatch messages written by the controller only
 //	                      (batched; for each node the first stored outcome wins)
-//	objects mgn_reports   verification reports
-//	objects mgn_diagnoses diagnoses
+//	objects mgn_reports   verification reports (Report)
+//	objects mgn_diagnoses diagnoses (DiagnoseResult)
 //
 // # Versions
 //
@@ -88,5 +104,6 @@
 // # Limits
 //
 // Every decoder takes a size limit (default [DefaultMaxMessageBytes]) and
-// refuses larger input before parsing it.
+// refuses larger input before parsing it. The limits both sides share (task
+// and API deadlines, [APITimeout] per verb) are defined once in limits.go.
 package messages

@@ -24,7 +24,22 @@ func roundTrip[T any, PT interface {
 	*T
 	Message
 }](t *testing.T, data []byte) {
-	v, err := Decode[T, PT](data, 4096)
+	roundTripWith[T, PT](t, data, Decode[T, PT])
+}
+
+// argsRoundTrip is roundTrip for the strict task-argument decoder.
+func argsRoundTrip[T any, PT interface {
+	*T
+	Message
+}](t *testing.T, data []byte) {
+	roundTripWith[T, PT](t, data, DecodeTaskArgs[T, PT])
+}
+
+func roundTripWith[T any, PT interface {
+	*T
+	Message
+}](t *testing.T, data []byte, decode func([]byte, int) (T, error)) {
+	v, err := decode(data, 4096)
 	if err != nil {
 		if CodeOf(err) == CodeInternal {
 			t.Fatalf("error without a code: %v", err)
@@ -35,7 +50,7 @@ func roundTrip[T any, PT interface {
 	if err != nil {
 		t.Fatalf("accepted %q but cannot encode it: %v", data, err)
 	}
-	if _, err := Decode[T, PT](b, 1<<20); err != nil {
+	if _, err := decode(b, 1<<20); err != nil {
 		t.Fatalf("accepted %q, re-encoded %q, refused: %v", data, b, err)
 	}
 }
@@ -101,5 +116,27 @@ func FuzzDecodeAPI(f *testing.F) {
 		roundTrip[ReportLastRequest](t, b)
 		roundTrip[DiagnoseRequest](t, b)
 		roundTrip[DiagnoseReply](t, b)
+	})
+}
+
+func FuzzDecodeTaskPayloads(f *testing.F) {
+	seed(f, `{"v":1,"scope":"node","layers":["host"]}`, `{"layers":["net work"]}`, `{"checks":["host_memory"],"scope":"all"}`,
+		`{"v":1,"checks":[{"name":"host_memory","layer":"host","passed":true,"status":"pass","duration_ms":3,"node":"n1","observed":{"used_pct":12}}]}`,
+		`{"v":1,"checks":[{"name":"x","status":"maybe"}]}`, `{"collectors":["logs","config"]}`,
+		`{"v":1,"node":"n1","duration_ms":5,"sections":[{"name":"logs","lines":[{"source":"f","text":"t"}],"data":[{"source":"f"}]}],"findings":[{"id":"a","severity":"warning","symptoms":[{"id":"b","severity":"info"}]}]}`,
+		`{"v":1,"diagnosis":{"status":"healthy","findings":[]},"sections":{"n1":[{"name":"system","metrics":{"cpu":1}}]},"notes":["x"]}`,
+		`{"v":1,"diagnosis":{"status":"bad"}}`, `{"v":1,"pong":"n1","time":"2026-01-01T00:00:00.5Z"}`,
+		`{"duration":"2s"}`, `{"v":1,"duration":"-1s"}`, `{"v":1,"slept":"2s"}`)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		roundTrip[VerifyArgs](t, b)
+		roundTrip[VerifyOutput](t, b)
+		roundTrip[DiagnoseArgs](t, b)
+		roundTrip[DiagnoseOutput](t, b)
+		roundTrip[DiagnoseResult](t, b)
+		roundTrip[PingOutput](t, b)
+		roundTrip[SleepOutput](t, b)
+		argsRoundTrip[SleepArgs](t, b)
+		argsRoundTrip[VerifyArgs](t, b)
+		argsRoundTrip[DiagnoseArgs](t, b)
 	})
 }

@@ -1,6 +1,7 @@
 package messages
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -126,5 +127,93 @@ func TestLabels(t *testing.T) {
 		if ValidateLabels(bad) == nil {
 			t.Errorf("%v accepted", bad)
 		}
+	}
+}
+
+// The verify and diagnose task payloads refuse bad input naming the field.
+func TestDecodeTaskPayloads(t *testing.T) {
+	type decoder func([]byte) error
+	verifyArgs := decoder(func(b []byte) error { _, err := DecodeTaskArgs[VerifyArgs](b, 0); return err })
+	diagnoseArgs := decoder(func(b []byte) error { _, err := DecodeTaskArgs[DiagnoseArgs](b, 0); return err })
+	verifyOut := decoder(func(b []byte) error { _, err := Decode[VerifyOutput](b, 0); return err })
+	diagnoseOut := decoder(func(b []byte) error { _, err := Decode[DiagnoseOutput](b, 0); return err })
+	result := decoder(func(b []byte) error { _, err := Decode[DiagnoseResult](b, 0); return err })
+	for _, tt := range []struct {
+		name string
+		dec  decoder
+		in   string
+		want string // "" = accepted
+	}{
+		{"verify args empty", verifyArgs, ``, ""},
+		{"verify args null", verifyArgs, `null`, ""},
+		{"verify args without v", verifyArgs, `{"scope":"node","layers":["host"]}`, ""},
+		{"verify args v1", verifyArgs, `{"v":1,"checks":["host_memory"]}`, ""},
+		{"verify args v2", verifyArgs, `{"v":2}`, "v=2"},
+		{"verify args scope", verifyArgs, `{"scope":"everywhere"}`, "scope:"},
+		{"verify args layer", verifyArgs, `{"layers":["Net work"]}`, "layers:"},
+		{"verify args check", verifyArgs, `{"checks":["Bad"]}`, "checks:"},
+		{"verify args unknown field", verifyArgs, `{"layer":["host"]}`, `unknown field "layer"`},
+		{"verify args trailing", verifyArgs, `{} {}`, "trailing"},
+		{"diagnose args", diagnoseArgs, `{"collectors":["logs"]}`, ""},
+		{"diagnose args collector", diagnoseArgs, `{"collectors":["Logs!"]}`, "collectors:"},
+		{"verify output", verifyOut, `{"v":1,"checks":[{"name":"host_memory","layer":"host","status":"pass","node":"n1"}]}`, ""},
+		{"verify output no v", verifyOut, `{"checks":[]}`, "v=0"},
+		{"verify output no checks", verifyOut, `{"v":1}`, "checks: missing"},
+		{"verify output status", verifyOut, `{"v":1,"checks":[{"name":"a","status":"maybe"}]}`, "checks[0]: status:"},
+		{"verify output name", verifyOut, `{"v":1,"checks":[{"name":"","status":"pass"}]}`, "checks[0]: name:"},
+		{"diagnose output", diagnoseOut, `{"v":1,"node":"n1","sections":[{"name":"logs","data":[{"source":"f"}]}],"findings":[]}`, ""},
+		{"diagnose output node", diagnoseOut, `{"v":1,"node":"a b"}`, "node:"},
+		{"diagnose output section", diagnoseOut, `{"v":1,"sections":[{"name":""}]}`, "sections[0]: name:"},
+		{"diagnose output severity", diagnoseOut, `{"v":1,"findings":[{"id":"x","severity":"loud"}]}`, "findings[0]: severity:"},
+		{"diagnose output symptom", diagnoseOut, `{"v":1,"findings":[{"id":"x","severity":"info","symptoms":[{"severity":"info"}]}]}`, "findings[0].symptoms[0]: id:"},
+		{"sleep args", decoder(func(b []byte) error { _, err := DecodeTaskArgs[SleepArgs](b, 0); return err }), `{"duration":"2s"}`, ""},
+		{"sleep args missing", decoder(func(b []byte) error { _, err := DecodeTaskArgs[SleepArgs](b, 0); return err }), `{}`, "duration:"},
+		{"sleep args too long", decoder(func(b []byte) error { _, err := DecodeTaskArgs[SleepArgs](b, 0); return err }), `{"duration":"11m"}`, `duration: "11m" is not a duration between 0 and 10m0s`},
+		{"ping output", decoder(func(b []byte) error { _, err := Decode[PingOutput](b, 0); return err }), `{"v":1,"pong":"n1","time":"2026-01-01T00:00:00.123Z"}`, ""},
+		{"ping output time", decoder(func(b []byte) error { _, err := Decode[PingOutput](b, 0); return err }), `{"v":1,"pong":"n1","time":"noon"}`, "time:"},
+		{"diagnose result", result, `{"v":1,"diagnosis":{"status":"healthy","findings":[]},"sections":{"n1":[{"name":"system"}]}}`, ""},
+		{"diagnose result status", result, `{"v":1,"diagnosis":{"status":"fine"}}`, "diagnosis: status:"},
+		{"diagnose result report", result, `{"v":1,"diagnosis":{"status":"healthy"},"report":{"v":3}}`, "v=3"},
+		{"diagnose result node", result, `{"v":1,"diagnosis":{"status":"healthy"},"sections":{"all":[]}}`, "sections: node:"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.dec([]byte(tt.in))
+			if tt.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || CodeOf(err) == CodeInternal || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err %v (code %s), want a coded error naming %q", err, CodeOf(err), tt.want)
+			}
+		})
+	}
+}
+
+// A stored diagnosis keeps the field names it was stored with before the
+// type moved here (diagnostics.Result); only "v" is new.
+func TestDiagnoseResultStoredFormat(t *testing.T) {
+	old := `{"diagnosis":{"timestamp":"2026-01-02T03:04:05Z","status":"degraded","nodes":["n1"],` +
+		`"findings":[{"id":"tailnet-down","severity":"warning","layer":"network","title":"T","evidence":["n1: x"],` +
+		`"suggestion":"S","command":"C","docs":"D","threshold":"H","nodes":["n1"],"affected":["n1"],` +
+		`"symptoms":[{"id":"dns","severity":"info","layer":"network","title":"U","suggestion":"","docs":"","nodes":["n1"]}]}],` +
+		`"healthy":[{"layer":"host","check":"host_memory","title":"Memory","nodes":1}]},` +
+		`"sections":{"n1":[{"name":"logs","duration_ms":3,"error":"e","metrics":{"log_matches":1},` +
+		`"lines":[{"source":"f","text":"t"}],"notes":["n"],"data":[{"source":"f","size_bytes":1}]}]},"notes":["x"]}`
+	var r DiagnoseResult
+	if err := json.Unmarshal([]byte(old), &r); err != nil {
+		t.Fatal(err)
+	}
+	r.V = Version
+	b, err := Encode(&r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"v":1,` + old[1:]; string(b) != want {
+		t.Fatalf("encoded\n%s\nwant\n%s", b, want)
+	}
+	if _, err := Decode[DiagnoseResult](b, 0); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -2,6 +2,7 @@ package messages
 
 import (
 	"encoding/json"
+	"strings"
 	"time"
 )
 
@@ -45,6 +46,39 @@ type CheckResult struct {
 	Node       string          `json:"node"`
 	Cluster    string          `json:"cluster,omitempty"`
 	BlockedBy  string          `json:"blocked_by,omitempty"`
+}
+
+// Observed values with a meaning beyond one check: CheckResult.Observed of
+// a check that passed because it does not apply on the node (its message
+// starts with NotApplicablePrefix), and the value that replaces an Observed
+// or Threshold too large to send.
+type (
+	ObservedNotApplicable struct {
+		Applicable *bool `json:"applicable"` // false (a pointer, so that a value without it is told apart)
+	}
+	ObservedTruncated struct {
+		Truncated bool `json:"truncated"` // always true
+		Bytes     int  `json:"bytes"`     // the size of the value it replaces
+	}
+)
+
+// NotApplicableObserved is the Observed value of a check that does not apply.
+func NotApplicableObserved() ObservedNotApplicable {
+	no := false
+	return ObservedNotApplicable{Applicable: &no}
+}
+
+// NotApplicablePrefix starts the message of a check that does not apply.
+const NotApplicablePrefix = "not applicable: "
+
+// NotApplicable reports whether c passed only because it does not apply on
+// its node.
+func (c *CheckResult) NotApplicable() bool {
+	if strings.HasPrefix(c.Message, "not applicable") {
+		return true
+	}
+	var o ObservedNotApplicable
+	return json.Unmarshal(c.Observed, &o) == nil && o.Applicable != nil && !*o.Applicable
 }
 
 // LayerReport groups the checks of one layer.

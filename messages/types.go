@@ -8,9 +8,6 @@ import (
 // Version is the only payload version this build speaks.
 const Version = 1
 
-// DefaultMaxMessageBytes is the default size limit for any one payload.
-const DefaultMaxMessageBytes = 1 << 20
-
 // Outcome is the result of one task on one node.
 type Outcome string
 

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"regexp"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -32,8 +31,8 @@ import (
 type Scope string
 
 const (
-	ScopeNode    Scope = "node"    // L1 network and host checks: every node
-	ScopeCluster Scope = "cluster" // L2 cluster, L3 database, L4 application: one agent per cluster
+	ScopeNode    Scope = messages.ScopeNode    // L1 network and host checks: every node
+	ScopeCluster Scope = messages.ScopeCluster // L2 cluster, L3 database, L4 application: one agent per cluster
 )
 
 // Limits of the framework, named and defaulted in one place.
@@ -98,8 +97,8 @@ func Unknown(format string, a ...any) Result {
 // node or with this configuration (a router check on a non-router, a
 // setting left unset). Its dependents run.
 func NotApplicable(format string, a ...any) Result {
-	r := result(messages.CheckPass, "not applicable: "+format, a)
-	r.Observed = map[string]bool{"applicable": false}
+	r := result(messages.CheckPass, messages.NotApplicablePrefix+format, a)
+	r.Observed = messages.NotApplicableObserved()
 	return r
 }
 
@@ -113,11 +112,8 @@ func (r Result) With(observed, threshold any) Result {
 	return r
 }
 
-// checkNameRE is the form of check and layer names.
-var checkNameRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)
-
 // ValidName reports whether s may be a check or layer name.
-func ValidName(s string) bool { return checkNameRE.MatchString(s) }
+func ValidName(s string) bool { return messages.ValidCheckName(s) }
 
 // ValidateChecks checks a set of checks as a whole: names valid and unique,
 // dependencies known and of a compatible scope, no cycles.
@@ -469,7 +465,7 @@ func boundedJSON(v any) json.RawMessage {
 		b, _ = json.Marshal(map[string]string{"error": "observed value not encodable: " + err.Error()})
 	}
 	if len(b) > MaxCheckValueBytes {
-		b, _ = json.Marshal(map[string]any{"truncated": true, "bytes": len(b)})
+		b, _ = json.Marshal(messages.ObservedTruncated{Truncated: true, Bytes: len(b)})
 	}
 	return b
 }

@@ -93,7 +93,7 @@ checks:
 	if err != nil {
 		t.Fatal(err)
 	}
-	results := out.Data.(VerifyOutput).Checks
+	results := out.Data.(*messages.VerifyOutput).Checks
 	res := byName(results)
 	if len(results) != 19 {
 		t.Errorf("%d results, want 19", len(results))
@@ -214,7 +214,7 @@ func TestCustomChecksInCatalog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := byName(out.Data.(VerifyOutput).Checks)
+	res := byName(out.Data.(*messages.VerifyOutput).Checks)
 	if r := res[CustomChecksFileCheck]; r.Status != messages.CheckFail || !strings.Contains(r.Message, p+":5:") {
 		t.Errorf("%s: %s %q", CustomChecksFileCheck, r.Status, r.Message)
 	}

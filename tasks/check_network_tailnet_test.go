@@ -62,7 +62,7 @@ func TestNetworkChecksOnARealTailnet(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return byName(out.Data.(VerifyOutput).Checks)
+		return byName(out.Data.(*messages.VerifyOutput).Checks)
 	}
 	// eventually polls verify until ok accepts the results, or fails with
 	// the last ones.

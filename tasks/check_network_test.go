@@ -270,7 +270,7 @@ func TestVerifyUsesInjectedLocalAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := byName(out.Data.(VerifyOutput).Checks)
+	res := byName(out.Data.(*messages.VerifyOutput).Checks)
 	if r := res["tailnet_connected"]; r.Status != messages.CheckPass {
 		t.Fatalf("tailnet_connected: %s %q", r.Status, r.Message)
 	}

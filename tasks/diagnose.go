@@ -27,21 +27,6 @@ type Diagnose struct{}
 
 func (Diagnose) Kind() string { return "diagnose" }
 
-// DiagnoseArgs are the diagnose task's arguments.
-type DiagnoseArgs struct {
-	Collectors []string `json:"collectors,omitempty"`
-}
-
-// DiagnoseOutput is the diagnose task's output.
-type DiagnoseOutput struct {
-	Node       string                `json:"node"`
-	DurationMS int64                 `json:"duration_ms"`
-	Sections   []collect.Section     `json:"sections"`
-	Findings   []diagnostics.Finding `json:"findings"`
-	RulesError string                `json:"rules_error,omitempty"`
-	Trimmed    string                `json:"trimmed,omitempty"` // what was cut to fit the message limit
-}
-
 // Limits of one diagnose run.
 const (
 	// DiagnoseTimeout bounds a whole scan (the target is under 1 s).
@@ -52,8 +37,8 @@ const (
 
 func (Diagnose) Run(ctx context.Context, env *Env, args json.RawMessage) (Output, error) {
 	start := time.Now()
-	var a DiagnoseArgs
-	if err := decodeStrict(args, &a); err != nil {
+	a, err := decodeTaskArgs[messages.DiagnoseArgs](args)
+	if err != nil {
 		return Output{}, err
 	}
 	cs := collect.Default()
@@ -70,7 +55,7 @@ func (Diagnose) Run(ctx context.Context, env *Env, args json.RawMessage) (Output
 		cs = slices.DeleteFunc(cs, func(c collect.Collector) bool { return !slices.Contains(a.Collectors, c.Name()) })
 	}
 
-	out := DiagnoseOutput{Node: env.Node}
+	out := messages.DiagnoseOutput{V: messages.Version, Node: env.Node}
 	kb, err := rules.Load(env.Settings.Get("METAGN_RULES_FILE", ""))
 	if err != nil {
 		out.RulesError = err.Error()
@@ -89,7 +74,7 @@ func (Diagnose) Run(ctx context.Context, env *Env, args json.RawMessage) (Output
 	out.Trimmed = fitOutput(&out, diagnoseMaxOutput)
 	out.DurationMS = time.Since(start).Milliseconds()
 
-	o := Output{Outcome: messages.OutcomeOK, Data: out}
+	o := Output{Outcome: messages.OutcomeOK, Data: &out}
 	crit, warn := 0, 0
 	for _, f := range d.Findings {
 		switch f.Severity {
@@ -110,23 +95,10 @@ func (Diagnose) Run(ctx context.Context, env *Env, args json.RawMessage) (Output
 	return o, nil
 }
 
-// decodeStrict is DecodeArgs refusing unknown fields.
-func decodeStrict(args json.RawMessage, v any) error {
-	if len(args) == 0 || string(args) == "null" {
-		return nil
-	}
-	dec := json.NewDecoder(strings.NewReader(string(args)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return BadArgs("%v", err)
-	}
-	return nil
-}
-
 // fitOutput trims the logs section until the output encodes within max
 // bytes: first the log tails, then matching lines beyond five per source.
 // It returns what it cut, or "".
-func fitOutput(out *DiagnoseOutput, max int) string {
+func fitOutput(out *messages.DiagnoseOutput, max int) string {
 	size := func() int {
 		b, _ := json.Marshal(out)
 		return len(b)
@@ -137,13 +109,17 @@ func fitOutput(out *DiagnoseOutput, max int) string {
 	var cut []string
 	for i := range out.Sections {
 		s := &out.Sections[i]
-		srcs, ok := s.Data.([]collect.LogSource)
-		if !ok {
+		if s.Name != (collect.Logs{}).Name() {
+			continue
+		}
+		var srcs []collect.LogSource
+		if json.Unmarshal(s.Data, &srcs) != nil {
 			continue
 		}
 		for j := range srcs {
 			srcs[j].Tail = nil
 		}
+		s.Data, _ = json.Marshal(srcs)
 		cut = append(cut, "log tails")
 		if size() <= max {
 			break
@@ -154,6 +130,7 @@ func fitOutput(out *DiagnoseOutput, max int) string {
 				srcs[j].Matches = srcs[j].Matches[:5]
 			}
 		}
+		s.Data, _ = json.Marshal(srcs)
 		if len(s.Lines) > 5*len(srcs) {
 			s.Lines = s.Lines[:5*len(srcs)]
 		}

@@ -48,8 +48,8 @@ func TestDiagnoseTask(t *testing.T) {
 	if len(b) > messages.DefaultMaxMessageBytes {
 		t.Errorf("output of %d bytes exceeds the message limit", len(b))
 	}
-	var o DiagnoseOutput
-	if err := json.Unmarshal(b, &o); err != nil {
+	o, err := messages.Decode[messages.DiagnoseOutput](b, 0) // as the controller reads it
+	if err != nil {
 		t.Fatal(err)
 	}
 	var names []string
@@ -86,16 +86,16 @@ func TestDiagnoseArgsAndRulesFile(t *testing.T) {
 		args    string
 		rules   string // contents of METAGN_RULES_FILE, "" for none
 		badArgs bool
-		check   func(t *testing.T, o DiagnoseOutput, out Output)
+		check   func(t *testing.T, o messages.DiagnoseOutput, out Output)
 	}{
 		{name: "unknown collector", args: `{"collectors":["nope"]}`, badArgs: true},
 		{name: "unknown field", args: `{"colectors":["logs"]}`, badArgs: true},
-		{name: "subset", args: `{"collectors":["logs","config"]}`, check: func(t *testing.T, o DiagnoseOutput, _ Output) {
+		{name: "subset", args: `{"collectors":["logs","config"]}`, check: func(t *testing.T, o messages.DiagnoseOutput, _ Output) {
 			if len(o.Sections) != 2 || o.Sections[0].Name != "logs" || o.Sections[1].Name != "config" {
 				t.Errorf("sections = %+v", o.Sections)
 			}
 		}},
-		{name: "bad rules file", args: `{"collectors":["config"]}`, rules: "- id: x\n  title: T\n  severity: loud\n", check: func(t *testing.T, o DiagnoseOutput, out Output) {
+		{name: "bad rules file", args: `{"collectors":["config"]}`, rules: "- id: x\n  title: T\n  severity: loud\n", check: func(t *testing.T, o messages.DiagnoseOutput, out Output) {
 			if !strings.Contains(o.RulesError, `.yaml:3: rule "x": severity:`) || out.Outcome != messages.OutcomeWarn {
 				t.Errorf("rules error %q, outcome %s", o.RulesError, out.Outcome)
 			}
@@ -105,7 +105,7 @@ func TestDiagnoseArgsAndRulesFile(t *testing.T) {
 		}},
 		{name: "user rule fires", args: `{"collectors":["config"]}`,
 			rules: "- id: has-env\n  title: Env files present\n  severity: info\n  layer: host\n  when: [{metric: env_files_present >= 2}]\n  suggestion: none needed\n",
-			check: func(t *testing.T, o DiagnoseOutput, _ Output) {
+			check: func(t *testing.T, o messages.DiagnoseOutput, _ Output) {
 				if o.RulesError != "" || !strings.Contains(mustJSON(o.Findings), `"id":"has-env"`) {
 					t.Errorf("user rule: err %q findings %s", o.RulesError, mustJSON(o.Findings))
 				}
@@ -131,7 +131,7 @@ func TestDiagnoseArgsAndRulesFile(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var o DiagnoseOutput
+			var o messages.DiagnoseOutput
 			if err := json.Unmarshal([]byte(mustJSON(out.Data)), &o); err != nil {
 				t.Fatal(err)
 			}
@@ -153,7 +153,7 @@ func TestFitOutput(t *testing.T) {
 		}
 		srcs = append(srcs, src)
 	}
-	o := DiagnoseOutput{Sections: []collect.Section{{Name: "logs", Lines: lines, Data: srcs}}}
+	o := messages.DiagnoseOutput{Sections: []collect.Section{{Name: "logs", Lines: lines, Data: json.RawMessage(mustJSON(srcs))}}}
 	cut := fitOutput(&o, 200<<10)
 	if size := len(mustJSON(o)); size > 200<<10 || !strings.Contains(cut, "log tails") {
 		t.Errorf("after fitting: %d bytes, cut %q", size, cut)

@@ -1,6 +1,12 @@
 package tasks
 
-import "testing"
+import (
+	"encoding/json"
+	"errors"
+	"testing"
+
+	"github.com/guildnet/metaguildnet/messages"
+)
 
 func TestBuiltinRegistry(t *testing.T) {
 	r := Builtin()
@@ -29,5 +35,31 @@ func TestRegistryWith(t *testing.T) {
 	}
 	if len(r2.Kinds()) != len(r.Kinds()) {
 		t.Fatalf("kinds %v vs %v", r2.Kinds(), r.Kinds())
+	}
+}
+
+// ping and sleep answer with their typed outputs and refuse bad arguments.
+func TestPingAndSleepPayloads(t *testing.T) {
+	env := &Env{Node: "n1"}
+	out, err := Ping{}.Run(t.Context(), env, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(out.Data)
+	if p, err := messages.Decode[messages.PingOutput](b, 0); err != nil || p.Pong != "n1" {
+		t.Fatalf("ping output %s: %+v %v", b, p, err)
+	}
+	out, err = Sleep{}.Run(t.Context(), env, json.RawMessage(`{"duration":"1ms"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = json.Marshal(out.Data)
+	if s, err := messages.Decode[messages.SleepOutput](b, 0); err != nil || s.Slept != "1ms" {
+		t.Fatalf("sleep output %s: %+v %v", b, s, err)
+	}
+	for _, args := range []string{`{"duration":"forever"}`, `{"duration":"1s","extra":1}`, `{}`} {
+		if _, err := (Sleep{}).Run(t.Context(), env, json.RawMessage(args)); !errors.Is(err, ErrBadArgs) {
+			t.Errorf("sleep %s: err %v, want ErrBadArgs", args, err)
+		}
 	}
 }

@@ -74,13 +74,15 @@ func (s Settings) Get(key, def string) string {
 	return def
 }
 
-// DecodeArgs unmarshals task arguments strictly; empty args leave v as is.
-func DecodeArgs(args json.RawMessage, v any) error {
-	if len(args) == 0 || string(args) == "null" {
-		return nil
+// decodeTaskArgs decodes and validates a task's typed arguments (see
+// messages.DecodeTaskArgs); a refusal is an ErrBadArgs error.
+func decodeTaskArgs[T any, PT interface {
+	*T
+	messages.Message
+}](raw json.RawMessage) (T, error) {
+	v, err := messages.DecodeTaskArgs[T, PT](raw, 0)
+	if err != nil {
+		return v, BadArgs("%v", err)
 	}
-	if err := json.Unmarshal(args, v); err != nil {
-		return BadArgs("%v", err)
-	}
-	return nil
+	return v, nil
 }

@@ -1,7 +1,6 @@
 package tasks
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -40,24 +39,6 @@ func Catalog(s Settings) ([]Check, error) {
 	return all, nil
 }
 
-// VerifyArgs are the arguments of the verify task.
-type VerifyArgs struct {
-	// Layers to verify; empty means all.
-	Layers []string `json:"layers,omitempty"`
-	// Scope is node, cluster or all (the default). The controller sends
-	// cluster-scoped checks to one agent per cluster and node-scoped ones to
-	// every node.
-	Scope string `json:"scope,omitempty"`
-	// Checks names checks to run (their dependencies run too); empty means
-	// all that Layers and Scope select.
-	Checks []string `json:"checks,omitempty"`
-}
-
-// VerifyOutput is the verify task's output data.
-type VerifyOutput struct {
-	Checks []messages.CheckResult `json:"checks"`
-}
-
 // CustomChecksFileCheck is the name of the result reported when the custom
 // check file cannot be used.
 const CustomChecksFileCheck = "custom_checks_file"
@@ -75,7 +56,7 @@ type Verify struct {
 func (Verify) Kind() string { return "verify" }
 
 func (v Verify) Run(ctx context.Context, env *Env, raw json.RawMessage) (Output, error) {
-	args, err := decodeVerifyArgs(raw)
+	args, err := decodeTaskArgs[messages.VerifyArgs](raw)
 	if err != nil {
 		return Output{}, err
 	}
@@ -118,36 +99,9 @@ func (v Verify) Run(ctx context.Context, env *Env, raw json.RawMessage) (Output,
 	if results == nil {
 		results = []messages.CheckResult{}
 	}
-	out := Output{Outcome: Worst(results), Data: VerifyOutput{Checks: results}}
+	out := Output{Outcome: Worst(results), Data: &messages.VerifyOutput{V: messages.Version, Checks: results}}
 	out.Reason = summarize(results, len(checks) == 0)
 	return out, nil
-}
-
-func decodeVerifyArgs(raw json.RawMessage) (VerifyArgs, error) {
-	var a VerifyArgs
-	if len(raw) > 0 && string(raw) != "null" {
-		dec := json.NewDecoder(bytes.NewReader(raw))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&a); err != nil {
-			return a, BadArgs("verify: %v", err)
-		}
-	}
-	switch Scope(a.Scope) {
-	case "", "all", ScopeNode, ScopeCluster:
-	default:
-		return a, BadArgs("verify: scope: %q is not node, cluster or all", a.Scope)
-	}
-	for _, l := range a.Layers {
-		if !ValidName(l) {
-			return a, BadArgs("verify: layers: %q is not a layer name", l)
-		}
-	}
-	for _, c := range a.Checks {
-		if !ValidName(c) {
-			return a, BadArgs("verify: checks: %q is not a check name", c)
-		}
-	}
-	return a, nil
 }
 
 // summarize names the checks that did not pass, skipped ones left out

@@ -119,7 +119,7 @@ func verifyCluster(t *testing.T, settings Settings, args string, want map[string
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := byName(out.Data.(VerifyOutput).Checks)
+	res := byName(out.Data.(*messages.VerifyOutput).Checks)
 	for name, w := range want {
 		r, ok := res[name]
 		if !ok {

@@ -36,6 +36,8 @@ func TestVerifyArgs(t *testing.T) {
 		{`{"checks":["Bad"]}`, `checks: "Bad" is not a check name`},
 		{`{"layer":["host"]}`, `unknown field "layer"`},
 		{`[1]`, "cannot unmarshal"},
+		{`{"v":1,"checks":["host_memory"]}`, ""},
+		{`{"v":2}`, "unsupported message version v=2"},
 	} {
 		t.Run(tc.args, func(t *testing.T) {
 			args := tc.args
@@ -76,10 +78,8 @@ func TestVerifyHostLayerOutput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var decoded struct {
-		Checks []messages.CheckResult `json:"checks"`
-	}
-	if err := json.Unmarshal(b, &decoded); err != nil {
+	decoded, err := messages.Decode[messages.VerifyOutput](b, 0) // as the controller reads it
+	if err != nil {
 		t.Fatal(err)
 	}
 	var names []string
@@ -100,7 +100,7 @@ func TestVerifyHostLayerOutput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := out.Data.(VerifyOutput).Checks; len(got) != 0 || out.Outcome != messages.OutcomeOK || out.Reason != "no checks selected" {
+	if got := out.Data.(*messages.VerifyOutput).Checks; len(got) != 0 || out.Outcome != messages.OutcomeOK || out.Reason != "no checks selected" {
 		t.Errorf("cluster scope on host layer: %d checks, %s %q", len(got), out.Outcome, out.Reason)
 	}
 }
@@ -119,7 +119,7 @@ func TestVerifyClusterScopeWithoutKube(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := byName(out.Data.(VerifyOutput).Checks)
+	res := byName(out.Data.(*messages.VerifyOutput).Checks)
 	for name, r := range res {
 		var c Check
 		for _, b := range BuiltinChecks() {
@@ -204,7 +204,7 @@ func TestVerifyReportsBeforeItsDeadline(t *testing.T) {
 	if d := time.Since(start); d >= 1500*time.Millisecond {
 		t.Errorf("returned after %s, past the deadline", d)
 	}
-	res := byName(out.Data.(VerifyOutput).Checks)
+	res := byName(out.Data.(*messages.VerifyOutput).Checks)
 	if r := res["slow"]; r.Status == messages.CheckPass || !strings.Contains(r.Message, "deadline is near") {
 		t.Errorf("slow: %s %q", r.Status, r.Message)
 	}

@@ -67,7 +67,7 @@ func serveCmd() *cobra.Command {
 			o.SweepLayerIntervals = map[string]time.Duration{}
 			for l, v := range layerIntervals {
 				d, err := time.ParseDuration(v)
-				if err != nil || d <= 0 {
+				if err != nil {
 					return cli.Fail(cli.ExitUsage, fmt.Errorf("--sweep-layer-interval %s=%s: want a positive duration", l, v))
 				}
 				o.SweepLayerIntervals[l] = d
@@ -85,15 +85,18 @@ func serveCmd() *cobra.Command {
 		},
 	}
 	dataDirFlag(cmd, &o.DataDir)
-	cmd.Flags().StringVar(&o.Listen, "listen", "127.0.0.1:4222", "NATS address agents and the CLI connect to (port 0 picks one; tailnet[:PORT] binds to the host tailscaled's tailnet IP)")
+	cmd.Flags().StringVar(&o.Listen, "listen", controller.DefaultListen, "NATS address agents and the CLI connect to (port 0 picks one; tailnet[:PORT] binds to the host tailscaled's tailnet IP)")
 	cmd.Flags().StringVar(&o.HTTP, "http", "127.0.0.1:8222", "address for /healthz and /metrics (empty disables)")
-	cmd.Flags().DurationVar(&o.HeartbeatInterval, "heartbeat-interval", 5*time.Second, "agent heartbeat interval; a node is stale after 2 missed")
-	cmd.Flags().IntVar(&o.OfflineAfter, "offline-after", 6, "heartbeat intervals without a heartbeat before a node is offline")
-	cmd.Flags().IntVar(&o.MaxMessageBytes, "max-message-bytes", messages.DefaultMaxMessageBytes, "largest payload accepted")
-	cmd.Flags().DurationVar(&o.Retention, "retention", 7*24*time.Hour, "how long task history and results are kept")
-	cmd.Flags().DurationVar(&o.SweepInterval, "sweep-interval", time.Minute, "how often to verify the whole fleet (negative disables)")
+	cmd.Flags().DurationVar(&o.HeartbeatInterval, "heartbeat-interval", controller.DefaultHeartbeatInterval,
+		fmt.Sprintf("agent heartbeat interval, at least %v; a node is stale after %d missed", controller.MinHeartbeatInterval, controller.StaleAfter))
+	cmd.Flags().IntVar(&o.OfflineAfter, "offline-after", controller.DefaultOfflineAfter,
+		fmt.Sprintf("heartbeat intervals without a heartbeat before a node is offline (at least %d)", controller.MinOfflineAfter))
+	cmd.Flags().IntVar(&o.MaxMessageBytes, "max-message-bytes", messages.DefaultMaxMessageBytes,
+		fmt.Sprintf("largest payload accepted (%d to %d)", controller.MinMaxMessageBytes, controller.MaxMaxMessageBytes))
+	cmd.Flags().DurationVar(&o.Retention, "retention", controller.DefaultRetention, "how long task history and results are kept")
+	cmd.Flags().DurationVar(&o.SweepInterval, "sweep-interval", controller.DefaultSweepInterval, "how often to verify the whole fleet (negative disables)")
 	cmd.Flags().StringToStringVar(&layerIntervals, "sweep-layer-interval", nil, "per-layer sweep interval, e.g. network=15s,database=30s")
-	cmd.Flags().DurationVar(&o.HistoryRetention, "history-retention", 7*24*time.Hour, "how long verification reports are kept")
+	cmd.Flags().DurationVar(&o.HistoryRetention, "history-retention", controller.DefaultHistoryRetention, "how long verification reports are kept")
 	tailnetFlags(cmd, &o)
 	cmd.Flags().StringVar(&o.RulesFile, "rules-file", "", "YAML file of diagnostic rules that extend the built-in ones")
 	cmd.Flags().BoolVar(&o.Pprof, "pprof", false, "serve /debug/pprof on the --http address")
@@ -442,7 +445,9 @@ func verifyCmd() *cobra.Command {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			for {
-				rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+				// As long as the controller gives the request (the checks
+				// may take --timeout, at most messages.MaxVerifyTimeout).
+				rctx, cancel := context.WithTimeout(ctx, messages.APITimeout(messages.APIVerify))
 				rep, err := c.Verify(rctx, req)
 				cancel()
 				if err != nil {
@@ -477,7 +482,8 @@ func verifyCmd() *cobra.Command {
 	cmd.Flags().StringVar(&node, "node", "", "verify this node (and its cluster's checks)")
 	cmd.Flags().StringVar(&cluster, "cluster", "", "verify this cluster's nodes")
 	cmd.Flags().StringSliceVar(&layers, "layer", nil, "only these layers (network, host, cluster, database, application, or custom)")
-	cmd.Flags().StringVar(&timeout, "timeout", "20s", "deadline for the checks on each node")
+	cmd.Flags().StringVar(&timeout, "timeout", messages.DefaultVerifyTimeout.String(),
+		fmt.Sprintf("deadline for the checks on each node (at most %v)", messages.MaxVerifyTimeout))
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().BoolVar(&watch, "watch", false, "verify again every --every until interrupted")
 	cmd.Flags().DurationVar(&every, "every", 10*time.Second, "interval for --watch")

@@ -162,19 +162,14 @@ func WriteFile(path string, c Contents) error {
 	return nil
 }
 
-// logFiles renders the logs section as one text file per source. The
-// section may come typed (on the node) or decoded from JSON (on the
-// controller), so it goes through JSON either way.
+// logFiles renders the logs section (its Data is a []collect.LogSource)
+// as one text file per source.
 func logFiles(s collect.Section) []struct {
 	name string
 	data []byte
 } {
-	raw, err := json.Marshal(s.Data)
-	if err != nil {
-		return nil
-	}
 	var srcs []collect.LogSource
-	if json.Unmarshal(raw, &srcs) != nil {
+	if json.Unmarshal(s.Data, &srcs) != nil {
 		return nil
 	}
 	var out []struct {

@@ -128,12 +128,13 @@ func TestBundleHoldsNoSecrets(t *testing.T) {
 }
 
 // Sections decoded from JSON (as the controller receives them) bundle the
-// same way as typed ones.
+// same way as the node's own.
 func TestBundleFromDecodedSections(t *testing.T) {
-	secs := []collect.Section{{Name: "logs", Metrics: map[string]float64{"log_matches": 1}, Data: []collect.LogSource{
+	data, _ := json.Marshal([]collect.LogSource{
 		{Source: "/var/log/guildnet/a.log", Matches: []string{"ERROR x"}, Tail: []string{"ok"}},
 		{Source: "/var/log/guildnet/a.log", Note: "duplicate name"},
-	}}}
+	})
+	secs := []collect.Section{{Name: "logs", Metrics: map[string]float64{"log_matches": 1}, Data: data}}
 	b, _ := json.Marshal(secs)
 	var decoded []collect.Section
 	if err := json.Unmarshal(b, &decoded); err != nil {

@@ -12,6 +12,7 @@ package collect
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"regexp"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/guildnet/metaguildnet/diagnostics/redact"
+	"github.com/guildnet/metaguildnet/messages"
 )
 
 // Collector gathers one section of a node's diagnostics.
@@ -37,28 +39,11 @@ func Default() []Collector {
 	return []Collector{System{}, Components{}, Logs{}, Config{}}
 }
 
-// Section is what one collector found.
-type Section struct {
-	Name       string `json:"name"`
-	DurationMS int64  `json:"duration_ms"`
-	// Error is set when the collector failed as a whole.
-	Error string `json:"error,omitempty"`
-	// Metrics are numbers rules can compare against thresholds, by name
-	// (memory_percent, tailscaled_up, tls_cert_days_left_min, ...).
-	Metrics map[string]float64 `json:"metrics,omitempty"`
-	// Lines are log lines that matched a rule pattern, already redacted.
-	Lines []LogLine `json:"lines,omitempty"`
-	// Notes explain what was skipped or could not be read, and why.
-	Notes []string `json:"notes,omitempty"`
-	// Data is the collector's detail for people and bundles.
-	Data any `json:"data,omitempty"`
-}
-
-// LogLine is one matching log line and where it came from.
-type LogLine struct {
-	Source string `json:"source"` // file path or "journal:UNIT"
-	Text   string `json:"text"`
-}
+// Section and LogLine are the wire types (messages) a collector fills.
+type (
+	Section = messages.Section
+	LogLine = messages.LogLine
+)
 
 // Limits bound what collectors read and return. Zero fields take defaults.
 type Limits struct {
@@ -213,14 +198,24 @@ func runOne(ctx context.Context, env *Env, c Collector) (s Section, err error) {
 	return c.Collect(ctx, env)
 }
 
-func (s *Section) metric(name string, v float64) {
+// setData encodes a collector's detail into the section.
+func setData(s *Section, env *Env, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		s.Notes = append(s.Notes, env.Redact.String("detail not encoded: "+err.Error()))
+		return
+	}
+	s.Data = b
+}
+
+func addMetric(s *Section, name string, v float64) {
 	if s.Metrics == nil {
 		s.Metrics = make(map[string]float64)
 	}
 	s.Metrics[name] = v
 }
 
-func (s *Section) note(env *Env, format string, a ...any) {
+func addNote(s *Section, env *Env, format string, a ...any) {
 	s.Notes = append(s.Notes, env.Redact.String(fmt.Sprintf(format, a...)))
 }
 

@@ -59,9 +59,9 @@ func (Components) Collect(ctx context.Context, env *Env) (Section, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		comps = append(comps, c)
-		s.metric(metric, boolMetric(c.Up))
+		addMetric(&s, metric, boolMetric(c.Up))
 		if c.Latency > 0 && c.Name == "rethinkdb" {
-			s.metric("rethinkdb_connect_ms", float64(c.Latency))
+			addMetric(&s, "rethinkdb_connect_ms", float64(c.Latency))
 		}
 	}
 
@@ -116,7 +116,7 @@ func (Components) Collect(ctx context.Context, env *Env) (Section, error) {
 			}
 			if !installed {
 				mu.Lock()
-				s.note(env, "%s: not installed on this node, not checked", name)
+				addNote(&s, env, "%s: not installed on this node, not checked", name)
 				mu.Unlock()
 				return
 			}
@@ -135,7 +135,7 @@ func (Components) Collect(ctx context.Context, env *Env) (Section, error) {
 		c := dialComponent(ctx, env, "hostapp", hostapp)
 		if !c.Up && !configured {
 			mu.Lock()
-			s.note(env, "hostapp: not configured here (LISTEN_LOCAL, HOSTAPP_URL) and nothing listens on %s, not checked", hostapp)
+			addNote(&s, env, "hostapp: not configured here (LISTEN_LOCAL, HOSTAPP_URL) and nothing listens on %s, not checked", hostapp)
 			mu.Unlock()
 			return
 		}
@@ -153,7 +153,7 @@ func (Components) Collect(ctx context.Context, env *Env) (Section, error) {
 	}
 	wg.Wait()
 	sortByName(comps)
-	s.Data = comps
+	setData(&s, env, comps)
 	return s, nil
 }
 

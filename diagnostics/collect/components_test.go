@@ -84,7 +84,7 @@ func TestComponents(t *testing.T) {
 			for m, want := range tc.want {
 				got, ok := s.Metrics[m]
 				if want == -1 && ok || want != -1 && (!ok || got != want) {
-					t.Errorf("%s = %v (present %v), want %v; data %+v", m, got, ok, want, s.Data)
+					t.Errorf("%s = %v (present %v), want %v; data %+v", m, got, ok, want, string(s.Data))
 				}
 			}
 			if tc.name == "all up" && s.Metrics["rethinkdb_connect_ms"] < 1 {

@@ -87,7 +87,7 @@ func (Config) Collect(ctx context.Context, env *Env) (Section, error) {
 		b, err := readBounded(p, env.Limits.ConfigFileBytes)
 		if err != nil {
 			if !os.IsNotExist(err) {
-				s.note(env, "%s: %v", p, err)
+				addNote(&s, env, "%s: %v", p, err)
 			}
 			continue
 		}
@@ -98,7 +98,7 @@ func (Config) Collect(ctx context.Context, env *Env) (Section, error) {
 		}
 		d.EnvFiles = append(d.EnvFiles, EnvFile{Path: p, Entries: entries, Problems: problems})
 	}
-	s.metric("env_files_present", float64(present))
+	addMetric(&s, "env_files_present", float64(present))
 
 	gp := filepath.Join(env.Home, ".guildnet", "config.json")
 	if fields, err := jsonFields(gp, env.Limits.ConfigFileBytes); err == nil {
@@ -106,27 +106,27 @@ func (Config) Collect(ctx context.Context, env *Env) (Section, error) {
 			fields[k] = env.Redact.Value(k, v)
 		}
 		d.GuildNet = &FileFields{Path: gp, Fields: fields}
-		s.metric("guildnet_config_present", 1)
+		addMetric(&s, "guildnet_config_present", 1)
 	} else {
-		s.metric("guildnet_config_present", 0)
+		addMetric(&s, "guildnet_config_present", 0)
 		if !os.IsNotExist(err) {
-			s.note(env, "%s: %v", gp, err)
+			addNote(&s, env, "%s: %v", gp, err)
 		}
 	}
 
 	kp := kubeconfigPath(env)
 	if ki, err := readKubeconfig(kp, env.Limits.ConfigFileBytes); err != nil {
-		s.metric("kubeconfig_present", 0)
+		addMetric(&s, "kubeconfig_present", 0)
 		if !os.IsNotExist(err) {
-			s.note(env, "kubeconfig %s: %v", kp, err)
+			addNote(&s, env, "kubeconfig %s: %v", kp, err)
 		} else {
-			s.note(env, "kubeconfig %s: not present", kp)
+			addNote(&s, env, "kubeconfig %s: not present", kp)
 		}
 	} else {
-		s.metric("kubeconfig_present", 1)
+		addMetric(&s, "kubeconfig_present", 1)
 		ki.Server = env.Redact.String(ki.Server)
 		if !ki.ClientCertNotAfter.IsZero() {
-			s.metric("kubeconfig_client_cert_days_left", days(ki.ClientCertNotAfter.Sub(now)))
+			addMetric(&s, "kubeconfig_client_cert_days_left", days(ki.ClientCertNotAfter.Sub(now)))
 		}
 		d.Kubeconfig = ki
 	}
@@ -145,17 +145,17 @@ func (Config) Collect(ctx context.Context, env *Env) (Section, error) {
 				ci.Note = "none of the node's tailnet IPs (" + strings.Join(tailnet, ", ") + ") is in the SANs"
 			}
 		} else {
-			s.note(env, "tls cert %s: %s", p, ci.Note)
+			addNote(&s, env, "tls cert %s: %s", p, ci.Note)
 		}
 		d.Certs = append(d.Certs, ci)
 	}
 	if !math.IsInf(minDays, 1) {
-		s.metric("tls_cert_days_left_min", minDays)
+		addMetric(&s, "tls_cert_days_left_min", minDays)
 	}
 	if len(tailnet) > 0 && len(d.Certs) > 0 {
-		s.metric("tls_cert_missing_tailnet_ip", float64(missing))
+		addMetric(&s, "tls_cert_missing_tailnet_ip", float64(missing))
 	}
-	s.Data = d
+	setData(&s, env, d)
 	return s, ctx.Err()
 }
 

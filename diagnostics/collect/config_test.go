@@ -35,7 +35,7 @@ func TestConfig(t *testing.T) {
 			t.Errorf("%s = %v (present %v), want %v", m, got, ok, want)
 		}
 	}
-	d := s.Data.(ConfigData)
+	d := dataOf[ConfigData](t, s)
 	if d.Kubeconfig == nil || d.Kubeconfig.Server != "https://10.0.0.10:6443" || d.Kubeconfig.AuthMethod != "client-certificate" {
 		t.Errorf("kubeconfig = %+v", d.Kubeconfig)
 	}
@@ -127,7 +127,7 @@ func FuzzConfigJSON(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		d := s.Data.(ConfigData)
+		d := dataOf[ConfigData](t, s)
 		if d.GuildNet == nil {
 			return
 		}

@@ -36,18 +36,18 @@ func (Logs) Collect(ctx context.Context, env *Env) (Section, error) {
 	for _, g := range env.list("METAGN_LOG_GLOBS", DefaultLogGlobs) {
 		m, err := filepath.Glob(g)
 		if err != nil {
-			s.note(env, "log glob %q: %v", g, err)
+			addNote(&s, env, "log glob %q: %v", g, err)
 			continue
 		}
 		if len(m) == 0 {
-			s.note(env, "log glob %q: no files", g)
+			addNote(&s, env, "log glob %q: no files", g)
 		}
 		files = append(files, m...)
 	}
 	slices.Sort(files)
 	files = slices.Compact(files)
 	if len(files) > env.Limits.LogFiles {
-		s.note(env, "%d log files found: scanned the first %d only", len(files), env.Limits.LogFiles)
+		addNote(&s, env, "%d log files found: scanned the first %d only", len(files), env.Limits.LogFiles)
 		files = files[:env.Limits.LogFiles]
 	}
 
@@ -55,7 +55,7 @@ func (Logs) Collect(ctx context.Context, env *Env) (Section, error) {
 	buf := make([]byte, env.Limits.LogTailBytes)
 	for _, f := range files {
 		if ctx.Err() != nil {
-			s.note(env, "log scan stopped: %v", ctx.Err())
+			addNote(&s, env, "log scan stopped: %v", ctx.Err())
 			break
 		}
 		results = append(results, tailFile(f, env, buf))
@@ -70,16 +70,16 @@ func (Logs) Collect(ctx context.Context, env *Env) (Section, error) {
 	matches := 0
 	for _, r := range results {
 		if r.Note != "" {
-			s.note(env, "%s: %s", r.Source, r.Note)
+			addNote(&s, env, "%s: %s", r.Source, r.Note)
 		}
 		for _, m := range r.Matches {
 			s.Lines = append(s.Lines, LogLine{Source: env.Redact.String(r.Source), Text: m})
 		}
 		matches += len(r.Matches) + r.Dropped
 	}
-	s.metric("log_sources_scanned", float64(len(results)))
-	s.metric("log_matches", float64(matches))
-	s.Data = results
+	addMetric(&s, "log_sources_scanned", float64(len(results)))
+	addMetric(&s, "log_matches", float64(matches))
+	setData(&s, env, results)
 	return s, nil
 }
 

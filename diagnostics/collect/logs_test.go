@@ -29,8 +29,19 @@ func collectLogs(t testing.TB, env *Env) (Section, []LogSource) {
 	if err != nil {
 		t.Fatalf("Logs.Collect: %v", err)
 	}
-	rs, _ := s.Data.([]LogSource)
-	return s, rs
+	return s, dataOf[[]LogSource](t, s)
+}
+
+// dataOf decodes a section's detail; none decodes to the zero T.
+func dataOf[T any](t testing.TB, s Section) T {
+	t.Helper()
+	var v T
+	if len(s.Data) > 0 {
+		if err := json.Unmarshal(s.Data, &v); err != nil {
+			t.Fatalf("section %s: data: %v", s.Name, err)
+		}
+	}
+	return v
 }
 
 func notesContain(s Section, sub string) bool {

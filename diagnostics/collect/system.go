@@ -60,38 +60,38 @@ func (System) Collect(ctx context.Context, env *Env) (Section, error) {
 	cpu1, _ := readCPU(env.ProcRoot)
 	procs1 := readProcs(env.ProcRoot)
 	if cpuErr != nil {
-		s.note(env, "cpu: %v", cpuErr)
+		addNote(&s, env, "cpu: %v", cpuErr)
 	} else if total := cpu1.total - cpu0.total; total > 0 {
 		busy := float64(total-(cpu1.idle-cpu0.idle)) / float64(total) * 100
-		s.metric("cpu_percent", round1(busy))
+		addMetric(&s, "cpu_percent", round1(busy))
 	}
 	d.TopByRSS, d.TopByCPU = topProcesses(procs0, procs1, cpu1.total-cpu0.total, d.CPUs, env.Limits.TopProcesses)
 
 	// Memory.
 	if mem, err := readMeminfo(env.ProcRoot); err != nil {
-		s.note(env, "memory: %v", err)
+		addNote(&s, env, "memory: %v", err)
 	} else if total := mem["MemTotal"]; total > 0 {
 		avail, ok := mem["MemAvailable"]
 		if !ok {
 			avail = mem["MemFree"] + mem["Buffers"] + mem["Cached"]
 		}
 		d.MemTotalKB = total
-		s.metric("memory_percent", round1(float64(total-min(avail, total))/float64(total)*100))
-		s.metric("memory_available_bytes", float64(avail*1024))
+		addMetric(&s, "memory_percent", round1(float64(total-min(avail, total))/float64(total)*100))
+		addMetric(&s, "memory_available_bytes", float64(avail*1024))
 		if st := mem["SwapTotal"]; st > 0 {
-			s.metric("swap_percent", round1(float64(st-min(mem["SwapFree"], st))/float64(st)*100))
+			addMetric(&s, "swap_percent", round1(float64(st-min(mem["SwapFree"], st))/float64(st)*100))
 		}
 	}
 
 	// Load.
 	if b, err := os.ReadFile(filepath.Join(env.ProcRoot, "loadavg")); err != nil {
-		s.note(env, "load: %v", err)
+		addNote(&s, env, "load: %v", err)
 	} else if f := strings.Fields(string(b)); len(f) >= 3 {
 		for i, name := range []string{"load1", "load5", "load15"} {
 			if v, err := strconv.ParseFloat(f[i], 64); err == nil {
-				s.metric(name, v)
+				addMetric(&s, name, v)
 				if i == 0 && d.CPUs > 0 {
-					s.metric("load1_per_cpu", round1(v/float64(d.CPUs)))
+					addMetric(&s, "load1_per_cpu", round1(v/float64(d.CPUs)))
 				}
 			}
 		}
@@ -103,24 +103,24 @@ func (System) Collect(ctx context.Context, env *Env) (Section, error) {
 	for _, p := range d.DiskPaths {
 		var st syscall.Statfs_t
 		if err := syscall.Statfs(p, &st); err != nil {
-			s.note(env, "disk %s: %v", p, err)
+			addNote(&s, env, "disk %s: %v", p, err)
 			continue
 		}
 		if st.Blocks > 0 {
 			used := st.Blocks - st.Bfree
 			// As df: used / (used + available to unprivileged users).
 			pct := round1(float64(used) / float64(used+st.Bavail) * 100)
-			s.metric("disk_percent:"+p, pct)
+			addMetric(&s, "disk_percent:"+p, pct)
 			worst = max(worst, pct)
 		}
 		if st.Files > 0 {
-			s.metric("inodes_percent:"+p, round1(float64(st.Files-st.Ffree)/float64(st.Files)*100))
+			addMetric(&s, "inodes_percent:"+p, round1(float64(st.Files-st.Ffree)/float64(st.Files)*100))
 		}
 	}
 	if worst >= 0 {
-		s.metric("disk_percent", worst)
+		addMetric(&s, "disk_percent", worst)
 	}
-	s.Data = d
+	setData(&s, env, d)
 	return s, nil
 }
 

@@ -26,7 +26,7 @@ func TestSystemRealProc(t *testing.T) {
 	if v := s.Metrics["memory_percent"]; v <= 0 || v > 100 {
 		t.Errorf("memory_percent = %v", v)
 	}
-	d := s.Data.(SystemData)
+	d := dataOf[SystemData](t, s)
 	if len(d.TopByRSS) == 0 || len(d.TopByRSS) > 5 || d.TopByRSS[0].RSSBytes == 0 {
 		t.Errorf("top by RSS = %+v", d.TopByRSS)
 	}
@@ -63,7 +63,7 @@ func TestSystemFakeProc(t *testing.T) {
 	if s.Metrics["memory_percent"] != 90 || s.Metrics["load1"] != 4 {
 		t.Errorf("metrics = %v", s.Metrics)
 	}
-	d := s.Data.(SystemData)
+	d := dataOf[SystemData](t, s)
 	if len(d.TopByRSS) != 2 || d.TopByRSS[0].Name != "rethink db" || d.TopByRSS[1].Name != "a) b)" {
 		t.Errorf("top = %+v", d.TopByRSS)
 	}

@@ -43,16 +43,18 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/guildnet/metaguildnet/messages"
 )
 
 //go:embed *.yaml
 var builtinFS embed.FS
 
-// Severities, from least to most urgent.
+// Severities, from least to most urgent (the wire's, messages.Severity*).
 const (
-	Info     = "info"
-	Warning  = "warning"
-	Critical = "critical"
+	Info     = messages.SeverityInfo
+	Warning  = messages.SeverityWarning
+	Critical = messages.SeverityCritical
 )
 
 // SeverityRank orders severities: critical 3, warning 2, info 1, other 0.

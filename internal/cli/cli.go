@@ -5,6 +5,7 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -36,9 +37,12 @@ func Fail(code int, err error) error { return &ExitError{Code: code, Err: err} }
 // Unhealthy is the silent exit 1 after a report was printed.
 var Unhealthy = &ExitError{Code: ExitUnhealthy, Err: errors.New("")}
 
-// Main runs root and exits with the right code. Errors that are not
-// ExitErrors are usage or configuration errors.
-func Main(root *cobra.Command) {
+// Main runs root and exits with the right code (see Execute).
+func Main(root *cobra.Command) { os.Exit(Execute(root, os.Stderr)) }
+
+// Execute runs root, prints its error to stderr and returns the exit code.
+// Errors that are not ExitErrors are usage or configuration errors.
+func Execute(root *cobra.Command, stderr io.Writer) int {
 	root.SilenceErrors = true
 	root.SilenceUsage = true
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
@@ -46,7 +50,7 @@ func Main(root *cobra.Command) {
 	})
 	err := root.Execute()
 	if err == nil {
-		os.Exit(ExitOK)
+		return ExitOK
 	}
 	code := ExitUsage
 	var ee *ExitError
@@ -54,9 +58,9 @@ func Main(root *cobra.Command) {
 		code = ee.Code
 	}
 	if msg := err.Error(); msg != "" {
-		fmt.Fprintln(os.Stderr, "error:", msg)
+		fmt.Fprintln(stderr, "error:", msg)
 	}
-	os.Exit(code)
+	return code
 }
 
 // LoadConfig applies flags > environment > .env.local > .env > defaults to

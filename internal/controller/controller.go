@@ -34,7 +34,8 @@ import (
 	"github.com/guildnet/metaguildnet/messages"
 )
 
-// Options configure a controller. Zero values mean the defaults below.
+// Options configure a controller. Zero values mean the defaults, and
+// values that cannot work are refused by Start, both in limits.go.
 type Options struct {
 	DataDir string
 	// Listen is the NATS client address (host:port; port 0 picks one).
@@ -65,33 +66,6 @@ type Options struct {
 	// Pprof serves /debug/pprof on the HTTP address.
 	Pprof bool
 	Log   *zap.Logger
-}
-
-func (o *Options) setDefaults() {
-	if o.Listen == "" {
-		o.Listen = "127.0.0.1:4222"
-	}
-	if o.HeartbeatInterval <= 0 {
-		o.HeartbeatInterval = 5 * time.Second
-	}
-	if o.OfflineAfter < 3 {
-		o.OfflineAfter = 6
-	}
-	if o.MaxMessageBytes <= 0 {
-		o.MaxMessageBytes = messages.DefaultMaxMessageBytes
-	}
-	if o.Retention <= 0 {
-		o.Retention = 7 * 24 * time.Hour
-	}
-	if o.SweepInterval == 0 {
-		o.SweepInterval = time.Minute
-	}
-	if o.HistoryRetention <= 0 {
-		o.HistoryRetention = 7 * 24 * time.Hour
-	}
-	if o.Log == nil {
-		o.Log = zap.NewNop()
-	}
 }
 
 // Controller is a running controller.
@@ -133,11 +107,16 @@ type Controller struct {
 
 // Start brings a controller up and returns once it serves.
 func Start(ctx context.Context, o Options) (_ *Controller, err error) {
-	o.setDefaults()
+	if err := o.resolve(); err != nil {
+		return nil, err
+	}
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
 	if o.DataDir == "" {
 		return nil, errors.New("data dir: empty")
 	}
-	c := &Controller{opts: o, log: o.Log, met: newMetrics(o.MaxMessageBytes), apiSem: make(chan struct{}, 64), stop: make(chan struct{}),
+	c := &Controller{opts: o, log: o.Log, met: newMetrics(o.MaxMessageBytes), apiSem: make(chan struct{}, maxAPIRequests), stop: make(chan struct{}),
 		hbLimit:   heartbeatLimiter(o.HeartbeatInterval),
 		syncLimit: newNodeLimiter(syncRate, syncBurst, syncInFlight),
 		logRate:   newLogLimiter(10 * time.Second),
@@ -254,8 +233,8 @@ func (c *Controller) startServer() error {
 		// The server's own limit sits above ours so that an oversize
 		// payload reaches the decoder and gets a clear error reply
 		// instead of a dropped connection.
-		MaxPayload:                 int32(c.opts.MaxMessageBytes + 64<<10),
-		MaxPending:                 64 << 20,
+		MaxPayload:                 int32(c.opts.MaxMessageBytes + serverPayloadMargin),
+		MaxPending:                 server.MAX_PENDING_SIZE, // MaxMaxMessageBytes is below it
 		CustomClientAuthentication: c.auth,
 		AlwaysEnableNonce:          true,
 		NoSigs:                     true,

@@ -3,7 +3,6 @@ package controller
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -11,7 +10,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/guildnet/metaguildnet/diagnostics"
-	"github.com/guildnet/metaguildnet/diagnostics/collect"
 	"github.com/guildnet/metaguildnet/diagnostics/rules"
 	"github.com/guildnet/metaguildnet/messages"
 )
@@ -31,7 +29,7 @@ func (c *Controller) diagnose(ctx context.Context, req messages.DiagnoseRequest)
 	if len(targets) == 0 {
 		return messages.DiagnoseReply{}, messages.Errorf(messages.CodeNotFound, "nothing to diagnose: no node matches (see `controller status`)")
 	}
-	run, err := c.disp.issueTo(ctx, messages.RunRequest{Kind: "diagnose", Target: "diagnose", Timeout: "15s", SkipOffline: true}, targets, states)
+	run, err := c.disp.issueTo(ctx, messages.RunRequest{Kind: "diagnose", Target: "diagnose", Timeout: messages.DiagnoseTaskTimeout.String(), SkipOffline: true}, targets, states)
 	if err != nil {
 		return messages.DiagnoseReply{}, fmt.Errorf("diagnose: %w", err)
 	}
@@ -40,7 +38,7 @@ func (c *Controller) diagnose(ctx context.Context, req messages.DiagnoseRequest)
 	if err != nil {
 		return messages.DiagnoseReply{}, fmt.Errorf("diagnose: wait: %w", err)
 	}
-	res := diagnostics.Result{Sections: map[string][]collect.Section{}}
+	res := messages.DiagnoseResult{V: messages.Version, Sections: map[string][]messages.Section{}}
 	if verr != nil {
 		res.Notes = append(res.Notes, "verification failed: "+verr.Error())
 	} else {
@@ -52,12 +50,8 @@ func (c *Controller) diagnose(ctx context.Context, req messages.DiagnoseRequest)
 			res.Notes = append(res.Notes, fmt.Sprintf("%s: not collected (%s)", r.Node, r.Reason))
 			continue
 		}
-		var out struct {
-			Sections   []collect.Section `json:"sections"`
-			RulesError string            `json:"rules_error"`
-			Trimmed    string            `json:"trimmed"`
-		}
-		if err := json.Unmarshal(r.Output, &out); err != nil {
+		out, err := messages.Decode[messages.DiagnoseOutput](r.Output, c.opts.MaxMessageBytes)
+		if err != nil {
 			res.Notes = append(res.Notes, fmt.Sprintf("%s: unreadable diagnose output: %v", r.Node, err))
 			continue
 		}
@@ -75,7 +69,7 @@ func (c *Controller) diagnose(ctx context.Context, req messages.DiagnoseRequest)
 		}
 	}
 	res.Diagnosis = diagnostics.Analyze(kb, inputs, time.Now())
-	b, err := json.Marshal(res)
+	b, err := messages.Encode(&res)
 	if err != nil {
 		return messages.DiagnoseReply{}, fmt.Errorf("diagnose: encode: %w", err)
 	}

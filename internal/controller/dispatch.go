@@ -122,7 +122,7 @@ func (d *dispatcher) issueTo(ctx context.Context, req messages.RunRequest, targe
 	if err := messages.ValidClusterName(req.Kind); err != nil {
 		return messages.RunReply{}, messages.Errorf(messages.CodeBadRequest, "kind: %v", err)
 	}
-	timeout := 30 * time.Second
+	timeout := messages.DefaultRunTimeout
 	if req.Timeout != "" {
 		timeout, _ = time.ParseDuration(req.Timeout) // validated by the decoder
 	}

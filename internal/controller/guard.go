@@ -7,26 +7,7 @@ import (
 	"go.uber.org/zap"
 )
 
-// Per-node limits on what a node may ask of the controller. A node is
-// untrusted: these keep one node (or a stolen identity) from growing the
-// controller's memory or starving the rest of the fleet. An honest agent
-// syncs every few seconds and beats every interval, far below them.
-const (
-	// syncRate and syncBurst bound sync requests per node (per second and
-	// at once); syncInFlight bounds the answers one node may have pending.
-	syncRate     = 5
-	syncBurst    = 10
-	syncInFlight = 2
-	// heartbeatRate bounds heartbeats per node per second, or four per
-	// heartbeat interval when that is more (short intervals in tests);
-	// the burst is twice the rate.
-	heartbeatRate = 10
-)
-
-func heartbeatLimiter(interval time.Duration) *nodeLimiter {
-	rate := max(heartbeatRate, 4/interval.Seconds())
-	return newNodeLimiter(rate, 2*rate, 0)
-}
+// Per-node limits (syncRate, heartbeatRate, ...) are defined in limits.go.
 
 // bucket is a token bucket plus a count of requests being answered.
 type bucket struct {

@@ -220,7 +220,8 @@ func (c *Controller) onAck(m *nats.Msg) {
 }
 
 // onAPI serves the operator API. Each request runs in its own goroutine
-// (bounded) because task.wait may block for up to 30 s.
+// (bounded) because task.wait, verify and diagnose wait for tasks; each
+// gets its verb's own deadline, messages.APITimeout.
 func (c *Controller) onAPI(m *nats.Msg) {
 	if !c.replyOK(m, "api", messages.OperatorInboxPrefix) {
 		return
@@ -234,7 +235,7 @@ func (c *Controller) onAPI(m *nats.Msg) {
 	go func() {
 		defer func() { <-c.apiSem }()
 		verb := strings.TrimPrefix(m.Subject, messages.APIPrefix)
-		ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), messages.APITimeout(verb))
 		defer cancel()
 		v, err := c.api(ctx, verb, m.Data)
 		c.reply(m, "api", messages.OperatorInboxPrefix, v, err)

@@ -84,15 +84,15 @@ func newRegistry(ctx context.Context, kv jetstream.KeyValue, interval time.Durat
 }
 
 // stateAt derives online/stale/offline from the heartbeat age: stale after
-// two missed intervals (plus half an interval of slack for jitter), offline
-// after offlineAfter intervals.
+// StaleAfter missed intervals (plus half an interval of slack for jitter),
+// offline after offlineAfter intervals (limits.go).
 func (r *registry) stateAt(n *node, now time.Time) string {
 	if n.rec.LastSeen.IsZero() {
 		return messages.StateOffline
 	}
 	age := now.Sub(n.rec.LastSeen)
 	switch {
-	case age <= r.interval*5/2:
+	case age <= r.interval*(2*StaleAfter+1)/2:
 		return messages.StateOnline
 	case age <= r.interval*time.Duration(r.offlineAfter):
 		return messages.StateStale

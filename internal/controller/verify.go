@@ -35,17 +35,23 @@ type verifier struct {
 	checkDuration *prometheus.HistogramVec
 	sweepDuration prometheus.Histogram
 
-	mu       sync.Mutex
-	last     map[string]map[string]string // node -> layer -> status
-	lastAt   map[string]time.Time
-	overall  map[string]string // layer -> fleet status, for change events
-	lastID   string
-	sweeping sync.Mutex // one sweep at a time
+	mu      sync.Mutex
+	last    map[string]map[string]string // node -> layer -> status
+	lastAt  map[string]time.Time
+	overall map[string]string // layer -> fleet status, for change events
+	lastID  string
+
+	// Background sweeps and operator requests (verify, diagnose) each have
+	// their own slot: one sweep at a time and one operator verification at
+	// a time, so an operator never waits behind a sweep.
+	sweepSlot    chan struct{}
+	operatorSlot chan struct{}
 }
 
 func newVerifier(c *Controller, store jetstream.ObjectStore) *verifier {
 	v := &verifier{c: c, reports: store, log: c.log.Named("verify"),
 		last: map[string]map[string]string{}, lastAt: map[string]time.Time{}, overall: map[string]string{},
+		sweepSlot: make(chan struct{}, 1), operatorSlot: make(chan struct{}, 1),
 		layerStatus: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "mgn_layer_status", Help: "Fleet status per layer in the last verification (1 for the current status).",
 		}, []string{"layer", "status"}),
@@ -114,10 +120,26 @@ func wantScope(layers, scoped []string) ([]string, bool) {
 	return mine, len(mine) > 0
 }
 
-// run performs one sweep and stores its report.
+// run performs an operator's verification (API verify and diagnose) and
+// stores its report. It waits only for another operator's verification,
+// never for a background sweep.
 func (v *verifier) run(ctx context.Context, req messages.VerifyRequest) (messages.Report, string, error) {
-	v.sweeping.Lock()
-	defer v.sweeping.Unlock()
+	return v.runIn(ctx, v.operatorSlot, "another operator's verification", req)
+}
+
+// sweep performs a background sweep, one at a time.
+func (v *verifier) sweep(ctx context.Context, req messages.VerifyRequest) (messages.Report, string, error) {
+	return v.runIn(ctx, v.sweepSlot, "the previous sweep", req)
+}
+
+// runIn verifies once slot is free, or gives up with ctx.
+func (v *verifier) runIn(ctx context.Context, slot chan struct{}, holder string, req messages.VerifyRequest) (messages.Report, string, error) {
+	select {
+	case slot <- struct{}{}:
+		defer func() { <-slot }()
+	case <-ctx.Done():
+		return messages.Report{}, "", fmt.Errorf("verify: waiting for %s to finish: %w", holder, context.Cause(ctx))
+	}
 	start := time.Now()
 	all := v.c.reg.members()
 	var sel []member
@@ -146,7 +168,7 @@ func (v *verifier) run(ctx context.Context, req messages.VerifyRequest) (message
 	if len(sel) == 0 {
 		return messages.Report{}, "", messages.Errorf(messages.CodeNotFound, "no nodes enrolled yet")
 	}
-	timeout := "20s"
+	timeout := messages.DefaultVerifyTimeout.String()
 	if req.Timeout != "" {
 		timeout = req.Timeout
 	}
@@ -172,7 +194,7 @@ func (v *verifier) run(ctx context.Context, req messages.VerifyRequest) (message
 	var tasks []issued
 	var missing []report.Unavailable
 	if layers, ok := wantScope(req.Layers, report.NodeScopedLayers); ok {
-		args, _ := json.Marshal(map[string]any{"scope": "node", "layers": nonEmpty(req.Layers)})
+		args := messages.MustEncode(&messages.VerifyArgs{V: messages.Version, Scope: messages.ScopeNode, Layers: nonEmpty(req.Layers)})
 		rep, err := v.c.disp.issueTo(ctx, messages.RunRequest{Kind: "verify", Target: "verify:node", Args: args, Timeout: timeout, SkipOffline: true}, nodes, states)
 		if err != nil {
 			return messages.Report{}, "", fmt.Errorf("verify: issue node checks: %w", err)
@@ -193,7 +215,7 @@ func (v *verifier) run(ctx context.Context, req messages.VerifyRequest) (message
 			}
 		}
 		if len(agents) > 0 {
-			args, _ := json.Marshal(map[string]any{"scope": "cluster", "layers": nonEmpty(req.Layers)})
+			args := messages.MustEncode(&messages.VerifyArgs{V: messages.Version, Scope: messages.ScopeCluster, Layers: nonEmpty(req.Layers)})
 			st := map[string]string{}
 			for _, a := range agents {
 				st[a] = messages.StateOnline
@@ -217,11 +239,9 @@ func (v *verifier) run(ctx context.Context, req messages.VerifyRequest) (message
 				run.Reason = "rejected: " + string(r.Output)
 			}
 			if r.Outcome != messages.OutcomeUnknown {
-				var out struct {
-					Checks []messages.CheckResult `json:"checks"`
-				}
-				if err := json.Unmarshal(r.Output, &out); err != nil || out.Checks == nil {
-					run.Outcome, run.Reason = messages.OutcomeUnknown, fmt.Sprintf("unreadable verify output: %s", truncate(string(r.Output), 200))
+				out, err := messages.Decode[messages.VerifyOutput](r.Output, v.c.opts.MaxMessageBytes)
+				if err != nil {
+					run.Outcome, run.Reason = messages.OutcomeUnknown, fmt.Sprintf("unreadable verify output: %s", truncate(err.Error(), 200))
 				}
 				run.Checks = out.Checks
 			}
@@ -279,7 +299,9 @@ func (v *verifier) store(ctx context.Context, rep messages.Report) (string, erro
 func (v *verifier) record(rep messages.Report, id string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.lastID = id
+	if id > v.lastID { // a sweep and an operator's verification may finish out of order
+		v.lastID = id
+	}
 	for _, n := range rep.Nodes {
 		m := v.last[n.Name]
 		if m == nil {
@@ -444,8 +466,8 @@ func (v *verifier) sweeps(stop <-chan struct{}, every time.Duration, perLayer ma
 			if len(due) == len(layers) {
 				due = nil // all of them, custom layers included
 			}
-			ctx, cancel := context.WithTimeout(base, 5*time.Minute)
-			rep, id, err := v.run(ctx, messages.VerifyRequest{V: messages.Version, Layers: due})
+			ctx, cancel := context.WithTimeout(base, sweepTimeout)
+			rep, id, err := v.sweep(ctx, messages.VerifyRequest{V: messages.Version, Layers: due})
 			cancel()
 			if err != nil {
 				if base.Err() == nil {

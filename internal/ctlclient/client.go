@@ -13,7 +13,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/guildnet/metaguildnet/diagnostics"
 	"github.com/guildnet/metaguildnet/internal/runinfo"
 	"github.com/guildnet/metaguildnet/messages"
 )
@@ -193,13 +192,13 @@ func (c *Client) GetReport(ctx context.Context, id string) (messages.Report, err
 }
 
 // Diagnose runs a diagnosis and returns its stored result.
-func (c *Client) Diagnose(ctx context.Context, req messages.DiagnoseRequest) (diagnostics.Result, error) {
+func (c *Client) Diagnose(ctx context.Context, req messages.DiagnoseRequest) (messages.DiagnoseResult, error) {
 	req.V = messages.Version
 	rep, err := call[messages.DiagnoseReply](ctx, c, messages.APIDiagnose, &req)
 	if err != nil {
-		return diagnostics.Result{}, err
+		return messages.DiagnoseResult{}, err
 	}
-	var res diagnostics.Result
+	var res messages.DiagnoseResult
 	err = c.getObject(ctx, messages.DiagnosesBucket, rep.ResultID, &res)
 	return res, err
 }

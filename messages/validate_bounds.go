@@ -2,26 +2,7 @@ package messages
 
 import "fmt"
 
-// Bounds on what a node may send. Anything a node sends is untrusted: every
-// field has a limit here, checked by Validate, so that one node cannot grow
-// the controller's memory, its stored records or the replies that list the
-// fleet (a status page carries every node's facts).
-const (
-	// MaxFactString bounds each string fact (hostname, os, kernel, ...).
-	MaxFactString = 255
-	// MaxFactAddresses bounds Facts.Addresses and Facts.TailnetIPs, and
-	// MaxAddressLen each of their entries (an IPv6 address with a prefix
-	// and a zone fits).
-	MaxFactAddresses = 64
-	MaxAddressLen    = 64
-	// MaxRunning bounds Heartbeat.Running.
-	MaxRunning = 256
-	// MaxReasonLen bounds Result.Reason.
-	MaxReasonLen = 1024
-	// MaxNodeRowBytes is about the largest a node's row in the fleet view
-	// can be when every bound above is used; status pages are sized by it.
-	MaxNodeRowBytes = 24 << 10
-)
+// Bounds on what a node may send are defined in limits.go.
 
 // boundedString refuses s when longer than max, naming field.
 func boundedString(field, s string, max int) error {

@@ -1,0 +1,45 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/guildnet/metaguildnet/internal/cli"
+)
+
+// A limit that cannot work stops `controller serve` before it starts
+// anything: exit 2, and the message names the flag and says why.
+func TestServeRefusesLimitsThatCannotWork(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--offline-after", "2"}, "--offline-after 2: must be at least 3: a node is stale after 2 missed heartbeats"},
+		{[]string{"--offline-after", "-1"}, "--offline-after -1: must be at least 3"},
+		{[]string{"--heartbeat-interval", "-5s"}, "--heartbeat-interval -5s: must be at least 10ms"},
+		{[]string{"--max-message-bytes", "100"}, "--max-message-bytes 100: must be between 4096"},
+		{[]string{"--max-message-bytes", "1000000000"}, "--max-message-bytes 1000000000: must be between"},
+		{[]string{"--retention", "-1h"}, "--retention -1h0m0s: must be positive"},
+		{[]string{"--sweep-layer-interval", "host=-1s"}, "--sweep-layer-interval host=-1s: must be positive"},
+		{[]string{"--sweep-layer-interval", "Host=1s"}, `"Host" is not a layer name`},
+	} {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "data")
+			root := newRoot()
+			root.SetArgs(append([]string{"serve", "--data-dir", dir, "--listen", "127.0.0.1:0", "--http", ""}, tt.args...))
+			var stderr bytes.Buffer
+			if code := cli.Execute(root, &stderr); code != cli.ExitUsage {
+				t.Fatalf("exit %d, want %d; stderr %q", code, cli.ExitUsage, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), tt.want) {
+				t.Fatalf("stderr %q, want it to contain %q", stderr.String(), tt.want)
+			}
+			if _, err := os.Stat(dir); !os.IsNotExist(err) {
+				t.Errorf("the data dir was created (%v): serve started before refusing", err)
+			}
+		})
+	}
+}

@@ -1,0 +1,112 @@
+package messages
+
+import (
+	"fmt"
+	"regexp"
+)
+
+// Payloads of the verify task (kind "verify"): the arguments the controller
+// sends in Task.Args and the output an agent returns in Result.Output.
+
+// Verify scopes: where a check runs.
+const (
+	ScopeAll     = "all"     // both scopes (the default)
+	ScopeNode    = "node"    // on every node (network, host)
+	ScopeCluster = "cluster" // once per cluster on one agent (cluster, database, application)
+)
+
+// VerifyArgs are the arguments of the verify task. V may be left out by an
+// operator typing them for `controller run` (it then means Version); the
+// controller always sets it.
+type VerifyArgs struct {
+	V int `json:"v,omitempty"`
+	// Layers to verify; empty means all.
+	Layers []string `json:"layers,omitempty"`
+	// Scope is node, cluster or all (the default, also ""). The controller
+	// sends cluster-scoped checks to one agent per cluster and node-scoped
+	// ones to every node.
+	Scope string `json:"scope,omitempty"`
+	// Checks names checks to run (their dependencies run too); empty means
+	// all that Layers and Scope select.
+	Checks []string `json:"checks,omitempty"`
+}
+
+// VerifyOutput is the verify task's output: one result per check run.
+type VerifyOutput struct {
+	V      int           `json:"v"`
+	Checks []CheckResult `json:"checks"`
+}
+
+// checkNameRE is the form of check and layer names.
+var checkNameRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)
+
+// ValidCheckName reports whether s may be a check or layer name:
+// lower_snake_case, 1 to 63 characters.
+func ValidCheckName(s string) bool { return checkNameRE.MatchString(s) }
+
+// checkArgsVersion accepts a task argument's version: Version, or 0 for
+// arguments an operator wrote without one.
+func checkArgsVersion(v int) error {
+	if v == 0 {
+		return nil
+	}
+	return checkVersion(v)
+}
+
+func (a *VerifyArgs) Validate() error {
+	if err := checkArgsVersion(a.V); err != nil {
+		return err
+	}
+	switch a.Scope {
+	case "", ScopeAll, ScopeNode, ScopeCluster:
+	default:
+		return fmt.Errorf("scope: %q is not node, cluster or all", a.Scope)
+	}
+	if err := validNames("layers", "a layer name", a.Layers); err != nil {
+		return err
+	}
+	return validNames("checks", "a check name", a.Checks)
+}
+
+func validNames(field, what string, names []string) error {
+	if len(names) > maxListItems {
+		return fmt.Errorf("%s: %d names, at most %d", field, len(names), maxListItems)
+	}
+	for _, n := range names {
+		if !ValidCheckName(n) {
+			return fmt.Errorf("%s: %q is not %s", field, n, what)
+		}
+	}
+	return nil
+}
+
+func (o *VerifyOutput) Validate() error {
+	if err := checkVersion(o.V); err != nil {
+		return err
+	}
+	if o.Checks == nil {
+		return fmt.Errorf("checks: missing")
+	}
+	for i := range o.Checks {
+		if err := o.Checks[i].validate(); err != nil {
+			return fmt.Errorf("checks[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// validate checks one check result as an agent reports it.
+func (c *CheckResult) validate() error {
+	if c.Name == "" || len(c.Name) > MaxNameLen {
+		return fmt.Errorf("name: want 1 to %d characters, got %q", MaxNameLen, c.Name)
+	}
+	switch c.Status {
+	case CheckPass, CheckWarn, CheckFail, CheckSkipped, CheckUnknown:
+	default:
+		return fmt.Errorf("status: %q is not one of pass, warn, fail, skipped, unknown", c.Status)
+	}
+	if c.DurationMS < 0 {
+		return fmt.Errorf("duration_ms: negative")
+	}
+	return nil
+}
