@@ -9,9 +9,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/guildnet/metaguildnet/checks"
 	"github.com/guildnet/metaguildnet/diagnostics/collect"
 	"github.com/guildnet/metaguildnet/diagnostics/diagtest"
 	"github.com/guildnet/metaguildnet/diagnostics/rules"
+	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/messages"
 )
 
@@ -20,7 +22,7 @@ import (
 func diagnoseNode(t testing.TB) (diagtest.Node, *Env) {
 	p := diagtest.New(t)
 	t.Chdir(p.WorkDir)
-	settings := Settings{}
+	settings := config.Settings{}
 	for k, v := range p.Settings {
 		settings[k] = v
 	}
@@ -198,7 +200,7 @@ func TestDiagnoseRulesKnowEveryCheck(t *testing.T) {
 		}
 	}
 	seen := map[string]bool{}
-	for _, c := range BuiltinChecks() {
+	for _, c := range checks.BuiltinChecks() {
 		seen[c.Name] = true
 		if layer, ok := known[c.Name]; !ok {
 			t.Errorf("check %s (layer %s) is unknown to diagnostics/rules.KnownChecks", c.Name, c.Layer)

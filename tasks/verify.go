@@ -10,35 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/guildnet/metaguildnet/checks"
 	"github.com/guildnet/metaguildnet/messages"
 )
-
-// BuiltinChecks returns every built-in check, in report order: network,
-// host, cluster (Kubernetes, then Talos), database, application.
-func BuiltinChecks() []Check {
-	return slices.Concat(NetworkChecks(), HostChecks(), ClusterChecks(), TalosChecks(), DatabaseChecks(), ApplicationChecks())
-}
-
-// Catalog returns the checks this agent knows: the built-in ones plus those
-// of the custom check file in setting METAGN_CUSTOM_CHECKS, validated as a
-// whole. On an error in the custom file it returns the built-in checks
-// with the error, so verification goes on without them.
-func Catalog(s Settings) ([]Check, error) {
-	builtin := BuiltinChecks()
-	path := s.Get("METAGN_CUSTOM_CHECKS", "")
-	if path == "" {
-		return builtin, nil
-	}
-	custom, err := LoadCustomChecks(path)
-	if err != nil {
-		return builtin, err
-	}
-	all := slices.Concat(builtin, custom)
-	if err := ValidateChecks(all); err != nil {
-		return builtin, err
-	}
-	return all, nil
-}
 
 // VerifyArgs are the arguments of the verify task.
 type VerifyArgs struct {
@@ -67,8 +41,8 @@ type Verify struct {
 	// Tailscale is the LocalAPI the network checks ask; nil means tailscaled
 	// at setting TS_SOCKET. An agent that is a tsnet node sets its
 	// LocalClient here.
-	Tailscale LocalAPI
-	// Parallel bounds the checks run at once (0: DefaultCheckParallelism).
+	Tailscale checks.LocalAPI
+	// Parallel bounds the checks run at once (0: checks.DefaultCheckParallelism).
 	Parallel int
 }
 
@@ -82,16 +56,16 @@ func (v Verify) Run(ctx context.Context, env *Env, raw json.RawMessage) (Output,
 	if env == nil {
 		env = &Env{}
 	}
-	catalog, catErr := Catalog(env.Settings)
+	catalog, catErr := checks.Catalog(env.Settings)
 	if catErr != nil && args.Checks != nil {
 		// A named check may be a custom one that failed to load.
 		for _, n := range args.Checks {
-			if !slices.ContainsFunc(catalog, func(c Check) bool { return c.Name == n }) {
+			if !slices.ContainsFunc(catalog, func(c checks.Check) bool { return c.Name == n }) {
 				return Output{}, BadArgs("check %q: unknown (the custom check file failed to load: %v)", n, catErr)
 			}
 		}
 	}
-	checks, err := Select(catalog, Selection{Layers: args.Layers, Scope: Scope(args.Scope), Names: args.Checks})
+	selected, err := checks.Select(catalog, checks.Selection{Layers: args.Layers, Scope: checks.Scope(args.Scope), Names: args.Checks})
 	if err != nil {
 		return Output{}, BadArgs("%v", err)
 	}
@@ -104,13 +78,13 @@ func (v Verify) Run(ctx context.Context, env *Env, raw json.RawMessage) (Output,
 		runCtx, cancel = context.WithDeadlineCause(ctx, dl.Add(-margin), errors.New("the verify task's deadline is near"))
 		defer cancel()
 	}
-	results := RunChecks(runCtx, env, checks, RunOptions{Parallel: v.Parallel, Tailscale: v.Tailscale})
-	if catErr != nil && args.Scope != string(ScopeCluster) {
+	results := checks.RunChecks(runCtx, env.checkEnv(), selected, checks.RunOptions{Parallel: v.Parallel, Tailscale: v.Tailscale})
+	if catErr != nil && args.Scope != string(checks.ScopeCluster) {
 		results = append(results, messages.CheckResult{
 			Name:    CustomChecksFileCheck,
 			Layer:   "custom",
 			Status:  messages.CheckFail,
-			Message: truncate(catErr.Error(), MaxCheckMessageBytes),
+			Message: checks.Truncate(catErr.Error(), checks.MaxCheckMessageBytes),
 			Node:    env.Node,
 			Cluster: env.Cluster,
 		})
@@ -118,9 +92,14 @@ func (v Verify) Run(ctx context.Context, env *Env, raw json.RawMessage) (Output,
 	if results == nil {
 		results = []messages.CheckResult{}
 	}
-	out := Output{Outcome: Worst(results), Data: VerifyOutput{Checks: results}}
-	out.Reason = summarize(results, len(checks) == 0)
+	out := Output{Outcome: checks.Worst(results), Data: VerifyOutput{Checks: results}}
+	out.Reason = summarize(results, len(selected) == 0)
 	return out, nil
+}
+
+// checkEnv is what the checks may know of env.
+func (e *Env) checkEnv() *checks.Env {
+	return &checks.Env{Node: e.Node, Cluster: e.Cluster, Role: e.Role, Version: e.Version, Log: e.Log, Settings: e.Settings}
 }
 
 func decodeVerifyArgs(raw json.RawMessage) (VerifyArgs, error) {
@@ -132,18 +111,18 @@ func decodeVerifyArgs(raw json.RawMessage) (VerifyArgs, error) {
 			return a, BadArgs("verify: %v", err)
 		}
 	}
-	switch Scope(a.Scope) {
-	case "", "all", ScopeNode, ScopeCluster:
+	switch checks.Scope(a.Scope) {
+	case "", "all", checks.ScopeNode, checks.ScopeCluster:
 	default:
 		return a, BadArgs("verify: scope: %q is not node, cluster or all", a.Scope)
 	}
 	for _, l := range a.Layers {
-		if !ValidName(l) {
+		if !checks.ValidName(l) {
 			return a, BadArgs("verify: layers: %q is not a layer name", l)
 		}
 	}
 	for _, c := range a.Checks {
-		if !ValidName(c) {
+		if !checks.ValidName(c) {
 			return a, BadArgs("verify: checks: %q is not a check name", c)
 		}
 	}
@@ -173,5 +152,5 @@ func summarize(results []messages.CheckResult, none bool) string {
 	if skipped > 0 {
 		s += fmt.Sprintf("; %d skipped", skipped)
 	}
-	return truncate(s, MaxCheckMessageBytes)
+	return checks.Truncate(s, checks.MaxCheckMessageBytes)
 }

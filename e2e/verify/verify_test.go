@@ -22,6 +22,7 @@ import (
 	"github.com/guildnet/metaguildnet/diagnostics"
 	"github.com/guildnet/metaguildnet/diagnostics/bundle"
 	"github.com/guildnet/metaguildnet/internal/agent"
+	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/internal/controller"
 	"github.com/guildnet/metaguildnet/internal/ctlclient"
 	"github.com/guildnet/metaguildnet/internal/testenv"
@@ -195,7 +196,7 @@ func (w *world) startAgent(name, cluster, role string, extra map[string]string) 
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	settings := tasks.Settings{}
+	settings := config.Settings{}
 	for k, v := range w.settings {
 		settings[k] = v
 	}

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/guildnet/metaguildnet/internal/agent"
+	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/internal/ctlclient"
 	"github.com/guildnet/metaguildnet/internal/testenv"
 	"github.com/guildnet/metaguildnet/internal/testenv/hostappstandin"
@@ -76,7 +77,7 @@ func worldBench(cli *ctlclient.Client, natsURL, token, work string, n, rounds in
 	ca := filepath.Join(work, "hostapp-ca.pem")
 	app.WriteCA(ca)
 	up := time.Since(t0)
-	settings := tasks.Settings{"KUBECONFIG": kube.KubeconfigPath(), "RETHINKDB_ADDR": rdb.Addr(), "METAGN_RDB_DATABASES": "guildnet",
+	settings := config.Settings{"KUBECONFIG": kube.KubeconfigPath(), "RETHINKDB_ADDR": rdb.Addr(), "METAGN_RDB_DATABASES": "guildnet",
 		"HOSTAPP_URL": app.URL(), "METAGN_HOSTAPP_CA": ca, "TS_SOCKET": filepath.Join(work, "no-tailscaled.sock")}
 	var cancels []context.CancelFunc
 	for i := 0; i < n; i++ {

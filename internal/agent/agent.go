@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nkeys"
 	"go.uber.org/zap"
 
+	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/messages"
 	"github.com/guildnet/metaguildnet/tasks"
 )
@@ -35,7 +36,7 @@ type Config struct {
 	Role          string
 	Labels        map[string]string
 	StateDir      string
-	Settings      tasks.Settings
+	Settings      config.Settings
 	Tasks         *tasks.Registry // default tasks.Builtin()
 	Version       string
 	Log           *zap.Logger

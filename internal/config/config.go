@@ -160,10 +160,24 @@ func splitList(s string) []string {
 	return out
 }
 
+// Settings is a read-only view of configuration values by their
+// environment name (KUBECONFIG, TS_ROUTES, RETHINKDB_ADDR, ...), after
+// layering of flags, environment, .env.local and .env. Tasks, checks and
+// collectors read their settings from it.
+type Settings map[string]string
+
+// Get returns the value for key, or def when it is unset or empty.
+func (s Settings) Get(key, def string) string {
+	if v, ok := s[key]; ok && v != "" {
+		return v
+	}
+	return def
+}
+
 // Settings flattens v to plain strings, for tasks that read their settings
 // by name (KUBECONFIG, TS_ROUTES, ...).
-func (v Values) Settings() map[string]string {
-	m := make(map[string]string, len(v))
+func (v Values) Settings() Settings {
+	m := make(Settings, len(v))
 	for k, val := range v {
 		m[k] = val.Val
 	}

@@ -1,4 +1,4 @@
-package tasks
+package checks
 
 // L1 network checks, node-scoped: everything about the tailnet is asked of
 // tailscaled's LocalAPI (never by parsing CLI text), through [LocalAPI] so
@@ -308,7 +308,7 @@ func httpGet(ctx context.Context, client *http.Client, url string, maxBody int64
 // firstLine is the first line of a body, bounded, for a message.
 func firstLine(b []byte) string {
 	s, _, _ := strings.Cut(string(b), "\n")
-	return truncate(strings.TrimSpace(s), 200)
+	return Truncate(strings.TrimSpace(s), 200)
 }
 
 // ms is a duration in milliseconds with microsecond precision, for

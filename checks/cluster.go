@@ -1,4 +1,4 @@
-package tasks
+package checks
 
 // L2 cluster checks, cluster-scoped, with client-go. Objects are read as
 // unstructured through the dynamic client (no typed clientset: it would
@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/messages"
 )
 
@@ -72,7 +73,7 @@ func (cx *CheckEnv) Kube() (*kubeClient, error) {
 
 // KubeconfigPaths returns the kubeconfig files the checks load, by the
 // rule above; nil means in-cluster.
-func KubeconfigPaths(s Settings) []string {
+func KubeconfigPaths(s config.Settings) []string {
 	if v := s.Get("KUBECONFIG", ""); v != "" {
 		return filepath.SplitList(v)
 	}

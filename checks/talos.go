@@ -1,4 +1,4 @@
-package tasks
+package checks
 
 // L2 Talos checks, cluster-scoped, through the talos machinery client (mTLS
 // gRPC to apid on :50000). They look only when setting TALOSCONFIG names a

@@ -1,4 +1,4 @@
-package tasks
+package checks
 
 import (
 	"context"
@@ -25,6 +25,29 @@ func byName(results []messages.CheckResult) map[string]messages.CheckResult {
 		m[r.Name] = r
 	}
 	return m
+}
+
+// runArgs runs what a verify task with these JSON arguments runs: the
+// catalog of env's settings, selected by layers, scope and checks.
+func runArgs(ctx context.Context, t testing.TB, env *Env, args string, opts RunOptions) []messages.CheckResult {
+	t.Helper()
+	var a struct {
+		Layers []string `json:"layers"`
+		Scope  Scope    `json:"scope"`
+		Checks []string `json:"checks"`
+	}
+	if err := json.Unmarshal([]byte(args), &a); err != nil {
+		t.Fatalf("arguments %s: %v", args, err)
+	}
+	catalog, err := Catalog(env.Settings)
+	if err != nil {
+		t.Fatalf("catalog: %v", err)
+	}
+	sel, err := Select(catalog, Selection{Layers: a.Layers, Scope: a.Scope, Names: a.Checks})
+	if err != nil {
+		t.Fatalf("select %s: %v", args, err)
+	}
+	return RunChecks(ctx, env, sel, opts)
 }
 
 func ck(name string, deps []string, run func(context.Context, *CheckEnv) Result) Check {

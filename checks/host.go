@@ -1,4 +1,4 @@
-package tasks
+package checks
 
 // Host checks, node-scoped: CPU, memory and disk pressure from /proc and
 // statfs against thresholds (warn above 85 %, fail above 95 % by default).

@@ -1,12 +1,19 @@
-package tasks
-
-// The check framework: a verification check is a name, a layer, a scope, a
-// timeout, the checks it depends on and a function that looks at one thing.
-// [RunChecks] runs a set of them in dependency order, independent ones in
-// parallel, each under its own deadline, and turns a check whose dependency
-// did not pass into "skipped" with blocked_by naming the root cause, so a
-// report shows one failure rather than a dozen symptoms (the shape of
-// tailscale's health Warnables with DependsOn).
+// Package checks is the verification check framework and its check
+// families: it decides whether one node or cluster is healthy, one small
+// look at a time.
+//
+// A check is a name, a layer, a scope, a timeout, the checks it depends on
+// and a function that looks at one thing. [RunChecks] runs a set of them in
+// dependency order, independent ones in parallel, each under its own
+// deadline, and turns a check whose dependency did not pass into "skipped"
+// with blocked_by naming the root cause, so a report shows one failure
+// rather than a dozen symptoms (the shape of tailscale's health Warnables
+// with DependsOn). Each family lives whole in its own file (network.go,
+// host.go, cluster.go, talos.go, database.go, application.go, custom.go)
+// and builds the clients it needs from the generic settings with
+// [LazyClient]; [BuiltinChecks] lists them and [Catalog] adds the custom
+// ones. The verify task in package tasks is what runs them on an agent.
+package checks
 
 import (
 	"context"
@@ -24,8 +31,21 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/messages"
 )
+
+// Env is what a check may know about the node it runs on.
+type Env struct {
+	Node    string
+	Cluster string
+	Role    string
+	Version string // agent version
+	Log     *zap.Logger
+	// Settings are the agent's configuration values by their environment
+	// name (KUBECONFIG, TS_ROUTES, RETHINKDB_ADDR, ...).
+	Settings config.Settings
+}
 
 // Scope says where a check runs: on every node, or once per cluster on one
 // agent chosen by the controller.
@@ -437,7 +457,7 @@ func finish(env *Env, c *Check, r Result, d time.Duration) messages.CheckResult 
 		Status:     r.Status,
 		Passed:     r.Status == messages.CheckPass || r.Status == messages.CheckWarn,
 		DurationMS: d.Milliseconds(),
-		Message:    truncate(msg, MaxCheckMessageBytes),
+		Message:    Truncate(msg, MaxCheckMessageBytes),
 		Observed:   boundedJSON(r.Observed),
 		Threshold:  boundedJSON(r.Threshold),
 	}
@@ -447,7 +467,9 @@ func finish(env *Env, c *Check, r Result, d time.Duration) messages.CheckResult 
 	return out
 }
 
-func truncate(s string, max int) string {
+// Truncate shortens s to at most max bytes, ending in "…" when cut, without
+// splitting a UTF-8 sequence.
+func Truncate(s string, max int) string {
 	if len(s) <= max {
 		return s
 	}

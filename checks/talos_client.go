@@ -1,4 +1,4 @@
-package tasks
+package checks
 
 // The Talos checks' implementation, through the real talos machinery
 // client. The client's package initialisation touches ~9 MiB of the binary;

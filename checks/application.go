@@ -1,4 +1,4 @@
-package tasks
+package checks
 
 // L4 application checks, cluster-scoped: the GuildNet host app (TLS on
 // LISTEN_LOCAL), the workspace operator and the Workspaces it reconciles,
@@ -20,6 +20,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/messages"
 )
 
@@ -79,7 +80,7 @@ type hostApp struct {
 
 // HostAppURL is the host app's base URL: HOSTAPP_URL, else https:// and
 // LISTEN_LOCAL, else https://127.0.0.1:8090.
-func HostAppURL(s Settings) string {
+func HostAppURL(s config.Settings) string {
 	if u := s.Get("HOSTAPP_URL", ""); u != "" {
 		return strings.TrimRight(u, "/")
 	}
@@ -163,7 +164,7 @@ func checkHostAppHealthz(ctx context.Context, cx *CheckEnv) Result {
 	case resp.Code != http.StatusOK:
 		return Fail("GET %s answered %d %s: %s", u, resp.Code, http.StatusText(resp.Code), firstLine(resp.Body)).With(obs, thr)
 	case body != "ok":
-		return Fail("GET %s answered 200 with %q, want \"ok\"", u, truncate(body, 100)).With(obs, thr)
+		return Fail("GET %s answered 200 with %q, want \"ok\"", u, Truncate(body, 100)).With(obs, thr)
 	case resp.Latency > limit:
 		return Fail("GET %s answered ok after %s, limit %s", u, resp.Latency.Round(time.Millisecond), limit).With(obs, thr)
 	}
@@ -291,7 +292,7 @@ func checkWorkspacesSettled(ctx context.Context, cx *CheckEnv, k *kubeClient) Re
 		age := now.Sub(workspaceSince(w, phase))
 		d := fmt.Sprintf("%s %s for %s", qualified(w.GetNamespace(), w.GetName()), phase, age.Round(time.Second))
 		if e := nestedString(w.Object, "status", "lastError"); e != "" {
-			d += " (" + truncate(e, 120) + ")"
+			d += " (" + Truncate(e, 120) + ")"
 		}
 		if age > max {
 			stuck = append(stuck, d)

@@ -1,4 +1,4 @@
-package tasks
+package checks
 
 // L3 database checks, cluster-scoped: RethinkDB found the way GuildNet
 // finds it, then dialled, queried and its databases listed. The chain is
