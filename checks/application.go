@@ -94,22 +94,26 @@ func HostAppURL(s config.Settings) string {
 // in METAGN_HOSTAPP_CA, or no verification with METAGN_HOSTAPP_INSECURE,
 // else the system's roots.
 func hostAppClient(cx *CheckEnv) (*hostApp, error) {
-	if h, ok := Value[*hostApp](cx, hostAppClientKey); ok {
-		return h, nil
-	}
+	h, _, err := LazyClient(cx, hostAppClientKey, func() (*hostApp, func(), error) {
+		return newHostAppClient(cx)
+	})
+	return h, err
+}
+
+func newHostAppClient(cx *CheckEnv) (*hostApp, func(), error) {
 	base := HostAppURL(cx.Settings)
 	if u, err := url.Parse(base); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return nil, fmt.Errorf("host app URL %q is not an http(s) URL", base)
+		return nil, nil, fmt.Errorf("host app URL %q is not an http(s) URL", base)
 	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
 	if ca := cx.Setting("METAGN_HOSTAPP_CA", ""); ca != "" {
 		pem, err := os.ReadFile(ca)
 		if err != nil {
-			return nil, fmt.Errorf("setting METAGN_HOSTAPP_CA: %w", err)
+			return nil, nil, fmt.Errorf("setting METAGN_HOSTAPP_CA: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("setting METAGN_HOSTAPP_CA: %s holds no PEM certificate", ca)
+			return nil, nil, fmt.Errorf("setting METAGN_HOSTAPP_CA: %s holds no PEM certificate", ca)
 		}
 		tc.RootCAs = pool
 	}
@@ -122,9 +126,7 @@ func hostAppClient(cx *CheckEnv) (*hostApp, error) {
 		// The proxy may redirect; a redirect is an answer.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}}
-	cx.Put(hostAppClientKey, h)
-	cx.OnClose(tr.CloseIdleConnections)
-	return h, nil
+	return h, tr.CloseIdleConnections, nil
 }
 
 // tlsHint adds advice to a certificate error.

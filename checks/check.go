@@ -293,11 +293,11 @@ type RunOptions struct {
 	// Parallel bounds how many checks run at once; zero means
 	// DefaultCheckParallelism.
 	Parallel int
-	// Tailscale is the LocalAPI client the network checks use; nil means a
-	// client of the tailscaled socket in setting TS_SOCKET (or the
-	// platform's default socket). An agent that is itself a tsnet node
-	// passes its tsnet.Server's LocalClient here.
-	Tailscale LocalAPI
+	// Clients are clients the caller already holds, by the key their check
+	// family reads them under with [LazyClient] (e.g. [TailscaleClientKey]);
+	// nil values are ignored. A family builds what is not given here from
+	// the settings.
+	Clients map[string]any
 }
 
 // RunChecks runs checks (which must pass [ValidateChecks]; [Select] output
@@ -312,7 +312,7 @@ func RunChecks(ctx context.Context, env *Env, checks []Check, opts RunOptions) [
 	if parallel <= 0 {
 		parallel = DefaultCheckParallelism
 	}
-	cx := newCheckEnv(env, opts.Tailscale)
+	cx := newCheckEnv(env, opts.Clients)
 	defer cx.close()
 
 	index := make(map[string]int, len(checks))
@@ -527,28 +527,73 @@ func errText(ctx context.Context, err error) string {
 }
 
 // CheckEnv is what a check sees: the node's [Env] plus what the checks of
-// one run share: clients built on first use (the Kubernetes client, the
-// tailscaled LocalAPI) and values one check finds for the checks that depend
-// on it (the RethinkDB address). Nothing is built before a check asks for
-// it and everything is dropped when the run ends, so an idle agent holds
-// none of it.
+// one run share: clients built on first use by their family's
+// [LazyClient] (the Kubernetes client, the tailscaled LocalAPI, ...) and
+// values one check finds for the checks that depend on it (the RethinkDB
+// address). It knows no family: each keeps its clients under its own keys.
+// Nothing is built before a check asks for it and everything is dropped
+// when the run ends, so an idle agent holds none of it.
 type CheckEnv struct {
 	*Env
 
-	tailscale LocalAPI
-
 	mu      sync.Mutex
 	values  map[string]any
-	kube    *kubeClient
-	kubeErr error
+	clients map[string]*lazyClient
 	closers []func()
 }
 
-func newCheckEnv(env *Env, ts LocalAPI) *CheckEnv {
+// lazyClient is one client of a run, built once.
+type lazyClient struct {
+	once  sync.Once
+	v     any
+	err   error
+	given bool // passed in RunOptions.Clients rather than built
+}
+
+func newCheckEnv(env *Env, given map[string]any) *CheckEnv {
 	if env == nil {
 		env = &Env{}
 	}
-	return &CheckEnv{Env: env, tailscale: ts, values: map[string]any{}}
+	cx := &CheckEnv{Env: env, values: map[string]any{}, clients: map[string]*lazyClient{}}
+	for k, v := range given {
+		if v == nil {
+			continue
+		}
+		l := &lazyClient{given: true}
+		l.once.Do(func() { l.v = v })
+		cx.clients[k] = l
+	}
+	return cx
+}
+
+// LazyClient returns the run's client under key: the one the caller gave in
+// [RunOptions.Clients], else the one build made on the first call of the
+// run (concurrent callers wait for that one build; its error is kept too).
+// The func build returns, when not nil, runs when the run ends. given
+// reports whether the client came from the caller, for messages.
+func LazyClient[T any](cx *CheckEnv, key string, build func() (T, func(), error)) (client T, given bool, err error) {
+	cx.mu.Lock()
+	l, ok := cx.clients[key]
+	if !ok {
+		l = &lazyClient{}
+		cx.clients[key] = l
+	}
+	cx.mu.Unlock()
+	l.once.Do(func() {
+		v, closer, err := build()
+		l.v, l.err = v, err
+		if closer != nil {
+			cx.OnClose(closer)
+		}
+	})
+	if l.err != nil {
+		return client, l.given, l.err
+	}
+	client, ok = l.v.(T)
+	if !ok {
+		return client, l.given, fmt.Errorf("client %s: holds a %T, the check wants a %T", key, l.v, client)
+	}
+	return client, l.given, nil
 }
 
 // Setting returns a setting, or def when it is unset or empty.

@@ -55,21 +55,21 @@ type kubeClient struct {
 	Dyn     dynamic.Interface
 }
 
-// Kube returns the run's Kubernetes client, building it on first use from
+// kube returns the run's Kubernetes client, building it on first use from
 // setting KUBECONFIG (a path list), else ~/.guildnet/kubeconfig, else the
 // in-cluster service account.
-func (cx *CheckEnv) Kube() (*kubeClient, error) {
-	cx.mu.Lock()
-	defer cx.mu.Unlock()
-	if cx.kube == nil && cx.kubeErr == nil {
-		cx.kube, cx.kubeErr = newKubeClient(cx.Env)
-		if cx.kube != nil {
-			hc := cx.kube.HTTP
-			cx.closers = append(cx.closers, func() { hc.CloseIdleConnections() })
+func kube(cx *CheckEnv) (*kubeClient, error) {
+	k, _, err := LazyClient(cx, kubeClientKey, func() (*kubeClient, func(), error) {
+		k, err := newKubeClient(cx.Env)
+		if err != nil {
+			return nil, nil, err
 		}
-	}
-	return cx.kube, cx.kubeErr
+		return k, k.HTTP.CloseIdleConnections, nil
+	})
+	return k, err
 }
+
+const kubeClientKey = "kube.client"
 
 // KubeconfigPaths returns the kubeconfig files the checks load, by the
 // rule above; nil means in-cluster.
@@ -217,7 +217,7 @@ func nestedInt(o map[string]any, fields ...string) int64 {
 // kubeChecks need kube_api_ready; a kube client error fails them.
 func withKube(run func(ctx context.Context, cx *CheckEnv, k *kubeClient) Result) func(context.Context, *CheckEnv) Result {
 	return func(ctx context.Context, cx *CheckEnv) Result {
-		k, err := cx.Kube()
+		k, err := kube(cx)
 		if err != nil {
 			return Fail("Kubernetes client: %v", err)
 		}

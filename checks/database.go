@@ -119,7 +119,7 @@ func findRethinkDB(ctx context.Context, cx *CheckEnv) (RethinkDBAddress, error) 
 		}
 		return RethinkDBAddress{Address: addr, Source: "setting", Detail: "RETHINKDB_ADDR"}, nil
 	}
-	k, err := cx.Kube()
+	k, err := kube(cx)
 	if err != nil {
 		return RethinkDBAddress{}, fmt.Errorf("Kubernetes client: %w", err)
 	}

@@ -37,25 +37,27 @@ const DefaultTSRoutes = "10.0.0.0/24,10.96.0.0/12,10.244.0.0/16"
 
 const statusKey = "tailscale.status"
 
-// Tailscale returns the LocalAPI client of this run: the injected one, else
-// a client of the socket in setting TS_SOCKET (the platform's default when
-// unset).
-func (cx *CheckEnv) Tailscale() LocalAPI {
-	if cx.tailscale != nil {
-		return cx.tailscale
-	}
-	sock := cx.Setting("TS_SOCKET", "")
-	return &local.Client{Socket: sock, UseSocketOnly: sock != ""}
-}
+// TailscaleClientKey is the key of the LocalAPI the network checks use in
+// [RunOptions.Clients]. An agent that is itself a tsnet node passes its
+// tsnet.Server's LocalClient under it; without it the checks use a client
+// of the tailscaled socket in setting TS_SOCKET (the platform's default
+// when unset).
+const TailscaleClientKey = "tailscale.localapi"
 
-func (cx *CheckEnv) tailscaleWhere() string {
-	if cx.tailscale != nil {
-		return "the agent's tailnet LocalAPI"
+// tailscale returns the LocalAPI client of this run and says where it
+// talks to, for messages.
+func tailscale(cx *CheckEnv) (LocalAPI, string, error) {
+	sock := cx.Setting("TS_SOCKET", "")
+	lc, given, err := LazyClient(cx, TailscaleClientKey, func() (LocalAPI, func(), error) {
+		return &local.Client{Socket: sock, UseSocketOnly: sock != ""}, nil, nil
+	})
+	switch {
+	case given:
+		return lc, "the agent's tailnet LocalAPI", err
+	case sock != "":
+		return lc, "tailscaled socket " + sock, err
 	}
-	if s := cx.Setting("TS_SOCKET", ""); s != "" {
-		return "tailscaled socket " + s
-	}
-	return "tailscaled's default socket"
+	return lc, "tailscaled's default socket", err
 }
 
 // tailscaleStatus returns the status tailscaled_running fetched, or fetches
@@ -64,9 +66,13 @@ func tailscaleStatus(ctx context.Context, cx *CheckEnv) (*ipnstate.Status, error
 	if st, ok := Value[*ipnstate.Status](cx, statusKey); ok {
 		return st, nil
 	}
-	st, err := cx.Tailscale().StatusWithoutPeers(ctx)
+	lc, where, err := tailscale(cx)
 	if err != nil {
-		return nil, fmt.Errorf("status from %s: %s", cx.tailscaleWhere(), errText(ctx, err))
+		return nil, fmt.Errorf("LocalAPI client: %w", err)
+	}
+	st, err := lc.StatusWithoutPeers(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("status from %s: %s", where, errText(ctx, err))
 	}
 	cx.Put(statusKey, st)
 	return st, nil
@@ -178,7 +184,11 @@ func checkControllerReachable(ctx context.Context, cx *CheckEnv) Result {
 	if err != nil {
 		return Fail("setting METAGN_CONTROLLER_TAILNET_IP: %q is not an IP address", raw)
 	}
-	res, err := cx.Tailscale().Ping(ctx, ip, tailcfg.PingTSMP)
+	lc, _, err := tailscale(cx)
+	if err != nil {
+		return Fail("LocalAPI client: %v", err)
+	}
+	res, err := lc.Ping(ctx, ip, tailcfg.PingTSMP)
 	if err != nil {
 		return Fail("tailnet ping to controller %s: %s", ip, errText(ctx, err))
 	}

@@ -58,7 +58,7 @@ func TestNetworkChecksOnARealTailnet(t *testing.T) {
 		"TS_SOCKET":                    "/nonexistent/tailscaled.sock", // the injected client must be used
 	}}
 	verify := func() map[string]messages.CheckResult {
-		return byName(runArgs(ctx, t, env, `{"layers":["network"],"scope":"node"}`, RunOptions{Tailscale: lc}))
+		return byName(runArgs(ctx, t, env, `{"layers":["network"],"scope":"node"}`, RunOptions{Clients: map[string]any{TailscaleClientKey: lc}}))
 	}
 	// eventually polls verify until ok accepts the results, or fails with
 	// the last ones.

@@ -266,7 +266,7 @@ func TestLoginServerHealth(t *testing.T) {
 func TestRunChecksUsesInjectedLocalAPI(t *testing.T) {
 	api := startLocalAPI(t, runningStatus(), nil)
 	lc := localClientFor(api.Socket)
-	res := byName(runArgs(t.Context(), t, testEnv(map[string]string{"TS_SOCKET": "/nonexistent"}), `{"checks":["tailnet_connected"]}`, RunOptions{Tailscale: lc}))
+	res := byName(runArgs(t.Context(), t, testEnv(map[string]string{"TS_SOCKET": "/nonexistent"}), `{"checks":["tailnet_connected"]}`, RunOptions{Clients: map[string]any{TailscaleClientKey: lc}}))
 	if r := res["tailnet_connected"]; r.Status != messages.CheckPass {
 		t.Fatalf("tailnet_connected: %s %q", r.Status, r.Message)
 	}

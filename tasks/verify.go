@@ -78,7 +78,7 @@ func (v Verify) Run(ctx context.Context, env *Env, raw json.RawMessage) (Output,
 		runCtx, cancel = context.WithDeadlineCause(ctx, dl.Add(-margin), errors.New("the verify task's deadline is near"))
 		defer cancel()
 	}
-	results := checks.RunChecks(runCtx, env.checkEnv(), selected, checks.RunOptions{Parallel: v.Parallel, Tailscale: v.Tailscale})
+	results := checks.RunChecks(runCtx, env.checkEnv(), selected, checks.RunOptions{Parallel: v.Parallel, Clients: map[string]any{checks.TailscaleClientKey: v.Tailscale}})
 	if catErr != nil && args.Scope != string(checks.ScopeCluster) {
 		results = append(results, messages.CheckResult{
 			Name:    CustomChecksFileCheck,
