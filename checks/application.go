@@ -21,7 +21,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/guildnet/metaguildnet/internal/config"
-	"github.com/guildnet/metaguildnet/messages"
 )
 
 // Application defaults, as GuildNet has them.
@@ -38,38 +37,38 @@ const (
 
 // ApplicationChecks are the L4 checks.
 func ApplicationChecks() []Check {
-	return []Check{
+	return fromTable([]Check{
 		{
-			Name: "hostapp_healthz", Layer: messages.LayerApplication, Scope: ScopeCluster,
+			Name:        "hostapp_healthz",
 			Description: "the host app answers GET /healthz with \"ok\" within 1 s (TLS)",
 			Timeout:     5 * time.Second,
 			Run:         checkHostAppHealthz,
 		},
 		{
-			Name: "hostapp_api_health", Layer: messages.LayerApplication, Scope: ScopeCluster,
+			Name:        "hostapp_api_health",
 			Description: "the host app's /api/health reports every cluster ok",
-			Timeout:     5 * time.Second, DependsOn: []string{"hostapp_healthz"},
-			Run: checkHostAppAPIHealth,
+			Timeout:     5 * time.Second,
+			Run:         checkHostAppAPIHealth,
 		},
 		{
-			Name: "operator_available", Layer: messages.LayerApplication, Scope: ScopeCluster,
+			Name:        "operator_available",
 			Description: "Deployment guildnet-system/workspace-operator is available (unless embedded: GN_EMBED_OPERATOR=1)",
-			Timeout:     10 * time.Second, DependsOn: []string{"kube_api_ready"},
-			Run: withKube(checkOperatorAvailable),
+			Timeout:     10 * time.Second,
+			Run:         withKube(checkOperatorAvailable),
 		},
 		{
-			Name: "workspaces_settled", Layer: messages.LayerApplication, Scope: ScopeCluster,
+			Name:        "workspaces_settled",
 			Description: "no Workspace is Pending or Failed for longer than METAGN_WORKSPACE_PENDING_MAX",
-			Timeout:     10 * time.Second, DependsOn: []string{"operator_available", "guildnet_crds_established"},
-			Run: withKube(checkWorkspacesSettled),
+			Timeout:     10 * time.Second,
+			Run:         withKube(checkWorkspacesSettled),
 		},
 		{
-			Name: "proxy_answers", Layer: messages.LayerApplication, Scope: ScopeCluster,
+			Name:        "proxy_answers",
 			Description: "the host app's /proxy/server/{id}/ answers without a 5xx for a Running Workspace",
-			Timeout:     10 * time.Second, DependsOn: []string{"hostapp_healthz", "guildnet_crds_established"},
-			Run: withKube(checkProxyAnswers),
+			Timeout:     10 * time.Second,
+			Run:         withKube(checkProxyAnswers),
 		},
-	}
+	})
 }
 
 // hostApp is the host app's base URL and a client that trusts it.

@@ -1,8 +1,10 @@
 package checks
 
 import (
+	"fmt"
 	"slices"
 
+	"github.com/guildnet/metaguildnet/checks/meta"
 	"github.com/guildnet/metaguildnet/internal/config"
 )
 
@@ -10,6 +12,21 @@ import (
 // host, cluster (Kubernetes, then Talos), database, application.
 func BuiltinChecks() []Check {
 	return slices.Concat(NetworkChecks(), HostChecks(), ClusterChecks(), TalosChecks(), DatabaseChecks(), ApplicationChecks())
+}
+
+// fromTable completes a family's built-in checks with their name's row of
+// the one table of check metadata ([meta.Builtin]): layer, scope and
+// dependencies. A check missing from the table is a programming error,
+// caught by the package's tests.
+func fromTable(cs []Check) []Check {
+	for i := range cs {
+		m, ok := meta.Lookup(cs[i].Name)
+		if !ok {
+			panic(fmt.Sprintf("checks: built-in check %q is not in checks/meta's table", cs[i].Name))
+		}
+		cs[i].Layer, cs[i].Scope, cs[i].DependsOn = m.Layer, m.Scope, slices.Clone(m.DependsOn)
+	}
+	return cs
 }
 
 // Catalog returns the checks this agent knows: the built-in ones plus those

@@ -4,6 +4,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/guildnet/metaguildnet/checks/meta"
 )
 
 // TestChecksDocumented keeps docs/CHECKS.md's table in step with the code.
@@ -33,6 +35,27 @@ func TestChecksDocumented(t *testing.T) {
 		layer, scope, deps, timeout := strings.TrimSpace(cells[2]), strings.TrimSpace(cells[3]), strings.TrimSpace(cells[4]), strings.TrimSpace(cells[5])
 		if layer != c.Layer || scope != string(c.Scope) || deps != strings.Join(c.DependsOn, ", ") || timeout != c.Timeout.String() {
 			t.Errorf("%s: documented as %s | %s | %s | %s, code has %s | %s | %s | %s", c.Name, layer, scope, deps, timeout, c.Layer, c.Scope, strings.Join(c.DependsOn, ", "), c.Timeout)
+		}
+	}
+}
+
+// The families implement exactly the rows of the metadata table, in its
+// order: the table diagnostics reads is the one the agent runs.
+func TestBuiltinChecksMatchTable(t *testing.T) {
+	got := BuiltinChecks()
+	if len(got) != len(meta.Builtin) {
+		t.Errorf("%d built-in checks, %d rows in checks/meta", len(got), len(meta.Builtin))
+	}
+	for i, m := range meta.Builtin {
+		if i >= len(got) {
+			t.Errorf("row %s has no check", m.Name)
+			continue
+		}
+		if got[i].Name != m.Name {
+			t.Errorf("check %d is %s, the table has %s there", i, got[i].Name, m.Name)
+		}
+		if m.Title == "" {
+			t.Errorf("%s: no title", m.Name)
 		}
 	}
 }

@@ -31,6 +31,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/guildnet/metaguildnet/checks/meta"
 	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/messages"
 )
@@ -49,11 +50,11 @@ type Env struct {
 
 // Scope says where a check runs: on every node, or once per cluster on one
 // agent chosen by the controller.
-type Scope string
+type Scope = meta.Scope
 
 const (
-	ScopeNode    Scope = "node"    // L1 network and host checks: every node
-	ScopeCluster Scope = "cluster" // L2 cluster, L3 database, L4 application: one agent per cluster
+	ScopeNode    = meta.ScopeNode    // network and host checks: every node
+	ScopeCluster = meta.ScopeCluster // cluster, database, application: one agent per cluster
 )
 
 // Limits of the framework, named and defaulted in one place.

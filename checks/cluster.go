@@ -25,7 +25,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/guildnet/metaguildnet/internal/config"
-	"github.com/guildnet/metaguildnet/messages"
 )
 
 // DefaultKubeAPIMaxLatency is how quickly /readyz must answer to pass.
@@ -227,39 +226,38 @@ func withKube(run func(ctx context.Context, cx *CheckEnv, k *kubeClient) Result)
 
 // ClusterChecks are the L2 checks (Talos ones in [TalosChecks]).
 func ClusterChecks() []Check {
-	dep := []string{"kube_api_ready"}
-	return []Check{
+	return fromTable([]Check{
 		{
-			Name: "kube_api_ready", Layer: messages.LayerCluster, Scope: ScopeCluster,
+			Name:        "kube_api_ready",
 			Description: "the API server answers /readyz with ok, within 2 s",
 			Timeout:     10 * time.Second,
 			Run:         withKube(checkKubeAPIReady),
 		},
 		{
-			Name: "nodes_ready", Layer: messages.LayerCluster, Scope: ScopeCluster,
+			Name:        "nodes_ready",
 			Description: "every Node is Ready",
-			Timeout:     10 * time.Second, DependsOn: dep,
-			Run: withKube(checkNodesReady),
+			Timeout:     10 * time.Second,
+			Run:         withKube(checkNodesReady),
 		},
 		{
-			Name: "coredns_running", Layer: messages.LayerCluster, Scope: ScopeCluster,
+			Name:        "coredns_running",
 			Description: "CoreDNS pods (k8s-app=kube-dns in kube-system) are Running and ready",
-			Timeout:     10 * time.Second, DependsOn: dep,
-			Run: withKube(checkCoreDNSRunning),
+			Timeout:     10 * time.Second,
+			Run:         withKube(checkCoreDNSRunning),
 		},
 		{
-			Name: "metallb_available", Layer: messages.LayerCluster, Scope: ScopeCluster,
+			Name:        "metallb_available",
 			Description: "MetalLB's controller Deployment and speaker DaemonSet are available and an IPAddressPool exists",
-			Timeout:     10 * time.Second, DependsOn: dep,
-			Run: withKube(checkMetalLBAvailable),
+			Timeout:     10 * time.Second,
+			Run:         withKube(checkMetalLBAvailable),
 		},
 		{
-			Name: "guildnet_crds_established", Layer: messages.LayerCluster, Scope: ScopeCluster,
+			Name:        "guildnet_crds_established",
 			Description: "the CRDs workspaces.guildnet.io and capabilities.guildnet.io are Established",
-			Timeout:     10 * time.Second, DependsOn: dep,
-			Run: withKube(checkGuildNetCRDs),
+			Timeout:     10 * time.Second,
+			Run:         withKube(checkGuildNetCRDs),
 		},
-	}
+	})
 }
 
 func checkKubeAPIReady(ctx context.Context, cx *CheckEnv, k *kubeClient) Result {

@@ -56,38 +56,38 @@ func (a RethinkDBAddress) String() string {
 
 // DatabaseChecks are the L3 checks.
 func DatabaseChecks() []Check {
-	return []Check{
+	return fromTable([]Check{
 		{
-			Name: "rethinkdb_pods_ready", Layer: messages.LayerDatabase, Scope: ScopeCluster,
+			Name:        "rethinkdb_pods_ready",
 			Description: "RethinkDB pods (app=rethinkdb) are Running and ready",
-			Timeout:     10 * time.Second, DependsOn: []string{"kube_api_ready"},
-			Run: withKube(checkRethinkDBPods),
+			Timeout:     10 * time.Second,
+			Run:         withKube(checkRethinkDBPods),
 		},
 		{
-			Name: "rethinkdb_address", Layer: messages.LayerDatabase, Scope: ScopeCluster,
+			Name:        "rethinkdb_address",
 			Description: "RethinkDB's address: RETHINKDB_ADDR, else the Service's LoadBalancer IP, NodePort or ClusterIP",
-			Timeout:     10 * time.Second, DependsOn: []string{"rethinkdb_pods_ready"},
-			Run: checkRethinkDBAddress,
+			Timeout:     10 * time.Second,
+			Run:         checkRethinkDBAddress,
 		},
 		{
-			Name: "rethinkdb_tcp", Layer: messages.LayerDatabase, Scope: ScopeCluster,
+			Name:        "rethinkdb_tcp",
 			Description: "RethinkDB's client port accepts a TCP connection",
-			Timeout:     5 * time.Second, DependsOn: []string{"rethinkdb_address"},
-			Run: checkRethinkDBTCP,
+			Timeout:     5 * time.Second,
+			Run:         checkRethinkDBTCP,
 		},
 		{
-			Name: "rethinkdb_query", Layer: messages.LayerDatabase, Scope: ScopeCluster,
+			Name:        "rethinkdb_query",
 			Description: "r.dbList() answers, warn above 100 ms, fail above 1 s",
-			Timeout:     5 * time.Second, DependsOn: []string{"rethinkdb_tcp"},
-			Run: checkRethinkDBQuery,
+			Timeout:     5 * time.Second,
+			Run:         checkRethinkDBQuery,
 		},
 		{
-			Name: "rethinkdb_databases", Layer: messages.LayerDatabase, Scope: ScopeCluster,
+			Name:        "rethinkdb_databases",
 			Description: "the databases in METAGN_RDB_DATABASES exist",
-			Timeout:     2 * time.Second, DependsOn: []string{"rethinkdb_query"},
-			Run: checkRethinkDBDatabases,
+			Timeout:     2 * time.Second,
+			Run:         checkRethinkDBDatabases,
 		},
-	}
+	})
 }
 
 func checkRethinkDBPods(ctx context.Context, cx *CheckEnv, k *kubeClient) Result {

@@ -28,26 +28,26 @@ const (
 
 // HostChecks are the host basics every node runs.
 func HostChecks() []Check {
-	return []Check{
+	return fromTable([]Check{
 		{
-			Name: "host_cpu", Layer: messages.LayerHost, Scope: ScopeNode,
+			Name:        "host_cpu",
 			Description: "CPU use over a short sample (from /proc/stat) is below the thresholds",
 			Timeout:     5 * time.Second,
 			Run:         checkHostCPU,
 		},
 		{
-			Name: "host_memory", Layer: messages.LayerHost, Scope: ScopeNode,
+			Name:        "host_memory",
 			Description: "memory use (MemTotal - MemAvailable from /proc/meminfo) is below the thresholds",
 			Timeout:     2 * time.Second,
 			Run:         checkHostMemory,
 		},
 		{
-			Name: "host_disk", Layer: messages.LayerHost, Scope: ScopeNode,
+			Name:        "host_disk",
 			Description: "use of each filesystem in METAGN_HOST_DISK_PATHS is below the thresholds",
 			Timeout:     5 * time.Second,
 			Run:         checkHostDisk,
 		},
-	}
+	})
 }
 
 // pctThresholds are a warn and a fail level in percent.

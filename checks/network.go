@@ -20,8 +20,6 @@ import (
 	"tailscale.com/client/local"
 	"tailscale.com/ipn/ipnstate"
 	"tailscale.com/tailcfg"
-
-	"github.com/guildnet/metaguildnet/messages"
 )
 
 // LocalAPI is the part of tailscaled's LocalAPI the network checks use.
@@ -80,47 +78,44 @@ func tailscaleStatus(ctx context.Context, cx *CheckEnv) (*ipnstate.Status, error
 
 // NetworkChecks are the L1 checks.
 func NetworkChecks() []Check {
-	return []Check{
+	return fromTable([]Check{
 		{
-			Name: "tailscaled_running", Layer: messages.LayerNetwork, Scope: ScopeNode,
+			Name:        "tailscaled_running",
 			Description: "tailscaled answers on its LocalAPI",
 			Timeout:     5 * time.Second,
 			Run:         checkTailscaledRunning,
 		},
 		{
-			Name: "tailnet_connected", Layer: messages.LayerNetwork, Scope: ScopeNode,
+			Name:        "tailnet_connected",
 			Description: "tailscaled's backend is Running and connected to its control server",
 			Timeout:     5 * time.Second,
-			DependsOn:   []string{"tailscaled_running"},
 			Run:         checkTailnetConnected,
 		},
 		{
-			Name: "controller_reachable", Layer: messages.LayerNetwork, Scope: ScopeNode,
+			Name:        "controller_reachable",
 			Description: "the controller answers a tailnet ping (TSMP) at METAGN_CONTROLLER_TAILNET_IP",
 			Timeout:     10 * time.Second,
-			DependsOn:   []string{"tailnet_connected"},
 			Run:         checkControllerReachable,
 		},
 		{
-			Name: "routes_approved", Layer: messages.LayerNetwork, Scope: ScopeNode,
+			Name:        "routes_approved",
 			Description: "on a router, every route in TS_ROUTES is approved (primary)",
 			Timeout:     5 * time.Second,
-			DependsOn:   []string{"tailnet_connected"},
 			Run:         checkRoutesApproved,
 		},
 		{
-			Name: "login_server_health", Layer: messages.LayerNetwork, Scope: ScopeNode,
+			Name:        "login_server_health",
 			Description: "the login server (Headscale) answers GET /health",
 			Timeout:     5 * time.Second,
 			Run:         checkLoginServerHealth,
 		},
 		{
-			Name: "dns_resolution", Layer: messages.LayerNetwork, Scope: ScopeNode,
+			Name:        "dns_resolution",
 			Description: "the name in METAGN_DNS_NAME resolves",
 			Timeout:     5 * time.Second,
 			Run:         checkDNSResolution,
 		},
-	}
+	})
 }
 
 func checkTailscaledRunning(ctx context.Context, cx *CheckEnv) Result {

@@ -8,32 +8,30 @@ package checks
 import (
 	"context"
 	"time"
-
-	"github.com/guildnet/metaguildnet/messages"
 )
 
 // TalosChecks are the Talos checks of the cluster layer.
 func TalosChecks() []Check {
-	return []Check{
+	return fromTable([]Check{
 		{
-			Name: "talos_apid_version", Layer: messages.LayerCluster, Scope: ScopeCluster,
+			Name:        "talos_apid_version",
 			Description: "apid answers Version on every Talos node (TALOS_NODES, else the talosconfig's nodes)",
 			Timeout:     10 * time.Second,
 			Run:         withTalos(talosVersion),
 		},
 		{
-			Name: "talos_etcd_members", Layer: messages.LayerCluster, Scope: ScopeCluster,
+			Name:        "talos_etcd_members",
 			Description: "etcd lists its members (no learners left) on the control plane",
-			Timeout:     10 * time.Second, DependsOn: []string{"talos_apid_version"},
-			Run: withTalos(talosEtcdMembers),
+			Timeout:     10 * time.Second,
+			Run:         withTalos(talosEtcdMembers),
 		},
 		{
-			Name: "talos_services_up", Layer: messages.LayerCluster, Scope: ScopeCluster,
+			Name:        "talos_services_up",
 			Description: "every Talos service on every node is Running (or Finished) and not unhealthy",
-			Timeout:     10 * time.Second, DependsOn: []string{"talos_apid_version"},
-			Run: withTalos(talosServices),
+			Timeout:     10 * time.Second,
+			Run:         withTalos(talosServices),
 		},
-	}
+	})
 }
 
 // Which Talos check to run (see runTalos).
