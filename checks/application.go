@@ -6,14 +6,12 @@ package checks
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -104,27 +102,13 @@ func newHostAppClient(cx *CheckEnv) (*hostApp, func(), error) {
 	if u, err := url.Parse(base); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		return nil, nil, fmt.Errorf("host app URL %q is not an http(s) URL", base)
 	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if ca := cx.Setting("METAGN_HOSTAPP_CA", ""); ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
-			return nil, nil, fmt.Errorf("setting METAGN_HOSTAPP_CA: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, nil, fmt.Errorf("setting METAGN_HOSTAPP_CA: %s holds no PEM certificate", ca)
-		}
-		tc.RootCAs = pool
-	}
-	if settingBool(cx, "METAGN_HOSTAPP_INSECURE") {
-		tc.InsecureSkipVerify = true
+	tc, err := clientTLS(cx.Setting("METAGN_HOSTAPP_CA", ""), settingBool(cx, "METAGN_HOSTAPP_INSECURE"), "setting METAGN_HOSTAPP_CA")
+	if err != nil {
+		return nil, nil, err
 	}
 	tr := &http.Transport{TLSClientConfig: tc, Proxy: nil, MaxIdleConns: 2, IdleConnTimeout: 10 * time.Second, TLSHandshakeTimeout: 5 * time.Second}
-	h := &hostApp{Base: base, Client: &http.Client{
-		Transport: tr,
-		// The proxy may redirect; a redirect is an answer.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}}
+	// The proxy may redirect; a redirect is an answer.
+	h := &hostApp{Base: base, Client: answerClient(tr)}
 	return h, tr.CloseIdleConnections, nil
 }
 

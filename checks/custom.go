@@ -30,8 +30,6 @@ package checks
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -414,20 +412,13 @@ func parseHTTPCheck(p *entryParser) (func(context.Context, *CheckEnv) Result, er
 		return nil, p.errf(p.fields["ca"], "ca", "want an absolute path")
 	}
 	return func(ctx context.Context, cx *CheckEnv) Result {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: insecure}
-		if ca != "" {
-			pem, err := os.ReadFile(ca)
-			if err != nil {
-				return Fail("ca: %v", err)
-			}
-			tc.RootCAs = x509.NewCertPool()
-			if !tc.RootCAs.AppendCertsFromPEM(pem) {
-				return Fail("ca: %s holds no PEM certificate", ca)
-			}
+		tc, err := clientTLS(ca, insecure, "ca")
+		if err != nil {
+			return Fail("%v", err)
 		}
 		tr := &http.Transport{TLSClientConfig: tc, Proxy: nil, DisableKeepAlives: true}
 		defer tr.CloseIdleConnections()
-		client := &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		client := answerClient(tr)
 		req, err := http.NewRequestWithContext(ctx, method, raw, nil)
 		if err != nil {
 			return Fail("%s %s: %v", method, raw, err)
