@@ -53,7 +53,7 @@ const (
 func (Diagnose) Run(ctx context.Context, env *Env, args json.RawMessage) (Output, error) {
 	start := time.Now()
 	var a DiagnoseArgs
-	if err := decodeStrict(args, &a); err != nil {
+	if err := DecodeArgs(args, &a); err != nil {
 		return Output{}, err
 	}
 	cs := collect.Default()
@@ -108,19 +108,6 @@ func (Diagnose) Run(ctx context.Context, env *Env, args json.RawMessage) (Output
 		o.Reason += "; rules file refused, built-in rules used: " + out.RulesError
 	}
 	return o, nil
-}
-
-// decodeStrict is DecodeArgs refusing unknown fields.
-func decodeStrict(args json.RawMessage, v any) error {
-	if len(args) == 0 || string(args) == "null" {
-		return nil
-	}
-	dec := json.NewDecoder(strings.NewReader(string(args)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return BadArgs("%v", err)
-	}
-	return nil
 }
 
 // fitOutput trims the logs section until the output encodes within max

@@ -7,10 +7,12 @@
 package tasks
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 
 	"go.uber.org/zap"
 
@@ -66,13 +68,21 @@ type Env struct {
 	Settings config.Settings
 }
 
-// DecodeArgs unmarshals task arguments strictly; empty args leave v as is.
+// DecodeArgs unmarshals task arguments strictly: a field v does not have,
+// or anything after the value, is an [ErrBadArgs] error, so a misspelt
+// argument is refused rather than silently left at its default. Empty or
+// null args leave v as is.
 func DecodeArgs(args json.RawMessage, v any) error {
 	if len(args) == 0 || string(args) == "null" {
 		return nil
 	}
-	if err := json.Unmarshal(args, v); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(args))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
 		return BadArgs("%v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return BadArgs("data after the arguments object")
 	}
 	return nil
 }

@@ -1,7 +1,6 @@
 package tasks
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -104,12 +103,8 @@ func (e *Env) checkEnv() *checks.Env {
 
 func decodeVerifyArgs(raw json.RawMessage) (VerifyArgs, error) {
 	var a VerifyArgs
-	if len(raw) > 0 && string(raw) != "null" {
-		dec := json.NewDecoder(bytes.NewReader(raw))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&a); err != nil {
-			return a, BadArgs("verify: %v", err)
-		}
+	if err := DecodeArgs(raw, &a); err != nil {
+		return a, fmt.Errorf("verify: %w", err)
 	}
 	switch checks.Scope(a.Scope) {
 	case "", "all", checks.ScopeNode, checks.ScopeCluster:

@@ -347,7 +347,7 @@ func (a *Agent) sync(settleAfter time.Duration) {
 	for attempt := 0; attempt < 3; {
 		// Only results finished before asking can be settled by the
 		// answer: a task issued meanwhile is not in it yet.
-		waiting := a.jrnl.Unsent()
+		waiting := a.jrnl.Unsettled()
 		if settleAfter > 0 && len(waiting) == 0 {
 			return
 		}
@@ -403,7 +403,7 @@ func (a *Agent) sync(settleAfter time.Duration) {
 // settled forgets a result the controller has stored. The entry stays
 // (a task id is never run twice) without the result.
 func (a *Agent) settled(e Entry) {
-	e.Sent, e.Result = true, nil
+	e.Settled, e.Result = true, nil
 	if err := a.jrnl.Put(e); err != nil {
 		a.log.Warn("journal", zap.Error(err))
 	}
@@ -498,7 +498,7 @@ func (a *Agent) handle(t messages.Task) {
 	}
 	if e, seen := a.jrnl.Get(t.ID); seen {
 		a.mu.Unlock()
-		if e.Sent {
+		if e.Settled {
 			return // done, and the controller has stored its result
 		}
 		if e.Done && e.Result != nil {
@@ -741,7 +741,7 @@ func (a *Agent) outbox(ctx context.Context) {
 		if a.nc.IsConnected() {
 			a.sync(min(settleAfter, a.cfg.SettleEvery))
 		}
-		if len(a.jrnl.Unsent()) > 0 {
+		if len(a.jrnl.Unsettled()) > 0 {
 			retry = time.After(a.settleDelay())
 		}
 	}
