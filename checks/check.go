@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"regexp"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -134,11 +133,9 @@ func (r Result) With(observed, threshold any) Result {
 	return r
 }
 
-// checkNameRE is the form of check and layer names.
-var checkNameRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)
-
-// ValidName reports whether s may be a check or layer name.
-func ValidName(s string) bool { return checkNameRE.MatchString(s) }
+// ValidName reports whether s may be a check or layer name (both are
+// lower_snake_case: [messages.ValidCheckName], [messages.ValidLayerName]).
+func ValidName(s string) bool { return messages.ValidCheckName(s) == nil }
 
 // ValidateChecks checks a set of checks as a whole: names valid and unique,
 // dependencies known and of a compatible scope, no cycles.

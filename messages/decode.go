@@ -123,11 +123,11 @@ func ValidateLabels(labels map[string]string) error {
 	return nil
 }
 
-func optionalName(field, s string) error {
+func optionalName(field, s string, valid func(string) error) error {
 	if s == "" {
 		return nil
 	}
-	if err := ValidClusterName(s); err != nil {
+	if err := valid(s); err != nil {
 		return fmt.Errorf("%s: %w", field, err)
 	}
 	return nil
@@ -192,10 +192,10 @@ func (h *Heartbeat) Validate() error {
 	if err := checkVersion(h.V); err != nil {
 		return err
 	}
-	if err := optionalName("cluster", h.Cluster); err != nil {
+	if err := optionalName("cluster", h.Cluster, ValidClusterName); err != nil {
 		return err
 	}
-	if err := optionalName("role", h.Role); err != nil {
+	if err := optionalName("role", h.Role, ValidRoleName); err != nil {
 		return err
 	}
 	if err := ValidateLabels(h.Labels); err != nil {
@@ -217,10 +217,10 @@ func (e *EnrollRequest) Validate() error {
 	if err := ValidNodeName(e.Name); err != nil {
 		return fmt.Errorf("name: %w", err)
 	}
-	if err := optionalName("cluster", e.Cluster); err != nil {
+	if err := optionalName("cluster", e.Cluster, ValidClusterName); err != nil {
 		return err
 	}
-	if err := optionalName("role", e.Role); err != nil {
+	if err := optionalName("role", e.Role, ValidRoleName); err != nil {
 		return err
 	}
 	if err := ValidateLabels(e.Labels); err != nil {
@@ -360,7 +360,7 @@ func (r *VerifyRequest) Validate() error {
 		return err
 	}
 	for _, l := range r.Layers {
-		if err := ValidClusterName(l); err != nil {
+		if err := ValidLayerName(l); err != nil {
 			return fmt.Errorf("layers: %w", err)
 		}
 	}
@@ -439,7 +439,7 @@ func validNodeOrCluster(node, cluster string) error {
 			return fmt.Errorf("node: %w", err)
 		}
 	}
-	if err := optionalName("cluster", cluster); err != nil {
+	if err := optionalName("cluster", cluster, ValidClusterName); err != nil {
 		return err
 	}
 	if node != "" && cluster != "" {

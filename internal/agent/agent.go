@@ -112,11 +112,14 @@ func New(cfg Config) (*Agent, error) {
 	if err := messages.ValidNodeName(cfg.Name); err != nil {
 		return nil, fmt.Errorf("--name: %w", err)
 	}
-	for flag, v := range map[string]string{"--cluster": cfg.Cluster, "--role": cfg.Role} {
-		if v != "" {
-			if err := messages.ValidClusterName(v); err != nil {
-				return nil, fmt.Errorf("%s: %w", flag, err)
-			}
+	if cfg.Cluster != "" {
+		if err := messages.ValidClusterName(cfg.Cluster); err != nil {
+			return nil, fmt.Errorf("--cluster: %w", err)
+		}
+	}
+	if cfg.Role != "" {
+		if err := messages.ValidRoleName(cfg.Role); err != nil {
+			return nil, fmt.Errorf("--role: %w", err)
 		}
 	}
 	if err := messages.ValidateLabels(cfg.Labels); err != nil {
