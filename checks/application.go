@@ -1,6 +1,6 @@
 package checks
 
-// L4 application checks, cluster-scoped: the GuildNet host app (TLS on
+// Application checks, cluster-scoped: the GuildNet host app (TLS on
 // LISTEN_LOCAL), the workspace operator and the Workspaces it reconciles,
 // and the host app's proxy to a running Workspace.
 
@@ -33,7 +33,7 @@ const (
 	maxHostAppBody             = 64 << 10
 )
 
-// ApplicationChecks are the L4 checks.
+// ApplicationChecks are the application layer's checks.
 func ApplicationChecks() []Check {
 	return fromTable([]Check{
 		{

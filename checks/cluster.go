@@ -1,6 +1,6 @@
 package checks
 
-// L2 cluster checks, cluster-scoped, with client-go. Objects are read as
+// Cluster checks, cluster-scoped, with client-go. Objects are read as
 // unstructured through the dynamic client (no typed clientset: it would
 // register every API type in the agent), and the client is built when the
 // first check asks for it and dropped when the run ends.
@@ -224,7 +224,8 @@ func withKube(run func(ctx context.Context, cx *CheckEnv, k *kubeClient) Result)
 	}
 }
 
-// ClusterChecks are the L2 checks (Talos ones in [TalosChecks]).
+// ClusterChecks are the cluster layer's Kubernetes checks (Talos ones in
+// [TalosChecks]).
 func ClusterChecks() []Check {
 	return fromTable([]Check{
 		{

@@ -1,6 +1,6 @@
 package checks
 
-// Custom checks: the seed's "L5" extension point. A YAML file (setting
+// Custom checks: the extension point for checks of one's own. A YAML file (setting
 // METAGN_CUSTOM_CHECKS) lists checks of five types, each with a layer name
 // of its own choosing:
 //

@@ -1,6 +1,6 @@
 package checks
 
-// L3 database checks, cluster-scoped: RethinkDB found the way GuildNet
+// Database checks, cluster-scoped: RethinkDB found the way GuildNet
 // finds it, then dialled, queried and its databases listed. The chain is
 // pods_ready -> address -> tcp -> query -> databases, so a dead database
 // shows as one failure.
@@ -54,7 +54,7 @@ func (a RethinkDBAddress) String() string {
 	return fmt.Sprintf("%s (%s)", a.Address, a.Source)
 }
 
-// DatabaseChecks are the L3 checks.
+// DatabaseChecks are the database layer's checks.
 func DatabaseChecks() []Check {
 	return fromTable([]Check{
 		{

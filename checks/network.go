@@ -1,6 +1,6 @@
 package checks
 
-// L1 network checks, node-scoped: everything about the tailnet is asked of
+// Network checks, node-scoped: everything about the tailnet is asked of
 // tailscaled's LocalAPI (never by parsing CLI text), through [LocalAPI] so
 // an agent that is itself a tsnet node can pass its own LocalClient.
 
@@ -76,7 +76,7 @@ func tailscaleStatus(ctx context.Context, cx *CheckEnv) (*ipnstate.Status, error
 	return st, nil
 }
 
-// NetworkChecks are the L1 checks.
+// NetworkChecks are the network layer's checks.
 func NetworkChecks() []Check {
 	return fromTable([]Check{
 		{

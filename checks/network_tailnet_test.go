@@ -12,7 +12,7 @@ import (
 	"github.com/guildnet/metaguildnet/messages"
 )
 
-// TestNetworkChecksOnARealTailnet runs the L1 checks on a tsnet router
+// TestNetworkChecksOnARealTailnet runs the network checks on a tsnet router
 // node (its own LocalClient injected, as an agent that is a tsnet node
 // does) against a real Headscale, with a second tsnet node standing in for
 // the controller. It runs only inside the loopback-only network namespace

@@ -1,9 +1,9 @@
 package checks
 
-// L2 Talos checks, cluster-scoped, through the talos machinery client (mTLS
+// Talos checks of the cluster layer, cluster-scoped, through the talos machinery client (mTLS
 // gRPC to apid on :50000). They look only when setting TALOSCONFIG names a
 // talosconfig; otherwise they pass as not applicable.
-// The client side lives in check_talos_client.go.
+// The client side lives in talos_client.go.
 
 import (
 	"context"

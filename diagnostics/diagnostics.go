@@ -1,5 +1,5 @@
 // Package diagnostics turns what nodes report into findings a person can
-// act on: the seed's collector → analysis → recommendation pipeline.
+// act on: a collector → analysis → recommendation pipeline.
 //
 //   - [collect] gathers sections on a node (system, components, logs,
 //     config), redacted on the node.
@@ -7,7 +7,7 @@
 //     results, metrics and log lines.
 //   - [Analyze] (this package) evaluates the rules on many nodes' check
 //     results and sections, and folds symptoms under their root cause.
-//   - [WriteText] renders the seed's `make meta-diagnose` view; a
+//   - [WriteText] renders the diagnosis view for people; a
 //     [Diagnosis] encodes to JSON with the same fields.
 //   - [bundle] writes a redacted support bundle.
 //

@@ -228,7 +228,7 @@ func TestDocsLinksResolve(t *testing.T) {
 		}
 		headings[anchor] = r.ID
 	}
-	// The seed's example link.
+	// A docs link is the troubleshooting page's anchor of the rule.
 	if got := kb.Rule("tailnet-unreachable").DocsLink(); got != "docs/TROUBLESHOOTING.md#tailnet-unreachable" {
 		t.Errorf("tailnet-unreachable docs = %q", got)
 	}

@@ -40,7 +40,8 @@ type diagScan struct {
 // worldBench runs 100 simulated agents (real task loop, real checks) in
 // cluster "world" against the test world — a real kube-apiserver seeded
 // like GuildNet, the RethinkDB and host-app stand-ins — and times full
-// L1–L4 verification sweeps and single-node diagnoses end to end through
+// verification sweeps of every layer (network, host, cluster, database,
+// application) and single-node diagnoses end to end through
 // the controller. Network checks find no tailscaled here and fail fast;
 // they still run.
 func worldBench(cli *ctlclient.Client, natsURL, token, work string, n, rounds int) (*sweep, *diagScan, func()) {

@@ -1,4 +1,4 @@
-// Package config layers settings the way the seed design asks: command-line
+// Package config layers settings: command-line
 // flags win over the process environment, which wins over .env.local, which
 // wins over .env, which wins over built-in defaults. Every flag --some-name
 // can be set as METAGN_SOME_NAME in any of those places.
