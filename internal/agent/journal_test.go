@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/guildnet/metaguildnet/internal/testenv"
 	"github.com/guildnet/metaguildnet/messages"
 )
 
@@ -58,7 +59,7 @@ func TestFileJournalSurvivesReopen(t *testing.T) {
 func rssFileKiB(t *testing.T) int {
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
-		t.Skip("no /proc")
+		testenv.Skip(t, "reading the resident set needs /proc: %v", err)
 	}
 	for line := range strings.Lines(string(b)) {
 		if rest, ok := strings.CutPrefix(line, "RssFile:"); ok {
@@ -72,7 +73,7 @@ func rssFileKiB(t *testing.T) int {
 			return v
 		}
 	}
-	t.Skip("no RssFile in /proc/self/status")
+	testenv.Skip(t, "no RssFile in /proc/self/status (kernel before 4.5)")
 	return 0
 }
 
@@ -92,7 +93,7 @@ func parseInt(s string) (int, error) {
 func TestReleaseStartupPages(t *testing.T) {
 	before := rssFileKiB(t)
 	if !releaseStartupPages() {
-		t.Skip("madvise(MADV_PAGEOUT) not supported here")
+		testenv.Skip(t, "madvise(MADV_PAGEOUT) not supported here (kernel before 5.4)")
 	}
 	after := rssFileKiB(t)
 	if after >= before {
