@@ -292,7 +292,7 @@ func dump(r messages.Report) string {
 func TestFleetVerification(t *testing.T) {
 	w := newWorld(t)
 	// Route approval (routes_approved against a real tsnet router) is tested
-	// in tasks/check_network_tailnet_test.go; a router among these agents
+	// in checks/network_tailnet_test.go; a router among these agents
 	// keeps its peers' DERP health warning up on this machine.
 	w.startAgent("n1", "alpha", "controlplane", nil)
 	w.startAgent("n2", "alpha", "worker", nil)
