@@ -516,12 +516,7 @@ func errText(ctx context.Context, err error) string {
 	if err == nil {
 		return ""
 	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		if cause := context.Cause(ctx); cause != nil && !errors.Is(err, cause) {
-			return err.Error() + " (" + cause.Error() + ")"
-		}
-	}
-	return err.Error()
+	return ctxErr(ctx, err).Error()
 }
 
 // CheckEnv is what a check sees: the node's [Env] plus what the checks of

@@ -71,11 +71,10 @@ var Builtin = []Check{
 
 // Lookup returns the built-in check of a name.
 func Lookup(name string) (Check, bool) {
-	i := slices.IndexFunc(Builtin, func(c Check) bool { return c.Name == name })
-	if i < 0 {
-		return Check{}, false
+	if i := Rank(name); i < len(Builtin) {
+		return Builtin[i], true
 	}
-	return Builtin[i], true
+	return Check{}, false
 }
 
 // Rank is a check's position in report order, after every built-in check

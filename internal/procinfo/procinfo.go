@@ -48,9 +48,9 @@ type CPUTimes struct {
 
 // CPUTimes reads the aggregate cpu line of stat.
 func (f FS) CPUTimes() (CPUTimes, error) {
-	st, err := f.fs.Stat()
+	st, err := f.stat("CPU times")
 	if err != nil {
-		return CPUTimes{}, fmt.Errorf("reading CPU times from %s/stat: %w", f.root, err)
+		return CPUTimes{}, err
 	}
 	c := st.CPUTotal
 	idle := c.Idle + c.Iowait
@@ -60,11 +60,20 @@ func (f FS) CPUTimes() (CPUTimes, error) {
 
 // BootTime reads the boot time (seconds since the epoch) from stat.
 func (f FS) BootTime() (int64, error) {
-	st, err := f.fs.Stat()
+	st, err := f.stat("boot time")
 	if err != nil {
-		return 0, fmt.Errorf("reading boot time from %s/stat: %w", f.root, err)
+		return 0, err
 	}
 	return int64(st.BootTime), nil
+}
+
+// stat reads stat for what.
+func (f FS) stat(what string) (procfs.Stat, error) {
+	st, err := f.fs.Stat()
+	if err != nil {
+		return procfs.Stat{}, fmt.Errorf("reading %s from %s/stat: %w", what, f.root, err)
+	}
+	return st, nil
 }
 
 // Memory is what meminfo says of memory, in bytes.
