@@ -11,8 +11,10 @@
 // with DependsOn). Each family lives whole in its own file (network.go,
 // host.go, cluster.go, talos.go, database.go, application.go, custom.go)
 // and builds the clients it needs from the generic settings with
-// [LazyClient]; [BuiltinChecks] lists them and [Catalog] adds the custom
-// ones. The verify task in package tasks is what runs them on an agent.
+// [LazyClient]; a built-in check's layer, scope and dependencies are its
+// row in the one metadata table, checks/meta, which diagnostics reads too.
+// [BuiltinChecks] lists them and [Catalog] adds the custom ones. The verify
+// task in package tasks is what runs them on an agent.
 package checks
 
 import (
