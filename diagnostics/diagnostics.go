@@ -1,5 +1,5 @@
 // Package diagnostics turns what nodes report into findings a person can
-// act on: the seed's collector → analysis → recommendation pipeline.
+// act on: a collector → analysis → recommendation pipeline.
 //
 //   - [collect] gathers sections on a node (system, components, logs,
 //     config), redacted on the node.
@@ -7,7 +7,7 @@
 //     results, metrics and log lines.
 //   - [Analyze] (this package) evaluates the rules on many nodes' check
 //     results and sections, and folds symptoms under their root cause.
-//   - [WriteText] renders the seed's `make meta-diagnose` view; a
+//   - [WriteText] renders the diagnosis view for people; a
 //     [Diagnosis] encodes to JSON with the same fields.
 //   - [bundle] writes a redacted support bundle.
 //
@@ -28,6 +28,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/guildnet/metaguildnet/checks/meta"
 	"github.com/guildnet/metaguildnet/diagnostics/collect"
 	"github.com/guildnet/metaguildnet/diagnostics/redact"
 	"github.com/guildnet/metaguildnet/diagnostics/rules"
@@ -405,53 +406,15 @@ func passed(nodes []NodeInput, insts []*instance) []Passed {
 		}
 	}
 	slices.SortFunc(out, func(a, b Passed) int {
-		return cmp.Or(layerRank(a.Layer)-layerRank(b.Layer), checkRank(a.Layer, a.Check)-checkRank(b.Layer, b.Check), strings.Compare(a.Check, b.Check))
+		return cmp.Or(layerRank(a.Layer)-layerRank(b.Layer), meta.Rank(a.Check)-meta.Rank(b.Check), strings.Compare(a.Check, b.Check))
 	})
 	return out
 }
 
-func checkRank(layer, check string) int {
-	if i := slices.Index(rules.KnownChecks[layer], check); i >= 0 {
-		return i
-	}
-	return 1 << 20
-}
-
-// checkTitles name passing checks the way the seed's report does.
-var checkTitles = map[string]string{
-	"tailscaled_running":        "tailscaled running",
-	"tailnet_connected":         "Tailnet connected",
-	"controller_reachable":      "Controller reachable over the tailnet",
-	"routes_approved":           "Routes approved",
-	"login_server_health":       "Login server healthy",
-	"dns_resolution":            "DNS resolution working",
-	"kube_api_ready":            "Kubernetes API healthy",
-	"nodes_ready":               "All nodes ready",
-	"coredns_running":           "CoreDNS running",
-	"metallb_available":         "MetalLB available",
-	"guildnet_crds_established": "GuildNet CRDs established",
-	"talos_apid_version":        "Talos apid answering",
-	"talos_etcd_members":        "etcd members healthy",
-	"talos_services_up":         "Talos services up",
-	"rethinkdb_pods_ready":      "RethinkDB pods ready",
-	"rethinkdb_address":         "RethinkDB address found",
-	"rethinkdb_tcp":             "RethinkDB port reachable",
-	"rethinkdb_query":           "RethinkDB answering queries",
-	"rethinkdb_databases":       "RethinkDB databases present",
-	"hostapp_healthz":           "Host app healthy",
-	"hostapp_api_health":        "Host app reports its clusters ok",
-	"operator_available":        "Operator reconciling",
-	"workspaces_settled":        "Workspaces settled",
-	"proxy_answers":             "Proxy answering",
-	"host_cpu":                  "CPU ok",
-	"host_memory":               "Memory ok",
-	"host_disk":                 "Disk ok",
-}
-
 // CheckTitle is how a passing check reads in the text view.
 func CheckTitle(check string) string {
-	if t, ok := checkTitles[check]; ok {
-		return t
+	if c, ok := meta.Lookup(check); ok {
+		return c.Title
 	}
 	return fmt.Sprintf("%s passed", check)
 }

@@ -32,8 +32,9 @@ func cr(node, layer, name, status, msg string) messages.CheckResult {
 	return messages.CheckResult{Name: name, Layer: layer, Status: status, Passed: status == messages.CheckPass, Message: msg, Node: node}
 }
 
-// The seed's `make meta-diagnose` example, reproduced from check results.
-func TestSeedExampleText(t *testing.T) {
+// The worked example of the diagnosis view (a slow RethinkDB among other
+// findings), reproduced from check results.
+func TestDiagnosisExampleText(t *testing.T) {
 	slow := cr("n1", "database", "rethinkdb_query", "warn", "DBList took 350ms")
 	slow.Observed = json.RawMessage(`{"address": "10.0.0.201:28015", "connect_ms": 2, "query_ms": 350, "databases": 3}`)
 	nodes := []NodeInput{{Name: "n1", Checks: []messages.CheckResult{

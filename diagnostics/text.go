@@ -35,7 +35,7 @@ type TextOptions struct {
 	Evidence bool
 }
 
-// WriteText renders d as the seed's `make meta-diagnose` view: a [LAYER]
+// WriteText renders d as the diagnosis view people read: a [LAYER]
 // header per layer, each finding as "✗ Title" or "⚠ Title" with
 // "  → Suggestion:", "  → Command:", "  → Threshold:" and "  → Docs:"
 // lines (then, for several nodes, the nodes; evidence when asked; and the

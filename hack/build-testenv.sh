@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the real servers the test world runs (issue 3): kube-apiserver and
+# Builds the real servers the test world runs (internal/testenv): kube-apiserver and
 # etcd from k8s.io/kubernetes, and Headscale. They are built from the tools
 # modules hack/kube and hack/headscale into a per-version cache directory
 # outside the repository, so a second run (and every later checkout) finds

@@ -1,4 +1,4 @@
-# Test world targets (issue 3). Included by the root Makefile.
+# Test world targets (the real servers internal/testenv runs). Included by the root Makefile.
 #
 #   make testenv                       build kube-apiserver, etcd, headscale (cached; cold ~15-25 min, warm seconds)
 #   make testenv-test                  build what is missing, then run the test world's own tests

@@ -158,11 +158,11 @@ func ValidateLabels(labels map[string]string) error {
 	return nil
 }
 
-func optionalName(field, s string) error {
+func optionalName(field, s string, valid func(string) error) error {
 	if s == "" {
 		return nil
 	}
-	if err := ValidClusterName(s); err != nil {
+	if err := valid(s); err != nil {
 		return fmt.Errorf("%s: %w", field, err)
 	}
 	return nil
@@ -223,10 +223,10 @@ func (h *Heartbeat) Validate() error {
 	if err := checkVersion(h.V); err != nil {
 		return err
 	}
-	if err := optionalName("cluster", h.Cluster); err != nil {
+	if err := optionalName("cluster", h.Cluster, ValidClusterName); err != nil {
 		return err
 	}
-	if err := optionalName("role", h.Role); err != nil {
+	if err := optionalName("role", h.Role, ValidRoleName); err != nil {
 		return err
 	}
 	if err := ValidateLabels(h.Labels); err != nil {
@@ -253,10 +253,10 @@ func (e *EnrollRequest) Validate() error {
 	if err := ValidNodeName(e.Name); err != nil {
 		return fmt.Errorf("name: %w", err)
 	}
-	if err := optionalName("cluster", e.Cluster); err != nil {
+	if err := optionalName("cluster", e.Cluster, ValidClusterName); err != nil {
 		return err
 	}
-	if err := optionalName("role", e.Role); err != nil {
+	if err := optionalName("role", e.Role, ValidRoleName); err != nil {
 		return err
 	}
 	if err := ValidateLabels(e.Labels); err != nil {
@@ -383,14 +383,14 @@ func (r *TokenCreateRequest) Validate() error {
 const maxScopeRoles = 16
 
 func (s *TokenScope) validate() error {
-	if err := optionalName("scope.cluster", s.Cluster); err != nil {
+	if err := optionalName("scope.cluster", s.Cluster, ValidClusterName); err != nil {
 		return err
 	}
 	if len(s.Roles) > maxScopeRoles {
 		return fmt.Errorf("scope.roles: %d roles, at most %d", len(s.Roles), maxScopeRoles)
 	}
 	for i, r := range s.Roles {
-		if err := ValidClusterName(r); err != nil {
+		if err := ValidRoleName(r); err != nil {
 			return fmt.Errorf("scope.roles[%d]: %w", i, err)
 		}
 	}
@@ -408,12 +408,12 @@ func (r *NodesSetRequest) Validate() error {
 		return fmt.Errorf("name: %w", err)
 	}
 	if r.Cluster != nil {
-		if err := optionalName("cluster", *r.Cluster); err != nil {
+		if err := optionalName("cluster", *r.Cluster, ValidClusterName); err != nil {
 			return err
 		}
 	}
 	if r.Role != nil {
-		if err := optionalName("role", *r.Role); err != nil {
+		if err := optionalName("role", *r.Role, ValidRoleName); err != nil {
 			return err
 		}
 	}
@@ -443,10 +443,10 @@ func (c *NodeClaims) validate() error {
 	if c == nil {
 		return nil
 	}
-	if err := optionalName("node.cluster", c.Cluster); err != nil {
+	if err := optionalName("node.cluster", c.Cluster, ValidClusterName); err != nil {
 		return err
 	}
-	if err := optionalName("node.role", c.Role); err != nil {
+	if err := optionalName("node.role", c.Role, ValidRoleName); err != nil {
 		return err
 	}
 	if err := ValidateLabels(c.Labels); err != nil {
@@ -475,7 +475,7 @@ func (r *VerifyRequest) Validate() error {
 		return err
 	}
 	for _, l := range r.Layers {
-		if err := ValidClusterName(l); err != nil {
+		if err := ValidLayerName(l); err != nil {
 			return fmt.Errorf("layers: %w", err)
 		}
 	}
@@ -551,7 +551,7 @@ func validNodeOrCluster(node, cluster string) error {
 			return fmt.Errorf("node: %w", err)
 		}
 	}
-	if err := optionalName("cluster", cluster); err != nil {
+	if err := optionalName("cluster", cluster, ValidClusterName); err != nil {
 		return err
 	}
 	if node != "" && cluster != "" {

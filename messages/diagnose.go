@@ -121,11 +121,20 @@ type DiagnoseResult struct {
 // are two levels; analysis never makes more).
 const maxFindingDepth = 4
 
+// validCollectorName checks a diagnose collector's name (system,
+// components, logs, config: lower_snake_case like check names).
+func validCollectorName(s string) error {
+	if ValidCheckName(s) != nil {
+		return fmt.Errorf("collector name %q: want lower_snake_case, 1 to 63 characters, starting with a letter", s)
+	}
+	return nil
+}
+
 func (a *DiagnoseArgs) Validate() error {
 	if err := checkArgsVersion(a.V); err != nil {
 		return err
 	}
-	return validNames("collectors", "a collector name", a.Collectors)
+	return validNames("collectors", a.Collectors, validCollectorName)
 }
 
 func (o *DiagnoseOutput) Validate() error {
@@ -180,7 +189,7 @@ func (d *Diagnosis) validate() error {
 
 func validSections(field string, ss []Section) error {
 	for i := range ss {
-		if !ValidCheckName(ss[i].Name) {
+		if ValidCheckName(ss[i].Name) != nil {
 			return fmt.Errorf("%s[%d]: name: %q is not a collector name", field, i, ss[i].Name)
 		}
 		if ss[i].DurationMS < 0 {

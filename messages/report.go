@@ -98,7 +98,8 @@ type NodeReport struct {
 	Layers  map[string]string `json:"layers"` // layer name -> status
 }
 
-// Report is the verification report: the seed's format, extended.
+// Report is the verification report: timestamp, overall status and layers
+// with their checks, extended with per-node status, durations, observed values and blocked_by.
 type Report struct {
 	V             int           `json:"v"`
 	Timestamp     time.Time     `json:"timestamp"`

@@ -2,6 +2,7 @@ package messages
 
 import (
 	"fmt"
+	"regexp"
 	"strings"
 )
 
@@ -114,8 +115,42 @@ func ValidNodeName(s string) error {
 	return nil
 }
 
-// ValidClusterName checks a cluster or role name (same alphabet as nodes).
+// ValidClusterName checks a cluster name (same alphabet as nodes).
 func ValidClusterName(s string) error { return validToken(s) }
+
+// ValidRoleName checks a node's role (controlplane, worker, router, ...;
+// same alphabet as nodes).
+func ValidRoleName(s string) error { return validToken(s) }
+
+// ValidTaskKind checks a task kind ("ping", "verify"): the name an agent's
+// task registry knows a task by (same alphabet as nodes).
+func ValidTaskKind(s string) error {
+	if err := validToken(s); err != nil {
+		return fmt.Errorf("task kind: %w", err)
+	}
+	return nil
+}
+
+// snakeName is the form of check and layer names: lower_snake_case, 1 to
+// 63 characters, starting with a letter.
+var snakeName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)
+
+// ValidCheckName checks a verification check's name.
+func ValidCheckName(s string) error {
+	if !snakeName.MatchString(s) {
+		return fmt.Errorf("check name %q: want lower_snake_case, 1 to 63 characters, starting with a letter", s)
+	}
+	return nil
+}
+
+// ValidLayerName checks a report layer's name (network, host, cluster,
+// database, application, or a custom check's layer).
+func ValidLayerName(s string) error {
+	if !snakeName.MatchString(s) {
+		return fmt.Errorf("layer name %q: want lower_snake_case, 1 to 63 characters, starting with a letter", s)
+	}
+	return nil
+}
 
 func validToken(s string) error {
 	if s == "" {

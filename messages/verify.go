@@ -2,7 +2,6 @@ package messages
 
 import (
 	"fmt"
-	"regexp"
 )
 
 // Payloads of the verify task (kind "verify"): the arguments the controller
@@ -37,13 +36,6 @@ type VerifyOutput struct {
 	Checks []CheckResult `json:"checks"`
 }
 
-// checkNameRE is the form of check and layer names.
-var checkNameRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)
-
-// ValidCheckName reports whether s may be a check or layer name:
-// lower_snake_case, 1 to 63 characters.
-func ValidCheckName(s string) bool { return checkNameRE.MatchString(s) }
-
 // checkArgsVersion accepts a task argument's version: Version, or 0 for
 // arguments an operator wrote without one.
 func checkArgsVersion(v int) error {
@@ -62,19 +54,19 @@ func (a *VerifyArgs) Validate() error {
 	default:
 		return fmt.Errorf("scope: %q is not node, cluster or all", a.Scope)
 	}
-	if err := validNames("layers", "a layer name", a.Layers); err != nil {
+	if err := validNames("layers", a.Layers, ValidLayerName); err != nil {
 		return err
 	}
-	return validNames("checks", "a check name", a.Checks)
+	return validNames("checks", a.Checks, ValidCheckName)
 }
 
-func validNames(field, what string, names []string) error {
+func validNames(field string, names []string, valid func(string) error) error {
 	if len(names) > maxListItems {
 		return fmt.Errorf("%s: %d names, at most %d", field, len(names), maxListItems)
 	}
-	for _, n := range names {
-		if !ValidCheckName(n) {
-			return fmt.Errorf("%s: %q is not %s", field, n, what)
+	for i, n := range names {
+		if err := valid(n); err != nil {
+			return fmt.Errorf("%s[%d]: %w", field, i, err)
 		}
 	}
 	return nil

@@ -11,7 +11,7 @@ import (
 
 	"github.com/guildnet/metaguildnet/diagnostics/collect"
 	"github.com/guildnet/metaguildnet/diagnostics/diagtest"
-	"github.com/guildnet/metaguildnet/diagnostics/rules"
+	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/messages"
 )
 
@@ -20,7 +20,7 @@ import (
 func diagnoseNode(t testing.TB) (diagtest.Node, *Env) {
 	p := diagtest.New(t)
 	t.Chdir(p.WorkDir)
-	settings := Settings{}
+	settings := config.Settings{}
 	for k, v := range p.Settings {
 		settings[k] = v
 	}
@@ -184,31 +184,6 @@ func BenchmarkDiagnoseScan(b *testing.B) {
 		}
 		if _, err := json.Marshal(out.Data); err != nil {
 			b.Fatal(err)
-		}
-	}
-}
-
-// The diagnostics rules match on exactly the checks this package runs: the
-// contract between verification and diagnostics, checked both ways.
-func TestDiagnoseRulesKnowEveryCheck(t *testing.T) {
-	known := map[string]string{}
-	for layer, names := range rules.KnownChecks {
-		for _, n := range names {
-			known[n] = layer
-		}
-	}
-	seen := map[string]bool{}
-	for _, c := range BuiltinChecks() {
-		seen[c.Name] = true
-		if layer, ok := known[c.Name]; !ok {
-			t.Errorf("check %s (layer %s) is unknown to diagnostics/rules.KnownChecks", c.Name, c.Layer)
-		} else if layer != c.Layer {
-			t.Errorf("check %s: layer %s here, %s in diagnostics", c.Name, c.Layer, layer)
-		}
-	}
-	for n := range known {
-		if !seen[n] {
-			t.Errorf("diagnostics expects check %s, which no built-in check provides", n)
 		}
 	}
 }

@@ -6,10 +6,10 @@ import (
 	"net"
 	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 
+	"github.com/guildnet/metaguildnet/internal/procinfo"
 	"github.com/guildnet/metaguildnet/messages"
 )
 
@@ -43,34 +43,30 @@ func CollectFacts(agentVersion string) messages.Facts {
 }
 
 func memTotal() uint64 {
-	b, err := os.ReadFile("/proc/meminfo")
+	proc, err := procinfo.Open("")
 	if err != nil {
 		return 0
 	}
-	for line := range strings.Lines(string(b)) {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "MemTotal:"); ok {
-			kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return kb * 1024
-		}
+	m, err := proc.Memory()
+	if err != nil {
+		return 0
 	}
-	return 0
+	return m.Total
 }
 
 // bootTime is read once: it does not change while the process runs.
 var bootTime = sync.OnceValue(readBootTime)
 
 func readBootTime() int64 {
-	b, err := os.ReadFile("/proc/stat")
+	proc, err := procinfo.Open("")
 	if err != nil {
 		return 0
 	}
-	for line := range strings.Lines(string(b)) {
-		if rest, ok := strings.CutPrefix(line, "btime "); ok {
-			v, _ := strconv.ParseInt(strings.TrimSpace(rest), 10, 64)
-			return v
-		}
+	t, err := proc.BootTime()
+	if err != nil {
+		return 0
 	}
-	return 0
+	return t
 }
 
 // tailnetV4 is Tailscale's CGNAT range and tailnetV6 its ULA range; addresses

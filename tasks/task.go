@@ -1,7 +1,9 @@
-// Package tasks holds everything an agent can execute: one file per task or
-// check family, each behind the small [Task] interface, all registered in
-// [Builtin] so the list of what a node will do for the controller is in one
-// place. There is deliberately no task that runs an arbitrary command.
+// Package tasks is the registry of what an agent executes for the
+// controller: one file per task kind (ping, sleep, facts, verify,
+// diagnose), each behind the small [Task] interface, all registered in
+// [Builtin] so the list of what a node will do is in one place. The
+// verification checks the verify task runs are package checks. There is
+// deliberately no task that runs an arbitrary command.
 package tasks
 
 import (
@@ -12,6 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/messages"
 )
 
@@ -60,18 +63,7 @@ type Env struct {
 	// Settings are the agent's configuration values by their environment
 	// name (KUBECONFIG, TS_ROUTES, RETHINKDB_ADDR, ...), after layering of
 	// flags, environment, .env.local and .env.
-	Settings Settings
-}
-
-// Settings is a read-only view of configuration values.
-type Settings map[string]string
-
-// Get returns the value for key, or def when it is unset or empty.
-func (s Settings) Get(key, def string) string {
-	if v, ok := s[key]; ok && v != "" {
-		return v
-	}
-	return def
+	Settings config.Settings
 }
 
 // decodeTaskArgs decodes and validates a task's typed arguments (see

@@ -9,35 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/guildnet/metaguildnet/checks"
 	"github.com/guildnet/metaguildnet/messages"
 )
-
-// BuiltinChecks returns every built-in check, in report order: network,
-// host, cluster (Kubernetes, then Talos), database, application.
-func BuiltinChecks() []Check {
-	return slices.Concat(NetworkChecks(), HostChecks(), ClusterChecks(), TalosChecks(), DatabaseChecks(), ApplicationChecks())
-}
-
-// Catalog returns the checks this agent knows: the built-in ones plus those
-// of the custom check file in setting METAGN_CUSTOM_CHECKS, validated as a
-// whole. On an error in the custom file it returns the built-in checks
-// with the error, so verification goes on without them.
-func Catalog(s Settings) ([]Check, error) {
-	builtin := BuiltinChecks()
-	path := s.Get("METAGN_CUSTOM_CHECKS", "")
-	if path == "" {
-		return builtin, nil
-	}
-	custom, err := LoadCustomChecks(path)
-	if err != nil {
-		return builtin, err
-	}
-	all := slices.Concat(builtin, custom)
-	if err := ValidateChecks(all); err != nil {
-		return builtin, err
-	}
-	return all, nil
-}
 
 // CustomChecksFileCheck is the name of the result reported when the custom
 // check file cannot be used.
@@ -48,8 +22,8 @@ type Verify struct {
 	// Tailscale is the LocalAPI the network checks ask; nil means tailscaled
 	// at setting TS_SOCKET. An agent that is a tsnet node sets its
 	// LocalClient here.
-	Tailscale LocalAPI
-	// Parallel bounds the checks run at once (0: DefaultCheckParallelism).
+	Tailscale checks.LocalAPI
+	// Parallel bounds the checks run at once (0: checks.DefaultCheckParallelism).
 	Parallel int
 }
 
@@ -63,16 +37,16 @@ func (v Verify) Run(ctx context.Context, env *Env, raw json.RawMessage) (Output,
 	if env == nil {
 		env = &Env{}
 	}
-	catalog, catErr := Catalog(env.Settings)
+	catalog, catErr := checks.Catalog(env.Settings)
 	if catErr != nil && args.Checks != nil {
 		// A named check may be a custom one that failed to load.
 		for _, n := range args.Checks {
-			if !slices.ContainsFunc(catalog, func(c Check) bool { return c.Name == n }) {
+			if !slices.ContainsFunc(catalog, func(c checks.Check) bool { return c.Name == n }) {
 				return Output{}, BadArgs("check %q: unknown (the custom check file failed to load: %v)", n, catErr)
 			}
 		}
 	}
-	checks, err := Select(catalog, Selection{Layers: args.Layers, Scope: Scope(args.Scope), Names: args.Checks})
+	selected, err := checks.Select(catalog, checks.Selection{Layers: args.Layers, Scope: checks.Scope(args.Scope), Names: args.Checks})
 	if err != nil {
 		return Output{}, BadArgs("%v", err)
 	}
@@ -85,13 +59,13 @@ func (v Verify) Run(ctx context.Context, env *Env, raw json.RawMessage) (Output,
 		runCtx, cancel = context.WithDeadlineCause(ctx, dl.Add(-margin), errors.New("the verify task's deadline is near"))
 		defer cancel()
 	}
-	results := RunChecks(runCtx, env, checks, RunOptions{Parallel: v.Parallel, Tailscale: v.Tailscale})
-	if catErr != nil && args.Scope != string(ScopeCluster) {
+	results := checks.RunChecks(runCtx, env.checkEnv(), selected, checks.RunOptions{Parallel: v.Parallel, Clients: map[string]any{checks.TailscaleClientKey: v.Tailscale}})
+	if catErr != nil && args.Scope != string(checks.ScopeCluster) {
 		results = append(results, messages.CheckResult{
 			Name:    CustomChecksFileCheck,
 			Layer:   "custom",
 			Status:  messages.CheckFail,
-			Message: truncate(catErr.Error(), MaxCheckMessageBytes),
+			Message: checks.Truncate(catErr.Error(), checks.MaxCheckMessageBytes),
 			Node:    env.Node,
 			Cluster: env.Cluster,
 		})
@@ -99,9 +73,14 @@ func (v Verify) Run(ctx context.Context, env *Env, raw json.RawMessage) (Output,
 	if results == nil {
 		results = []messages.CheckResult{}
 	}
-	out := Output{Outcome: Worst(results), Data: &messages.VerifyOutput{V: messages.Version, Checks: results}}
-	out.Reason = summarize(results, len(checks) == 0)
+	out := Output{Outcome: checks.Worst(results), Data: &messages.VerifyOutput{V: messages.Version, Checks: results}}
+	out.Reason = summarize(results, len(selected) == 0)
 	return out, nil
+}
+
+// checkEnv is what the checks may know of env.
+func (e *Env) checkEnv() *checks.Env {
+	return &checks.Env{Node: e.Node, Cluster: e.Cluster, Role: e.Role, Version: e.Version, Log: e.Log, Settings: e.Settings}
 }
 
 // summarize names the checks that did not pass, skipped ones left out
@@ -127,5 +106,5 @@ func summarize(results []messages.CheckResult, none bool) string {
 	if skipped > 0 {
 		s += fmt.Sprintf("; %d skipped", skipped)
 	}
-	return truncate(s, MaxCheckMessageBytes)
+	return checks.Truncate(s, checks.MaxCheckMessageBytes)
 }

@@ -79,7 +79,7 @@ func runCmd() *cobra.Command {
 			}
 			cfg.Version = buildinfo.Version
 			cfg.TrimMemory = true
-			cfg.Settings = tasks.Settings(vals.Settings())
+			cfg.Settings = vals.Settings()
 			cfg.Tasks = tasks.Builtin()
 			a, err := agent.New(cfg)
 			if err != nil {

@@ -15,7 +15,7 @@ const (
 	defaultTailnetController = "nats://guildnet-controller:4222"
 )
 
-// tailnetFlags adds run's tailnet flags (issue 4).
+// tailnetFlags adds run's tailnet flags (docs/TAILNET.md).
 func tailnetFlags(cmd *cobra.Command, tc *agent.TailnetConfig) {
 	f := cmd.Flags()
 	f.StringVar(&tc.Mode, "tailnet", agent.TailnetAuto, "reach the controller over the tailnet: auto (tsnet with an auth key or tsnet state, else the host's tailscaled when it runs, else off), tsnet, host or off; --tailnet alone means tsnet")

@@ -11,7 +11,7 @@ import (
 	"github.com/guildnet/metaguildnet/messages"
 )
 
-// tailnetFlags adds serve's tailnet and TLS flags (issue 4).
+// tailnetFlags adds serve's tailnet and TLS flags (docs/TAILNET.md).
 func tailnetFlags(cmd *cobra.Command, o *controller.Options) {
 	f := cmd.Flags()
 	f.BoolVar(&o.Tailnet.Enabled, "tailnet", false, "join the tailnet with tsnet and serve NATS only on the tailnet address (the local CLI uses DATA_DIR/nats.sock)")

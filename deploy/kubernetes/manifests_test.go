@@ -34,6 +34,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/internal/testenv"
 	"github.com/guildnet/metaguildnet/tasks"
 )
@@ -273,7 +274,7 @@ func runChecks(t *testing.T, kubeconfig string, checks []string) map[string]chec
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	out, err := tasks.Verify{}.Run(ctx, &tasks.Env{Node: "guildnet-node-1", Cluster: "c1", Role: "controlplane",
-		Settings: tasks.Settings{"KUBECONFIG": kubeconfig}}, args)
+		Settings: config.Settings{"KUBECONFIG": kubeconfig}}, args)
 	if err != nil {
 		t.Fatal(err)
 	}

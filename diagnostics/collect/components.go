@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/guildnet/metaguildnet/internal/procinfo"
 )
 
 // Components reports whether the node's GuildNet components are alive:
@@ -45,7 +47,10 @@ var tailscaleSockets = []string{"/var/run/tailscale/tailscaled.sock", "/run/tail
 
 func (Components) Collect(ctx context.Context, env *Env) (Section, error) {
 	var s Section
-	procs := readProcs(env.ProcRoot)
+	var procs []procinfo.Process
+	if proc, err := procinfo.Open(env.ProcRoot); err == nil {
+		procs = proc.Processes()
+	}
 	_, hasSystemctl := lookPath("systemctl")
 
 	var (

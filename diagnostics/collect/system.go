@@ -1,17 +1,13 @@
 package collect
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/guildnet/metaguildnet/internal/procinfo"
 )
 
 // System reports CPU, memory, disk and load, and the top processes by
@@ -47,9 +43,14 @@ func (System) Collect(ctx context.Context, env *Env) (Section, error) {
 	var s Section
 	d := SystemData{CPUs: runtime.NumCPU(), SampleMS: env.Limits.CPUSample.Milliseconds()}
 
+	proc, err := procinfo.Open(env.ProcRoot)
+	if err != nil {
+		return s, err
+	}
+
 	// CPU: two samples of /proc/stat and of every process, one window apart.
-	cpu0, cpuErr := readCPU(env.ProcRoot)
-	procs0 := readProcs(env.ProcRoot)
+	cpu0, cpuErr := proc.CPUTimes()
+	procs0 := proc.Processes()
 	t := time.NewTimer(env.Limits.CPUSample)
 	select {
 	case <-ctx.Done():
@@ -57,43 +58,37 @@ func (System) Collect(ctx context.Context, env *Env) (Section, error) {
 		return s, ctx.Err()
 	case <-t.C:
 	}
-	cpu1, _ := readCPU(env.ProcRoot)
-	procs1 := readProcs(env.ProcRoot)
+	cpu1, _ := proc.CPUTimes()
+	procs1 := proc.Processes()
 	if cpuErr != nil {
 		addNote(&s, env, "cpu: %v", cpuErr)
-	} else if total := cpu1.total - cpu0.total; total > 0 {
-		busy := float64(total-(cpu1.idle-cpu0.idle)) / float64(total) * 100
-		addMetric(&s, "cpu_percent", round1(busy))
+	} else if total := cpu1.Total - cpu0.Total; total > 0 {
+		addMetric(&s, "cpu_percent", round1((cpu1.Busy-cpu0.Busy)/total*100))
 	}
-	d.TopByRSS, d.TopByCPU = topProcesses(procs0, procs1, cpu1.total-cpu0.total, d.CPUs, env.Limits.TopProcesses)
+	d.TopByRSS, d.TopByCPU = topProcesses(procs0, procs1, cpu1.Total-cpu0.Total, d.CPUs, env.Limits.TopProcesses)
 
 	// Memory.
-	if mem, err := readMeminfo(env.ProcRoot); err != nil {
+	if mem, err := proc.Memory(); err != nil {
 		addNote(&s, env, "memory: %v", err)
-	} else if total := mem["MemTotal"]; total > 0 {
-		avail, ok := mem["MemAvailable"]
-		if !ok {
-			avail = mem["MemFree"] + mem["Buffers"] + mem["Cached"]
-		}
-		d.MemTotalKB = total
-		addMetric(&s, "memory_percent", round1(float64(total-min(avail, total))/float64(total)*100))
-		addMetric(&s, "memory_available_bytes", float64(avail*1024))
-		if st := mem["SwapTotal"]; st > 0 {
-			addMetric(&s, "swap_percent", round1(float64(st-min(mem["SwapFree"], st))/float64(st)*100))
+	} else {
+		avail := min(mem.Available, mem.Total)
+		d.MemTotalKB = mem.Total / 1024
+		addMetric(&s, "memory_percent", round1(float64(mem.Total-avail)/float64(mem.Total)*100))
+		addMetric(&s, "memory_available_bytes", float64(avail))
+		if st := mem.SwapTotal; st > 0 {
+			addMetric(&s, "swap_percent", round1(float64(st-min(mem.SwapFree, st))/float64(st)*100))
 		}
 	}
 
 	// Load.
-	if b, err := os.ReadFile(filepath.Join(env.ProcRoot, "loadavg")); err != nil {
+	if l, err := proc.LoadAvg(); err != nil {
 		addNote(&s, env, "load: %v", err)
-	} else if f := strings.Fields(string(b)); len(f) >= 3 {
-		for i, name := range []string{"load1", "load5", "load15"} {
-			if v, err := strconv.ParseFloat(f[i], 64); err == nil {
-				addMetric(&s, name, v)
-				if i == 0 && d.CPUs > 0 {
-					addMetric(&s, "load1_per_cpu", round1(v/float64(d.CPUs)))
-				}
-			}
+	} else {
+		addMetric(&s, "load1", l.Load1)
+		addMetric(&s, "load5", l.Load5)
+		addMetric(&s, "load15", l.Load15)
+		if d.CPUs > 0 {
+			addMetric(&s, "load1_per_cpu", round1(l.Load1/float64(d.CPUs)))
 		}
 	}
 
@@ -124,68 +119,19 @@ func (System) Collect(ctx context.Context, env *Env) (Section, error) {
 	return s, nil
 }
 
-type cpuTimes struct{ total, idle uint64 }
-
-func readCPU(root string) (cpuTimes, error) {
-	f, err := os.Open(filepath.Join(root, "stat"))
-	if err != nil {
-		return cpuTimes{}, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		rest, ok := bytes.CutPrefix(sc.Bytes(), []byte("cpu "))
-		if !ok {
-			continue
-		}
-		var c cpuTimes
-		for i, fld := range strings.Fields(string(rest)) {
-			v, _ := strconv.ParseUint(fld, 10, 64)
-			if i < 8 { // user nice system idle iowait irq softirq steal; guest is in user
-				c.total += v
-			}
-			if i == 3 || i == 4 {
-				c.idle += v
-			}
-		}
-		return c, nil
-	}
-	return cpuTimes{}, os.ErrNotExist
-}
-
-// readMeminfo returns /proc/meminfo in kB by field name.
-func readMeminfo(root string) (map[string]uint64, error) {
-	b, err := os.ReadFile(filepath.Join(root, "meminfo"))
-	if err != nil {
-		return nil, err
-	}
-	m := make(map[string]uint64, 8)
-	for line := range strings.Lines(string(b)) {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		switch k {
-		case "MemTotal", "MemAvailable", "MemFree", "Buffers", "Cached", "SwapTotal", "SwapFree":
-			n, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			m[k] = n
-		}
-	}
-	return m, nil
-}
-
 // topProcesses ranks the second sample by RSS and by CPU over the window.
-func topProcesses(before, after []proc, totalTicks uint64, cpus, n int) (byRSS, byCPU []Process) {
-	prev := make(map[int]uint64, len(before))
+// total is the CPU time of all CPUs over the window, in seconds.
+func topProcesses(before, after []procinfo.Process, total float64, cpus, n int) (byRSS, byCPU []Process) {
+	prev := make(map[int]float64, len(before))
 	for _, p := range before {
-		prev[p.PID] = p.Ticks
+		prev[p.PID] = p.CPUSeconds
 	}
 	all := make([]Process, 0, len(after))
 	for _, p := range after {
-		pr := Process{PID: p.PID, Name: p.Comm, RSSBytes: p.RSS}
-		if t0, ok := prev[p.PID]; ok && totalTicks > 0 && p.Ticks >= t0 {
-			// totalTicks spans all CPUs; scale so one busy core is 100%.
-			pr.CPUPercent = round1(float64(p.Ticks-t0) / float64(totalTicks) * 100 * float64(max(cpus, 1)))
+		pr := Process{PID: p.PID, Name: p.Comm, RSSBytes: p.RSSBytes}
+		if t0, ok := prev[p.PID]; ok && total > 0 && p.CPUSeconds >= t0 {
+			// total spans all CPUs; scale so one busy core is 100%.
+			pr.CPUPercent = round1((p.CPUSeconds - t0) / total * 100 * float64(max(cpus, 1)))
 		}
 		all = append(all, pr)
 	}

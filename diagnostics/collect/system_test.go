@@ -48,8 +48,8 @@ func TestSystemFakeProc(t *testing.T) {
 	w("stat", "cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 1 2 3\nbtime 1\n")
 	w("meminfo", "MemTotal:       1000 kB\nMemFree:         50 kB\nMemAvailable:    100 kB\nSwapTotal: 0 kB\n")
 	w("loadavg", "4.00 2.00 1.00 1/100 123\n")
-	w("42/stat", "42 (rethink db) S 1 1 1 0 -1 0 0 0 0 0 50 50 0 0 20 0 1 0 1 1000 2560 0 0\n")
-	w("43/stat", "43 (a) b)) S 1 1 1 0 -1 0 0 0 0 0 5 5 0 0 20 0 1 0 1 1000 10 0 0\n")
+	w("42/stat", "42 (rethink db) S 1 1 1 0 -1 0 0 0 0 0 50 50 0 0 20 0 1 0 1 1000 2560 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n")
+	w("43/stat", "43 (a) b)) S 1 1 1 0 -1 0 0 0 0 0 5 5 0 0 20 0 1 0 1 1000 10 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n")
 	w("44/stat", "garbage")
 	w("self/stat", "not a pid dir")
 	// A container reads the host's /proc where METAGN_HOST_PROC says.

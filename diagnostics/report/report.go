@@ -1,6 +1,5 @@
 // Package report combines per-node check results into the verification
-// report: the seed's format (timestamp, overall_status, layers with
-// checks) extended with per-node status, durations, observed values and the
+// report: timestamp, overall_status and layers with checks, extended with per-node status, durations, observed values and the
 // root cause of skipped checks. It is pure data in, data out; the
 // controller gathers the inputs.
 package report

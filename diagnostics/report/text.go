@@ -9,7 +9,7 @@ import (
 	"github.com/guildnet/metaguildnet/messages"
 )
 
-// WriteText renders a report for people, in the seed's style: a header per
+// WriteText renders a report for people: a header per
 // layer, ✓ ✗ ⚠ per check with its duration; a check that passed on many
 // nodes takes one line, a problem takes one line per node with its message,
 // and a skipped check names what blocked it.

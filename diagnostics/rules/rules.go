@@ -73,16 +73,6 @@ func SeverityRank(s string) int {
 // Layers lists the standard layers in report order.
 var Layers = []string{"network", "cluster", "database", "application", "host"}
 
-// KnownChecks are the verification check names, by layer: the contract
-// with the verification tasks (issue 5). Built-in rules match only these.
-var KnownChecks = map[string][]string{
-	"network":     {"tailscaled_running", "tailnet_connected", "controller_reachable", "routes_approved", "login_server_health", "dns_resolution"},
-	"cluster":     {"kube_api_ready", "nodes_ready", "coredns_running", "metallb_available", "guildnet_crds_established", "talos_apid_version", "talos_etcd_members", "talos_services_up"},
-	"database":    {"rethinkdb_pods_ready", "rethinkdb_address", "rethinkdb_tcp", "rethinkdb_query", "rethinkdb_databases"},
-	"application": {"hostapp_healthz", "hostapp_api_health", "operator_available", "workspaces_settled", "proxy_answers"},
-	"host":        {"host_cpu", "host_memory", "host_disk"},
-}
-
 // DocsFile is where rule docs links point.
 const DocsFile = "docs/TROUBLESHOOTING.md"
 

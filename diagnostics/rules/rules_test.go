@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/guildnet/metaguildnet/checks/meta"
 	"github.com/guildnet/metaguildnet/messages"
 )
 
@@ -125,10 +126,8 @@ func TestEveryRuleFiresOnItsFault(t *testing.T) {
 func TestHealthyFactsFireNothing(t *testing.T) {
 	kb := builtin(t)
 	var checks []messages.CheckResult
-	for _, names := range KnownChecks {
-		for _, n := range names {
-			checks = append(checks, messages.CheckResult{Name: n, Status: "pass", Passed: true, Observed: json.RawMessage(`{"latency_ms": 12}`)})
-		}
+	for _, c := range meta.Builtin {
+		checks = append(checks, messages.CheckResult{Name: c.Name, Status: "pass", Passed: true, Observed: json.RawMessage(`{"latency_ms": 12}`)})
 	}
 	f := &Facts{Node: "n1", Role: "router", Checks: checks, Metrics: map[string]float64{
 		"memory_percent": 40, "cpu_percent": 10, "load1_per_cpu": 0.2, "disk_percent": 50, "tailscaled_up": 1,
@@ -169,10 +168,8 @@ func TestTitleObserved(t *testing.T) {
 func TestBuiltinChecksAreTheContract(t *testing.T) {
 	kb := builtin(t)
 	known := map[string]string{}
-	for layer, names := range KnownChecks {
-		for _, n := range names {
-			known[n] = layer
-		}
+	for _, c := range meta.Builtin {
+		known[c.Name] = c.Layer
 	}
 	used := map[string]bool{}
 	for _, r := range kb.Rules {
@@ -231,7 +228,7 @@ func TestDocsLinksResolve(t *testing.T) {
 		}
 		headings[anchor] = r.ID
 	}
-	// The seed's example link.
+	// A docs link is the troubleshooting page's anchor of the rule.
 	if got := kb.Rule("tailnet-unreachable").DocsLink(); got != "docs/TROUBLESHOOTING.md#tailnet-unreachable" {
 		t.Errorf("tailnet-unreachable docs = %q", got)
 	}

@@ -1,4 +1,4 @@
-// Package tailnet tests issue 4 against a real Headscale and real tsnet
+// Package tailnet tests the fleet over a tailnet against a real Headscale and real tsnet
 // nodes: agents reach the controller over the tailnet only, the controller
 // serves NATS on no host TCP port, tailnet facts reach `status --json`,
 // deletion from Headscale takes a node offline, restarts rejoin from

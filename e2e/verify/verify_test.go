@@ -22,6 +22,7 @@ import (
 	"github.com/guildnet/metaguildnet/diagnostics"
 	"github.com/guildnet/metaguildnet/diagnostics/bundle"
 	"github.com/guildnet/metaguildnet/internal/agent"
+	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/internal/controller"
 	"github.com/guildnet/metaguildnet/internal/ctlclient"
 	"github.com/guildnet/metaguildnet/internal/testenv"
@@ -195,7 +196,7 @@ func (w *world) startAgent(name, cluster, role string, extra map[string]string) 
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	settings := tasks.Settings{}
+	settings := config.Settings{}
 	for k, v := range w.settings {
 		settings[k] = v
 	}
@@ -291,7 +292,7 @@ func dump(r messages.Report) string {
 func TestFleetVerification(t *testing.T) {
 	w := newWorld(t)
 	// Route approval (routes_approved against a real tsnet router) is tested
-	// in tasks/check_network_tailnet_test.go; a router among these agents
+	// in checks/network_tailnet_test.go; a router among these agents
 	// keeps its peers' DERP health warning up on this machine.
 	w.startAgent("n1", "alpha", "controlplane", nil)
 	w.startAgent("n2", "alpha", "worker", nil)

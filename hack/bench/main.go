@@ -253,7 +253,7 @@ func main() {
 	}
 	fmt.Printf("\nidle agent (real process, %.0f s): RSS %.1f MiB, CPU %.3f%% of a core\n", res.AgentIdle.Seconds, res.AgentIdle.RSSMiB, res.AgentIdle.CPUPercent)
 	if res.Verify != nil {
-		fmt.Printf("verification sweep (L1-L4 + host, %d agents, test world): p50 %.0f ms, max %.0f ms, %d checks (target < 3000 ms)\n",
+		fmt.Printf("verification sweep (all layers, %d agents, test world): p50 %.0f ms, max %.0f ms, %d checks (target < 3000 ms)\n",
 			res.Verify.Agents, res.Verify.P50MS, res.Verify.MaxMS, res.Verify.Checks)
 		fmt.Printf("diagnose one node (verification + collectors + analysis): p50 %.0f ms, max %.0f ms (target < 1000 ms)\n",
 			res.Diagnose.P50MS, res.Diagnose.MaxMS)

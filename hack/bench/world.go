@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/guildnet/metaguildnet/internal/agent"
+	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/internal/ctlclient"
 	"github.com/guildnet/metaguildnet/internal/testenv"
 	"github.com/guildnet/metaguildnet/internal/testenv/hostappstandin"
@@ -39,7 +40,8 @@ type diagScan struct {
 // worldBench runs 100 simulated agents (real task loop, real checks) in
 // cluster "world" against the test world — a real kube-apiserver seeded
 // like GuildNet, the RethinkDB and host-app stand-ins — and times full
-// L1–L4 verification sweeps and single-node diagnoses end to end through
+// verification sweeps of every layer (network, host, cluster, database,
+// application) and single-node diagnoses end to end through
 // the controller. Network checks find no tailscaled here and fail fast;
 // they still run.
 func worldBench(cli *ctlclient.Client, natsURL, token, work string, n, rounds int) (*sweep, *diagScan, func()) {
@@ -76,7 +78,7 @@ func worldBench(cli *ctlclient.Client, natsURL, token, work string, n, rounds in
 	ca := filepath.Join(work, "hostapp-ca.pem")
 	app.WriteCA(ca)
 	up := time.Since(t0)
-	settings := tasks.Settings{"KUBECONFIG": kube.KubeconfigPath(), "RETHINKDB_ADDR": rdb.Addr(), "METAGN_RDB_DATABASES": "guildnet",
+	settings := config.Settings{"KUBECONFIG": kube.KubeconfigPath(), "RETHINKDB_ADDR": rdb.Addr(), "METAGN_RDB_DATABASES": "guildnet",
 		"HOSTAPP_URL": app.URL(), "METAGN_HOSTAPP_CA": ca, "TS_SOCKET": filepath.Join(work, "no-tailscaled.sock")}
 	var cancels []context.CancelFunc
 	for i := 0; i < n; i++ {

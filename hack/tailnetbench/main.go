@@ -1,5 +1,6 @@
 // Command tailnetbench measures a task fan-out over the tailnet beside the
-// same fan-out over loopback TCP (issue 4), and prints JSON.
+// same fan-out over loopback TCP (controller and agents on a Headscale
+// tailnet, see docs/TAILNET.md), and prints JSON.
 //
 // It re-executes itself in a loopback-only network namespace (tsnet may
 // run nowhere else), starts a real Headscale there, a controller joined

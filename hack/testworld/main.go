@@ -1,4 +1,4 @@
-// Command testworld runs the GuildNet-shaped test world (issue 3) in the
+// Command testworld runs the GuildNet-shaped test world (internal/testenv) in the
 // background for people and agents: a real kube-apiserver seeded like a
 // GuildNet cluster, a real Headscale, and the stand-ins for what cannot run
 // here (RethinkDB, Talos apid, the GuildNet host app). It writes DIR/env, a

@@ -229,7 +229,7 @@ func TestUpExecDown(t *testing.T) {
 // namespace, so a tailnet node must not start here.
 func TestStartTSNetRefusesOutsideNetNS(t *testing.T) {
 	if testenv.InNetNS() {
-		t.Skip("running inside a loopback-only namespace: the refusal cannot be observed")
+		testenv.Skip(t, "running inside a loopback-only namespace: the refusal cannot be observed")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nkeys"
 	"go.uber.org/zap"
 
+	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/messages"
 	"github.com/guildnet/metaguildnet/tasks"
 )
@@ -40,7 +41,7 @@ type Config struct {
 	Role     string
 	Labels   map[string]string
 	StateDir string
-	Settings tasks.Settings
+	Settings config.Settings
 	Tasks    *tasks.Registry // default tasks.Builtin()
 	Version  string
 	Log      *zap.Logger
@@ -120,11 +121,14 @@ func New(cfg Config) (*Agent, error) {
 	if err := messages.ValidNodeName(cfg.Name); err != nil {
 		return nil, fmt.Errorf("--name: %w", err)
 	}
-	for flag, v := range map[string]string{"--cluster": cfg.Cluster, "--role": cfg.Role} {
-		if v != "" {
-			if err := messages.ValidClusterName(v); err != nil {
-				return nil, fmt.Errorf("%s: %w", flag, err)
-			}
+	if cfg.Cluster != "" {
+		if err := messages.ValidClusterName(cfg.Cluster); err != nil {
+			return nil, fmt.Errorf("--cluster: %w", err)
+		}
+	}
+	if cfg.Role != "" {
+		if err := messages.ValidRoleName(cfg.Role); err != nil {
+			return nil, fmt.Errorf("--role: %w", err)
 		}
 	}
 	if err := messages.ValidateLabels(cfg.Labels); err != nil {
@@ -375,7 +379,7 @@ func (a *Agent) sync(settleAfter time.Duration, force bool) {
 	for attempt := 0; attempt < 3; {
 		// Only results finished before asking can be settled by the
 		// answer: a task issued meanwhile is not in it yet.
-		waiting := a.jrnl.Unsent()
+		waiting := a.jrnl.Unsettled()
 		if !force && len(waiting) == 0 {
 			return
 		}
@@ -434,7 +438,7 @@ func (a *Agent) sync(settleAfter time.Duration, force bool) {
 // settled forgets a result the controller has stored. The entry stays
 // (a task id is never run twice) without the result.
 func (a *Agent) settled(e Entry) {
-	e.Sent, e.Result = true, nil
+	e.Settled, e.Result = true, nil
 	if err := a.jrnl.Put(e); err != nil {
 		a.log.Warn("journal", zap.Error(err))
 	}
@@ -527,7 +531,7 @@ func (a *Agent) handle(t messages.Task) {
 	}
 	if e, seen := a.jrnl.Get(t.ID); seen {
 		a.mu.Unlock()
-		if e.Sent {
+		if e.Settled {
 			return // done, and the controller has stored its result
 		}
 		if e.Done && e.Result != nil {
@@ -817,7 +821,7 @@ func (a *Agent) outbox(ctx context.Context) {
 		if a.nc.IsConnected() {
 			a.sync(min(settleAfter, a.cfg.SettleEvery), false)
 		}
-		if len(a.jrnl.Unsent()) > 0 {
+		if len(a.jrnl.Unsettled()) > 0 {
 			retry = time.After(a.settleDelay())
 		}
 	}

@@ -20,9 +20,10 @@ type Entry struct {
 	TaskID   string    `json:"task_id"`
 	Deadline time.Time `json:"deadline"`
 	Done     bool      `json:"done"`
-	// Sent means settled: the controller has stored the result, so the
-	// entry no longer carries it.
-	Sent bool `json:"sent"`
+	// Settled: the controller has stored the result, so the entry no
+	// longer carries it. (Stored under "sent", the name journals written
+	// before the rename use.)
+	Settled bool `json:"sent"`
 	// Result is the encoded messages.Result, as sent. Bytes, not a
 	// struct: they are what is sent again, and a journal of many entries
 	// is cheap for the garbage collector.
@@ -34,9 +35,9 @@ type Entry struct {
 type Journal interface {
 	Get(id string) (Entry, bool)
 	Put(e Entry) error
-	// Unsent lists finished entries whose result is not settled yet.
-	Unsent() []Entry
-	// Prune forgets sent entries whose deadline is before t.
+	// Unsettled lists finished entries whose result is not settled yet.
+	Unsettled() []Entry
+	// Prune forgets settled entries whose deadline is before t.
 	Prune(t time.Time)
 }
 
@@ -62,12 +63,12 @@ func (j *MemJournal) Put(e Entry) error {
 	return nil
 }
 
-func (j *MemJournal) Unsent() []Entry {
+func (j *MemJournal) Unsettled() []Entry {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	var out []Entry
 	for _, e := range j.m {
-		if e.Done && !e.Sent {
+		if e.Done && !e.Settled {
 			out = append(out, e)
 		}
 	}
@@ -78,7 +79,7 @@ func (j *MemJournal) Prune(t time.Time) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	for id, e := range j.m {
-		if e.Sent && e.Deadline.Before(t) {
+		if e.Settled && e.Deadline.Before(t) {
 			delete(j.m, id)
 		}
 	}
@@ -147,7 +148,7 @@ func (j *FileJournal) Prune(t time.Time) {
 	j.mu.Lock()
 	var gone []string
 	for id, e := range j.m {
-		if e.Sent && e.Deadline.Before(t) {
+		if e.Settled && e.Deadline.Before(t) {
 			gone = append(gone, id)
 			delete(j.m, id)
 		}

@@ -7,11 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/guildnet/metaguildnet/internal/testenv"
 	"github.com/guildnet/metaguildnet/messages"
 )
 
 // A journal survives a restart: that is what keeps a task from running
-// twice and an unsent result from being lost.
+// twice and an unsettled result from being lost.
 func TestFileJournalSurvivesReopen(t *testing.T) {
 	dir := t.TempDir()
 	j, err := OpenFileJournal(dir)
@@ -22,7 +23,7 @@ func TestFileJournalSurvivesReopen(t *testing.T) {
 	j.Put(Entry{TaskID: "t1", Deadline: dl})
 	j.Put(Entry{TaskID: "t2", Deadline: dl, Done: true, Result: messages.MustEncode(&messages.Result{V: 1, TaskID: "t2", Outcome: messages.OutcomeOK})})
 	j.Put(Entry{TaskID: "t4", Deadline: dl, Done: true, Result: []byte(`{"v":1,"task_id":"t4","outcome":"great"}`)})
-	j.Put(Entry{TaskID: "t3", Deadline: time.Now().Add(-48 * time.Hour), Done: true, Sent: true})
+	j.Put(Entry{TaskID: "t3", Deadline: time.Now().Add(-48 * time.Hour), Done: true, Settled: true})
 	if err := j.Put(Entry{TaskID: "../escape"}); err == nil {
 		t.Fatal("a task id that is a path was accepted")
 	}
@@ -35,11 +36,11 @@ func TestFileJournalSurvivesReopen(t *testing.T) {
 	if e, ok := j2.Get("t1"); !ok || e.Done {
 		t.Fatalf("t1 after reopen: %+v %v", e, ok)
 	}
-	unsent := j2.Unsent()
-	if len(unsent) != 1 || unsent[0].TaskID != "t2" {
-		t.Fatalf("unsent after reopen: %+v", unsent)
+	unsettled := j2.Unsettled()
+	if len(unsettled) != 1 || unsettled[0].TaskID != "t2" {
+		t.Fatalf("unsettled after reopen: %+v", unsettled)
 	}
-	if r, err := messages.Decode[messages.Result](unsent[0].Result, 0); err != nil || r.Outcome != messages.OutcomeOK {
+	if r, err := messages.Decode[messages.Result](unsettled[0].Result, 0); err != nil || r.Outcome != messages.OutcomeOK {
 		t.Fatalf("t2's result after reopen: %+v %v", r, err)
 	}
 	// An unreadable result: the task counts as cut short, not as done.
@@ -58,7 +59,7 @@ func TestFileJournalSurvivesReopen(t *testing.T) {
 func rssFileKiB(t *testing.T) int {
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
-		t.Skip("no /proc")
+		testenv.Skip(t, "reading the resident set needs /proc: %v", err)
 	}
 	for line := range strings.Lines(string(b)) {
 		if rest, ok := strings.CutPrefix(line, "RssFile:"); ok {
@@ -72,7 +73,7 @@ func rssFileKiB(t *testing.T) int {
 			return v
 		}
 	}
-	t.Skip("no RssFile in /proc/self/status")
+	testenv.Skip(t, "no RssFile in /proc/self/status (kernel before 4.5)")
 	return 0
 }
 
@@ -92,7 +93,7 @@ func parseInt(s string) (int, error) {
 func TestReleaseStartupPages(t *testing.T) {
 	before := rssFileKiB(t)
 	if !releaseStartupPages() {
-		t.Skip("madvise(MADV_PAGEOUT) not supported here")
+		testenv.Skip(t, "madvise(MADV_PAGEOUT) not supported here (kernel before 5.4)")
 	}
 	after := rssFileKiB(t)
 	if after >= before {

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
+	"github.com/guildnet/metaguildnet/checks"
 	"github.com/guildnet/metaguildnet/internal/tailnet"
 	"github.com/guildnet/metaguildnet/internal/tlspin"
 	"github.com/guildnet/metaguildnet/messages"
@@ -150,7 +151,7 @@ func (a *Agent) startTailnet(ctx context.Context) (stop func(), err error) {
 	}
 	a.tn = ts
 	// The network checks ask the tailscaled this agent actually uses.
-	if lc, ok := ts.lc.(tasks.LocalAPI); ok {
+	if lc, ok := ts.lc.(checks.LocalAPI); ok {
 		a.cfg.Tasks = a.cfg.Tasks.With(tasks.Verify{Tailscale: lc})
 	}
 	// The enrollment carries what is known before the first probe.

@@ -1,13 +1,13 @@
-// Package config layers settings the way the seed design asks: command-line
+// Package config layers settings: command-line
 // flags win over the process environment, which wins over .env.local, which
 // wins over .env, which wins over built-in defaults. Every flag --some-name
 // can be set as METAGN_SOME_NAME in any of those places.
 package config
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -63,15 +63,52 @@ func (v Values) readFile(path string) error {
 	return nil
 }
 
-// ParseDotEnv parses KEY=VALUE lines: blank lines and # comments are
-// skipped, "export " is allowed, values may be single- or double-quoted.
-// A malformed line is an error naming name:line.
-func ParseDotEnv(r interface{ Read([]byte) (int, error) }, name string) (Values, error) {
+// MaxDotEnvBytes bounds a .env file.
+const MaxDotEnvBytes = 1 << 20
+
+// ParseDotEnv parses a .env file (see [ScanDotEnv] for the syntax). A
+// malformed line is an error naming name:line.
+func ParseDotEnv(r io.Reader, name string) (Values, error) {
+	b, err := io.ReadAll(io.LimitReader(r, MaxDotEnvBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if len(b) > MaxDotEnvBytes {
+		return nil, fmt.Errorf("%s: larger than %d bytes", name, MaxDotEnvBytes)
+	}
 	out := Values{}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 4096), 64<<10)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
+	for _, l := range ScanDotEnv(string(b)) {
+		if l.Err != nil {
+			return nil, fmt.Errorf("%s:%d: %w", name, l.Line, l.Err)
+		}
+		out[l.Key] = Value{Val: l.Value, Source: fmt.Sprintf("%s:%d", name, l.Line)}
+	}
+	return out, nil
+}
+
+// DotEnvLine is one assignment of a .env file, or why a line is not one.
+type DotEnvLine struct {
+	Line  int // from 1
+	Key   string
+	Value string
+	// Err says why the line is not an assignment (Key and Value are then
+	// empty, or Key alone is set when only the value is malformed). It
+	// never quotes the line, which may hold a secret.
+	Err error
+}
+
+// ScanDotEnv parses .env text: KEY=VALUE lines with KEY of letters,
+// digits and '_', an optional "export ", '#' comments, values in single
+// or double quotes (double quotes honour \n, \" and \\) and " #" comments
+// after unquoted values. It returns every assignment and every malformed
+// line, in order, and never fails as a whole; blank and comment lines are
+// left out.
+func ScanDotEnv(text string) []DotEnvLine {
+	var out []DotEnvLine
+	n := 0
+	for raw := range strings.Lines(text) {
+		n++
+		line := strings.TrimSpace(raw)
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
@@ -79,25 +116,50 @@ func ParseDotEnv(r interface{ Read([]byte) (int, error) }, name string) (Values,
 		k, val, ok := strings.Cut(line, "=")
 		k = strings.TrimSpace(k)
 		if !ok || !validKey(k) {
-			return nil, fmt.Errorf("%s:%d: want KEY=VALUE with KEY of letters, digits and '_', got %q", name, n, trunc(line))
+			out = append(out, DotEnvLine{Line: n, Err: errors.New("not a KEY=VALUE assignment (KEY of letters, digits and '_')")})
+			continue
 		}
-		val = strings.TrimSpace(val)
-		if len(val) >= 2 && (val[0] == '"' || val[0] == '\'') {
-			q := val[0]
-			end := strings.LastIndexByte(val, q)
-			if end == 0 {
-				return nil, fmt.Errorf("%s:%d: %s: unterminated quote", name, n, k)
+		v, err := dotEnvValue(strings.TrimSpace(val))
+		if err != nil {
+			out = append(out, DotEnvLine{Line: n, Key: k, Err: fmt.Errorf("%s: %w", k, err)})
+			continue
+		}
+		out = append(out, DotEnvLine{Line: n, Key: k, Value: v})
+	}
+	return out
+}
+
+// dotEnvValue unquotes a value, or cuts its trailing comment.
+func dotEnvValue(v string) (string, error) {
+	if v == "" {
+		return "", nil
+	}
+	switch q := v[0]; q {
+	case '\'', '"':
+		end := -1
+		for i := 1; i < len(v); i++ {
+			if q == '"' && v[i] == '\\' {
+				i++
+				continue
 			}
-			val = val[1:end]
-		} else if i := strings.Index(val, " #"); i >= 0 {
-			val = strings.TrimSpace(val[:i])
+			if v[i] == q {
+				end = i
+				break
+			}
 		}
-		out[k] = Value{Val: val, Source: fmt.Sprintf("%s:%d", name, n)}
+		if end < 0 {
+			return "", fmt.Errorf("unterminated %c quote", q)
+		}
+		inner := v[1:end]
+		if q == '"' {
+			inner = strings.NewReplacer(`\n`, "\n", `\"`, `"`, `\\`, `\`).Replace(inner)
+		}
+		return inner, nil
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
+	if i := strings.Index(v, " #"); i >= 0 {
+		v = strings.TrimSpace(v[:i])
 	}
-	return out, nil
+	return v, nil
 }
 
 func validKey(k string) bool {
@@ -110,13 +172,6 @@ func validKey(k string) bool {
 		}
 	}
 	return true
-}
-
-func trunc(s string) string {
-	if len(s) > 60 {
-		return s[:60] + "…"
-	}
-	return s
 }
 
 // EnvName is the environment name of a flag: --data-dir → METAGN_DATA_DIR.
@@ -160,10 +215,24 @@ func splitList(s string) []string {
 	return out
 }
 
+// Settings is a read-only view of configuration values by their
+// environment name (KUBECONFIG, TS_ROUTES, RETHINKDB_ADDR, ...), after
+// layering of flags, environment, .env.local and .env. Tasks, checks and
+// collectors read their settings from it.
+type Settings map[string]string
+
+// Get returns the value for key, or def when it is unset or empty.
+func (s Settings) Get(key, def string) string {
+	if v, ok := s[key]; ok && v != "" {
+		return v
+	}
+	return def
+}
+
 // Settings flattens v to plain strings, for tasks that read their settings
 // by name (KUBECONFIG, TS_ROUTES, ...).
-func (v Values) Settings() map[string]string {
-	m := make(map[string]string, len(v))
+func (v Values) Settings() Settings {
+	m := make(Settings, len(v))
 	for k, val := range v {
 		m[k] = val.Val
 	}

@@ -119,8 +119,8 @@ func (d *dispatcher) issue(ctx context.Context, req messages.RunRequest) (messag
 
 // issueTo creates a task for the given nodes and sends it.
 func (d *dispatcher) issueTo(ctx context.Context, req messages.RunRequest, targets []string, states map[string]string) (messages.RunReply, error) {
-	if err := messages.ValidClusterName(req.Kind); err != nil {
-		return messages.RunReply{}, messages.Errorf(messages.CodeBadRequest, "kind: %v", err)
+	if err := messages.ValidTaskKind(req.Kind); err != nil {
+		return messages.RunReply{}, messages.Errorf(messages.CodeBadRequest, "%v", err)
 	}
 	timeout := messages.DefaultRunTimeout
 	if req.Timeout != "" {

@@ -106,7 +106,7 @@ func (o *Options) validate() error {
 		return fmt.Errorf("--history-retention %v: must be positive", o.HistoryRetention)
 	}
 	for l, d := range o.SweepLayerIntervals {
-		if !messages.ValidCheckName(l) {
+		if messages.ValidLayerName(l) != nil {
 			return fmt.Errorf("--sweep-layer-interval %s=%v: %q is not a layer name", l, d, l)
 		}
 		if d <= 0 {

@@ -34,9 +34,9 @@ func TestResultsSettleThenSurviveRestart(t *testing.T) {
 		ids = append(ids, rep.TaskID)
 	}
 	for n, j := range journals {
-		poll.Until(t, 10*time.Second, n+" settles its results", func() bool { return len(j.Unsent()) == 0 })
+		poll.Until(t, 10*time.Second, n+" settles its results", func() bool { return len(j.Unsettled()) == 0 })
 		for _, id := range ids {
-			if e, ok := j.Get(id); !ok || !e.Done || !e.Sent {
+			if e, ok := j.Get(id); !ok || !e.Done || !e.Settled {
 				t.Fatalf("%s: journal entry for %s: %+v", n, id, e)
 			}
 		}

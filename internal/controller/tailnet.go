@@ -25,7 +25,7 @@ import (
 // DefaultTailnetHostname is the controller's name on the tailnet.
 const DefaultTailnetHostname = "guildnet-controller"
 
-// TailnetOptions put the controller on the tailnet (issue 4).
+// TailnetOptions put the controller on the tailnet (docs/TAILNET.md).
 type TailnetOptions struct {
 	// Enabled joins the tailnet with tsnet and serves NATS only on the
 	// tailnet address: the embedded server listens on no TCP port at all;

@@ -1,6 +1,6 @@
 // Package testenv brings up a GuildNet-shaped world from real servers so the
 // controller, the agents and their checks are tested against real peers
-// instead of mocks (issue 3).
+// instead of mocks.
 //
 // What runs here is real: etcd and kube-apiserver built from
 // k8s.io/kubernetes (no scheduler, controllers or kubelet, so status is

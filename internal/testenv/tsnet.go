@@ -129,21 +129,32 @@ func StartTSNet(ctx context.Context, opts TSNetOptions) (*tsnet.Server, *ipnstat
 // SetTSNetEnv sets the process environment tsnet needs in the test world
 // (see StartTSNet); logsDir is TS_LOGS_DIR.
 func SetTSNetEnv(logsDir string) {
-	for k, v := range map[string]string{
-		"TS_DEBUG_USE_DERP_HTTP": "1",
-		"TS_DISABLE_PORTMAPPER":  "1",
-		"TS_NO_LOGS_NO_SUPPORT":  "true",
-		"TS_LOGS_DIR":            logsDir,
-		// A loopback-only namespace has no interface tailscale counts as
-		// up, and outside a test binary it then pauses its control client
-		// forever; the tailnet here runs over loopback and DERP-over-HTTP.
-		"TS_ASSUME_NETWORK_UP_FOR_TEST": "1",
-	} {
-		// envknob.Setenv, not os.Setenv: tailscale reads most of these
-		// knobs once, at package init (envknob.RegisterBool), and only
-		// envknob.Setenv updates them afterwards. With os.Setenv the DERP
-		// client kept speaking TLS to Headscale's plain-HTTP relay, which
-		// failed whenever a node got as far as using its relay.
-		envknob.Setenv(k, v)
-	}
+	// tailscale's registered knobs are plain variables its goroutines read
+	// without a lock (envknob.RegisterBool), so they are set once per
+	// process: setting them again while a node runs is a data race.
+	tsnetKnobs.Do(func() {
+		for k, v := range map[string]string{
+			"TS_DEBUG_USE_DERP_HTTP": "1",
+			"TS_DISABLE_PORTMAPPER":  "1",
+			"TS_NO_LOGS_NO_SUPPORT":  "true",
+			// A loopback-only namespace has no interface tailscale counts
+			// as up, and outside a test binary it then pauses its control
+			// client forever; the tailnet here runs over loopback and
+			// DERP-over-HTTP.
+			"TS_ASSUME_NETWORK_UP_FOR_TEST": "1",
+		} {
+			// envknob.Setenv, not os.Setenv: tailscale reads most of these
+			// knobs once, at package init (envknob.RegisterBool), and only
+			// envknob.Setenv updates them afterwards. With os.Setenv the
+			// DERP client kept speaking TLS to Headscale's plain-HTTP
+			// relay, which failed whenever a node got as far as using its
+			// relay.
+			envknob.Setenv(k, v)
+		}
+	})
+	// TS_LOGS_DIR is read with os.Getenv when a node starts, never
+	// registered: it may change per node.
+	envknob.Setenv("TS_LOGS_DIR", logsDir)
 }
+
+var tsnetKnobs sync.Once

@@ -1,12 +1,21 @@
-package tasks
-
-// The check framework: a verification check is a name, a layer, a scope, a
-// timeout, the checks it depends on and a function that looks at one thing.
-// [RunChecks] runs a set of them in dependency order, independent ones in
-// parallel, each under its own deadline, and turns a check whose dependency
-// did not pass into "skipped" with blocked_by naming the root cause, so a
-// report shows one failure rather than a dozen symptoms (the shape of
-// tailscale's health Warnables with DependsOn).
+// Package checks is the verification check framework and its check
+// families: it decides whether one node or cluster is healthy, one small
+// look at a time.
+//
+// A check is a name, a layer, a scope, a timeout, the checks it depends on
+// and a function that looks at one thing. [RunChecks] runs a set of them in
+// dependency order, independent ones in parallel, each under its own
+// deadline, and turns a check whose dependency did not pass into "skipped"
+// with blocked_by naming the root cause, so a report shows one failure
+// rather than a dozen symptoms (the shape of tailscale's health Warnables
+// with DependsOn). Each family lives whole in its own file (network.go,
+// host.go, cluster.go, talos.go, database.go, application.go, custom.go)
+// and builds the clients it needs from the generic settings with
+// [LazyClient]; a built-in check's layer, scope and dependencies are its
+// row in the one metadata table, checks/meta, which diagnostics reads too.
+// [BuiltinChecks] lists them and [Catalog] adds the custom ones. The verify
+// task in package tasks is what runs them on an agent.
+package checks
 
 import (
 	"context"
@@ -23,16 +32,30 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/guildnet/metaguildnet/checks/meta"
+	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/messages"
 )
 
+// Env is what a check may know about the node it runs on.
+type Env struct {
+	Node    string
+	Cluster string
+	Role    string
+	Version string // agent version
+	Log     *zap.Logger
+	// Settings are the agent's configuration values by their environment
+	// name (KUBECONFIG, TS_ROUTES, RETHINKDB_ADDR, ...).
+	Settings config.Settings
+}
+
 // Scope says where a check runs: on every node, or once per cluster on one
 // agent chosen by the controller.
-type Scope string
+type Scope = meta.Scope
 
 const (
-	ScopeNode    Scope = messages.ScopeNode    // L1 network and host checks: every node
-	ScopeCluster Scope = messages.ScopeCluster // L2 cluster, L3 database, L4 application: one agent per cluster
+	ScopeNode    = meta.ScopeNode    // network and host checks: every node
+	ScopeCluster = meta.ScopeCluster // cluster, database, application: one agent per cluster
 )
 
 // Limits of the framework, named and defaulted in one place.
@@ -112,8 +135,9 @@ func (r Result) With(observed, threshold any) Result {
 	return r
 }
 
-// ValidName reports whether s may be a check or layer name.
-func ValidName(s string) bool { return messages.ValidCheckName(s) }
+// ValidName reports whether s may be a check or layer name (both are
+// lower_snake_case: [messages.ValidCheckName], [messages.ValidLayerName]).
+func ValidName(s string) bool { return messages.ValidCheckName(s) == nil }
 
 // ValidateChecks checks a set of checks as a whole: names valid and unique,
 // dependencies known and of a compatible scope, no cycles.
@@ -269,11 +293,11 @@ type RunOptions struct {
 	// Parallel bounds how many checks run at once; zero means
 	// DefaultCheckParallelism.
 	Parallel int
-	// Tailscale is the LocalAPI client the network checks use; nil means a
-	// client of the tailscaled socket in setting TS_SOCKET (or the
-	// platform's default socket). An agent that is itself a tsnet node
-	// passes its tsnet.Server's LocalClient here.
-	Tailscale LocalAPI
+	// Clients are clients the caller already holds, by the key their check
+	// family reads them under with [LazyClient] (e.g. [TailscaleClientKey]);
+	// nil values are ignored. A family builds what is not given here from
+	// the settings.
+	Clients map[string]any
 }
 
 // RunChecks runs checks (which must pass [ValidateChecks]; [Select] output
@@ -288,7 +312,7 @@ func RunChecks(ctx context.Context, env *Env, checks []Check, opts RunOptions) [
 	if parallel <= 0 {
 		parallel = DefaultCheckParallelism
 	}
-	cx := newCheckEnv(env, opts.Tailscale)
+	cx := newCheckEnv(env, opts.Clients)
 	defer cx.close()
 
 	index := make(map[string]int, len(checks))
@@ -433,7 +457,7 @@ func finish(env *Env, c *Check, r Result, d time.Duration) messages.CheckResult 
 		Status:     r.Status,
 		Passed:     r.Status == messages.CheckPass || r.Status == messages.CheckWarn,
 		DurationMS: d.Milliseconds(),
-		Message:    truncate(msg, MaxCheckMessageBytes),
+		Message:    Truncate(msg, MaxCheckMessageBytes),
 		Observed:   boundedJSON(r.Observed),
 		Threshold:  boundedJSON(r.Threshold),
 	}
@@ -443,7 +467,9 @@ func finish(env *Env, c *Check, r Result, d time.Duration) messages.CheckResult 
 	return out
 }
 
-func truncate(s string, max int) string {
+// Truncate shortens s to at most max bytes, ending in "…" when cut, without
+// splitting a UTF-8 sequence.
+func Truncate(s string, max int) string {
 	if len(s) <= max {
 		return s
 	}
@@ -492,37 +518,77 @@ func errText(ctx context.Context, err error) string {
 	if err == nil {
 		return ""
 	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		if cause := context.Cause(ctx); cause != nil && !errors.Is(err, cause) {
-			return err.Error() + " (" + cause.Error() + ")"
-		}
-	}
-	return err.Error()
+	return ctxErr(ctx, err).Error()
 }
 
 // CheckEnv is what a check sees: the node's [Env] plus what the checks of
-// one run share: clients built on first use (the Kubernetes client, the
-// tailscaled LocalAPI) and values one check finds for the checks that depend
-// on it (the RethinkDB address). Nothing is built before a check asks for
-// it and everything is dropped when the run ends, so an idle agent holds
-// none of it.
+// one run share: clients built on first use by their family's
+// [LazyClient] (the Kubernetes client, the tailscaled LocalAPI, ...) and
+// values one check finds for the checks that depend on it (the RethinkDB
+// address). It knows no family: each keeps its clients under its own keys.
+// Nothing is built before a check asks for it and everything is dropped
+// when the run ends, so an idle agent holds none of it.
 type CheckEnv struct {
 	*Env
 
-	tailscale LocalAPI
-
 	mu      sync.Mutex
 	values  map[string]any
-	kube    *kubeClient
-	kubeErr error
+	clients map[string]*lazyClient
 	closers []func()
 }
 
-func newCheckEnv(env *Env, ts LocalAPI) *CheckEnv {
+// lazyClient is one client of a run, built once.
+type lazyClient struct {
+	once  sync.Once
+	v     any
+	err   error
+	given bool // passed in RunOptions.Clients rather than built
+}
+
+func newCheckEnv(env *Env, given map[string]any) *CheckEnv {
 	if env == nil {
 		env = &Env{}
 	}
-	return &CheckEnv{Env: env, tailscale: ts, values: map[string]any{}}
+	cx := &CheckEnv{Env: env, values: map[string]any{}, clients: map[string]*lazyClient{}}
+	for k, v := range given {
+		if v == nil {
+			continue
+		}
+		l := &lazyClient{given: true}
+		l.once.Do(func() { l.v = v })
+		cx.clients[k] = l
+	}
+	return cx
+}
+
+// LazyClient returns the run's client under key: the one the caller gave in
+// [RunOptions.Clients], else the one build made on the first call of the
+// run (concurrent callers wait for that one build; its error is kept too).
+// The func build returns, when not nil, runs when the run ends. given
+// reports whether the client came from the caller, for messages.
+func LazyClient[T any](cx *CheckEnv, key string, build func() (T, func(), error)) (client T, given bool, err error) {
+	cx.mu.Lock()
+	l, ok := cx.clients[key]
+	if !ok {
+		l = &lazyClient{}
+		cx.clients[key] = l
+	}
+	cx.mu.Unlock()
+	l.once.Do(func() {
+		v, closer, err := build()
+		l.v, l.err = v, err
+		if closer != nil {
+			cx.OnClose(closer)
+		}
+	})
+	if l.err != nil {
+		return client, l.given, l.err
+	}
+	client, ok = l.v.(T)
+	if !ok {
+		return client, l.given, fmt.Errorf("client %s: holds a %T, the check wants a %T", key, l.v, client)
+	}
+	return client, l.given, nil
 }
 
 // Setting returns a setting, or def when it is unset or empty.

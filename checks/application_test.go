@@ -1,4 +1,4 @@
-package tasks
+package checks
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/messages"
 )
 
@@ -118,12 +119,12 @@ func TestHostAppChecks(t *testing.T) {
 
 func TestHostAppURLAndSettings(t *testing.T) {
 	for _, tc := range []struct {
-		settings Settings
+		settings config.Settings
 		want     string
 	}{
 		{nil, "https://127.0.0.1:8090"},
-		{Settings{"LISTEN_LOCAL": "127.0.0.1:8080"}, "https://127.0.0.1:8080"},
-		{Settings{"LISTEN_LOCAL": "127.0.0.1:8080", "HOSTAPP_URL": "https://10.0.0.1:9/"}, "https://10.0.0.1:9"},
+		{config.Settings{"LISTEN_LOCAL": "127.0.0.1:8080"}, "https://127.0.0.1:8080"},
+		{config.Settings{"LISTEN_LOCAL": "127.0.0.1:8080", "HOSTAPP_URL": "https://10.0.0.1:9/"}, "https://10.0.0.1:9"},
 	} {
 		if got := HostAppURL(tc.settings); got != tc.want {
 			t.Errorf("HostAppURL(%v) = %q, want %q", tc.settings, got, tc.want)
@@ -139,5 +140,54 @@ func TestHostAppURLAndSettings(t *testing.T) {
 		if r := res["hostapp_healthz"]; r.Status != messages.CheckFail || !strings.Contains(r.Message, strings.TrimPrefix(val, "ftp://")) {
 			t.Errorf("%s=%s: %s %q", key, val, r.Status, r.Message)
 		}
+	}
+}
+
+// TestClusterScopeWithoutKube: with no API server every check that
+// needs Kubernetes is skipped behind kube_api_ready, once, while the host
+// app is still checked on its own.
+func TestClusterScopeWithoutKube(t *testing.T) {
+	srv := startHostApp(t, okHealthz, allOK)
+	settings := config.Settings{
+		"KUBECONFIG":        "/nonexistent/kubeconfig",
+		"HOSTAPP_URL":       srv.URL,
+		"METAGN_HOSTAPP_CA": srv.CAFile,
+	}
+	results := runArgs(t.Context(), t, testEnv(settings), `{"scope":"cluster"}`, RunOptions{})
+	res := byName(results)
+	for name, r := range res {
+		var c Check
+		for _, b := range BuiltinChecks() {
+			if b.Name == name {
+				c = b
+			}
+		}
+		if c.Scope != ScopeCluster {
+			t.Errorf("%s (scope %q) ran in a cluster-scoped verify", name, c.Scope)
+		}
+		switch {
+		case name == "kube_api_ready":
+			if r.Status != messages.CheckFail || !strings.Contains(r.Message, "/nonexistent/kubeconfig") {
+				t.Errorf("kube_api_ready: %s %q", r.Status, r.Message)
+			}
+		case strings.HasPrefix(name, "talos_"):
+			if r.Status != messages.CheckPass || !strings.Contains(r.Message, "TALOSCONFIG is not set") {
+				t.Errorf("%s: %s %q", name, r.Status, r.Message)
+			}
+		case name == "hostapp_healthz" || name == "hostapp_api_health":
+			if r.Status != messages.CheckPass {
+				t.Errorf("%s: %s %q", name, r.Status, r.Message)
+			}
+		default:
+			if r.Status != messages.CheckSkipped || r.BlockedBy != "kube_api_ready" {
+				t.Errorf("%s: %s blocked_by %q (%s)", name, r.Status, r.BlockedBy, r.Message)
+			}
+		}
+	}
+	if len(res) != 18 {
+		t.Errorf("%d cluster-scoped results, want 18", len(res))
+	}
+	if o := Worst(results); o != messages.OutcomeFail {
+		t.Errorf("outcome %s", o)
 	}
 }

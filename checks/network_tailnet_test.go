@@ -1,18 +1,18 @@
-package tasks
+package checks
 
 import (
 	"context"
-	"encoding/json"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/internal/testenv"
 	"github.com/guildnet/metaguildnet/messages"
 )
 
-// TestNetworkChecksOnARealTailnet runs the L1 checks on a tsnet router
+// TestNetworkChecksOnARealTailnet runs the network checks on a tsnet router
 // node (its own LocalClient injected, as an agent that is a tsnet node
 // does) against a real Headscale, with a second tsnet node standing in for
 // the controller. It runs only inside the loopback-only network namespace
@@ -52,17 +52,13 @@ func TestNetworkChecksOnARealTailnet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := &Env{Node: "guildnet-router", Cluster: "c1", Role: "router", Settings: Settings{
+	env := &Env{Node: "guildnet-router", Cluster: "c1", Role: "router", Settings: config.Settings{
 		"METAGN_CONTROLLER_TAILNET_IP": ctlStatus.TailscaleIPs[0].String(),
 		"TS_LOGIN_SERVER":              h.URL(),
 		"TS_SOCKET":                    "/nonexistent/tailscaled.sock", // the injected client must be used
 	}}
 	verify := func() map[string]messages.CheckResult {
-		out, err := Verify{Tailscale: lc}.Run(ctx, env, json.RawMessage(`{"layers":["network"],"scope":"node"}`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return byName(out.Data.(*messages.VerifyOutput).Checks)
+		return byName(runArgs(ctx, t, env, `{"layers":["network"],"scope":"node"}`, RunOptions{Clients: map[string]any{TailscaleClientKey: lc}}))
 	}
 	// eventually polls verify until ok accepts the results, or fails with
 	// the last ones.

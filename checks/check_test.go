@@ -1,4 +1,4 @@
-package tasks
+package checks
 
 import (
 	"context"
@@ -25,6 +25,29 @@ func byName(results []messages.CheckResult) map[string]messages.CheckResult {
 		m[r.Name] = r
 	}
 	return m
+}
+
+// runArgs runs what a verify task with these JSON arguments runs: the
+// catalog of env's settings, selected by layers, scope and checks.
+func runArgs(ctx context.Context, t testing.TB, env *Env, args string, opts RunOptions) []messages.CheckResult {
+	t.Helper()
+	var a struct {
+		Layers []string `json:"layers"`
+		Scope  Scope    `json:"scope"`
+		Checks []string `json:"checks"`
+	}
+	if err := json.Unmarshal([]byte(args), &a); err != nil {
+		t.Fatalf("arguments %s: %v", args, err)
+	}
+	catalog, err := Catalog(env.Settings)
+	if err != nil {
+		t.Fatalf("catalog: %v", err)
+	}
+	sel, err := Select(catalog, Selection{Layers: a.Layers, Scope: a.Scope, Names: a.Checks})
+	if err != nil {
+		t.Fatalf("select %s: %v", args, err)
+	}
+	return RunChecks(ctx, env, sel, opts)
 }
 
 func ck(name string, deps []string, run func(context.Context, *CheckEnv) Result) Check {
@@ -433,5 +456,56 @@ func TestWorst(t *testing.T) {
 		if got := Worst(tc.in); got != tc.want {
 			t.Errorf("Worst(%v) = %s, want %s", tc.in, got, tc.want)
 		}
+	}
+}
+
+// LazyClient builds a family's client once per run however many checks ask
+// at once, keeps a build error, prefers a client the caller gave, and closes
+// what it built when the run ends.
+func TestLazyClient(t *testing.T) {
+	var builds, closes atomic.Int32
+	build := func() (*strings.Builder, func(), error) {
+		builds.Add(1)
+		time.Sleep(10 * time.Millisecond)
+		return &strings.Builder{}, func() { closes.Add(1) }, nil
+	}
+	var got sync.Map
+	var cs []Check
+	for i := range 8 {
+		cs = append(cs, ck(string(rune('a'+i)), nil, func(_ context.Context, cx *CheckEnv) Result {
+			c, given, err := LazyClient(cx, "test.client", build)
+			if err != nil || given {
+				return Fail("client: %v, given %v", err, given)
+			}
+			got.Store(c, true)
+			if _, _, err := LazyClient(cx, "test.broken", func() (int, func(), error) { return 0, nil, errors.New("no such thing") }); err == nil {
+				return Fail("broken client built")
+			}
+			if _, _, err := LazyClient(cx, "test.client", func() (int, func(), error) { return 1, nil, nil }); err == nil {
+				return Fail("a client of another type under the same key")
+			}
+			return Pass("ok")
+		}))
+	}
+	for _, r := range RunChecks(t.Context(), testEnv(nil), cs, RunOptions{Parallel: 8}) {
+		if r.Status != messages.CheckPass {
+			t.Errorf("%s: %s %q", r.Name, r.Status, r.Message)
+		}
+	}
+	n := 0
+	got.Range(func(any, any) bool { n++; return true })
+	if builds.Load() != 1 || n != 1 || closes.Load() != 1 {
+		t.Errorf("%d builds, %d distinct clients, %d closes; want 1 of each", builds.Load(), n, closes.Load())
+	}
+	given := &strings.Builder{}
+	res := RunChecks(t.Context(), testEnv(nil), []Check{ck("g", nil, func(_ context.Context, cx *CheckEnv) Result {
+		c, ok, err := LazyClient(cx, "test.client", build)
+		if err != nil || !ok || c != given {
+			return Fail("got %p given %v err %v, want the caller's %p", c, ok, err, given)
+		}
+		return Pass("ok")
+	})}, RunOptions{Clients: map[string]any{"test.client": given}})
+	if res[0].Status != messages.CheckPass {
+		t.Errorf("given client: %s", res[0].Message)
 	}
 }

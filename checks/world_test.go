@@ -1,4 +1,4 @@
-package tasks
+package checks
 
 // Integration tests of the cluster, database, application and Talos checks
 // against the test world (internal/testenv): a real etcd + kube-apiserver
@@ -30,6 +30,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/internal/testenv"
 	"github.com/guildnet/metaguildnet/internal/testenv/rdbstandin"
 	"github.com/guildnet/metaguildnet/internal/testenv/talosstandin"
@@ -112,14 +113,11 @@ type expect struct {
 	blockedBy string
 }
 
-// verifyCluster runs the verify task, cluster scope, and checks results.
-func verifyCluster(t *testing.T, settings Settings, args string, want map[string]expect) map[string]messages.CheckResult {
+// verifyCluster runs the checks a verify task with args runs, and checks
+// their results.
+func verifyCluster(t *testing.T, settings config.Settings, args string, want map[string]expect) map[string]messages.CheckResult {
 	t.Helper()
-	out, err := Verify{}.Run(t.Context(), &Env{Node: "guildnet-node-1", Cluster: "c1", Role: "controlplane", Settings: settings}, json.RawMessage(args))
-	if err != nil {
-		t.Fatal(err)
-	}
-	res := byName(out.Data.(*messages.VerifyOutput).Checks)
+	res := byName(runArgs(t.Context(), t, &Env{Node: "guildnet-node-1", Cluster: "c1", Role: "controlplane", Settings: settings}, args, RunOptions{}))
 	for name, w := range want {
 		r, ok := res[name]
 		if !ok {
@@ -155,7 +153,7 @@ func TestVerifyAgainstTestWorld(t *testing.T) {
 
 	app := startProxyHostApp(t)
 
-	base := Settings{
+	base := config.Settings{
 		"KUBECONFIG":           k.KubeconfigPath(),
 		"RETHINKDB_ADDR":       rdb.Addr(),
 		"METAGN_RDB_DATABASES": "org_acme__main",
@@ -164,8 +162,8 @@ func TestVerifyAgainstTestWorld(t *testing.T) {
 	}
 	base["TALOSCONFIG"] = talosconfig
 	talosPass := func(msg string) expect { return expect{messages.CheckPass, msg, ""} }
-	with := func(kv ...string) Settings {
-		s := Settings{}
+	with := func(kv ...string) config.Settings {
+		s := config.Settings{}
 		for k, v := range base {
 			s[k] = v
 		}

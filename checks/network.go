@@ -1,6 +1,6 @@
-package tasks
+package checks
 
-// L1 network checks, node-scoped: everything about the tailnet is asked of
+// Network checks, node-scoped: everything about the tailnet is asked of
 // tailscaled's LocalAPI (never by parsing CLI text), through [LocalAPI] so
 // an agent that is itself a tsnet node can pass its own LocalClient.
 
@@ -20,8 +20,6 @@ import (
 	"tailscale.com/client/local"
 	"tailscale.com/ipn/ipnstate"
 	"tailscale.com/tailcfg"
-
-	"github.com/guildnet/metaguildnet/messages"
 )
 
 // LocalAPI is the part of tailscaled's LocalAPI the network checks use.
@@ -37,25 +35,27 @@ const DefaultTSRoutes = "10.0.0.0/24,10.96.0.0/12,10.244.0.0/16"
 
 const statusKey = "tailscale.status"
 
-// Tailscale returns the LocalAPI client of this run: the injected one, else
-// a client of the socket in setting TS_SOCKET (the platform's default when
-// unset).
-func (cx *CheckEnv) Tailscale() LocalAPI {
-	if cx.tailscale != nil {
-		return cx.tailscale
-	}
-	sock := cx.Setting("TS_SOCKET", "")
-	return &local.Client{Socket: sock, UseSocketOnly: sock != ""}
-}
+// TailscaleClientKey is the key of the LocalAPI the network checks use in
+// [RunOptions.Clients]. An agent that is itself a tsnet node passes its
+// tsnet.Server's LocalClient under it; without it the checks use a client
+// of the tailscaled socket in setting TS_SOCKET (the platform's default
+// when unset).
+const TailscaleClientKey = "tailscale.localapi"
 
-func (cx *CheckEnv) tailscaleWhere() string {
-	if cx.tailscale != nil {
-		return "the agent's tailnet LocalAPI"
+// tailscale returns the LocalAPI client of this run and says where it
+// talks to, for messages.
+func tailscale(cx *CheckEnv) (LocalAPI, string, error) {
+	sock := cx.Setting("TS_SOCKET", "")
+	lc, given, err := LazyClient(cx, TailscaleClientKey, func() (LocalAPI, func(), error) {
+		return &local.Client{Socket: sock, UseSocketOnly: sock != ""}, nil, nil
+	})
+	switch {
+	case given:
+		return lc, "the agent's tailnet LocalAPI", err
+	case sock != "":
+		return lc, "tailscaled socket " + sock, err
 	}
-	if s := cx.Setting("TS_SOCKET", ""); s != "" {
-		return "tailscaled socket " + s
-	}
-	return "tailscaled's default socket"
+	return lc, "tailscaled's default socket", err
 }
 
 // tailscaleStatus returns the status tailscaled_running fetched, or fetches
@@ -64,57 +64,58 @@ func tailscaleStatus(ctx context.Context, cx *CheckEnv) (*ipnstate.Status, error
 	if st, ok := Value[*ipnstate.Status](cx, statusKey); ok {
 		return st, nil
 	}
-	st, err := cx.Tailscale().StatusWithoutPeers(ctx)
+	lc, where, err := tailscale(cx)
 	if err != nil {
-		return nil, fmt.Errorf("status from %s: %s", cx.tailscaleWhere(), errText(ctx, err))
+		return nil, fmt.Errorf("LocalAPI client: %w", err)
+	}
+	st, err := lc.StatusWithoutPeers(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("status from %s: %s", where, errText(ctx, err))
 	}
 	cx.Put(statusKey, st)
 	return st, nil
 }
 
-// NetworkChecks are the L1 checks.
+// NetworkChecks are the network layer's checks.
 func NetworkChecks() []Check {
-	return []Check{
+	return fromTable([]Check{
 		{
-			Name: "tailscaled_running", Layer: messages.LayerNetwork, Scope: ScopeNode,
+			Name:        "tailscaled_running",
 			Description: "tailscaled answers on its LocalAPI",
 			Timeout:     5 * time.Second,
 			Run:         checkTailscaledRunning,
 		},
 		{
-			Name: "tailnet_connected", Layer: messages.LayerNetwork, Scope: ScopeNode,
+			Name:        "tailnet_connected",
 			Description: "tailscaled's backend is Running and connected to its control server",
 			Timeout:     5 * time.Second,
-			DependsOn:   []string{"tailscaled_running"},
 			Run:         checkTailnetConnected,
 		},
 		{
-			Name: "controller_reachable", Layer: messages.LayerNetwork, Scope: ScopeNode,
+			Name:        "controller_reachable",
 			Description: "the controller answers a tailnet ping (TSMP) at METAGN_CONTROLLER_TAILNET_IP",
 			Timeout:     10 * time.Second,
-			DependsOn:   []string{"tailnet_connected"},
 			Run:         checkControllerReachable,
 		},
 		{
-			Name: "routes_approved", Layer: messages.LayerNetwork, Scope: ScopeNode,
+			Name:        "routes_approved",
 			Description: "on a router, every route in TS_ROUTES is approved (primary)",
 			Timeout:     5 * time.Second,
-			DependsOn:   []string{"tailnet_connected"},
 			Run:         checkRoutesApproved,
 		},
 		{
-			Name: "login_server_health", Layer: messages.LayerNetwork, Scope: ScopeNode,
+			Name:        "login_server_health",
 			Description: "the login server (Headscale) answers GET /health",
 			Timeout:     5 * time.Second,
 			Run:         checkLoginServerHealth,
 		},
 		{
-			Name: "dns_resolution", Layer: messages.LayerNetwork, Scope: ScopeNode,
+			Name:        "dns_resolution",
 			Description: "the name in METAGN_DNS_NAME resolves",
 			Timeout:     5 * time.Second,
 			Run:         checkDNSResolution,
 		},
-	}
+	})
 }
 
 func checkTailscaledRunning(ctx context.Context, cx *CheckEnv) Result {
@@ -178,7 +179,11 @@ func checkControllerReachable(ctx context.Context, cx *CheckEnv) Result {
 	if err != nil {
 		return Fail("setting METAGN_CONTROLLER_TAILNET_IP: %q is not an IP address", raw)
 	}
-	res, err := cx.Tailscale().Ping(ctx, ip, tailcfg.PingTSMP)
+	lc, _, err := tailscale(cx)
+	if err != nil {
+		return Fail("LocalAPI client: %v", err)
+	}
+	res, err := lc.Ping(ctx, ip, tailcfg.PingTSMP)
 	if err != nil {
 		return Fail("tailnet ping to controller %s: %s", ip, errText(ctx, err))
 	}
@@ -308,7 +313,7 @@ func httpGet(ctx context.Context, client *http.Client, url string, maxBody int64
 // firstLine is the first line of a body, bounded, for a message.
 func firstLine(b []byte) string {
 	s, _, _ := strings.Cut(string(b), "\n")
-	return truncate(strings.TrimSpace(s), 200)
+	return Truncate(strings.TrimSpace(s), 200)
 }
 
 // ms is a duration in milliseconds with microsecond precision, for

@@ -1,6 +1,6 @@
-package tasks
+package checks
 
-// L3 database checks, cluster-scoped: RethinkDB found the way GuildNet
+// Database checks, cluster-scoped: RethinkDB found the way GuildNet
 // finds it, then dialled, queried and its databases listed. The chain is
 // pods_ready -> address -> tcp -> query -> databases, so a dead database
 // shows as one failure.
@@ -54,40 +54,40 @@ func (a RethinkDBAddress) String() string {
 	return fmt.Sprintf("%s (%s)", a.Address, a.Source)
 }
 
-// DatabaseChecks are the L3 checks.
+// DatabaseChecks are the database layer's checks.
 func DatabaseChecks() []Check {
-	return []Check{
+	return fromTable([]Check{
 		{
-			Name: "rethinkdb_pods_ready", Layer: messages.LayerDatabase, Scope: ScopeCluster,
+			Name:        "rethinkdb_pods_ready",
 			Description: "RethinkDB pods (app=rethinkdb) are Running and ready",
-			Timeout:     10 * time.Second, DependsOn: []string{"kube_api_ready"},
-			Run: withKube(checkRethinkDBPods),
+			Timeout:     10 * time.Second,
+			Run:         withKube(checkRethinkDBPods),
 		},
 		{
-			Name: "rethinkdb_address", Layer: messages.LayerDatabase, Scope: ScopeCluster,
+			Name:        "rethinkdb_address",
 			Description: "RethinkDB's address: RETHINKDB_ADDR, else the Service's LoadBalancer IP, NodePort or ClusterIP",
-			Timeout:     10 * time.Second, DependsOn: []string{"rethinkdb_pods_ready"},
-			Run: checkRethinkDBAddress,
+			Timeout:     10 * time.Second,
+			Run:         checkRethinkDBAddress,
 		},
 		{
-			Name: "rethinkdb_tcp", Layer: messages.LayerDatabase, Scope: ScopeCluster,
+			Name:        "rethinkdb_tcp",
 			Description: "RethinkDB's client port accepts a TCP connection",
-			Timeout:     5 * time.Second, DependsOn: []string{"rethinkdb_address"},
-			Run: checkRethinkDBTCP,
+			Timeout:     5 * time.Second,
+			Run:         checkRethinkDBTCP,
 		},
 		{
-			Name: "rethinkdb_query", Layer: messages.LayerDatabase, Scope: ScopeCluster,
+			Name:        "rethinkdb_query",
 			Description: "r.dbList() answers, warn above 100 ms, fail above 1 s",
-			Timeout:     5 * time.Second, DependsOn: []string{"rethinkdb_tcp"},
-			Run: checkRethinkDBQuery,
+			Timeout:     5 * time.Second,
+			Run:         checkRethinkDBQuery,
 		},
 		{
-			Name: "rethinkdb_databases", Layer: messages.LayerDatabase, Scope: ScopeCluster,
+			Name:        "rethinkdb_databases",
 			Description: "the databases in METAGN_RDB_DATABASES exist",
-			Timeout:     2 * time.Second, DependsOn: []string{"rethinkdb_query"},
-			Run: checkRethinkDBDatabases,
+			Timeout:     2 * time.Second,
+			Run:         checkRethinkDBDatabases,
 		},
-	}
+	})
 }
 
 func checkRethinkDBPods(ctx context.Context, cx *CheckEnv, k *kubeClient) Result {
@@ -119,7 +119,7 @@ func findRethinkDB(ctx context.Context, cx *CheckEnv) (RethinkDBAddress, error) 
 		}
 		return RethinkDBAddress{Address: addr, Source: "setting", Detail: "RETHINKDB_ADDR"}, nil
 	}
-	k, err := cx.Kube()
+	k, err := kube(cx)
 	if err != nil {
 		return RethinkDBAddress{}, fmt.Errorf("Kubernetes client: %w", err)
 	}

@@ -1,4 +1,4 @@
-package tasks
+package checks
 
 import (
 	"fmt"
@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/guildnet/metaguildnet/internal/config"
+	"github.com/guildnet/metaguildnet/internal/testenv"
 	"github.com/guildnet/metaguildnet/messages"
 )
 
@@ -85,15 +87,11 @@ checks:
 `, srv.URL, ln.Addr(), closed, marker, old, dir, echo, sleep, sh)
 	path := writeFile(t, dir, "checks.yaml", yaml)
 	t.Setenv("TS_AUTHKEY", "secret-the-command-must-not-see")
-	settings := Settings{
+	settings := config.Settings{
 		"METAGN_CUSTOM_CHECKS":    path,
 		"METAGN_ALLOWED_COMMANDS": strings.Join([]string{echo, sleep, sh}, ", "),
 	}
-	out, err := Verify{}.Run(t.Context(), testEnv(settings), []byte(`{"layers":["registry","storage","files","cmds"]}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	results := out.Data.(*messages.VerifyOutput).Checks
+	results := runArgs(t.Context(), t, testEnv(settings), `{"layers":["registry","storage","files","cmds"]}`, RunOptions{})
 	res := byName(results)
 	if len(results) != 19 {
 		t.Errorf("%d results, want 19", len(results))
@@ -127,8 +125,8 @@ checks:
 	if d := res["cmd_slow"].DurationMS; d > 2000 {
 		t.Errorf("cmd_slow took %d ms: the timeout did not kill it", d)
 	}
-	if out.Outcome != messages.OutcomeFail {
-		t.Errorf("outcome %s", out.Outcome)
+	if o := Worst(results); o != messages.OutcomeFail {
+		t.Errorf("outcome %s", o)
 	}
 }
 
@@ -140,7 +138,7 @@ func lookPath(t *testing.T, name string) string {
 			return p
 		}
 	}
-	t.Skipf("%s not found", name)
+	testenv.Skip(t, "%s not found in /usr/bin or /bin: the custom command checks need it", name)
 	return ""
 }
 
@@ -192,7 +190,7 @@ func TestCustomChecksInCatalog(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := writeFile(t, dir, strings.ReplaceAll(tc.name, " ", "_")+".yaml", tc.yaml)
-			cat, err := Catalog(Settings{"METAGN_CUSTOM_CHECKS": p})
+			cat, err := Catalog(config.Settings{"METAGN_CUSTOM_CHECKS": p})
 			if tc.want == "" {
 				if err != nil {
 					t.Fatal(err)
@@ -206,20 +204,6 @@ func TestCustomChecksInCatalog(t *testing.T) {
 				t.Errorf("catalog on error has %d checks, want the %d built-in", len(cat), len(BuiltinChecks()))
 			}
 		})
-	}
-	// The verify task reports a broken file as a failed check naming the
-	// line, and still runs the built-in checks.
-	p := writeFile(t, dir, "broken.yaml", "checks:\n- name: x\n  layer: l\n  type: tcp\n  address: nowhere\n")
-	out, err := Verify{}.Run(t.Context(), testEnv(Settings{"METAGN_CUSTOM_CHECKS": p}), []byte(`{"layers":["host"],"scope":"node"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	res := byName(out.Data.(*messages.VerifyOutput).Checks)
-	if r := res[CustomChecksFileCheck]; r.Status != messages.CheckFail || !strings.Contains(r.Message, p+":5:") {
-		t.Errorf("%s: %s %q", CustomChecksFileCheck, r.Status, r.Message)
-	}
-	if _, ok := res["host_memory"]; !ok || out.Outcome != messages.OutcomeFail {
-		t.Errorf("built-in checks missing or outcome %s", out.Outcome)
 	}
 	if _, err := LoadCustomChecks(filepath.Join(dir, "absent.yaml")); err == nil || !strings.Contains(err.Error(), "absent.yaml") {
 		t.Errorf("missing file: %v", err)

@@ -1,6 +1,6 @@
-package tasks
+package checks
 
-// L2 cluster checks, cluster-scoped, with client-go. Objects are read as
+// Cluster checks, cluster-scoped, with client-go. Objects are read as
 // unstructured through the dynamic client (no typed clientset: it would
 // register every API type in the agent), and the client is built when the
 // first check asks for it and dropped when the run ends.
@@ -24,7 +24,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/guildnet/metaguildnet/messages"
+	"github.com/guildnet/metaguildnet/internal/config"
 )
 
 // DefaultKubeAPIMaxLatency is how quickly /readyz must answer to pass.
@@ -54,25 +54,25 @@ type kubeClient struct {
 	Dyn     dynamic.Interface
 }
 
-// Kube returns the run's Kubernetes client, building it on first use from
+// kube returns the run's Kubernetes client, building it on first use from
 // setting KUBECONFIG (a path list), else ~/.guildnet/kubeconfig, else the
 // in-cluster service account.
-func (cx *CheckEnv) Kube() (*kubeClient, error) {
-	cx.mu.Lock()
-	defer cx.mu.Unlock()
-	if cx.kube == nil && cx.kubeErr == nil {
-		cx.kube, cx.kubeErr = newKubeClient(cx.Env)
-		if cx.kube != nil {
-			hc := cx.kube.HTTP
-			cx.closers = append(cx.closers, func() { hc.CloseIdleConnections() })
+func kube(cx *CheckEnv) (*kubeClient, error) {
+	k, _, err := LazyClient(cx, kubeClientKey, func() (*kubeClient, func(), error) {
+		k, err := newKubeClient(cx.Env)
+		if err != nil {
+			return nil, nil, err
 		}
-	}
-	return cx.kube, cx.kubeErr
+		return k, k.HTTP.CloseIdleConnections, nil
+	})
+	return k, err
 }
+
+const kubeClientKey = "kube.client"
 
 // KubeconfigPaths returns the kubeconfig files the checks load, by the
 // rule above; nil means in-cluster.
-func KubeconfigPaths(s Settings) []string {
+func KubeconfigPaths(s config.Settings) []string {
 	if v := s.Get("KUBECONFIG", ""); v != "" {
 		return filepath.SplitList(v)
 	}
@@ -216,7 +216,7 @@ func nestedInt(o map[string]any, fields ...string) int64 {
 // kubeChecks need kube_api_ready; a kube client error fails them.
 func withKube(run func(ctx context.Context, cx *CheckEnv, k *kubeClient) Result) func(context.Context, *CheckEnv) Result {
 	return func(ctx context.Context, cx *CheckEnv) Result {
-		k, err := cx.Kube()
+		k, err := kube(cx)
 		if err != nil {
 			return Fail("Kubernetes client: %v", err)
 		}
@@ -224,41 +224,41 @@ func withKube(run func(ctx context.Context, cx *CheckEnv, k *kubeClient) Result)
 	}
 }
 
-// ClusterChecks are the L2 checks (Talos ones in [TalosChecks]).
+// ClusterChecks are the cluster layer's Kubernetes checks (Talos ones in
+// [TalosChecks]).
 func ClusterChecks() []Check {
-	dep := []string{"kube_api_ready"}
-	return []Check{
+	return fromTable([]Check{
 		{
-			Name: "kube_api_ready", Layer: messages.LayerCluster, Scope: ScopeCluster,
+			Name:        "kube_api_ready",
 			Description: "the API server answers /readyz with ok, within 2 s",
 			Timeout:     10 * time.Second,
 			Run:         withKube(checkKubeAPIReady),
 		},
 		{
-			Name: "nodes_ready", Layer: messages.LayerCluster, Scope: ScopeCluster,
+			Name:        "nodes_ready",
 			Description: "every Node is Ready",
-			Timeout:     10 * time.Second, DependsOn: dep,
-			Run: withKube(checkNodesReady),
+			Timeout:     10 * time.Second,
+			Run:         withKube(checkNodesReady),
 		},
 		{
-			Name: "coredns_running", Layer: messages.LayerCluster, Scope: ScopeCluster,
+			Name:        "coredns_running",
 			Description: "CoreDNS pods (k8s-app=kube-dns in kube-system) are Running and ready",
-			Timeout:     10 * time.Second, DependsOn: dep,
-			Run: withKube(checkCoreDNSRunning),
+			Timeout:     10 * time.Second,
+			Run:         withKube(checkCoreDNSRunning),
 		},
 		{
-			Name: "metallb_available", Layer: messages.LayerCluster, Scope: ScopeCluster,
+			Name:        "metallb_available",
 			Description: "MetalLB's controller Deployment and speaker DaemonSet are available and an IPAddressPool exists",
-			Timeout:     10 * time.Second, DependsOn: dep,
-			Run: withKube(checkMetalLBAvailable),
+			Timeout:     10 * time.Second,
+			Run:         withKube(checkMetalLBAvailable),
 		},
 		{
-			Name: "guildnet_crds_established", Layer: messages.LayerCluster, Scope: ScopeCluster,
+			Name:        "guildnet_crds_established",
 			Description: "the CRDs workspaces.guildnet.io and capabilities.guildnet.io are Established",
-			Timeout:     10 * time.Second, DependsOn: dep,
-			Run: withKube(checkGuildNetCRDs),
+			Timeout:     10 * time.Second,
+			Run:         withKube(checkGuildNetCRDs),
 		},
-	}
+	})
 }
 
 func checkKubeAPIReady(ctx context.Context, cx *CheckEnv, k *kubeClient) Result {

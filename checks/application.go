@@ -1,26 +1,24 @@
-package tasks
+package checks
 
-// L4 application checks, cluster-scoped: the GuildNet host app (TLS on
+// Application checks, cluster-scoped: the GuildNet host app (TLS on
 // LISTEN_LOCAL), the workspace operator and the Workspaces it reconciles,
 // and the host app's proxy to a running Workspace.
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
 	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
-	"github.com/guildnet/metaguildnet/messages"
+	"github.com/guildnet/metaguildnet/internal/config"
 )
 
 // Application defaults, as GuildNet has them.
@@ -35,40 +33,40 @@ const (
 	maxHostAppBody             = 64 << 10
 )
 
-// ApplicationChecks are the L4 checks.
+// ApplicationChecks are the application layer's checks.
 func ApplicationChecks() []Check {
-	return []Check{
+	return fromTable([]Check{
 		{
-			Name: "hostapp_healthz", Layer: messages.LayerApplication, Scope: ScopeCluster,
+			Name:        "hostapp_healthz",
 			Description: "the host app answers GET /healthz with \"ok\" within 1 s (TLS)",
 			Timeout:     5 * time.Second,
 			Run:         checkHostAppHealthz,
 		},
 		{
-			Name: "hostapp_api_health", Layer: messages.LayerApplication, Scope: ScopeCluster,
+			Name:        "hostapp_api_health",
 			Description: "the host app's /api/health reports every cluster ok",
-			Timeout:     5 * time.Second, DependsOn: []string{"hostapp_healthz"},
-			Run: checkHostAppAPIHealth,
+			Timeout:     5 * time.Second,
+			Run:         checkHostAppAPIHealth,
 		},
 		{
-			Name: "operator_available", Layer: messages.LayerApplication, Scope: ScopeCluster,
+			Name:        "operator_available",
 			Description: "Deployment guildnet-system/workspace-operator is available (unless embedded: GN_EMBED_OPERATOR=1)",
-			Timeout:     10 * time.Second, DependsOn: []string{"kube_api_ready"},
-			Run: withKube(checkOperatorAvailable),
+			Timeout:     10 * time.Second,
+			Run:         withKube(checkOperatorAvailable),
 		},
 		{
-			Name: "workspaces_settled", Layer: messages.LayerApplication, Scope: ScopeCluster,
+			Name:        "workspaces_settled",
 			Description: "no Workspace is Pending or Failed for longer than METAGN_WORKSPACE_PENDING_MAX",
-			Timeout:     10 * time.Second, DependsOn: []string{"operator_available", "guildnet_crds_established"},
-			Run: withKube(checkWorkspacesSettled),
+			Timeout:     10 * time.Second,
+			Run:         withKube(checkWorkspacesSettled),
 		},
 		{
-			Name: "proxy_answers", Layer: messages.LayerApplication, Scope: ScopeCluster,
+			Name:        "proxy_answers",
 			Description: "the host app's /proxy/server/{id}/ answers without a 5xx for a Running Workspace",
-			Timeout:     10 * time.Second, DependsOn: []string{"hostapp_healthz", "guildnet_crds_established"},
-			Run: withKube(checkProxyAnswers),
+			Timeout:     10 * time.Second,
+			Run:         withKube(checkProxyAnswers),
 		},
-	}
+	})
 }
 
 // hostApp is the host app's base URL and a client that trusts it.
@@ -79,7 +77,7 @@ type hostApp struct {
 
 // HostAppURL is the host app's base URL: HOSTAPP_URL, else https:// and
 // LISTEN_LOCAL, else https://127.0.0.1:8090.
-func HostAppURL(s Settings) string {
+func HostAppURL(s config.Settings) string {
 	if u := s.Get("HOSTAPP_URL", ""); u != "" {
 		return strings.TrimRight(u, "/")
 	}
@@ -93,37 +91,25 @@ func HostAppURL(s Settings) string {
 // in METAGN_HOSTAPP_CA, or no verification with METAGN_HOSTAPP_INSECURE,
 // else the system's roots.
 func hostAppClient(cx *CheckEnv) (*hostApp, error) {
-	if h, ok := Value[*hostApp](cx, hostAppClientKey); ok {
-		return h, nil
-	}
+	h, _, err := LazyClient(cx, hostAppClientKey, func() (*hostApp, func(), error) {
+		return newHostAppClient(cx)
+	})
+	return h, err
+}
+
+func newHostAppClient(cx *CheckEnv) (*hostApp, func(), error) {
 	base := HostAppURL(cx.Settings)
 	if u, err := url.Parse(base); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return nil, fmt.Errorf("host app URL %q is not an http(s) URL", base)
+		return nil, nil, fmt.Errorf("host app URL %q is not an http(s) URL", base)
 	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if ca := cx.Setting("METAGN_HOSTAPP_CA", ""); ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
-			return nil, fmt.Errorf("setting METAGN_HOSTAPP_CA: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("setting METAGN_HOSTAPP_CA: %s holds no PEM certificate", ca)
-		}
-		tc.RootCAs = pool
-	}
-	if settingBool(cx, "METAGN_HOSTAPP_INSECURE") {
-		tc.InsecureSkipVerify = true
+	tc, err := clientTLS(cx.Setting("METAGN_HOSTAPP_CA", ""), settingBool(cx, "METAGN_HOSTAPP_INSECURE"), "setting METAGN_HOSTAPP_CA")
+	if err != nil {
+		return nil, nil, err
 	}
 	tr := &http.Transport{TLSClientConfig: tc, Proxy: nil, MaxIdleConns: 2, IdleConnTimeout: 10 * time.Second, TLSHandshakeTimeout: 5 * time.Second}
-	h := &hostApp{Base: base, Client: &http.Client{
-		Transport: tr,
-		// The proxy may redirect; a redirect is an answer.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}}
-	cx.Put(hostAppClientKey, h)
-	cx.OnClose(tr.CloseIdleConnections)
-	return h, nil
+	// The proxy may redirect; a redirect is an answer.
+	h := &hostApp{Base: base, Client: answerClient(tr)}
+	return h, tr.CloseIdleConnections, nil
 }
 
 // tlsHint adds advice to a certificate error.
@@ -163,7 +149,7 @@ func checkHostAppHealthz(ctx context.Context, cx *CheckEnv) Result {
 	case resp.Code != http.StatusOK:
 		return Fail("GET %s answered %d %s: %s", u, resp.Code, http.StatusText(resp.Code), firstLine(resp.Body)).With(obs, thr)
 	case body != "ok":
-		return Fail("GET %s answered 200 with %q, want \"ok\"", u, truncate(body, 100)).With(obs, thr)
+		return Fail("GET %s answered 200 with %q, want \"ok\"", u, Truncate(body, 100)).With(obs, thr)
 	case resp.Latency > limit:
 		return Fail("GET %s answered ok after %s, limit %s", u, resp.Latency.Round(time.Millisecond), limit).With(obs, thr)
 	}
@@ -291,7 +277,7 @@ func checkWorkspacesSettled(ctx context.Context, cx *CheckEnv, k *kubeClient) Re
 		age := now.Sub(workspaceSince(w, phase))
 		d := fmt.Sprintf("%s %s for %s", qualified(w.GetNamespace(), w.GetName()), phase, age.Round(time.Second))
 		if e := nestedString(w.Object, "status", "lastError"); e != "" {
-			d += " (" + truncate(e, 120) + ")"
+			d += " (" + Truncate(e, 120) + ")"
 		}
 		if age > max {
 			stuck = append(stuck, d)

@@ -1,4 +1,4 @@
-package tasks
+package checks
 
 import (
 	"encoding/json"
@@ -261,16 +261,12 @@ func TestLoginServerHealth(t *testing.T) {
 	}
 }
 
-// TestVerifyUsesInjectedLocalAPI: an agent that is a tsnet node passes its
-// LocalClient; the checks ask it rather than the socket.
-func TestVerifyUsesInjectedLocalAPI(t *testing.T) {
+// TestRunChecksUsesInjectedLocalAPI: an agent that is a tsnet node passes
+// its LocalClient; the checks ask it rather than the socket.
+func TestRunChecksUsesInjectedLocalAPI(t *testing.T) {
 	api := startLocalAPI(t, runningStatus(), nil)
 	lc := localClientFor(api.Socket)
-	out, err := Verify{Tailscale: lc}.Run(t.Context(), testEnv(map[string]string{"TS_SOCKET": "/nonexistent"}), json.RawMessage(`{"checks":["tailnet_connected"]}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	res := byName(out.Data.(*messages.VerifyOutput).Checks)
+	res := byName(runArgs(t.Context(), t, testEnv(map[string]string{"TS_SOCKET": "/nonexistent"}), `{"checks":["tailnet_connected"]}`, RunOptions{Clients: map[string]any{TailscaleClientKey: lc}}))
 	if r := res["tailnet_connected"]; r.Status != messages.CheckPass {
 		t.Fatalf("tailnet_connected: %s %q", r.Status, r.Message)
 	}

@@ -1,4 +1,4 @@
-package tasks
+package checks
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/messages"
 )
 
@@ -105,7 +106,7 @@ func TestRethinkDBQueryRefused(t *testing.T) {
 		{"org_a__main", messages.CheckPass, "all 1 configured databases present"},
 		{"org_a__main, org_b__main,org_c__x", messages.CheckFail, "databases missing: org_b__main, org_c__x"},
 	} {
-		cx.Env.Settings = Settings{"METAGN_RDB_DATABASES": tc.want}
+		cx.Env.Settings = config.Settings{"METAGN_RDB_DATABASES": tc.want}
 		r := checkRethinkDBDatabases(context.Background(), cx)
 		if r.Status != tc.status || !strings.Contains(r.Message, tc.msg) {
 			t.Errorf("%q: %s %q", tc.want, r.Status, r.Message)

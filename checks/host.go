@@ -1,20 +1,16 @@
-package tasks
+package checks
 
 // Host checks, node-scoped: CPU, memory and disk pressure from /proc and
 // statfs against thresholds (warn above 85 %, fail above 95 % by default).
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/guildnet/metaguildnet/internal/procinfo"
 	"github.com/guildnet/metaguildnet/messages"
 )
 
@@ -28,26 +24,26 @@ const (
 
 // HostChecks are the host basics every node runs.
 func HostChecks() []Check {
-	return []Check{
+	return fromTable([]Check{
 		{
-			Name: "host_cpu", Layer: messages.LayerHost, Scope: ScopeNode,
+			Name:        "host_cpu",
 			Description: "CPU use over a short sample (from /proc/stat) is below the thresholds",
 			Timeout:     5 * time.Second,
 			Run:         checkHostCPU,
 		},
 		{
-			Name: "host_memory", Layer: messages.LayerHost, Scope: ScopeNode,
+			Name:        "host_memory",
 			Description: "memory use (MemTotal - MemAvailable from /proc/meminfo) is below the thresholds",
 			Timeout:     2 * time.Second,
 			Run:         checkHostMemory,
 		},
 		{
-			Name: "host_disk", Layer: messages.LayerHost, Scope: ScopeNode,
+			Name:        "host_disk",
 			Description: "use of each filesystem in METAGN_HOST_DISK_PATHS is below the thresholds",
 			Timeout:     5 * time.Second,
 			Run:         checkHostDisk,
 		},
-	}
+	})
 }
 
 // pctThresholds are a warn and a fail level in percent.
@@ -87,8 +83,10 @@ func (t pctThresholds) status(used float64) string {
 	return messages.CheckPass
 }
 
-func procPath(cx *CheckEnv, name string) string {
-	return filepath.Join(cx.Setting("METAGN_HOST_PROC", "/proc"), name)
+// hostProc opens the proc file system of setting METAGN_HOST_PROC
+// (default /proc).
+func hostProc(cx *CheckEnv) (procinfo.FS, error) {
+	return procinfo.Open(cx.Setting("METAGN_HOST_PROC", procinfo.DefaultRoot))
 }
 
 func checkHostCPU(ctx context.Context, cx *CheckEnv) Result {
@@ -100,8 +98,11 @@ func checkHostCPU(ctx context.Context, cx *CheckEnv) Result {
 	if err != nil {
 		return Fail("%v", err)
 	}
-	statPath := procPath(cx, "stat")
-	busy0, total0, err := readCPUTimes(statPath)
+	proc, err := hostProc(cx)
+	if err != nil {
+		return Fail("%v", err)
+	}
+	t0, err := proc.CPUTimes()
 	if err != nil {
 		return Fail("%v", err)
 	}
@@ -112,17 +113,17 @@ func checkHostCPU(ctx context.Context, cx *CheckEnv) Result {
 	case <-ctx.Done():
 		return Unknown("CPU sample of %s interrupted: %v", window, context.Cause(ctx))
 	}
-	busy1, total1, err := readCPUTimes(statPath)
+	t1, err := proc.CPUTimes()
 	if err != nil {
 		return Fail("%v", err)
 	}
-	if total1 <= total0 {
-		return Unknown("%s: CPU counters did not advance over %s", statPath, window)
+	if t1.Total <= t0.Total {
+		return Unknown("%s/stat: CPU counters did not advance over %s", proc.Root(), window)
 	}
-	used := 100 * float64(busy1-busy0) / float64(total1-total0)
+	used := 100 * (t1.Busy - t0.Busy) / (t1.Total - t0.Total)
 	obs := map[string]any{"used_pct": round1(used), "sample_ms": window.Milliseconds()}
-	if load, err := os.ReadFile(procPath(cx, "loadavg")); err == nil {
-		obs["loadavg"] = strings.Join(strings.Fields(string(load))[:min(3, len(strings.Fields(string(load))))], " ")
+	if load, err := proc.LoadAvg(); err == nil {
+		obs["loadavg"] = fmt.Sprintf("%.2f %.2f %.2f", load.Load1, load.Load5, load.Load15)
 	}
 	return graded(thr, used, "CPU", fmt.Sprintf("over %s", window)).With(obs, thr)
 }
@@ -142,86 +143,23 @@ func round1(v float64) float64 {
 	return float64(int64(v*10+0.5)) / 10
 }
 
-// readCPUTimes returns busy and total jiffies from the aggregate "cpu" line
-// of /proc/stat. Idle and iowait count as not busy.
-func readCPUTimes(path string) (busy, total uint64, err error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, 0, fmt.Errorf("reading CPU times: %w", err)
-	}
-	for line := range strings.Lines(string(b)) {
-		f := strings.Fields(line)
-		if len(f) < 5 || f[0] != "cpu" {
-			continue
-		}
-		// user nice system idle iowait irq softirq steal (guest counted in user).
-		var vals []uint64
-		for _, s := range f[1:min(len(f), 9)] {
-			v, err := strconv.ParseUint(s, 10, 64)
-			if err != nil {
-				return 0, 0, fmt.Errorf("%s: cpu line: %q is not a number", path, s)
-			}
-			vals = append(vals, v)
-		}
-		for _, v := range vals {
-			total += v
-		}
-		idle := vals[3]
-		if len(vals) > 4 {
-			idle += vals[4]
-		}
-		return total - idle, total, nil
-	}
-	return 0, 0, fmt.Errorf("%s: no aggregate cpu line", path)
-}
-
 func checkHostMemory(ctx context.Context, cx *CheckEnv) Result {
 	thr, err := hostThresholds(cx, "MEM")
 	if err != nil {
 		return Fail("%v", err)
 	}
-	path := procPath(cx, "meminfo")
-	total, avail, err := readMemInfo(path)
+	proc, err := hostProc(cx)
 	if err != nil {
 		return Fail("%v", err)
 	}
+	mem, err := proc.Memory()
+	if err != nil {
+		return Fail("%v", err)
+	}
+	total, avail := mem.Total, min(mem.Available, mem.Total)
 	used := 100 * float64(total-avail) / float64(total)
 	obs := map[string]any{"used_pct": round1(used), "total_bytes": total, "available_bytes": avail}
 	return graded(thr, used, "memory", fmt.Sprintf("(%s available of %s)", humanBytes(avail), humanBytes(total))).With(obs, thr)
-}
-
-// readMemInfo returns MemTotal and MemAvailable in bytes.
-func readMemInfo(path string) (total, avail uint64, err error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, 0, fmt.Errorf("reading memory info: %w", err)
-	}
-	var haveTotal, haveAvail bool
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		key, rest, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
-		}
-		var dst *uint64
-		switch key {
-		case "MemTotal":
-			dst, haveTotal = &total, true
-		case "MemAvailable":
-			dst, haveAvail = &avail, true
-		default:
-			continue
-		}
-		kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-		if err != nil {
-			return 0, 0, fmt.Errorf("%s: %s: %q is not a number of kB", path, key, strings.TrimSpace(rest))
-		}
-		*dst = kb * 1024
-	}
-	if !haveTotal || !haveAvail || total == 0 || avail > total {
-		return 0, 0, fmt.Errorf("%s: no usable MemTotal and MemAvailable", path)
-	}
-	return total, avail, nil
 }
 
 func checkHostDisk(ctx context.Context, cx *CheckEnv) Result {

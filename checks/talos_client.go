@@ -1,4 +1,4 @@
-package tasks
+package checks
 
 // The Talos checks' implementation, through the real talos machinery
 // client. The client's package initialisation touches ~9 MiB of the binary;
@@ -52,18 +52,20 @@ func runTalos(ctx context.Context, cx *CheckEnv, path string, which talosCheck) 
 // talosClient builds the run's client once. New dials lazily, so this
 // does no I/O beyond reading the talosconfig.
 func talosClient(ctx context.Context, cx *CheckEnv, path string) (*talosTarget, error) {
-	cx.mu.Lock()
-	defer cx.mu.Unlock()
-	if t, ok := cx.values[talosClientKey].(*talosTarget); ok {
-		return t, nil
-	}
+	t, _, err := LazyClient(cx, talosClientKey, func() (*talosTarget, func(), error) {
+		return newTalosClient(ctx, cx, path)
+	})
+	return t, err
+}
+
+func newTalosClient(ctx context.Context, cx *CheckEnv, path string) (*talosTarget, func(), error) {
 	opts := []talos.OptionFunc{talos.WithConfigFromFile(path)}
 	if name := cx.Settings.Get("TALOS_CONTEXT", ""); name != "" {
 		opts = append(opts, talos.WithContextName(name))
 	}
 	c, err := talos.New(ctx, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("Talos client from %s: %w", path, err)
+		return nil, nil, fmt.Errorf("Talos client from %s: %w", path, err)
 	}
 	t := &talosTarget{c: c, path: path}
 	if s := cx.Settings.Get("TALOS_NODES", ""); s != "" {
@@ -75,9 +77,7 @@ func talosClient(ctx context.Context, cx *CheckEnv, path string) (*talosTarget, 
 	} else if cc := c.GetConfigContext(); cc != nil {
 		t.nodes = slices.Clone(cc.Nodes)
 	}
-	cx.values[talosClientKey] = t
-	cx.closers = append(cx.closers, func() { c.Close() })
-	return t, nil
+	return t, func() { c.Close() }, nil
 }
 
 // nodeErrors splits a talos client error into per-node messages.

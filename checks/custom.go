@@ -1,6 +1,6 @@
-package tasks
+package checks
 
-// Custom checks: the seed's "L5" extension point. A YAML file (setting
+// Custom checks: the extension point for checks of one's own. A YAML file (setting
 // METAGN_CUSTOM_CHECKS) lists checks of five types, each with a layer name
 // of its own choosing:
 //
@@ -30,8 +30,6 @@ package tasks
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -49,6 +47,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/guildnet/metaguildnet/internal/config"
 )
 
 // Limits of custom check files.
@@ -229,7 +229,7 @@ func (p *entryParser) duration(field string, def, max time.Duration) (time.Durat
 	}
 	d, err := time.ParseDuration(n.Value)
 	if err != nil || d <= 0 || d > max {
-		return 0, p.errf(n, field, "%q is not a duration between 0 and %s", truncate(n.Value, 40), max)
+		return 0, p.errf(n, field, "%q is not a duration between 0 and %s", Truncate(n.Value, 40), max)
 	}
 	return d, nil
 }
@@ -268,7 +268,7 @@ func parseCustomCheck(file string, entry *yaml.Node) (Check, error) {
 	// The name first, so every later error names the check.
 	for i := 0; i+1 < len(entry.Content); i += 2 {
 		if k, v := entry.Content[i], entry.Content[i+1]; k.Value == "name" && v.Kind == yaml.ScalarNode {
-			p.name = truncate(v.Value, 80)
+			p.name = Truncate(v.Value, 80)
 		}
 	}
 	for i := 0; i+1 < len(entry.Content); i += 2 {
@@ -277,7 +277,7 @@ func parseCustomCheck(file string, entry *yaml.Node) (Check, error) {
 			return Check{}, p.errf(k, "field", "want a field name")
 		}
 		if _, dup := p.fields[k.Value]; dup {
-			return Check{}, p.errf(k, truncate(k.Value, 40), "given twice")
+			return Check{}, p.errf(k, Truncate(k.Value, 40), "given twice")
 		}
 		p.fields[k.Value] = v
 	}
@@ -293,7 +293,7 @@ func parseCustomCheck(file string, entry *yaml.Node) (Check, error) {
 		return Check{}, err
 	}
 	if !ValidName(c.Layer) {
-		return Check{}, p.errf(p.fields["layer"], "layer", "%q is not lower_snake_case, 1 to 63 characters", truncate(c.Layer, 40))
+		return Check{}, p.errf(p.fields["layer"], "layer", "%q is not lower_snake_case, 1 to 63 characters", Truncate(c.Layer, 40))
 	}
 	if c.Description, err = p.str("description", false); err != nil {
 		return Check{}, err
@@ -308,7 +308,7 @@ func parseCustomCheck(file string, entry *yaml.Node) (Check, error) {
 	case ScopeCluster:
 		c.Scope = ScopeCluster
 	default:
-		return Check{}, p.errf(p.fields["scope"], "scope", "%q is neither node nor cluster", truncate(scope, 40))
+		return Check{}, p.errf(p.fields["scope"], "scope", "%q is neither node nor cluster", Truncate(scope, 40))
 	}
 	if c.Timeout, err = p.duration("timeout", DefaultCheckTimeout, MaxCheckTimeout); err != nil {
 		return Check{}, err
@@ -318,7 +318,7 @@ func parseCustomCheck(file string, entry *yaml.Node) (Check, error) {
 	}
 	for _, d := range c.DependsOn {
 		if !ValidName(d) {
-			return Check{}, p.errf(p.fields["depends_on"], "depends_on", "%q is not a check name", truncate(d, 40))
+			return Check{}, p.errf(p.fields["depends_on"], "depends_on", "%q is not a check name", Truncate(d, 40))
 		}
 	}
 	typ, err := p.str("type", true)
@@ -327,13 +327,13 @@ func parseCustomCheck(file string, entry *yaml.Node) (Check, error) {
 	}
 	allowed, ok := customFields[typ]
 	if !ok {
-		return Check{}, p.errf(p.fields["type"], "type", "%q is not one of http, tcp, dns, file, command", truncate(typ, 40))
+		return Check{}, p.errf(p.fields["type"], "type", "%q is not one of http, tcp, dns, file, command", Truncate(typ, 40))
 	}
 	// Unknown fields, reported in file order.
 	for i := 0; i+1 < len(entry.Content); i += 2 {
 		k := entry.Content[i]
 		if !slices.Contains(commonFields, k.Value) && !slices.Contains(allowed, k.Value) {
-			return Check{}, p.errf(k, truncate(k.Value, 40), "not a field of a %s check", typ)
+			return Check{}, p.errf(k, Truncate(k.Value, 40), "not a field of a %s check", typ)
 		}
 	}
 	switch typ {
@@ -366,7 +366,7 @@ func parseHTTPCheck(p *entryParser) (func(context.Context, *CheckEnv) Result, er
 	}
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, p.errf(p.fields["url"], "url", "%q is not an http or https URL", truncate(raw, 80))
+		return nil, p.errf(p.fields["url"], "url", "%q is not an http or https URL", Truncate(raw, 80))
 	}
 	method, err := p.str("method", false)
 	if err != nil {
@@ -377,7 +377,7 @@ func parseHTTPCheck(p *entryParser) (func(context.Context, *CheckEnv) Result, er
 		method = http.MethodGet
 	case http.MethodGet, http.MethodHead:
 	default:
-		return nil, p.errf(p.fields["method"], "method", "%q: only GET and HEAD", truncate(method, 20))
+		return nil, p.errf(p.fields["method"], "method", "%q: only GET and HEAD", Truncate(method, 20))
 	}
 	var statuses []int
 	if n, ok := p.fields["expect_status"]; ok {
@@ -412,20 +412,13 @@ func parseHTTPCheck(p *entryParser) (func(context.Context, *CheckEnv) Result, er
 		return nil, p.errf(p.fields["ca"], "ca", "want an absolute path")
 	}
 	return func(ctx context.Context, cx *CheckEnv) Result {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: insecure}
-		if ca != "" {
-			pem, err := os.ReadFile(ca)
-			if err != nil {
-				return Fail("ca: %v", err)
-			}
-			tc.RootCAs = x509.NewCertPool()
-			if !tc.RootCAs.AppendCertsFromPEM(pem) {
-				return Fail("ca: %s holds no PEM certificate", ca)
-			}
+		tc, err := clientTLS(ca, insecure, "ca")
+		if err != nil {
+			return Fail("%v", err)
 		}
 		tr := &http.Transport{TLSClientConfig: tc, Proxy: nil, DisableKeepAlives: true}
 		defer tr.CloseIdleConnections()
-		client := &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		client := answerClient(tr)
 		req, err := http.NewRequestWithContext(ctx, method, raw, nil)
 		if err != nil {
 			return Fail("%s %s: %v", method, raw, err)
@@ -458,7 +451,7 @@ func parseHTTPCheck(p *entryParser) (func(context.Context, *CheckEnv) Result, er
 				return Fail("%s %s: reading the body: %s", method, raw, errText(ctx, err)).With(obs, thr)
 			}
 			if !bytes.Contains(b, []byte(body)) {
-				return Fail("%s %s answered %d without %q in its body", method, raw, resp.StatusCode, truncate(body, 80)).With(obs, thr)
+				return Fail("%s %s answered %d without %q in its body", method, raw, resp.StatusCode, Truncate(body, 80)).With(obs, thr)
 			}
 		}
 		return Pass("%s %s answered %d in %s", method, raw, resp.StatusCode, took.Round(time.Millisecond)).With(obs, thr)
@@ -474,7 +467,7 @@ func parseTCPCheck(p *entryParser) (func(context.Context, *CheckEnv) Result, err
 	}
 	host, port, err := net.SplitHostPort(addr)
 	if n, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || n <= 0 || n > 65535 {
-		return nil, p.errf(p.fields["address"], "address", "%q is not host:port", truncate(addr, 80))
+		return nil, p.errf(p.fields["address"], "address", "%q is not host:port", Truncate(addr, 80))
 	}
 	return func(ctx context.Context, cx *CheckEnv) Result {
 		return dialTCP(ctx, addr, addr)
@@ -494,7 +487,7 @@ func parseDNSCheck(p *entryParser) (func(context.Context, *CheckEnv) Result, err
 	}
 	for _, e := range expect {
 		if _, err := netip.ParseAddr(e); err != nil {
-			return nil, p.errf(p.fields["expect"], "expect", "%q is not an IP address", truncate(e, 60))
+			return nil, p.errf(p.fields["expect"], "expect", "%q is not an IP address", Truncate(e, 60))
 		}
 	}
 	return func(ctx context.Context, cx *CheckEnv) Result {
@@ -533,7 +526,7 @@ func parseFileCheck(p *entryParser) (func(context.Context, *CheckEnv) Result, er
 		return nil, err
 	}
 	if !filepath.IsAbs(path) {
-		return nil, p.errf(p.fields["path"], "path", "want an absolute path, got %q", truncate(path, 80))
+		return nil, p.errf(p.fields["path"], "path", "want an absolute path, got %q", Truncate(path, 80))
 	}
 	exists, err := p.boolean("exists", true)
 	if err != nil {
@@ -578,7 +571,7 @@ func parseFileCheck(p *entryParser) (func(context.Context, *CheckEnv) Result, er
 				return Fail("reading %s: %v", path, err)
 			}
 			if !bytes.Contains(b, []byte(contains)) {
-				return Fail("%s does not contain %q", path, truncate(contains, 80)).With(obs, map[string]any{"contains": contains})
+				return Fail("%s does not contain %q", path, Truncate(contains, 80)).With(obs, map[string]any{"contains": contains})
 			}
 		}
 		return Pass("%s present", path).With(obs, nil)
@@ -593,7 +586,7 @@ var commandEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 
 // AllowedCommands returns the agent's allow-list of commands (setting
 // METAGN_ALLOWED_COMMANDS), cleaned absolute paths only.
-func AllowedCommands(s Settings) []string {
+func AllowedCommands(s config.Settings) []string {
 	var out []string
 	for item := range strings.SplitSeq(s.Get("METAGN_ALLOWED_COMMANDS", ""), ",") {
 		if item = strings.TrimSpace(item); filepath.IsAbs(item) {
@@ -609,7 +602,7 @@ func parseCommandCheck(p *entryParser) (func(context.Context, *CheckEnv) Result,
 		return nil, err
 	}
 	if !filepath.IsAbs(command) || filepath.Clean(command) != command {
-		return nil, p.errf(p.fields["command"], "command", "want a clean absolute path, got %q", truncate(command, 80))
+		return nil, p.errf(p.fields["command"], "command", "want a clean absolute path, got %q", Truncate(command, 80))
 	}
 	args, err := p.list("args")
 	if err != nil {
@@ -669,7 +662,7 @@ func runCommand(ctx context.Context, command string, args []string, wantExit int
 		exit = cmd.ProcessState.ExitCode()
 	}
 	output := out.buf.String()
-	obs := map[string]any{"command": command, "exit": exit, "duration_ms": ms(took), "output": truncate(output, 512)}
+	obs := map[string]any{"command": command, "exit": exit, "duration_ms": ms(took), "output": Truncate(output, 512)}
 	thr := map[string]any{"exit": wantExit}
 	if wantOut != "" {
 		thr["output_contains"] = wantOut
@@ -683,7 +676,7 @@ func runCommand(ctx context.Context, command string, args []string, wantExit int
 	case exit != wantExit:
 		return Fail("%s exited %d, want %d: %s", command, exit, wantExit, firstLine([]byte(output))).With(obs, thr)
 	case wantOut != "" && !strings.Contains(output, wantOut):
-		return Fail("%s output lacks %q: %s", command, truncate(wantOut, 80), firstLine([]byte(output))).With(obs, thr)
+		return Fail("%s output lacks %q: %s", command, Truncate(wantOut, 80), firstLine([]byte(output))).With(obs, thr)
 	}
 	return Pass("%s exited %d in %s", command, exit, took.Round(time.Millisecond)).With(obs, thr)
 }

@@ -1,39 +1,37 @@
-package tasks
+package checks
 
-// L2 Talos checks, cluster-scoped, through the talos machinery client (mTLS
+// Talos checks of the cluster layer, cluster-scoped, through the talos machinery client (mTLS
 // gRPC to apid on :50000). They look only when setting TALOSCONFIG names a
 // talosconfig; otherwise they pass as not applicable.
-// The client side lives in check_talos_client.go.
+// The client side lives in talos_client.go.
 
 import (
 	"context"
 	"time"
-
-	"github.com/guildnet/metaguildnet/messages"
 )
 
 // TalosChecks are the Talos checks of the cluster layer.
 func TalosChecks() []Check {
-	return []Check{
+	return fromTable([]Check{
 		{
-			Name: "talos_apid_version", Layer: messages.LayerCluster, Scope: ScopeCluster,
+			Name:        "talos_apid_version",
 			Description: "apid answers Version on every Talos node (TALOS_NODES, else the talosconfig's nodes)",
 			Timeout:     10 * time.Second,
 			Run:         withTalos(talosVersion),
 		},
 		{
-			Name: "talos_etcd_members", Layer: messages.LayerCluster, Scope: ScopeCluster,
+			Name:        "talos_etcd_members",
 			Description: "etcd lists its members (no learners left) on the control plane",
-			Timeout:     10 * time.Second, DependsOn: []string{"talos_apid_version"},
-			Run: withTalos(talosEtcdMembers),
+			Timeout:     10 * time.Second,
+			Run:         withTalos(talosEtcdMembers),
 		},
 		{
-			Name: "talos_services_up", Layer: messages.LayerCluster, Scope: ScopeCluster,
+			Name:        "talos_services_up",
 			Description: "every Talos service on every node is Running (or Finished) and not unhealthy",
-			Timeout:     10 * time.Second, DependsOn: []string{"talos_apid_version"},
-			Run: withTalos(talosServices),
+			Timeout:     10 * time.Second,
+			Run:         withTalos(talosServices),
 		},
-	}
+	})
 }
 
 // Which Talos check to run (see runTalos).
