@@ -132,15 +132,24 @@ func (c *Controller) enroll(ctx context.Context, pub string, req messages.Enroll
 	return claims, nil
 }
 
+// admit takes a token from node's bucket in l; a message over the limit
+// is dropped, counted and logged (rate-limited).
+func (c *Controller) admit(l *nodeLimiter, kind, node string) bool {
+	if l.allow(node, time.Now()) {
+		return true
+	}
+	c.met.refused(kind, "rate_limited")
+	c.logRate.warn(c.log, kind+"-rate:"+node, kind+" messages over the per-node limit dropped", zap.String("node", node))
+	return false
+}
+
 func (c *Controller) onHeartbeat(m *nats.Msg) {
 	node, err := messages.NodeFromSubject(messages.HeartbeatPfx, m.Subject)
 	if err != nil {
 		c.met.refused("heartbeat", "bad_subject")
 		return
 	}
-	if !c.hbLimit.allow(node, time.Now()) {
-		c.met.refused("heartbeat", "rate_limited")
-		c.logRate.warn(c.log, "hb-rate:"+node, "heartbeats over the per-node rate limit dropped", zap.String("node", node))
+	if !c.admit(c.hbLimit, "heartbeat", node) {
 		return
 	}
 	hb, err := messages.Decode[messages.Heartbeat](m.Data, c.opts.MaxMessageBytes)
@@ -171,9 +180,7 @@ func (c *Controller) onSync(m *nats.Msg) {
 	if !c.replyOK(m, "sync", inbox) {
 		return
 	}
-	if !c.syncLimit.allow(node, time.Now()) {
-		c.met.refused("sync", "rate_limited")
-		c.logRate.warn(c.log, "sync-rate:"+node, "sync requests over the per-node limit dropped", zap.String("node", node))
+	if !c.admit(c.syncLimit, "sync", node) {
 		return
 	}
 	req, err := messages.Decode[messages.SyncRequest](m.Data, c.opts.MaxMessageBytes)
