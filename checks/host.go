@@ -27,7 +27,7 @@ func HostChecks() []Check {
 	return fromTable([]Check{
 		{
 			Name:        "host_cpu",
-			Description: "CPU use over a short sample (from /proc/stat) is below the thresholds",
+			Description: "CPU use is below the thresholds: a short sample (/proc/stat) and the 1-minute load per CPU (/proc/loadavg); a spike only warns, a sustained saturation fails",
 			Timeout:     5 * time.Second,
 			Run:         checkHostCPU,
 		},
@@ -121,11 +121,41 @@ func checkHostCPU(ctx context.Context, cx *CheckEnv) Result {
 		return Unknown("%s/stat: CPU counters did not advance over %s", proc.Root(), window)
 	}
 	used := 100 * (t1.Busy - t0.Busy) / (t1.Total - t0.Total)
-	obs := map[string]any{"used_pct": round1(used), "sample_ms": window.Milliseconds()}
-	if load, err := proc.LoadAvg(); err == nil {
-		obs["loadavg"] = fmt.Sprintf("%.2f %.2f %.2f", load.Load1, load.Load5, load.Load15)
+	load, lerr := proc.LoadAvg()
+	if lerr != nil {
+		return Fail("%v", lerr)
 	}
-	return graded(thr, used, "CPU", fmt.Sprintf("over %s", window)).With(obs, thr)
+	return judgeCPU(thr, used, window, load.Load1, t1.CPUs)
+}
+
+// judgeCPU grades CPU use so that a spike is at most a warning and only a
+// sustained saturation fails. The short sample says how busy the CPUs are
+// now; the 1-minute load average against the number of CPUs says whether
+// it has lasted (a sweep's sample can land on a build or a burst of
+// tasks). It fails when both are above the fail threshold (load alone can
+// be tasks waiting on I/O, not CPU); otherwise either above a threshold
+// warns. The observed values say which judged it.
+func judgeCPU(thr pctThresholds, sample float64, window time.Duration, load1 float64, cpus int) Result {
+	sustained := sample // no CPU count: the sample is all there is
+	if cpus > 0 {
+		sustained = min(100, 100*load1/float64(cpus))
+	}
+	obs := map[string]any{"used_pct": round1(sample), "sample_ms": window.Milliseconds(),
+		"load1": load1, "cpus": cpus, "sustained_pct": round1(sustained)}
+	detail := fmt.Sprintf("CPU %.1f%% used over %s, 1-minute load %.2f on %d CPUs (%.0f%%)", sample, window, load1, cpus, sustained)
+	switch {
+	case sample > thr.Fail && sustained > thr.Fail:
+		obs["judged_on"] = "sustained"
+		return Fail("%s: saturated for a minute, above the fail threshold %g%%", detail, thr.Fail).With(obs, thr)
+	case sample > thr.Warn && sustained <= thr.Warn:
+		obs["judged_on"] = "spike"
+		return Warn("%s: a spike above the warn threshold %g%%, not sustained", detail, thr.Warn).With(obs, thr)
+	case sample > thr.Warn || sustained > thr.Warn:
+		obs["judged_on"] = "sustained"
+		return Warn("%s: above the warn threshold %g%%", detail, thr.Warn).With(obs, thr)
+	}
+	obs["judged_on"] = "sample"
+	return Pass("%s", detail).With(obs, thr)
 }
 
 // graded builds the result of a percentage check.

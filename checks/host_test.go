@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/guildnet/metaguildnet/messages"
 )
@@ -111,5 +112,31 @@ func TestHostMemoryExact(t *testing.T) {
 	r = runHost(t, "host_memory", map[string]string{"METAGN_HOST_PROC": dir})
 	if r.Status != messages.CheckFail || !strings.Contains(r.Message, "meminfo") {
 		t.Fatalf("bad meminfo: %s %q", r.Status, r.Message)
+	}
+}
+
+// A CPU spike (a build, a burst of tasks during the sample) warns at most;
+// only a saturation the 1-minute load confirms fails, and the observed
+// values say which judged it.
+func TestJudgeCPU(t *testing.T) {
+	thr := pctThresholds{Warn: 85, Fail: 95}
+	for _, tc := range []struct {
+		name         string
+		sample, load float64
+		cpus         int
+		status, on   string
+	}{
+		{"idle", 10, 0.2, 2, messages.CheckPass, "sample"},
+		{"spike", 99, 0.5, 2, messages.CheckWarn, "spike"},
+		{"sustained saturation", 99, 2.5, 2, messages.CheckFail, "sustained"},
+		{"busy for a minute, quiet now", 20, 1.9, 2, messages.CheckWarn, "sustained"},
+		{"load from I/O, CPUs idle", 5, 8, 2, messages.CheckWarn, "sustained"},
+		{"no CPU count", 99, 0, 0, messages.CheckFail, "sustained"},
+	} {
+		r := judgeCPU(thr, tc.sample, 500*time.Millisecond, tc.load, tc.cpus)
+		obs, _ := r.Observed.(map[string]any)
+		if r.Status != tc.status || obs["judged_on"] != tc.on {
+			t.Errorf("%s: %s judged on %v (%s), want %s on %s", tc.name, r.Status, obs["judged_on"], r.Message, tc.status, tc.on)
+		}
 	}
 }

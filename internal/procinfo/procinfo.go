@@ -44,6 +44,8 @@ type CPUTimes struct {
 	Busy float64
 	// Total is Busy plus idle and iowait.
 	Total float64
+	// CPUs is how many CPUs stat lists (the cpuN lines).
+	CPUs int
 }
 
 // CPUTimes reads the aggregate cpu line of stat.
@@ -55,7 +57,7 @@ func (f FS) CPUTimes() (CPUTimes, error) {
 	c := st.CPUTotal
 	idle := c.Idle + c.Iowait
 	total := c.User + c.Nice + c.System + c.Idle + c.Iowait + c.IRQ + c.SoftIRQ + c.Steal
-	return CPUTimes{Busy: total - idle, Total: total}, nil
+	return CPUTimes{Busy: total - idle, Total: total, CPUs: len(st.CPU)}, nil
 }
 
 // BootTime reads the boot time (seconds since the epoch) from stat.
