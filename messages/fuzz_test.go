@@ -140,3 +140,12 @@ func FuzzDecodeTaskPayloads(f *testing.F) {
 		argsRoundTrip[DiagnoseArgs](t, b)
 	})
 }
+
+func FuzzDecodeBackup(f *testing.F) {
+	seed(f, `{"v":1,"kind":"metaguildnet-backup","created_at":"2026-11-29T21:00:00Z","streams":[{"name":"KV_mgn_nodes","config":{"name":"KV_mgn_nodes"},"records":1}]}`,
+		`{"stream":"KV_mgn_nodes","subject":"$KV.mgn_nodes.n1","headers":{"KV-Operation":["DEL"]},"data":"eyJ2IjoxfQ=="}`)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		roundTrip[BackupHeader](t, b)
+		roundTrip[BackupRecord](t, b)
+	})
+}

@@ -35,7 +35,7 @@ func newRoot() *cobra.Command {
 			"environment, .env.local or .env (flags win, then the environment, then .env.local, then .env).",
 		Version: buildinfo.Version,
 	}
-	root.AddCommand(serveCmd(), tokenCmd(), statusCmd(), runCmd(), nodesCmd(), verifyCmd(), reportCmd(), diagnoseCmd(), buildinfo.Command())
+	root.AddCommand(serveCmd(), tokenCmd(), statusCmd(), runCmd(), nodesCmd(), verifyCmd(), reportCmd(), diagnoseCmd(), backupCmd(), restoreCmd(), buildinfo.Command())
 	return root
 }
 
@@ -594,5 +594,82 @@ func diagnoseCmd() *cobra.Command {
 	cmd.Flags().StringVar(&bundlePath, "bundle", "", "also write a redacted support bundle (tar.gz) for --node")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the findings as JSON")
 	cmd.Flags().BoolVar(&evidence, "evidence", false, "show what fired each finding")
+	return cmd
+}
+
+func backupCmd() *cobra.Command {
+	var dataDir, out string
+	cmd := &cobra.Command{
+		Use:   "backup --out FILE",
+		Short: "Write the running controller's whole state (nodes, token hashes, tasks, results, reports) to FILE",
+		Long: "Take a snapshot of the fleet state from a running controller: every JetStream stream it keeps,\n" +
+			"with its configuration and messages, as JSON lines. `controller restore` rebuilds a data dir\n" +
+			"from it; agents then reconnect with their existing keys. The file holds no secret that lets\n" +
+			"anyone join (tokens are stored hashed) but it does describe the fleet: it is written 0600.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				return cli.Fail(cli.ExitUsage, errors.New("--out: missing (the file to write)"))
+			}
+			c, ctx, done, err := session(cmd, &dataDir, 10*time.Minute)
+			if err != nil {
+				return err
+			}
+			defer done()
+			tmp := out + ".tmp"
+			f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+			if err != nil {
+				return cli.Fail(cli.ExitUsage, fmt.Errorf("--out: %w", err))
+			}
+			st, err := controller.Backup(ctx, c.Conn(), f)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err == nil {
+				err = os.Rename(tmp, out)
+			}
+			if err != nil {
+				os.Remove(tmp)
+				return cli.Fail(cli.ExitUsage, err)
+			}
+			fmt.Printf("backup %s: %d streams, %d records, %d bytes of data\n", out, st.Streams, st.Records, st.Bytes)
+			return nil
+		},
+	}
+	dataDirFlag(cmd, &dataDir)
+	cmd.Flags().StringVar(&out, "out", "", "file to write")
+	return cmd
+}
+
+func restoreCmd() *cobra.Command {
+	var dataDir, in string
+	cmd := &cobra.Command{
+		Use:   "restore --in FILE --data-dir DIR",
+		Short: "Rebuild a controller's data dir from a backup (then start `controller serve --data-dir DIR`)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := cli.LoadConfig(cmd); err != nil {
+				return err
+			}
+			if in == "" {
+				return cli.Fail(cli.ExitUsage, errors.New("--in: missing (the backup file)"))
+			}
+			f, err := os.Open(in)
+			if err != nil {
+				return cli.Fail(cli.ExitUsage, fmt.Errorf("--in: %w", err))
+			}
+			defer f.Close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Minute)
+			defer cancel()
+			st, err := controller.Restore(ctx, f, dataDir)
+			if err != nil {
+				return cli.Fail(cli.ExitUsage, fmt.Errorf("%s: %w", in, err))
+			}
+			fmt.Printf("restored %d streams, %d records into %s; start it with: controller serve --data-dir %s\n", st.Streams, st.Records, dataDir, dataDir)
+			return nil
+		},
+	}
+	dataDirFlag(cmd, &dataDir)
+	cmd.Flags().StringVar(&in, "in", "", "backup file to read")
 	return cmd
 }
