@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -41,11 +40,7 @@ func printStatus(w io.Writer, st messages.StatusReply) {
 	for _, n := range st.Nodes {
 		if n.Cluster != cluster {
 			cluster = n.Cluster
-			name := cluster
-			if name == "" {
-				name = "(no cluster)"
-			}
-			fmt.Fprintf(tw, "\nCLUSTER %s\n", name)
+			fmt.Fprintf(tw, "\nCLUSTER %s\n", report.ClusterName(cluster))
 			fmt.Fprintln(tw, "  NODE\tSTATE\tROLE\tHEARTBEAT\tLAYERS\tTAILNET\tVERSION\tADDRESSES\tLABELS\t")
 		}
 		labels := make([]string, 0, len(n.Labels))
@@ -57,7 +52,7 @@ func printStatus(w io.Writer, st messages.StatusReply) {
 			addrs = append(addrs[:3:3], fmt.Sprintf("+%d", len(n.Addresses)-3))
 		}
 		fmt.Fprintf(tw, "  %s\t%s %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", n.Name, stateMark[n.State], n.State, dash(n.Role),
-			age(n.AgeMS, n.LastSeen), layerSummary(n.Layers), tailnetSummary(n.Tailnet), dash(n.AgentVersion), dash(strings.Join(addrs, ",")), dash(strings.Join(labels, ",")))
+			age(n.AgeMS, n.LastSeen), report.LayerSummary(n.Layers), tailnetSummary(n.Tailnet), dash(n.AgentVersion), dash(strings.Join(addrs, ",")), dash(strings.Join(labels, ",")))
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\n%d nodes: %d online, %d stale, %d offline (heartbeat every %s)\n",
@@ -91,29 +86,4 @@ func printRun(w io.Writer, r runOutput) {
 		fmt.Fprintf(tw, "  %s\t%s %s\t%dms\t%s\t\n", res.Node, outcomeMark[res.Outcome], res.Outcome, res.DurationMS, detail)
 	}
 	tw.Flush()
-}
-
-// layerSummary shows a node's last status per layer: "network✓ host✓ cluster✗".
-func layerSummary(m map[string]string) string {
-	if len(m) == 0 {
-		return "-"
-	}
-	order := []string{"network", "host", "cluster", "database", "application"}
-	var parts []string
-	for _, l := range order {
-		if s, ok := m[l]; ok {
-			parts = append(parts, l+report.Mark(s))
-		}
-	}
-	var custom []string
-	for l := range m {
-		if !slices.Contains(order, l) {
-			custom = append(custom, l)
-		}
-	}
-	slices.Sort(custom)
-	for _, l := range custom {
-		parts = append(parts, l+report.Mark(m[l]))
-	}
-	return strings.Join(parts, " ")
 }
