@@ -30,6 +30,9 @@ func TestDecodePerCluster(t *testing.T) {
 		{"status bad name", decodeAs[StatusReply], `{"v":1,"nodes":[],"clusters":[{"name":"a b"}]}`, "clusters[0]: name"},
 		{"status bad layer status", decodeAs[StatusReply], `{"v":1,"nodes":[],"clusters":[{"name":"a","layers":{"host":"ok"}}]}`, "layers.host"},
 		{"status bad overall", decodeAs[StatusReply], `{"v":1,"nodes":[],"clusters":[{"name":"a","overall_status":"ok"}]}`, "overall_status"},
+		{"check layer ok", decodeAs[VerifyOutput], `{"v":1,"checks":[{"name":"c","layer":"my_layer","status":"pass"}]}`, ""},
+		{"check layer not a name", decodeAs[VerifyOutput], `{"v":1,"checks":[{"name":"c","layer":"` + strings.Repeat("x", MaxNameLen+1) + `","status":"pass"}]}`, "layer"},
+		{"check layer missing", decodeAs[VerifyOutput], `{"v":1,"checks":[{"name":"c","status":"pass"}]}`, "layer"},
 		{"event ok", decodeAs[Event], `{"v":1,"kind":"layer_state","cluster":"a","layer":"host","from":"healthy","to":"unhealthy"}`, ""},
 		{"event bad cluster", decodeAs[Event], `{"v":1,"kind":"layer_state","cluster":"a>"}`, "cluster"},
 	}

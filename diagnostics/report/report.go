@@ -59,9 +59,9 @@ func Build(now time.Time, took time.Duration, nodes []string, clusterOf map[stri
 			if c.Node == "" {
 				c.Node = r.Node
 			}
-			if c.Cluster == "" {
-				c.Cluster = r.Cluster
-			}
+			// The cluster is the controller's to say: a node's check that
+			// names another cluster must not move that cluster's state.
+			c.Cluster = r.Cluster
 			checks = append(checks, c)
 		}
 	}

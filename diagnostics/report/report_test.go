@@ -98,8 +98,9 @@ func TestBuildPerCluster(t *testing.T) {
 		{Node: "a1", Cluster: "a", Outcome: "ok", Checks: []messages.CheckResult{cr("a1", "host", "host_disk", "pass", "")}},
 		{Node: "b1", Cluster: "b", Outcome: "ok", Checks: []messages.CheckResult{cr("b1", "host", "host_disk", "pass", "")}},
 		{Node: "x1", Outcome: "ok", Checks: []messages.CheckResult{cr("x1", "host", "host_disk", "warn", "90% used")}},
-		{Node: "a1", Cluster: "a", Outcome: "ok", Checks: []messages.CheckResult{in(cr("", "cluster", "nodes_ready", "pass", ""), "a")}},
-		{Node: "b1", Cluster: "b", Outcome: "fail", Checks: []messages.CheckResult{cr("", "cluster", "nodes_ready", "fail", "node w1 NotReady")}},
+		// A check that claims another cluster counts for its node's own.
+		{Node: "a1", Cluster: "a", Outcome: "ok", Checks: []messages.CheckResult{in(cr("", "cluster", "nodes_ready", "pass", ""), "a"), in(cr("", "database", "rethinkdb_tcp", "fail", "claimed"), "")}},
+		{Node: "b1", Cluster: "b", Outcome: "fail", Checks: []messages.CheckResult{cr("", "cluster", "nodes_ready", "fail", "node w1 NotReady"), in(cr("", "database", "rethinkdb_tcp", "pass", ""), "a")}},
 	}
 	r := Build(time.Unix(0, 0), time.Second, []string{"a1", "b1", "x1"}, map[string]string{"a1": "a", "b1": "b"}, runs, nil)
 	if r.OverallStatus != messages.Unhealthy {
@@ -118,8 +119,8 @@ func TestBuildPerCluster(t *testing.T) {
 		got[c.Name] = cl{c.OverallStatus, m}
 	}
 	want := map[string]cl{
-		"a": {messages.Healthy, map[string]string{"host": messages.Healthy, "cluster": messages.Healthy}},
-		"b": {messages.Unhealthy, map[string]string{"host": messages.Healthy, "cluster": messages.Unhealthy}},
+		"a": {messages.Unhealthy, map[string]string{"host": messages.Healthy, "cluster": messages.Healthy, "database": messages.Unhealthy}},
+		"b": {messages.Unhealthy, map[string]string{"host": messages.Healthy, "cluster": messages.Unhealthy, "database": messages.Healthy}},
 		"":  {messages.Degraded, map[string]string{"host": messages.Degraded}},
 	}
 	if len(got) != len(want) {
@@ -144,7 +145,7 @@ func TestBuildPerCluster(t *testing.T) {
 	}
 	var b bytes.Buffer
 	WriteText(&b, r)
-	for _, want := range []string{"CLUSTER (no cluster)  ⚠ degraded   host⚠", "CLUSTER a             ✓ healthy    host✓ cluster✓", "CLUSTER b             ✗ unhealthy  host✓ cluster✗"} {
+	for _, want := range []string{"CLUSTER (no cluster)  ⚠ degraded   host⚠", "CLUSTER a             ✗ unhealthy  host✓ cluster✓ database✗", "CLUSTER b             ✗ unhealthy  host✓ cluster✗ database✓"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("text lacks %q:\n%s", want, b.String())
 		}
