@@ -664,7 +664,7 @@ func TestSweepsRunByThemselves(t *testing.T) {
 	// network layer: no tailscaled on a test machine).
 	select {
 	case ev := <-events:
-		if ev.Layer == "" || ev.To == "" || ev.From == "" {
+		if ev.Layer == "" || ev.To == "" || ev.From == "" || ev.Cluster != "a" {
 			t.Fatalf("event %+v", ev)
 		}
 	case <-time.After(10 * time.Second):
@@ -675,7 +675,7 @@ func TestSweepsRunByThemselves(t *testing.T) {
 		t.Fatalf("status layers: %+v %v", st.Nodes, err)
 	}
 	m := scrape(t, f)
-	for _, want := range []string{`mgn_layer_status{layer="host",status="healthy"} 1`, `mgn_checks{layer="host",status="pass"} 3`, "mgn_verify_duration_seconds_count", `mgn_check_duration_seconds_bucket{layer="host"`} {
+	for _, want := range []string{`mgn_layer_status{cluster="a",layer="host",status="healthy"} 1`, `mgn_checks{cluster="a",layer="host",status="pass"} 3`, "mgn_verify_duration_seconds_count", `mgn_check_duration_seconds_bucket{cluster="a",layer="host"`} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %q", want)
 		}
