@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -29,7 +30,7 @@ func age(ms int64, seen time.Time) string {
 var stateMark = map[string]string{messages.StateOnline: "●", messages.StateStale: "◐", messages.StateOffline: "○"}
 
 // printStatus prints the fleet grouped by cluster (nodes arrive sorted by
-// cluster, then name).
+// cluster, then name), each cluster headed by its status line.
 func printStatus(w io.Writer, st messages.StatusReply) {
 	if len(st.Nodes) == 0 {
 		fmt.Fprintln(w, "no nodes enrolled yet: create a token with `controller token create` and start an agent with it")
@@ -40,7 +41,7 @@ func printStatus(w io.Writer, st messages.StatusReply) {
 	for _, n := range st.Nodes {
 		if n.Cluster != cluster {
 			cluster = n.Cluster
-			fmt.Fprintf(tw, "\nCLUSTER %s\n", report.ClusterName(cluster))
+			fmt.Fprintf(tw, "\nCLUSTER %s  %s\n", report.ClusterName(cluster), clusterLine(st.Clusters, cluster))
 			fmt.Fprintln(tw, "  NODE\tSTATE\tROLE\tHEARTBEAT\tLAYERS\tTAILNET\tVERSION\tADDRESSES\tLABELS\t")
 		}
 		labels := make([]string, 0, len(n.Labels))
@@ -86,4 +87,17 @@ func printRun(w io.Writer, r runOutput) {
 		fmt.Fprintf(tw, "  %s\t%s %s\t%dms\t%s\t\n", res.Node, outcomeMark[res.Outcome], res.Outcome, res.DurationMS, detail)
 	}
 	tw.Flush()
+}
+
+// clusterLine is a cluster's status in the fleet view: "✗ unhealthy
+// network✓ host✓ cluster✗ (verified 2026-11-29 21:04:05Z)", from the last
+// verification that covered it.
+func clusterLine(cs []messages.ClusterStatus, name string) string {
+	i := slices.IndexFunc(cs, func(c messages.ClusterStatus) bool { return c.Name == name })
+	if i < 0 || cs[i].OverallStatus == "" {
+		return "? not verified yet"
+	}
+	c := cs[i]
+	return fmt.Sprintf("%s %s  %s  (verified %s)", report.Mark(c.OverallStatus), c.OverallStatus, report.LayerSummary(c.Layers),
+		c.LastVerified.UTC().Format("2006-01-02 15:04:05Z07:00"))
 }
