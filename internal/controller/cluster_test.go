@@ -192,4 +192,14 @@ func TestPerClusterHealth(t *testing.T) {
 		t.Fatalf("unexpected event %+v", ev)
 	default:
 	}
+
+	// After a restart whose newest report covered a alone, the fleet view
+	// still has b's last state (from the report before).
+	verify(messages.VerifyRequest{Cluster: "a"})
+	f.stop()
+	f.start()
+	st = statusOf()
+	if st["b"].OverallStatus != messages.Degraded || st["a"].OverallStatus != messages.Healthy {
+		t.Fatalf("status clusters after a restart: %+v", st)
+	}
 }

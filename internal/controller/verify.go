@@ -317,6 +317,9 @@ func (v *verifier) record(rep messages.Report, id string) {
 		v.lastID = id
 	}
 	for _, n := range rep.Nodes {
+		if rep.Timestamp.Before(v.lastAt[n.Name]) {
+			continue // a newer report has judged it
+		}
 		m := v.last[n.Name]
 		if m == nil {
 			m = map[string]string{}
@@ -419,17 +422,51 @@ func (v *verifier) layersOf(node string) (map[string]string, time.Time) {
 	return out, v.lastAt[node]
 }
 
-// loadLast restores the last report's view after a restart.
+// maxReportsOnStart bounds how many stored reports a restart reads to find
+// the last state of every cluster.
+const maxReportsOnStart = 64
+
+// loadLast restores the fleet view after a restart: the newest report, and
+// older ones (newest first, at most maxReportsOnStart) until every enrolled
+// node's cluster has its last state — the newest report may have covered
+// one cluster only.
 func (v *verifier) loadLast(ctx context.Context) {
-	id, err := v.lastReportID(ctx)
-	if err != nil || id == "" {
-		return
-	}
-	rep, err := v.get(ctx, id)
+	infos, err := v.reports.List(ctx)
 	if err != nil {
+		if err != jetstream.ErrNoObjectsFound {
+			v.log.Warn("restore the last verification", zap.Error(err))
+		}
 		return
 	}
-	v.record(rep, id)
+	var ids []string
+	for _, in := range infos {
+		if !in.Deleted {
+			ids = append(ids, in.Name)
+		}
+	}
+	slices.Sort(ids)
+	slices.Reverse(ids)
+	want := map[string]bool{}
+	for _, m := range v.c.reg.members() {
+		want[m.cluster] = true
+	}
+	for i, id := range ids {
+		if i == maxReportsOnStart {
+			break
+		}
+		rep, err := v.get(ctx, id)
+		if err != nil {
+			v.log.Warn("restore the last verification", zap.String("report", id), zap.Error(err))
+			continue
+		}
+		v.record(rep, id)
+		for _, c := range rep.Clusters {
+			delete(want, c.Name)
+		}
+		if len(want) == 0 {
+			return
+		}
+	}
 }
 
 func (v *verifier) lastReportID(ctx context.Context) (string, error) {
