@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/guildnet/metaguildnet/internal/controller"
 	"github.com/guildnet/metaguildnet/messages"
 	"github.com/guildnet/metaguildnet/tasks"
@@ -62,16 +60,7 @@ func clusterStatuses(rep messages.Report) map[string]string {
 // that cluster's state and announces only its changes.
 func TestPerClusterHealth(t *testing.T) {
 	f := newFleet(t, func(o *controller.Options) { o.SweepInterval = -1 })
-	events := make(chan messages.Event, 64)
-	sub, err := f.cli.Conn().Subscribe(messages.EventSubject("layer_state"), func(m *nats.Msg) {
-		if ev, err := messages.Decode[messages.Event](m.Data, 0); err == nil {
-			events <- ev
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	events := f.events("layer_state")
 	tok := f.token(true, "1h")
 	va, vb := newScriptedVerify(messages.CheckPass), newScriptedVerify(messages.CheckFail)
 	for _, n := range []struct {

@@ -640,16 +640,7 @@ func TestPaging(t *testing.T) {
 // history, layer changes are announced, and /metrics carries the layers.
 func TestSweepsRunByThemselves(t *testing.T) {
 	f := newFleet(t, func(o *controller.Options) { o.SweepInterval = 300 * time.Millisecond })
-	events := make(chan messages.Event, 64)
-	sub, err := f.cli.Conn().Subscribe(messages.EventSubject("layer_state"), func(m *nats.Msg) {
-		if ev, err := messages.Decode[messages.Event](m.Data, 0); err == nil {
-			events <- ev
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	events := f.events("layer_state")
 	tok := f.token(true, "1h")
 	cfg := f.agentCfg("n1", "a", tok)
 	// Only what this machine surely has: the host layer, thresholds that
