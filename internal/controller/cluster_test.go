@@ -17,11 +17,12 @@ import (
 // scriptedVerify is a verify task whose checks the test sets: a host check
 // that passes on every node, and a cluster check (nodes_ready) with the
 // status in clusterCheck.
-type scriptedVerify struct{ clusterCheck atomic.Value }
+type scriptedVerify struct{ clusterCheck, hostCheck atomic.Value }
 
 func newScriptedVerify(status string) *scriptedVerify {
 	s := &scriptedVerify{}
 	s.clusterCheck.Store(status)
+	s.hostCheck.Store(messages.CheckPass)
 	return s
 }
 
@@ -34,7 +35,8 @@ func (s *scriptedVerify) Run(_ context.Context, env *tasks.Env, raw json.RawMess
 	}
 	checks := []messages.CheckResult{}
 	if args.Scope != messages.ScopeCluster {
-		checks = append(checks, messages.CheckResult{Name: "host_disk", Layer: messages.LayerHost, Status: messages.CheckPass, Passed: true, Node: env.Node})
+		st := s.hostCheck.Load().(string)
+		checks = append(checks, messages.CheckResult{Name: "host_disk", Layer: messages.LayerHost, Status: st, Passed: st == messages.CheckPass, Node: env.Node})
 	}
 	if args.Scope != messages.ScopeNode {
 		st := s.clusterCheck.Load().(string)
@@ -190,5 +192,46 @@ func TestPerClusterHealth(t *testing.T) {
 	st = statusOf()
 	if st["b"].OverallStatus != messages.Degraded || st["a"].OverallStatus != messages.Healthy {
 		t.Fatalf("status clusters after a restart: %+v", st)
+	}
+}
+
+// A verification of one node of a cluster judges the cluster's node layers
+// with its other nodes' last statuses: a healthy node does not hide a
+// failing one that was not verified this time.
+func TestVerifyOneNodeKeepsItsClusterTruthful(t *testing.T) {
+	f := newFleet(t, func(o *controller.Options) { o.SweepInterval = -1 })
+	tok := f.token(true, "1h")
+	ok, bad := newScriptedVerify(messages.CheckPass), newScriptedVerify(messages.CheckPass)
+	bad.hostCheck.Store(messages.CheckFail)
+	for name, task := range map[string]*scriptedVerify{"a1": ok, "a2": bad} {
+		cfg := f.agentCfg(name, "a", tok)
+		cfg.Tasks = tasks.Builtin().With(task)
+		f.runAgent(cfg)
+	}
+	f.waitOnline("a1", "a2")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	hostOfA := func(req messages.VerifyRequest) (report, view string) {
+		t.Helper()
+		rep, err := f.cli.Verify(ctx, req)
+		if err != nil {
+			t.Fatalf("verify %+v: %v", req, err)
+		}
+		st, err := f.cli.Status(ctx)
+		if err != nil || len(st.Clusters) != 1 {
+			t.Fatalf("status: %+v %v", st.Clusters, err)
+		}
+		return clusterStatuses(rep)["a/host"], st.Clusters[0].Layers["host"]
+	}
+	if rep, view := hostOfA(messages.VerifyRequest{}); rep != messages.Unhealthy || view != messages.Unhealthy {
+		t.Fatalf("whole fleet: report %s, view %s", rep, view)
+	}
+	// The report says what it verified (a1 alone); the view keeps a2.
+	if rep, view := hostOfA(messages.VerifyRequest{Node: "a1"}); rep != messages.Healthy || view != messages.Unhealthy {
+		t.Fatalf("verify --node a1: report %s, view %s", rep, view)
+	}
+	bad.hostCheck.Store(messages.CheckPass)
+	if rep, view := hostOfA(messages.VerifyRequest{Node: "a2"}); rep != messages.Healthy || view != messages.Healthy {
+		t.Fatalf("verify --node a2 after its fix: report %s, view %s", rep, view)
 	}
 }

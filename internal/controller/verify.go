@@ -330,6 +330,7 @@ func (v *verifier) record(rep messages.Report, id string) {
 		}
 		v.lastAt[n.Name] = rep.Timestamp
 	}
+	partial := v.partialClusters(rep)
 	type key struct{ cluster, layer string }
 	counts := map[key]map[string]int{}
 	for _, l := range rep.Layers {
@@ -358,6 +359,11 @@ func (v *verifier) record(rep messages.Report, id string) {
 			if !ok && len(state) >= messages.MaxClusterLayers {
 				continue // report.Build keeps no more; nor do we
 			}
+			if members, ok := partial[cr.Name]; ok && slices.Contains(report.NodeScopedLayers, l.Name) {
+				// Verified on some of its nodes only: the others' last
+				// status of this layer still counts.
+				l.Status = v.nodesLayer(members, l.Name, l.Status)
+			}
 			state[l.Name] = layerState{status: l.Status, at: rep.Timestamp}
 			for _, s := range []string{messages.Healthy, messages.Degraded, messages.Unhealthy, messages.Unknown} {
 				val := 0.0
@@ -383,6 +389,49 @@ func (v *verifier) record(rep messages.Report, id string) {
 		}
 	}
 	v.sweepDuration.Observe(float64(rep.DurationMS) / 1000)
+}
+
+// partialClusters returns the clusters rep covers on some of their nodes
+// only (a verify --node), each with all its enrolled nodes.
+func (v *verifier) partialClusters(rep messages.Report) map[string][]string {
+	in := make(map[string]bool, len(rep.Nodes))
+	for _, n := range rep.Nodes {
+		in[n.Name] = true
+	}
+	covered := make(map[string]bool, len(rep.Clusters))
+	for _, c := range rep.Clusters {
+		covered[c.Name] = true
+	}
+	members := map[string][]string{}
+	partial := map[string]bool{}
+	for _, m := range v.c.reg.members() {
+		if covered[m.cluster] {
+			members[m.cluster] = append(members[m.cluster], m.name)
+			partial[m.cluster] = partial[m.cluster] || !in[m.name]
+		}
+	}
+	for c, p := range partial {
+		if !p {
+			delete(members, c)
+		}
+	}
+	return members
+}
+
+// nodesLayer judges a node-scoped layer of a cluster from its nodes' last
+// statuses (v.mu held): the worst, unknown counting as degraded beside
+// known ones, as the report judges layers. fallback is for no status.
+func (v *verifier) nodesLayer(nodes []string, layer, fallback string) string {
+	var ls []messages.LayerReport
+	for _, n := range nodes {
+		if s, ok := v.last[n][layer]; ok {
+			ls = append(ls, messages.LayerReport{Name: n, Status: s})
+		}
+	}
+	if len(ls) == 0 {
+		return fallback
+	}
+	return report.Overall(ls)
 }
 
 // clusterStatus is a cluster's line in the fleet view.
