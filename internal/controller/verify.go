@@ -258,6 +258,7 @@ func (v *verifier) runIn(ctx context.Context, slot chan struct{}, holder string,
 		return rep, "", err
 	}
 	v.record(rep, id)
+	v.sweepDuration.Observe(float64(rep.DurationMS) / 1000) // here, not in record: a restart's restored reports are not new verifications
 	return rep, id, nil
 }
 
@@ -388,7 +389,6 @@ func (v *verifier) record(rep messages.Report, id string) {
 			v.c.nc.Publish(messages.EventSubject("layer_state"), messages.MustEncode(&ev))
 		}
 	}
-	v.sweepDuration.Observe(float64(rep.DurationMS) / 1000)
 }
 
 // partialClusters returns the clusters rep covers on some of their nodes
