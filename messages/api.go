@@ -57,12 +57,28 @@ type StatusSummary struct {
 	Offline int `json:"offline"`
 }
 
+// ClusterStatus is one cluster's line in the fleet view: its status per
+// layer from the verifications that covered it (a verification of another
+// cluster leaves it as it was), the worst of them, and when it was last
+// verified. OverallStatus is "" while the cluster was never verified. Name
+// "" holds the nodes without a cluster (shown as NoClusterName).
+type ClusterStatus struct {
+	Name          string            `json:"name"`
+	OverallStatus string            `json:"overall_status,omitempty"`
+	Layers        map[string]string `json:"layers,omitempty"` // layer name -> status
+	LastVerified  time.Time         `json:"last_verified,omitzero"`
+}
+
 // StatusReply is the fleet view.
 type StatusReply struct {
-	V                 int           `json:"v"`
-	Nodes             []NodeStatus  `json:"nodes"`
-	Summary           StatusSummary `json:"summary"`
-	HeartbeatInterval string        `json:"heartbeat_interval"`
+	V     int          `json:"v"`
+	Nodes []NodeStatus `json:"nodes"`
+	// Clusters has a line for each cluster of the nodes on this page (a
+	// cluster whose nodes span pages is on each of them; the client keeps
+	// one).
+	Clusters          []ClusterStatus `json:"clusters,omitempty"`
+	Summary           StatusSummary   `json:"summary"`
+	HeartbeatInterval string          `json:"heartbeat_interval"`
 	// Total is the number of nodes; NextOffset the offset of the next page
 	// (0 when this is the last one). Summary always counts the whole fleet.
 	Total      int `json:"total,omitempty"`

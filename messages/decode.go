@@ -312,7 +312,13 @@ func (s *SyncReply) Validate() error {
 }
 
 func (e *ErrorReply) Validate() error { return checkVersion(e.V) }
-func (e *Event) Validate() error      { return checkVersion(e.V) }
+
+func (e *Event) Validate() error {
+	if err := checkVersion(e.V); err != nil {
+		return err
+	}
+	return optionalName("cluster", e.Cluster, ValidClusterName)
+}
 
 func (s *StatusRequest) Validate() error {
 	if err := checkVersion(s.V); err != nil {
@@ -327,7 +333,43 @@ func validPage(offset, limit int) error {
 	}
 	return nil
 }
-func (s *StatusReply) Validate() error { return checkVersion(s.V) }
+func (s *StatusReply) Validate() error {
+	if err := checkVersion(s.V); err != nil {
+		return err
+	}
+	if len(s.Clusters) > MaxClusters {
+		return fmt.Errorf("clusters: %d entries, at most %d", len(s.Clusters), MaxClusters)
+	}
+	for i := range s.Clusters {
+		if err := s.Clusters[i].validate(); err != nil {
+			return fmt.Errorf("clusters[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+func (c *ClusterStatus) validate() error {
+	if err := optionalName("name", c.Name, ValidClusterName); err != nil {
+		return err
+	}
+	if c.OverallStatus != "" {
+		if err := validLayerStatus("overall_status", c.OverallStatus); err != nil {
+			return err
+		}
+	}
+	if len(c.Layers) > MaxClusterLayers {
+		return fmt.Errorf("layers: %d entries, at most %d", len(c.Layers), MaxClusterLayers)
+	}
+	for _, l := range slices.Sorted(maps.Keys(c.Layers)) {
+		if l == "" || len(l) > MaxNameLen {
+			return fmt.Errorf("layers: name %q is empty or longer than %d bytes", l, MaxNameLen)
+		}
+		if err := validLayerStatus("layers."+l, c.Layers[l]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 func (r *RunRequest) Validate() error {
 	if err := checkVersion(r.V); err != nil {

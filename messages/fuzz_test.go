@@ -87,6 +87,7 @@ func FuzzDecodeEnroll(f *testing.F) {
 
 func FuzzDecodeSyncAndAck(f *testing.F) {
 	seed(f, `{"v":1,"tasks":[{"v":1}]}`, `{"v":1,"task_id":"t1","started":true}`,
+		`{"v":1,"kind":"layer_state","cluster":"a","layer":"host","from":"healthy","to":"unhealthy"}`,
 		`{"v":1,"tasks":[],"heartbeat_interval":"5s"}`)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		roundTrip[SyncRequest](t, b)
@@ -98,7 +99,9 @@ func FuzzDecodeSyncAndAck(f *testing.F) {
 }
 
 func FuzzDecodeAPI(f *testing.F) {
-	seed(f, `{"v":1,"task_id":"t1","wait":"1s"}`, `{"v":1,"ttl":"1h","reusable":true}`, `{"v":1,"name":"n1"}`)
+	seed(f, `{"v":1,"task_id":"t1","wait":"1s"}`, `{"v":1,"ttl":"1h","reusable":true}`, `{"v":1,"name":"n1"}`,
+		`{"v":1,"overall_status":"unhealthy","clusters":[{"name":"a","overall_status":"healthy","layers":[{"name":"host","status":"healthy"}]},{"name":"","overall_status":"unknown","layers":[{"name":"x","status":"unknown","reason":"r"}]}]}`,
+		`{"v":1,"nodes":[],"clusters":[{"name":"a","overall_status":"degraded","layers":{"host":"degraded"},"last_verified":"2026-01-01T00:00:00Z"},{"name":""}]}`)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		roundTrip[StatusRequest](t, b)
 		roundTrip[RunRequest](t, b)

@@ -2,6 +2,7 @@ package messages
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"time"
 )
@@ -98,15 +99,106 @@ type NodeReport struct {
 	Layers  map[string]string `json:"layers"` // layer name -> status
 }
 
-// Report is the verification report: timestamp, overall status and layers
-// with their checks, extended with per-node status, durations, observed values and blocked_by.
-type Report struct {
-	V             int           `json:"v"`
-	Timestamp     time.Time     `json:"timestamp"`
-	OverallStatus string        `json:"overall_status"`
-	DurationMS    int64         `json:"duration_ms"`
-	Layers        []LayerReport `json:"layers"`
-	Nodes         []NodeReport  `json:"nodes"`
+// LayerStatus is a layer's status without its checks.
+type LayerStatus struct {
+	Name   string `json:"name"`
+	Status string `json:"status"`
+	Reason string `json:"reason,omitempty"` // set when Status is not healthy for a reason (unknown, not verified)
 }
 
-func (r *Report) Validate() error { return checkVersion(r.V) }
+// ClusterReport is one cluster's part of a report: the status of each
+// layer judged from that cluster's checks alone (its nodes' node checks
+// and its cluster checks), and the worst of them. The checks themselves
+// are in Report.Layers, each naming its cluster, so a report does not
+// carry them twice. Nodes without a cluster are under Name "" (the fleet
+// view shows it as "(no cluster)").
+type ClusterReport struct {
+	Name          string        `json:"name"`
+	OverallStatus string        `json:"overall_status"`
+	Layers        []LayerStatus `json:"layers"`
+}
+
+// NoClusterName is how people are shown the cluster "" (nodes enrolled
+// without one); on the wire it stays "".
+const NoClusterName = "(no cluster)"
+
+// Report is the verification report: timestamp, overall status and layers
+// with their checks, extended with per-node status, durations, observed values and blocked_by.
+// OverallStatus and Layers are the fleet roll-up over every cluster the
+// verification covered; Clusters has the same per cluster.
+type Report struct {
+	V             int             `json:"v"`
+	Timestamp     time.Time       `json:"timestamp"`
+	OverallStatus string          `json:"overall_status"`
+	DurationMS    int64           `json:"duration_ms"`
+	Layers        []LayerReport   `json:"layers"`
+	Clusters      []ClusterReport `json:"clusters"`
+	Nodes         []NodeReport    `json:"nodes"`
+}
+
+// Bounds of the per-cluster parts of reports and of the fleet view.
+const (
+	// MaxClusters bounds the clusters one report or status page lists.
+	MaxClusters = 1 << 14
+	// MaxClusterLayers bounds the layers of one cluster (the built-in five
+	// and custom ones); the controller keeps no more per cluster.
+	MaxClusterLayers = 64
+	// MaxStatusReason bounds LayerStatus.Reason (report.Build clips it).
+	MaxStatusReason = 4096
+)
+
+func (r *Report) Validate() error {
+	if err := checkVersion(r.V); err != nil {
+		return err
+	}
+	if len(r.Clusters) > MaxClusters {
+		return fmt.Errorf("clusters: %d entries, at most %d", len(r.Clusters), MaxClusters)
+	}
+	seen := make(map[string]bool, len(r.Clusters))
+	for i := range r.Clusters {
+		c := &r.Clusters[i]
+		if seen[c.Name] {
+			return fmt.Errorf("clusters[%d]: %q listed twice", i, c.Name)
+		}
+		seen[c.Name] = true
+		if err := c.validate(); err != nil {
+			return fmt.Errorf("clusters[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+func (c *ClusterReport) validate() error {
+	if err := optionalName("name", c.Name, ValidClusterName); err != nil {
+		return err
+	}
+	if err := validLayerStatus("overall_status", c.OverallStatus); err != nil {
+		return err
+	}
+	if len(c.Layers) > MaxClusterLayers {
+		return fmt.Errorf("layers: %d entries, at most %d", len(c.Layers), MaxClusterLayers)
+	}
+	seen := make(map[string]bool, len(c.Layers))
+	for i, l := range c.Layers {
+		if l.Name == "" || len(l.Name) > MaxNameLen || seen[l.Name] {
+			return fmt.Errorf("layers[%d]: name %q is empty, longer than %d bytes or listed twice", i, l.Name, MaxNameLen)
+		}
+		seen[l.Name] = true
+		if err := validLayerStatus(fmt.Sprintf("layers[%d].status", i), l.Status); err != nil {
+			return err
+		}
+		if err := boundedString(fmt.Sprintf("layers[%d].reason", i), l.Reason, MaxStatusReason); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validLayerStatus checks a layer or overall status.
+func validLayerStatus(field, s string) error {
+	switch s {
+	case Healthy, Degraded, Unhealthy, Unknown:
+		return nil
+	}
+	return fmt.Errorf("%s: %q is not one of healthy, degraded, unhealthy, unknown", field, s)
+}

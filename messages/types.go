@@ -188,11 +188,14 @@ const (
 
 // Event is a state change the controller announces on mgn.evt.KIND.
 type Event struct {
-	V     int       `json:"v"`
-	Time  time.Time `json:"time"`
-	Kind  string    `json:"kind"` // node_state, layer_state
-	Node  string    `json:"node,omitempty"`
-	Layer string    `json:"layer,omitempty"`
-	From  string    `json:"from,omitempty"`
-	To    string    `json:"to,omitempty"`
+	V    int       `json:"v"`
+	Time time.Time `json:"time"`
+	Kind string    `json:"kind"` // node_state, layer_state
+	Node string    `json:"node,omitempty"`
+	// Cluster is the cluster whose layer changed (layer_state); "" for
+	// nodes without a cluster.
+	Cluster string `json:"cluster,omitempty"`
+	Layer   string `json:"layer,omitempty"`
+	From    string `json:"from,omitempty"`
+	To      string `json:"to,omitempty"`
 }

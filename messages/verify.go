@@ -100,5 +100,10 @@ func (c *CheckResult) validate() error {
 	if c.DurationMS < 0 {
 		return fmt.Errorf("duration_ms: negative")
 	}
+	// The layer names a node reports become the controller's per-cluster
+	// state, metric labels and fleet view rows: held to the one alphabet.
+	if err := ValidLayerName(c.Layer); err != nil {
+		return fmt.Errorf("layer: %w", err)
+	}
 	return nil
 }

@@ -30,7 +30,7 @@ func age(ms int64, seen time.Time) string {
 var stateMark = map[string]string{messages.StateOnline: "●", messages.StateStale: "◐", messages.StateOffline: "○"}
 
 // printStatus prints the fleet grouped by cluster (nodes arrive sorted by
-// cluster, then name).
+// cluster, then name), each cluster headed by its status line.
 func printStatus(w io.Writer, st messages.StatusReply) {
 	if len(st.Nodes) == 0 {
 		fmt.Fprintln(w, "no nodes enrolled yet: create a token with `controller token create` and start an agent with it")
@@ -41,11 +41,7 @@ func printStatus(w io.Writer, st messages.StatusReply) {
 	for _, n := range st.Nodes {
 		if n.Cluster != cluster {
 			cluster = n.Cluster
-			name := cluster
-			if name == "" {
-				name = "(no cluster)"
-			}
-			fmt.Fprintf(tw, "\nCLUSTER %s\n", name)
+			fmt.Fprintf(tw, "\nCLUSTER %s  %s\n", report.ClusterName(cluster), clusterLine(st.Clusters, cluster))
 			fmt.Fprintln(tw, "  NODE\tSTATE\tROLE\tHEARTBEAT\tLAYERS\tTAILNET\tVERSION\tADDRESSES\tLABELS\t")
 		}
 		labels := make([]string, 0, len(n.Labels))
@@ -57,7 +53,7 @@ func printStatus(w io.Writer, st messages.StatusReply) {
 			addrs = append(addrs[:3:3], fmt.Sprintf("+%d", len(n.Addresses)-3))
 		}
 		fmt.Fprintf(tw, "  %s\t%s %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", n.Name, stateMark[n.State], n.State, dash(n.Role),
-			age(n.AgeMS, n.LastSeen), layerSummary(n.Layers), tailnetSummary(n.Tailnet), dash(n.AgentVersion), dash(strings.Join(addrs, ",")), dash(strings.Join(labels, ",")))
+			age(n.AgeMS, n.LastSeen), report.LayerSummary(n.Layers), tailnetSummary(n.Tailnet), dash(n.AgentVersion), dash(strings.Join(addrs, ",")), dash(strings.Join(labels, ",")))
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\n%d nodes: %d online, %d stale, %d offline (heartbeat every %s)\n",
@@ -93,27 +89,15 @@ func printRun(w io.Writer, r runOutput) {
 	tw.Flush()
 }
 
-// layerSummary shows a node's last status per layer: "network✓ host✓ cluster✗".
-func layerSummary(m map[string]string) string {
-	if len(m) == 0 {
-		return "-"
+// clusterLine is a cluster's status in the fleet view: "✗ unhealthy
+// network✓ host✓ cluster✗ (verified 2026-11-29 21:04:05Z)", from the last
+// verification that covered it.
+func clusterLine(cs []messages.ClusterStatus, name string) string {
+	i := slices.IndexFunc(cs, func(c messages.ClusterStatus) bool { return c.Name == name })
+	if i < 0 || cs[i].OverallStatus == "" {
+		return "? not verified yet"
 	}
-	order := []string{"network", "host", "cluster", "database", "application"}
-	var parts []string
-	for _, l := range order {
-		if s, ok := m[l]; ok {
-			parts = append(parts, l+report.Mark(s))
-		}
-	}
-	var custom []string
-	for l := range m {
-		if !slices.Contains(order, l) {
-			custom = append(custom, l)
-		}
-	}
-	slices.Sort(custom)
-	for _, l := range custom {
-		parts = append(parts, l+report.Mark(m[l]))
-	}
-	return strings.Join(parts, " ")
+	c := cs[i]
+	return fmt.Sprintf("%s %s  %s  (verified %s)", report.Mark(c.OverallStatus), c.OverallStatus, report.LayerSummary(c.Layers),
+		c.LastVerified.UTC().Format("2006-01-02 15:04:05Z07:00"))
 }

@@ -59,9 +59,9 @@ func Build(now time.Time, took time.Duration, nodes []string, clusterOf map[stri
 			if c.Node == "" {
 				c.Node = r.Node
 			}
-			if c.Cluster == "" {
-				c.Cluster = r.Cluster
-			}
+			// The cluster is the controller's to say: a node's check that
+			// names another cluster must not move that cluster's state.
+			c.Cluster = r.Cluster
 			checks = append(checks, c)
 		}
 	}
@@ -109,7 +109,94 @@ func Build(now time.Time, took time.Duration, nodes []string, clusterOf map[stri
 	if len(rep.Layers) == 0 {
 		rep.OverallStatus = messages.Unknown
 	}
+	rep.Clusters = clusters(rep.Layers, nodes, clusterOf)
 	return rep
+}
+
+// clusters judges each cluster the report covers — its nodes' clusters and
+// those its checks name — from that cluster's checks alone, layer by
+// layer, in the fleet's layer order. A cluster keeps at most
+// messages.MaxClusterLayers layers (the first in that order).
+func clusters(layers []messages.LayerReport, nodes []string, clusterOf map[string]string) []messages.ClusterReport {
+	var names []string
+	for _, n := range nodes {
+		names = append(names, clusterOf[n])
+	}
+	for _, l := range layers {
+		for _, c := range l.Checks {
+			names = append(names, c.Cluster)
+		}
+	}
+	slices.Sort(names)
+	names = slices.Compact(names)
+	out := make([]messages.ClusterReport, 0, len(names))
+	for _, name := range names {
+		var mine []messages.LayerReport
+		for _, l := range layers {
+			var cs []messages.CheckResult
+			for _, c := range l.Checks {
+				if c.Cluster == name {
+					cs = append(cs, c)
+				}
+			}
+			if len(cs) == 0 || len(mine) == messages.MaxClusterLayers {
+				continue
+			}
+			st, reason := Status(cs)
+			mine = append(mine, messages.LayerReport{Name: l.Name, Status: st, Reason: clip(reason, messages.MaxStatusReason)})
+		}
+		cr := messages.ClusterReport{Name: name, OverallStatus: Overall(mine), Layers: make([]messages.LayerStatus, 0, len(mine))}
+		if len(mine) == 0 {
+			cr.OverallStatus = messages.Unknown
+		}
+		for _, l := range mine {
+			cr.Layers = append(cr.Layers, messages.LayerStatus{Name: l.Name, Status: l.Status, Reason: l.Reason})
+		}
+		out = append(out, cr)
+	}
+	return out
+}
+
+// clip shortens s to at most n bytes, marking the cut.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const more = "…"
+	return strings.ToValidUTF8(s[:n-len(more)], "") + more
+}
+
+// ClusterName is how a cluster is shown to people: "" is NoClusterName.
+func ClusterName(name string) string {
+	if name == "" {
+		return messages.NoClusterName
+	}
+	return name
+}
+
+// LayerSummary shows statuses per layer in the report's layer order, custom
+// layers after, sorted: "network✓ host✓ cluster✗".
+func LayerSummary(m map[string]string) string {
+	if len(m) == 0 {
+		return "-"
+	}
+	var parts []string
+	for _, l := range layerOrder {
+		if s, ok := m[l]; ok {
+			parts = append(parts, l+Mark(s))
+		}
+	}
+	var custom []string
+	for l := range m {
+		if !slices.Contains(layerOrder, l) {
+			custom = append(custom, l)
+		}
+	}
+	slices.Sort(custom)
+	for _, l := range custom {
+		parts = append(parts, l+Mark(m[l]))
+	}
+	return strings.Join(parts, " ")
 }
 
 func unknownCheck(layer, node, cluster, reason string) messages.CheckResult {

@@ -89,3 +89,74 @@ func TestAllSkippedIsUnknown(t *testing.T) {
 		t.Fatalf("%s %q", st, reason)
 	}
 }
+
+// Two clusters, one of them failing: each is judged from its own checks,
+// beside the fleet roll-up, and the text has a line per cluster.
+func TestBuildPerCluster(t *testing.T) {
+	in := func(c messages.CheckResult, cluster string) messages.CheckResult { c.Cluster = cluster; return c }
+	runs := []Run{
+		{Node: "a1", Cluster: "a", Outcome: "ok", Checks: []messages.CheckResult{cr("a1", "host", "host_disk", "pass", "")}},
+		{Node: "b1", Cluster: "b", Outcome: "ok", Checks: []messages.CheckResult{cr("b1", "host", "host_disk", "pass", "")}},
+		{Node: "x1", Outcome: "ok", Checks: []messages.CheckResult{cr("x1", "host", "host_disk", "warn", "90% used")}},
+		// A check that claims another cluster counts for its node's own.
+		{Node: "a1", Cluster: "a", Outcome: "ok", Checks: []messages.CheckResult{in(cr("", "cluster", "nodes_ready", "pass", ""), "a"), in(cr("", "database", "rethinkdb_tcp", "fail", "claimed"), "")}},
+		{Node: "b1", Cluster: "b", Outcome: "fail", Checks: []messages.CheckResult{cr("", "cluster", "nodes_ready", "fail", "node w1 NotReady"), in(cr("", "database", "rethinkdb_tcp", "pass", ""), "a")}},
+	}
+	r := Build(time.Unix(0, 0), time.Second, []string{"a1", "b1", "x1"}, map[string]string{"a1": "a", "b1": "b"}, runs, nil)
+	if r.OverallStatus != messages.Unhealthy {
+		t.Fatalf("fleet overall %s", r.OverallStatus)
+	}
+	type cl struct {
+		overall string
+		layers  map[string]string
+	}
+	got := map[string]cl{}
+	for _, c := range r.Clusters {
+		m := map[string]string{}
+		for _, l := range c.Layers {
+			m[l.Name] = l.Status
+		}
+		got[c.Name] = cl{c.OverallStatus, m}
+	}
+	want := map[string]cl{
+		"a": {messages.Unhealthy, map[string]string{"host": messages.Healthy, "cluster": messages.Healthy, "database": messages.Unhealthy}},
+		"b": {messages.Unhealthy, map[string]string{"host": messages.Healthy, "cluster": messages.Unhealthy, "database": messages.Healthy}},
+		"":  {messages.Degraded, map[string]string{"host": messages.Degraded}},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("clusters %+v", r.Clusters)
+	}
+	for name, w := range want {
+		g := got[name]
+		if g.overall != w.overall || len(g.layers) != len(w.layers) {
+			t.Errorf("cluster %q: %+v, want %+v", name, g, w)
+		}
+		for l, s := range w.layers {
+			if g.layers[l] != s {
+				t.Errorf("cluster %q layer %s = %s, want %s", name, l, g.layers[l], s)
+			}
+		}
+	}
+	if r.Clusters[0].Name != "" || r.Clusters[1].Name != "a" || r.Clusters[1].Layers[0].Name != "host" {
+		t.Errorf("order: %+v", r.Clusters)
+	}
+	if err := (&r).Validate(); err != nil {
+		t.Errorf("built report does not validate: %v", err)
+	}
+	var b bytes.Buffer
+	WriteText(&b, r)
+	for _, want := range []string{"CLUSTER (no cluster)  ⚠ degraded   host⚠", "CLUSTER a             ✗ unhealthy  host✓ cluster✓ database✗", "CLUSTER b             ✗ unhealthy  host✓ cluster✗ database✓"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("text lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+func TestClusterReasonIsBounded(t *testing.T) {
+	long := strings.Repeat("é", messages.MaxStatusReason)
+	runs := []Run{{Node: "a1", Cluster: "a", Outcome: "unknown", Reason: long, Layers: []string{"host"}}}
+	r := Build(time.Unix(0, 0), time.Second, []string{"a1"}, map[string]string{"a1": "a"}, runs, nil)
+	if err := (&r).Validate(); err != nil {
+		t.Fatalf("report with a long reason: %v", err)
+	}
+}

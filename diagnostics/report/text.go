@@ -5,6 +5,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"text/tabwriter"
 
 	"github.com/guildnet/metaguildnet/messages"
 )
@@ -16,6 +17,18 @@ import (
 func WriteText(w io.Writer, r messages.Report) {
 	fmt.Fprintf(w, "Verification %s — %s %s in %s\n", r.Timestamp.Format("2006-01-02 15:04:05Z07:00"),
 		Mark(r.OverallStatus), strings.ToUpper(r.OverallStatus), fmtMS(r.DurationMS))
+	if len(r.Clusters) > 0 {
+		fmt.Fprintln(w)
+		tw := tabwriter.NewWriter(w, 0, 2, 2, ' ', 0)
+		for _, c := range r.Clusters {
+			m := make(map[string]string, len(c.Layers))
+			for _, l := range c.Layers {
+				m[l.Name] = l.Status
+			}
+			fmt.Fprintf(tw, "CLUSTER %s\t%s %s\t%s\t\n", ClusterName(c.Name), Mark(c.OverallStatus), c.OverallStatus, LayerSummary(m))
+		}
+		tw.Flush()
+	}
 	for _, l := range r.Layers {
 		head := fmt.Sprintf("\n[%s] %s %s", strings.ToUpper(l.Name), Mark(l.Status), l.Status)
 		if l.Reason != "" {

@@ -324,6 +324,11 @@ func TestFleetVerification(t *testing.T) {
 			w.dumpDERPLogs(t)
 			t.Fatalf("overall %s%s", r.OverallStatus, dump(r))
 		}
+		// Each cluster is judged beside the fleet roll-up.
+		if len(r.Clusters) != 2 || r.Clusters[0].Name != "alpha" || r.Clusters[1].Name != "beta" ||
+			r.Clusters[0].OverallStatus != messages.Healthy || r.Clusters[1].OverallStatus != messages.Healthy || len(r.Clusters[0].Layers) != 5 {
+			t.Errorf("clusters %+v", r.Clusters)
+		}
 		// Cluster checks ran once per cluster, on the controlplane agents.
 		for _, c := range layer(r, "cluster").Checks {
 			if c.Node == "n2" {
@@ -475,6 +480,9 @@ func TestFleetVerification(t *testing.T) {
 			if n.Name == "n1" && n.Layers["network"] == "" {
 				t.Fatalf("status lost the per-layer view: %+v", n)
 			}
+		}
+		if len(st.Clusters) != 2 || st.Clusters[0].OverallStatus == "" || st.Clusters[1].OverallStatus == "" {
+			t.Fatalf("status lost the per-cluster view: %+v", st.Clusters)
 		}
 	})
 }

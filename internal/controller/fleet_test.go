@@ -592,8 +592,8 @@ func TestDataDirLock(t *testing.T) {
 func TestPaging(t *testing.T) {
 	f := newFleet(t, nil)
 	tok := f.token(true, "1h")
-	for _, n := range []string{"n1", "n2", "n3"} {
-		f.runAgent(f.agentCfg(n, "a", tok))
+	for _, n := range []struct{ name, cluster string }{{"n1", "a"}, {"n2", "a"}, {"n3", "b"}} {
+		f.runAgent(f.agentCfg(n.name, n.cluster, tok))
 	}
 	f.waitOnline("n1", "n2", "n3")
 	rep := f.run(messages.RunRequest{Target: "all", Kind: "ping"})
@@ -608,6 +608,10 @@ func TestPaging(t *testing.T) {
 		if err != nil || len(st.Nodes) != 1 || st.Total != 3 || st.Summary.Online != 3 {
 			t.Fatalf("page at %d: %+v %v", off, st, err)
 		}
+		// Each page has the cluster line of its nodes, and no other.
+		if len(st.Clusters) != 1 || st.Clusters[0].Name != st.Nodes[0].Cluster {
+			t.Fatalf("page at %d: clusters %+v for node %s of %q", off, st.Clusters, st.Nodes[0].Name, st.Nodes[0].Cluster)
+		}
 		names = append(names, st.Nodes[0].Name)
 		if st.NextOffset == 0 {
 			break
@@ -616,6 +620,11 @@ func TestPaging(t *testing.T) {
 	}
 	if strings.Join(names, ",") != "n1,n2,n3" {
 		t.Fatalf("pages: %v", names)
+	}
+	// The client keeps one line per cluster across pages.
+	all, err := f.cli.Status(context.Background())
+	if err != nil || len(all.Clusters) != 2 || all.Clusters[0].Name != "a" || all.Clusters[1].Name != "b" {
+		t.Fatalf("status clusters: %+v %v", all.Clusters, err)
 	}
 	m, err := nc.Request(messages.APISubject(messages.APITaskWait), messages.MustEncode(&messages.TaskWaitRequest{V: 1, TaskID: rep.TaskID, Offset: 2, Limit: 1}), 5*time.Second)
 	if err != nil {
@@ -631,16 +640,7 @@ func TestPaging(t *testing.T) {
 // history, layer changes are announced, and /metrics carries the layers.
 func TestSweepsRunByThemselves(t *testing.T) {
 	f := newFleet(t, func(o *controller.Options) { o.SweepInterval = 300 * time.Millisecond })
-	events := make(chan messages.Event, 64)
-	sub, err := f.cli.Conn().Subscribe(messages.EventSubject("layer_state"), func(m *nats.Msg) {
-		if ev, err := messages.Decode[messages.Event](m.Data, 0); err == nil {
-			events <- ev
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	events := f.events("layer_state")
 	tok := f.token(true, "1h")
 	cfg := f.agentCfg("n1", "a", tok)
 	// Only what this machine surely has: the host layer, thresholds that
@@ -664,7 +664,7 @@ func TestSweepsRunByThemselves(t *testing.T) {
 	// network layer: no tailscaled on a test machine).
 	select {
 	case ev := <-events:
-		if ev.Layer == "" || ev.To == "" || ev.From == "" {
+		if ev.Layer == "" || ev.To == "" || ev.From == "" || ev.Cluster != "a" {
 			t.Fatalf("event %+v", ev)
 		}
 	case <-time.After(10 * time.Second):
@@ -675,7 +675,7 @@ func TestSweepsRunByThemselves(t *testing.T) {
 		t.Fatalf("status layers: %+v %v", st.Nodes, err)
 	}
 	m := scrape(t, f)
-	for _, want := range []string{`mgn_layer_status{layer="host",status="healthy"} 1`, `mgn_checks{layer="host",status="pass"} 3`, "mgn_verify_duration_seconds_count", `mgn_check_duration_seconds_bucket{layer="host"`} {
+	for _, want := range []string{`mgn_layer_status{cluster="a",layer="host",status="healthy"} 1`, `mgn_checks{cluster="a",layer="host",status="pass"} 3`, "mgn_verify_duration_seconds_count", `mgn_check_duration_seconds_bucket{cluster="a",layer="host"`} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %q", want)
 		}

@@ -261,13 +261,33 @@ func (c *Controller) api(ctx context.Context, verb string, data []byte) (message
 		st.Total = len(st.Nodes)
 		// Paged by bytes as well as rows: a node decides how large its
 		// facts are (within messages' bounds), so rows are measured.
+		// A page carries a line for each cluster of its nodes (nodes come
+		// sorted by cluster), measured with the first of them.
+		first := true
 		lo, hi, next := messages.PageBySize(req.Offset, req.Limit, messages.MaxPage, st.Total, c.opts.MaxMessageBytes/2, func(i int) int {
 			n := &st.Nodes[i]
 			n.Layers, n.LastVerified = c.ver.layersOf(n.Name)
 			b, _ := json.Marshal(n)
-			return len(b) + 1
+			size := len(b) + 1
+			if first || n.Cluster != st.Nodes[i-1].Cluster {
+				first = false
+				cs := c.ver.clusterStatus(n.Cluster)
+				st.Clusters = append(st.Clusters, cs)
+				b, _ := json.Marshal(&cs)
+				size += len(b) + 1
+			}
+			return size
 		})
 		st.Nodes, st.NextOffset = st.Nodes[lo:hi], next
+		// The last row measured may not have fitted; neither does its cluster.
+		if hi > lo {
+			last := st.Nodes[len(st.Nodes)-1].Cluster
+			for len(st.Clusters) > 0 && st.Clusters[len(st.Clusters)-1].Name != last {
+				st.Clusters = st.Clusters[:len(st.Clusters)-1]
+			}
+		} else {
+			st.Clusters = nil
+		}
 		return &st, nil
 	case messages.APIRun:
 		req, err := messages.Decode[messages.RunRequest](data, max)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
@@ -168,3 +169,23 @@ func byNode(r messages.TaskReport) map[string]messages.NodeResult {
 }
 
 func newAgent(cfg agent.Config) (*agent.Agent, error) { return agent.New(cfg) }
+
+// events subscribes to the controller's events of kind for the rest of the
+// test, buffering up to 64.
+func (f *fleet) events(kind string) <-chan messages.Event {
+	f.t.Helper()
+	events := make(chan messages.Event, 64)
+	sub, err := f.cli.Conn().Subscribe(messages.EventSubject(kind), func(m *nats.Msg) {
+		if ev, err := messages.Decode[messages.Event](m.Data, 0); err == nil {
+			select {
+			case events <- ev:
+			default: // a test that stopped reading does not block the connection
+			}
+		}
+	})
+	if err != nil {
+		f.t.Fatalf("subscribe to %s events: %v", kind, err)
+	}
+	f.t.Cleanup(func() { sub.Unsubscribe() })
+	return events
+}

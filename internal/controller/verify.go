@@ -35,11 +35,15 @@ type verifier struct {
 	checkDuration *prometheus.HistogramVec
 	sweepDuration prometheus.Histogram
 
-	mu      sync.Mutex
-	last    map[string]map[string]string // node -> layer -> status
-	lastAt  map[string]time.Time
-	overall map[string]string // layer -> fleet status, for change events
-	lastID  string
+	mu     sync.Mutex
+	last   map[string]map[string]string // node -> layer -> status
+	lastAt map[string]time.Time
+	// clusters is each cluster's last status per layer, merged from every
+	// report that covered it: a verification of one cluster leaves the
+	// others as they were. It drives layer_state events, mgn_layer_status
+	// and the fleet view's cluster lines.
+	clusters map[string]map[string]layerState // cluster -> layer -> state
+	lastID   string
 
 	// Background sweeps and operator requests (verify, diagnose) each have
 	// their own slot: one sweep at a time and one operator verification at
@@ -50,18 +54,18 @@ type verifier struct {
 
 func newVerifier(c *Controller, store jetstream.ObjectStore) *verifier {
 	v := &verifier{c: c, reports: store, log: c.log.Named("verify"),
-		last: map[string]map[string]string{}, lastAt: map[string]time.Time{}, overall: map[string]string{},
+		last: map[string]map[string]string{}, lastAt: map[string]time.Time{}, clusters: map[string]map[string]layerState{},
 		sweepSlot: make(chan struct{}, 1), operatorSlot: make(chan struct{}, 1),
 		layerStatus: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "mgn_layer_status", Help: "Fleet status per layer in the last verification (1 for the current status).",
-		}, []string{"layer", "status"}),
+			Name: "mgn_layer_status", Help: "Each cluster's status per layer in the last verification that covered it (1 for the current status; cluster \"\" is the nodes without one).",
+		}, []string{"cluster", "layer", "status"}),
 		checkCounts: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "mgn_checks", Help: "Check results in the last verification, by layer and status.",
-		}, []string{"layer", "status"}),
+			Name: "mgn_checks", Help: "Check results in the last verification that covered the cluster, by cluster, layer and status.",
+		}, []string{"cluster", "layer", "status"}),
 		checkDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "mgn_check_duration_seconds", Help: "Duration of each check run, by layer.",
+			Name: "mgn_check_duration_seconds", Help: "Duration of each check run, by cluster and layer.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
-		}, []string{"layer"}),
+		}, []string{"cluster", "layer"}),
 		sweepDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "mgn_verify_duration_seconds", Help: "Duration of whole verification sweeps.",
 			Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
@@ -254,6 +258,7 @@ func (v *verifier) runIn(ctx context.Context, slot chan struct{}, holder string,
 		return rep, "", err
 	}
 	v.record(rep, id)
+	v.sweepDuration.Observe(float64(rep.DurationMS) / 1000) // here, not in record: a restart's restored reports are not new verifications
 	return rep, id, nil
 }
 
@@ -295,7 +300,17 @@ func (v *verifier) store(ctx context.Context, rep messages.Report) (string, erro
 	return id, nil
 }
 
+// layerState is one cluster's last status of one layer and the time of
+// the report it came from.
+type layerState struct {
+	status string
+	at     time.Time
+}
+
 // record updates the fleet view, metrics and change events from a report.
+// Only the clusters the report covers change, each layer only by a report
+// no older than the one it has (a sweep and an operator's verification may
+// finish out of order); events and metrics are per cluster.
 func (v *verifier) record(rep messages.Report, id string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -303,6 +318,9 @@ func (v *verifier) record(rep messages.Report, id string) {
 		v.lastID = id
 	}
 	for _, n := range rep.Nodes {
+		if rep.Timestamp.Before(v.lastAt[n.Name]) {
+			continue // a newer report has judged it
+		}
 		m := v.last[n.Name]
 		if m == nil {
 			m = map[string]string{}
@@ -313,38 +331,129 @@ func (v *verifier) record(rep messages.Report, id string) {
 		}
 		v.lastAt[n.Name] = rep.Timestamp
 	}
+	partial := v.partialClusters(rep)
+	type key struct{ cluster, layer string }
+	counts := map[key]map[string]int{}
 	for _, l := range rep.Layers {
-		for _, s := range []string{messages.Healthy, messages.Degraded, messages.Unhealthy, messages.Unknown} {
-			val := 0.0
-			if s == l.Status {
-				val = 1
-			}
-			v.layerStatus.WithLabelValues(l.Name, s).Set(val)
-		}
-		counts := map[string]int{}
 		for _, c := range l.Checks {
-			counts[c.Status]++
+			k := key{c.Cluster, l.Name}
+			if counts[k] == nil {
+				counts[k] = map[string]int{}
+			}
+			counts[k][c.Status]++
 			if c.Status == messages.CheckPass || c.Status == messages.CheckWarn || c.Status == messages.CheckFail {
-				v.checkDuration.WithLabelValues(l.Name).Observe(float64(c.DurationMS) / 1000)
-			}
-		}
-		for _, s := range []string{messages.CheckPass, messages.CheckWarn, messages.CheckFail, messages.CheckSkipped, messages.CheckUnknown} {
-			v.checkCounts.WithLabelValues(l.Name, s).Set(float64(counts[s]))
-		}
-		if prev, ok := v.overall[l.Name]; !ok || prev != l.Status {
-			from := prev
-			if !ok {
-				from = "none"
-			}
-			v.overall[l.Name] = l.Status
-			if ok || l.Status != messages.Healthy {
-				v.c.log.Info("layer state", zap.String("layer", l.Name), zap.String("from", from), zap.String("to", l.Status), zap.String("reason", l.Reason))
-				ev := messages.Event{V: messages.Version, Time: time.Now().UTC(), Kind: "layer_state", Layer: l.Name, From: from, To: l.Status}
-				v.c.nc.Publish(messages.EventSubject("layer_state"), messages.MustEncode(&ev))
+				v.checkDuration.WithLabelValues(c.Cluster, l.Name).Observe(float64(c.DurationMS) / 1000)
 			}
 		}
 	}
-	v.sweepDuration.Observe(float64(rep.DurationMS) / 1000)
+	for _, cr := range rep.Clusters {
+		state := v.clusters[cr.Name]
+		if state == nil {
+			state = map[string]layerState{}
+			v.clusters[cr.Name] = state
+		}
+		for _, l := range cr.Layers {
+			prev, ok := state[l.Name]
+			if ok && rep.Timestamp.Before(prev.at) {
+				continue // a newer report has judged it
+			}
+			if !ok && len(state) >= messages.MaxClusterLayers {
+				continue // report.Build keeps no more; nor do we
+			}
+			if members, ok := partial[cr.Name]; ok && slices.Contains(report.NodeScopedLayers, l.Name) {
+				// Verified on some of its nodes only: the others' last
+				// status of this layer still counts.
+				l.Status = v.nodesLayer(members, l.Name, l.Status)
+			}
+			state[l.Name] = layerState{status: l.Status, at: rep.Timestamp}
+			for _, s := range []string{messages.Healthy, messages.Degraded, messages.Unhealthy, messages.Unknown} {
+				val := 0.0
+				if s == l.Status {
+					val = 1
+				}
+				v.layerStatus.WithLabelValues(cr.Name, l.Name, s).Set(val)
+			}
+			for _, s := range []string{messages.CheckPass, messages.CheckWarn, messages.CheckFail, messages.CheckSkipped, messages.CheckUnknown} {
+				v.checkCounts.WithLabelValues(cr.Name, l.Name, s).Set(float64(counts[key{cr.Name, l.Name}][s]))
+			}
+			if ok && prev.status == l.Status || !ok && l.Status == messages.Healthy {
+				continue // no change, or healthy from the start: nothing to announce
+			}
+			from := prev.status
+			if !ok {
+				from = "none"
+			}
+			v.c.log.Info("layer state", zap.String("cluster", cr.Name), zap.String("layer", l.Name), zap.String("from", from),
+				zap.String("to", l.Status), zap.String("reason", l.Reason))
+			ev := messages.Event{V: messages.Version, Time: time.Now().UTC(), Kind: "layer_state", Cluster: cr.Name, Layer: l.Name, From: from, To: l.Status}
+			v.c.nc.Publish(messages.EventSubject("layer_state"), messages.MustEncode(&ev))
+		}
+	}
+}
+
+// partialClusters returns the clusters rep covers on some of their nodes
+// only (a verify --node), each with all its enrolled nodes.
+func (v *verifier) partialClusters(rep messages.Report) map[string][]string {
+	in := make(map[string]bool, len(rep.Nodes))
+	for _, n := range rep.Nodes {
+		in[n.Name] = true
+	}
+	covered := make(map[string]bool, len(rep.Clusters))
+	for _, c := range rep.Clusters {
+		covered[c.Name] = true
+	}
+	members := map[string][]string{}
+	partial := map[string]bool{}
+	for _, m := range v.c.reg.members() {
+		if covered[m.cluster] {
+			members[m.cluster] = append(members[m.cluster], m.name)
+			partial[m.cluster] = partial[m.cluster] || !in[m.name]
+		}
+	}
+	for c, p := range partial {
+		if !p {
+			delete(members, c)
+		}
+	}
+	return members
+}
+
+// nodesLayer judges a node-scoped layer of a cluster from its nodes' last
+// statuses (v.mu held): the worst, unknown counting as degraded beside
+// known ones, as the report judges layers. fallback is for no status.
+func (v *verifier) nodesLayer(nodes []string, layer, fallback string) string {
+	var ls []messages.LayerReport
+	for _, n := range nodes {
+		if s, ok := v.last[n][layer]; ok {
+			ls = append(ls, messages.LayerReport{Name: n, Status: s})
+		}
+	}
+	if len(ls) == 0 {
+		return fallback
+	}
+	return report.Overall(ls)
+}
+
+// clusterStatus is a cluster's line in the fleet view.
+func (v *verifier) clusterStatus(name string) messages.ClusterStatus {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	cs := messages.ClusterStatus{Name: name}
+	state := v.clusters[name]
+	if len(state) == 0 {
+		return cs
+	}
+	cs.Layers = make(map[string]string, len(state))
+	layers := make([]messages.LayerReport, 0, len(state))
+	for l, st := range state {
+		cs.Layers[l] = st.status
+		layers = append(layers, messages.LayerReport{Name: l, Status: st.status})
+		if st.at.After(cs.LastVerified) {
+			cs.LastVerified = st.at
+		}
+	}
+	cs.OverallStatus = report.Overall(layers)
+	return cs
 }
 
 // layersOf returns a node's last per-layer statuses for the fleet view.
@@ -362,17 +471,51 @@ func (v *verifier) layersOf(node string) (map[string]string, time.Time) {
 	return out, v.lastAt[node]
 }
 
-// loadLast restores the last report's view after a restart.
+// maxReportsOnStart bounds how many stored reports a restart reads to find
+// the last state of every cluster.
+const maxReportsOnStart = 64
+
+// loadLast restores the fleet view after a restart: the newest report, and
+// older ones (newest first, at most maxReportsOnStart) until every enrolled
+// node's cluster has its last state — the newest report may have covered
+// one cluster only.
 func (v *verifier) loadLast(ctx context.Context) {
-	id, err := v.lastReportID(ctx)
-	if err != nil || id == "" {
-		return
-	}
-	rep, err := v.get(ctx, id)
+	infos, err := v.reports.List(ctx)
 	if err != nil {
+		if err != jetstream.ErrNoObjectsFound {
+			v.log.Warn("restore the last verification", zap.Error(err))
+		}
 		return
 	}
-	v.record(rep, id)
+	var ids []string
+	for _, in := range infos {
+		if !in.Deleted {
+			ids = append(ids, in.Name)
+		}
+	}
+	slices.Sort(ids)
+	slices.Reverse(ids)
+	want := map[string]bool{}
+	for _, m := range v.c.reg.members() {
+		want[m.cluster] = true
+	}
+	for i, id := range ids {
+		if i == maxReportsOnStart {
+			break
+		}
+		rep, err := v.get(ctx, id)
+		if err != nil {
+			v.log.Warn("restore the last verification", zap.String("report", id), zap.Error(err))
+			continue
+		}
+		v.record(rep, id)
+		for _, c := range rep.Clusters {
+			delete(want, c.Name)
+		}
+		if len(want) == 0 {
+			return
+		}
+	}
 }
 
 func (v *verifier) lastReportID(ctx context.Context) (string, error) {

@@ -91,8 +91,16 @@ func (c *Client) Status(ctx context.Context) (messages.StatusReply, error) {
 			return all, err
 		}
 		nodes := append(all.Nodes, page.Nodes...)
+		clusters := all.Clusters
+		for _, cs := range page.Clusters {
+			// Nodes come sorted by cluster: a cluster whose nodes span
+			// pages ends one page and starts the next.
+			if n := len(clusters); n == 0 || clusters[n-1].Name != cs.Name {
+				clusters = append(clusters, cs)
+			}
+		}
 		all = page
-		all.Nodes = nodes
+		all.Nodes, all.Clusters = nodes, clusters
 		if page.NextOffset == 0 || page.NextOffset <= off {
 			return all, nil
 		}
