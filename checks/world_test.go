@@ -29,6 +29,7 @@ import (
 	talos "github.com/siderolabs/talos/pkg/machinery/client"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/internal/testenv"
@@ -193,7 +194,7 @@ func TestVerifyAgainstTestWorld(t *testing.T) {
 			"kube_api_ready":            {messages.CheckPass, "ready in", ""},
 			"nodes_ready":               {messages.CheckPass, "all 3 nodes Ready", ""},
 			"coredns_running":           {messages.CheckPass, "2 CoreDNS pods Running and ready", ""},
-			"metallb_available":         {messages.CheckPass, "pools: workspaces", ""},
+			"metallb_available":         {messages.CheckPass, "pool workspaces announced by workspaces-l2", ""},
 			"guildnet_crds_established": {messages.CheckPass, "workspaces.guildnet.io, capabilities.guildnet.io", ""},
 			"talos_apid_version":        talosPass("127.0.0.1"),
 			"talos_etcd_members":        talosPass("etcd has 1 members"),
@@ -242,6 +243,30 @@ func TestVerifyAgainstTestWorld(t *testing.T) {
 		defer func() { must(t, g.SetSpeakerAvailable(ctx, true)) }()
 		verifyCluster(t, base, `{"checks":["metallb_available"]}`, map[string]expect{
 			"metallb_available": {messages.CheckFail, "DaemonSet metallb-system/speaker not available", ""},
+		})
+	})
+
+	t.Run("MetalLB without GuildNet's pool or L2Advertisement", func(t *testing.T) {
+		defer func() { must(t, g.SetMetalLBConfig(ctx, true, true)) }()
+		// Another pool does not stand in for workspaces.
+		other := g.Dynamic.Resource(testenv.IPAddressPoolGVR).Namespace(testenv.NamespaceMetalLB)
+		_, err := other.Create(ctx, &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+			"metadata": map[string]any{"name": "other"},
+			"spec":     map[string]any{"addresses": []any{"10.0.1.0/28"}},
+		}}, metav1.CreateOptions{})
+		must(t, err)
+		defer func() { must(t, other.Delete(ctx, "other", metav1.DeleteOptions{})) }()
+		must(t, g.SetMetalLBConfig(ctx, false, true))
+		verifyCluster(t, base, `{"checks":["metallb_available"]}`, map[string]expect{
+			"metallb_available": {messages.CheckFail, "IPAddressPool metallb-system/workspaces missing (pools: other)", ""},
+		})
+		must(t, g.SetMetalLBConfig(ctx, true, false))
+		verifyCluster(t, base, `{"checks":["metallb_available"]}`, map[string]expect{
+			"metallb_available": {messages.CheckFail, "L2Advertisement metallb-system/workspaces-l2 missing", ""},
+		})
+		verifyCluster(t, with("METAGN_METALLB_POOL", "other", "METAGN_METALLB_L2ADVERTISEMENT", "none"), `{"checks":["metallb_available"]}`, map[string]expect{
+			"metallb_available": {messages.CheckFail, "L2Advertisement metallb-system/none missing", ""},
 		})
 	})
 

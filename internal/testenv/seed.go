@@ -411,14 +411,34 @@ func (g *GuildNet) seedMetalLB(ctx context.Context) error {
 	if err := g.SetSpeakerAvailable(ctx, true); err != nil {
 		return err
 	}
-	pool := obj("metallb.io/v1beta1", "IPAddressPool", NamespaceMetalLB, MetalLBPool,
-		map[string]any{"addresses": []any{MetalLBPoolRange}})
-	l2 := obj("metallb.io/v1beta1", "L2Advertisement", NamespaceMetalLB, MetalLBL2Advertisement,
-		map[string]any{"ipAddressPools": []any{MetalLBPool}})
-	if err := g.createCR(ctx, IPAddressPoolGVR, pool); err != nil {
-		return err
+	return g.SetMetalLBConfig(ctx, true, true)
+}
+
+// SetMetalLBConfig creates or deletes GuildNet's IPAddressPool workspaces
+// and its L2Advertisement workspaces-l2, as an operator's kubectl would.
+func (g *GuildNet) SetMetalLBConfig(ctx context.Context, pool, l2 bool) error {
+	for _, o := range []struct {
+		gvr     schema.GroupVersionResource
+		u       *unstructured.Unstructured
+		present bool
+	}{
+		{IPAddressPoolGVR, obj("metallb.io/v1beta1", "IPAddressPool", NamespaceMetalLB, MetalLBPool,
+			map[string]any{"addresses": []any{MetalLBPoolRange}}), pool},
+		{L2AdvertisementGVR, obj("metallb.io/v1beta1", "L2Advertisement", NamespaceMetalLB, MetalLBL2Advertisement,
+			map[string]any{"ipAddressPools": []any{MetalLBPool}}), l2},
+	} {
+		if o.present {
+			if err := g.createCR(ctx, o.gvr, o.u); err != nil {
+				return err
+			}
+			continue
+		}
+		err := g.Dynamic.Resource(o.gvr).Namespace(NamespaceMetalLB).Delete(ctx, o.u.GetName(), metav1.DeleteOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete %s %s/%s: %w", o.gvr.Resource, NamespaceMetalLB, o.u.GetName(), err)
+		}
 	}
-	return g.createCR(ctx, L2AdvertisementGVR, l2)
+	return nil
 }
 
 // SetSpeakerAvailable writes the metallb speaker DaemonSet status as
