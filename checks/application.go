@@ -26,6 +26,9 @@ const (
 	DefaultHostAppURL          = "https://127.0.0.1:8090"
 	DefaultHostAppMaxLatency   = time.Second
 	DefaultWorkspacePendingMax = 5 * time.Minute
+	// DefaultWorkspacePendingWarn is GuildNet's own target for a Workspace
+	// to reach Running.
+	DefaultWorkspacePendingWarn = 45 * time.Second
 	DefaultProxyWarnLatency    = 200 * time.Millisecond
 	defaultOperatorNamespace   = "guildnet-system"
 	defaultOperatorName        = "workspace-operator"
@@ -56,7 +59,7 @@ func ApplicationChecks() []Check {
 		},
 		{
 			Name:        "workspaces_settled",
-			Description: "no Workspace is Pending or Failed for longer than METAGN_WORKSPACE_PENDING_MAX",
+			Description: "no Workspace is Pending or Failed for longer than METAGN_WORKSPACE_PENDING_MAX; Pending past 45 s warns",
 			Timeout:     10 * time.Second,
 			Run:         withKube(checkWorkspacesSettled),
 		},
@@ -257,13 +260,17 @@ func checkWorkspacesSettled(ctx context.Context, cx *CheckEnv, k *kubeClient) Re
 	if err != nil {
 		return Fail("%v", err)
 	}
+	warnAt, err := settingDuration(cx, "METAGN_WORKSPACE_PENDING_WARN", DefaultWorkspacePendingWarn)
+	if err != nil {
+		return Fail("%v", err)
+	}
 	wss, err := k.list(ctx, gvrWorkspaces, "", "")
 	if err != nil {
 		return Fail("%v", err)
 	}
 	now := time.Now()
 	phases := map[string]int{}
-	var stuck, settling []string
+	var stuck, slow, settling []string
 	for i := range wss {
 		w := &wss[i]
 		phase := nestedString(w.Object, "status", "phase")
@@ -279,19 +286,24 @@ func checkWorkspacesSettled(ctx context.Context, cx *CheckEnv, k *kubeClient) Re
 		if e := nestedString(w.Object, "status", "lastError"); e != "" {
 			d += " (" + Truncate(e, 120) + ")"
 		}
-		if age > max {
+		switch {
+		case age > max:
 			stuck = append(stuck, d)
-		} else {
+		case phase == "Pending" && age > warnAt:
+			slow = append(slow, d)
+		default:
 			settling = append(settling, d)
 		}
 	}
-	obs := map[string]any{"workspaces": len(wss), "phases": phases, "stuck": len(stuck)}
-	thr := map[string]any{"pending_max": max.String()}
+	obs := map[string]any{"workspaces": len(wss), "phases": phases, "stuck": len(stuck), "slow": len(slow)}
+	thr := map[string]any{"pending_max": max.String(), "pending_warn": warnAt.String()}
 	switch {
 	case len(stuck) > 0:
 		return Fail("%d Workspaces stuck beyond %s: %s", len(stuck), max, strings.Join(stuck, ", ")).With(obs, thr)
+	case len(slow) > 0:
+		return Warn("%d Workspaces Pending beyond %s (GuildNet's target for Running): %s", len(slow), warnAt, strings.Join(slow, ", ")).With(obs, thr)
 	case len(settling) > 0:
-		return Pass("%d Workspaces settled, %d still within %s: %s", len(wss)-len(settling), len(settling), max, strings.Join(settling, ", ")).With(obs, thr)
+		return Pass("%d Workspaces settled, %d still settling: %s", len(wss)-len(settling), len(settling), strings.Join(settling, ", ")).With(obs, thr)
 	}
 	return Pass("all %d Workspaces settled", len(wss)).With(obs, thr)
 }

@@ -204,14 +204,15 @@ func TestVerifyAgainstTestWorld(t *testing.T) {
 			"rethinkdb_tcp":             {messages.CheckPass, "accepts TCP connections", ""},
 			"rethinkdb_query":           {messages.CheckPass, "r.dbList() on " + rdb.Addr() + " answered", ""},
 			"rethinkdb_databases":       {messages.CheckPass, "all 1 configured databases present", ""},
+			"rethinkdb_org_tables":      {messages.CheckPass, "all 1 org databases have _schemas, _audit, _info", ""},
 			"hostapp_healthz":           {messages.CheckPass, "host app ok", ""},
 			"hostapp_api_health":        {messages.CheckPass, "2 clusters ok", ""},
 			"operator_available":        {messages.CheckPass, "guildnet-system/workspace-operator available", ""},
 			"workspaces_settled":        {messages.CheckPass, "all 1 Workspaces settled", ""},
 			"proxy_answers":             {messages.CheckPass, "proxy to Workspace default/demo answered 200", ""},
 		})
-		if len(res) != 18 {
-			t.Errorf("%d results, want 18", len(res))
+		if len(res) != 19 {
+			t.Errorf("%d results, want 19", len(res))
 		}
 		if p, _ := app.proxied.Load().(string); p != "demo/" {
 			t.Errorf("proxied path %q, want demo/", p)
@@ -323,6 +324,25 @@ func TestVerifyAgainstTestWorld(t *testing.T) {
 		})
 	})
 
+	t.Run("org database without its meta tables", func(t *testing.T) {
+		bad, err := rdbstandin.Start(rdbstandin.Options{Databases: map[string][]string{
+			"org_acme__main": {"_schemas", "_audit", "_info"},
+			"org_beta__main": {"_schemas", "notes"},
+			"scratch":        nil,
+		}})
+		must(t, err)
+		defer bad.Close()
+		verifyCluster(t, with("RETHINKDB_ADDR", bad.Addr()), `{"checks":["rethinkdb_org_tables"]}`, map[string]expect{
+			"rethinkdb_org_tables": {messages.CheckFail, "1 of 2 org databases lack meta tables: org_beta__main lacks _audit, _info", ""},
+		})
+		none, err := rdbstandin.Start(rdbstandin.Options{Databases: map[string][]string{"scratch": nil}})
+		must(t, err)
+		defer none.Close()
+		verifyCluster(t, with("RETHINKDB_ADDR", none.Addr(), "METAGN_RDB_DATABASES", ""), `{"checks":["rethinkdb_org_tables"]}`, map[string]expect{
+			"rethinkdb_org_tables": {messages.CheckPass, "not applicable: no org_* databases yet", ""},
+		})
+	})
+
 	t.Run("RethinkDB address from the Service", func(t *testing.T) {
 		// Only rethinkdb_address runs: the ClusterIP is not on this machine
 		// and is never dialled.
@@ -392,10 +412,20 @@ func TestVerifyAgainstTestWorld(t *testing.T) {
 				"workspaces_settled": {messages.CheckFail, "1 Workspaces stuck beyond 1ms: default/demo " + phase, ""},
 				"proxy_answers":      {messages.CheckPass, "not applicable: no Running Workspace", ""},
 			})
-			verifyCluster(t, base, `{"checks":["workspaces_settled"]}`, map[string]expect{
-				"workspaces_settled": {messages.CheckPass, "still within 5m0s: default/demo " + phase, ""},
+			verifyCluster(t, with("METAGN_WORKSPACE_PENDING_WARN", "1h", "METAGN_WORKSPACE_PENDING_MAX", "2h"), `{"checks":["workspaces_settled"]}`, map[string]expect{
+				"workspaces_settled": {messages.CheckPass, "still settling: default/demo " + phase, ""},
 			})
 		}
+		// Pending past GuildNet's 45 s target warns before it fails;
+		// Failed is judged by the fail threshold alone.
+		must(t, g.SetWorkspacePhase(ctx, "default", "demo", "Pending"))
+		verifyCluster(t, with("METAGN_WORKSPACE_PENDING_WARN", "1ms"), `{"checks":["workspaces_settled"]}`, map[string]expect{
+			"workspaces_settled": {messages.CheckWarn, "1 Workspaces Pending beyond 1ms (GuildNet's target for Running): default/demo Pending", ""},
+		})
+		must(t, g.SetWorkspacePhase(ctx, "default", "demo", "Failed"))
+		verifyCluster(t, with("METAGN_WORKSPACE_PENDING_WARN", "1ms"), `{"checks":["workspaces_settled"]}`, map[string]expect{
+			"workspaces_settled": {messages.CheckPass, "still settling: default/demo Failed", ""},
+		})
 		must(t, g.SetWorkspacePhase(ctx, "default", "demo", "Running"))
 	})
 
