@@ -29,11 +29,12 @@ const (
 	// DefaultWorkspacePendingWarn is GuildNet's own target for a Workspace
 	// to reach Running.
 	DefaultWorkspacePendingWarn = 45 * time.Second
-	DefaultProxyWarnLatency    = 200 * time.Millisecond
-	defaultOperatorNamespace   = "guildnet-system"
-	defaultOperatorName        = "workspace-operator"
-	hostAppClientKey           = "hostapp.client"
-	maxHostAppBody             = 64 << 10
+	DefaultProxyWarnLatency     = 200 * time.Millisecond
+	defaultOperatorNamespace    = "guildnet-system"
+	defaultOperatorName         = "workspace-operator"
+	defaultHostAppNamespace     = "default"
+	hostAppClientKey            = "hostapp.client"
+	maxHostAppBody              = 64 << 10
 )
 
 // ApplicationChecks are the application layer's checks.
@@ -65,7 +66,7 @@ func ApplicationChecks() []Check {
 		},
 		{
 			Name:        "proxy_answers",
-			Description: "the host app's /proxy/server/{id}/ answers without a 5xx for a Running Workspace",
+			Description: "the host app's /proxy/server/{id}/ answers, neither 404 nor 5xx, for a Running Workspace in the host app's namespace",
 			Timeout:     10 * time.Second,
 			Run:         withKube(checkProxyAnswers),
 		},
@@ -317,7 +318,9 @@ func checkProxyAnswers(ctx context.Context, cx *CheckEnv, k *kubeClient) Result 
 	if err != nil {
 		return Fail("%v", err)
 	}
-	wss, err := k.list(ctx, gvrWorkspaces, "", "")
+	// GuildNet's proxy resolves workspaces in its own namespace only.
+	ns := cx.Setting("METAGN_HOSTAPP_NAMESPACE", defaultHostAppNamespace)
+	wss, err := k.list(ctx, gvrWorkspaces, ns, "")
 	if err != nil {
 		return Fail("%v", err)
 	}
@@ -328,24 +331,26 @@ func checkProxyAnswers(ctx context.Context, cx *CheckEnv, k *kubeClient) Result 
 		}
 	}
 	if len(running) == 0 {
-		return NotApplicable("no Running Workspace to proxy to (%d Workspaces)", len(wss))
+		return NotApplicable("no Running Workspace in %s, the host app's namespace, to proxy to (%d Workspaces there)", ns, len(wss))
 	}
-	slices.SortFunc(running, func(a, b *unstructured.Unstructured) int {
-		return strings.Compare(a.GetNamespace()+"/"+a.GetName(), b.GetNamespace()+"/"+b.GetName())
-	})
-	w := running[0]
-	u := h.Base + "/proxy/server/" + url.PathEscape(w.GetName()) + "/"
-	thr := map[string]any{"status": "< 500", "warn_latency_ms": warnAt.Milliseconds()}
+	slices.SortFunc(running, func(a, b *unstructured.Unstructured) int { return strings.Compare(a.GetName(), b.GetName()) })
+	w := qualified(ns, running[0].GetName())
+	u := h.Base + "/proxy/server/" + url.PathEscape(running[0].GetName()) + "/"
+	thr := map[string]any{"status": "not 404, < 500", "warn_latency_ms": warnAt.Milliseconds()}
 	resp, err := httpGet(ctx, h.Client, u, 4096)
 	if err != nil {
-		return Fail("proxy to Workspace %s: %s", qualified(w.GetNamespace(), w.GetName()), tlsHint(err)).With(map[string]any{"url": u}, thr)
+		return Fail("proxy to Workspace %s: %s", w, tlsHint(err)).With(map[string]any{"url": u}, thr)
 	}
-	obs := map[string]any{"url": u, "workspace": qualified(w.GetNamespace(), w.GetName()), "status": resp.Code, "latency_ms": ms(resp.Latency)}
+	obs := map[string]any{"url": u, "workspace": w, "status": resp.Code, "latency_ms": ms(resp.Latency)}
 	switch {
+	case resp.Code == http.StatusNotFound:
+		// GuildNet's proxy falls back to a pod path that answers 404 at
+		// once when no pod backs the workspace: not an answer.
+		return Fail("proxy to Workspace %s answered 404 Not Found: no pod backs it though its phase is Running", w).With(obs, thr)
 	case resp.Code >= 500:
-		return Fail("proxy to Workspace %s answered %d %s: %s", qualified(w.GetNamespace(), w.GetName()), resp.Code, http.StatusText(resp.Code), firstLine(resp.Body)).With(obs, thr)
+		return Fail("proxy to Workspace %s answered %d %s: %s", w, resp.Code, http.StatusText(resp.Code), firstLine(resp.Body)).With(obs, thr)
 	case resp.Latency > warnAt:
-		return Warn("proxy to Workspace %s answered %d after %s, above %s", qualified(w.GetNamespace(), w.GetName()), resp.Code, resp.Latency.Round(time.Millisecond), warnAt).With(obs, thr)
+		return Warn("proxy to Workspace %s answered %d after %s, above %s", w, resp.Code, resp.Latency.Round(time.Millisecond), warnAt).With(obs, thr)
 	}
-	return Pass("proxy to Workspace %s answered %d in %s", qualified(w.GetNamespace(), w.GetName()), resp.Code, resp.Latency.Round(time.Millisecond)).With(obs, thr)
+	return Pass("proxy to Workspace %s answered %d in %s", w, resp.Code, resp.Latency.Round(time.Millisecond)).With(obs, thr)
 }

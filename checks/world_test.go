@@ -33,6 +33,7 @@ import (
 
 	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/internal/testenv"
+	"github.com/guildnet/metaguildnet/internal/testenv/hostappstandin"
 	"github.com/guildnet/metaguildnet/internal/testenv/rdbstandin"
 	"github.com/guildnet/metaguildnet/internal/testenv/talosstandin"
 	"github.com/guildnet/metaguildnet/messages"
@@ -434,6 +435,60 @@ func TestVerifyAgainstTestWorld(t *testing.T) {
 		defer app.proxyCode.Store(http.StatusOK)
 		verifyCluster(t, base, `{"checks":["proxy_answers"]}`, map[string]expect{
 			"proxy_answers": {messages.CheckFail, "proxy to Workspace default/demo answered 502 Bad Gateway", ""},
+		})
+	})
+
+	t.Run("proxy 404", func(t *testing.T) {
+		app.proxyCode.Store(http.StatusNotFound)
+		defer app.proxyCode.Store(http.StatusOK)
+		verifyCluster(t, base, `{"checks":["proxy_answers"]}`, map[string]expect{
+			"proxy_answers": {messages.CheckFail, "proxy to Workspace default/demo answered 404 Not Found: no pod backs it", ""},
+		})
+	})
+
+	t.Run("proxy probes the host app's namespace", func(t *testing.T) {
+		// A Running Workspace in another namespace, first in name order,
+		// is not one the host app's proxy can reach.
+		_, err := g.Clientset.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "aaa"}}, metav1.CreateOptions{})
+		must(t, err)
+		must(t, g.CreateWorkspace(ctx, "aaa", "alpha", testenv.WorkspaceImageDefault))
+		defer func() {
+			must(t, g.Dynamic.Resource(testenv.WorkspaceGVR).Namespace("aaa").Delete(ctx, "alpha", metav1.DeleteOptions{}))
+		}()
+		verifyCluster(t, base, `{"checks":["proxy_answers"]}`, map[string]expect{
+			"proxy_answers": {messages.CheckPass, "proxy to Workspace default/demo answered 200", ""},
+		})
+		if p, _ := app.proxied.Load().(string); p != "demo/" {
+			t.Errorf("proxied path %q, want demo/", p)
+		}
+		verifyCluster(t, with("METAGN_HOSTAPP_NAMESPACE", "aaa"), `{"checks":["proxy_answers"]}`, map[string]expect{
+			"proxy_answers": {messages.CheckPass, "proxy to Workspace aaa/alpha answered 200", ""},
+		})
+		verifyCluster(t, with("METAGN_HOSTAPP_NAMESPACE", "empty"), `{"checks":["proxy_answers"]}`, map[string]expect{
+			"proxy_answers": {messages.CheckPass, "not applicable: no Running Workspace in empty, the host app's namespace", ""},
+		})
+	})
+
+	t.Run("proxy judged from the API server's state", func(t *testing.T) {
+		// The host-app stand-in's proxy answers as GuildNet's does from the
+		// world's pods and Services.
+		sa, err := hostappstandin.Start(hostappstandin.Options{Kube: g.Clientset})
+		must(t, err)
+		defer sa.Close()
+		ca := filepath.Join(t.TempDir(), "ca.pem")
+		must(t, sa.WriteCA(ca))
+		s := with("HOSTAPP_URL", sa.URL(), "METAGN_HOSTAPP_CA", ca)
+		verifyCluster(t, s, `{"checks":["proxy_answers"]}`, map[string]expect{
+			"proxy_answers": {messages.CheckPass, "proxy to Workspace default/demo answered 200", ""},
+		})
+		defer func() { must(t, g.SetWorkspaceBackends(ctx, "default", "demo", true, true)) }()
+		must(t, g.SetWorkspaceBackends(ctx, "default", "demo", false, true))
+		verifyCluster(t, s, `{"checks":["proxy_answers"]}`, map[string]expect{
+			"proxy_answers": {messages.CheckFail, "answered 404 Not Found: no pod backs it", ""},
+		})
+		must(t, g.SetWorkspaceBackends(ctx, "default", "demo", true, false))
+		verifyCluster(t, s, `{"checks":["proxy_answers"]}`, map[string]expect{
+			"proxy_answers": {messages.CheckFail, "answered 502 Bad Gateway: proxy error: service default/demo not found", ""},
 		})
 	})
 

@@ -89,6 +89,7 @@ var faults = map[string][]Facts{
 	"operator-idle":              {chk("operator_available", "fail", "0/1 available"), logl("o.log", `workspaces.guildnet.io is forbidden: User "system:serviceaccount:guildnet-system:workspace-operator" cannot list`)},
 	"workspace-pending":          {chk("workspaces_settled", "warn", "ws1 Pending for 5m")},
 	"proxy-504":                  {chk("proxy_answers", "fail", "504"), logl("p.log", "proxy: 504 Gateway Timeout")},
+	"proxy-no-backend":           {chk("proxy_answers", "fail", "proxy to Workspace default/demo answered 404 Not Found: no pod backs it though its phase is Running"), chk("proxy_answers", "fail", "proxy to Workspace default/demo answered 502 Bad Gateway: proxy error: service default/demo not found")},
 
 	"memory-pressure": {met("memory_percent", 91), chk("host_memory", "warn", "91%")},
 	"cpu-saturated":   {met("cpu_percent", 97), met("load1_per_cpu", 3), chk("host_cpu", "fail", "")},

@@ -97,11 +97,12 @@ func (h hostApp) close()       { h.s.Close() }
 
 // startHostApp runs the GuildNet host-app stand-in (TLS, self-signed)
 // reporting one healthy cluster and the world's Headscale, its proxy
-// knowing the seeded Workspaces.
+// answering from the seeded API server's pods and Services as GuildNet's
+// does.
 func (w *world) startHostApp(context.Context) error {
 	s, err := hostappstandin.Start(hostappstandin.Options{
 		Clusters: []hostappstandin.Cluster{{ID: "guildnet", Name: "guildnet", Status: hostappstandin.StatusOK}},
-		Servers:  w.seeded.Workspaces,
+		Kube:     w.seeded.Clientset,
 	})
 	if err != nil {
 		return fmt.Errorf("start host-app stand-in: %w", err)
