@@ -48,7 +48,7 @@ func ApplicationChecks() []Check {
 		},
 		{
 			Name:        "hostapp_api_health",
-			Description: "the host app's /api/health reports every cluster ok",
+			Description: "the host app's /api/health and /api/cluster/{id}/health report this node's cluster ok",
 			Timeout:     5 * time.Second,
 			Run:         checkHostAppAPIHealth,
 		},
@@ -175,6 +175,21 @@ type apiHealth struct {
 	} `json:"clusters"`
 }
 
+// clusterHealth is the host app's /api/cluster/{id}/health.
+type clusterHealth struct {
+	K8s struct {
+		OK bool `json:"ok"`
+	} `json:"k8s"`
+	RDB struct {
+		OK    bool   `json:"ok"`
+		Error string `json:"error"`
+	} `json:"rdb"`
+}
+
+// checkHostAppAPIHealth judges the agent's own cluster (by id or name) from
+// /api/health and /api/cluster/{id}/health; other clusters' state is
+// reported, never failed on. Without a cluster of its own the agent judges
+// every cluster.
 func checkHostAppAPIHealth(ctx context.Context, cx *CheckEnv) Result {
 	h, err := hostAppClient(cx)
 	if err != nil {
@@ -192,23 +207,36 @@ func checkHostAppAPIHealth(ctx context.Context, cx *CheckEnv) Result {
 	if err := json.Unmarshal(resp.Body, &ah); err != nil {
 		return Fail("GET %s: not the expected JSON: %v", u, err)
 	}
-	var bad, unknown, ok []string
+	var bad, unknown, ok, mine []string
+	ownID, ownStatus := "", ""
 	for _, c := range ah.Clusters {
 		label := c.ID
 		if c.Name != "" && c.Name != c.ID {
 			label = fmt.Sprintf("%s (%s)", c.Name, c.ID)
 		}
+		own := cx.Cluster != "" && (c.ID == cx.Cluster || c.Name == cx.Cluster)
+		if own {
+			ownID, ownStatus = c.ID, c.Status
+		}
 		switch c.Status {
 		case "ok":
 			ok = append(ok, label)
 		case "unknown", "":
-			unknown = append(unknown, label+" unknown")
+			if own || cx.Cluster == "" {
+				unknown = append(unknown, label+" unknown")
+			} else {
+				bad = append(bad, label+" unknown")
+			}
 		default:
 			d := label + " " + c.Status
 			if c.Error != "" {
 				d += ": " + c.Error
 			}
-			bad = append(bad, d)
+			if own {
+				mine = append(mine, d)
+			} else {
+				bad = append(bad, d)
+			}
 		}
 	}
 	var hsBad []string
@@ -217,16 +245,60 @@ func checkHostAppAPIHealth(ctx context.Context, cx *CheckEnv) Result {
 			hsBad = append(hsBad, fmt.Sprintf("headscale %s %s", hs.ID, orNone(hs.Status)))
 		}
 	}
-	obs := map[string]any{"clusters_ok": len(ok), "clusters": len(ah.Clusters), "headscale": len(ah.Headscale)}
+	obs := map[string]any{"clusters_ok": len(ok), "clusters": len(ah.Clusters), "headscale": len(ah.Headscale), "cluster": cx.Cluster}
+	if cx.Cluster == "" {
+		// No cluster of its own: every cluster counts.
+		mine, bad = bad, nil
+	} else if ownID == "" {
+		return Warn("host app does not report this node's cluster %s (it reports %d clusters)", cx.Cluster, len(ah.Clusters)).With(obs, nil)
+	} else if ownStatus != "unknown" && ownStatus != "" {
+		// The host app knows the cluster: its own health endpoint says
+		// what is wrong with it.
+		if p := ownClusterProblem(ctx, h, ownID); p != "" {
+			mine = append(mine, p)
+		}
+	}
+	others := ""
+	if len(bad) > 0 {
+		others = "; other clusters not ok: " + strings.Join(bad, "; ")
+	}
 	switch {
-	case len(bad) > 0:
-		return Fail("host app reports clusters not ok: %s", strings.Join(slices.Concat(bad, unknown, hsBad), "; ")).With(obs, nil)
+	case len(mine) > 0:
+		return Fail("host app reports clusters not ok: %s%s", strings.Join(slices.Concat(mine, unknown, hsBad), "; "), others).With(obs, nil)
 	case len(unknown) > 0 || len(hsBad) > 0:
-		return Warn("host app reports: %s", strings.Join(slices.Concat(unknown, hsBad), "; ")).With(obs, nil)
+		return Warn("host app reports: %s%s", strings.Join(slices.Concat(unknown, hsBad), "; "), others).With(obs, nil)
 	case len(ah.Clusters) == 0:
 		return Warn("host app reports no clusters").With(obs, nil)
 	}
-	return Pass("host app reports %d clusters ok: %s", len(ok), strings.Join(ok, ", ")).With(obs, nil)
+	return Pass("host app reports %d clusters ok: %s%s", len(ok), strings.Join(ok, ", "), others).With(obs, nil)
+}
+
+// ownClusterProblem reads /api/cluster/{id}/health and says what is not ok,
+// or "".
+func ownClusterProblem(ctx context.Context, h *hostApp, id string) string {
+	u := h.Base + "/api/cluster/" + url.PathEscape(id) + "/health"
+	resp, err := httpGet(ctx, h.Client, u, maxHostAppBody)
+	if err != nil {
+		return tlsHint(err)
+	}
+	if resp.Code != http.StatusOK {
+		return fmt.Sprintf("GET %s answered %d: %s", u, resp.Code, firstLine(resp.Body))
+	}
+	var ch clusterHealth
+	if err := json.Unmarshal(resp.Body, &ch); err != nil {
+		return fmt.Sprintf("GET %s: not the expected JSON: %v", u, err)
+	}
+	var p []string
+	if !ch.K8s.OK {
+		p = append(p, "Kubernetes not ok")
+	}
+	if !ch.RDB.OK {
+		p = append(p, "RethinkDB not ok: "+orNone(ch.RDB.Error))
+	}
+	if len(p) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("cluster %s health: %s", id, strings.Join(p, "; "))
 }
 
 func checkOperatorAvailable(ctx context.Context, cx *CheckEnv, k *kubeClient) Result {

@@ -492,6 +492,23 @@ func TestVerifyAgainstTestWorld(t *testing.T) {
 		})
 	})
 
+	t.Run("host app judged for this node's cluster", func(t *testing.T) {
+		sa, err := hostappstandin.Start(hostappstandin.Options{Clusters: []hostappstandin.Cluster{{ID: "c1", Name: "alpha"}, {ID: "c2", Name: "beta"}}})
+		must(t, err)
+		defer sa.Close()
+		ca := filepath.Join(t.TempDir(), "ca.pem")
+		must(t, sa.WriteCA(ca))
+		s := with("HOSTAPP_URL", sa.URL(), "METAGN_HOSTAPP_CA", ca)
+		sa.SetClusterStatus("c2", hostappstandin.StatusError, "kube-apiserver unreachable")
+		verifyCluster(t, s, `{"checks":["hostapp_api_health"]}`, map[string]expect{
+			"hostapp_api_health": {messages.CheckPass, "other clusters not ok: beta (c2) error: kube-apiserver unreachable", ""},
+		})
+		sa.SetClusterRDB("c1", false, "connection refused")
+		verifyCluster(t, s, `{"checks":["hostapp_api_health"]}`, map[string]expect{
+			"hostapp_api_health": {messages.CheckFail, "cluster c1 health: RethinkDB not ok: connection refused; other clusters not ok: beta (c2)", ""},
+		})
+	})
+
 	t.Run("Talos service down", func(t *testing.T) {
 		tal.SetServiceState("kubelet", "Failed", false)
 		defer tal.SetServiceState("kubelet", "Running", true)

@@ -92,7 +92,7 @@ func newWorld(t *testing.T) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.rdb.Close() })
-	if w.app, err = hostappstandin.Start(hostappstandin.Options{Clusters: []hostappstandin.Cluster{{ID: "c1", Name: "alpha", Status: "ok"}}, Kube: w.g.Clientset}); err != nil {
+	if w.app, err = hostappstandin.Start(hostappstandin.Options{Clusters: []hostappstandin.Cluster{{ID: "c1", Name: "alpha", Status: "ok"}, {ID: "c2", Name: "beta", Status: "ok"}}, Kube: w.g.Clientset}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(w.app.Close)
