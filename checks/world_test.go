@@ -520,6 +520,30 @@ func TestVerifyAgainstTestWorld(t *testing.T) {
 		})
 	})
 
+	t.Run("Talos control plane and worker", func(t *testing.T) {
+		// A worker runs no etcd: the checks must not expect it there, and
+		// one node's service Starting fails the check naming that node.
+		tw, err := talosstandin.Start(talosstandin.Options{ClusterName: "guildnet", Nodes: []string{"127.0.0.1"}, Workers: []string{"127.0.0.2"}})
+		must(t, err)
+		defer tw.Close()
+		cfg := filepath.Join(t.TempDir(), "talosconfig")
+		must(t, tw.WriteTalosconfig(cfg))
+		c, err := talos.New(ctx, talos.WithConfigFromFile(cfg))
+		must(t, err)
+		err = c.Bootstrap(talos.WithNode(ctx, "127.0.0.1"), &machineapi.BootstrapRequest{})
+		c.Close()
+		must(t, err)
+		s := with("TALOSCONFIG", cfg)
+		verifyCluster(t, s, `{"checks":["talos_etcd_members","talos_services_up"]}`, map[string]expect{
+			"talos_etcd_members": talosPass("etcd has 1 members"),
+			"talos_services_up":  talosPass("14 Talos services up"),
+		})
+		tw.SetNodeServiceState("127.0.0.2", "kubelet", "Starting", false)
+		verifyCluster(t, s, `{"checks":["talos_services_up"]}`, map[string]expect{
+			"talos_services_up": {messages.CheckFail, "Talos services: 127.0.0.2/kubelet Starting", ""},
+		})
+	})
+
 	t.Run("API server unreachable", func(t *testing.T) {
 		kc := writeKubeconfig(t, "https://"+closedAddr(t))
 		res := verifyCluster(t, with("KUBECONFIG", kc), allLayers, map[string]expect{
