@@ -207,8 +207,8 @@ func TestClusterScopeWithoutKube(t *testing.T) {
 			}
 		}
 	}
-	if len(res) != 18 {
-		t.Errorf("%d cluster-scoped results, want 18", len(res))
+	if len(res) != 19 {
+		t.Errorf("%d cluster-scoped results, want 19", len(res))
 	}
 	if o := Worst(results); o != messages.OutcomeFail {
 		t.Errorf("outcome %s", o)
