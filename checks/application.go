@@ -26,11 +26,15 @@ const (
 	DefaultHostAppURL          = "https://127.0.0.1:8090"
 	DefaultHostAppMaxLatency   = time.Second
 	DefaultWorkspacePendingMax = 5 * time.Minute
-	DefaultProxyWarnLatency    = 200 * time.Millisecond
-	defaultOperatorNamespace   = "guildnet-system"
-	defaultOperatorName        = "workspace-operator"
-	hostAppClientKey           = "hostapp.client"
-	maxHostAppBody             = 64 << 10
+	// DefaultWorkspacePendingWarn is GuildNet's own target for a Workspace
+	// to reach Running.
+	DefaultWorkspacePendingWarn = 45 * time.Second
+	DefaultProxyWarnLatency     = 200 * time.Millisecond
+	defaultOperatorNamespace    = "guildnet-system"
+	defaultOperatorName         = "workspace-operator"
+	defaultHostAppNamespace     = "default"
+	hostAppClientKey            = "hostapp.client"
+	maxHostAppBody              = 64 << 10
 )
 
 // ApplicationChecks are the application layer's checks.
@@ -44,7 +48,7 @@ func ApplicationChecks() []Check {
 		},
 		{
 			Name:        "hostapp_api_health",
-			Description: "the host app's /api/health reports every cluster ok",
+			Description: "the host app's /api/health and /api/cluster/{id}/health report this node's cluster ok",
 			Timeout:     5 * time.Second,
 			Run:         checkHostAppAPIHealth,
 		},
@@ -56,13 +60,13 @@ func ApplicationChecks() []Check {
 		},
 		{
 			Name:        "workspaces_settled",
-			Description: "no Workspace is Pending or Failed for longer than METAGN_WORKSPACE_PENDING_MAX",
+			Description: "no Workspace is Pending or Failed for longer than METAGN_WORKSPACE_PENDING_MAX; Pending past 45 s warns",
 			Timeout:     10 * time.Second,
 			Run:         withKube(checkWorkspacesSettled),
 		},
 		{
 			Name:        "proxy_answers",
-			Description: "the host app's /proxy/server/{id}/ answers without a 5xx for a Running Workspace",
+			Description: "the host app's /proxy/server/{id}/ answers, neither 404 nor 5xx, for a Running Workspace in the host app's namespace",
 			Timeout:     10 * time.Second,
 			Run:         withKube(checkProxyAnswers),
 		},
@@ -171,6 +175,21 @@ type apiHealth struct {
 	} `json:"clusters"`
 }
 
+// clusterHealth is the host app's /api/cluster/{id}/health.
+type clusterHealth struct {
+	K8s struct {
+		OK bool `json:"ok"`
+	} `json:"k8s"`
+	RDB struct {
+		OK    bool   `json:"ok"`
+		Error string `json:"error"`
+	} `json:"rdb"`
+}
+
+// checkHostAppAPIHealth judges the agent's own cluster (by id or name) from
+// /api/health and /api/cluster/{id}/health; other clusters' state is
+// reported, never failed on. Without a cluster of its own the agent judges
+// every cluster.
 func checkHostAppAPIHealth(ctx context.Context, cx *CheckEnv) Result {
 	h, err := hostAppClient(cx)
 	if err != nil {
@@ -188,23 +207,36 @@ func checkHostAppAPIHealth(ctx context.Context, cx *CheckEnv) Result {
 	if err := json.Unmarshal(resp.Body, &ah); err != nil {
 		return Fail("GET %s: not the expected JSON: %v", u, err)
 	}
-	var bad, unknown, ok []string
+	var bad, unknown, ok, mine []string
+	ownID, ownStatus := "", ""
 	for _, c := range ah.Clusters {
 		label := c.ID
 		if c.Name != "" && c.Name != c.ID {
 			label = fmt.Sprintf("%s (%s)", c.Name, c.ID)
 		}
+		own := cx.Cluster != "" && (c.ID == cx.Cluster || c.Name == cx.Cluster)
+		if own {
+			ownID, ownStatus = c.ID, c.Status
+		}
 		switch c.Status {
 		case "ok":
 			ok = append(ok, label)
 		case "unknown", "":
-			unknown = append(unknown, label+" unknown")
+			if own || cx.Cluster == "" {
+				unknown = append(unknown, label+" unknown")
+			} else {
+				bad = append(bad, label+" unknown")
+			}
 		default:
 			d := label + " " + c.Status
 			if c.Error != "" {
 				d += ": " + c.Error
 			}
-			bad = append(bad, d)
+			if own {
+				mine = append(mine, d)
+			} else {
+				bad = append(bad, d)
+			}
 		}
 	}
 	var hsBad []string
@@ -213,16 +245,60 @@ func checkHostAppAPIHealth(ctx context.Context, cx *CheckEnv) Result {
 			hsBad = append(hsBad, fmt.Sprintf("headscale %s %s", hs.ID, orNone(hs.Status)))
 		}
 	}
-	obs := map[string]any{"clusters_ok": len(ok), "clusters": len(ah.Clusters), "headscale": len(ah.Headscale)}
+	obs := map[string]any{"clusters_ok": len(ok), "clusters": len(ah.Clusters), "headscale": len(ah.Headscale), "cluster": cx.Cluster}
+	if cx.Cluster == "" {
+		// No cluster of its own: every cluster counts.
+		mine, bad = bad, nil
+	} else if ownID == "" {
+		return Warn("host app does not report this node's cluster %s (it reports %d clusters)", cx.Cluster, len(ah.Clusters)).With(obs, nil)
+	} else if ownStatus != "unknown" && ownStatus != "" {
+		// The host app knows the cluster: its own health endpoint says
+		// what is wrong with it.
+		if p := ownClusterProblem(ctx, h, ownID); p != "" {
+			mine = append(mine, p)
+		}
+	}
+	others := ""
+	if len(bad) > 0 {
+		others = "; other clusters not ok: " + strings.Join(bad, "; ")
+	}
 	switch {
-	case len(bad) > 0:
-		return Fail("host app reports clusters not ok: %s", strings.Join(slices.Concat(bad, unknown, hsBad), "; ")).With(obs, nil)
+	case len(mine) > 0:
+		return Fail("host app reports clusters not ok: %s%s", strings.Join(slices.Concat(mine, unknown, hsBad), "; "), others).With(obs, nil)
 	case len(unknown) > 0 || len(hsBad) > 0:
-		return Warn("host app reports: %s", strings.Join(slices.Concat(unknown, hsBad), "; ")).With(obs, nil)
+		return Warn("host app reports: %s%s", strings.Join(slices.Concat(unknown, hsBad), "; "), others).With(obs, nil)
 	case len(ah.Clusters) == 0:
 		return Warn("host app reports no clusters").With(obs, nil)
 	}
-	return Pass("host app reports %d clusters ok: %s", len(ok), strings.Join(ok, ", ")).With(obs, nil)
+	return Pass("host app reports %d clusters ok: %s%s", len(ok), strings.Join(ok, ", "), others).With(obs, nil)
+}
+
+// ownClusterProblem reads /api/cluster/{id}/health and says what is not ok,
+// or "".
+func ownClusterProblem(ctx context.Context, h *hostApp, id string) string {
+	u := h.Base + "/api/cluster/" + url.PathEscape(id) + "/health"
+	resp, err := httpGet(ctx, h.Client, u, maxHostAppBody)
+	if err != nil {
+		return tlsHint(err)
+	}
+	if resp.Code != http.StatusOK {
+		return fmt.Sprintf("GET %s answered %d: %s", u, resp.Code, firstLine(resp.Body))
+	}
+	var ch clusterHealth
+	if err := json.Unmarshal(resp.Body, &ch); err != nil {
+		return fmt.Sprintf("GET %s: not the expected JSON: %v", u, err)
+	}
+	var p []string
+	if !ch.K8s.OK {
+		p = append(p, "Kubernetes not ok")
+	}
+	if !ch.RDB.OK {
+		p = append(p, "RethinkDB not ok: "+orNone(ch.RDB.Error))
+	}
+	if len(p) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("cluster %s health: %s", id, strings.Join(p, "; "))
 }
 
 func checkOperatorAvailable(ctx context.Context, cx *CheckEnv, k *kubeClient) Result {
@@ -257,13 +333,17 @@ func checkWorkspacesSettled(ctx context.Context, cx *CheckEnv, k *kubeClient) Re
 	if err != nil {
 		return Fail("%v", err)
 	}
+	warnAt, err := settingDuration(cx, "METAGN_WORKSPACE_PENDING_WARN", DefaultWorkspacePendingWarn)
+	if err != nil {
+		return Fail("%v", err)
+	}
 	wss, err := k.list(ctx, gvrWorkspaces, "", "")
 	if err != nil {
 		return Fail("%v", err)
 	}
 	now := time.Now()
 	phases := map[string]int{}
-	var stuck, settling []string
+	var stuck, slow, settling []string
 	for i := range wss {
 		w := &wss[i]
 		phase := nestedString(w.Object, "status", "phase")
@@ -279,19 +359,24 @@ func checkWorkspacesSettled(ctx context.Context, cx *CheckEnv, k *kubeClient) Re
 		if e := nestedString(w.Object, "status", "lastError"); e != "" {
 			d += " (" + Truncate(e, 120) + ")"
 		}
-		if age > max {
+		switch {
+		case age > max:
 			stuck = append(stuck, d)
-		} else {
+		case phase == "Pending" && age > warnAt:
+			slow = append(slow, d)
+		default:
 			settling = append(settling, d)
 		}
 	}
-	obs := map[string]any{"workspaces": len(wss), "phases": phases, "stuck": len(stuck)}
-	thr := map[string]any{"pending_max": max.String()}
+	obs := map[string]any{"workspaces": len(wss), "phases": phases, "stuck": len(stuck), "slow": len(slow)}
+	thr := map[string]any{"pending_max": max.String(), "pending_warn": warnAt.String()}
 	switch {
 	case len(stuck) > 0:
 		return Fail("%d Workspaces stuck beyond %s: %s", len(stuck), max, strings.Join(stuck, ", ")).With(obs, thr)
+	case len(slow) > 0:
+		return Warn("%d Workspaces Pending beyond %s (GuildNet's target for Running): %s", len(slow), warnAt, strings.Join(slow, ", ")).With(obs, thr)
 	case len(settling) > 0:
-		return Pass("%d Workspaces settled, %d still within %s: %s", len(wss)-len(settling), len(settling), max, strings.Join(settling, ", ")).With(obs, thr)
+		return Pass("%d Workspaces settled, %d still settling: %s", len(wss)-len(settling), len(settling), strings.Join(settling, ", ")).With(obs, thr)
 	}
 	return Pass("all %d Workspaces settled", len(wss)).With(obs, thr)
 }
@@ -305,7 +390,9 @@ func checkProxyAnswers(ctx context.Context, cx *CheckEnv, k *kubeClient) Result 
 	if err != nil {
 		return Fail("%v", err)
 	}
-	wss, err := k.list(ctx, gvrWorkspaces, "", "")
+	// GuildNet's proxy resolves workspaces in its own namespace only.
+	ns := cx.Setting("METAGN_HOSTAPP_NAMESPACE", defaultHostAppNamespace)
+	wss, err := k.list(ctx, gvrWorkspaces, ns, "")
 	if err != nil {
 		return Fail("%v", err)
 	}
@@ -316,24 +403,26 @@ func checkProxyAnswers(ctx context.Context, cx *CheckEnv, k *kubeClient) Result 
 		}
 	}
 	if len(running) == 0 {
-		return NotApplicable("no Running Workspace to proxy to (%d Workspaces)", len(wss))
+		return NotApplicable("no Running Workspace in %s, the host app's namespace, to proxy to (%d Workspaces there)", ns, len(wss))
 	}
-	slices.SortFunc(running, func(a, b *unstructured.Unstructured) int {
-		return strings.Compare(a.GetNamespace()+"/"+a.GetName(), b.GetNamespace()+"/"+b.GetName())
-	})
-	w := running[0]
-	u := h.Base + "/proxy/server/" + url.PathEscape(w.GetName()) + "/"
-	thr := map[string]any{"status": "< 500", "warn_latency_ms": warnAt.Milliseconds()}
+	slices.SortFunc(running, func(a, b *unstructured.Unstructured) int { return strings.Compare(a.GetName(), b.GetName()) })
+	w := qualified(ns, running[0].GetName())
+	u := h.Base + "/proxy/server/" + url.PathEscape(running[0].GetName()) + "/"
+	thr := map[string]any{"status": "not 404, < 500", "warn_latency_ms": warnAt.Milliseconds()}
 	resp, err := httpGet(ctx, h.Client, u, 4096)
 	if err != nil {
-		return Fail("proxy to Workspace %s: %s", qualified(w.GetNamespace(), w.GetName()), tlsHint(err)).With(map[string]any{"url": u}, thr)
+		return Fail("proxy to Workspace %s: %s", w, tlsHint(err)).With(map[string]any{"url": u}, thr)
 	}
-	obs := map[string]any{"url": u, "workspace": qualified(w.GetNamespace(), w.GetName()), "status": resp.Code, "latency_ms": ms(resp.Latency)}
+	obs := map[string]any{"url": u, "workspace": w, "status": resp.Code, "latency_ms": ms(resp.Latency)}
 	switch {
+	case resp.Code == http.StatusNotFound:
+		// GuildNet's proxy falls back to a pod path that answers 404 at
+		// once when no pod backs the workspace: not an answer.
+		return Fail("proxy to Workspace %s answered 404 Not Found: no pod backs it though its phase is Running", w).With(obs, thr)
 	case resp.Code >= 500:
-		return Fail("proxy to Workspace %s answered %d %s: %s", qualified(w.GetNamespace(), w.GetName()), resp.Code, http.StatusText(resp.Code), firstLine(resp.Body)).With(obs, thr)
+		return Fail("proxy to Workspace %s answered %d %s: %s", w, resp.Code, http.StatusText(resp.Code), firstLine(resp.Body)).With(obs, thr)
 	case resp.Latency > warnAt:
-		return Warn("proxy to Workspace %s answered %d after %s, above %s", qualified(w.GetNamespace(), w.GetName()), resp.Code, resp.Latency.Round(time.Millisecond), warnAt).With(obs, thr)
+		return Warn("proxy to Workspace %s answered %d after %s, above %s", w, resp.Code, resp.Latency.Round(time.Millisecond), warnAt).With(obs, thr)
 	}
-	return Pass("proxy to Workspace %s answered %d in %s", qualified(w.GetNamespace(), w.GetName()), resp.Code, resp.Latency.Round(time.Millisecond)).With(obs, thr)
+	return Pass("proxy to Workspace %s answered %d in %s", w, resp.Code, resp.Latency.Round(time.Millisecond)).With(obs, thr)
 }

@@ -2,6 +2,7 @@ package checks
 
 import (
 	"context"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -25,13 +26,26 @@ type hostAppServer struct {
 	CAFile string
 }
 
-func startHostApp(t *testing.T, healthz http.HandlerFunc, apiHealth string) *hostAppServer {
+func startHostApp(t *testing.T, healthz http.HandlerFunc, apiHealthJSON string) *hostAppServer {
 	t.Helper()
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", healthz)
 	mux.HandleFunc("GET /api/health", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprint(w, apiHealth)
+		fmt.Fprint(w, apiHealthJSON)
+	})
+	// Each cluster's own health follows its /api/health entry.
+	mux.HandleFunc("GET /api/cluster/{id}/health", func(w http.ResponseWriter, r *http.Request) {
+		var ah apiHealth
+		_ = json.Unmarshal([]byte(apiHealthJSON), &ah)
+		for _, c := range ah.Clusters {
+			if c.ID == r.PathValue("id") {
+				ok := c.Status == "ok"
+				fmt.Fprintf(w, `{"k8s":{"ok":%t},"rdb":{"ok":%t,"error":%q}}`, ok, ok, c.Error)
+				return
+			}
+		}
+		http.Error(w, `{"error":"cluster not found"}`, http.StatusNotFound)
 	})
 	srv := httptest.NewUnstartedServer(mux) // listens on 127.0.0.1
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
@@ -84,9 +98,18 @@ func TestHostAppChecks(t *testing.T) {
 		{"wrong body", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "starting") },
 			allOK, "ca", messages.CheckFail, `answered 200 with "starting", want "ok"`, messages.CheckSkipped, ""},
 		{"slow", slow, allOK, "ca", messages.CheckFail, "limit 1s", messages.CheckSkipped, ""},
-		{"bad cluster", okHealthz,
+		// The node's cluster is c1: another cluster's trouble is reported,
+		// not failed on; its own fails.
+		{"another cluster bad", okHealthz,
 			`{"clusters":[{"id":"c1","name":"alpha","status":"ok"},{"id":"c2","name":"beta","status":"error","code":503,"error":"rdb: connection refused"}]}`,
-			"ca", messages.CheckPass, "", messages.CheckFail, "beta (c2) error: rdb: connection refused"},
+			"ca", messages.CheckPass, "", messages.CheckPass, "1 clusters ok: alpha (c1); other clusters not ok: beta (c2) error: rdb: connection refused"},
+		{"own cluster bad", okHealthz,
+			`{"clusters":[{"id":"c1","name":"alpha","status":"error","code":503,"error":"rdb: connection refused"},{"id":"c2","name":"beta","status":"ok"}]}`,
+			"ca", messages.CheckPass, "", messages.CheckFail, "alpha (c1) error: rdb: connection refused; cluster c1 health: Kubernetes not ok; RethinkDB not ok: rdb: connection refused"},
+		{"another cluster unknown", okHealthz, `{"clusters":[{"id":"c1","status":"ok"},{"id":"c2","status":"unknown"}]}`,
+			"ca", messages.CheckPass, "", messages.CheckPass, "other clusters not ok: c2 unknown"},
+		{"own cluster not reported", okHealthz, `{"clusters":[{"id":"c2","name":"beta","status":"ok"}]}`,
+			"ca", messages.CheckPass, "", messages.CheckWarn, "host app does not report this node's cluster c1 (it reports 1 clusters)"},
 		{"unknown cluster", okHealthz, `{"clusters":[{"id":"c1","status":"unknown"}]}`,
 			"ca", messages.CheckPass, "", messages.CheckWarn, "c1 unknown"},
 		{"headscale down", okHealthz, `{"headscale":[{"id":"hs1","status":"error"}],"clusters":[{"id":"c1","status":"ok"}]}`,
@@ -184,8 +207,8 @@ func TestClusterScopeWithoutKube(t *testing.T) {
 			}
 		}
 	}
-	if len(res) != 18 {
-		t.Errorf("%d cluster-scoped results, want 18", len(res))
+	if len(res) != 19 {
+		t.Errorf("%d cluster-scoped results, want 19", len(res))
 	}
 	if o := Worst(results); o != messages.OutcomeFail {
 		t.Errorf("outcome %s", o)

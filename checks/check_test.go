@@ -73,8 +73,8 @@ func TestBuiltinChecksAreTheContract(t *testing.T) {
 		"talos_services_up":    {"cluster", ScopeCluster},
 		"rethinkdb_pods_ready": {"database", ScopeCluster}, "rethinkdb_address": {"database", ScopeCluster},
 		"rethinkdb_tcp": {"database", ScopeCluster}, "rethinkdb_query": {"database", ScopeCluster},
-		"rethinkdb_databases": {"database", ScopeCluster},
-		"hostapp_healthz":     {"application", ScopeCluster}, "hostapp_api_health": {"application", ScopeCluster},
+		"rethinkdb_databases": {"database", ScopeCluster}, "rethinkdb_org_tables": {"database", ScopeCluster},
+		"hostapp_healthz": {"application", ScopeCluster}, "hostapp_api_health": {"application", ScopeCluster},
 		"operator_available": {"application", ScopeCluster}, "workspaces_settled": {"application", ScopeCluster},
 		"proxy_answers": {"application", ScopeCluster},
 	}

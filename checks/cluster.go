@@ -39,7 +39,15 @@ var (
 	gvrDaemonSets  = schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "daemonsets"}
 	gvrCRDs        = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 	gvrIPPools     = schema.GroupVersionResource{Group: "metallb.io", Version: "v1beta1", Resource: "ipaddresspools"}
+	gvrL2Ads       = schema.GroupVersionResource{Group: "metallb.io", Version: "v1beta1", Resource: "l2advertisements"}
 	gvrWorkspaces  = schema.GroupVersionResource{Group: "guildnet.io", Version: "v1alpha1", Resource: "workspaces"}
+)
+
+// MetalLB objects GuildNet creates (settings METAGN_METALLB_POOL and
+// METAGN_METALLB_L2ADVERTISEMENT override them).
+const (
+	DefaultMetalLBPool            = "workspaces"
+	DefaultMetalLBL2Advertisement = "workspaces-l2"
 )
 
 // GuildNetCRDs are the CRDs GuildNet installs.
@@ -422,6 +430,8 @@ func daemonSetProblem(ctx context.Context, k *kubeClient, ns, name string) strin
 
 func checkMetalLBAvailable(ctx context.Context, cx *CheckEnv, k *kubeClient) Result {
 	ns := cx.Setting("METAGN_METALLB_NAMESPACE", "metallb-system")
+	poolName := cx.Setting("METAGN_METALLB_POOL", DefaultMetalLBPool)
+	l2Name := cx.Setting("METAGN_METALLB_L2ADVERTISEMENT", DefaultMetalLBL2Advertisement)
 	var problems []string
 	if p := deploymentProblem(ctx, k, ns, "controller"); p != "" {
 		problems = append(problems, p)
@@ -429,25 +439,49 @@ func checkMetalLBAvailable(ctx context.Context, cx *CheckEnv, k *kubeClient) Res
 	if p := daemonSetProblem(ctx, k, ns, "speaker"); p != "" {
 		problems = append(problems, p)
 	}
-	pools, err := k.list(ctx, gvrIPPools, ns, "")
-	var poolNames []string
+	poolNames, p := metalLBNames(ctx, k, gvrIPPools, "IPAddressPool", ns)
+	if p == "" && !slices.Contains(poolNames, poolName) {
+		p = fmt.Sprintf("IPAddressPool %s missing (pools: %s)", qualified(ns, poolName), orNone(strings.Join(poolNames, ", ")))
+	}
+	if p != "" {
+		problems = append(problems, p)
+	}
+	l2, err := k.get(ctx, gvrL2Ads, ns, l2Name)
 	switch {
-	case apierrors.IsNotFound(err):
-		problems = append(problems, "IPAddressPool CRD (metallb.io/v1beta1) not installed")
+	case errors.Is(err, errNotFound):
+		problems = append(problems, "L2Advertisement "+qualified(ns, l2Name)+" missing")
 	case err != nil:
 		problems = append(problems, err.Error())
-	case len(pools) == 0:
-		problems = append(problems, "no IPAddressPool in "+ns)
 	default:
-		for _, p := range pools {
-			poolNames = append(poolNames, p.GetName())
+		// An L2Advertisement without ipAddressPools announces every pool.
+		adv, _, _ := unstructured.NestedStringSlice(l2.Object, "spec", "ipAddressPools")
+		if len(adv) > 0 && !slices.Contains(adv, poolName) {
+			problems = append(problems, fmt.Sprintf("L2Advertisement %s does not announce pool %s (it announces %s)", qualified(ns, l2Name), poolName, strings.Join(adv, ", ")))
 		}
 	}
 	obs := map[string]any{"ip_address_pools": poolNames}
+	thr := map[string]any{"pool": poolName, "l2_advertisement": l2Name}
 	if len(problems) > 0 {
-		return Fail("MetalLB: %s", strings.Join(problems, "; ")).With(obs, nil)
+		return Fail("MetalLB: %s", strings.Join(problems, "; ")).With(obs, thr)
 	}
-	return Pass("MetalLB controller and speaker available; pools: %s", strings.Join(poolNames, ", ")).With(obs, nil)
+	return Pass("MetalLB controller and speaker available; pool %s announced by %s; pools: %s", poolName, l2Name, strings.Join(poolNames, ", ")).With(obs, thr)
+}
+
+// metalLBNames lists the names of a MetalLB resource in ns, or says why it
+// cannot.
+func metalLBNames(ctx context.Context, k *kubeClient, gvr schema.GroupVersionResource, kind, ns string) ([]string, string) {
+	items, err := k.list(ctx, gvr, ns, "")
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, kind + " CRD (metallb.io/v1beta1) not installed"
+	case err != nil:
+		return nil, err.Error()
+	}
+	names := make([]string, 0, len(items))
+	for _, it := range items {
+		names = append(names, it.GetName())
+	}
+	return names, ""
 }
 
 func checkGuildNetCRDs(ctx context.Context, cx *CheckEnv, k *kubeClient) Result {

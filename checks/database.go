@@ -35,8 +35,14 @@ const (
 	defaultRDBService         = "rethinkdb"
 	defaultRDBSelector        = "app=rethinkdb"
 	rdbClientPortName         = "client"
+	rdbOrgPrefix              = "org_"
+	maxOrgDatabasesChecked    = 200
 	maxDatabasesInObservation = 200
 )
+
+// OrgMetaTables are the tables GuildNet's host app keeps in every
+// organisation database (org_<org>__<db>).
+var OrgMetaTables = []string{"_schemas", "_audit", "_info"}
 
 // RethinkDBAddress is where RethinkDB was found and how.
 type RethinkDBAddress struct {
@@ -86,6 +92,12 @@ func DatabaseChecks() []Check {
 			Description: "the databases in METAGN_RDB_DATABASES exist",
 			Timeout:     2 * time.Second,
 			Run:         checkRethinkDBDatabases,
+		},
+		{
+			Name:        "rethinkdb_org_tables",
+			Description: "every org_* database has GuildNet's meta tables _schemas, _audit and _info",
+			Timeout:     5 * time.Second,
+			Run:         checkRethinkDBOrgTables,
 		},
 	})
 }
@@ -302,6 +314,54 @@ func checkRethinkDBDatabases(ctx context.Context, cx *CheckEnv) Result {
 	return Pass("all %d configured databases present", len(want)).With(obs, thr)
 }
 
+func checkRethinkDBOrgTables(ctx context.Context, cx *CheckEnv) Result {
+	dbs, ok := Value[[]string](cx, rdbDatabasesKey)
+	if !ok {
+		return Unknown("no database list from rethinkdb_query")
+	}
+	addr, ok := rethinkDBAddress(cx)
+	if !ok {
+		return Unknown("no address from rethinkdb_address")
+	}
+	var orgs []string
+	for _, db := range dbs {
+		if strings.HasPrefix(db, rdbOrgPrefix) {
+			orgs = append(orgs, db)
+		}
+	}
+	thr := map[string]any{"tables": OrgMetaTables}
+	if len(orgs) == 0 {
+		return NotApplicable("no org_* databases yet (%d databases present)", len(dbs)).With(map[string]any{"org_databases": 0}, thr)
+	}
+	checked := orgs[:min(len(orgs), maxOrgDatabasesChecked)]
+	session, err := rdbConnect(ctx, addr.Address, cx.Setting("RETHINKDB_USER", "admin"), cx.Setting("RETHINKDB_PASS", ""))
+	if err != nil {
+		return Fail("connecting to RethinkDB at %s: %v", addr, err).With(map[string]any{"address": addr.Address}, thr)
+	}
+	defer session.Close()
+	var missing []string
+	for _, db := range checked {
+		tables, err := rdbTableList(ctx, session, db)
+		if err != nil {
+			return Fail("r.db(%q).tableList() on %s: %v", db, addr.Address, err).With(map[string]any{"address": addr.Address}, thr)
+		}
+		var lack []string
+		for _, t := range OrgMetaTables {
+			if !slices.Contains(tables, t) {
+				lack = append(lack, t)
+			}
+		}
+		if len(lack) > 0 {
+			missing = append(missing, db+" lacks "+strings.Join(lack, ", "))
+		}
+	}
+	obs := map[string]any{"org_databases": len(orgs), "checked": len(checked), "incomplete": len(missing)}
+	if len(missing) > 0 {
+		return Fail("%d of %d org databases lack meta tables: %s", len(missing), len(checked), strings.Join(missing, "; ")).With(obs, thr)
+	}
+	return Pass("all %d org databases have %s", len(checked), strings.Join(OrgMetaTables, ", ")).With(obs, thr)
+}
+
 var rdbQuiet sync.Once
 
 // rdbConnect opens a session with the real rethinkdb-go driver (V1_0
@@ -318,14 +378,24 @@ func rdbConnect(ctx context.Context, address, user, password string) (*r.Session
 
 // rdbDBList runs r.DBList(), as GuildNet's host app does to ping RethinkDB.
 func rdbDBList(ctx context.Context, s *r.Session) ([]string, error) {
-	cur, err := r.DBList().Run(s, r.RunOpts{Context: ctx})
+	return rdbStrings(ctx, s, r.DBList())
+}
+
+// rdbTableList runs r.DB(db).TableList().
+func rdbTableList(ctx context.Context, s *r.Session, db string) ([]string, error) {
+	return rdbStrings(ctx, s, r.DB(db).TableList())
+}
+
+// rdbStrings runs a query whose answer is a list of strings.
+func rdbStrings(ctx context.Context, s *r.Session, t r.Term) ([]string, error) {
+	cur, err := t.Run(s, r.RunOpts{Context: ctx})
 	if err != nil {
 		return nil, err
 	}
 	defer cur.Close()
-	var dbs []string
-	if err := cur.All(&dbs); err != nil {
+	var out []string
+	if err := cur.All(&out); err != nil {
 		return nil, err
 	}
-	return dbs, nil
+	return out, nil
 }

@@ -5,6 +5,7 @@ package checks
 // an agent that is itself a tsnet node can pass its own LocalClient.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"tailscale.com/client/local"
 	"tailscale.com/ipn/ipnstate"
 	"tailscale.com/tailcfg"
+	"tailscale.com/types/views"
 )
 
 // LocalAPI is the part of tailscaled's LocalAPI the network checks use.
@@ -27,6 +29,9 @@ import (
 // tsnet.Server.
 type LocalAPI interface {
 	StatusWithoutPeers(ctx context.Context) (*ipnstate.Status, error)
+	// Status includes the peers; only a non-router's route check asks
+	// for it.
+	Status(ctx context.Context) (*ipnstate.Status, error)
 	Ping(ctx context.Context, ip netip.Addr, pingtype tailcfg.PingType) (*ipnstate.PingResult, error)
 }
 
@@ -99,7 +104,7 @@ func NetworkChecks() []Check {
 		},
 		{
 			Name:        "routes_approved",
-			Description: "on a router, every route in TS_ROUTES is approved (primary)",
+			Description: "on a router, every route in TS_ROUTES is approved (primary, or a standby in AllowedIPs); elsewhere, with TS_ROUTES set, an online peer carries each",
 			Timeout:     5 * time.Second,
 			Run:         checkRoutesApproved,
 		},
@@ -207,8 +212,9 @@ func isRouter(cx *CheckEnv) bool {
 }
 
 func checkRoutesApproved(ctx context.Context, cx *CheckEnv) Result {
-	if !isRouter(cx) {
-		return NotApplicable("node is not a router (role %q, METAGN_ROUTER unset)", cx.Role)
+	router := isRouter(cx)
+	if !router && cx.Setting("TS_ROUTES", "") == "" {
+		return NotApplicable("node is not a router (role %q, METAGN_ROUTER unset) and TS_ROUTES is unset", cx.Role)
 	}
 	var want []netip.Prefix
 	for _, s := range settingList(cx, "TS_ROUTES", DefaultTSRoutes) {
@@ -218,28 +224,102 @@ func checkRoutesApproved(ctx context.Context, cx *CheckEnv) Result {
 		}
 		want = append(want, p.Masked())
 	}
+	thr := map[string]any{"routes": prefixStrings(want)}
+	if !router {
+		return routesCarried(ctx, cx, want, thr)
+	}
 	st, err := tailscaleStatus(ctx, cx)
 	if err != nil {
 		return Fail("%v", err)
 	}
-	var have []netip.Prefix
-	if st.Self != nil && st.Self.PrimaryRoutes != nil {
-		for _, p := range st.Self.PrimaryRoutes.All() {
-			have = append(have, p.Masked())
-		}
+	// Headscale elects one primary router per prefix; the others that
+	// advertise it hold it approved in AllowedIPs, as standbys.
+	var primary, allowed []netip.Prefix
+	if st.Self != nil {
+		primary = viewPrefixes(st.Self.PrimaryRoutes)
+		allowed = viewPrefixes(st.Self.AllowedIPs)
 	}
-	var missing []string
+	var missing, standby []string
 	for _, p := range want {
-		if !slices.Contains(have, p) {
+		switch {
+		case slices.Contains(primary, p):
+		case slices.Contains(allowed, p):
+			standby = append(standby, p.String())
+		default:
 			missing = append(missing, p.String())
 		}
 	}
-	obs := map[string]any{"primary_routes": prefixStrings(have)}
-	thr := map[string]any{"routes": prefixStrings(want)}
+	obs := map[string]any{"primary_routes": prefixStrings(primary), "allowed_ips": prefixStrings(allowed), "standby": standby}
 	if len(missing) > 0 {
-		return Fail("routes not approved (not primary on this router): %s", strings.Join(missing, ", ")).With(obs, thr)
+		return Fail("routes not approved on this router (neither primary nor in AllowedIPs): %s", strings.Join(missing, ", ")).With(obs, thr)
+	}
+	if len(standby) > 0 {
+		return Pass("all %d routes approved: %s; standby here (another router is primary): %s", len(want), strings.Join(prefixStrings(want), ", "), strings.Join(standby, ", ")).With(obs, thr)
 	}
 	return Pass("all %d routes approved: %s", len(want), strings.Join(prefixStrings(want), ", ")).With(obs, thr)
+}
+
+// routesCarried checks, on a node that is not a router, that an online
+// peer carries each route (as primary, or in its AllowedIPs).
+func routesCarried(ctx context.Context, cx *CheckEnv, want []netip.Prefix, thr map[string]any) Result {
+	lc, where, err := tailscale(cx)
+	if err != nil {
+		return Fail("LocalAPI client: %v", err)
+	}
+	st, err := lc.Status(ctx)
+	if err != nil {
+		return Fail("status with peers from %s: %s", where, errText(ctx, err))
+	}
+	carriers := map[netip.Prefix][]string{}
+	offline := map[netip.Prefix][]string{}
+	for _, peer := range st.Peer {
+		if peer == nil {
+			continue
+		}
+		routes := append(viewPrefixes(peer.PrimaryRoutes), viewPrefixes(peer.AllowedIPs)...)
+		name := cmp.Or(peer.HostName, peer.DNSName)
+		for _, p := range want {
+			if !slices.Contains(routes, p) {
+				continue
+			}
+			if peer.Online {
+				carriers[p] = append(carriers[p], name)
+			} else {
+				offline[p] = append(offline[p], name)
+			}
+		}
+	}
+	var missing, carried []string
+	for _, p := range want {
+		if c := carriers[p]; len(c) > 0 {
+			slices.Sort(c)
+			carried = append(carried, p.String()+" via "+strings.Join(slices.Compact(c), ", "))
+			continue
+		}
+		d := p.String()
+		if o := offline[p]; len(o) > 0 {
+			slices.Sort(o)
+			d += " (offline: " + strings.Join(slices.Compact(o), ", ") + ")"
+		}
+		missing = append(missing, d)
+	}
+	obs := map[string]any{"carried": carried, "peers": len(st.Peer)}
+	if len(missing) > 0 {
+		return Fail("no online peer carries %s", strings.Join(missing, "; ")).With(obs, thr)
+	}
+	return Pass("all %d routes carried by online peers: %s", len(want), strings.Join(carried, "; ")).With(obs, thr)
+}
+
+// viewPrefixes returns the masked prefixes of a view (nil-safe).
+func viewPrefixes(v *views.Slice[netip.Prefix]) []netip.Prefix {
+	if v == nil {
+		return nil
+	}
+	out := make([]netip.Prefix, 0, v.Len())
+	for _, p := range v.All() {
+		out = append(out, p.Masked())
+	}
+	return out
 }
 
 func prefixStrings(ps []netip.Prefix) []string {

@@ -14,6 +14,7 @@ import (
 
 	"tailscale.com/client/local"
 	"tailscale.com/ipn/ipnstate"
+	"tailscale.com/types/key"
 	"tailscale.com/types/views"
 
 	"github.com/guildnet/metaguildnet/messages"
@@ -29,6 +30,9 @@ type localAPIStandIn struct {
 	status *ipnstate.Status
 	ping   *ipnstate.PingResult
 	pinged []string
+	// peersAsked counts status requests with peers: only a non-router's
+	// route check may make one.
+	peersAsked int
 }
 
 func startLocalAPI(t *testing.T, st *ipnstate.Status, ping *ipnstate.PingResult) *localAPIStandIn {
@@ -47,11 +51,13 @@ func startLocalAPI(t *testing.T, st *ipnstate.Status, ping *ipnstate.PingResult)
 	mux.HandleFunc("GET /localapi/v0/status", func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if r.URL.Query().Get("peers") != "false" {
-			http.Error(w, "the checks must not ask for peers", http.StatusBadRequest)
-			return
+		st := *s.status
+		if r.URL.Query().Get("peers") == "false" {
+			st.Peer = nil
+		} else {
+			s.peersAsked++
 		}
-		json.NewEncoder(w).Encode(s.status)
+		json.NewEncoder(w).Encode(&st)
 	})
 	mux.HandleFunc("POST /localapi/v0/ping", func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
@@ -82,6 +88,36 @@ func runningStatus(routes ...string) *ipnstate.Status {
 			PrimaryRoutes: &pr,
 		},
 	}
+}
+
+// withPeer adds a peer (a router when it has routes) to a status.
+func withPeer(st *ipnstate.Status, host string, online bool, primary, allowed []string) *ipnstate.Status {
+	prefixes := func(ss []string) *views.Slice[netip.Prefix] {
+		var ps []netip.Prefix
+		for _, s := range ss {
+			ps = append(ps, netip.MustParsePrefix(s))
+		}
+		v := views.SliceOf(ps)
+		return &v
+	}
+	if st.Peer == nil {
+		st.Peer = map[key.NodePublic]*ipnstate.PeerStatus{}
+	}
+	st.Peer[key.NewNode().Public()] = &ipnstate.PeerStatus{HostName: host, Online: online, PrimaryRoutes: prefixes(primary), AllowedIPs: prefixes(allowed)}
+	return st
+}
+
+// standbyStatus is a router that advertises every route but is primary for
+// the first only: another router is primary for the rest.
+func standbyStatus(routes ...string) *ipnstate.Status {
+	st := runningStatus(routes[0])
+	allowed := []netip.Prefix{netip.MustParsePrefix("100.64.0.7/32")}
+	for _, r := range routes {
+		allowed = append(allowed, netip.MustParsePrefix(r))
+	}
+	v := views.SliceOf(allowed)
+	st.Self.AllowedIPs = &v
+	return st
 }
 
 var networkNames = []string{"tailscaled_running", "tailnet_connected", "controller_reachable", "routes_approved", "login_server_health", "dns_resolution"}
@@ -146,7 +182,31 @@ func TestNetworkChecksThroughLocalAPI(t *testing.T) {
 		{
 			name: "route not approved", status: runningStatus("10.0.0.0/24"), role: "router",
 			want: map[string]want{
-				"routes_approved": {messages.CheckFail, "routes not approved (not primary on this router): 10.96.0.0/12, 10.244.0.0/16", ""},
+				"routes_approved": {messages.CheckFail, "routes not approved on this router (neither primary nor in AllowedIPs): 10.96.0.0/12, 10.244.0.0/16", ""},
+			},
+		},
+		{
+			name: "standby router", status: standbyStatus(allRoutes...), role: "router",
+			want: map[string]want{
+				"routes_approved": {messages.CheckPass, "all 3 routes approved: 10.0.0.0/24, 10.96.0.0/12, 10.244.0.0/16; standby here (another router is primary): 10.96.0.0/12, 10.244.0.0/16", ""},
+			},
+		},
+		{
+			name: "worker sees a router carrying each route",
+			status: withPeer(withPeer(runningStatus(), "guildnet-router", true, allRoutes[:2], nil),
+				"guildnet-router-2", true, nil, allRoutes[2:]),
+			settings: map[string]string{"TS_ROUTES": DefaultTSRoutes},
+			want: map[string]want{
+				"routes_approved": {messages.CheckPass, "all 3 routes carried by online peers: 10.0.0.0/24 via guildnet-router; 10.96.0.0/12 via guildnet-router; 10.244.0.0/16 via guildnet-router-2", ""},
+			},
+		},
+		{
+			name: "worker whose router is offline",
+			status: withPeer(withPeer(runningStatus(), "guildnet-router", false, allRoutes, nil),
+				"guildnet-worker-2", true, nil, []string{"100.64.0.9/32"}),
+			settings: map[string]string{"TS_ROUTES": "10.0.0.0/24,10.96.0.0/12"},
+			want: map[string]want{
+				"routes_approved": {messages.CheckFail, "no online peer carries 10.0.0.0/24 (offline: guildnet-router); 10.96.0.0/12 (offline: guildnet-router)", ""},
 			},
 		},
 		{
@@ -159,7 +219,7 @@ func TestNetworkChecksThroughLocalAPI(t *testing.T) {
 		{
 			name: "not a router", status: runningStatus(),
 			want: map[string]want{
-				"routes_approved": {messages.CheckPass, `not applicable: node is not a router (role "worker"`, ""},
+				"routes_approved": {messages.CheckPass, `not applicable: node is not a router (role "worker", METAGN_ROUTER unset) and TS_ROUTES is unset`, ""},
 			},
 		},
 		{
@@ -216,6 +276,9 @@ func TestNetworkChecksThroughLocalAPI(t *testing.T) {
 				if r.Status != w.status || !strings.Contains(r.Message, w.msg) || r.BlockedBy != w.blockedBy {
 					t.Errorf("%s: %s %q blocked_by %q\n  want %s containing %q blocked_by %q", name, r.Status, r.Message, r.BlockedBy, w.status, w.msg, w.blockedBy)
 				}
+			}
+			if api != nil && api.peersAsked > 0 && (env.Role == "router" || tc.settings["TS_ROUTES"] == "") {
+				t.Errorf("asked for peers %d times; only a non-router's route check may", api.peersAsked)
 			}
 			if api != nil && tc.ping != nil && tc.settings["METAGN_CONTROLLER_TAILNET_IP"] != "" {
 				if len(api.pinged) != 1 || api.pinged[0] != "100.64.0.1 TSMP" {

@@ -29,9 +29,11 @@ import (
 	talos "github.com/siderolabs/talos/pkg/machinery/client"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/internal/testenv"
+	"github.com/guildnet/metaguildnet/internal/testenv/hostappstandin"
 	"github.com/guildnet/metaguildnet/internal/testenv/rdbstandin"
 	"github.com/guildnet/metaguildnet/internal/testenv/talosstandin"
 	"github.com/guildnet/metaguildnet/messages"
@@ -193,7 +195,7 @@ func TestVerifyAgainstTestWorld(t *testing.T) {
 			"kube_api_ready":            {messages.CheckPass, "ready in", ""},
 			"nodes_ready":               {messages.CheckPass, "all 3 nodes Ready", ""},
 			"coredns_running":           {messages.CheckPass, "2 CoreDNS pods Running and ready", ""},
-			"metallb_available":         {messages.CheckPass, "pools: workspaces", ""},
+			"metallb_available":         {messages.CheckPass, "pool workspaces announced by workspaces-l2", ""},
 			"guildnet_crds_established": {messages.CheckPass, "workspaces.guildnet.io, capabilities.guildnet.io", ""},
 			"talos_apid_version":        talosPass("127.0.0.1"),
 			"talos_etcd_members":        talosPass("etcd has 1 members"),
@@ -203,14 +205,15 @@ func TestVerifyAgainstTestWorld(t *testing.T) {
 			"rethinkdb_tcp":             {messages.CheckPass, "accepts TCP connections", ""},
 			"rethinkdb_query":           {messages.CheckPass, "r.dbList() on " + rdb.Addr() + " answered", ""},
 			"rethinkdb_databases":       {messages.CheckPass, "all 1 configured databases present", ""},
+			"rethinkdb_org_tables":      {messages.CheckPass, "all 1 org databases have _schemas, _audit, _info", ""},
 			"hostapp_healthz":           {messages.CheckPass, "host app ok", ""},
 			"hostapp_api_health":        {messages.CheckPass, "2 clusters ok", ""},
 			"operator_available":        {messages.CheckPass, "guildnet-system/workspace-operator available", ""},
 			"workspaces_settled":        {messages.CheckPass, "all 1 Workspaces settled", ""},
 			"proxy_answers":             {messages.CheckPass, "proxy to Workspace default/demo answered 200", ""},
 		})
-		if len(res) != 18 {
-			t.Errorf("%d results, want 18", len(res))
+		if len(res) != 19 {
+			t.Errorf("%d results, want 19", len(res))
 		}
 		if p, _ := app.proxied.Load().(string); p != "demo/" {
 			t.Errorf("proxied path %q, want demo/", p)
@@ -242,6 +245,30 @@ func TestVerifyAgainstTestWorld(t *testing.T) {
 		defer func() { must(t, g.SetSpeakerAvailable(ctx, true)) }()
 		verifyCluster(t, base, `{"checks":["metallb_available"]}`, map[string]expect{
 			"metallb_available": {messages.CheckFail, "DaemonSet metallb-system/speaker not available", ""},
+		})
+	})
+
+	t.Run("MetalLB without GuildNet's pool or L2Advertisement", func(t *testing.T) {
+		defer func() { must(t, g.SetMetalLBConfig(ctx, true, true)) }()
+		// Another pool does not stand in for workspaces.
+		other := g.Dynamic.Resource(testenv.IPAddressPoolGVR).Namespace(testenv.NamespaceMetalLB)
+		_, err := other.Create(ctx, &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+			"metadata": map[string]any{"name": "other"},
+			"spec":     map[string]any{"addresses": []any{"10.0.1.0/28"}},
+		}}, metav1.CreateOptions{})
+		must(t, err)
+		defer func() { must(t, other.Delete(ctx, "other", metav1.DeleteOptions{})) }()
+		must(t, g.SetMetalLBConfig(ctx, false, true))
+		verifyCluster(t, base, `{"checks":["metallb_available"]}`, map[string]expect{
+			"metallb_available": {messages.CheckFail, "IPAddressPool metallb-system/workspaces missing (pools: other)", ""},
+		})
+		must(t, g.SetMetalLBConfig(ctx, true, false))
+		verifyCluster(t, base, `{"checks":["metallb_available"]}`, map[string]expect{
+			"metallb_available": {messages.CheckFail, "L2Advertisement metallb-system/workspaces-l2 missing", ""},
+		})
+		verifyCluster(t, with("METAGN_METALLB_POOL", "other", "METAGN_METALLB_L2ADVERTISEMENT", "none"), `{"checks":["metallb_available"]}`, map[string]expect{
+			"metallb_available": {messages.CheckFail, "L2Advertisement metallb-system/none missing", ""},
 		})
 	})
 
@@ -295,6 +322,25 @@ func TestVerifyAgainstTestWorld(t *testing.T) {
 	t.Run("database missing", func(t *testing.T) {
 		verifyCluster(t, with("METAGN_RDB_DATABASES", "org_acme__main,org_other__main"), `{"checks":["rethinkdb_databases"]}`, map[string]expect{
 			"rethinkdb_databases": {messages.CheckFail, "databases missing: org_other__main", ""},
+		})
+	})
+
+	t.Run("org database without its meta tables", func(t *testing.T) {
+		bad, err := rdbstandin.Start(rdbstandin.Options{Databases: map[string][]string{
+			"org_acme__main": {"_schemas", "_audit", "_info"},
+			"org_beta__main": {"_schemas", "notes"},
+			"scratch":        nil,
+		}})
+		must(t, err)
+		defer bad.Close()
+		verifyCluster(t, with("RETHINKDB_ADDR", bad.Addr()), `{"checks":["rethinkdb_org_tables"]}`, map[string]expect{
+			"rethinkdb_org_tables": {messages.CheckFail, "1 of 2 org databases lack meta tables: org_beta__main lacks _audit, _info", ""},
+		})
+		none, err := rdbstandin.Start(rdbstandin.Options{Databases: map[string][]string{"scratch": nil}})
+		must(t, err)
+		defer none.Close()
+		verifyCluster(t, with("RETHINKDB_ADDR", none.Addr(), "METAGN_RDB_DATABASES", ""), `{"checks":["rethinkdb_org_tables"]}`, map[string]expect{
+			"rethinkdb_org_tables": {messages.CheckPass, "not applicable: no org_* databases yet", ""},
 		})
 	})
 
@@ -367,10 +413,20 @@ func TestVerifyAgainstTestWorld(t *testing.T) {
 				"workspaces_settled": {messages.CheckFail, "1 Workspaces stuck beyond 1ms: default/demo " + phase, ""},
 				"proxy_answers":      {messages.CheckPass, "not applicable: no Running Workspace", ""},
 			})
-			verifyCluster(t, base, `{"checks":["workspaces_settled"]}`, map[string]expect{
-				"workspaces_settled": {messages.CheckPass, "still within 5m0s: default/demo " + phase, ""},
+			verifyCluster(t, with("METAGN_WORKSPACE_PENDING_WARN", "1h", "METAGN_WORKSPACE_PENDING_MAX", "2h"), `{"checks":["workspaces_settled"]}`, map[string]expect{
+				"workspaces_settled": {messages.CheckPass, "still settling: default/demo " + phase, ""},
 			})
 		}
+		// Pending past GuildNet's 45 s target warns before it fails;
+		// Failed is judged by the fail threshold alone.
+		must(t, g.SetWorkspacePhase(ctx, "default", "demo", "Pending"))
+		verifyCluster(t, with("METAGN_WORKSPACE_PENDING_WARN", "1ms"), `{"checks":["workspaces_settled"]}`, map[string]expect{
+			"workspaces_settled": {messages.CheckWarn, "1 Workspaces Pending beyond 1ms (GuildNet's target for Running): default/demo Pending", ""},
+		})
+		must(t, g.SetWorkspacePhase(ctx, "default", "demo", "Failed"))
+		verifyCluster(t, with("METAGN_WORKSPACE_PENDING_WARN", "1ms"), `{"checks":["workspaces_settled"]}`, map[string]expect{
+			"workspaces_settled": {messages.CheckPass, "still settling: default/demo Failed", ""},
+		})
 		must(t, g.SetWorkspacePhase(ctx, "default", "demo", "Running"))
 	})
 
@@ -382,6 +438,77 @@ func TestVerifyAgainstTestWorld(t *testing.T) {
 		})
 	})
 
+	t.Run("proxy 404", func(t *testing.T) {
+		app.proxyCode.Store(http.StatusNotFound)
+		defer app.proxyCode.Store(http.StatusOK)
+		verifyCluster(t, base, `{"checks":["proxy_answers"]}`, map[string]expect{
+			"proxy_answers": {messages.CheckFail, "proxy to Workspace default/demo answered 404 Not Found: no pod backs it", ""},
+		})
+	})
+
+	t.Run("proxy probes the host app's namespace", func(t *testing.T) {
+		// A Running Workspace in another namespace, first in name order,
+		// is not one the host app's proxy can reach.
+		_, err := g.Clientset.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "aaa"}}, metav1.CreateOptions{})
+		must(t, err)
+		must(t, g.CreateWorkspace(ctx, "aaa", "alpha", testenv.WorkspaceImageDefault))
+		defer func() {
+			must(t, g.Dynamic.Resource(testenv.WorkspaceGVR).Namespace("aaa").Delete(ctx, "alpha", metav1.DeleteOptions{}))
+		}()
+		verifyCluster(t, base, `{"checks":["proxy_answers"]}`, map[string]expect{
+			"proxy_answers": {messages.CheckPass, "proxy to Workspace default/demo answered 200", ""},
+		})
+		if p, _ := app.proxied.Load().(string); p != "demo/" {
+			t.Errorf("proxied path %q, want demo/", p)
+		}
+		verifyCluster(t, with("METAGN_HOSTAPP_NAMESPACE", "aaa"), `{"checks":["proxy_answers"]}`, map[string]expect{
+			"proxy_answers": {messages.CheckPass, "proxy to Workspace aaa/alpha answered 200", ""},
+		})
+		verifyCluster(t, with("METAGN_HOSTAPP_NAMESPACE", "empty"), `{"checks":["proxy_answers"]}`, map[string]expect{
+			"proxy_answers": {messages.CheckPass, "not applicable: no Running Workspace in empty, the host app's namespace", ""},
+		})
+	})
+
+	t.Run("proxy judged from the API server's state", func(t *testing.T) {
+		// The host-app stand-in's proxy answers as GuildNet's does from the
+		// world's pods and Services.
+		sa, err := hostappstandin.Start(hostappstandin.Options{Kube: g.Clientset})
+		must(t, err)
+		defer sa.Close()
+		ca := filepath.Join(t.TempDir(), "ca.pem")
+		must(t, sa.WriteCA(ca))
+		s := with("HOSTAPP_URL", sa.URL(), "METAGN_HOSTAPP_CA", ca)
+		verifyCluster(t, s, `{"checks":["proxy_answers"]}`, map[string]expect{
+			"proxy_answers": {messages.CheckPass, "proxy to Workspace default/demo answered 200", ""},
+		})
+		defer func() { must(t, g.SetWorkspaceBackends(ctx, "default", "demo", true, true)) }()
+		must(t, g.SetWorkspaceBackends(ctx, "default", "demo", false, true))
+		verifyCluster(t, s, `{"checks":["proxy_answers"]}`, map[string]expect{
+			"proxy_answers": {messages.CheckFail, "answered 404 Not Found: no pod backs it", ""},
+		})
+		must(t, g.SetWorkspaceBackends(ctx, "default", "demo", true, false))
+		verifyCluster(t, s, `{"checks":["proxy_answers"]}`, map[string]expect{
+			"proxy_answers": {messages.CheckFail, "answered 502 Bad Gateway: proxy error: service default/demo not found", ""},
+		})
+	})
+
+	t.Run("host app judged for this node's cluster", func(t *testing.T) {
+		sa, err := hostappstandin.Start(hostappstandin.Options{Clusters: []hostappstandin.Cluster{{ID: "c1", Name: "alpha"}, {ID: "c2", Name: "beta"}}})
+		must(t, err)
+		defer sa.Close()
+		ca := filepath.Join(t.TempDir(), "ca.pem")
+		must(t, sa.WriteCA(ca))
+		s := with("HOSTAPP_URL", sa.URL(), "METAGN_HOSTAPP_CA", ca)
+		sa.SetClusterStatus("c2", hostappstandin.StatusError, "kube-apiserver unreachable")
+		verifyCluster(t, s, `{"checks":["hostapp_api_health"]}`, map[string]expect{
+			"hostapp_api_health": {messages.CheckPass, "other clusters not ok: beta (c2) error: kube-apiserver unreachable", ""},
+		})
+		sa.SetClusterRDB("c1", false, "connection refused")
+		verifyCluster(t, s, `{"checks":["hostapp_api_health"]}`, map[string]expect{
+			"hostapp_api_health": {messages.CheckFail, "cluster c1 health: RethinkDB not ok: connection refused; other clusters not ok: beta (c2)", ""},
+		})
+	})
+
 	t.Run("Talos service down", func(t *testing.T) {
 		tal.SetServiceState("kubelet", "Failed", false)
 		defer tal.SetServiceState("kubelet", "Running", true)
@@ -390,6 +517,30 @@ func TestVerifyAgainstTestWorld(t *testing.T) {
 		})
 		verifyCluster(t, with("TALOS_NODES", "127.0.0.1,127.0.0.9"), `{"checks":["talos_apid_version"]}`, map[string]expect{
 			"talos_apid_version": {messages.CheckFail, "127.0.0.9", ""},
+		})
+	})
+
+	t.Run("Talos control plane and worker", func(t *testing.T) {
+		// A worker runs no etcd: the checks must not expect it there, and
+		// one node's service Starting fails the check naming that node.
+		tw, err := talosstandin.Start(talosstandin.Options{ClusterName: "guildnet", Nodes: []string{"127.0.0.1"}, Workers: []string{"127.0.0.2"}})
+		must(t, err)
+		defer tw.Close()
+		cfg := filepath.Join(t.TempDir(), "talosconfig")
+		must(t, tw.WriteTalosconfig(cfg))
+		c, err := talos.New(ctx, talos.WithConfigFromFile(cfg))
+		must(t, err)
+		err = c.Bootstrap(talos.WithNode(ctx, "127.0.0.1"), &machineapi.BootstrapRequest{})
+		c.Close()
+		must(t, err)
+		s := with("TALOSCONFIG", cfg)
+		verifyCluster(t, s, `{"checks":["talos_etcd_members","talos_services_up"]}`, map[string]expect{
+			"talos_etcd_members": talosPass("etcd has 1 members"),
+			"talos_services_up":  talosPass("14 Talos services up"),
+		})
+		tw.SetNodeServiceState("127.0.0.2", "kubelet", "Starting", false)
+		verifyCluster(t, s, `{"checks":["talos_services_up"]}`, map[string]expect{
+			"talos_services_up": {messages.CheckFail, "Talos services: 127.0.0.2/kubelet Starting", ""},
 		})
 	})
 

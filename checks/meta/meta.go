@@ -62,6 +62,7 @@ var Builtin = []Check{
 	{Name: "rethinkdb_tcp", Layer: messages.LayerDatabase, Scope: ScopeCluster, Title: "RethinkDB port reachable", DependsOn: []string{"rethinkdb_address"}},
 	{Name: "rethinkdb_query", Layer: messages.LayerDatabase, Scope: ScopeCluster, Title: "RethinkDB answering queries", DependsOn: []string{"rethinkdb_tcp"}},
 	{Name: "rethinkdb_databases", Layer: messages.LayerDatabase, Scope: ScopeCluster, Title: "RethinkDB databases present", DependsOn: []string{"rethinkdb_query"}},
+	{Name: "rethinkdb_org_tables", Layer: messages.LayerDatabase, Scope: ScopeCluster, Title: "RethinkDB org meta tables present", DependsOn: []string{"rethinkdb_query"}},
 	{Name: "hostapp_healthz", Layer: messages.LayerApplication, Scope: ScopeCluster, Title: "Host app healthy"},
 	{Name: "hostapp_api_health", Layer: messages.LayerApplication, Scope: ScopeCluster, Title: "Host app reports its clusters ok", DependsOn: []string{"hostapp_healthz"}},
 	{Name: "operator_available", Layer: messages.LayerApplication, Scope: ScopeCluster, Title: "Operator reconciling", DependsOn: []string{"kube_api_ready"}},

@@ -79,7 +79,8 @@ var faults = map[string][]Facts{
 	"rethinkdb-query-failing":      {chk("rethinkdb_query", "fail", "DBList timed out")},
 	"rethinkdb-slow": {obs("rethinkdb_query", "warn", `{"address": "10.0.0.201:28015", "connect_ms": 3, "query_ms": 350, "databases": 4}`),
 		obs("rethinkdb_tcp", "pass", `{"address": "10.0.0.201:28015", "connect_ms": 250}`), met("rethinkdb_connect_ms", 300)},
-	"rethinkdb-databases-missing": {chk("rethinkdb_databases", "warn", "org_a__db missing")},
+	"rethinkdb-databases-missing":  {chk("rethinkdb_databases", "warn", "org_a__db missing")},
+	"rethinkdb-org-tables-missing": {chk("rethinkdb_org_tables", "fail", "1 of 2 org databases lack meta tables: org_b__main lacks _audit, _info")},
 
 	"hostapp-down":               {chk("hostapp_healthz", "fail", "connection refused"), met("hostapp_port_up", 0), logl("p.log", "GET /healthz 502 Bad Gateway")},
 	"hostapp-cert-error":         {chk("hostapp_healthz", "fail", "x509: certificate is valid for 127.0.0.1, not 100.64.0.5"), chk("proxy_answers", "fail", "tls: bad certificate"), met("tls_cert_missing_tailnet_ip", 1), logl("h.log", "http: TLS handshake error: remote error: tls: bad certificate")},
@@ -88,6 +89,7 @@ var faults = map[string][]Facts{
 	"operator-idle":              {chk("operator_available", "fail", "0/1 available"), logl("o.log", `workspaces.guildnet.io is forbidden: User "system:serviceaccount:guildnet-system:workspace-operator" cannot list`)},
 	"workspace-pending":          {chk("workspaces_settled", "warn", "ws1 Pending for 5m")},
 	"proxy-504":                  {chk("proxy_answers", "fail", "504"), logl("p.log", "proxy: 504 Gateway Timeout")},
+	"proxy-no-backend":           {chk("proxy_answers", "fail", "proxy to Workspace default/demo answered 404 Not Found: no pod backs it though its phase is Running"), chk("proxy_answers", "fail", "proxy to Workspace default/demo answered 502 Bad Gateway: proxy error: service default/demo not found")},
 
 	"memory-pressure": {met("memory_percent", 91), chk("host_memory", "warn", "91%")},
 	"cpu-saturated":   {met("cpu_percent", 97), met("load1_per_cpu", 3), chk("host_cpu", "fail", "")},

@@ -88,11 +88,11 @@ func newWorld(t *testing.T) *world {
 	if w.g, err = testenv.SeedGuildNet(ctx, w.kube.RESTConfig(), testenv.SeedOptions{Nodes: 3, Workspaces: []string{"demo"}}); err != nil {
 		t.Fatal(err)
 	}
-	if w.rdb, err = rdbstandin.Start(rdbstandin.Options{Password: secretPassword, Databases: map[string][]string{"guildnet": {"_schemas", "_audit", "_info"}}}); err != nil {
+	if w.rdb, err = rdbstandin.Start(rdbstandin.Options{Password: secretPassword, Databases: map[string][]string{"org_guildnet__main": {"_schemas", "_audit", "_info"}}}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.rdb.Close() })
-	if w.app, err = hostappstandin.Start(hostappstandin.Options{Clusters: []hostappstandin.Cluster{{ID: "c1", Name: "alpha", Status: "ok"}}}); err != nil {
+	if w.app, err = hostappstandin.Start(hostappstandin.Options{Clusters: []hostappstandin.Cluster{{ID: "c1", Name: "alpha", Status: "ok"}, {ID: "c2", Name: "beta", Status: "ok"}}, Kube: w.g.Clientset}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(w.app.Close)
@@ -114,7 +114,7 @@ func newWorld(t *testing.T) *world {
 	w.settings = map[string]string{
 		"KUBECONFIG":           w.kube.KubeconfigPath(),
 		"RETHINKDB_ADDR":       w.rdb.Addr(),
-		"METAGN_RDB_DATABASES": "guildnet",
+		"METAGN_RDB_DATABASES": "org_guildnet__main",
 		"HOSTAPP_URL":          w.app.URL(),
 		"METAGN_HOSTAPP_CA":    ca,
 		"TS_LOGIN_SERVER":      w.hs.URL(),

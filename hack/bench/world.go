@@ -65,7 +65,7 @@ func worldBench(cli *ctlclient.Client, natsURL, token, work string, n, rounds in
 	if _, err := testenv.SeedGuildNet(ctx, kube.RESTConfig(), testenv.SeedOptions{Nodes: 3, Workspaces: []string{"demo"}}); err != nil {
 		log.Fatalf("seed: %v", err)
 	}
-	rdb, err := rdbstandin.Start(rdbstandin.Options{Databases: map[string][]string{"guildnet": {"_schemas"}}})
+	rdb, err := rdbstandin.Start(rdbstandin.Options{Databases: map[string][]string{"org_guildnet__main": {"_schemas", "_audit", "_info"}}})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func worldBench(cli *ctlclient.Client, natsURL, token, work string, n, rounds in
 	ca := filepath.Join(work, "hostapp-ca.pem")
 	app.WriteCA(ca)
 	up := time.Since(t0)
-	settings := config.Settings{"KUBECONFIG": kube.KubeconfigPath(), "RETHINKDB_ADDR": rdb.Addr(), "METAGN_RDB_DATABASES": "guildnet",
+	settings := config.Settings{"KUBECONFIG": kube.KubeconfigPath(), "RETHINKDB_ADDR": rdb.Addr(), "METAGN_RDB_DATABASES": "org_guildnet__main",
 		"HOSTAPP_URL": app.URL(), "METAGN_HOSTAPP_CA": ca, "TS_SOCKET": filepath.Join(work, "no-tailscaled.sock")}
 	var cancels []context.CancelFunc
 	for i := 0; i < n; i++ {

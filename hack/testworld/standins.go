@@ -96,12 +96,19 @@ func (h hostApp) name() string { return "host-app stand-in" }
 func (h hostApp) close()       { h.s.Close() }
 
 // startHostApp runs the GuildNet host-app stand-in (TLS, self-signed)
-// reporting one healthy cluster and the world's Headscale, its proxy
-// knowing the seeded Workspaces.
+// reporting healthy clusters and the world's Headscale, its proxy
+// answering from the seeded API server's pods and Services as GuildNet's
+// does.
 func (w *world) startHostApp(context.Context) error {
 	s, err := hostappstandin.Start(hostappstandin.Options{
-		Clusters: []hostappstandin.Cluster{{ID: "guildnet", Name: "guildnet", Status: hostappstandin.StatusOK}},
-		Servers:  w.seeded.Workspaces,
+		// The clusters make demo's agents join (alpha, beta), besides the
+		// world's own name: an agent judges /api/health for its cluster.
+		Clusters: []hostappstandin.Cluster{
+			{ID: "guildnet", Name: "guildnet", Status: hostappstandin.StatusOK},
+			{ID: "alpha", Name: "alpha", Status: hostappstandin.StatusOK},
+			{ID: "beta", Name: "beta", Status: hostappstandin.StatusOK},
+		},
+		Kube: w.seeded.Clientset,
 	})
 	if err != nil {
 		return fmt.Errorf("start host-app stand-in: %w", err)

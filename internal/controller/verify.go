@@ -2,6 +2,7 @@ package controller
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -75,8 +76,20 @@ func newVerifier(c *Controller, store jetstream.ObjectStore) *verifier {
 	return v
 }
 
-// member is what planning needs to know of a node.
-type member struct{ name, cluster, role, state string }
+// member is what planning needs to know of a node. hostApp marks the node
+// that runs GuildNet's host app (role hostapp, or label
+// guildnet.io/hostapp=true).
+type member struct {
+	name, cluster, role, state string
+	hostApp                    bool
+}
+
+// The role and label that mark the host app's node: the host app listens
+// on that machine's loopback, so only an agent there can check it.
+const (
+	hostAppRole  = "hostapp"
+	hostAppLabel = "guildnet.io/hostapp"
+)
 
 func (r *registry) members() []member {
 	now := time.Now()
@@ -84,28 +97,34 @@ func (r *registry) members() []member {
 	defer r.mu.RUnlock()
 	out := make([]member, 0, len(r.nodes))
 	for _, n := range r.nodes {
-		out = append(out, member{n.rec.Name, n.rec.Cluster, n.rec.Role, r.stateAt(n, now)})
+		hostApp := n.rec.Role == hostAppRole || n.rec.Labels[hostAppLabel] == "true"
+		out = append(out, member{n.rec.Name, n.rec.Cluster, n.rec.Role, r.stateAt(n, now), hostApp})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
 	return out
 }
 
-// clusterAgent picks the agent that runs a cluster's checks: an online
-// controlplane node first, else any online node; "" when none is online.
+// clusterAgent picks the agent that runs a cluster's checks: the online
+// node that runs the host app first (the application checks reach it on
+// its loopback), then an online controlplane node, else any online node;
+// "" when none is online.
 func clusterAgent(ms []member) string {
-	best := ""
+	cp, first := "", ""
 	for _, m := range ms {
 		if m.state != messages.StateOnline {
 			continue
 		}
-		if m.role == "controlplane" {
+		if m.hostApp {
 			return m.name
 		}
-		if best == "" {
-			best = m.name
+		if m.role == "controlplane" && cp == "" {
+			cp = m.name
+		}
+		if first == "" {
+			first = m.name
 		}
 	}
-	return best
+	return cmp.Or(cp, first)
 }
 
 // wantScope says which of the requested layers a scope runs: its own

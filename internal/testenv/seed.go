@@ -411,14 +411,34 @@ func (g *GuildNet) seedMetalLB(ctx context.Context) error {
 	if err := g.SetSpeakerAvailable(ctx, true); err != nil {
 		return err
 	}
-	pool := obj("metallb.io/v1beta1", "IPAddressPool", NamespaceMetalLB, MetalLBPool,
-		map[string]any{"addresses": []any{MetalLBPoolRange}})
-	l2 := obj("metallb.io/v1beta1", "L2Advertisement", NamespaceMetalLB, MetalLBL2Advertisement,
-		map[string]any{"ipAddressPools": []any{MetalLBPool}})
-	if err := g.createCR(ctx, IPAddressPoolGVR, pool); err != nil {
-		return err
+	return g.SetMetalLBConfig(ctx, true, true)
+}
+
+// SetMetalLBConfig creates or deletes GuildNet's IPAddressPool workspaces
+// and its L2Advertisement workspaces-l2, as an operator's kubectl would.
+func (g *GuildNet) SetMetalLBConfig(ctx context.Context, pool, l2 bool) error {
+	for _, o := range []struct {
+		gvr     schema.GroupVersionResource
+		u       *unstructured.Unstructured
+		present bool
+	}{
+		{IPAddressPoolGVR, obj("metallb.io/v1beta1", "IPAddressPool", NamespaceMetalLB, MetalLBPool,
+			map[string]any{"addresses": []any{MetalLBPoolRange}}), pool},
+		{L2AdvertisementGVR, obj("metallb.io/v1beta1", "L2Advertisement", NamespaceMetalLB, MetalLBL2Advertisement,
+			map[string]any{"ipAddressPools": []any{MetalLBPool}}), l2},
+	} {
+		if o.present {
+			if err := g.createCR(ctx, o.gvr, o.u); err != nil {
+				return err
+			}
+			continue
+		}
+		err := g.Dynamic.Resource(o.gvr).Namespace(NamespaceMetalLB).Delete(ctx, o.u.GetName(), metav1.DeleteOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete %s %s/%s: %w", o.gvr.Resource, NamespaceMetalLB, o.u.GetName(), err)
+		}
 	}
-	return g.createCR(ctx, L2AdvertisementGVR, l2)
+	return nil
 }
 
 // SetSpeakerAvailable writes the metallb speaker DaemonSet status as
@@ -555,10 +575,10 @@ func (g *GuildNet) seedWorkspaces(ctx context.Context) error {
 }
 
 // CreateWorkspace makes a Workspace as the operator would have finished
-// it: the Workspace, a Deployment and a Service of the same name (label
-// guildnet.io/workspace=<name>, port 8080), and status.phase Running.
+// it: the Workspace, a Deployment, a Running pod (WorkspacePod) and a
+// Service of the same name (label guildnet.io/workspace=<name>, port 8080),
+// and status.phase Running.
 func (g *GuildNet) CreateWorkspace(ctx context.Context, ns, name, image string) error {
-	labels := map[string]string{"guildnet.io/workspace": name}
 	ws := obj("guildnet.io/v1alpha1", "Workspace", ns, name, map[string]any{
 		"image":    image,
 		"ports":    []any{map[string]any{"name": "http", "containerPort": int64(8080)}},
@@ -567,30 +587,64 @@ func (g *GuildNet) CreateWorkspace(ctx context.Context, ns, name, image string) 
 	if err := g.createCR(ctx, WorkspaceGVR, ws); err != nil {
 		return err
 	}
-	if err := g.ensureDeployment(ctx, ns, name, image, labels, 1); err != nil {
+	if err := g.ensureDeployment(ctx, ns, name, image, workspaceLabels(name), 1); err != nil {
 		return err
 	}
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
-		Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{
-			{Name: "http", Port: 8080, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP},
-		}},
+	if err := g.SetWorkspaceBackends(ctx, ns, name, true, true); err != nil {
+		return err
 	}
-	created, err := g.Clientset.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
-		created, err = g.Clientset.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
-	}
+	svc, err := g.Clientset.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
-		return fmt.Errorf("create service %s/%s: %w", ns, name, err)
+		return fmt.Errorf("get service %s/%s: %w", ns, name, err)
 	}
 	dns := fmt.Sprintf("%s.%s.svc.cluster.local", name, ns)
 	return g.updateWorkspaceStatus(ctx, ns, name, map[string]any{
 		"phase":         "Running",
 		"readyReplicas": int64(1),
 		"serviceDNS":    dns,
-		"serviceIP":     created.Spec.ClusterIP,
+		"serviceIP":     svc.Spec.ClusterIP,
 		"proxyTarget":   "http://" + dns + ":8080",
 	})
+}
+
+func workspaceLabels(name string) map[string]string {
+	return map[string]string{"guildnet.io/workspace": name}
+}
+
+// WorkspacePod is the name of the pod CreateWorkspace runs for a Workspace.
+func WorkspacePod(name string) string { return name + "-0" }
+
+// SetWorkspaceBackends creates or deletes a Workspace's Running pod and
+// its Service (the "no pod backs the workspace" and "service gone" fault
+// knobs; the Workspace's status is left as it is).
+func (g *GuildNet) SetWorkspaceBackends(ctx context.Context, ns, name string, pod, service bool) error {
+	pods := g.Clientset.CoreV1().Pods(ns)
+	if pod {
+		ports := []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}
+		if err := g.runningPod(ctx, ns, WorkspacePod(name), g.NodeNames[0], WorkspaceImageDefault, workspaceLabels(name), ports); err != nil {
+			return err
+		}
+	} else if err := pods.Delete(ctx, WorkspacePod(name), metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete pod %s/%s: %w", ns, WorkspacePod(name), err)
+	}
+	svcs := g.Clientset.CoreV1().Services(ns)
+	if !service {
+		if err := svcs.Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete service %s/%s: %w", ns, name, err)
+		}
+		return nil
+	}
+	labels := workspaceLabels(name)
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
+		Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{
+			{Name: "http", Port: 8080, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP},
+		}},
+	}
+	if _, err := svcs.Create(ctx, svc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create service %s/%s: %w", ns, name, err)
+	}
+	return nil
 }
 
 // SetWorkspacePhase writes status.phase (Pending, Running, Failed,

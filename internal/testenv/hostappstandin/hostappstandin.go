@@ -20,7 +20,11 @@
 //     404 for an unknown cluster.
 //   - /proxy/server/{id}/...: 200 with a short text body for a known server
 //     (any method), 404 for an unknown one. With Options.Servers empty every
-//     id is known.
+//     id is known. With Options.Kube set it answers from the API server's
+//     state as GuildNet's proxy does, in its own namespace only: 404 at once
+//     when no Running pod (label guildnet.io/workspace=<id>) backs the
+//     workspace (GuildNet falls back to a pod path that answers 404), 502
+//     when the pod's Service <id> is gone, else 200.
 //
 // Fault knobs: SetStatus makes every endpoint answer one status (e.g. 502,
 // as when the app behind a reverse proxy is down), SetLatency delays every
@@ -42,6 +46,8 @@
 package hostappstandin
 
 import (
+	"cmp"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -63,6 +69,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 )
 
 // Limits and defaults, named in one place.
@@ -105,7 +116,19 @@ type Options struct {
 	// Servers are the ids /proxy/server/{id}/ knows (e.g. Workspace
 	// names); empty means every id is known.
 	Servers []string
+	// Kube, when set, makes the proxy answer ids not named in Servers or
+	// SetServer from the API server's pods and Services in KubeNamespace
+	// (default "default"), as GuildNet's proxy does.
+	Kube          kubernetes.Interface
+	KubeNamespace string
 }
+
+// WorkspaceLabel is the label GuildNet puts on a Workspace's pods and
+// Service.
+const WorkspaceLabel = "guildnet.io/workspace"
+
+// kubeLookupTimeout bounds the proxy's API server reads.
+const kubeLookupTimeout = 5 * time.Second
 
 // clusterState is what the stand-in reports for one cluster.
 type clusterState struct {
@@ -131,6 +154,8 @@ type Server struct {
 	headscale []Headscale
 	anyServer bool
 	servers   map[string]int // id -> status code the proxy answers
+	kube      kubernetes.Interface
+	kubeNS    string
 }
 
 // Start makes a self-signed certificate, listens on opts.Addr and serves
@@ -149,8 +174,10 @@ func Start(opts Options) (*Server, error) {
 	s := &Server{
 		caPEM:     caPEM,
 		done:      make(chan struct{}),
-		anyServer: len(opts.Servers) == 0,
+		anyServer: len(opts.Servers) == 0 && opts.Kube == nil,
 		servers:   map[string]int{},
+		kube:      opts.Kube,
+		kubeNS:    cmp.Or(opts.KubeNamespace, "default"),
 	}
 	for _, c := range opts.Clusters {
 		if c.ID == "" {
@@ -449,12 +476,42 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Unlock()
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if !known && s.kube != nil {
+		var msg string
+		code, msg = s.fromKube(r.Context(), id)
+		if code != http.StatusOK {
+			http.Error(w, msg, code)
+			return
+		}
+		known = true
+	}
 	if !known {
 		http.Error(w, "server not found: "+id, http.StatusNotFound)
 		return
 	}
 	w.WriteHeader(code)
 	fmt.Fprintf(w, "hostappstandin proxy: server %s path /%s answered %d\n", id, r.PathValue("rest"), code)
+}
+
+// fromKube is what GuildNet's proxy answers for workspace id, judged from
+// the API server: 404 without a Running pod, 502 without its Service.
+func (s *Server) fromKube(ctx context.Context, id string) (int, string) {
+	ctx, cancel := context.WithTimeout(ctx, kubeLookupTimeout)
+	defer cancel()
+	pods, err := s.kube.CoreV1().Pods(s.kubeNS).List(ctx, metav1.ListOptions{LabelSelector: WorkspaceLabel + "=" + id})
+	if err != nil {
+		return http.StatusBadGateway, fmt.Sprintf("listing pods of workspace %s/%s: %v", s.kubeNS, id, err)
+	}
+	if !slices.ContainsFunc(pods.Items, func(p corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning }) {
+		return http.StatusNotFound, "404 page not found"
+	}
+	if _, err := s.kube.CoreV1().Services(s.kubeNS).Get(ctx, id, metav1.GetOptions{}); err != nil {
+		if apierrors.IsNotFound(err) {
+			return http.StatusBadGateway, fmt.Sprintf("proxy error: service %s/%s not found", s.kubeNS, id)
+		}
+		return http.StatusBadGateway, fmt.Sprintf("proxy error: reading service %s/%s: %v", s.kubeNS, id, err)
+	}
+	return http.StatusOK, ""
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -14,6 +14,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
 )
 
 func startServer(t *testing.T, opts Options) *Server {
@@ -162,6 +166,48 @@ func TestKnobs(t *testing.T) {
 	// Back to normal.
 	if got := get(t, c, s.URL()+"/healthz"); got.code != 200 || got.body != "ok" {
 		t.Fatalf("healthz after the knobs = %d %q", got.code, got.body)
+	}
+}
+
+// TestProxyFromKube: with the API server's state, the proxy answers as
+// GuildNet's does: 404 without a Running pod, 502 without the Service, and
+// only in its own namespace.
+func TestProxyFromKube(t *testing.T) {
+	labels := func(ws string) map[string]string { return map[string]string{WorkspaceLabel: ws} }
+	pod := func(ns, name, ws string, phase corev1.PodPhase) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels(ws)}, Status: corev1.PodStatus{Phase: phase}}
+	}
+	svc := func(ns, name string) *corev1.Service {
+		return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels(name)}}
+	}
+	kube := fake.NewClientset(
+		pod("default", "demo-1", "demo", corev1.PodRunning), svc("default", "demo"),
+		pod("default", "pending-1", "pending", corev1.PodPending), svc("default", "pending"),
+		pod("default", "nosvc-1", "nosvc", corev1.PodRunning),
+		pod("other", "elsewhere-1", "elsewhere", corev1.PodRunning), svc("other", "elsewhere"),
+	)
+	s := startServer(t, Options{Kube: kube})
+	c := trustingClient(t, s.CAPEM())
+	for _, tt := range []struct {
+		id   string
+		code int
+		body string
+	}{
+		{"demo", 200, "server demo path / answered 200"},
+		{"pending", 404, "404 page not found"},
+		{"missing", 404, "404 page not found"},
+		{"nosvc", 502, "service default/nosvc not found"},
+		{"elsewhere", 404, "404 page not found"},
+	} {
+		got := get(t, c, s.URL()+"/proxy/server/"+tt.id+"/")
+		if got.code != tt.code || !strings.Contains(got.body, tt.body) {
+			t.Errorf("proxy %s = %d %q, want %d containing %q", tt.id, got.code, got.body, tt.code, tt.body)
+		}
+	}
+	// A knob still wins over the API server's state.
+	s.SetServer("nosvc", 200)
+	if got := get(t, c, s.URL()+"/proxy/server/nosvc/"); got.code != 200 {
+		t.Errorf("proxy nosvc after SetServer = %d %q", got.code, got.body)
 	}
 }
 

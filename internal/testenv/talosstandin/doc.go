@@ -14,7 +14,8 @@
 // stream).
 //
 // What it implements (the calls the controller uses), with state kept in
-// memory for one "machine" that answers for every node in Options.Nodes:
+// memory for one "machine" that answers for every node in Options.Nodes
+// (control plane) and Options.Workers:
 //
 //   - Version: tag TalosVersion, platform metal.
 //   - ApplyConfiguration: the config is parsed with Talos' own config
@@ -28,10 +29,14 @@
 //   - Bootstrap: once. A second call fails with FailedPrecondition "etcd
 //     data directory is not empty", as real Talos does.
 //   - EtcdMemberList: Unavailable before Bootstrap (etcd is not running);
-//     after it, one member per node.
+//     after it, one member per control-plane node. Asked of a worker, it
+//     fails with FailedPrecondition (a worker runs no etcd).
 //   - ServiceList: apid, containerd, cri, etcd, kubelet, machined, trustd,
-//     udevd. All Running and healthy, except etcd, which is Preparing until
-//     Bootstrap. SetServiceState overrides any of them.
+//     udevd on a control-plane node, the same without etcd and trustd on a
+//     worker. All Running and healthy, except etcd, which is Preparing until
+//     Bootstrap. SetServiceState overrides any of them on every node;
+//     SetNodeServiceState on one node (e.g. a worker's kubelet Waiting,
+//     Starting or Failed).
 //   - Kubeconfig: a stream of common.Data carrying a tar.gz with one file,
 //     "kubeconfig", as apid sends it. The default kubeconfig points at
 //     Options.Endpoint with the bundle's Kubernetes CA and an admin client

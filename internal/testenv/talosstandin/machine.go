@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"net"
 	"runtime"
 	"slices"
@@ -133,8 +134,8 @@ type target struct {
 func (s *Server) targets(ctx context.Context) ([]target, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	if n := md.Get("node"); len(n) > 0 {
-		if !slices.Contains(s.opts.Nodes, n[0]) {
-			return nil, status.Errorf(codes.Unavailable, "connection error: node %q is not reachable from this stand-in (known nodes: %s)", n[0], strings.Join(s.opts.Nodes, ", "))
+		if !slices.Contains(s.allNodes(), n[0]) {
+			return nil, status.Errorf(codes.Unavailable, "connection error: node %q is not reachable from this stand-in (known nodes: %s)", n[0], strings.Join(s.allNodes(), ", "))
 		}
 		return []target{{md: &common.Metadata{Hostname: n[0]}}}, nil
 	}
@@ -144,7 +145,7 @@ func (s *Server) targets(ctx context.Context) ([]target, error) {
 	}
 	out := make([]target, 0, len(nodes))
 	for _, n := range nodes {
-		if slices.Contains(s.opts.Nodes, n) {
+		if slices.Contains(s.allNodes(), n) {
 			out = append(out, target{md: &common.Metadata{Hostname: n}})
 			continue
 		}
@@ -345,6 +346,14 @@ func (m *machineService) EtcdMemberList(ctx context.Context, _ *machine.EtcdMemb
 	}
 	resp := &machine.EtcdMemberListResponse{}
 	for _, t := range ts {
+		if node := t.md.GetHostname(); s.isWorker(node) {
+			msg := fmt.Sprintf("rpc error: code = FailedPrecondition desc = etcd is not running on %s: it is a worker node", node)
+			if len(ts) == 1 {
+				return nil, status.Errorf(codes.FailedPrecondition, "etcd is not running on %s: it is a worker node", node)
+			}
+			resp.Messages = append(resp.Messages, &machine.EtcdMembers{Metadata: &common.Metadata{Hostname: node, Error: msg}})
+			continue
+		}
 		if t.err {
 			resp.Messages = append(resp.Messages, &machine.EtcdMembers{Metadata: t.md})
 			continue
@@ -356,17 +365,6 @@ func (m *machineService) EtcdMemberList(ctx context.Context, _ *machine.EtcdMemb
 
 func (m *machineService) ServiceList(ctx context.Context, _ *emptypb.Empty) (*machine.ServiceListResponse, error) {
 	s := m.s
-	s.mu.Lock()
-	ids := make([]string, 0, len(s.services))
-	for id := range s.services {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	services := make([]*machine.ServiceInfo, 0, len(ids))
-	for _, id := range ids {
-		services = append(services, cloneService(s.services[id]))
-	}
-	s.mu.Unlock()
 	ts, err := s.targets(ctx)
 	if err != nil {
 		return nil, err
@@ -377,9 +375,31 @@ func (m *machineService) ServiceList(ctx context.Context, _ *emptypb.Empty) (*ma
 			resp.Messages = append(resp.Messages, &machine.ServiceList{Metadata: t.md})
 			continue
 		}
-		resp.Messages = append(resp.Messages, &machine.ServiceList{Metadata: t.md, Services: services})
+		resp.Messages = append(resp.Messages, &machine.ServiceList{Metadata: t.md, Services: s.servicesOf(t.md.GetHostname())})
 	}
 	return resp, nil
+}
+
+// servicesOf lists a node's services by id: a control-plane node's set (a
+// worker's without etcd and trustd) with the node's overrides. The
+// endpoint itself ("") is a control-plane node.
+func (s *Server) servicesOf(node string) []*machine.ServiceInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	byID := map[string]*machine.ServiceInfo{}
+	for id, svc := range s.services {
+		if s.isWorker(node) && (id == "etcd" || id == "trustd") {
+			continue
+		}
+		byID[id] = svc
+	}
+	maps.Copy(byID, s.nodeSvcs[node])
+	ids := slices.Sorted(maps.Keys(byID))
+	out := make([]*machine.ServiceInfo, 0, len(ids))
+	for _, id := range ids {
+		out = append(out, cloneService(byID[id]))
+	}
+	return out
 }
 
 // Kubeconfig streams a tar.gz holding one file, "kubeconfig", in

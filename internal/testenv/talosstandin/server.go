@@ -59,9 +59,12 @@ type Options struct {
 	// Endpoint is the Kubernetes API endpoint (https://IP:6443) used for
 	// generated configs and the default kubeconfig; default DefaultEndpoint.
 	Endpoint string
-	// Nodes are the node addresses this machine answers for (talosconfig
-	// nodes, etcd members); default ["127.0.0.1"].
+	// Nodes are the control-plane node addresses this machine answers for
+	// (talosconfig nodes, etcd members); default ["127.0.0.1"].
 	Nodes []string
+	// Workers are worker node addresses it also answers for, as a worker
+	// does: no etcd (EtcdMemberList fails for them) and no trustd.
+	Workers []string
 	// Maintenance starts the machine in maintenance mode (see the package
 	// doc): insecure, Version and ApplyConfiguration only.
 	Maintenance bool
@@ -85,7 +88,8 @@ type Server struct {
 	lastConfig  []byte
 	boot        bool
 	members     []*machine.EtcdMember
-	services    map[string]*machine.ServiceInfo
+	services    map[string]*machine.ServiceInfo            // a control-plane node's; a worker's lack etcd and trustd
+	nodeSvcs    map[string]map[string]*machine.ServiceInfo // per-node overrides (SetNodeServiceState)
 	kubeconfig  []byte
 	closeOnce   sync.Once
 }
@@ -106,6 +110,7 @@ func Start(opts Options) (*Server, error) {
 		opts.Nodes = []string{"127.0.0.1"}
 	}
 	opts.Nodes = slices.Clone(opts.Nodes)
+	opts.Workers = slices.Clone(opts.Workers)
 	if err := checkLoopback(opts.Addr); err != nil {
 		return nil, err
 	}
@@ -119,6 +124,7 @@ func Start(opts Options) (*Server, error) {
 		done:        make(chan struct{}),
 		maintenance: opts.Maintenance,
 		services:    defaultServices(time.Now()),
+		nodeSvcs:    map[string]map[string]*machine.ServiceInfo{},
 	}
 	if err := s.setIdentity(bundle.Certs.OS); err != nil {
 		return nil, err
@@ -180,7 +186,7 @@ func (s *Server) setIdentity(ca *x509.PEMEncodedCertificateAndKey) error {
 			return fmt.Errorf("talosstandin: loading OS CA: %w", err)
 		}
 		ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
-		for _, n := range s.opts.Nodes {
+		for _, n := range s.allNodes() {
 			if ip := net.ParseIP(n); ip != nil {
 				ips = append(ips, ip)
 			}
@@ -260,7 +266,7 @@ func (s *Server) talosconfig(roles role.Set) ([]byte, error) {
 		return nil, fmt.Errorf("talosstandin: issuing talosconfig client certificate: %w", err)
 	}
 	cfg := clientconfig.NewConfig(s.opts.ClusterName, []string{s.Endpoint()}, ca.Crt, client)
-	cfg.Contexts[s.opts.ClusterName].Nodes = slices.Clone(s.opts.Nodes)
+	cfg.Contexts[s.opts.ClusterName].Nodes = s.allNodes()
 	b, err := cfg.Bytes()
 	if err != nil {
 		return nil, fmt.Errorf("talosstandin: encoding talosconfig: %w", err)
@@ -310,6 +316,28 @@ func (s *Server) SetServiceState(id, state string, healthy bool) {
 	defer s.mu.Unlock()
 	s.services[id] = newService(id, state, healthy, time.Now(), "set by the test")
 }
+
+// SetNodeServiceState sets (or adds) service id on one node only, e.g. a
+// worker's kubelet "Waiting" or "Starting", or "Failed"; state "" removes
+// the override.
+func (s *Server) SetNodeServiceState(node, id, state string, healthy bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if state == "" {
+		delete(s.nodeSvcs[node], id)
+		return
+	}
+	if s.nodeSvcs[node] == nil {
+		s.nodeSvcs[node] = map[string]*machine.ServiceInfo{}
+	}
+	s.nodeSvcs[node][id] = newService(id, state, healthy, time.Now(), "set by the test")
+}
+
+// allNodes are the control-plane nodes, then the workers.
+func (s *Server) allNodes() []string { return slices.Concat(s.opts.Nodes, s.opts.Workers) }
+
+// isWorker reports whether node is one of Options.Workers.
+func (s *Server) isWorker(node string) bool { return slices.Contains(s.opts.Workers, node) }
 
 // SetKubeconfig replaces the bytes the Kubeconfig call returns.
 func (s *Server) SetKubeconfig(b []byte) {

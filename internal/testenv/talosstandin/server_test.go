@@ -167,6 +167,55 @@ func TestServiceList(t *testing.T) {
 	}
 }
 
+// TestNodesByRole: a worker answers without etcd and trustd, its etcd
+// member list fails, and one node's service can be Waiting, Starting or
+// Failed while the others run.
+func TestNodesByRole(t *testing.T) {
+	s := startServer(t, Options{Nodes: []string{"10.0.0.10"}, Workers: []string{"10.0.0.20"}})
+	c := adminClient(t, s)
+	if err := c.Bootstrap(client.WithNode(callCtx(t), "10.0.0.10"), &machine.BootstrapRequest{}); err != nil {
+		t.Fatalf("Bootstrap: %v", err)
+	}
+	states := func(node string) map[string]string {
+		t.Helper()
+		resp, err := c.ServiceList(client.WithNode(callCtx(t), node))
+		if err != nil {
+			t.Fatalf("ServiceList on %s: %v", node, err)
+		}
+		out := map[string]string{}
+		for _, svc := range resp.Messages[0].Services {
+			out[svc.Id] = svc.State
+		}
+		return out
+	}
+	cp, w := states("10.0.0.10"), states("10.0.0.20")
+	if cp["etcd"] != "Running" || cp["trustd"] != "Running" {
+		t.Errorf("control plane services %v, want etcd and trustd Running", cp)
+	}
+	if _, ok := w["etcd"]; ok || w["trustd"] != "" || w["kubelet"] != "Running" {
+		t.Errorf("worker services %v, want no etcd or trustd and kubelet Running", w)
+	}
+	_, err := c.EtcdMemberList(client.WithNode(callCtx(t), "10.0.0.20"), &machine.EtcdMemberListRequest{})
+	wantCode(t, err, codes.FailedPrecondition, "etcd is not running on 10.0.0.20: it is a worker node")
+	resp, err := c.EtcdMemberList(callCtx(t), &machine.EtcdMemberListRequest{})
+	if err != nil || len(resp.Messages) != 1 || len(resp.Messages[0].Members) != 1 {
+		t.Fatalf("etcd members from the endpoint: %v %v, want the one control-plane member", resp, err)
+	}
+	for _, state := range []string{"Waiting", "Starting", "Failed"} {
+		s.SetNodeServiceState("10.0.0.20", "kubelet", state, false)
+		if got := states("10.0.0.20")["kubelet"]; got != state {
+			t.Errorf("worker kubelet = %q, want %q", got, state)
+		}
+		if got := states("10.0.0.10")["kubelet"]; got != "Running" {
+			t.Errorf("control-plane kubelet = %q while the worker's is %s", got, state)
+		}
+	}
+	s.SetNodeServiceState("10.0.0.20", "kubelet", "", false)
+	if got := states("10.0.0.20")["kubelet"]; got != "Running" {
+		t.Errorf("worker kubelet after the override is removed = %q", got)
+	}
+}
+
 func TestBootstrapAndEtcd(t *testing.T) {
 	nodes := []string{"10.0.0.10", "10.0.0.11"}
 	s := startServer(t, Options{Nodes: nodes})
