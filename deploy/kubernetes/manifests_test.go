@@ -176,6 +176,7 @@ func TestAgentRBAC(t *testing.T) {
 			{"get", "apps", "daemonsets", "metallb-system", true},
 			{"get", "apiextensions.k8s.io", "customresourcedefinitions", "", true},
 			{"list", "metallb.io", "ipaddresspools", "metallb-system", true},
+			{"get", "metallb.io", "l2advertisements", "metallb-system", true},
 			{"list", "guildnet.io", "workspaces", "", true},
 			// Secrets, in any form, anywhere.
 			{"get", "", "secrets", namespace, false},
