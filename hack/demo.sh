@@ -48,7 +48,7 @@ TOKEN=$("$BIN/controller" token create --data-dir "$DATA" --reusable --ttl 1h 2>
 echo "${TOKEN:0:9}… (redacted)"
 
 WORLD=
-read -r KUBE_DIR HS_DIR < <(hack/build-testenv.sh print-dirs)
+read -r KUBE_DIR HS_DIR _ < <(hack/build-testenv.sh print-dirs)
 if [[ -x $KUBE_DIR/kube-apiserver && -x $HS_DIR/headscale && "${DEMO_WORLD:-1}" == 1 ]]; then
   step "test world: kube-apiserver seeded like GuildNet, Headscale, RethinkDB/Talos/host-app stand-ins"
   go build -o "$BIN/" ./hack/testworld
