@@ -108,6 +108,8 @@ func FuzzDecodeAPI(f *testing.F) {
 		roundTrip[TaskWaitRequest](t, b)
 		roundTrip[TokenCreateRequest](t, b)
 		roundTrip[NodesRemoveRequest](t, b)
+		roundTrip[NodesSetRequest](t, b)
+		roundTrip[NodesSetReply](t, b)
 		roundTrip[StatusReply](t, b)
 		roundTrip[RunReply](t, b)
 		roundTrip[TaskReport](t, b)

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+
+	"github.com/guildnet/metaguildnet/internal/testenv"
 )
 
 func owner(t *testing.T, p string) (uid, gid uint32) {
@@ -22,7 +24,7 @@ func owner(t *testing.T, p string) (uid, gid uint32) {
 // what an earlier root agent left in it, to the agent's user.
 func TestChownStateDir(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("chown to another user needs root")
+		testenv.Skip(t, "chown to another user needs root")
 	}
 	dir := filepath.Join(t.TempDir(), "state")
 	if err := os.MkdirAll(filepath.Join(dir, "tailnet"), 0o755); err != nil {
