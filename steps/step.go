@@ -58,6 +58,23 @@ type Env struct {
 	// agent's environment and settings, file:PATH from its disk). The
 	// value must never be logged or returned.
 	Secret func(ref messages.SecretRef) (string, error)
+	// Sealed are secret inputs the controller prepared for this step
+	// (Step.Seal): a Talos machine config, the cluster's kubeconfig. They
+	// travel in Task.Sealed, which is never stored.
+	Sealed map[string]string
+}
+
+// SealEnv is what a step's Seal function sees on the controller.
+type SealEnv struct {
+	Spec messages.FleetCluster
+	Node messages.FleetNode // the node the step will run on
+	// Dir is the controller's private directory for this cluster's
+	// secrets (mode 0700, files 0600, under its data dir): where a Talos
+	// secrets bundle is kept.
+	Dir string
+	// Saved returns a sealed output an earlier step returned
+	// (Applied.Sealed), which the controller keeps in Dir.
+	Saved func(key string) (string, bool)
 }
 
 // Plan is what a step would do.
@@ -78,6 +95,11 @@ type Applied struct {
 	Undo any
 	// Outputs are non-secret values for later steps.
 	Outputs map[string]string
+	// Sealed are secret outputs (a kubeconfig fetched after bootstrap):
+	// they travel in Result.Sealed, never stored in JetStream; the
+	// controller keeps them in the cluster's secrets dir (SealEnv.Dir) for
+	// later steps' Seal.
+	Sealed map[string]string
 }
 
 // Step is one setup step.
@@ -106,6 +128,9 @@ type Step struct {
 	Apply   func(ctx context.Context, env *Env) (Applied, error)
 	// Undo puts back what Apply changed, from Applied.Undo.
 	Undo func(ctx context.Context, env *Env, undo json.RawMessage) error
+	// Seal, if set, runs on the controller before each dispatch of the
+	// step and returns its secret inputs (Env.Sealed).
+	Seal func(ctx context.Context, se *SealEnv) (map[string]string, error)
 }
 
 // ConfigError is a failure that retrying cannot fix: the spec or a
