@@ -1,0 +1,210 @@
+package dashboard
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+// The cluster page's history: the last 24 h from the stored reports, as
+// slots of 15 minutes, each shown with the newest report in it. A report is
+// read once and kept as a small summary (each cluster's layer statuses and
+// mean check durations); summaries older than the window are dropped.
+const (
+	historyWindow = 24 * time.Hour
+	historySlots  = 96
+	// maxReadsPerPage bounds the reports one page view reads (the rest
+	// come with later views): a fleet's reports can be megabytes each.
+	maxReadsPerPage = 24
+	maxPlots        = 40
+)
+
+type summary struct {
+	at     time.Time
+	layers map[string]map[string]string  // cluster -> layer -> status
+	durs   map[string]map[string]float64 // cluster -> check -> mean ms
+}
+
+type history struct {
+	mu   sync.Mutex
+	sums map[string]*summary
+}
+
+func newHistory() *history { return &history{sums: map[string]*summary{}} }
+
+func summarize(rep messages.Report) *summary {
+	s := &summary{at: rep.Timestamp, layers: map[string]map[string]string{}, durs: map[string]map[string]float64{}}
+	for _, c := range rep.Clusters {
+		m := map[string]string{}
+		for _, l := range c.Layers {
+			m[l.Name] = l.Status
+		}
+		s.layers[c.Name] = m
+	}
+	type acc struct {
+		sum float64
+		n   int
+	}
+	sums := map[string]map[string]*acc{}
+	for _, l := range rep.Layers {
+		for _, c := range l.Checks {
+			if c.Status == messages.CheckSkipped || c.Status == messages.CheckUnknown {
+				continue
+			}
+			m := sums[c.Cluster]
+			if m == nil {
+				m = map[string]*acc{}
+				sums[c.Cluster] = m
+			}
+			a := m[c.Name]
+			if a == nil {
+				a = &acc{}
+				m[c.Name] = a
+			}
+			a.sum += float64(c.DurationMS)
+			a.n++
+		}
+	}
+	for cl, m := range sums {
+		out := make(map[string]float64, len(m))
+		for k, a := range m {
+			out[k] = a.sum / float64(a.n)
+		}
+		s.durs[cl] = out
+	}
+	return s
+}
+
+// slot is one 15-minute slice of a layer's timeline.
+type slot struct {
+	Status, Title string
+}
+
+type timelineRow struct {
+	Layer string
+	Slots []slot
+}
+
+// plot is one check's durations over the window, as an SVG polyline.
+type plot struct {
+	Check  string
+	Points string
+	MaxMS  string
+	LastMS string
+}
+
+func (h *history) timeline(ctx context.Context, src Source, cluster string, layers []string, now time.Time) ([]timelineRow, []plot) {
+	start := now.Add(-historyWindow)
+	refs, _ := src.Reports(ctx, start)
+	slotLen := historyWindow / historySlots
+	newest := make([]ReportRef, historySlots)
+	for _, r := range refs {
+		i := int(r.Time.Sub(start) / slotLen)
+		if i < 0 || i >= historySlots {
+			continue
+		}
+		if r.Time.After(newest[i].Time) {
+			newest[i] = r
+		}
+	}
+	h.mu.Lock()
+	for id, s := range h.sums {
+		if s.at.Before(start.Add(-slotLen)) {
+			delete(h.sums, id)
+		}
+	}
+	h.mu.Unlock()
+	sums := make([]*summary, historySlots)
+	reads := 0
+	for i := historySlots - 1; i >= 0; i-- { // newest first: they matter most
+		id := newest[i].ID
+		if id == "" {
+			continue
+		}
+		h.mu.Lock()
+		s := h.sums[id]
+		h.mu.Unlock()
+		if s == nil && reads < maxReadsPerPage && ctx.Err() == nil {
+			reads++
+			if rep, err := src.Report(ctx, id); err == nil {
+				s = summarize(rep)
+				h.mu.Lock()
+				h.sums[id] = s
+				h.mu.Unlock()
+			}
+		}
+		sums[i] = s
+	}
+	var rows []timelineRow
+	for _, l := range layers {
+		row := timelineRow{Layer: l, Slots: make([]slot, historySlots)}
+		for i, s := range sums {
+			at := start.Add(time.Duration(i) * slotLen).UTC().Format("15:04")
+			st := "none"
+			if s != nil {
+				if v, ok := s.layers[cluster][l]; ok {
+					st = v
+				}
+			}
+			row.Slots[i] = slot{Status: st, Title: fmt.Sprintf("%s from %s: %s", l, at, st)}
+		}
+		rows = append(rows, row)
+	}
+	checks := map[string]bool{}
+	for _, s := range sums {
+		if s != nil {
+			for c := range s.durs[cluster] {
+				checks[c] = true
+			}
+		}
+	}
+	names := make([]string, 0, len(checks))
+	for c := range checks {
+		names = append(names, c)
+	}
+	slices.Sort(names)
+	if len(names) > maxPlots {
+		names = names[:maxPlots]
+	}
+	var plots []plot
+	for _, c := range names {
+		var mx, last float64
+		for _, s := range sums {
+			if s != nil {
+				if v, ok := s.durs[cluster][c]; ok {
+					mx = max(mx, v)
+					last = v
+				}
+			}
+		}
+		var pts []string
+		var lastY string
+		for i, s := range sums {
+			if s == nil {
+				continue
+			}
+			v, ok := s.durs[cluster][c]
+			if !ok {
+				continue
+			}
+			y := 19.0
+			if mx > 0 {
+				y = 19 - 18*v/mx
+			}
+			lastY = strconv.FormatFloat(y, 'f', 1, 64)
+			pts = append(pts, strconv.Itoa(i)+","+lastY)
+		}
+		if len(pts) == 1 { // one point: a flat line to now, so it shows
+			pts = append(pts, strconv.Itoa(historySlots-1)+","+lastY)
+		}
+		plots = append(plots, plot{Check: c, Points: strings.Join(pts, " "),
+			MaxMS: strconv.FormatFloat(mx, 'f', 1, 64), LastMS: strconv.FormatFloat(last, 'f', 1, 64)})
+	}
+	return rows, plots
+}
