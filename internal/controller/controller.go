@@ -7,6 +7,7 @@ package controller
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -29,6 +30,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/guildnet/metaguildnet/internal/buildinfo"
+	"github.com/guildnet/metaguildnet/internal/dashboard"
 	"github.com/guildnet/metaguildnet/internal/privdir"
 	"github.com/guildnet/metaguildnet/internal/runinfo"
 	"github.com/guildnet/metaguildnet/messages"
@@ -65,6 +67,12 @@ type Options struct {
 	RulesFile string
 	// Pprof serves /debug/pprof on the HTTP address.
 	Pprof bool
+	// HTTPTLSCert and HTTPTLSKey serve the HTTP address (dashboard,
+	// /metrics) over TLS. Bound to anything but loopback, the controller
+	// refuses to start without them, and the dashboard needs a sign-in to
+	// read as well as to act (dashboard.go).
+	HTTPTLSCert string
+	HTTPTLSKey  string
 	Log   *zap.Logger
 }
 
@@ -90,6 +98,9 @@ type Controller struct {
 
 	diagnoses jetstream.ObjectStore
 	http      *http.Server
+	dash      *dashboard.Server
+	httpURL   string
+	httpTLS   *tls.Config
 	lock      *os.File
 	info      runinfo.Info
 
@@ -183,7 +194,7 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 	c.info = runinfo.Info{PID: os.Getpid(), NATSURL: c.ns.ClientURL(), Version: buildinfo.Version}
 	c.tr.describe(&c.info)
 	if c.http != nil {
-		c.info.HTTPURL = "http://" + c.http.Addr
+		c.info.HTTPURL = c.httpURL
 	}
 	if err := runinfo.Write(o.DataDir, c.info); err != nil {
 		return nil, err
@@ -402,6 +413,9 @@ func (c *Controller) Close() {
 		c.reg.flush(ctx)
 		cancel()
 	}
+	if c.dash != nil {
+		c.dash.Close() // ends the dashboards' event streams
+	}
 	if c.http != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		c.http.Shutdown(ctx)
@@ -459,17 +473,26 @@ func (c *Controller) announce(t transition) {
 	c.log.Info("node state", zap.String("node", t.node), zap.String("from", t.from), zap.String("to", t.to))
 	ev := messages.Event{V: messages.Version, Time: time.Now().UTC(), Kind: "node_state", Node: t.node, From: t.from, To: t.to}
 	c.nc.Publish(messages.EventSubject("node_state"), messages.MustEncode(&ev))
+	c.changed("node_state")
 }
 
 func (c *Controller) startHTTP() error {
 	if c.opts.HTTP == "" {
 		return nil
 	}
+	tlsOn, loopback, err := httpExposure(c.opts)
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", c.opts.HTTP)
 	if err != nil {
 		return fmt.Errorf("--http %s: %w", c.opts.HTTP, err)
 	}
 	mux := http.NewServeMux()
+	if err := c.mountDashboard(mux, tlsOn, !loopback); err != nil {
+		ln.Close()
+		return err
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if !c.ns.Running() || !c.ns.JetStreamEnabled() || !c.nc.IsConnected() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
@@ -485,6 +508,13 @@ func (c *Controller) startHTTP() error {
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	c.http = &http.Server{Addr: ln.Addr().String(), Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	c.httpURL = "http://" + c.http.Addr
+	if tlsOn {
+		c.httpURL = "https://" + c.http.Addr
+		c.http.TLSConfig = c.httpTLS
+		go c.http.ServeTLS(ln, "", "")
+		return nil
+	}
 	go c.http.Serve(ln)
 	return nil
 }

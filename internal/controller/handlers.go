@@ -379,6 +379,12 @@ func (c *Controller) api(ctx context.Context, verb string, data []byte) (message
 		c.log.Info("node claims changed by the operator", zap.String("node", req.Name), zap.String("cluster", cl.Cluster),
 			zap.String("role", cl.Role), zap.Any("labels", cl.Labels), zap.Uint64("rev", cl.Rev))
 		return &messages.NodesSetReply{V: messages.Version, Name: req.Name, Node: cl}, nil
+	case messages.APIDashboardLogin:
+		req, err := messages.Decode[messages.DashboardLoginRequest](data, max)
+		if err != nil {
+			return nil, err
+		}
+		return c.dashboardLogin(req)
 	}
 	return nil, messages.Errorf(messages.CodeUnknownKind, "unknown API verb %q", verb)
 }

@@ -45,6 +45,12 @@ type verifier struct {
 	// and the fleet view's cluster lines.
 	clusters map[string]map[string]layerState // cluster -> layer -> state
 	lastID   string
+	// checks is each cluster's newest check results (the dashboard's
+	// cells, reasons and findings), checksAt the time of the report they
+	// came from, and gen counts changes to them.
+	checks   map[string]map[checkKey]messages.CheckResult
+	checksAt map[string]time.Time
+	gen      uint64
 
 	// Background sweeps and operator requests (verify, diagnose) each have
 	// their own slot: one sweep at a time and one operator verification at
@@ -56,6 +62,7 @@ type verifier struct {
 func newVerifier(c *Controller, store jetstream.ObjectStore) *verifier {
 	v := &verifier{c: c, reports: store, log: c.log.Named("verify"),
 		last: map[string]map[string]string{}, lastAt: map[string]time.Time{}, clusters: map[string]map[string]layerState{},
+		checks: map[string]map[checkKey]messages.CheckResult{}, checksAt: map[string]time.Time{},
 		sweepSlot: make(chan struct{}, 1), operatorSlot: make(chan struct{}, 1),
 		layerStatus: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "mgn_layer_status", Help: "Each cluster's status per layer in the last verification that covered it (1 for the current status; cluster \"\" is the nodes without one).",
@@ -351,6 +358,7 @@ func (v *verifier) record(rep messages.Report, id string) {
 		v.lastAt[n.Name] = rep.Timestamp
 	}
 	partial := v.partialClusters(rep)
+	v.recordChecks(rep, partial)
 	type key struct{ cluster, layer string }
 	counts := map[key]map[string]int{}
 	for _, l := range rep.Layers {
@@ -408,6 +416,71 @@ func (v *verifier) record(rep messages.Report, id string) {
 			v.c.nc.Publish(messages.EventSubject("layer_state"), messages.MustEncode(&ev))
 		}
 	}
+	v.c.changed("report")
+}
+
+// checkKey names one check's result on one node.
+type checkKey struct{ name, node string }
+
+// recordChecks keeps each covered cluster's newest check results: a report
+// that covers a cluster whole replaces them, one that covers some of its
+// nodes (verify --node) replaces those nodes' results.
+func (v *verifier) recordChecks(rep messages.Report, partial map[string][]string) {
+	covered := map[string]bool{}
+	for _, cr := range rep.Clusters {
+		if rep.Timestamp.Before(v.checksAt[cr.Name]) {
+			continue // a newer report has judged it
+		}
+		covered[cr.Name] = true
+		if _, ok := partial[cr.Name]; !ok || v.checks[cr.Name] == nil {
+			v.checks[cr.Name] = map[checkKey]messages.CheckResult{}
+		}
+		v.checksAt[cr.Name] = rep.Timestamp
+	}
+	for _, l := range rep.Layers {
+		for _, c := range l.Checks {
+			if !covered[c.Cluster] {
+				continue
+			}
+			if c.Layer == "" {
+				c.Layer = l.Name
+			}
+			v.checks[c.Cluster][checkKey{c.Name, c.Node}] = c
+		}
+	}
+	if len(covered) > 0 {
+		v.gen++
+	}
+}
+
+// lastChecks returns a cluster's newest check results, by layer, name and
+// node.
+func (v *verifier) lastChecks(cluster string) []messages.CheckResult {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	m := v.checks[cluster]
+	out := make([]messages.CheckResult, 0, len(m))
+	for _, c := range m {
+		out = append(out, c)
+	}
+	slices.SortFunc(out, func(a, b messages.CheckResult) int {
+		return cmp.Or(cmp.Compare(a.Layer, b.Layer), cmp.Compare(a.Name, b.Name), cmp.Compare(a.Node, b.Node))
+	})
+	return out
+}
+
+// allChecks returns every cluster's newest check results and the
+// generation they are of.
+func (v *verifier) allChecks() ([]messages.CheckResult, uint64) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	var out []messages.CheckResult
+	for _, m := range v.checks {
+		for _, c := range m {
+			out = append(out, c)
+		}
+	}
+	return out, v.gen
 }
 
 // partialClusters returns the clusters rep covers on some of their nodes

@@ -162,6 +162,12 @@ func (c *Client) TokenCreate(ctx context.Context, ttl string, reusable bool, sco
 	return call[messages.TokenCreateReply](ctx, c, messages.APITokenCreate, &messages.TokenCreateRequest{V: messages.Version, TTL: ttl, Reusable: reusable, Scope: scope})
 }
 
+// DashboardLogin asks for a one-time sign-in link to the web dashboard
+// (ttl "" for the default).
+func (c *Client) DashboardLogin(ctx context.Context, ttl string) (messages.DashboardLoginReply, error) {
+	return call[messages.DashboardLoginReply](ctx, c, messages.APIDashboardLogin, &messages.DashboardLoginRequest{V: messages.Version, TTL: ttl})
+}
+
 // NodesSet changes a node's cluster, role or labels.
 func (c *Client) NodesSet(ctx context.Context, req messages.NodesSetRequest) (messages.NodesSetReply, error) {
 	req.V = messages.Version
