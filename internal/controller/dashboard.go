@@ -153,7 +153,7 @@ func reportTime(id string) (time.Time, bool) {
 	if !strings.HasPrefix(id, "r") {
 		return time.Time{}, false
 	}
-	t, err := time.Parse("20060102T150405-000000000", id[1:])
+	t, err := time.Parse("20060102T150405.000000000", strings.Replace(id[1:], "-", ".", 1))
 	if err != nil {
 		return time.Time{}, false
 	}
