@@ -71,6 +71,8 @@ func mark(status string) string {
 		return "✗"
 	case messages.RunRunning:
 		return "…"
+	case "n/a":
+		return "–"
 	}
 	return "?"
 }
@@ -241,8 +243,12 @@ func nodeCells(n messages.NodeStatus, layers []string) []cell {
 		case n.State != messages.StateOnline:
 			// What the node said before it went away is no longer known.
 			c.Status, c.Reason = messages.Unknown, "node "+n.State
-		case !ok:
+		case !ok && n.LastVerified.IsZero():
 			c.Status, c.Reason = messages.Unknown, "not verified yet"
+		case !ok:
+			// A cluster-scoped layer is checked once per cluster, on
+			// another of its nodes.
+			c.Status, c.Reason = "n/a", l+" is checked on another node of the cluster"
 		}
 		cells = append(cells, c)
 	}
