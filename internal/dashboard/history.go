@@ -97,6 +97,9 @@ type plot struct {
 	Points string
 	MaxMS  string
 	LastMS string
+	// LastX and LastY place a dot on the newest point (a single report
+	// is a dot, not a line).
+	LastX, LastY string
 }
 
 func (h *history) timeline(ctx context.Context, src Source, cluster string, layers []string, now time.Time) ([]timelineRow, []plot) {
@@ -184,7 +187,7 @@ func (h *history) timeline(ctx context.Context, src Source, cluster string, laye
 			}
 		}
 		var pts []string
-		var lastY string
+		var lastX, lastY string
 		for i, s := range sums {
 			if s == nil {
 				continue
@@ -197,14 +200,11 @@ func (h *history) timeline(ctx context.Context, src Source, cluster string, laye
 			if mx > 0 {
 				y = 19 - 18*v/mx
 			}
-			lastY = strconv.FormatFloat(y, 'f', 1, 64)
-			pts = append(pts, strconv.Itoa(i)+","+lastY)
-		}
-		if len(pts) == 1 { // one point: a flat line to now, so it shows
-			pts = append(pts, strconv.Itoa(historySlots-1)+","+lastY)
+			lastX, lastY = strconv.Itoa(i), strconv.FormatFloat(y, 'f', 1, 64)
+			pts = append(pts, lastX+","+lastY)
 		}
 		plots = append(plots, plot{Check: c, Points: strings.Join(pts, " "),
-			MaxMS: strconv.FormatFloat(mx, 'f', 1, 64), LastMS: strconv.FormatFloat(last, 'f', 1, 64)})
+			MaxMS: strconv.FormatFloat(mx, 'f', 1, 64), LastMS: strconv.FormatFloat(last, 'f', 1, 64), LastX: lastX, LastY: lastY})
 	}
 	return rows, plots
 }
