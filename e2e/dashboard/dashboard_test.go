@@ -35,7 +35,7 @@ func TestDashboard(t *testing.T) {
 	base := "http://" + w.opts.HTTP
 	b := newBrowser(t, path)
 	liveness := w.opts.HeartbeatInterval * 6 // the controller's default --offline-after
-	var pages []string                      // every page's HTML, for the secrets check
+	var pages []string                       // every page's HTML, for the secrets check
 
 	cell := func(cluster, layer, status string) string {
 		return fmt.Sprintf(`!!document.querySelector('tr[data-cluster=%q] td[data-layer=%q][data-status=%q]')`, cluster, layer, status)

@@ -73,7 +73,7 @@ type Options struct {
 	// read as well as to act (dashboard.go).
 	HTTPTLSCert string
 	HTTPTLSKey  string
-	Log   *zap.Logger
+	Log         *zap.Logger
 }
 
 // Controller is a running controller.

@@ -106,7 +106,9 @@ func (s *dashSource) Fleet(now time.Time) messages.StatusReply {
 	return st
 }
 
-func (s *dashSource) LastChecks(cluster string) []messages.CheckResult { return s.c.ver.lastChecks(cluster) }
+func (s *dashSource) LastChecks(cluster string) []messages.CheckResult {
+	return s.c.ver.lastChecks(cluster)
+}
 
 // Findings applies the diagnostic rules to every cluster's last checks,
 // again only when they changed.
