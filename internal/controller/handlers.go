@@ -86,6 +86,7 @@ func (c *Controller) onEnroll(m *nats.Msg) {
 		return
 	}
 	c.log.Info("node enrolled", zap.String("node", req.Name), zap.String("cluster", claims.Cluster), zap.String("role", claims.Role))
+	c.changed("enrolled")
 	c.reply(m, "enroll", inbox, &messages.EnrollReply{V: messages.Version, Name: req.Name,
 		HeartbeatInterval: c.opts.HeartbeatInterval.String(), MaxMessageBytes: c.opts.MaxMessageBytes, Node: &claims}, nil)
 }
