@@ -32,7 +32,7 @@ image:
 demo:
 	@hack/demo.sh
 
-## apt-deps: the Debian packages the tests use (containerd, runc, systemd)
+## apt-deps: the Debian packages the tests use (containerd, runc, systemd, chromium)
 apt-deps:
 	@hack/apt-deps.sh
 
@@ -69,10 +69,12 @@ FUZZTIME ?= 10s
 fuzz:
 	@hack/fuzz.sh $(FUZZTIME)
 
-## bench: fan-out (loopback and tailnet), idle agent, verification sweep, diagnosis; writes bench.json
-bench: build testenv
+## bench: fan-out (loopback and tailnet), idle agent, verification sweep, diagnosis, dashboard in Chromium; writes bench.json
+DASH_NODES ?= 5000
+bench: build testenv apt-deps
 	$(GO) run ./hack/tailnetbench -agents $(TAILNET_AGENTS) -rounds $(TAILNET_ROUNDS) -out bench-tailnet.json
-	$(GO) run ./hack/bench -out bench.json -tailnet-json bench-tailnet.json
+	$(GO) run ./hack/dashbench -nodes $(DASH_NODES) -out bench-dashboard.json
+	$(GO) run ./hack/bench -out bench.json -tailnet-json bench-tailnet.json -dashboard-json bench-dashboard.json
 
 vet:
 	$(GO) vet ./...

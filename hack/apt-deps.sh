@@ -6,7 +6,7 @@
 # Needs root; without it, says what to install and fails.
 set -euo pipefail
 
-want=(containerd runc systemd)
+want=(containerd runc systemd chromium)
 missing=()
 for p in "${want[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -65,6 +65,7 @@ type output struct {
 	Verify    *sweep         `json:"verify_sweep,omitempty"`
 	Diagnose  *diagScan      `json:"diagnose_scan,omitempty"`
 	Tailnet   any            `json:"tailnet,omitempty"`
+	Dashboard any            `json:"dashboard,omitempty"`
 	Extra     map[string]any `json:"extra,omitempty"`
 	SimGOGC   int            `json:"sim_gogc"`
 	Machine   string         `json:"machine"`
@@ -84,6 +85,7 @@ func main() {
 	ctlProfile := flag.String("ctlprofile", "", "write the controller's CPU profile of the largest fan-out here")
 	worldAgents := flag.Int("world-agents", 100, "agents for the verification sweep against the test world (0 skips)")
 	tailnetJSON := flag.String("tailnet-json", "", "merge this tailnet fan-out result (from hack/tailnetbench) into the output")
+	dashboardJSON := flag.String("dashboard-json", "", "merge this dashboard result (from hack/dashbench) into the output")
 	flag.Parse()
 	log.SetFlags(0)
 	// The simulated agents share this process, so their heaps are one heap,
@@ -238,6 +240,14 @@ func main() {
 			var v any
 			if json.Unmarshal(b, &v) == nil {
 				res.Tailnet = v
+			}
+		}
+	}
+	if *dashboardJSON != "" {
+		if b, err := os.ReadFile(*dashboardJSON); err == nil {
+			var v any
+			if json.Unmarshal(b, &v) == nil {
+				res.Dashboard = v
 			}
 		}
 	}
