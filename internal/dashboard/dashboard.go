@@ -145,7 +145,7 @@ func New(o Options) (*Server, error) {
 	if o.Log == nil {
 		o.Log = zap.NewNop()
 	}
-	t, err := template.New("").Funcs(funcs).ParseFS(templateFS, "templates/*.html")
+	t, err := newTemplates()
 	if err != nil {
 		return nil, err
 	}
@@ -165,6 +165,10 @@ func New(o Options) (*Server, error) {
 	m.HandleFunc("POST /node/diagnose", s.act(s.diagnose))
 	s.mux = m
 	return s, nil
+}
+
+func newTemplates() (*template.Template, error) {
+	return template.New("").Funcs(funcs).ParseFS(templateFS, "templates/*.html")
 }
 
 // ServeHTTP serves the dashboard's pages, static files and events.
