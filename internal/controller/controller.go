@@ -127,6 +127,12 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 	if o.DataDir == "" {
 		return nil, errors.New("data dir: empty")
 	}
+	if o.HTTP != "" {
+		// Refused before anything starts: plain text off loopback.
+		if _, _, err := httpExposure(o); err != nil {
+			return nil, err
+		}
+	}
 	c := &Controller{opts: o, log: o.Log, met: newMetrics(o.MaxMessageBytes), apiSem: make(chan struct{}, maxAPIRequests), stop: make(chan struct{}),
 		hbLimit:   heartbeatLimiter(o.HeartbeatInterval),
 		syncLimit: newNodeLimiter(syncRate, syncBurst, syncInFlight),
