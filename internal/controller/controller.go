@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -98,11 +99,13 @@ type Controller struct {
 
 	diagnoses jetstream.ObjectStore
 	http      *http.Server
-	dash      *dashboard.Server
-	httpURL   string
-	httpTLS   *tls.Config
-	lock      *os.File
-	info      runinfo.Info
+	// dash is set when HTTP starts, after the subscriptions whose
+	// handlers notify it: read it atomically.
+	dash    atomic.Pointer[dashboard.Server]
+	httpURL string
+	httpTLS *tls.Config
+	lock    *os.File
+	info    runinfo.Info
 
 	tr     *transport // tailnet, local socket, TLS (tailnet.go)
 	apiSem chan struct{}
@@ -419,8 +422,8 @@ func (c *Controller) Close() {
 		c.reg.flush(ctx)
 		cancel()
 	}
-	if c.dash != nil {
-		c.dash.Close() // ends the dashboards' event streams
+	if d := c.dash.Load(); d != nil {
+		d.Close() // ends the dashboards' event streams
 	}
 	if c.http != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -494,6 +497,12 @@ func (c *Controller) startHTTP() error {
 	if err != nil {
 		return fmt.Errorf("--http %s: %w", c.opts.HTTP, err)
 	}
+	// Set before the dashboard is published (mountDashboard): sign-in
+	// links are made of it.
+	c.httpURL = "http://" + ln.Addr().String()
+	if tlsOn {
+		c.httpURL = "https://" + ln.Addr().String()
+	}
 	mux := http.NewServeMux()
 	if err := c.mountDashboard(mux, tlsOn, !loopback); err != nil {
 		ln.Close()
@@ -514,9 +523,7 @@ func (c *Controller) startHTTP() error {
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	c.http = &http.Server{Addr: ln.Addr().String(), Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	c.httpURL = "http://" + c.http.Addr
 	if tlsOn {
-		c.httpURL = "https://" + c.http.Addr
 		c.http.TLSConfig = c.httpTLS
 		go c.http.ServeTLS(ln, "", "")
 		return nil

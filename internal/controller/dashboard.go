@@ -59,24 +59,25 @@ func (c *Controller) mountDashboard(mux *http.ServeMux, tlsOn, requireSignIn boo
 	if err != nil {
 		return fmt.Errorf("dashboard: %w", err)
 	}
-	c.dash = d
+	c.dash.Store(d)
 	mux.Handle("/", d)
 	return nil
 }
 
 // changed tells open dashboards that state of kind changed.
 func (c *Controller) changed(kind string) {
-	if c.dash != nil {
-		c.dash.Notify(kind)
+	if d := c.dash.Load(); d != nil {
+		d.Notify(kind)
 	}
 }
 
 // dashboardLogin makes a one-time sign-in link (API verb dashboard.login).
 func (c *Controller) dashboardLogin(req messages.DashboardLoginRequest) (*messages.DashboardLoginReply, error) {
-	if c.dash == nil {
+	d := c.dash.Load()
+	if d == nil {
 		return nil, messages.Errorf(messages.CodeNotFound, "the dashboard is off: serve with --http ADDRESS")
 	}
-	tok, exp := c.dash.NewLogin(req.DashboardLoginTTL())
+	tok, exp := d.NewLogin(req.DashboardLoginTTL())
 	c.log.Info("dashboard sign-in link made", zap.Time("expires_at", exp))
 	return &messages.DashboardLoginReply{V: messages.Version, URL: c.httpURL + "/login?token=" + tok, Token: tok, ExpiresAt: exp}, nil
 }
