@@ -193,6 +193,28 @@ func TestDashboard(t *testing.T) {
 		}
 	})
 
+	t.Run("keyboard reaches the cells and diagnose now", func(t *testing.T) {
+		b.open(base + "/node?name=n1")
+		reached := map[string]bool{}
+		for i := 0; i < 200 && !reached["diagnose-now"]; i++ {
+			b.must(chromedp.KeyEvent("\t"))
+			id := eval[string](b, `(function (e) { return e.id || (e.closest('[data-layer]') ? 'layer' : e.tagName) })(document.activeElement)`)
+			reached[id] = true
+		}
+		if !reached["diagnose-now"] || !reached["A"] {
+			t.Fatalf("tabbing reached %v, not the diagnose button", reached)
+		}
+		b.open(base + "/")
+		reached = map[string]bool{}
+		for i := 0; i < 60 && !reached["layer"]; i++ {
+			b.must(chromedp.KeyEvent("\t"))
+			reached[eval[string](b, `document.activeElement.closest('td[data-layer]') ? 'layer' : ''`)] = true
+		}
+		if !reached["layer"] {
+			t.Fatal("tabbing never reached a cluster's layer cell")
+		}
+	})
+
 	t.Run("a killed agent's cells turn unknown without a reload", func(t *testing.T) {
 		b.open(base + "/")
 		b.waitFor("live", `document.getElementById('conn').textContent === 'live'`, 10*time.Second)
