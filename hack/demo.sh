@@ -21,6 +21,7 @@ cleanup() {
     echo "KEEP=1: still running (pids ${pids[*]}). Try:"
     echo "  $BIN/controller status --data-dir $DATA"
     echo "  $BIN/controller run --data-dir $DATA --target cluster=alpha facts"
+    echo "  the dashboard: ${HTTP:-} (sign in to act: $BIN/controller dashboard login --data-dir $DATA)"
     echo "Stop with: kill ${pids[*]}; rm -rf $WORK"
     return
   fi
@@ -41,7 +42,7 @@ for _ in $(seq 100); do [[ -f $DATA/controller.json ]] && break; sleep 0.1; done
 [[ -f $DATA/controller.json ]] || { echo "controller did not start:"; cat "$WORK/controller.log"; exit 1; }
 URL=$(sed -n 's/.*"nats_url": "\(.*\)".*/\1/p' "$DATA/controller.json")
 HTTP=$(sed -n 's/.*"http_url": "\(.*\)".*/\1/p' "$DATA/controller.json")
-echo "NATS $URL, metrics $HTTP/metrics"
+echo "NATS $URL, dashboard $HTTP/, metrics $HTTP/metrics"
 
 step "join token (reusable, 1h)"
 TOKEN=$("$BIN/controller" token create --data-dir "$DATA" --reusable --ttl 1h 2>/dev/null | tail -1)
