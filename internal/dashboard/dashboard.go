@@ -182,8 +182,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // Notify tells open pages that kind of state changed; changes within the
-// coalescing interval make one event.
-func (s *Server) Notify(kind string) { s.hub.notify(kind) }
+// coalescing interval make one event. Kind "report" means a verification
+// report was stored (the cluster pages' history reads it).
+func (s *Server) Notify(kind string) {
+	if kind == "report" {
+		s.hist.reportStored()
+	}
+	s.hub.notify(kind)
+}
 
 // NewLogin makes a one-time sign-in token valid for ttl; only its hash is
 // kept. The link is /login?token=TOKEN on the dashboard's address.

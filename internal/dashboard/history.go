@@ -34,6 +34,43 @@ type summary struct {
 type history struct {
 	mu   sync.Mutex
 	sums map[string]*summary
+	// refs is the stored reports' list, read again when a report was
+	// stored since (stale) or after refsFor: listing the object store on
+	// every live refresh of a cluster page would cost more than the page.
+	refs   []ReportRef
+	refsAt time.Time
+	stale  bool
+}
+
+const refsFor = time.Minute
+
+// reportStored marks the list of reports out of date.
+func (h *history) reportStored() {
+	h.mu.Lock()
+	h.stale = true
+	h.mu.Unlock()
+}
+
+func (h *history) reports(ctx context.Context, src Source, since time.Time, now time.Time) []ReportRef {
+	h.mu.Lock()
+	if !h.stale && now.Sub(h.refsAt) < refsFor && !h.refsAt.IsZero() {
+		refs := h.refs
+		h.mu.Unlock()
+		return refs
+	}
+	h.stale = false
+	h.mu.Unlock()
+	refs, err := src.Reports(ctx, now.Add(-historyWindow-refsFor))
+	if err != nil {
+		h.mu.Lock()
+		h.stale = true // try again next time
+		h.mu.Unlock()
+		return nil
+	}
+	h.mu.Lock()
+	h.refs, h.refsAt = refs, now
+	h.mu.Unlock()
+	return refs
 }
 
 func newHistory() *history { return &history{sums: map[string]*summary{}} }
@@ -104,7 +141,7 @@ type plot struct {
 
 func (h *history) timeline(ctx context.Context, src Source, cluster string, layers []string, now time.Time) ([]timelineRow, []plot) {
 	start := now.Add(-historyWindow)
-	refs, _ := src.Reports(ctx, start)
+	refs := h.reports(ctx, src, start, now)
 	slotLen := historyWindow / historySlots
 	newest := make([]ReportRef, historySlots)
 	for _, r := range refs {
