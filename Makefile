@@ -49,7 +49,7 @@ test: testenv apt-deps
 # of tests after a 3-minute first race build of client-go and talos,
 # cmd/agent 25 s, cmd/controller 14 s, internal/controller 28 s,
 # internal/testenv 35 s, hack/testworld 63 s, e2e 26 s, e2e/verify 56 s,
-# e2e/tailnet 85 s (internal/agent and messages: about 1 s of tests). None
+# e2e/tailnet 85 s, e2e/dashboard 47 s (Chromium included) (internal/agent and messages: about 1 s of tests). None
 # is slow enough to leave out; put a package in RACE_SLOW (with the reason
 # here) if one becomes so.
 MODULE    := github.com/guildnet/metaguildnet
