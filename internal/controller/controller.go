@@ -493,15 +493,15 @@ func (c *Controller) startHTTP() error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", c.opts.HTTP)
+	ln, err := c.listenHTTP()
 	if err != nil {
-		return fmt.Errorf("--http %s: %w", c.opts.HTTP, err)
+		return err
 	}
 	// Set before the dashboard is published (mountDashboard): sign-in
 	// links are made of it.
-	c.httpURL = "http://" + ln.Addr().String()
+	c.httpURL = "http://" + c.httpAddr(ln)
 	if tlsOn {
-		c.httpURL = "https://" + ln.Addr().String()
+		c.httpURL = "https://" + c.httpAddr(ln)
 	}
 	mux := http.NewServeMux()
 	if err := c.mountDashboard(mux, tlsOn, !loopback); err != nil {

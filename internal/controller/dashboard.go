@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -27,23 +28,92 @@ import (
 // for reading; bound anywhere else the controller refuses to start
 // without TLS, and the dashboard asks for a sign-in to read as well.
 
-// httpExposure checks the HTTP address against its TLS settings.
+// httpExposure checks the HTTP address against its TLS settings. The
+// address "tailnet" or "tailnet:PORT" serves on the controller's tailnet
+// address only (--tailnet's tsnet node, or the host tailscaled's address
+// with --listen tailnet): the tailnet encrypts, so TLS is optional there,
+// but reading needs a sign-in as anywhere but loopback.
 func httpExposure(o Options) (tlsOn, loopback bool, err error) {
+	if (o.HTTPTLSCert == "") != (o.HTTPTLSKey == "") {
+		return false, false, errors.New("--http-tls-cert and --http-tls-key go together: give both or neither")
+	}
+	tlsOn = o.HTTPTLSCert != ""
+	if rest, ok := strings.CutPrefix(o.HTTP, "tailnet"); ok {
+		if _, err := httpTailnetPort(rest); err != nil {
+			return false, false, fmt.Errorf("--http %q: %w", o.HTTP, err)
+		}
+		if !o.Tailnet.Enabled && !strings.HasPrefix(o.Listen, "tailnet") {
+			return false, false, fmt.Errorf("--http %s serves on the controller's tailnet address: give --tailnet (or --listen tailnet)", o.HTTP)
+		}
+		return tlsOn, false, nil
+	}
 	host, _, err := net.SplitHostPort(o.HTTP)
 	if err != nil {
 		return false, false, fmt.Errorf("--http %q: %w", o.HTTP, err)
 	}
 	ip := net.ParseIP(host)
 	loopback = host == "localhost" || ip != nil && ip.IsLoopback()
-	if (o.HTTPTLSCert == "") != (o.HTTPTLSKey == "") {
-		return false, loopback, errors.New("--http-tls-cert and --http-tls-key go together: give both or neither")
-	}
-	tlsOn = o.HTTPTLSCert != ""
 	if !loopback && !tlsOn {
 		return false, false, fmt.Errorf("--http %s is not a loopback address: the dashboard and /metrics would travel in plain text; "+
-			"give --http-tls-cert and --http-tls-key (the dashboard then needs a sign-in to read), or bind 127.0.0.1 and reach it through a tunnel", o.HTTP)
+			"give --http-tls-cert and --http-tls-key (the dashboard then needs a sign-in to read), serve it on the tailnet (--http tailnet:PORT), "+
+			"or bind 127.0.0.1 and reach it through a tunnel", o.HTTP)
 	}
 	return tlsOn, loopback, nil
+}
+
+// DefaultHTTPTailnetPort is the dashboard's port with --http tailnet.
+const DefaultHTTPTailnetPort = 8222
+
+// httpTailnetPort reads the ":PORT" after "tailnet" in --http.
+func httpTailnetPort(rest string) (int, error) {
+	if rest == "" {
+		return DefaultHTTPTailnetPort, nil
+	}
+	p, ok := strings.CutPrefix(rest, ":")
+	n, err := strconv.Atoi(p)
+	if !ok || err != nil || n <= 0 || n > 65535 {
+		return 0, errors.New("want tailnet or tailnet:PORT")
+	}
+	return n, nil
+}
+
+// listenHTTP opens the HTTP listener: on the tailnet address for
+// "tailnet[:PORT]", else on the address given.
+func (c *Controller) listenHTTP() (net.Listener, error) {
+	rest, ok := strings.CutPrefix(c.opts.HTTP, "tailnet")
+	if !ok {
+		ln, err := net.Listen("tcp", c.opts.HTTP)
+		if err != nil {
+			return nil, fmt.Errorf("--http %s: %w", c.opts.HTTP, err)
+		}
+		return ln, nil
+	}
+	port, _ := httpTailnetPort(rest) // checked by httpExposure
+	if c.tr.node != nil {
+		ln, err := c.tr.node.Listen("tcp", ":"+strconv.Itoa(port))
+		if err != nil {
+			return nil, fmt.Errorf("--http %s: listen on the tailnet: %w", c.opts.HTTP, err)
+		}
+		return ln, nil
+	}
+	if c.tr.host == "" {
+		return nil, fmt.Errorf("--http %s: no tailnet address (give --tailnet or --listen tailnet)", c.opts.HTTP)
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(c.tr.host, strconv.Itoa(port)))
+	if err != nil {
+		return nil, fmt.Errorf("--http %s: %w", c.opts.HTTP, err)
+	}
+	return ln, nil
+}
+
+// httpAddr is the address in links to the dashboard: on the tailnet,
+// the controller's tailnet IP.
+func (c *Controller) httpAddr(ln net.Listener) string {
+	if strings.HasPrefix(c.opts.HTTP, "tailnet") && c.tr.host != "" {
+		_, port, _ := net.SplitHostPort(ln.Addr().String())
+		return net.JoinHostPort(c.tr.host, port)
+	}
+	return ln.Addr().String()
 }
 
 func (c *Controller) mountDashboard(mux *http.ServeMux, tlsOn, requireSignIn bool) error {

@@ -163,6 +163,8 @@ func TestDashboardRefusesPlainTextOffLoopback(t *testing.T) {
 		{"0.0.0.0:0", "", "", "--http-tls-cert"},
 		{"192.0.2.1:0", "", "", "not a loopback address"},
 		{"127.0.0.1:0", "cert.pem", "", "go together"},
+		{"tailnet:8222", "", "", "give --tailnet"},
+		{"tailnet:x", "", "", "want tailnet or tailnet:PORT"},
 	} {
 		dir := t.TempDir()
 		_, err := controller.Start(context.Background(), controller.Options{DataDir: filepath.Join(dir, "c"), Listen: "127.0.0.1:0",
