@@ -392,7 +392,7 @@ func (v *verifier) record(rep messages.Report, id string) {
 				}
 				v.layerStatus.WithLabelValues(cr.Name, l.Name, s).Set(val)
 			}
-			for _, s := range []string{messages.CheckPass, messages.CheckWarn, messages.CheckFail, messages.CheckSkipped, messages.CheckUnknown} {
+			for _, s := range messages.CheckStatuses {
 				v.checkCounts.WithLabelValues(cr.Name, l.Name, s).Set(float64(counts[key{cr.Name, l.Name}][s]))
 			}
 			if ok && prev.status == l.Status || !ok && l.Status == messages.Healthy {
