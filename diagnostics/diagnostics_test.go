@@ -380,3 +380,36 @@ func BenchmarkAnalyze(b *testing.B) {
 		}
 	}
 }
+
+// make demo without a world: tailscaled is not running and no kubeconfig is
+// set. The kubeconfig is a configuration error, its own finding, never
+// folded under "Tailnet unreachable" (which once claimed to explain a
+// "Kubernetes API unreachable" it had no evidence for).
+func TestConfigErrorIsNeverFolded(t *testing.T) {
+	nodes := []NodeInput{{Name: "n1", Cluster: "alpha", Role: "controlplane", Checks: []messages.CheckResult{
+		cr("n1", "network", "tailscaled_running", "fail", "tailscaled not answering: status from tailscaled's default socket: dial unix /var/run/tailscale/tailscaled.sock: connect: no such file or directory"),
+		cr("n1", "cluster", "kube_api_ready", "fail", "required (METAGN_REQUIRE_CHECKS names kube_api_ready) but not configured: no kubeconfig (KUBECONFIG unset, ~/.guildnet/kubeconfig missing) and not in a cluster; set KUBECONFIG"),
+	}}}
+	d := Analyze(kb(t), nodes, t0)
+	if got := ids(d.Findings); !slices.Equal(got, []string{"tailnet-unreachable", "kubeconfig-missing"}) {
+		t.Fatalf("roots = %v, want tailnet-unreachable and kubeconfig-missing, each on its own", got)
+	}
+	for _, f := range d.Findings {
+		if len(f.Symptoms) > 0 {
+			t.Errorf("%s explains %v without evidence", f.ID, ids(f.Symptoms))
+		}
+	}
+	// With a kubeconfig whose API is on the tailnet and times out, the
+	// same cause does explain it: the evidence fits.
+	nodes[0].Checks[1] = cr("n1", "cluster", "kube_api_ready", "fail", "API server https://100.64.0.9:6443 (kubeconfig) unreachable: dial tcp 100.64.0.9:6443: i/o timeout")
+	d = Analyze(kb(t), nodes, t0)
+	if got := ids(d.Findings); !slices.Equal(got, []string{"tailnet-unreachable"}) || !slices.Equal(ids(d.Findings[0].Symptoms), []string{"kube-api-unreachable"}) {
+		t.Errorf("API on the tailnet timing out: roots %v, symptoms %v", got, ids(d.Findings[0].Symptoms))
+	}
+	// And an API on loopback refusing is not the tailnet's doing.
+	nodes[0].Checks[1] = cr("n1", "cluster", "kube_api_ready", "fail", "API server https://127.0.0.1:6443 (kubeconfig) unreachable: dial tcp 127.0.0.1:6443: connect: connection refused")
+	d = Analyze(kb(t), nodes, t0)
+	if got := ids(d.Findings); !slices.Equal(got, []string{"tailnet-unreachable", "kube-api-unreachable"}) {
+		t.Errorf("API on loopback refused: roots %v, want two", got)
+	}
+}
