@@ -112,8 +112,11 @@ func (w *world) restartHostApp() error {
 
 var knobs = map[string]knob{
 	"kubeconfig-unset": {
-		apply:  func(_ context.Context, w *world) error { delete(w.settings, "KUBECONFIG"); return nil },
-		revert: func(_ context.Context, w *world) error { w.settings["KUBECONFIG"] = w.settings["SCENARIO_KUBECONFIG"]; return nil },
+		apply: func(_ context.Context, w *world) error { delete(w.settings, "KUBECONFIG"); return nil },
+		revert: func(_ context.Context, w *world) error {
+			w.settings["KUBECONFIG"] = w.settings["SCENARIO_KUBECONFIG"]
+			return nil
+		},
 	},
 	"node-notready": {
 		apply:  func(ctx context.Context, w *world) error { return w.gn.SetNodeReady(ctx, testenv.NodeName(1), false) },
@@ -143,7 +146,10 @@ var knobs = map[string]knob{
 		},
 	},
 	"rethinkdb-queries-fail": {
-		apply:  func(_ context.Context, w *world) error { w.rdb.SetFailQueries("Cannot perform read: primary replica for shard not available"); return nil },
+		apply: func(_ context.Context, w *world) error {
+			w.rdb.SetFailQueries("Cannot perform read: primary replica for shard not available")
+			return nil
+		},
 		revert: func(_ context.Context, w *world) error { w.rdb.SetFailQueries(""); return nil },
 	},
 	"operator-down": {
