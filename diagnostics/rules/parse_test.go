@@ -155,7 +155,7 @@ func indent(s string) string {
 // knowledge base whose rules all evaluate without panicking.
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(goodRule))
-	for _, name := range []string{"network.yaml", "database.yaml"} {
+	for _, name := range []string{"network.yaml", "database.yaml", "cluster.yaml", "application.yaml"} {
 		b, _ := builtinFS.ReadFile(name)
 		f.Add(b)
 	}
@@ -171,9 +171,21 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			return
 		}
-		facts := []Facts{chk("c", "fail", "x509"), met("a", 2), logl("a.log", "address already in use"), {Offline: true}}
+		facts := []Facts{chk("c", "fail", "x509"), met("a", 2), logl("a.log", "address already in use"), {Offline: true},
+			chk("kube_api_ready", "fail", "dial tcp 10.96.0.1:443: i/o timeout"), chk("c", "not_configured", "not configured: X is not set")}
+		var ms []Match
 		for i := range facts {
-			kb.Evaluate(&facts[i])
+			ms = append(ms, kb.Evaluate(&facts[i])...)
+		}
+		// Every relation's evidence can be judged on every pair of matches.
+		for _, c := range ms {
+			for _, s := range ms {
+				if e, ok := kb.Edge(c.Rule.ID, s.Rule.ID); ok {
+					_ = e.Fits(c, s)
+					_ = e.String()
+				}
+			}
+			_ = c.Title()
 		}
 		_ = Markdown(kb)
 	})

@@ -387,3 +387,24 @@ func TestClasses(t *testing.T) {
 		t.Errorf("Prefixes = %v", ps)
 	}
 }
+
+// FuzzClasses: any text classifies without panicking, every class it
+// returns is one a rule may name, and Prefixes returns valid prefixes.
+func FuzzClasses(f *testing.F) {
+	for _, s := range []string{"dial tcp 10.96.0.1:443: connect: connection refused", "answered 502 Bad Gateway",
+		"not configured: X is not set", "[fd7a:115c:a1e0::1]:80 10.0.0.0/24", "status 999", "HTTP/1.1 404"} {
+		f.Add("fail", s)
+	}
+	f.Fuzz(func(t *testing.T, status, text string) {
+		for _, c := range Classes(status, text) {
+			if !validClass(c) {
+				t.Fatalf("Classes(%q, %q) returned %q, which a rule cannot name", status, text, c)
+			}
+		}
+		for _, p := range Prefixes(text) {
+			if !p.IsValid() {
+				t.Fatalf("Prefixes(%q): invalid %v", text, p)
+			}
+		}
+	})
+}
