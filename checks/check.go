@@ -256,6 +256,10 @@ type Selection struct {
 	Scope Scope
 	// Names keeps only these checks; empty keeps all that match the rest.
 	Names []string
+	// Exclude leaves these checks out unless a kept check depends on
+	// them (unknown names are ignored: they may be custom checks another
+	// node has).
+	Exclude []string
 }
 
 // Select returns the checks of catalog that sel picks, plus every check
@@ -296,6 +300,9 @@ func Select(catalog []Check, sel Selection) ([]Check, error) {
 			continue
 		}
 		if len(sel.Names) > 0 && !slices.Contains(sel.Names, c.Name) {
+			continue
+		}
+		if slices.Contains(sel.Exclude, c.Name) {
 			continue
 		}
 		add(i)

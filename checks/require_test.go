@@ -1,6 +1,7 @@
 package checks
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -85,5 +86,25 @@ func TestNotConfiguredIsNeverAPass(t *testing.T) {
 	res = run(config.Settings{"METAGN_REQUIRE_CHECKS": "Not A Name"})
 	if r := res["kube_api_ready"]; r.Status != messages.CheckFail || !strings.Contains(r.Message, "setting METAGN_REQUIRE_CHECKS") {
 		t.Errorf("malformed requirement: %s %q", r.Status, r.Message)
+	}
+}
+
+// Exclude leaves checks out unless a kept one depends on them.
+func TestSelectExclude(t *testing.T) {
+	sel, err := Select(BuiltinChecks(), Selection{Scope: ScopeCluster, Exclude: []string{"hostapp_healthz", "hostapp_api_health", "proxy_answers", "kube_api_ready", "no_such_check"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range sel {
+		names = append(names, c.Name)
+	}
+	for _, n := range []string{"hostapp_healthz", "hostapp_api_health", "proxy_answers"} {
+		if slices.Contains(names, n) {
+			t.Errorf("%s selected though excluded", n)
+		}
+	}
+	if !slices.Contains(names, "kube_api_ready") || !slices.Contains(names, "nodes_ready") {
+		t.Errorf("selected %v: kube_api_ready is a dependency of kept checks and stays", names)
 	}
 }

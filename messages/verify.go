@@ -28,6 +28,10 @@ type VerifyArgs struct {
 	// Checks names checks to run (their dependencies run too); empty means
 	// all that Layers and Scope select.
 	Checks []string `json:"checks,omitempty"`
+	// Exclude names checks not to run unless a selected check depends on
+	// them: the controller sends the host app's checks to the host app's
+	// node and excludes them from the cluster's other agent.
+	Exclude []string `json:"exclude,omitempty"`
 	// Require names layers and checks that must run on top of the agent's
 	// METAGN_REQUIRE_LAYERS/_CHECKS (the fleet spec's require block): one
 	// of them that is not configured fails, naming what to set.
@@ -68,6 +72,9 @@ func (a *VerifyArgs) Validate() error {
 		if err := validNames("require.checks", a.Require.Checks, ValidCheckName); err != nil {
 			return err
 		}
+	}
+	if err := validNames("exclude", a.Exclude, ValidCheckName); err != nil {
+		return err
 	}
 	return validNames("checks", a.Checks, ValidCheckName)
 }

@@ -46,7 +46,7 @@ func (v Verify) Run(ctx context.Context, env *Env, raw json.RawMessage) (Output,
 			}
 		}
 	}
-	selected, err := checks.Select(catalog, checks.Selection{Layers: args.Layers, Scope: checks.Scope(args.Scope), Names: args.Checks})
+	selected, err := checks.Select(catalog, checks.Selection{Layers: args.Layers, Scope: checks.Scope(args.Scope), Names: args.Checks, Exclude: args.Exclude})
 	if err != nil {
 		return Output{}, BadArgs("%v", err)
 	}
