@@ -16,8 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/guildnet/metaguildnet/diagnostics/report"
 	"github.com/guildnet/metaguildnet/checks/meta"
+	"github.com/guildnet/metaguildnet/diagnostics/report"
 	"github.com/guildnet/metaguildnet/messages"
 )
 
