@@ -1,7 +1,8 @@
 // Package scenarios is the scenario matrix of diagnostics: every fault
 // knob of the test world (internal/testenv), alone and two at a time, run
 // through the real checks and the built-in rules, against the root causes
-// kept in diagnostics/testdata/scenarios.yaml.
+// kept in diagnostics/testdata/scenarios.yaml. It runs in a loopback-only
+// network namespace (the world's tailnet node needs one).
 package scenarios
 
 import (
@@ -33,10 +34,12 @@ var shared *testenv.Shared
 const workspace = "demo"
 
 func TestMain(m *testing.M) {
-	shared = testenv.StartShared(testenv.SeedOptions{Nodes: 3, Workspaces: []string{workspace}})
-	code := m.Run()
-	shared.Stop()
-	os.Exit(code)
+	testenv.RunInNetNS(func() int {
+		shared = testenv.StartShared(testenv.SeedOptions{Nodes: 3, Workspaces: []string{workspace}})
+		code := m.Run()
+		shared.Stop()
+		return code
+	})
 }
 
 // table is diagnostics/testdata/scenarios.yaml.
@@ -94,6 +97,11 @@ type world struct {
 	appOpts  hostappstandin.Options
 	caPath   string
 	home     string
+	// The tailnet: Headscale and a tsnet node whose LocalClient the
+	// network checks ask (nil: tailscaled's socket in TS_SOCKET).
+	hs *testenv.Headscale
+	lc checks.LocalAPI
+	ts checks.LocalAPI
 }
 
 // knob is a fault: apply it, revert it.
@@ -111,6 +119,23 @@ func (w *world) restartHostApp() error {
 }
 
 var knobs = map[string]knob{
+	"tailscaled-down": {
+		// The node's tailscaled is gone: its socket answers nothing.
+		apply: func(_ context.Context, w *world) error {
+			w.lc = nil
+			w.settings["TS_SOCKET"] = filepath.Join(w.home, "tailscaled.sock")
+			return nil
+		},
+		revert: func(_ context.Context, w *world) error {
+			w.lc = w.ts
+			delete(w.settings, "TS_SOCKET")
+			return nil
+		},
+	},
+	"login-server-down": {
+		apply:  func(_ context.Context, w *world) error { w.hs.Stop(); return nil },
+		revert: func(ctx context.Context, w *world) error { return w.hs.Start(ctx) },
+	},
 	"kubeconfig-unset": {
 		apply: func(_ context.Context, w *world) error { delete(w.settings, "KUBECONFIG"); return nil },
 		revert: func(_ context.Context, w *world) error {
@@ -211,6 +236,16 @@ func (w *world) diagnose(ctx context.Context, kb *rules.KB) (messages.Diagnosis,
 	}
 	env := &checks.Env{Node: "guildnet-node-1", Cluster: "guildnet", Role: "hostapp", Settings: w.settings}
 	res := checks.RunChecks(ctx, env, sel, checks.RunOptions{})
+	// The same node's network checks, through its tailnet node.
+	netSel, err := checks.Select(catalog, checks.Selection{Layers: []string{messages.LayerNetwork}, Scope: checks.ScopeNode})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	opts := checks.RunOptions{}
+	if w.lc != nil {
+		opts.Clients = map[string]any{checks.TailscaleClientKey: w.lc}
+	}
+	res = append(res, checks.RunChecks(ctx, env, netSel, opts)...)
 	d := diagnostics.Analyze(kb, []diagnostics.NodeInput{{Name: env.Node, Cluster: env.Cluster, Role: env.Role, Checks: res}}, time.Now())
 	return d, res
 }
@@ -279,6 +314,7 @@ func scenarios(tb table) []scenario {
 // reverts the knobs (waiting until the world is back to its baseline).
 func TestScenarioMatrix(t *testing.T) {
 	kube, gn := shared.Require(t)
+	testenv.Require(t, testenv.NeedHeadscale, testenv.NeedNetNS)
 	kb, err := rules.Builtin()
 	if err != nil {
 		t.Fatal(err)
@@ -305,8 +341,35 @@ func TestScenarioMatrix(t *testing.T) {
 	}
 	w.appOpts.Addr = strings.TrimPrefix(w.app.URL(), "https://") // restarts keep the address
 	t.Cleanup(func() { w.app.Close() })
+	if err := os.MkdirAll(w.home, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// The tailnet: Headscale and this node's tsnet node.
+	if w.hs, err = testenv.StartHeadscale(ctx, testenv.HeadscaleOptions{Dir: filepath.Join(dir, "headscale")}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.hs.Close)
+	u, err := w.hs.CreateUser(ctx, "cluster-guildnet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := w.hs.CreatePreAuthKey(ctx, u.ID, true, false, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, _, err := testenv.StartTSNet(ctx, testenv.TSNetOptions{ControlURL: w.hs.URL(), AuthKey: key, Hostname: "guildnet-node-1", Dir: filepath.Join(dir, "tsnet")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { node.Close() })
+	lc, err := node.LocalClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.ts, w.lc = lc, lc
 	// A home without ~/.guildnet/kubeconfig and no in-cluster account, so
 	// knob kubeconfig-unset leaves the agent with none.
+	t.Setenv(testenv.CacheEnv, testenv.CacheDir()) // the servers' binaries stay where they are
 	t.Setenv("HOME", w.home)
 	t.Setenv("KUBERNETES_SERVICE_HOST", "")
 	w.settings = config.Settings{
@@ -316,6 +379,9 @@ func TestScenarioMatrix(t *testing.T) {
 		"RETHINKDB_USER":      rdbstandin.DefaultUser,
 		"HOSTAPP_URL":         w.app.URL(),
 		"METAGN_HOSTAPP_CA":   w.caPath,
+		"TS_LOGIN_SERVER":     w.hs.URL(),
+		// No cluster DNS here: dns_resolution resolves localhost.
+		"METAGN_DNS_NAME": "localhost",
 	}
 
 	// The baseline: no finding at all.
@@ -342,6 +408,7 @@ func TestScenarioMatrix(t *testing.T) {
 	start := time.Now()
 	for _, sc := range scenarios(tb) {
 		name := strings.Join(sc.knobs, "+")
+		scStart := time.Now()
 		total++
 		for _, k := range sc.knobs {
 			if err := knobs[k].apply(ctx, w); err != nil {
@@ -398,6 +465,7 @@ func TestScenarioMatrix(t *testing.T) {
 			}
 		}
 		settle("after " + name)
+		t.Logf("%-48s took %s", name, time.Since(scStart).Round(time.Millisecond))
 	}
 	t.Logf("%d scenarios (%d knobs alone, the rest in pairs) in %s", total, len(tb.Knobs), time.Since(start).Round(time.Millisecond))
 	fmt.Printf("root causes right %d/%d, wrong folds %d, missed %d\n", right, total, wrongFolds, missed)
