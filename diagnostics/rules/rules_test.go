@@ -91,7 +91,8 @@ var faults = map[string][]Facts{
 	"hostapp-clusters-unhealthy": {chk("hostapp_api_health", "warn", "cluster c1: error")},
 	"operator-idle":              {chk("operator_available", "fail", "0/1 available"), logl("o.log", `workspaces.guildnet.io is forbidden: User "system:serviceaccount:guildnet-system:workspace-operator" cannot list`)},
 	"workspace-pending":          {chk("workspaces_settled", "warn", "ws1 Pending for 5m")},
-	"proxy-504":                  {chk("proxy_answers", "fail", "504"), logl("p.log", "proxy: 504 Gateway Timeout")},
+	"rethinkdb-unreachable":      {chk("rethinkdb_tcp", "fail", "TCP connect to 10.96.0.20:28015 (Service rethinkdb ClusterIP): dial tcp 10.96.0.20:28015: i/o timeout")},
+	"proxy-504":                  {chk("proxy_answers", "fail", "proxy to Workspace demo answered 504 Gateway Timeout: upstream"), logl("p.log", "proxy: 504 Gateway Timeout")},
 	"proxy-no-backend":           {chk("proxy_answers", "fail", "proxy to Workspace default/demo answered 404 Not Found: no pod backs it though its phase is Running"), chk("proxy_answers", "fail", "proxy to Workspace default/demo answered 502 Bad Gateway: proxy error: service default/demo not found")},
 
 	"memory-pressure": {met("memory_percent", 91), chk("host_memory", "warn", "91%")},
@@ -347,6 +348,12 @@ func TestTitlesFollowTheErrorClass(t *testing.T) {
 			map[string]string{"kubeconfig-missing": "No kubeconfig for the Kubernetes API"}, []string{"kube-api-unreachable", "kube-api-not-ready"}},
 		{chk("kube_api_ready", "fail", "API server https://10.96.0.1:443 (kubeconfig) unreachable: dial tcp 10.96.0.1:443: i/o timeout"),
 			map[string]string{"kube-api-unreachable": "Kubernetes API unreachable (timed out)"}, []string{"kubeconfig-missing", "kube-api-not-ready"}},
+		{chk("rethinkdb_tcp", "fail", "TCP connect to 10.96.0.20:28015: dial tcp 10.96.0.20:28015: i/o timeout"),
+			map[string]string{"rethinkdb-unreachable": "RethinkDB unreachable (timed out)"}, []string{"rethinkdb-connection-refused"}},
+		{chk("rethinkdb_tcp", "fail", "TCP connect to 127.0.0.1:28015: dial tcp 127.0.0.1:28015: connect: connection refused"),
+			map[string]string{"rethinkdb-connection-refused": "RethinkDB connection refused"}, []string{"rethinkdb-unreachable"}},
+		{chk("proxy_answers", "fail", "proxy to Workspace demo answered 504 Gateway Timeout: upstream"),
+			map[string]string{"proxy-504": "Proxy timing out (HTTP 504)"}, nil},
 		{chk("kube_api_ready", "fail", "API server https://127.0.0.1:6443 /readyz answered 500: [-]etcd failed"),
 			map[string]string{"kube-api-not-ready": "Kubernetes API not ready (HTTP 500)"}, []string{"kube-api-unreachable"}},
 	} {
