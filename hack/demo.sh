@@ -66,7 +66,10 @@ step "three agents: n1, n2 in cluster alpha; n3 in cluster beta"
 for spec in n1:alpha:controlplane n2:alpha:worker n3:beta:controlplane; do
   IFS=: read -r name cluster role <<<"$spec"
   # The token goes in the environment, not on the command line (ps shows that).
-  METAGN_TOKEN="$TOKEN" "$BIN/agent" run --controller "$URL" --name "$name" --cluster "$cluster" \
+  # METAGN_DNS_NAME=localhost: these agents run on the host, whose resolver is
+  # not on loopback; dns_resolution's default (kubernetes.default.svc.cluster.local)
+  # would send a query off the machine.
+  METAGN_DNS_NAME=localhost METAGN_TOKEN="$TOKEN" "$BIN/agent" run --controller "$URL" --name "$name" --cluster "$cluster" \
     --role "$role" --label demo=true --state-dir "$WORK/$name" --log-format json \
     --tailnet=off >"$WORK/$name.log" 2>&1 &  # on the host: never a tailnet node here (the world's env carries TS_AUTHKEY)
   pids+=($!)

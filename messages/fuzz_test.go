@@ -128,7 +128,8 @@ func FuzzDecodeAPI(f *testing.F) {
 }
 
 func FuzzDecodeTaskPayloads(f *testing.F) {
-	seed(f, `{"v":1,"scope":"node","layers":["host"]}`, `{"layers":["net work"]}`, `{"checks":["host_memory"],"scope":"all"}`,
+	seed(f, `{"v":1,"scope":"node","layers":["host"]}`, `{"v":1,"require":{"layers":["cluster"],"checks":["kube_api_ready"]}}`,
+		`{"require":{"checks":["Bad Name"]}}`, `{"v":1,"checks":[{"name":"x","layer":"l","status":"not_configured","passed":true}]}`, `{"layers":["net work"]}`, `{"checks":["host_memory"],"scope":"all"}`,
 		`{"v":1,"checks":[{"name":"host_memory","layer":"host","passed":true,"status":"pass","duration_ms":3,"node":"n1","observed":{"used_pct":12}}]}`,
 		`{"v":1,"checks":[{"name":"x","status":"maybe"}]}`, `{"collectors":["logs","config"]}`,
 		`{"v":1,"node":"n1","duration_ms":5,"sections":[{"name":"logs","lines":[{"source":"f","text":"t"}],"data":[{"source":"f"}]}],"findings":[{"id":"a","severity":"warning","symptoms":[{"id":"b","severity":"info"}]}]}`,

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/guildnet/metaguildnet/checks/meta"
 	"github.com/guildnet/metaguildnet/diagnostics/report"
 	"github.com/guildnet/metaguildnet/messages"
 )
@@ -111,27 +112,41 @@ func (r *registry) members() []member {
 	return out
 }
 
-// clusterAgent picks the agent that runs a cluster's checks: the online
-// node that runs the host app first (the application checks reach it on
-// its loopback), then an online controlplane node, else any online node;
-// "" when none is online.
-func clusterAgent(ms []member) string {
-	cp, first := "", ""
+// clusterAgents picks where a cluster's checks run. The host app's checks
+// (meta.HostAppChecks) go to the online node that runs the host app
+// (hostApp): it listens on that machine's loopback. The other cluster
+// checks go to one agent (agent): an online controlplane node (the host
+// app's, when it is one: then one agent runs them all), else an online
+// node that does not run the host app, else the host app's node.
+// When hostApp is "" and hostAppDown names a node, the cluster has a host
+// app node that is not online: its checks cannot be run anywhere else.
+// agent is "" when no node of the cluster is online.
+func clusterAgents(ms []member) (agent, hostApp, hostAppDown string) {
+	cp, other := "", ""
 	for _, m := range ms {
+		if m.hostApp {
+			if m.state == messages.StateOnline {
+				if hostApp == "" {
+					hostApp = m.name
+				}
+			} else if hostAppDown == "" {
+				hostAppDown = m.name
+			}
+		}
 		if m.state != messages.StateOnline {
 			continue
 		}
-		if m.hostApp {
-			return m.name
-		}
-		if m.role == "controlplane" && cp == "" {
+		if m.role == "controlplane" && (cp == "" || m.name == hostApp) {
 			cp = m.name
 		}
-		if first == "" {
-			first = m.name
+		if other == "" && !m.hostApp {
+			other = m.name
 		}
 	}
-	return cmp.Or(cp, first)
+	if hostApp != "" {
+		hostAppDown = ""
+	}
+	return cmp.Or(cp, other, hostApp), hostApp, hostAppDown
 }
 
 // wantScope says which of the requested layers a scope runs: its own
@@ -220,6 +235,11 @@ func (v *verifier) runIn(ctx context.Context, slot chan struct{}, holder string,
 	type issued struct {
 		id     string
 		layers []string
+		// only: keep just these checks' results, and the others' that did
+		// not pass (the dependencies a host app node ran to gate its own
+		// checks are the cluster agent's to report, unless they explain a
+		// skip).
+		only []string
 	}
 	var tasks []issued
 	var missing []report.Unavailable
@@ -229,32 +249,67 @@ func (v *verifier) runIn(ctx context.Context, slot chan struct{}, holder string,
 		if err != nil {
 			return messages.Report{}, "", fmt.Errorf("verify: issue node checks: %w", err)
 		}
-		tasks = append(tasks, issued{rep.TaskID, layers})
+		tasks = append(tasks, issued{id: rep.TaskID, layers: layers})
 	}
 	if layers, ok := wantScope(req.Layers, report.ClusterScopedLayers); ok {
-		var agents []string
+		// Three groups, one task each: agents that run all of their
+		// cluster's checks; agents whose cluster's host app runs on
+		// another node (they leave its checks out); and those host app
+		// nodes (they run only its checks).
+		hostAppChecks := meta.HostAppChecks()
+		hostAppLayer := len(req.Layers) == 0 || slices.Contains(req.Layers, messages.LayerApplication)
+		var whole, split, hostApps []string
 		for _, name := range sortedKeys(clusters) {
-			if a := clusterAgent(clusters[name]); a != "" {
-				agents = append(agents, a)
-				if _, in := clusterOf[a]; !in {
-					clusterOf[a] = name
-				}
-			} else {
+			a, h, down := clusterAgents(clusters[name])
+			if a == "" {
 				missing = append(missing, report.Unavailable{Cluster: name, Layers: layers,
 					Reason: fmt.Sprintf("no online agent in cluster %q", name)})
+				continue
+			}
+			for _, n := range []string{a, h} {
+				if _, in := clusterOf[n]; n != "" && !in {
+					clusterOf[n] = name
+				}
+			}
+			switch {
+			case !hostAppLayer || h == a || h == "" && down == "":
+				whole = append(whole, a)
+			case h == "":
+				split = append(split, a)
+				missing = append(missing, report.Unavailable{Node: down, Cluster: name, Layers: []string{messages.LayerApplication},
+					Reason: fmt.Sprintf("the host app's node %s is not online: its checks (%s) run only there", down, strings.Join(hostAppChecks, ", "))})
+			default:
+				split = append(split, a)
+				hostApps = append(hostApps, h)
 			}
 		}
-		if len(agents) > 0 {
-			args := messages.MustEncode(&messages.VerifyArgs{V: messages.Version, Scope: messages.ScopeCluster, Layers: nonEmpty(req.Layers)})
+		for _, g := range []struct {
+			target string
+			agents []string
+			args   messages.VerifyArgs
+			layers []string
+		}{
+			{"verify:cluster", whole, messages.VerifyArgs{Layers: nonEmpty(req.Layers)}, layers},
+			{"verify:cluster", split, messages.VerifyArgs{Layers: nonEmpty(req.Layers), Exclude: hostAppChecks}, layers},
+			{"verify:hostapp", hostApps, messages.VerifyArgs{Checks: hostAppChecks}, []string{messages.LayerApplication}},
+		} {
+			if len(g.agents) == 0 {
+				continue
+			}
+			g.args.V, g.args.Scope = messages.Version, messages.ScopeCluster
 			st := map[string]string{}
-			for _, a := range agents {
+			for _, a := range g.agents {
 				st[a] = messages.StateOnline
 			}
-			rep, err := v.c.disp.issueTo(ctx, messages.RunRequest{Kind: "verify", Target: "verify:cluster", Args: args, Timeout: timeout, SkipOffline: true}, agents, st)
+			rep, err := v.c.disp.issueTo(ctx, messages.RunRequest{Kind: "verify", Target: g.target, Args: messages.MustEncode(&g.args), Timeout: timeout, SkipOffline: true}, g.agents, st)
 			if err != nil {
-				return messages.Report{}, "", fmt.Errorf("verify: issue cluster checks: %w", err)
+				return messages.Report{}, "", fmt.Errorf("verify: issue cluster checks (%s): %w", g.target, err)
 			}
-			tasks = append(tasks, issued{rep.TaskID, layers})
+			it := issued{id: rep.TaskID, layers: g.layers}
+			if g.target == "verify:hostapp" {
+				it.only = hostAppChecks
+			}
+			tasks = append(tasks, it)
 		}
 	}
 	var runs []report.Run
@@ -274,6 +329,11 @@ func (v *verifier) runIn(ctx context.Context, slot chan struct{}, holder string,
 					run.Outcome, run.Reason = messages.OutcomeUnknown, fmt.Sprintf("unreadable verify output: %s", truncate(err.Error(), 200))
 				}
 				run.Checks = out.Checks
+				if t.only != nil {
+					run.Checks = slices.DeleteFunc(run.Checks, func(c messages.CheckResult) bool {
+						return !slices.Contains(t.only, c.Name) && (c.Status == messages.CheckPass || c.Status == messages.CheckWarn)
+					})
+				}
 			}
 			runs = append(runs, run)
 		}
@@ -400,7 +460,7 @@ func (v *verifier) record(rep messages.Report, id string) {
 				}
 				v.layerStatus.WithLabelValues(cr.Name, l.Name, s).Set(val)
 			}
-			for _, s := range []string{messages.CheckPass, messages.CheckWarn, messages.CheckFail, messages.CheckSkipped, messages.CheckUnknown} {
+			for _, s := range messages.CheckStatuses {
 				v.checkCounts.WithLabelValues(cr.Name, l.Name, s).Set(float64(counts[key{cr.Name, l.Name}][s]))
 			}
 			if ok && prev.status == l.Status || !ok && l.Status == messages.Healthy {
