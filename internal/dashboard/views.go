@@ -73,6 +73,8 @@ func mark(status string) string {
 		return "…"
 	case "n/a":
 		return "–"
+	case messages.CheckNotConfigured:
+		return "○" // as report.Mark: not a pass, says what to set
 	}
 	return "?"
 }
