@@ -57,8 +57,8 @@ func TestDefaults(t *testing.T) {
 		"accept": *c.Network.AcceptRoutes, "approve": *c.Network.AutoApproveRoutes,
 		"pool": c.Cluster.Addons.MetalLB.Pool == "workspaces", "addrs": c.Cluster.Addons.MetalLB.Addresses[0] == "10.0.0.200-10.0.0.250",
 		"l2": c.Cluster.Addons.MetalLB.L2Advertisement == "workspaces-l2", "crds": *c.Cluster.Addons.CRDs,
-		"rdb": c.Application.RethinkDB.Namespace == "default" && c.Application.RethinkDB.Service == "rethinkdb" && c.Application.RethinkDB.Port == 28015,
-		"op":  c.Application.Operator.Namespace == "guildnet-system" && *c.Application.Operator.Replicas == 1,
+		"rdb":     c.Application.RethinkDB.Namespace == "default" && c.Application.RethinkDB.Service == "rethinkdb" && c.Application.RethinkDB.Port == 28015,
+		"op":      c.Application.Operator.Namespace == "guildnet-system" && *c.Application.Operator.Replicas == 1,
 		"hostapp": c.Application.HostApp.ListenLocal == "127.0.0.1:8090", "hostname": c.Nodes[0].Hostname == "n1",
 	}
 	for k, ok := range want {
