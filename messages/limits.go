@@ -86,6 +86,11 @@ const (
 	maxListItems = 256
 	// MaxReasonLen bounds Result.Reason.
 	MaxReasonLen = 1024
+	// MaxSealedBytes bounds Task.Sealed and Result.Sealed (a Talos machine
+	// config with its secrets is ~40 KiB, a kubeconfig ~8 KiB), and
+	// MaxSealedKeys the number of values in one.
+	MaxSealedBytes = 256 << 10
+	MaxSealedKeys  = 16
 	// MaxNodeRowBytes is about the largest a node's row in the fleet view
 	// can be when every bound above is used; status pages are sized by it.
 	MaxNodeRowBytes = 24 << 10
