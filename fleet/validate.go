@@ -486,3 +486,10 @@ func Defaults(f *messages.Fleet) {
 }
 
 func ptrTrue() *bool { t := true; return &t }
+
+// ValidateCluster checks one cluster of a spec alone (the step task's
+// arguments carry only the node's cluster).
+func ValidateCluster(c *messages.FleetCluster) error {
+	f := &messages.Fleet{APIVersion: messages.FleetAPIVersion, Kind: messages.FleetKind, Clusters: []messages.FleetCluster{*c}}
+	return validate(f, func(string) (string, int) { return "", 0 })
+}
