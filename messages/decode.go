@@ -527,6 +527,9 @@ func (r *VerifyRequest) Validate() error {
 			return fmt.Errorf("layers: %w", err)
 		}
 	}
+	if err := validNames("checks", r.Checks, ValidCheckName); err != nil {
+		return err
+	}
 	if r.Timeout != "" {
 		if d, err := time.ParseDuration(r.Timeout); err != nil || d <= 0 || d > MaxVerifyTimeout {
 			return fmt.Errorf("timeout: %q is not a duration between 0 and %v", r.Timeout, MaxVerifyTimeout)

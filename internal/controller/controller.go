@@ -32,6 +32,7 @@ import (
 	"github.com/guildnet/metaguildnet/internal/privdir"
 	"github.com/guildnet/metaguildnet/internal/runinfo"
 	"github.com/guildnet/metaguildnet/messages"
+	"github.com/guildnet/metaguildnet/steps"
 )
 
 // Options configure a controller. Zero values mean the defaults, and
@@ -66,6 +67,12 @@ type Options struct {
 	// Pprof serves /debug/pprof on the HTTP address.
 	Pprof bool
 	Log   *zap.Logger
+	// Steps is the registry of setup steps (default steps.Builtin()); the
+	// controller runs their Seal and orders them, the agents run them.
+	Steps *steps.Registry
+	// SetupBackoff is the first wait before a setup step is retried
+	// (default 2 s, doubling up to 30 s).
+	SetupBackoff time.Duration
 }
 
 // Controller is a running controller.
@@ -86,6 +93,7 @@ type Controller struct {
 	reg     *registry
 	disp    *dispatcher
 	ver     *verifier
+	setup   *setupRunner
 	met     *metrics
 
 	diagnoses jetstream.ObjectStore
@@ -189,6 +197,9 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 		return nil, err
 	}
 	c.ver.loadLast(ctx)
+	if err := c.setup.resume(ctx); err != nil {
+		return nil, err
+	}
 	c.wg.Add(2)
 	go c.housekeeping()
 	go func() {
@@ -321,8 +332,17 @@ func (c *Controller) openState(ctx context.Context) error {
 	for pub, name := range c.reg.keys() {
 		c.auth.addNode(pub, name)
 	}
+	setupRuns, err := kv(setupRunsBucket, 0)
+	if err != nil {
+		return err
+	}
+	setupDurs, err := kv(setupDurationsBucket, 0)
+	if err != nil {
+		return err
+	}
 	c.disp = newDispatcher(c, results, openKV, histKV)
 	c.ver = newVerifier(c, reports)
+	c.setup = newSetupRunner(c, setupRuns, setupDurs)
 	c.met.reg.MustRegister(fleetCollector{reg: c.reg, desc: prometheus.NewDesc("mgn_nodes",
 		"Enrolled nodes by liveness state.", []string{"state"}, nil)})
 	return nil
@@ -394,6 +414,9 @@ func (c *Controller) Close() {
 		close(c.stop)
 	}
 	c.wg.Wait()
+	if c.setup != nil {
+		c.setup.stop()
+	}
 	if c.disp != nil {
 		c.disp.stop()
 	}

@@ -217,7 +217,7 @@ func (v *verifier) runIn(ctx context.Context, slot chan struct{}, holder string,
 	var tasks []issued
 	var missing []report.Unavailable
 	if layers, ok := wantScope(req.Layers, report.NodeScopedLayers); ok {
-		args := messages.MustEncode(&messages.VerifyArgs{V: messages.Version, Scope: messages.ScopeNode, Layers: nonEmpty(req.Layers)})
+		args := messages.MustEncode(&messages.VerifyArgs{V: messages.Version, Scope: messages.ScopeNode, Layers: nonEmpty(req.Layers), Checks: nonEmpty(req.Checks)})
 		rep, err := v.c.disp.issueTo(ctx, messages.RunRequest{Kind: "verify", Target: "verify:node", Args: args, Timeout: timeout, SkipOffline: true}, nodes, states)
 		if err != nil {
 			return messages.Report{}, "", fmt.Errorf("verify: issue node checks: %w", err)
@@ -238,7 +238,7 @@ func (v *verifier) runIn(ctx context.Context, slot chan struct{}, holder string,
 			}
 		}
 		if len(agents) > 0 {
-			args := messages.MustEncode(&messages.VerifyArgs{V: messages.Version, Scope: messages.ScopeCluster, Layers: nonEmpty(req.Layers)})
+			args := messages.MustEncode(&messages.VerifyArgs{V: messages.Version, Scope: messages.ScopeCluster, Layers: nonEmpty(req.Layers), Checks: nonEmpty(req.Checks)})
 			st := map[string]string{}
 			for _, a := range agents {
 				st[a] = messages.StateOnline
