@@ -219,9 +219,15 @@ func (r *setupRunner) selection(req messages.SetupRequest) ([]messages.FleetClus
 	}
 	var layers []string
 	for _, l := range steps.Layers {
-		if req.Layer == "" || l == req.Layer {
+		if req.Layer != "" && l != req.Layer {
+			continue
+		}
+		if slices.ContainsFunc(clusters, func(c messages.FleetCluster) bool { return clusterWants(c, l) }) {
 			layers = append(layers, l)
 		}
+	}
+	if len(layers) == 0 {
+		return nil, nil, messages.Errorf(messages.CodeBadRequest, "layer %q is not required by the selected clusters (require.layers)", req.Layer)
 	}
 	return clusters, layers, nil
 }
@@ -595,9 +601,9 @@ func (r *setupRunner) targets(spec messages.FleetCluster, st *steps.Step) ([]mes
 // runOnNode plans the step on one node and applies it when the plan says
 // so, each with retries; it returns the node's row, what to undo, and the
 // step's outputs.
-func (r *setupRunner) runOnNode(ctx context.Context, lr *liveRun, spec messages.FleetCluster, st *steps.Step, node messages.FleetNode, cur *setupCursor) (messages.SetupStep, *appliedStep, map[string]string) {
+func (r *setupRunner) runOnNode(ctx context.Context, lr *liveRun, spec messages.FleetCluster, st *steps.Step, node messages.FleetNode, cur *setupCursor) (row messages.SetupStep, _ *appliedStep, _ map[string]string) {
 	start := time.Now()
-	row := messages.SetupStep{Name: st.Name, Node: node.Name, Cluster: spec.Name}
+	row = messages.SetupStep{Name: st.Name, Node: node.Name, Cluster: spec.Name}
 	defer func() { row.DurationMS = time.Since(start).Milliseconds() }()
 	inputs := r.inputs(lr, cur)
 	plan, attempts, err := r.withRetries(ctx, lr, spec, st, node, messages.StepOpPlan, nil, inputs)
@@ -611,7 +617,6 @@ func (r *setupRunner) runOnNode(ctx context.Context, lr *liveRun, spec messages.
 	switch plan.Action {
 	case messages.ActionUnchanged:
 		row.Outcome, row.Attempts = outcomeUnchanged, 0
-		row.DurationMS = time.Since(start).Milliseconds()
 		return row, nil, nil
 	case messages.ActionBlocked:
 		row.Outcome, row.Error = outcomeBlocked, plan.Blocked

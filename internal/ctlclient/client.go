@@ -232,3 +232,21 @@ func (c *Client) getObject(ctx context.Context, bucket, id string, v any) error 
 
 // Conn exposes the connection (tests, event streaming).
 func (c *Client) Conn() *nats.Conn { return c.nc }
+
+// SetupPlan plans a spec (or one cluster or layer of it) on the agents.
+func (c *Client) SetupPlan(ctx context.Context, req messages.SetupRequest) (messages.SetupPlanReply, error) {
+	req.V = messages.Version
+	return call[messages.SetupPlanReply](ctx, c, messages.APISetupPlan, &req)
+}
+
+// SetupApply starts a setup run and returns its id; follow it with
+// SetupStatus.
+func (c *Client) SetupApply(ctx context.Context, req messages.SetupRequest) (messages.SetupApplyReply, error) {
+	req.V = messages.Version
+	return call[messages.SetupApplyReply](ctx, c, messages.APISetupApply, &req)
+}
+
+// SetupStatus returns a setup run (id "" is the newest) and its progress.
+func (c *Client) SetupStatus(ctx context.Context, id string) (messages.SetupStatusReply, error) {
+	return call[messages.SetupStatusReply](ctx, c, messages.APISetupStatus, &messages.SetupStatusRequest{V: messages.Version, RunID: id})
+}
