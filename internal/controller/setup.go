@@ -383,6 +383,9 @@ func (r *setupRunner) runCluster(ctx context.Context, lr *liveRun, cluster strin
 		}
 		r.mu.Unlock()
 	}
+	// After a restart the agents reconnect within a few heartbeats: give
+	// them that long before anything is planned or verified.
+	r.waitOnline(ctx, spec)
 	for cur.Layer < len(rec.Layers) {
 		layer := rec.Layers[cur.Layer]
 		if !clusterWants(spec, layer) {
@@ -425,6 +428,7 @@ func (r *setupRunner) runCluster(ctx context.Context, lr *liveRun, cluster strin
 			lr.mu.Unlock()
 			r.persistLive(ctx, lr)
 		}
+		r.waitOnline(ctx, spec)
 		v := r.verifyLayer(ctx, spec, layer)
 		if ctx.Err() != nil {
 			return
@@ -760,6 +764,28 @@ func (r *setupRunner) call(ctx context.Context, rec *setupRecord, spec messages.
 		}
 	}
 	return got, nil
+}
+
+// waitOnline waits until every enrolled node of the cluster is online, at
+// most as long as a node takes to be judged offline.
+func (r *setupRunner) waitOnline(ctx context.Context, spec messages.FleetCluster) {
+	deadline := time.Now().Add(r.c.opts.HeartbeatInterval * time.Duration(r.c.opts.OfflineAfter))
+	for time.Now().Before(deadline) {
+		all := true
+		for _, n := range spec.Nodes {
+			if st, ok := r.c.reg.state(n.Name); ok && st != messages.StateOnline {
+				all = false
+			}
+		}
+		if all {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // verifyLayer verifies one layer of a cluster with the verifier (the
