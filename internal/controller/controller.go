@@ -94,6 +94,8 @@ type Controller struct {
 	disp    *dispatcher
 	ver     *verifier
 	setup   *setupRunner
+	revs    *revisions
+	rollout *rolloutRunner
 	met     *metrics
 
 	diagnoses jetstream.ObjectStore
@@ -198,6 +200,9 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 	}
 	c.ver.loadLast(ctx)
 	if err := c.setup.resume(ctx); err != nil {
+		return nil, err
+	}
+	if err := c.rollout.resume(ctx); err != nil {
 		return nil, err
 	}
 	c.wg.Add(2)
@@ -343,6 +348,16 @@ func (c *Controller) openState(ctx context.Context) error {
 	c.disp = newDispatcher(c, results, openKV, histKV)
 	c.ver = newVerifier(c, reports)
 	c.setup = newSetupRunner(c, setupRuns, setupDurs)
+	revsKV, err := kv(specRevisionsBucket, 0)
+	if err != nil {
+		return err
+	}
+	rolloutsKV, err := kv(rolloutsBucket, 0)
+	if err != nil {
+		return err
+	}
+	c.revs = &revisions{kv: revsKV}
+	c.rollout = newRolloutRunner(c, rolloutsKV, c.revs)
 	c.met.reg.MustRegister(fleetCollector{reg: c.reg, desc: prometheus.NewDesc("mgn_nodes",
 		"Enrolled nodes by liveness state.", []string{"state"}, nil)})
 	return nil
@@ -414,6 +429,9 @@ func (c *Controller) Close() {
 		close(c.stop)
 	}
 	c.wg.Wait()
+	if c.rollout != nil {
+		c.rollout.stop()
+	}
 	if c.setup != nil {
 		c.setup.stop()
 	}

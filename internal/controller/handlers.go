@@ -394,6 +394,9 @@ func (c *Controller) api(ctx context.Context, verb string, data []byte) (message
 			return nil, err
 		}
 		return &rep, nil
+	case messages.APIRolloutStart, messages.APIRolloutStatus, messages.APIRolloutList, messages.APIRolloutPause,
+		messages.APIRolloutResume, messages.APIRolloutAbort, messages.APIRolloutDiff:
+		return c.rolloutAPI(ctx, verb, data)
 	case messages.APINodesSet:
 		req, err := messages.Decode[messages.NodesSetRequest](data, max)
 		if err != nil {
