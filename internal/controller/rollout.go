@@ -162,7 +162,7 @@ type rolloutRunner struct {
 	// Hooks the benchmark replaces (the steps and checks themselves); nil
 	// means the real thing.
 	callStep func(ctx context.Context, rec *rolloutRecord, spec messages.FleetCluster, st *steps.Step, node messages.FleetNode, op string, undo json.RawMessage, inputs map[string]string) (messages.StepOutput, int, error)
-	verify   func(ctx context.Context, spec messages.FleetCluster, layers []string) (bool, []string, string)
+	verify   func(ctx context.Context, req messages.VerifyRequest) (messages.Report, error)
 	online   func(node string) bool
 
 	mu     sync.Mutex
@@ -212,6 +212,12 @@ func (r *rolloutRunner) load(ctx context.Context, id string) (*rolloutRecord, er
 	var rec rolloutRecord
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
 		return nil, fmt.Errorf("rollout %s: %w", id, err)
+	}
+	if rec.Outputs == nil {
+		rec.Outputs = map[string]map[string]string{}
+	}
+	if rec.Undo == nil {
+		rec.Undo = map[string][]appliedStep{}
 	}
 	return &rec, nil
 }
@@ -1020,7 +1026,7 @@ func (r *rolloutRunner) gate(ctx context.Context, lr *liveRollout, spec messages
 			set(messages.GateFailed)
 			return false, nil, "aborted"
 		}
-		ok, failed, reason := r.verifyLayers(ctx, spec, rec.Layers)
+		ok, failed, reason := r.verifyLayers(ctx, lr, spec, b)
 		if ctx.Err() != nil {
 			return false, nil, "stopped"
 		}
@@ -1048,52 +1054,63 @@ func (r *rolloutRunner) gate(ctx context.Context, lr *liveRollout, spec messages
 	}
 }
 
-// verifyLayers verifies layers of a cluster with the verifier (the spec's
-// require.checks when it names any), as setup's verifyLayer does.
-func (r *rolloutRunner) verifyLayers(ctx context.Context, spec messages.FleetCluster, layers []string) (bool, []string, string) {
+// verifyLayers verifies the touched layers of a cluster with the
+// verifier (the spec's require.checks when it names any), as setup's
+// verifyLayer does, and judges the checks of the cluster's nodes: a check
+// that failed or could not run fails the gate, except on a node this
+// rollout skipped or one that is offline outside the batch (it is not
+// being changed, and its turn comes with its own batch).
+func (r *rolloutRunner) verifyLayers(ctx context.Context, lr *liveRollout, spec messages.FleetCluster, b *rolloutBatch) (bool, []string, string) {
+	rec := lr.rec
+	req := messages.VerifyRequest{V: messages.Version, Cluster: spec.Name, Layers: rec.Layers, Checks: spec.Require.Checks}
+	var rep messages.Report
+	var err error
 	if r.verify != nil {
-		return r.verify(ctx, spec, layers)
+		rep, err = r.verify(ctx, req)
+	} else {
+		rep, _, err = r.c.ver.run(ctx, req)
 	}
-	req := messages.VerifyRequest{V: messages.Version, Cluster: spec.Name, Layers: layers, Checks: spec.Require.Checks}
-	rep, _, err := r.c.ver.run(ctx, req)
 	if err != nil {
 		return false, nil, truncate(err.Error(), 300)
 	}
+	inSpec := map[string]bool{}
+	for _, n := range spec.Nodes {
+		inSpec[n.Name] = true
+	}
+	lr.mu.Lock()
+	ignore := map[string]bool{}
+	for _, n := range spec.Nodes {
+		if rec.nodeStatus(n.Name) == messages.RolloutNodeSkipped || (!slices.Contains(b.Nodes, n.Name) && !r.isOnline(n.Name)) {
+			ignore[n.Name] = true
+		}
+	}
+	lr.mu.Unlock()
 	var failed, reasons []string
-	ok := true
-	for _, c := range rep.Clusters {
-		if c.Name != spec.Name {
+	counted := 0
+	for _, l := range rep.Layers {
+		if !slices.Contains(rec.Layers, l.Name) {
 			continue
 		}
-		for _, l := range c.Layers {
-			if slices.Contains(layers, l.Name) && l.Status != messages.Healthy {
-				ok = false
-				reasons = append(reasons, l.Name+" "+l.Status+cond(l.Reason != "", " ("+l.Reason+")", ""))
-			}
-		}
-	}
-	for _, l := range rep.Layers {
 		for _, ch := range l.Checks {
-			if ch.Cluster != "" && ch.Cluster != spec.Name {
+			if !inSpec[ch.Node] || ignore[ch.Node] {
 				continue
 			}
+			counted++
 			if ch.Status == messages.CheckFail || ch.Status == messages.CheckUnknown {
 				failed = append(failed, ch.Name+"@"+ch.Node)
+				if len(reasons) < 8 {
+					reasons = append(reasons, ch.Name+"@"+ch.Node+" "+ch.Status+": "+truncate(ch.Message, 160))
+				}
 			}
 		}
-	}
-	if len(failed) > 0 && ok {
-		// A failing check the layer rolled up as healthy (a warning
-		// class): the layer decides.
-		failed = nil
-	}
-	if !ok && len(failed) > 0 {
-		reasons = append(reasons, "failed: "+strings.Join(failed, ", "))
 	}
 	if len(failed) > 64 {
 		failed = failed[:64]
 	}
-	return ok, failed, strings.Join(reasons, "; ")
+	if len(failed) > 0 {
+		return false, failed, strings.Join(reasons, "; ")
+	}
+	return true, nil, fmt.Sprintf("%d checks passed", counted)
 }
 
 func cond(b bool, x, y string) string {
@@ -1122,7 +1139,9 @@ func (r *rolloutRunner) rollbackBatch(ctx context.Context, lr *liveRollout, bi i
 	var targets []string
 	lr.mu.Lock()
 	for _, n := range b.Nodes {
-		if s := rec.nodeStatus(n); s != messages.RolloutNodeSkipped && s != messages.RolloutNodePending {
+		// A node offline has nothing of this rollout applied (it failed
+		// waiting): it stays failed.
+		if s := rec.nodeStatus(n); s != messages.RolloutNodeSkipped && s != messages.RolloutNodePending && r.isOnline(n) {
 			targets = append(targets, n)
 		}
 	}
