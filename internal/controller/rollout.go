@@ -712,7 +712,11 @@ func (r *rolloutRunner) batch(ctx context.Context, lr *liveRollout, bi int) bool
 		if ctx.Err() != nil {
 			return false
 		}
-		lr.update(func(rec *rolloutRecord) { b.Status = messages.BatchAborted; b.Gate.Status = messages.GateSkipped; r.endBatch(rec, b, began) })
+		lr.update(func(rec *rolloutRecord) {
+			b.Status = messages.BatchAborted
+			b.Gate.Status = messages.GateSkipped
+			r.endBatch(rec, b, began)
+		})
 		r.finish(ctx, lr, messages.RolloutAborted, fmt.Sprintf("aborted by the operator during batch %d (%s); the batch was rolled back", bi+1, b.Cluster))
 		return false
 	}

@@ -605,4 +605,3 @@ func TestRolloutOfflineNodes(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
-
