@@ -461,7 +461,7 @@ func rolloutLine(p messages.RolloutProgress) string {
 	if p.Control != "" {
 		s += " (" + p.Control + " requested)"
 	}
-	return s + fmt.Sprintf(" elapsed %s ETA %s", (time.Duration(p.ElapsedMS) * time.Millisecond).Round(time.Second), eta)
+	return s + fmt.Sprintf(" elapsed %s ETA %s", (time.Duration(p.ElapsedMS)*time.Millisecond).Round(time.Second), eta)
 }
 
 func rolloutBar(p messages.RolloutProgress) string {
