@@ -76,7 +76,7 @@ type setupRecord struct {
 	Cursors     map[string]*setupCursor `json:"cursors"`
 	// LayerStatus is each layer's status per cluster, and Verification
 	// each layer's verification per cluster.
-	LayerStatus  map[string]map[string]string              `json:"layer_status"`
+	LayerStatus  map[string]map[string]string               `json:"layer_status"`
 	Verification map[string]map[string]layerVerificationRec `json:"verification"`
 }
 

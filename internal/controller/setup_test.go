@@ -171,7 +171,9 @@ func (w *setupWorld) fileStep(name, layer, dir string, scope steps.Scope, after 
 	}
 }
 
-func (w *setupWorld) setKnobNoT(name, v string) { os.WriteFile(w.path("knobs", name), []byte(v), 0o600) }
+func (w *setupWorld) setKnobNoT(name, v string) {
+	os.WriteFile(w.path("knobs", name), []byte(v), 0o600)
+}
 
 // registry: network (net_dir on the cluster, then net_node on every node,
 // with sealed values both ways), cluster (kube_a, then kube_b on every node).
