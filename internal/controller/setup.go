@@ -44,7 +44,6 @@ const (
 	outcomeBlocked    = "blocked"
 	outcomeUndone     = "undone"
 	outcomeUndoFailed = "undo_failed"
-	outcomePlanned    = "planned"
 
 	layerPending    = "pending"
 	layerRunning    = "running"
@@ -758,7 +757,9 @@ func (r *setupRunner) call(ctx context.Context, rec *setupRecord, spec messages.
 		out.ErrClass, out.Error = messages.StepErrFailed, "unreadable step output: "+truncate(fmt.Sprint(derr), 200)
 		return out, nil
 	}
-	if raw := r.c.disp.takeSealed(rep.TaskID, node.Name); len(raw) > 0 {
+	// Sealed outputs count from a successful apply only (a node cannot
+	// plant a secret file through a plan or an undo).
+	if raw := r.c.disp.takeSealed(rep.TaskID, node.Name); len(raw) > 0 && op == messages.StepOpApply && got.ErrClass == "" {
 		if err := r.keepSealed(spec.Name, raw); err != nil {
 			got.ErrClass, got.Error = messages.StepErrFailed, "keep sealed outputs: "+err.Error()
 		}

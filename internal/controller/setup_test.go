@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	fleetspec "github.com/guildnet/metaguildnet/fleet"
 	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/internal/controller"
@@ -339,6 +341,19 @@ func dump(run messages.SetupRun) string {
 func TestSetupApplyOrderVerifyIdempotent(t *testing.T) {
 	sf := newSetupFleet(t)
 	sf.w.setKnob(t, "parallel_kube_b", "")
+	progress := make(chan messages.SetupProgress, 256)
+	sub, err := sf.cli.Conn().Subscribe(messages.EventSubject(messages.SetupEventKind), func(m *nats.Msg) {
+		if p, err := messages.Decode[messages.SetupProgress](m.Data, 0); err == nil {
+			select {
+			case progress <- p:
+			default:
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
 	run := sf.apply(t, messages.SetupRequest{})
 	if run.Status != messages.RunSucceeded {
 		t.Fatalf("run: %s", dump(run))
@@ -370,6 +385,20 @@ func TestSetupApplyOrderVerifyIdempotent(t *testing.T) {
 	}
 	if r := stepRows(net, "net_dir"); len(r) != 1 || r["n1"].Outcome != "applied" {
 		t.Fatalf("net_dir runs once, on the controlplane: %+v", r)
+	}
+	// Progress events: the step running on each node, steps done of total.
+	sawBoth, sawDone := false, false
+	for len(progress) > 0 {
+		p := <-progress
+		if len(p.Clusters) == 1 && p.Clusters[0].Running["n1"] == "kube_b" && p.Clusters[0].Running["n2"] == "kube_b" && p.Clusters[0].Layer == "cluster" && p.Clusters[0].Done == 1 && p.Clusters[0].Total == 2 {
+			sawBoth = true
+		}
+		if p.Status == messages.RunSucceeded && p.ETAMS == 0 {
+			sawDone = true
+		}
+	}
+	if !sawBoth || !sawDone {
+		t.Fatalf("progress events: both nodes on kube_b at 1/2 %v, done %v", sawBoth, sawDone)
 	}
 	// The sealed output is kept as a 0600 file in the cluster's secrets dir.
 	kc := filepath.Join(sf.opts.DataDir, "secrets", "alpha", "kubeconfig")
@@ -423,6 +452,15 @@ func TestSetupApplyOrderVerifyIdempotent(t *testing.T) {
 	st, _ := sf.cli.SetupStatus(ctx2, "")
 	if b, _ := json.Marshal(st); bytes.Contains(b, []byte("PLANTED")) {
 		t.Fatalf("a secret in setup status: %s", b)
+	}
+	// The backup holds the runs and the durations, and no secret.
+	var buf bytes.Buffer
+	bst, err := controller.Backup(ctx2, sf.cli.Conn(), &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bst.By["KV_mgn_setup_runs"] != 3 || bst.By["KV_mgn_setup_durations"] == 0 || bytes.Contains(buf.Bytes(), []byte("PLANTED")) {
+		t.Fatalf("backup: %+v", bst.By)
 	}
 }
 
