@@ -255,6 +255,14 @@ func newSetupFleet(t *testing.T) *setupFleet {
 		sf.agents = append(sf.agents, f.runAgent(cfg))
 	}
 	f.waitOnline("n1", "n2")
+	sf.spec = sf.specFor(t)
+	return sf
+}
+
+// specFor is the spec of the test fleet: alpha with n1 (controlplane) and
+// n2, network and cluster layers verified by the custom checks.
+func (sf *setupFleet) specFor(t *testing.T) messages.Fleet {
+	t.Helper()
 	spec, err := fleetspec.Parse("fleet.yaml", []byte(`apiVersion: metaguildnet/v1
 kind: Fleet
 clusters:
@@ -275,8 +283,7 @@ clusters:
 	if err != nil {
 		t.Fatal(err)
 	}
-	sf.spec = *spec
-	return sf
+	return *spec
 }
 
 // apply starts a run and waits for it to end.
