@@ -81,11 +81,14 @@ type setupRecord struct {
 
 // setupCursor is where one cluster of a run is.
 type setupCursor struct {
-	Layer    int    `json:"layer"` // index into setupRecord.Layers
-	Step     int    `json:"step"`  // index into the layer's steps: the next one, or the one in flight
-	InFlight bool   `json:"in_flight,omitempty"`
-	Done     bool   `json:"done,omitempty"`
-	Status   string `json:"status"`
+	Layer    int  `json:"layer"` // index into setupRecord.Layers
+	Step     int  `json:"step"`  // index into the layer's steps: the next one, or the one in flight
+	InFlight bool `json:"in_flight,omitempty"`
+	// RollingBack: the step at Step failed critically and the layer is
+	// being undone; a resumed run goes on undoing, never re-applies.
+	RollingBack bool   `json:"rolling_back,omitempty"`
+	Done        bool   `json:"done,omitempty"`
+	Status      string `json:"status"`
 	// Applied are this layer's applies, in order, for a rollback.
 	Applied []appliedStep `json:"applied,omitempty"`
 	// Outputs are the non-secret values steps returned (Inputs of later
@@ -373,7 +376,7 @@ func (r *setupRunner) runCluster(ctx context.Context, lr *liveRun, cluster strin
 	lr.mu.Unlock()
 	finish := func(status string) {
 		lr.mu.Lock()
-		cur.Done, cur.Status, cur.InFlight = true, status, false
+		cur.Done, cur.Status, cur.InFlight, cur.RollingBack = true, status, false, false
 		lr.mu.Unlock()
 		r.persistLive(ctx, lr)
 		r.mu.Lock()
@@ -395,6 +398,16 @@ func (r *setupRunner) runCluster(ctx context.Context, lr *liveRun, cluster strin
 			continue
 		}
 		list := r.steps.Layer(layer)
+		if cur.RollingBack {
+			// The controller stopped while undoing this layer: finish that.
+			r.rollback(ctx, lr, spec, layer, cur)
+			if ctx.Err() != nil {
+				return
+			}
+			r.setLayer(lr, layer, cluster, layerRolledBack)
+			finish(messages.RunRolledBack)
+			return
+		}
 		r.setLayer(lr, layer, cluster, layerRunning)
 		for cur.Step < len(list) {
 			st := list[cur.Step]
@@ -409,6 +422,10 @@ func (r *setupRunner) runCluster(ctx context.Context, lr *liveRun, cluster strin
 			}
 			if !ok {
 				if st.Critical {
+					lr.mu.Lock()
+					cur.RollingBack, cur.InFlight = true, false
+					lr.mu.Unlock()
+					r.persistLive(ctx, lr)
 					r.rollback(ctx, lr, spec, layer, cur)
 					if ctx.Err() != nil {
 						return

@@ -167,6 +167,20 @@ func (w *setupWorld) fileStep(name, layer, dir string, scope steps.Scope, after 
 			if err := json.Unmarshal(undo, &u); err != nil {
 				return err
 			}
+			w.log("undo-start:" + name + "@" + env.Node)
+			for {
+				if _, ok := w.knob("block_undo_" + name); !ok {
+					break
+				}
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+			if _, err := os.Stat(u["file"]); os.IsNotExist(err) {
+				return nil // undone already: nothing to do
+			}
 			w.log("undo:" + name + "@" + env.Node)
 			return os.Remove(u["file"])
 		},
@@ -622,5 +636,30 @@ func TestSetupInvalidSpecDispatchesNothing(t *testing.T) {
 	}
 	if len(sf.w.lines()) != 0 {
 		t.Fatalf("something ran: %v", sf.w.lines())
+	}
+}
+
+func TestSetupResumeDuringRollback(t *testing.T) {
+	sf := newSetupFleet(t)
+	sf.w.setKnob(t, "config_kube_b", "")
+	sf.w.setKnob(t, "block_undo_kube_a", "")
+	id := sf.start(t, messages.SetupRequest{})
+	poll.Until(t, 30*time.Second, "kube_a being undone", func() bool { return sf.w.count("undo-start:kube_a@n1") == 1 })
+	// The controller stops mid-rollback; meanwhile the fix lands. The
+	// resumed run goes on undoing: it does not retry kube_b.
+	sf.stop()
+	sf.w.clearKnob("config_kube_b")
+	sf.w.clearKnob("block_undo_kube_a")
+	poll.Until(t, 20*time.Second, "undo finished on the node", func() bool { return sf.w.count("undo:kube_a@n1") == 1 })
+	sf.fleet.start()
+	run := sf.wait(t, id)
+	if run.Status != messages.RunRolledBack || layerOf(run, "cluster").Status != "rolled_back" || layerOf(run, "network").Status != "verified" {
+		t.Fatalf("run: %s", dump(run))
+	}
+	if sf.w.count("start:kube_b@n1") != 1 || sf.w.count("apply:kube_b@n1") != 0 || sf.w.count("undo:kube_a@n1") != 1 {
+		t.Fatalf("log: %v", sf.w.lines())
+	}
+	if a := stepRows(layerOf(run, "cluster"), "kube_a")["n1"]; a.Outcome != "undone" {
+		t.Fatalf("kube_a: %+v", a)
 	}
 }
