@@ -44,7 +44,6 @@ const (
 	outcomeBlocked    = "blocked"
 	outcomeUndone     = "undone"
 	outcomeUndoFailed = "undo_failed"
-	outcomePlanned    = "planned"
 
 	layerPending    = "pending"
 	layerRunning    = "running"
@@ -76,17 +75,20 @@ type setupRecord struct {
 	Cursors     map[string]*setupCursor `json:"cursors"`
 	// LayerStatus is each layer's status per cluster, and Verification
 	// each layer's verification per cluster.
-	LayerStatus  map[string]map[string]string              `json:"layer_status"`
+	LayerStatus  map[string]map[string]string               `json:"layer_status"`
 	Verification map[string]map[string]layerVerificationRec `json:"verification"`
 }
 
 // setupCursor is where one cluster of a run is.
 type setupCursor struct {
-	Layer    int    `json:"layer"` // index into setupRecord.Layers
-	Step     int    `json:"step"`  // index into the layer's steps: the next one, or the one in flight
-	InFlight bool   `json:"in_flight,omitempty"`
-	Done     bool   `json:"done,omitempty"`
-	Status   string `json:"status"`
+	Layer    int  `json:"layer"` // index into setupRecord.Layers
+	Step     int  `json:"step"`  // index into the layer's steps: the next one, or the one in flight
+	InFlight bool `json:"in_flight,omitempty"`
+	// RollingBack: the step at Step failed critically and the layer is
+	// being undone; a resumed run goes on undoing, never re-applies.
+	RollingBack bool   `json:"rolling_back,omitempty"`
+	Done        bool   `json:"done,omitempty"`
+	Status      string `json:"status"`
 	// Applied are this layer's applies, in order, for a rollback.
 	Applied []appliedStep `json:"applied,omitempty"`
 	// Outputs are the non-secret values steps returned (Inputs of later
@@ -390,7 +392,7 @@ func (r *setupRunner) runCluster(ctx context.Context, lr *liveRun, cluster strin
 	lr.mu.Unlock()
 	finish := func(status string) {
 		lr.mu.Lock()
-		cur.Done, cur.Status, cur.InFlight = true, status, false
+		cur.Done, cur.Status, cur.InFlight, cur.RollingBack = true, status, false, false
 		lr.mu.Unlock()
 		r.persistLive(ctx, lr)
 		r.mu.Lock()
@@ -412,6 +414,16 @@ func (r *setupRunner) runCluster(ctx context.Context, lr *liveRun, cluster strin
 			continue
 		}
 		list := r.steps.Layer(layer)
+		if cur.RollingBack {
+			// The controller stopped while undoing this layer: finish that.
+			r.rollback(ctx, lr, spec, layer, cur)
+			if ctx.Err() != nil {
+				return
+			}
+			r.setLayer(lr, layer, cluster, layerRolledBack)
+			finish(messages.RunRolledBack)
+			return
+		}
 		r.setLayer(lr, layer, cluster, layerRunning)
 		for cur.Step < len(list) {
 			st := list[cur.Step]
@@ -426,6 +438,10 @@ func (r *setupRunner) runCluster(ctx context.Context, lr *liveRun, cluster strin
 			}
 			if !ok {
 				if st.Critical {
+					lr.mu.Lock()
+					cur.RollingBack, cur.InFlight = true, false
+					lr.mu.Unlock()
+					r.persistLive(ctx, lr)
 					r.rollback(ctx, lr, spec, layer, cur)
 					if ctx.Err() != nil {
 						return
@@ -774,7 +790,9 @@ func (r *setupRunner) call(ctx context.Context, rec *setupRecord, spec messages.
 		out.ErrClass, out.Error = messages.StepErrFailed, "unreadable step output: "+truncate(fmt.Sprint(derr), 200)
 		return out, nil
 	}
-	if raw := r.c.disp.takeSealed(rep.TaskID, node.Name); len(raw) > 0 {
+	// Sealed outputs count from a successful apply only (a node cannot
+	// plant a secret file through a plan or an undo).
+	if raw := r.c.disp.takeSealed(rep.TaskID, node.Name); len(raw) > 0 && op == messages.StepOpApply && got.ErrClass == "" {
 		if err := r.keepSealed(spec.Name, raw); err != nil {
 			got.ErrClass, got.Error = messages.StepErrFailed, "keep sealed outputs: "+err.Error()
 		}

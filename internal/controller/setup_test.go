@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	fleetspec "github.com/guildnet/metaguildnet/fleet"
 	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/internal/controller"
@@ -165,13 +167,29 @@ func (w *setupWorld) fileStep(name, layer, dir string, scope steps.Scope, after 
 			if err := json.Unmarshal(undo, &u); err != nil {
 				return err
 			}
+			w.log("undo-start:" + name + "@" + env.Node)
+			for {
+				if _, ok := w.knob("block_undo_" + name); !ok {
+					break
+				}
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+			if _, err := os.Stat(u["file"]); os.IsNotExist(err) {
+				return nil // undone already: nothing to do
+			}
 			w.log("undo:" + name + "@" + env.Node)
 			return os.Remove(u["file"])
 		},
 	}
 }
 
-func (w *setupWorld) setKnobNoT(name, v string) { os.WriteFile(w.path("knobs", name), []byte(v), 0o600) }
+func (w *setupWorld) setKnobNoT(name, v string) {
+	os.WriteFile(w.path("knobs", name), []byte(v), 0o600)
+}
 
 // registry: network (net_dir on the cluster, then net_node on every node,
 // with sealed values both ways), cluster (kube_a, then kube_b on every node).
@@ -251,6 +269,14 @@ func newSetupFleet(t *testing.T) *setupFleet {
 		sf.agents = append(sf.agents, f.runAgent(cfg))
 	}
 	f.waitOnline("n1", "n2")
+	sf.spec = sf.specFor(t)
+	return sf
+}
+
+// specFor is the spec of the test fleet: alpha with n1 (controlplane) and
+// n2, network and cluster layers verified by the custom checks.
+func (sf *setupFleet) specFor(t *testing.T) messages.Fleet {
+	t.Helper()
 	spec, err := fleetspec.Parse("fleet.yaml", []byte(`apiVersion: metaguildnet/v1
 kind: Fleet
 clusters:
@@ -271,8 +297,7 @@ clusters:
 	if err != nil {
 		t.Fatal(err)
 	}
-	sf.spec = *spec
-	return sf
+	return *spec
 }
 
 // apply starts a run and waits for it to end.
@@ -337,6 +362,19 @@ func dump(run messages.SetupRun) string {
 func TestSetupApplyOrderVerifyIdempotent(t *testing.T) {
 	sf := newSetupFleet(t)
 	sf.w.setKnob(t, "parallel_kube_b", "")
+	progress := make(chan messages.SetupProgress, 256)
+	sub, err := sf.cli.Conn().Subscribe(messages.EventSubject(messages.SetupEventKind), func(m *nats.Msg) {
+		if p, err := messages.Decode[messages.SetupProgress](m.Data, 0); err == nil {
+			select {
+			case progress <- p:
+			default:
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
 	run := sf.apply(t, messages.SetupRequest{})
 	if run.Status != messages.RunSucceeded {
 		t.Fatalf("run: %s", dump(run))
@@ -368,6 +406,20 @@ func TestSetupApplyOrderVerifyIdempotent(t *testing.T) {
 	}
 	if r := stepRows(net, "net_dir"); len(r) != 1 || r["n1"].Outcome != "applied" {
 		t.Fatalf("net_dir runs once, on the controlplane: %+v", r)
+	}
+	// Progress events: the step running on each node, steps done of total.
+	sawBoth, sawDone := false, false
+	for len(progress) > 0 {
+		p := <-progress
+		if len(p.Clusters) == 1 && p.Clusters[0].Running["n1"] == "kube_b" && p.Clusters[0].Running["n2"] == "kube_b" && p.Clusters[0].Layer == "cluster" && p.Clusters[0].Done == 1 && p.Clusters[0].Total == 2 {
+			sawBoth = true
+		}
+		if p.Status == messages.RunSucceeded && p.ETAMS == 0 {
+			sawDone = true
+		}
+	}
+	if !sawBoth || !sawDone {
+		t.Fatalf("progress events: both nodes on kube_b at 1/2 %v, done %v", sawBoth, sawDone)
 	}
 	// The sealed output is kept as a 0600 file in the cluster's secrets dir.
 	kc := filepath.Join(sf.opts.DataDir, "secrets", "alpha", "kubeconfig")
@@ -421,6 +473,15 @@ func TestSetupApplyOrderVerifyIdempotent(t *testing.T) {
 	st, _ := sf.cli.SetupStatus(ctx2, "")
 	if b, _ := json.Marshal(st); bytes.Contains(b, []byte("PLANTED")) {
 		t.Fatalf("a secret in setup status: %s", b)
+	}
+	// The backup holds the runs and the durations, and no secret.
+	var buf bytes.Buffer
+	bst, err := controller.Backup(ctx2, sf.cli.Conn(), &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bst.By["KV_mgn_setup_runs"] != 3 || bst.By["KV_mgn_setup_durations"] == 0 || bytes.Contains(buf.Bytes(), []byte("PLANTED")) {
+		t.Fatalf("backup: %+v", bst.By)
 	}
 }
 
@@ -575,5 +636,30 @@ func TestSetupInvalidSpecDispatchesNothing(t *testing.T) {
 	}
 	if len(sf.w.lines()) != 0 {
 		t.Fatalf("something ran: %v", sf.w.lines())
+	}
+}
+
+func TestSetupResumeDuringRollback(t *testing.T) {
+	sf := newSetupFleet(t)
+	sf.w.setKnob(t, "config_kube_b", "")
+	sf.w.setKnob(t, "block_undo_kube_a", "")
+	id := sf.start(t, messages.SetupRequest{})
+	poll.Until(t, 30*time.Second, "kube_a being undone", func() bool { return sf.w.count("undo-start:kube_a@n1") == 1 })
+	// The controller stops mid-rollback; meanwhile the fix lands. The
+	// resumed run goes on undoing: it does not retry kube_b.
+	sf.stop()
+	sf.w.clearKnob("config_kube_b")
+	sf.w.clearKnob("block_undo_kube_a")
+	poll.Until(t, 20*time.Second, "undo finished on the node", func() bool { return sf.w.count("undo:kube_a@n1") == 1 })
+	sf.fleet.start()
+	run := sf.wait(t, id)
+	if run.Status != messages.RunRolledBack || layerOf(run, "cluster").Status != "rolled_back" || layerOf(run, "network").Status != "verified" {
+		t.Fatalf("run: %s", dump(run))
+	}
+	if sf.w.count("start:kube_b@n1") != 1 || sf.w.count("apply:kube_b@n1") != 0 || sf.w.count("undo:kube_a@n1") != 1 {
+		t.Fatalf("log: %v", sf.w.lines())
+	}
+	if a := stepRows(layerOf(run, "cluster"), "kube_a")["n1"]; a.Outcome != "undone" {
+		t.Fatalf("kube_a: %+v", a)
 	}
 }
