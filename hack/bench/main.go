@@ -84,6 +84,7 @@ func main() {
 	ctlProfile := flag.String("ctlprofile", "", "write the controller's CPU profile of the largest fan-out here")
 	worldAgents := flag.Int("world-agents", 100, "agents for the verification sweep against the test world (0 skips)")
 	tailnetJSON := flag.String("tailnet-json", "", "merge this tailnet fan-out result (from hack/tailnetbench) into the output")
+	rollouts := flag.Bool("rollout", true, "run the rollout benchmarks (hack/bench/rollout.go)")
 	flag.Parse()
 	log.SetFlags(0)
 	// The simulated agents share this process, so their heaps are one heap,
@@ -239,6 +240,15 @@ func main() {
 			if json.Unmarshal(b, &v) == nil {
 				res.Tailnet = v
 			}
+		}
+	}
+	if *rollouts {
+		if rb := runRolloutBench(); rb != nil {
+			if res.Extra == nil {
+				res.Extra = map[string]any{}
+			}
+			res.Extra["rollout"] = rb
+			log.Print(rb)
 		}
 	}
 	res.AgentIdle = <-idleRes
