@@ -547,6 +547,21 @@ func (r *rolloutRunner) drive(ctx context.Context, lr *liveRollout) {
 		var cursor int
 		lr.update(func(rec *rolloutRecord) { ctl, cursor = rec.Control, rec.Cursor })
 		if cursor >= len(rec.Batches) {
+			// Every batch done: succeeded, or failed when nodes failed
+			// within the budget (they are named; the rest has the change).
+			var failed []string
+			lr.update(func(rec *rolloutRecord) {
+				for _, n := range rec.Nodes {
+					if n.Status == messages.RolloutNodeFailed || n.Status == messages.RolloutNodeRolledBack {
+						failed = append(failed, n.Name)
+					}
+				}
+			})
+			if len(failed) > 0 {
+				r.finish(ctx, lr, messages.RolloutFailed, fmt.Sprintf("every batch done, but %d node(s) failed within the budget --max-failed %d: %s (see the diagnoses)",
+					len(failed), rec.MaxFailed, strings.Join(failed, ", ")))
+				return
+			}
 			r.finish(ctx, lr, messages.RolloutSucceeded, "")
 			return
 		}

@@ -605,3 +605,41 @@ func TestRolloutOfflineNodes(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func TestRolloutBudgetAndPauseOnFailure(t *testing.T) {
+	rf := newRolloutFleet(t)
+	// Within the budget: n2 refuses, the rollout goes on to every other
+	// node and ends failed, naming n2.
+	rf.w.setKnob(t, "refuse_n2", "")
+	rep := rf.wait(t, rf.start(t, messages.RolloutStartRequest{Spec: rf.spec(t, "10.0.0.0/24,10.11.0.0/24"), MaxParallel: 2, MaxFailed: 1}))
+	st := nodeStatuses(rep.Rollout)
+	if rep.Rollout.Status != messages.RolloutFailed || st["n2"] != messages.RolloutNodeFailed || st["n3"] != messages.RolloutNodeHealthy ||
+		st["m2"] != messages.RolloutNodeHealthy || !strings.Contains(rep.Reason, "n2") || rf.routes("beta", "m2") != "10.0.0.0/24,10.11.0.0/24" {
+		t.Fatalf("within the budget: %s", rdump(rep))
+	}
+	if len(rep.Diagnoses) != 1 || rep.Diagnoses[0].Node != "n2" || !strings.Contains(rep.Diagnoses[0].Failure, "refuses routes") {
+		t.Fatalf("diagnoses: %+v", rep.Diagnoses)
+	}
+	// --on-failure pause: past the budget nothing is undone and the
+	// rollout waits; fixed and resumed, the failed batch is re-run.
+	id := rf.start(t, messages.RolloutStartRequest{Spec: rf.spec(t, "10.0.0.0/24,10.12.0.0/24"), MaxParallel: 2, OnFailure: "pause"})
+	rep = rf.wait(t, id, messages.RolloutPaused)
+	st = nodeStatuses(rep.Rollout)
+	if st["n2"] != messages.RolloutNodeFailed || st["n3"] != messages.RolloutNodeHealthy || rf.routes("alpha", "n3") != "10.0.0.0/24,10.12.0.0/24" ||
+		st["m1"] != messages.RolloutNodePending || !strings.Contains(rep.Reason, "paused") {
+		t.Fatalf("paused on failure: %s", rdump(rep))
+	}
+	rf.w.clearKnob("refuse_n2")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := rf.cli.RolloutControl(ctx, messages.APIRolloutResume, id); err != nil {
+		t.Fatal(err)
+	}
+	rep = rf.wait(t, id)
+	if rep.Rollout.Status != messages.RolloutSucceeded || rf.routes("alpha", "n2") != "10.0.0.0/24,10.12.0.0/24" {
+		t.Fatalf("resumed: %s", rdump(rep))
+	}
+	if c := rf.w.count("apply:route_file@n3=10.0.0.0/24,10.12.0.0/24"); c != 1 {
+		t.Fatalf("n3 applied %d times on the re-run", c)
+	}
+}
