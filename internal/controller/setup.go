@@ -704,15 +704,21 @@ func (r *setupRunner) inputs(lr *liveRun, cur *setupCursor) map[string]string {
 // setupAttempts attempts. err is set when the step could not be run at
 // all (the controller stops).
 func (r *setupRunner) withRetries(ctx context.Context, lr *liveRun, spec messages.FleetCluster, st *steps.Step, node messages.FleetNode, op string, undo json.RawMessage, inputs map[string]string) (messages.StepOutput, int, error) {
+	var waited []string
 	for attempt := 1; ; attempt++ {
 		out, err := r.call(ctx, lr.rec, spec, st, node, op, undo, inputs)
 		if err != nil {
 			return out, attempt, err
 		}
 		if out.ErrClass != messages.StepErrRetryable || attempt >= setupAttempts {
+			if out.ErrClass != "" && len(waited) > 0 {
+				// The run shows the retries: attempts and the backoff between them.
+				out.Error = fmt.Sprintf("%s (after %d attempts, backoff %s)", out.Error, attempt, strings.Join(waited, ", "))
+			}
 			return out, attempt, nil
 		}
 		wait := backoff(r.backoff, attempt)
+		waited = append(waited, wait.Round(time.Millisecond).String())
 		r.log.Info("step failed, retrying", zap.String("run", lr.rec.Run.RunID), zap.String("step", st.Name), zap.String("node", node.Name),
 			zap.String("op", op), zap.Int("attempt", attempt), zap.Duration("backoff", wait), zap.String("error", out.Error))
 		select {

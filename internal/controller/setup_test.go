@@ -663,3 +663,20 @@ func TestSetupResumeDuringRollback(t *testing.T) {
 		t.Fatalf("kube_a: %+v", a)
 	}
 }
+
+func TestSetupRetriesExhausted(t *testing.T) {
+	sf := newSetupFleet(t)
+	// kube_a's endpoint keeps refusing: 3 attempts with backoff, then the
+	// layer is rolled back (nothing of it was applied) and the run says so.
+	sf.w.setKnob(t, "retry_kube_a", "100")
+	run := sf.apply(t, messages.SetupRequest{})
+	a := stepRows(layerOf(run, "cluster"), "kube_a")["n1"]
+	if run.Status != messages.RunRolledBack || a.Attempts != 3 || a.Outcome != "failed" ||
+		!strings.Contains(a.Error, "retryable: ") || !strings.Contains(a.Error, "connection refused") || !strings.Contains(a.Error, "(after 3 attempts, backoff ") {
+		t.Fatalf("run: %s", dump(run))
+	}
+	if sf.w.count("start:kube_a@n1") != 3 || sf.w.count("start:kube_b@n1") != 0 {
+		t.Fatalf("log: %v", sf.w.lines())
+	}
+	t.Logf("kube_a: %s", a.Error)
+}
