@@ -643,3 +643,29 @@ func TestRolloutBudgetAndPauseOnFailure(t *testing.T) {
 		t.Fatalf("n3 applied %d times on the re-run", c)
 	}
 }
+
+func TestRolloutRefusedWhileSetupHoldsCluster(t *testing.T) {
+	rf := newRolloutFleet(t)
+	rf.w.setKnob(t, "block_route_file", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	base := rf.w.count("start:route_file@n1")
+	srep, err := rf.cli.SetupApply(ctx, messages.SetupRequest{Spec: rf.spec(t, "10.0.0.0/24,10.13.0.0/24")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 20*time.Second, "setup applying", func() bool { return rf.w.count("start:route_file@n1") > base })
+	_, err = rf.cli.RolloutStart(ctx, messages.RolloutStartRequest{Spec: rf.spec(t, "10.0.0.0/24,10.14.0.0/24")})
+	var apiErr *ctlclient.APIError
+	if !errors.As(err, &apiErr) || apiErr.Code != messages.CodeConflict || !strings.Contains(err.Error(), srep.RunID) {
+		t.Fatalf("rollout during setup: %v", err)
+	}
+	rf.w.clearKnob("block_route_file")
+	if run := (&setupFleet{fleet: rf.fleet}).wait(t, srep.RunID); run.Status != messages.RunSucceeded {
+		t.Fatalf("setup: %s", dump(run))
+	}
+	// Nothing of the refused rollout was recorded as a revision.
+	if _, err := rf.cli.RolloutDiff(ctx, 1, 3); err == nil || !strings.Contains(err.Error(), "no spec revision 3") {
+		t.Fatalf("revision 3: %v", err)
+	}
+}
