@@ -456,10 +456,26 @@ func (r *rolloutRunner) run(lr *liveRollout) {
 	}()
 }
 
+// encode encodes a record within the bucket's value size: the oldest step
+// rows go first when it would not fit (the nodes', batches' and gates'
+// statuses are what resume needs and stay whole).
+func (r *rolloutRunner) encode(rec *rolloutRecord) ([]byte, error) {
+	for {
+		b, err := json.Marshal(rec)
+		if err != nil || len(b) <= r.c.opts.MaxMessageBytes || len(rec.Steps) == 0 {
+			if err == nil && len(b) > r.c.opts.MaxMessageBytes {
+				err = fmt.Errorf("rollout %s: record of %d bytes exceeds the limit of %d bytes (fewer nodes per rollout, or a larger --max-message-bytes)", rec.ID, len(b), r.c.opts.MaxMessageBytes)
+			}
+			return b, err
+		}
+		rec.Steps = slices.Clone(rec.Steps[(len(rec.Steps)+1)/2:])
+	}
+}
+
 func (r *rolloutRunner) persist(ctx context.Context, rec *rolloutRecord) error {
-	b, err := json.Marshal(rec)
+	b, err := r.encode(rec)
 	if err != nil {
-		return err
+		return messages.Errorf(messages.CodeTooLarge, "%v", err)
 	}
 	if _, err := r.kv.Put(ctx, rec.ID, b); err != nil {
 		return fmt.Errorf("store rollout %s: %w", rec.ID, err)
@@ -470,7 +486,7 @@ func (r *rolloutRunner) persist(ctx context.Context, rec *rolloutRecord) error {
 // save writes a live rollout's record and announces its progress.
 func (r *rolloutRunner) save(ctx context.Context, lr *liveRollout) {
 	lr.mu.Lock()
-	b, err := json.Marshal(lr.rec)
+	b, err := r.encode(lr.rec)
 	id := lr.rec.ID
 	lr.mu.Unlock()
 	if err != nil {
@@ -1516,6 +1532,14 @@ func (r *rolloutRunner) status(ctx context.Context, id string) (messages.Rollout
 		steps = steps[len(steps)-500:]
 	}
 	rep.Steps = slices.Clone(steps)
+	// Within a reply: the newest rows that fit.
+	for len(rep.Steps) > 0 {
+		b, err := json.Marshal(&rep)
+		if err != nil || len(b) <= r.c.opts.MaxMessageBytes-4096 {
+			break
+		}
+		rep.Steps = rep.Steps[len(rep.Steps)/2+1:]
+	}
 	return rep, nil
 }
 
