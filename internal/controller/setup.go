@@ -59,6 +59,9 @@ const (
 const (
 	setupAttempts   = 3
 	setupMaxBackoff = 30 * time.Second
+	// agentReconnectGrace is how long a resumed run waits for its agents:
+	// an agent retries a lost controller with a backoff of up to 45 s.
+	agentReconnectGrace = 45 * time.Second
 )
 
 // setupRecord is what is stored for a run: the run as printed, and what a
@@ -115,6 +118,9 @@ type liveRun struct {
 	running map[string]map[string]string // cluster -> node -> step
 	start   time.Time
 	done    chan struct{}
+	// resumed: this controller restarted the run; its agents may take
+	// their reconnect backoff to come back.
+	resumed bool
 }
 
 type setupRunner struct {
@@ -128,6 +134,10 @@ type setupRunner struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 
+	// started is when this controller started: a node counts as back
+	// after a restart once it has sent a heartbeat since.
+	started time.Time
+
 	mu     sync.Mutex
 	active map[string]string // cluster -> run id
 	live   map[string]*liveRun
@@ -136,7 +146,7 @@ type setupRunner struct {
 
 func newSetupRunner(c *Controller, runs, durs jetstream.KeyValue) *setupRunner {
 	r := &setupRunner{c: c, steps: c.opts.Steps, runs: runs, durs: durs, backoff: c.opts.SetupBackoff,
-		log: c.log.Named("setup"), active: map[string]string{}, live: map[string]*liveRun{}, avgMS: map[string]int64{}}
+		log: c.log.Named("setup"), active: map[string]string{}, live: map[string]*liveRun{}, avgMS: map[string]int64{}, started: time.Now()}
 	if r.steps == nil {
 		r.steps = steps.Builtin()
 	}
@@ -179,7 +189,7 @@ func (r *setupRunner) resume(ctx context.Context) error {
 			continue
 		}
 		r.log.Info("resuming setup run", zap.String("run", k))
-		r.start(rec)
+		r.startRun(rec, true)
 	}
 	return nil
 }
@@ -303,8 +313,10 @@ func (r *setupRunner) apply(ctx context.Context, req messages.SetupRequest) (str
 }
 
 // start runs rec's clusters in the background.
-func (r *setupRunner) start(rec *setupRecord) {
-	lr := &liveRun{rec: rec, running: map[string]map[string]string{}, start: time.Now(), done: make(chan struct{})}
+func (r *setupRunner) start(rec *setupRecord) { r.startRun(rec, false) }
+
+func (r *setupRunner) startRun(rec *setupRecord, resumed bool) {
+	lr := &liveRun{rec: rec, running: map[string]map[string]string{}, start: time.Now(), done: make(chan struct{}), resumed: resumed}
 	if !rec.StartedAt.IsZero() {
 		lr.start = rec.StartedAt
 	}
@@ -401,9 +413,13 @@ func (r *setupRunner) runCluster(ctx context.Context, lr *liveRun, cluster strin
 		}
 		r.mu.Unlock()
 	}
-	// After a restart the agents reconnect within a few heartbeats: give
-	// them that long before anything is planned or verified.
-	r.waitOnline(ctx, spec)
+	// After a restart the agents come back within their reconnect backoff:
+	// give them that long before anything is planned or verified.
+	grace := r.c.opts.HeartbeatInterval * time.Duration(r.c.opts.OfflineAfter)
+	if lr.resumed {
+		grace = max(grace, agentReconnectGrace)
+	}
+	r.waitOnline(ctx, spec, grace)
 	for cur.Layer < len(rec.Layers) {
 		layer := rec.Layers[cur.Layer]
 		if !clusterWants(spec, layer) {
@@ -460,7 +476,7 @@ func (r *setupRunner) runCluster(ctx context.Context, lr *liveRun, cluster strin
 			lr.mu.Unlock()
 			r.persistLive(ctx, lr)
 		}
-		r.waitOnline(ctx, spec)
+		r.waitOnline(ctx, spec, r.c.opts.HeartbeatInterval*time.Duration(r.c.opts.OfflineAfter))
 		v := r.verifyLayer(ctx, spec, layer)
 		if ctx.Err() != nil {
 			return
@@ -806,14 +822,16 @@ func (r *setupRunner) call(ctx context.Context, rec *setupRecord, spec messages.
 	return got, nil
 }
 
-// waitOnline waits until every enrolled node of the cluster is online, at
-// most as long as a node takes to be judged offline.
-func (r *setupRunner) waitOnline(ctx context.Context, spec messages.FleetCluster) {
-	deadline := time.Now().Add(r.c.opts.HeartbeatInterval * time.Duration(r.c.opts.OfflineAfter))
+// waitOnline waits until every enrolled node of the cluster is online and
+// has sent a heartbeat to this controller (after a restart, the state a
+// restored last_seen gives is not a connection), at most as long as a node
+// takes to be judged offline (grace).
+func (r *setupRunner) waitOnline(ctx context.Context, spec messages.FleetCluster, grace time.Duration) {
+	deadline := time.Now().Add(grace)
 	for time.Now().Before(deadline) {
 		all := true
 		for _, n := range spec.Nodes {
-			if st, ok := r.c.reg.state(n.Name); ok && st != messages.StateOnline {
+			if st, ok := r.c.reg.state(n.Name); ok && (st != messages.StateOnline || !r.c.reg.seenSince(n.Name, r.started)) {
 				all = false
 			}
 		}
