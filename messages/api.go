@@ -212,6 +212,10 @@ type VerifyRequest struct {
 	Cluster string   `json:"cluster,omitempty"` // only this cluster
 	Layers  []string `json:"layers,omitempty"`  // only these layers
 	Timeout string   `json:"timeout,omitempty"` // per task, Go duration; default DefaultVerifyTimeout, at most MaxVerifyTimeout
+	// Checks, when set, runs only these checks (and what they depend on)
+	// of the selected layers: setup verifies a layer by the checks a
+	// spec's require.checks names.
+	Checks []string `json:"checks,omitempty"`
 }
 
 // VerifyReply names the stored report. Reports can be larger than one

@@ -184,6 +184,9 @@ func (t *Task) Validate() error {
 	if t.IssuedAt.IsZero() {
 		return fmt.Errorf("issued_at: missing")
 	}
+	if err := ValidateSealed(t.Sealed); err != nil {
+		return fmt.Errorf("sealed: %w", err)
+	}
 	return nil
 }
 
@@ -215,6 +218,9 @@ func (r *Result) Validate() error {
 	}
 	if r.DurationMS < 0 {
 		return fmt.Errorf("duration_ms: negative")
+	}
+	if err := ValidateSealed(r.Sealed); err != nil {
+		return fmt.Errorf("sealed: %w", err)
 	}
 	return nil
 }
@@ -520,6 +526,9 @@ func (r *VerifyRequest) Validate() error {
 		if err := ValidLayerName(l); err != nil {
 			return fmt.Errorf("layers: %w", err)
 		}
+	}
+	if err := validNames("checks", r.Checks, ValidCheckName); err != nil {
+		return err
 	}
 	if r.Timeout != "" {
 		if d, err := time.ParseDuration(r.Timeout); err != nil || d <= 0 || d > MaxVerifyTimeout {

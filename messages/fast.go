@@ -74,7 +74,7 @@ func (r *SyncReply) decodeFast(data []byte) bool {
 }
 
 func (r *Result) sizeHint() int {
-	return 192 + len(r.TaskID) + len(r.Node) + len(r.Reason) + len(r.Output)
+	return 192 + len(r.TaskID) + len(r.Node) + len(r.Reason) + len(r.Output) + len(r.Sealed)
 }
 
 func (n *NodeResult) sizeHint() int { return 96 + len(n.Node) + len(n.Reason) + len(n.Output) }
@@ -88,7 +88,7 @@ func (r *TaskReport) sizeHint() int {
 }
 
 func (r *Result) appendJSON(b []byte) ([]byte, bool) {
-	if len(r.Output) > 0 && !json.Valid(r.Output) {
+	if len(r.Output) > 0 && !json.Valid(r.Output) || len(r.Sealed) > 0 && !json.Valid(r.Sealed) {
 		return b, false
 	}
 	b = append(b, `{"v":`...)
@@ -114,6 +114,10 @@ func (r *Result) appendJSON(b []byte) ([]byte, bool) {
 	if len(r.Output) > 0 {
 		b = append(b, `,"output":`...)
 		b = append(b, r.Output...)
+	}
+	if len(r.Sealed) > 0 {
+		b = append(b, `,"sealed":`...)
+		b = append(b, r.Sealed...)
 	}
 	return append(b, '}'), true
 }
@@ -330,6 +334,9 @@ func (r *Result) decodeFast(data []byte) bool {
 		case "output":
 			field = 7
 			v.Output, ok = s.raw()
+		case "sealed":
+			field = 8
+			v.Sealed, ok = s.raw()
 		}
 		return field, ok
 	})
@@ -363,6 +370,9 @@ func (t *Task) decodeFast(data []byte) bool {
 		case "issued_at":
 			field = 6
 			v.IssuedAt, ok = s.time()
+		case "sealed":
+			field = 7
+			v.Sealed, ok = s.raw()
 		}
 		return field, ok
 	})

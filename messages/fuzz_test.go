@@ -158,3 +158,28 @@ func FuzzDecodeBackup(f *testing.F) {
 		roundTrip[BackupRecord](t, b)
 	})
 }
+
+func FuzzDecodeSetup(f *testing.F) {
+	seed(f, `{"v":1,"spec":{"apiVersion":"metaguildnet/v1","kind":"Fleet","clusters":[{"name":"a","nodes":[{"name":"n1","role":"controlplane"}]}]},"cluster":"a","layer":"network","step_timeout":"1m"}`,
+		`{"v":1,"rows":[{"cluster":"a","layer":"network","step":"s","node":"n1","action":"create","diff":"x"}]}`,
+		`{"v":1,"run_id":"s1"}`,
+		`{"v":1,"run":{"v":1,"run_id":"s1","status":"running","layers":[{"name":"network","status":"pending","steps":[]}]},"progress":{"v":1,"run_id":"s1","status":"running","eta_ms":-1,"clusters":[{"cluster":"a","layer":"network","done":1,"total":2,"running":{"n1":"s"}}]}}`,
+		`{"v":1,"step":"tailscale_login","op":"apply","cluster":{"name":"a"},"undo":{"x":1},"inputs":{"headscale_user.id":"3"}}`,
+		`{"v":1,"step":"s","op":"plan","action":"create","diff":"d","err_class":"retryable","outputs":{"a.b":"c"}}`,
+		`{"v":1,"task_id":"t1","outcome":"ok","sealed":{"kubeconfig":"x"}}`,
+		`{"v":1,"id":"t1","kind":"step","deadline":"2026-01-01T00:00:00Z","issued_at":"2026-01-01T00:00:00Z","sealed":{"talos.machine_config":"x"}}`,
+		`{"v":1,"id":"t1","kind":"step","deadline":"2026-01-01T00:00:00Z","issued_at":"2026-01-01T00:00:00Z","sealed":{"../etc/passwd":"x"}}`)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		roundTrip[SetupRequest](t, b)
+		roundTrip[SetupPlanReply](t, b)
+		roundTrip[SetupApplyReply](t, b)
+		roundTrip[SetupStatusRequest](t, b)
+		roundTrip[SetupStatusReply](t, b)
+		roundTrip[SetupProgress](t, b)
+		roundTrip[SetupRun](t, b)
+		roundTrip[StepOutput](t, b)
+		argsRoundTrip[StepArgs](t, b)
+		roundTrip[Task](t, b)
+		roundTrip[Result](t, b)
+	})
+}

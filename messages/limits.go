@@ -41,6 +41,12 @@ const (
 	// deadline), storing a report, and the reply.
 	APIMargin = 15 * time.Second
 
+	// SetupPlanTimeout bounds a whole `setup plan` (every step planned on
+	// every target), and DefaultSetupStepTimeout is one step task's
+	// deadline unless SetupRequest.StepTimeout says otherwise.
+	SetupPlanTimeout        = 5 * time.Minute
+	DefaultSetupStepTimeout = 5 * time.Minute
+
 	// DefaultAPITimeout is how long the controller gives a request that
 	// waits for no task (status, run, token.create, report.last,
 	// nodes.remove).
@@ -63,6 +69,8 @@ func APITimeout(verb string) time.Duration {
 		return max(DefaultVerifyTimeout, DiagnoseTaskTimeout) + APIMargin
 	case APITaskWait:
 		return max(MaxTaskWait+APIMargin, DefaultAPITimeout)
+	case APISetupPlan:
+		return SetupPlanTimeout + APIMargin
 	}
 	return DefaultAPITimeout
 }
@@ -86,6 +94,11 @@ const (
 	maxListItems = 256
 	// MaxReasonLen bounds Result.Reason.
 	MaxReasonLen = 1024
+	// MaxSealedBytes bounds Task.Sealed and Result.Sealed (a Talos machine
+	// config with its secrets is ~40 KiB, a kubeconfig ~8 KiB), and
+	// MaxSealedKeys the number of values in one.
+	MaxSealedBytes = 256 << 10
+	MaxSealedKeys  = 16
 	// MaxNodeRowBytes is about the largest a node's row in the fleet view
 	// can be when every bound above is used; status pages are sized by it.
 	MaxNodeRowBytes = 24 << 10

@@ -99,5 +99,5 @@ type SetupStep struct {
 	Outcome    string `json:"outcome"`
 	Attempts   int    `json:"attempts"`
 	DurationMS int64  `json:"duration_ms"`
-	Error      string `json:"error,omitempty"`
+	Error      string `json:"error"`
 }

@@ -44,6 +44,11 @@ type Task struct {
 	Args     json.RawMessage `json:"args,omitempty"`
 	Deadline time.Time       `json:"deadline"`
 	IssuedAt time.Time       `json:"issued_at"`
+	// Sealed are secret inputs of a setup step (a Talos machine config, a
+	// kubeconfig): a JSON object of strings (see ValidateSealed). The
+	// controller never stores them: it strips them before a task is
+	// written to JetStream and keeps them in memory while the task is open.
+	Sealed json.RawMessage `json:"sealed,omitempty"`
 }
 
 // Ack tells the controller that a node received a task and either started
@@ -64,6 +69,10 @@ type Result struct {
 	StartedAt  time.Time       `json:"started_at,omitzero"`
 	DurationMS int64           `json:"duration_ms"`
 	Output     json.RawMessage `json:"output,omitempty"`
+	// Sealed are secret outputs of a setup step (a kubeconfig fetched
+	// after bootstrap), as Task.Sealed: the controller strips them before
+	// the results stream and hands them to the setup runner in memory.
+	Sealed json.RawMessage `json:"sealed,omitempty"`
 }
 
 // Facts describe a node. Agents send them with every heartbeat.

@@ -59,6 +59,7 @@ func Builtin() *Registry {
 		Sleep{},
 		Verify{},
 		Diagnose{},
+		StepTask{},
 	)
 	if err != nil {
 		panic(err) // a duplicate in the literal list above; caught by tests

@@ -41,6 +41,9 @@ type Output struct {
 	Outcome messages.Outcome
 	Reason  string // required when Outcome is unknown; a short explanation otherwise
 	Data    any    // encoded as JSON into the result's output
+	// Sealed are secret outputs (setup steps' Applied.Sealed): sent in
+	// Result.Sealed, which the controller never stores.
+	Sealed map[string]string
 }
 
 // ErrBadArgs marks an error in a task's arguments: the agent reports the task
@@ -64,6 +67,10 @@ type Env struct {
 	// name (KUBECONFIG, TS_ROUTES, RETHINKDB_ADDR, ...), after layering of
 	// flags, environment, .env.local and .env.
 	Settings config.Settings
+	// StateDir is the agent's private state directory (0700).
+	StateDir string
+	// Sealed is the task's sealed inputs (Task.Sealed), for setup steps.
+	Sealed json.RawMessage
 }
 
 // decodeTaskArgs decodes and validates a task's typed arguments (see

@@ -35,7 +35,7 @@ func newRoot() *cobra.Command {
 			"environment, .env.local or .env (flags win, then the environment, then .env.local, then .env).",
 		Version: buildinfo.Version,
 	}
-	root.AddCommand(serveCmd(), tokenCmd(), statusCmd(), runCmd(), nodesCmd(), verifyCmd(), reportCmd(), diagnoseCmd(), backupCmd(), restoreCmd(), buildinfo.Command())
+	root.AddCommand(serveCmd(), tokenCmd(), statusCmd(), runCmd(), nodesCmd(), verifyCmd(), reportCmd(), diagnoseCmd(), setupCmd(), rolloutCmd(), backupCmd(), restoreCmd(), buildinfo.Command())
 	root.AddCommand(dashboardCmd())
 	return root
 }

@@ -64,6 +64,7 @@ type output struct {
 	AgentIdle idle           `json:"agent_idle"`
 	Verify    *sweep         `json:"verify_sweep,omitempty"`
 	Diagnose  *diagScan      `json:"diagnose_scan,omitempty"`
+	Setup     *setupFigures  `json:"setup_reapply,omitempty"`
 	Tailnet   any            `json:"tailnet,omitempty"`
 	Dashboard any            `json:"dashboard,omitempty"`
 	Extra     map[string]any `json:"extra,omitempty"`
@@ -86,6 +87,10 @@ func main() {
 	worldAgents := flag.Int("world-agents", 100, "agents for the verification sweep against the test world (0 skips)")
 	tailnetJSON := flag.String("tailnet-json", "", "merge this tailnet fan-out result (from hack/tailnetbench) into the output")
 	dashboardJSON := flag.String("dashboard-json", "", "merge this dashboard result (from hack/dashbench) into the output")
+	rollouts := flag.Bool("rollout", true, "run the rollout benchmarks (hack/bench/rollout.go)")
+	rolloutOnly := flag.Bool("rollout-only", false, "run only the rollout benchmarks and print them")
+	setupAgents := flag.Int("setup-agents", 100, "simulated nodes for the setup re-apply figure (0 skips)")
+	setupOnly := flag.Bool("setup-only", false, "measure only the setup re-apply and print it")
 	flag.Parse()
 	log.SetFlags(0)
 	// The simulated agents share this process, so their heaps are one heap,
@@ -99,6 +104,22 @@ func main() {
 	work, err := os.MkdirTemp("", "mgn-bench")
 	if err != nil {
 		log.Fatal(err)
+	}
+	if *rolloutOnly {
+		os.RemoveAll(work)
+		rb := runRolloutBench()
+		if rb == nil {
+			log.Fatal("rollout benchmarks failed")
+		}
+		log.Print(rb)
+		return
+	}
+	if *setupOnly {
+		defer os.RemoveAll(work)
+		if _, err := setupBench(work, *setupAgents, 10); err != nil {
+			log.Fatal(err)
+		}
+		return
 	}
 	defer os.RemoveAll(work)
 	data := filepath.Join(work, "controller")
@@ -235,6 +256,13 @@ func main() {
 				sw.Agents, sw.P50MS, sw.MaxMS, sw.Checks, ds.P50MS, ds.MaxMS)
 		}
 	}
+	if *setupAgents > 0 {
+		if sf, err := setupBench(work, *setupAgents, 10); err != nil {
+			log.Printf("setup re-apply: %v", err)
+		} else {
+			res.Setup = sf
+		}
+	}
 	if *tailnetJSON != "" {
 		if b, err := os.ReadFile(*tailnetJSON); err == nil {
 			var v any
@@ -249,6 +277,15 @@ func main() {
 			if json.Unmarshal(b, &v) == nil {
 				res.Dashboard = v
 			}
+		}
+	}
+	if *rollouts {
+		if rb := runRolloutBench(); rb != nil {
+			if res.Extra == nil {
+				res.Extra = map[string]any{}
+			}
+			res.Extra["rollout"] = rb
+			log.Print(rb)
 		}
 	}
 	res.AgentIdle = <-idleRes
@@ -267,6 +304,10 @@ func main() {
 			res.Verify.Agents, res.Verify.P50MS, res.Verify.MaxMS, res.Verify.Checks)
 		fmt.Printf("diagnose one node (verification + collectors + analysis): p50 %.0f ms, max %.0f ms (target < 1000 ms)\n",
 			res.Diagnose.P50MS, res.Diagnose.MaxMS)
+	}
+	if res.Setup != nil {
+		fmt.Printf("setup re-apply with nothing to do (%d simulated nodes, every step planned, each layer verified): p50 %.0f ms, max %.0f ms (target < 2000 ms)\n",
+			res.Setup.Agents, res.Setup.ReapplyP50MS, res.Setup.ReapplyMaxMS)
 	}
 	b, _ := json.MarshalIndent(res, "", "  ")
 	if err := os.WriteFile(*out, append(b, '\n'), 0o644); err != nil {

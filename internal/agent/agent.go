@@ -576,7 +576,7 @@ func (a *Agent) runInstant(t messages.Task, task tasks.Task) {
 	defer a.tasksWG.Done()
 	defer a.notRunning(t.ID)
 	start := time.Now()
-	out, err := safeRun(a.base, task, a.env(t.Kind), t.Args)
+	out, err := safeRun(a.base, task, a.env(t), t.Args)
 	a.finish(t, start, result(a.base, start, out, err))
 }
 
@@ -586,10 +586,11 @@ func (a *Agent) notRunning(id string) {
 	a.mu.Unlock()
 }
 
-func (a *Agent) env(kind string) *tasks.Env {
+func (a *Agent) env(t messages.Task) *tasks.Env {
 	cl := a.currentClaims()
 	return &tasks.Env{Node: a.cfg.Name, Cluster: cl.Cluster, Role: cl.Role, Labels: cl.Labels,
-		Version: a.cfg.Version, Log: a.taskLog(kind), Settings: a.cfg.Settings}
+		Version: a.cfg.Version, Log: a.taskLog(t.Kind), Settings: a.cfg.Settings,
+		StateDir: a.cfg.StateDir, Sealed: t.Sealed}
 }
 
 // currentClaims returns what the controller says this node is.
@@ -663,7 +664,7 @@ func (a *Agent) run(t messages.Task, task tasks.Task) {
 		case <-ctx.Done():
 		}
 	}
-	out, err := safeRun(ctx, task, a.env(t.Kind), t.Args)
+	out, err := safeRun(ctx, task, a.env(t), t.Args)
 	if interrupted() {
 		return
 	}
@@ -695,6 +696,17 @@ func result(ctx context.Context, start time.Time, out tasks.Output, err error) m
 				b = errOutput("encode output: " + merr.Error())
 			}
 			r.Output = b
+		}
+		if len(out.Sealed) > 0 {
+			// Secret outputs of a setup step: the controller keeps them
+			// out of every store. (The agent's journal holds the result
+			// until it is settled, in its 0700 state dir.)
+			b, serr := messages.EncodeSealed(out.Sealed)
+			if serr != nil {
+				r = messages.Result{Outcome: messages.OutcomeFail, Reason: "sealed outputs refused: " + serr.Error(), Output: errOutput(serr.Error())}
+			} else {
+				r.Sealed = b
+			}
 		}
 	}
 	return r
@@ -739,6 +751,7 @@ func (a *Agent) finish(t messages.Task, start time.Time, r messages.Result) {
 	b := messages.MustEncode(&r)
 	if len(b) > a.cfg.MaxMessageBytes-1024 {
 		r.Output = errOutput(fmt.Sprintf("output of %d bytes exceeds the message limit of %d bytes; it was dropped", len(b), a.cfg.MaxMessageBytes))
+		r.Sealed = nil
 		b = messages.MustEncode(&r)
 	}
 	e := Entry{TaskID: t.ID, Deadline: t.Deadline, Done: true, Result: b}

@@ -35,6 +35,7 @@ import (
 	"github.com/guildnet/metaguildnet/internal/privdir"
 	"github.com/guildnet/metaguildnet/internal/runinfo"
 	"github.com/guildnet/metaguildnet/messages"
+	"github.com/guildnet/metaguildnet/steps"
 )
 
 // Options configure a controller. Zero values mean the defaults, and
@@ -75,6 +76,12 @@ type Options struct {
 	HTTPTLSCert string
 	HTTPTLSKey  string
 	Log         *zap.Logger
+	// Steps is the registry of setup steps (default steps.Builtin()); the
+	// controller runs their Seal and orders them, the agents run them.
+	Steps *steps.Registry
+	// SetupBackoff is the first wait before a setup step is retried
+	// (default 2 s, doubling up to 30 s).
+	SetupBackoff time.Duration
 }
 
 // Controller is a running controller.
@@ -95,6 +102,9 @@ type Controller struct {
 	reg     *registry
 	disp    *dispatcher
 	ver     *verifier
+	setup   *setupRunner
+	revs    *revisions
+	rollout *rolloutRunner
 	met     *metrics
 
 	diagnoses jetstream.ObjectStore
@@ -209,6 +219,12 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 		return nil, err
 	}
 	c.ver.loadLast(ctx)
+	if err := c.setup.resume(ctx); err != nil {
+		return nil, err
+	}
+	if err := c.rollout.resume(ctx); err != nil {
+		return nil, err
+	}
 	c.wg.Add(2)
 	go c.housekeeping()
 	go func() {
@@ -341,8 +357,28 @@ func (c *Controller) openState(ctx context.Context) error {
 	for pub, name := range c.reg.keys() {
 		c.auth.addNode(pub, name)
 	}
+	c.auth.markReady()
+	setupRuns, err := kv(setupRunsBucket, 0)
+	if err != nil {
+		return err
+	}
+	setupDurs, err := kv(setupDurationsBucket, 0)
+	if err != nil {
+		return err
+	}
 	c.disp = newDispatcher(c, results, openKV, histKV)
 	c.ver = newVerifier(c, reports)
+	c.setup = newSetupRunner(c, setupRuns, setupDurs)
+	revsKV, err := kv(specRevisionsBucket, 0)
+	if err != nil {
+		return err
+	}
+	rolloutsKV, err := kv(rolloutsBucket, 0)
+	if err != nil {
+		return err
+	}
+	c.revs = &revisions{kv: revsKV}
+	c.rollout = newRolloutRunner(c, rolloutsKV, c.revs)
 	c.met.reg.MustRegister(fleetCollector{reg: c.reg, desc: prometheus.NewDesc("mgn_nodes",
 		"Enrolled nodes by liveness state.", []string{"state"}, nil)})
 	return nil
@@ -413,7 +449,16 @@ func (c *Controller) Close() {
 	default:
 		close(c.stop)
 	}
+	if c.auth != nil {
+		c.auth.markReady() // release connections waiting on a start that failed
+	}
 	c.wg.Wait()
+	if c.rollout != nil {
+		c.rollout.stop()
+	}
+	if c.setup != nil {
+		c.setup.stop()
+	}
 	if c.disp != nil {
 		c.disp.stop()
 	}

@@ -45,6 +45,12 @@ type taskState struct {
 	done    chan struct{}
 	timer   *time.Timer
 	lastSeq uint64 // resultStore sequence of the last result settled
+	// sealed is Task.Sealed, kept here only (never in rec, which is
+	// stored) so that a resend on sync carries it; lost on a restart.
+	sealed json.RawMessage
+	// takesSealed: the task's issuer takes Result.Sealed (setup steps)
+	// from dispatcher.sealedOut.
+	takesSealed bool
 }
 
 // pendingRow returns node's row if node is a target whose outcome is not
@@ -98,6 +104,10 @@ type dispatcher struct {
 	mu     sync.Mutex
 	tasks  map[string]*taskState
 	closed bool
+	// sealedOut holds the sealed values nodes returned for tasks issued
+	// with takesSealed (task -> node -> values) until the issuer takes
+	// them: memory only, never stored.
+	sealedOut map[string]map[string]json.RawMessage
 }
 
 func newTaskID(now time.Time) string {
@@ -121,6 +131,13 @@ func (d *dispatcher) issue(ctx context.Context, req messages.RunRequest) (messag
 
 // issueTo creates a task for the given nodes and sends it.
 func (d *dispatcher) issueTo(ctx context.Context, req messages.RunRequest, targets []string, states map[string]string) (messages.RunReply, error) {
+	return d.issueSealed(ctx, req, targets, states, nil, false)
+}
+
+// issueSealed is issueTo for a task that carries sealed values (sent, never
+// stored) and, with takesSealed, whose results' sealed values the issuer
+// takes with takeSealed.
+func (d *dispatcher) issueSealed(ctx context.Context, req messages.RunRequest, targets []string, states map[string]string, sealed json.RawMessage, takesSealed bool) (messages.RunReply, error) {
 	if err := messages.ValidTaskKind(req.Kind); err != nil {
 		return messages.RunReply{}, messages.Errorf(messages.CodeBadRequest, "%v", err)
 	}
@@ -134,7 +151,8 @@ func (d *dispatcher) issueTo(ctx context.Context, req messages.RunRequest, targe
 		Args: req.Args, Deadline: now.Add(timeout), IssuedAt: now,
 	}
 	ts := newTaskState(taskRecord{Task: t, Targets: targets, SkipOffline: req.SkipOffline})
-	b, _ := json.Marshal(ts.rec)
+	ts.sealed, ts.takesSealed = sealed, takesSealed
+	b, _ := json.Marshal(ts.rec) // without the sealed values
 	if _, err := d.open.Put(ctx, t.ID, b); err != nil {
 		return messages.RunReply{}, fmt.Errorf("store task %s: %w", t.ID, err)
 	}
@@ -143,7 +161,9 @@ func (d *dispatcher) issueTo(ctx context.Context, req messages.RunRequest, targe
 	d.mu.Unlock()
 	d.met.tasksIssued.Inc()
 
-	payload := messages.MustEncode(&t)
+	sent := t
+	sent.Sealed = sealed
+	payload := messages.MustEncode(&sent)
 	var skipped []string
 	for _, n := range targets {
 		if req.SkipOffline && states[n] == messages.StateOffline {
@@ -231,13 +251,39 @@ func (d *dispatcher) onResult(m *nats.Msg) {
 	if r.Node != node {
 		r.Node, raw = node, nil
 	}
+	// Sealed values are never stored: they leave the result here and go
+	// to the task's issuer in memory, if it takes them.
+	sealed := r.Sealed
+	if len(sealed) > 0 {
+		r.Sealed, raw = nil, nil
+	}
 	d.mu.Lock()
 	ts := d.tasks[id]
 	d.mu.Unlock()
 	if ts == nil {
 		return // closed already (this node's outcome is settled), or unknown
 	}
-	d.settle(ts, r, raw)
+	d.settleSealed(ts, r, raw, sealed)
+}
+
+// takeSealed returns (and forgets) the sealed values node returned for
+// task id, which must have been issued with takesSealed.
+func (d *dispatcher) takeSealed(id, node string) json.RawMessage {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	v := d.sealedOut[id][node]
+	delete(d.sealedOut[id], node)
+	if len(d.sealedOut[id]) == 0 {
+		delete(d.sealedOut, id)
+	}
+	return v
+}
+
+// dropSealed forgets whatever sealed values are left for task id.
+func (d *dispatcher) dropSealed(id string) {
+	d.mu.Lock()
+	delete(d.sealedOut, id)
+	d.mu.Unlock()
 }
 
 func unknownResult(id, node, reason string, output json.RawMessage) messages.Result {
@@ -262,11 +308,31 @@ func (d *dispatcher) onAck(node string, a messages.Ack) {
 // settle records one node's outcome if it has none yet (the first outcome
 // wins) and queues it for the results stream; raw, if set, is r encoded.
 func (d *dispatcher) settle(ts *taskState, r messages.Result, raw []byte) {
+	d.settleSealed(ts, r, raw, nil)
+}
+
+// settleSealed is settle for a result that came with sealed values (already
+// stripped from r and raw): kept in memory for the issuer when it takes
+// them, else dropped.
+func (d *dispatcher) settleSealed(ts *taskState, r messages.Result, raw []byte, sealed json.RawMessage) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	row, ok := ts.pendingRow(r.Node)
 	if !ok || d.closed {
 		return
+	}
+	if len(sealed) > 0 {
+		if ts.takesSealed {
+			if d.sealedOut == nil {
+				d.sealedOut = map[string]map[string]json.RawMessage{}
+			}
+			if d.sealedOut[r.TaskID] == nil {
+				d.sealedOut[r.TaskID] = map[string]json.RawMessage{}
+			}
+			d.sealedOut[r.TaskID][r.Node] = sealed
+		} else {
+			d.log.Warn("dropped sealed values a node returned for a task that takes none", zap.String("task", r.TaskID), zap.String("node", r.Node))
+		}
 	}
 	*row = nodeResult(r)
 	ts.settled++
@@ -379,7 +445,9 @@ func (d *dispatcher) owedBy(ctx context.Context, node string) ([]messages.Task, 
 	var out []messages.Task
 	for _, ts := range d.tasks {
 		if ts.owes(node) {
-			out = append(out, ts.rec.Task)
+			t := ts.rec.Task
+			t.Sealed = ts.sealed
+			out = append(out, t)
 		}
 	}
 	d.mu.Unlock()

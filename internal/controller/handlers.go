@@ -368,6 +368,36 @@ func (c *Controller) api(ctx context.Context, verb string, data []byte) (message
 			return nil, err
 		}
 		return c.removeNode(ctx, req.Name)
+	case messages.APISetupPlan, messages.APISetupApply:
+		req, err := messages.Decode[messages.SetupRequest](data, max)
+		if err != nil {
+			return nil, err
+		}
+		if verb == messages.APISetupPlan {
+			rep, err := c.setup.plan(ctx, req)
+			if err != nil {
+				return nil, err
+			}
+			return &rep, nil
+		}
+		id, err := c.setup.apply(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		return &messages.SetupApplyReply{V: messages.Version, RunID: id}, nil
+	case messages.APISetupStatus:
+		req, err := messages.Decode[messages.SetupStatusRequest](data, max)
+		if err != nil {
+			return nil, err
+		}
+		rep, err := c.setup.status(ctx, req.RunID)
+		if err != nil {
+			return nil, err
+		}
+		return &rep, nil
+	case messages.APIRolloutStart, messages.APIRolloutStatus, messages.APIRolloutList, messages.APIRolloutPause,
+		messages.APIRolloutResume, messages.APIRolloutAbort, messages.APIRolloutDiff:
+		return c.rolloutAPI(ctx, verb, data)
 	case messages.APINodesSet:
 		req, err := messages.Decode[messages.NodesSetRequest](data, max)
 		if err != nil {

@@ -61,6 +61,10 @@ const (
 	maxAPIRequests = 64
 )
 
+// DefaultSetupBackoff is the first wait before a setup step's retry (it
+// doubles up to 30 s).
+const DefaultSetupBackoff = 2 * time.Second
+
 // resolve fills the defaults of zero fields and refuses values that cannot
 // work. Its errors name the flag.
 func (o *Options) resolve() error {
@@ -84,6 +88,9 @@ func (o *Options) resolve() error {
 	}
 	if o.HistoryRetention == 0 {
 		o.HistoryRetention = DefaultHistoryRetention
+	}
+	if o.SetupBackoff <= 0 {
+		o.SetupBackoff = DefaultSetupBackoff
 	}
 	return o.validate()
 }

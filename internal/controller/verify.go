@@ -244,7 +244,7 @@ func (v *verifier) runIn(ctx context.Context, slot chan struct{}, holder string,
 	var tasks []issued
 	var missing []report.Unavailable
 	if layers, ok := wantScope(req.Layers, report.NodeScopedLayers); ok {
-		args := messages.MustEncode(&messages.VerifyArgs{V: messages.Version, Scope: messages.ScopeNode, Layers: nonEmpty(req.Layers)})
+		args := messages.MustEncode(&messages.VerifyArgs{V: messages.Version, Scope: messages.ScopeNode, Layers: nonEmpty(req.Layers), Checks: nonEmpty(req.Checks)})
 		rep, err := v.c.disp.issueTo(ctx, messages.RunRequest{Kind: "verify", Target: "verify:node", Args: args, Timeout: timeout, SkipOffline: true}, nodes, states)
 		if err != nil {
 			return messages.Report{}, "", fmt.Errorf("verify: issue node checks: %w", err)
@@ -289,11 +289,12 @@ func (v *verifier) runIn(ctx context.Context, slot chan struct{}, holder string,
 			args   messages.VerifyArgs
 			layers []string
 		}{
-			{"verify:cluster", whole, messages.VerifyArgs{Layers: nonEmpty(req.Layers)}, layers},
-			{"verify:cluster", split, messages.VerifyArgs{Layers: nonEmpty(req.Layers), Exclude: hostAppChecks}, layers},
-			{"verify:hostapp", hostApps, messages.VerifyArgs{Checks: hostAppChecks}, []string{messages.LayerApplication}},
+			{"verify:cluster", whole, messages.VerifyArgs{Layers: nonEmpty(req.Layers), Checks: nonEmpty(req.Checks)}, layers},
+			{"verify:cluster", split, messages.VerifyArgs{Layers: nonEmpty(req.Layers), Checks: nonEmpty(req.Checks), Exclude: hostAppChecks}, layers},
+			{"verify:hostapp", hostApps, messages.VerifyArgs{Checks: onlyAsked(hostAppChecks, req.Checks)}, []string{messages.LayerApplication}},
 		} {
-			if len(g.agents) == 0 {
+			if len(g.agents) == 0 || g.target == "verify:hostapp" && len(g.args.Checks) == 0 ||
+				len(g.args.Exclude) > 0 && len(req.Checks) > 0 && len(onlyAsked(req.Checks, exceptOf(req.Checks, g.args.Exclude))) == 0 {
 				continue
 			}
 			g.args.V, g.args.Scope = messages.Version, messages.ScopeCluster
@@ -773,4 +774,29 @@ func (v *verifier) sweeps(stop <-chan struct{}, every time.Duration, perLayer ma
 			v.log.Debug("sweep", zap.String("report", id), zap.String("overall", rep.OverallStatus), zap.Int64("duration_ms", rep.DurationMS))
 		}
 	}
+}
+
+// onlyAsked narrows checks to those asked for (all when asked is empty).
+func onlyAsked(checks, asked []string) []string {
+	if len(asked) == 0 {
+		return checks
+	}
+	var out []string
+	for _, c := range checks {
+		if slices.Contains(asked, c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// exceptOf is checks without those in drop.
+func exceptOf(checks, drop []string) []string {
+	var out []string
+	for _, c := range checks {
+		if !slices.Contains(drop, c) {
+			out = append(out, c)
+		}
+	}
+	return out
 }

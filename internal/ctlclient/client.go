@@ -238,3 +238,49 @@ func (c *Client) getObject(ctx context.Context, bucket, id string, v any) error 
 
 // Conn exposes the connection (tests, event streaming).
 func (c *Client) Conn() *nats.Conn { return c.nc }
+
+// SetupPlan plans a spec (or one cluster or layer of it) on the agents.
+func (c *Client) SetupPlan(ctx context.Context, req messages.SetupRequest) (messages.SetupPlanReply, error) {
+	req.V = messages.Version
+	return call[messages.SetupPlanReply](ctx, c, messages.APISetupPlan, &req)
+}
+
+// SetupApply starts a setup run and returns its id; follow it with
+// SetupStatus.
+func (c *Client) SetupApply(ctx context.Context, req messages.SetupRequest) (messages.SetupApplyReply, error) {
+	req.V = messages.Version
+	return call[messages.SetupApplyReply](ctx, c, messages.APISetupApply, &req)
+}
+
+// SetupStatus returns a setup run (id "" is the newest) and its progress.
+func (c *Client) SetupStatus(ctx context.Context, id string) (messages.SetupStatusReply, error) {
+	return call[messages.SetupStatusReply](ctx, c, messages.APISetupStatus, &messages.SetupStatusRequest{V: messages.Version, RunID: id})
+}
+
+// RolloutStart starts a rollout and returns its id; follow it with
+// RolloutStatus.
+func (c *Client) RolloutStart(ctx context.Context, req messages.RolloutStartRequest) (messages.RolloutStartReply, error) {
+	req.V = messages.Version
+	return call[messages.RolloutStartReply](ctx, c, messages.APIRolloutStart, &req)
+}
+
+// RolloutStatus returns a rollout (id "" is the newest) and its progress.
+func (c *Client) RolloutStatus(ctx context.Context, id string) (messages.RolloutStatusReply, error) {
+	return call[messages.RolloutStatusReply](ctx, c, messages.APIRolloutStatus, &messages.RolloutRequest{V: messages.Version, ID: id})
+}
+
+// RolloutControl pauses, resumes or aborts a rollout (verb is one of
+// messages.APIRolloutPause, APIRolloutResume, APIRolloutAbort).
+func (c *Client) RolloutControl(ctx context.Context, verb, id string) (messages.RolloutStatusReply, error) {
+	return call[messages.RolloutStatusReply](ctx, c, verb, &messages.RolloutRequest{V: messages.Version, ID: id})
+}
+
+// RolloutList lists rollouts, newest first.
+func (c *Client) RolloutList(ctx context.Context) (messages.RolloutListReply, error) {
+	return call[messages.RolloutListReply](ctx, c, messages.APIRolloutList, &messages.RolloutListRequest{V: messages.Version})
+}
+
+// RolloutDiff compares two spec revisions.
+func (c *Client) RolloutDiff(ctx context.Context, from, to int64) (messages.RolloutDiffReply, error) {
+	return call[messages.RolloutDiffReply](ctx, c, messages.APIRolloutDiff, &messages.RolloutDiffRequest{V: messages.Version, From: from, To: to})
+}

@@ -1,0 +1,101 @@
+package controller
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+func TestSetupBackoff(t *testing.T) {
+	for attempt, want := range map[int]time.Duration{1: 2 * time.Second, 2: 4 * time.Second, 3: 8 * time.Second, 4: 16 * time.Second, 5: 30 * time.Second, 40: 30 * time.Second} {
+		for range 50 {
+			d := backoff(2*time.Second, attempt)
+			lo := time.Duration(float64(want) * 0.8)
+			if d < lo || d > min(time.Duration(float64(want)*1.2), setupMaxBackoff) {
+				t.Fatalf("attempt %d: %v, want %v ±20%% (at most 30s)", attempt, d, want)
+			}
+		}
+	}
+}
+
+func TestLayerStatusOver(t *testing.T) {
+	for _, tc := range []struct {
+		per  map[string]string
+		want string
+	}{
+		{map[string]string{"a": layerVerified, "b": layerVerified}, layerVerified},
+		{map[string]string{"a": layerVerified, "b": layerRolledBack}, layerRolledBack},
+		{map[string]string{"a": layerFailed, "b": layerUnhealthy}, layerFailed},
+		{map[string]string{"a": layerVerified, "b": layerRunning}, layerRunning},
+		{map[string]string{"a": layerVerified, "b": layerSkipped}, layerVerified},
+		{map[string]string{"a": layerSkipped}, layerSkipped},
+		{map[string]string{}, layerPending},
+	} {
+		if got := layerStatusOver(tc.per); got != tc.want {
+			t.Errorf("%v: %s, want %s", tc.per, got, tc.want)
+		}
+	}
+}
+
+// A sealed task is sent with its sealed values and resent with them on a
+// sync while it is open, but the stored record never has them.
+func TestSealedTaskNeverStored(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := Start(ctx, Options{DataDir: filepath.Join(t.TempDir(), "c"), Listen: "127.0.0.1:0", SweepInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sealed := json.RawMessage(`{"talos.machine_config":"SEALED-SECRET-1"}`)
+	rep, err := c.disp.issueSealed(ctx, messages.RunRequest{V: 1, Target: "setup:x", Kind: "step", Args: json.RawMessage(`{}`), Timeout: "1m"},
+		[]string{"ghost"}, map[string]string{"ghost": messages.StateOnline}, sealed, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	owed, err := c.disp.owedBy(ctx, "ghost")
+	if err != nil || len(owed) != 1 || string(owed[0].Sealed) != string(sealed) {
+		t.Fatalf("resend on sync: %+v %v", owed, err)
+	}
+	e, err := c.disp.open.Get(ctx, rep.TaskID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(e.Value(), []byte("SEALED-SECRET")) || bytes.Contains(e.Value(), []byte(`"sealed"`)) {
+		t.Fatalf("stored task record holds the sealed values: %s", e.Value())
+	}
+	// A result's sealed values go to the issuer, not to the results stream.
+	res := messages.Result{V: 1, TaskID: rep.TaskID, Node: "ghost", Outcome: messages.OutcomeOK, Sealed: json.RawMessage(`{"kubeconfig":"SEALED-SECRET-2"}`)}
+	c.disp.onResult(&nats.Msg{Subject: messages.ResultSubject("ghost"), Data: messages.MustEncode(&res)})
+	if _, err := c.disp.wait(ctx, rep.TaskID); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.disp.takeSealed(rep.TaskID, "ghost"); string(got) != `{"kubeconfig":"SEALED-SECRET-2"}` {
+		t.Fatalf("issuer got %s", got)
+	}
+	if err := c.disp.store.wait(ctx, c.disp.store.last()); err != nil {
+		t.Fatal(err)
+	}
+	stored, err := storedResults(ctx, c.disp.results, rep.TaskID, c.opts.MaxMessageBytes)
+	if err != nil || len(stored) != 1 || stored["ghost"].Sealed != nil {
+		t.Fatalf("stored result: %+v %v", stored, err)
+	}
+	c.Close()
+	filepath.WalkDir(c.opts.DataDir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			if b, _ := os.ReadFile(p); bytes.Contains(b, []byte("SEALED-SECRET")) {
+				t.Errorf("a sealed value in %s", p)
+			}
+		}
+		return nil
+	})
+}
