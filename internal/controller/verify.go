@@ -294,7 +294,7 @@ func (v *verifier) runIn(ctx context.Context, slot chan struct{}, holder string,
 			{"verify:hostapp", hostApps, messages.VerifyArgs{Checks: onlyAsked(hostAppChecks, req.Checks)}, []string{messages.LayerApplication}},
 		} {
 			if len(g.agents) == 0 || g.target == "verify:hostapp" && len(g.args.Checks) == 0 ||
-				len(g.args.Exclude) > 0 && len(req.Checks) > 0 && len(onlyAsked(req.Checks, exceptOf(req.Checks, g.args.Exclude))) == 0 {
+				len(g.args.Exclude) > 0 && len(req.Checks) > 0 && len(exceptOf(req.Checks, g.args.Exclude)) == 0 {
 				continue
 			}
 			g.args.V, g.args.Scope = messages.Version, messages.ScopeCluster
