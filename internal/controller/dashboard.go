@@ -325,9 +325,76 @@ func (s *dashSource) NodeTasks(ctx context.Context, node string, max int) ([]mes
 	return out, nil
 }
 
-// SetupRuns returns none until the setup runner stores its runs: it plugs
-// in here (its KV bucket of messages.SetupRun records).
-func (s *dashSource) SetupRuns(context.Context) ([]messages.SetupRun, error) { return nil, nil }
+// dashRuns is how many setup runs and rollouts the runs page shows,
+// newest first.
+const dashRuns = 20
 
-// Rollouts returns none: rollouts do not exist yet.
-func (s *dashSource) Rollouts(context.Context) ([]dashboard.Rollout, error) { return nil, nil }
+// SetupRuns returns the newest setup runs, live ones as they stand.
+func (s *dashSource) SetupRuns(ctx context.Context) ([]messages.SetupRun, error) {
+	r := s.c.setup
+	if r == nil {
+		return nil, nil
+	}
+	ids, err := newestKeys(ctx, r.runs, dashRuns)
+	if err != nil {
+		return nil, fmt.Errorf("setup runs: %w", err)
+	}
+	out := make([]messages.SetupRun, 0, len(ids))
+	for _, id := range ids {
+		if rep, err := r.status(ctx, id); err == nil {
+			out = append(out, rep.Run)
+		}
+	}
+	return out, nil
+}
+
+// Rollouts returns the newest rollouts with their batches and gates.
+func (s *dashSource) Rollouts(ctx context.Context) ([]dashboard.Rollout, error) {
+	r := s.c.rollout
+	if r == nil {
+		return nil, nil
+	}
+	ids, err := newestKeys(ctx, r.kv, dashRuns)
+	if err != nil {
+		return nil, fmt.Errorf("rollouts: %w", err)
+	}
+	out := make([]dashboard.Rollout, 0, len(ids))
+	for _, id := range ids {
+		rep, err := r.status(ctx, id)
+		if err != nil {
+			continue
+		}
+		ro := dashboard.Rollout{ID: rep.Rollout.ID, Status: rep.Rollout.Status, StopReason: rep.Reason}
+		for i, b := range rep.Rollout.Batches {
+			if i == 0 && b.Started != nil {
+				ro.StartedAt = *b.Started
+			}
+			gate := b.Gate.Status
+			if len(b.Gate.ChecksFailed) > 0 {
+				gate += ": " + strings.Join(b.Gate.ChecksFailed, ", ")
+			}
+			ro.Batches = append(ro.Batches, dashboard.RolloutBatch{Nodes: b.Nodes, Status: b.Status, Gate: gate})
+		}
+		out = append(out, ro)
+	}
+	return out, nil
+}
+
+// newestKeys lists up to n keys of a bucket whose keys start with their
+// UTC start time (run and rollout ids), newest first.
+func newestKeys(ctx context.Context, kv jetstream.KeyValue, n int) ([]string, error) {
+	keys, err := kv.ListKeys(ctx)
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for k := range keys.Keys() {
+		ids = append(ids, k)
+	}
+	slices.Sort(ids)
+	slices.Reverse(ids)
+	return ids[:min(len(ids), n)], nil
+}
