@@ -123,8 +123,11 @@ func newWorld(t *testing.T) *world {
 		"HOSTAPP_URL":          w.app.URL(),
 		"METAGN_HOSTAPP_CA":    ca,
 		"TS_LOGIN_SERVER":      w.hs.URL(),
-		"TS_AUTHKEY":           w.authKey,
-		"RETHINKDB_PASS":       secretPassword,
+		// The world has no cluster DNS to ask for dns_resolution's default
+		// name (kubernetes.default.svc.cluster.local).
+		"METAGN_DNS_NAME": "localhost",
+		"TS_AUTHKEY":      w.authKey,
+		"RETHINKDB_PASS":  secretPassword,
 	}
 	for _, what := range []string{"CPU", "MEM", "DISK"} {
 		w.settings["METAGN_HOST_"+what+"_WARN_PCT"] = "100"
