@@ -100,8 +100,18 @@ func serveCmd() *cobra.Command {
 	tailnetFlags(cmd, &o)
 	cmd.Flags().StringVar(&o.RulesFile, "rules-file", "", "YAML file of diagnostic rules that extend the built-in ones")
 	cmd.Flags().BoolVar(&o.Pprof, "pprof", false, "serve /debug/pprof on the --http address")
+	clusterFlags(cmd, &o.Cluster)
 	lf.Add(cmd)
 	return cmd
+}
+
+// clusterFlags are serve's flags for a cluster of controllers (docs/HA.md).
+func clusterFlags(cmd *cobra.Command, o *controller.ClusterOptions) {
+	cmd.Flags().StringVar(&o.Name, "cluster-name", "", "join a cluster of controllers of this name (with --cluster-listen and --peers; docs/HA.md)")
+	cmd.Flags().StringVar(&o.Listen, "cluster-listen", "", "HOST:PORT where this controller accepts its peers' routes")
+	cmd.Flags().StringSliceVar(&o.Peers, "peers", nil, "the other controllers' route URLs, nats://HOST:PORT,... ")
+	cmd.Flags().StringVar(&o.SecretFile, "cluster-secret-file", "", "file holding the secret routes authenticate with, the same on every peer (default DATA_DIR/cluster.secret)")
+	cmd.Flags().DurationVar(&o.LeaseTTL, "lease-ttl", controller.DefaultLeaseTTL, "how long the active controller's lease outlives its last renewal (failover takes about this long)")
 }
 
 // dial connects to the controller for dataDir, mapping failures to exit 2.

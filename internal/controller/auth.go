@@ -38,6 +38,10 @@ type authenticator struct {
 	nodes   map[string]string        // public key -> node name
 	pending map[string]pendingEnroll // enrolling public key -> its attempt
 	refused func(reason string)      // counts refusals (metrics)
+	// onPending, in a cluster, tells the other peers about an enrollment
+	// connection this server admitted (cluster.go): the active controller
+	// answers it.
+	onPending func(pub, tokenHash string)
 }
 
 // pendingEnroll is an enrollment connection that has not enrolled yet.
@@ -116,6 +120,9 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 				clear(a.pending) // abandoned attempts; their owners reconnect
 			}
 			a.pending[o.Nkey] = pendingEnroll{tokenHash: h, clientID: c.GetID()}
+			if a.onPending != nil {
+				a.onPending(o.Nkey, h)
+			}
 			// The server closes the connection when the token expires: an
 			// enrollment connection is no credential of its own.
 			c.RegisterUser(&server.User{Username: enrollUser(o.Nkey), Permissions: enrollPermissions(o.Nkey),
@@ -180,8 +187,9 @@ func stateUser() *server.User {
 		Publish: &server.SubjectPermission{Allow: []string{
 			"$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>",
 			messages.TaskPrefix + "*", messages.EventPrefix + "*", messages.StoredPrefix + "*",
+			ctlPending,
 		}},
-		Subscribe: &server.SubjectPermission{Allow: []string{messages.OperatorInboxPrefix + ">"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{messages.OperatorInboxPrefix + ">", ctlPending}},
 	}}
 }
 
@@ -223,6 +231,33 @@ func (a *authenticator) removeNode(pub string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	delete(a.nodes, pub)
+}
+
+// addRemotePending records an enrollment connection another peer
+// admitted (clientID 0: not on this server). One this server admitted
+// itself is kept as it is.
+func (a *authenticator) addRemotePending(pub, tokenHash string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.pending[pub]; ok {
+		return
+	}
+	if len(a.pending) >= maxPendingEnrollments {
+		clear(a.pending)
+	}
+	a.pending[pub] = pendingEnroll{tokenHash: tokenHash}
+}
+
+// keyOf returns the key enrolled as node name, "" if none.
+func (a *authenticator) keyOf(name string) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for pub, n := range a.nodes {
+		if n == name {
+			return pub
+		}
+	}
+	return ""
 }
 
 // pendingFor returns the enrollment attempt of key pub without ending it:

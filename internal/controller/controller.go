@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -65,6 +66,8 @@ type Options struct {
 	RulesFile string
 	// Pprof serves /debug/pprof on the HTTP address.
 	Pprof bool
+	// Cluster makes this controller one peer of a cluster (cluster.go).
+	Cluster ClusterOptions
 	Log   *zap.Logger
 }
 
@@ -103,6 +106,19 @@ type Controller struct {
 	logOnce   *logLimiter // a node's refused claims: said once a day
 	stop      chan struct{}
 	wg        sync.WaitGroup
+
+	// Cluster mode (cluster.go, lease.go): lease is nil for a single
+	// controller, which is always active. subs are the subscriptions of
+	// the active part.
+	lease       *lease
+	sysNC       *nats.Conn
+	ctlNC       atomic.Pointer[nats.Conn] // c.nc, for the authenticator's notices
+	subs        []*nats.Subscription
+	actMu       sync.Mutex
+	act         *activeState
+	onActive    []func(context.Context)
+	activeGauge prometheus.Gauge
+	metricsOnce sync.Once
 }
 
 // Start brings a controller up and returns once it serves.
@@ -115,6 +131,9 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 	}
 	if o.DataDir == "" {
 		return nil, errors.New("data dir: empty")
+	}
+	if err := o.Cluster.resolve(o.DataDir); err != nil {
+		return nil, err
 	}
 	c := &Controller{opts: o, log: o.Log, met: newMetrics(o.MaxMessageBytes), apiSem: make(chan struct{}, maxAPIRequests), stop: make(chan struct{}),
 		hbLimit:   heartbeatLimiter(o.HeartbeatInterval),
@@ -147,6 +166,9 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 	// with a token (only the admin connects until Start returns).
 	c.tokens = &tokenStore{m: map[string]tokenRecord{}}
 	c.auth = newAuthenticator(adminPub, c.tokens, func(r string) { c.met.refused("connect", r) })
+	if o.Cluster.Enabled() {
+		c.auth.onPending = c.announcePending
+	}
 	if err := c.prepareTransport(ctx); err != nil {
 		return nil, err
 	}
@@ -168,14 +190,26 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 	if c.js, err = jetstream.New(c.nc); err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	if err := c.openState(ctx); err != nil {
-		return nil, err
-	}
-	if err := c.subscribe(); err != nil {
-		return nil, err
-	}
-	if err := c.disp.recover(ctx); err != nil {
-		return nil, err
+	c.activeGauge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "mgn_controller_active",
+		Help: "1 while this controller is the active one (holds the lease; always for a single controller)."})
+	c.met.reg.MustRegister(c.activeGauge)
+	if c.opts.Cluster.Enabled() {
+		// Standby until the lease says otherwise (lease.go): the active
+		// part is built by activate.
+		c.lease = newLease(nil, c.opts.Cluster.LeaseTTL, c.ns.Name(), os.Getpid())
+		if err := c.startCluster(); err != nil {
+			return nil, err
+		}
+	} else {
+		if err := c.openState(ctx); err != nil {
+			return nil, err
+		}
+		if err := c.subscribe(); err != nil {
+			return nil, err
+		}
+		if err := c.disp.recover(ctx); err != nil {
+			return nil, err
+		}
 	}
 	if err := c.startHTTP(); err != nil {
 		return nil, err
@@ -188,13 +222,25 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 	if err := runinfo.Write(o.DataDir, c.info); err != nil {
 		return nil, err
 	}
-	c.ver.loadLast(ctx)
-	c.wg.Add(2)
-	go c.housekeeping()
-	go func() {
-		defer c.wg.Done()
-		c.ver.sweeps(c.stop, c.opts.SweepInterval, c.opts.SweepLayerIntervals)
-	}()
+	if !c.opts.Cluster.Enabled() {
+		c.ver.loadLast(ctx)
+		a := &activeState{stop: c.stop}
+		a.ctx, a.end = context.WithCancel(context.Background())
+		c.actMu.Lock()
+		c.act = a
+		hooks := append([]func(context.Context){}, c.onActive...)
+		c.actMu.Unlock()
+		c.activeGauge.Set(1)
+		c.wg.Add(2)
+		go func() { defer c.wg.Done(); c.housekeeping(c.stop) }()
+		go func() {
+			defer c.wg.Done()
+			c.ver.sweeps(c.stop, c.opts.SweepInterval, c.opts.SweepLayerIntervals)
+		}()
+		for _, f := range hooks {
+			go f(a.ctx)
+		}
+	}
 	c.log.Info("controller serving", zap.String("nats", c.info.NATSURL), zap.String("http", c.info.HTTPURL),
 		zap.String("data_dir", o.DataDir), zap.Duration("heartbeat_interval", o.HeartbeatInterval))
 	return c, nil
@@ -241,6 +287,9 @@ func (c *Controller) startServer() error {
 		DisableJetStreamBanner:     true,
 	}
 	c.tr.apply(sopts)
+	if err := c.applyCluster(sopts); err != nil {
+		return err
+	}
 	ns, err := server.NewServer(sopts)
 	if err != nil {
 		return fmt.Errorf("nats server: %w", err)
@@ -259,7 +308,7 @@ func (c *Controller) openState(ctx context.Context) error {
 	kv := func(name string, ttl time.Duration) (jetstream.KeyValue, error) {
 		b, err := c.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket: name, Storage: jetstream.FileStorage, History: 1, TTL: ttl,
-			MaxValueSize: int32(c.opts.MaxMessageBytes),
+			MaxValueSize: int32(c.opts.MaxMessageBytes), Replicas: c.replicasFor(ctx, "KV_"+name),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("open bucket %s: %w", name, err)
@@ -288,21 +337,21 @@ func (c *Controller) openState(ctx context.Context) error {
 		Name: messages.ResultsStream, Subjects: []string{messages.StoredPrefix + ">"},
 		Storage: jetstream.FileStorage, MaxMsgsPerSubject: -1, MaxAge: c.opts.Retention,
 		Discard: jetstream.DiscardOld, Duplicates: 2 * time.Minute, AllowDirect: true,
-		MaxMsgSize: int32(c.opts.MaxMessageBytes + 4<<10),
+		MaxMsgSize: int32(c.opts.MaxMessageBytes + 4<<10), Replicas: c.replicasFor(ctx, messages.ResultsStream),
 	})
 	if err != nil {
 		return fmt.Errorf("open stream %s: %w", messages.ResultsStream, err)
 	}
 	reports, err := c.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket: messages.ReportsBucket, Storage: jetstream.FileStorage, TTL: c.opts.HistoryRetention,
-		Description: "verification reports",
+		Description: "verification reports", Replicas: c.replicasFor(ctx, "OBJ_"+messages.ReportsBucket),
 	})
 	if err != nil {
 		return fmt.Errorf("open report store: %w", err)
 	}
 	c.diagnoses, err = c.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket: messages.DiagnosesBucket, Storage: jetstream.FileStorage, TTL: c.opts.HistoryRetention,
-		Description: "diagnoses",
+		Description: "diagnoses", Replicas: c.replicasFor(ctx, "OBJ_"+messages.DiagnosesBucket),
 	})
 	if err != nil {
 		return fmt.Errorf("open diagnosis store: %w", err)
@@ -323,8 +372,10 @@ func (c *Controller) openState(ctx context.Context) error {
 	}
 	c.disp = newDispatcher(c, results, openKV, histKV)
 	c.ver = newVerifier(c, reports)
-	c.met.reg.MustRegister(fleetCollector{reg: c.reg, desc: prometheus.NewDesc("mgn_nodes",
-		"Enrolled nodes by liveness state.", []string{"state"}, nil)})
+	c.metricsOnce.Do(func() {
+		c.met.reg.MustRegister(fleetCollector{c: c, desc: prometheus.NewDesc("mgn_nodes",
+			"Enrolled nodes by liveness state.", []string{"state"}, nil)})
+	})
 	return nil
 }
 
@@ -365,10 +416,11 @@ func (c *Controller) subscribe() error {
 		{c.apiNC, messages.APIPrefix + ">", c.onAPI},
 	}
 	for _, s := range subs {
-		sub, err := s.nc.Subscribe(s.subj, s.h)
+		sub, err := s.nc.Subscribe(s.subj, c.fenced(s.h))
 		if err != nil {
 			return fmt.Errorf("subscribe %s: %w", s.subj, err)
 		}
+		c.subs = append(c.subs, sub)
 		// Large pending limits: a burst of 5,000 results must not be
 		// dropped as a slow consumer (the stream is the backstop anyway).
 		sub.SetPendingLimits(1<<20, 1<<30)
@@ -394,10 +446,10 @@ func (c *Controller) Close() {
 		close(c.stop)
 	}
 	c.wg.Wait()
-	if c.disp != nil {
-		c.disp.stop()
+	if c.disp != nil && !c.opts.Cluster.Enabled() {
+		c.disp.stop() // a cluster peer stopped its dispatcher when it deactivated
 	}
-	if c.reg != nil {
+	if c.reg != nil && !c.opts.Cluster.Enabled() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		c.reg.flush(ctx)
 		cancel()
@@ -407,7 +459,10 @@ func (c *Controller) Close() {
 		c.http.Shutdown(ctx)
 		cancel()
 	}
-	for _, nc := range []*nats.Conn{c.nodesNC, c.apiNC, c.nc} {
+	if c.act != nil && c.act.end != nil {
+		c.act.end()
+	}
+	for _, nc := range []*nats.Conn{c.nodesNC, c.apiNC, c.sysNC, c.nc} {
 		if nc != nil {
 			nc.Close()
 		}
@@ -427,8 +482,7 @@ func (c *Controller) Close() {
 
 // housekeeping derives liveness, announces state changes, and persists
 // registry changes.
-func (c *Controller) housekeeping() {
-	defer c.wg.Done()
+func (c *Controller) housekeeping(stop <-chan struct{}) {
 	tick := time.NewTicker(c.opts.HeartbeatInterval / 2)
 	defer tick.Stop()
 	flush := time.NewTicker(5 * time.Second)
@@ -437,13 +491,19 @@ func (c *Controller) housekeeping() {
 	defer prune.Stop()
 	for {
 		select {
-		case <-c.stop:
+		case <-stop:
 			return
 		case now := <-tick.C:
+			if !c.acting() {
+				continue
+			}
 			for _, t := range c.reg.sweep(now) {
 				c.announce(t)
 			}
 		case <-flush.C:
+			if !c.acting() {
+				continue
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			c.reg.flush(ctx)
 			cancel()
@@ -478,6 +538,7 @@ func (c *Controller) startHTTP() error {
 		w.Write([]byte("ok\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(c.met.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /leasez", c.serveLeasez)
 	if c.opts.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

@@ -92,6 +92,9 @@ type dispatcher struct {
 	reg       *registry
 	log       *zap.Logger
 	met       *metrics
+	// acting is the lease check (Controller.acting): nothing is issued or
+	// settled without it.
+	acting func() bool
 
 	mu     sync.Mutex
 	tasks  map[string]*taskState
@@ -122,6 +125,9 @@ func (d *dispatcher) issueTo(ctx context.Context, req messages.RunRequest, targe
 	if err := messages.ValidTaskKind(req.Kind); err != nil {
 		return messages.RunReply{}, messages.Errorf(messages.CodeBadRequest, "%v", err)
 	}
+	if !d.acting() {
+		return messages.RunReply{}, ErrNotActive
+	}
 	timeout := messages.DefaultRunTimeout
 	if req.Timeout != "" {
 		timeout, _ = time.ParseDuration(req.Timeout) // validated by the decoder
@@ -142,6 +148,11 @@ func (d *dispatcher) issueTo(ctx context.Context, req messages.RunRequest, targe
 	d.met.tasksIssued.Inc()
 
 	payload := messages.MustEncode(&t)
+	if !d.acting() {
+		// Lost the lease while storing the task: the next active
+		// controller finds it open and sends it (recover, sync).
+		return messages.RunReply{}, ErrNotActive
+	}
 	var skipped []string
 	for _, n := range targets {
 		if req.SkipOffline && states[n] == messages.StateOffline {
@@ -263,7 +274,7 @@ func (d *dispatcher) settle(ts *taskState, r messages.Result, raw []byte) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	row, ok := ts.pendingRow(r.Node)
-	if !ok || d.closed {
+	if !ok || d.closed || !d.acting() {
 		return
 	}
 	*row = nodeResult(r)
@@ -507,9 +518,10 @@ func (d *dispatcher) recover(ctx context.Context) error {
 func newDispatcher(c *Controller, results jetstream.Stream, open, history jetstream.KeyValue) *dispatcher {
 	d := &dispatcher{nc: c.nc, js: c.js, results: results, open: open, history: history,
 		reg: c.reg, log: c.log.Named("dispatch"), met: c.met, tasks: map[string]*taskState{},
-		maxBytes: c.opts.MaxMessageBytes, recovered: make(chan struct{})}
+		maxBytes: c.opts.MaxMessageBytes, recovered: make(chan struct{}), acting: c.acting}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.store = newResultStore(c.js, d.log, c.opts.MaxMessageBytes)
+	d.store.acting = c.acting
 	var storeCtx context.Context
 	storeCtx, d.stopStore = context.WithCancel(context.Background())
 	go d.store.run(storeCtx, 5*time.Second)

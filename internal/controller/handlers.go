@@ -96,6 +96,12 @@ func (c *Controller) onEnroll(m *nats.Msg) {
 // enrollment connection is closed (the agent reconnects with its key).
 func (c *Controller) enroll(ctx context.Context, pub string, req messages.EnrollRequest) (messages.NodeClaims, error) {
 	p, ok := c.auth.pendingFor(pub)
+	for wait := 0; !ok && c.lease != nil && wait < 20; wait++ {
+		// In a cluster the agent may have connected to another peer,
+		// whose notice of the attempt can trail its request (cluster.go).
+		time.Sleep(50 * time.Millisecond)
+		p, ok = c.auth.pendingFor(pub)
+	}
 	if !ok {
 		return messages.NodeClaims{}, messages.Errorf(messages.CodeBadRequest, "no enrollment in progress for this key: reconnect with a join token")
 	}
@@ -128,7 +134,9 @@ func (c *Controller) enroll(ctx context.Context, pub string, req messages.Enroll
 	c.auth.addNode(pub, req.Name)
 	// Let the reply go out first; the agent closes the connection itself
 	// as soon as it has read it.
-	time.AfterFunc(time.Second, func() { c.ns.DisconnectClientByID(p.clientID) })
+	if p.clientID != 0 {
+		time.AfterFunc(time.Second, func() { c.ns.DisconnectClientByID(p.clientID) })
+	}
 	return claims, nil
 }
 
