@@ -51,12 +51,12 @@ const (
 	// connection it admitted: the active controller, which answers the
 	// enrollment, must know the attempt (auth.go). Only the controllers'
 	// state connections may publish or subscribe here.
-	ctlPending     = "mgn.ctl.pending"
-	globalAccount  = "$G"
-	nodesBucket    = "mgn_nodes"
-	tokensBucket   = "mgn_tokens"
+	ctlPending    = "mgn.ctl.pending"
+	globalAccount = "$G"
+	nodesBucket   = "mgn_nodes"
+	tokensBucket  = "mgn_tokens"
 	// leaseBucket holds the lease (lease.go); backups leave it out.
-	leaseBucket = "mgn_lease"
+	leaseBucket    = "mgn_lease"
 	leaderStepdown = "$JS.API.META.LEADER.STEPDOWN"
 )
 

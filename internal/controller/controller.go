@@ -68,7 +68,7 @@ type Options struct {
 	Pprof bool
 	// Cluster makes this controller one peer of a cluster (cluster.go).
 	Cluster ClusterOptions
-	Log   *zap.Logger
+	Log     *zap.Logger
 }
 
 // Controller is a running controller.
