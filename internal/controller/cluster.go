@@ -434,7 +434,7 @@ type LeaseInfo struct {
 
 // Lease reports this controller's role and the lease's holder.
 func (c *Controller) Lease(ctx context.Context) LeaseInfo {
-	li := LeaseInfo{Cluster: c.opts.Cluster.Enabled(), Active: c.acting()}
+	li := LeaseInfo{Cluster: c.opts.Cluster.Enabled(), Active: c.Active()}
 	if c.ns != nil {
 		li.Server = c.ns.Name()
 	}
@@ -481,4 +481,36 @@ func (c *Controller) serveLeasez(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
 	json.NewEncoder(w).Encode(li)
+}
+
+// existingKV, existingStream and existingObjectStore open what exists
+// without touching its configuration when this controller is a cluster
+// peer: an activation then needs only the streams' leaders, never a
+// JetStream meta-layer update (which waits for an election when a peer
+// is gone). A single controller creates or updates as before; a missing
+// bucket is created either way.
+func (c *Controller) existingKV(ctx context.Context, name string) (jetstream.KeyValue, bool) {
+	if !c.opts.Cluster.Enabled() {
+		return nil, false
+	}
+	kv, err := c.js.KeyValue(ctx, name)
+	return kv, err == nil
+}
+
+func (c *Controller) existingStream(ctx context.Context, name string, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	if c.opts.Cluster.Enabled() {
+		if s, err := c.js.Stream(ctx, name); err == nil {
+			return s, nil
+		}
+	}
+	return c.js.CreateOrUpdateStream(ctx, cfg)
+}
+
+func (c *Controller) existingObjectStore(ctx context.Context, cfg jetstream.ObjectStoreConfig) (jetstream.ObjectStore, error) {
+	if c.opts.Cluster.Enabled() {
+		if o, err := c.js.ObjectStore(ctx, cfg.Bucket); err == nil {
+			return o, nil
+		}
+	}
+	return c.js.CreateOrUpdateObjectStore(ctx, cfg)
 }

@@ -306,6 +306,9 @@ func (c *Controller) startServer() error {
 
 func (c *Controller) openState(ctx context.Context) error {
 	kv := func(name string, ttl time.Duration) (jetstream.KeyValue, error) {
+		if b, ok := c.existingKV(ctx, name); ok {
+			return b, nil
+		}
 		b, err := c.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket: name, Storage: jetstream.FileStorage, History: 1, TTL: ttl,
 			MaxValueSize: int32(c.opts.MaxMessageBytes), Replicas: c.replicasFor(ctx, "KV_"+name),
@@ -333,7 +336,7 @@ func (c *Controller) openState(ctx context.Context) error {
 	}
 	// Only the controller writes here (resultStore): agents' result
 	// subjects (mgn.res.>) are not captured.
-	results, err := c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	results, err := c.existingStream(ctx, messages.ResultsStream, jetstream.StreamConfig{
 		Name: messages.ResultsStream, Subjects: []string{messages.StoredPrefix + ">"},
 		Storage: jetstream.FileStorage, MaxMsgsPerSubject: -1, MaxAge: c.opts.Retention,
 		Discard: jetstream.DiscardOld, Duplicates: 2 * time.Minute, AllowDirect: true,
@@ -342,14 +345,14 @@ func (c *Controller) openState(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("open stream %s: %w", messages.ResultsStream, err)
 	}
-	reports, err := c.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+	reports, err := c.existingObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket: messages.ReportsBucket, Storage: jetstream.FileStorage, TTL: c.opts.HistoryRetention,
 		Description: "verification reports", Replicas: c.replicasFor(ctx, "OBJ_"+messages.ReportsBucket),
 	})
 	if err != nil {
 		return fmt.Errorf("open report store: %w", err)
 	}
-	c.diagnoses, err = c.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+	c.diagnoses, err = c.existingObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket: messages.DiagnosesBucket, Storage: jetstream.FileStorage, TTL: c.opts.HistoryRetention,
 		Description: "diagnoses", Replicas: c.replicasFor(ctx, "OBJ_"+messages.DiagnosesBucket),
 	})

@@ -22,6 +22,13 @@ import (
 // results still in flight before it settles the missing ones as unknown.
 const settleGrace = 2 * time.Second
 
+// recoverGrace is how long a controller that recovers open tasks (after a
+// restart or a failover) waits at least before it settles missing results
+// as expired: agents that finished while no controller stored their
+// results send them again on their next sync (every 2.5-7.5 s while
+// results wait), and that must not lose them.
+const recoverGrace = 10 * time.Second
+
 // taskRecord is what is persisted for a task. Results live in the results
 // stream (resultStore), so they are never rewritten here.
 type taskRecord struct {
@@ -45,6 +52,8 @@ type taskState struct {
 	done    chan struct{}
 	timer   *time.Timer
 	lastSeq uint64 // resultStore sequence of the last result settled
+	// notBefore, set on recovery, is the earliest the task may expire.
+	notBefore time.Time
 }
 
 // pendingRow returns node's row if node is a target whose outcome is not
@@ -202,7 +211,7 @@ func newTaskState(rec taskRecord) *taskState {
 // dispatcher that stopped) meanwhile gets no timer.
 func (d *dispatcher) arm(ts *taskState) {
 	id := ts.rec.Task.ID
-	t := time.AfterFunc(time.Until(ts.rec.Task.Deadline)+settleGrace, func() {
+	t := time.AfterFunc(max(time.Until(ts.rec.Task.Deadline)+settleGrace, time.Until(ts.notBefore)), func() {
 		d.expire(id)
 	})
 	d.mu.Lock()
@@ -489,6 +498,7 @@ func (d *dispatcher) recover(ctx context.Context) error {
 			continue
 		}
 		ts := newTaskState(rec)
+		ts.notBefore = time.Now().Add(recoverGrace)
 		stored, err := storedResults(ctx, d.results, id, d.maxBytes)
 		if err != nil {
 			return err

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
@@ -205,6 +206,25 @@ func TestClusterLeaseAndFailover(t *testing.T) {
 			n++
 		}
 		return l.Err() == nil && n >= 6
+	})
+
+	// The active controller holds no Raft leadership (cluster.go
+	// keepNoLeaders): killing it costs no election.
+	ns := h.c[act].Server()
+	poll.Until(t, 20*time.Second, "no leadership on the active controller", func() bool {
+		if ns.JetStreamIsLeader() {
+			return false
+		}
+		ad, err := ns.JszAccount(&server.JSzOptions{Account: "$G", Streams: true})
+		if err != nil {
+			return false
+		}
+		for _, sd := range ad.Streams {
+			if sd.Cluster != nil && sd.Cluster.Leader == ns.Name() {
+				return false
+			}
+		}
+		return true
 	})
 
 	run := func(via int) messages.TaskReport {

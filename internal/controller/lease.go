@@ -174,7 +174,14 @@ type activeState struct {
 // Active reports whether this controller may act now: always for a single
 // controller, while it holds the lease in a cluster. Setup runs and
 // rollouts call it (or LeaseCheck) right before each state-changing step.
-func (c *Controller) Active() bool { return c.acting() }
+func (c *Controller) Active() bool {
+	if !c.acting() {
+		return false
+	}
+	c.actMu.Lock()
+	defer c.actMu.Unlock()
+	return c.act != nil // activation done
+}
 
 // LeaseCheck returns ErrNotActive unless this controller may act now.
 func (c *Controller) LeaseCheck() error {
