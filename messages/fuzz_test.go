@@ -124,6 +124,14 @@ func FuzzDecodeAPI(f *testing.F) {
 	})
 }
 
+func FuzzDecodeRelay(f *testing.F) {
+	seed(f, `{"v":1,"after":"n1"}`, `{"v":1,"nodes":[{"name":"n1","public_key":"UCJO6MXJ4Y2H7JN6I36LWAOLV7BYMX3NG6T5UUPJFAPTZ3P2DIRUETZY"}],"next":"n1"}`)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		roundTrip[RelayKeysRequest](t, b)
+		roundTrip[RelayKeysReply](t, b)
+	})
+}
+
 func FuzzDecodeTaskPayloads(f *testing.F) {
 	seed(f, `{"v":1,"scope":"node","layers":["host"]}`, `{"layers":["net work"]}`, `{"checks":["host_memory"],"scope":"all"}`,
 		`{"v":1,"checks":[{"name":"host_memory","layer":"host","passed":true,"status":"pass","duration_ms":3,"node":"n1","observed":{"used_pct":12}}]}`,

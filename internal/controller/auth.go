@@ -2,6 +2,7 @@ package controller
 
 import (
 	"encoding/base64"
+	"maps"
 	"sync"
 	"time"
 
@@ -168,8 +169,10 @@ func nodesResponderUser() *server.User {
 		Publish: &server.SubjectPermission{Allow: []string{
 			messages.NodeInboxPrefix + ">",
 			messages.EnrollInboxPrefix + ">",
+			messages.RelayInboxPrefix + ">",
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
+			messages.RelayKeysSubject,
 			messages.EnrollPrefix + "*",
 			messages.HeartbeatPfx + "*",
 			messages.SyncPrefix + "*",
@@ -187,7 +190,7 @@ func stateUser() *server.User {
 		Publish: &server.SubjectPermission{Allow: []string{
 			"$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>",
 			messages.TaskPrefix + "*", messages.EventPrefix + "*", messages.StoredPrefix + "*",
-			ctlPending,
+			ctlPending, messages.RelayChangedSubject,
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{messages.OperatorInboxPrefix + ">", ctlPending}},
 	}}
@@ -284,4 +287,11 @@ func internalKey() (nkeys.KeyPair, string, error) {
 	}
 	pub, err := kp.PublicKey()
 	return kp, pub, err
+}
+
+// nodeKeys returns a copy of the enrolled keys (public key -> name).
+func (a *authenticator) nodeKeys() map[string]string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return maps.Clone(a.nodes)
 }

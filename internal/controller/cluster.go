@@ -98,18 +98,7 @@ func (o *ClusterOptions) resolve(dataDir string) error {
 // an error that says how to make one: peers must share it, so none is
 // made silently.
 func readClusterSecret(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("cluster secret %s: %w (make one with `head -c 32 /dev/urandom | base64 > %s`, chmod 600, and copy it to every peer)", path, err, path)
-	}
-	if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("cluster secret %s: mode %04o: must not be readable by others (chmod 600)", path, st.Mode().Perm())
-	}
-	s := strings.TrimSpace(string(b))
-	if len(s) < 16 {
-		return "", fmt.Errorf("cluster secret %s: shorter than 16 characters", path)
-	}
-	return s, nil
+	return readSecretFile("cluster secret", path)
 }
 
 // serverName is this peer's stable name, made once and kept in the data

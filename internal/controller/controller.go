@@ -68,7 +68,12 @@ type Options struct {
 	Pprof bool
 	// Cluster makes this controller one peer of a cluster (cluster.go).
 	Cluster ClusterOptions
-	Log     *zap.Logger
+	// LeafListen, if set, makes this controller a hub that accepts relays'
+	// leaf links (relay.go), authenticated with the secret in
+	// RelaySecretFile (default DATA_DIR/relay.secret).
+	LeafListen      string
+	RelaySecretFile string
+	Log             *zap.Logger
 }
 
 // Controller is a running controller.
@@ -290,6 +295,9 @@ func (c *Controller) startServer() error {
 	if err := c.applyCluster(sopts); err != nil {
 		return err
 	}
+	if err := c.applyLeaf(sopts); err != nil {
+		return err
+	}
 	ns, err := server.NewServer(sopts)
 	if err != nil {
 		return fmt.Errorf("nats server: %w", err)
@@ -416,6 +424,7 @@ func (c *Controller) subscribe() error {
 		{c.nodesNC, messages.SyncPrefix + "*", c.onSync},
 		{c.nodesNC, messages.AckPrefix + "*", c.onAck},
 		{c.nodesNC, messages.ResultPrefix + "*", c.disp.onResult},
+		{c.nodesNC, messages.RelayKeysSubject, c.onRelayKeys},
 		{c.apiNC, messages.APIPrefix + ">", c.onAPI},
 	}
 	for _, s := range subs {

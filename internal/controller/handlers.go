@@ -132,6 +132,7 @@ func (c *Controller) enroll(ctx context.Context, pub string, req messages.Enroll
 	}
 	c.auth.endPending(pub)
 	c.auth.addNode(pub, req.Name)
+	c.nc.Publish(messages.RelayChangedSubject, nil) // relays learn the key (relay.go)
 	// Let the reply go out first; the agent closes the connection itself
 	// as soon as it has read it.
 	if p.clientID != 0 {
@@ -400,6 +401,7 @@ func (c *Controller) removeNode(ctx context.Context, name string) (messages.Mess
 		return nil, err
 	}
 	c.auth.removeNode(pub)
+	c.nc.Publish(messages.RelayChangedSubject, nil)
 	n := c.disconnectKey(pub)
 	c.syncLimit.forget(name)
 	c.hbLimit.forget(name)
