@@ -84,8 +84,16 @@ func main() {
 	ctlProfile := flag.String("ctlprofile", "", "write the controller's CPU profile of the largest fan-out here")
 	worldAgents := flag.Int("world-agents", 100, "agents for the verification sweep against the test world (0 skips)")
 	tailnetJSON := flag.String("tailnet-json", "", "merge this tailnet fan-out result (from hack/tailnetbench) into the output")
+	haFlag := flag.Bool("ha", false, "run the HA bench instead (3-controller cluster, hub + 3 relays, failover; docs/HA.md)")
+	haAgents := flag.Int("ha-agents", 10000, "simulated agents for -ha")
+	haRounds := flag.Int("ha-rounds", 20, "measured fan-out rounds per topology for -ha")
 	flag.Parse()
 	log.SetFlags(0)
+	if *haFlag {
+		debug.SetGCPercent(*simGOGC)
+		haMain(*bin, *haAgents, *haRounds, *out)
+		return
+	}
 	// The simulated agents share this process, so their heaps are one heap,
 	// collected at once: every collection would stall all 1,000 agents
 	// together. In a fleet each agent is its own process with a small heap

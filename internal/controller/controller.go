@@ -382,6 +382,9 @@ func (c *Controller) openState(ctx context.Context) error {
 		c.auth.addNode(pub, name)
 	}
 	c.disp = newDispatcher(c, results, openKV, histKV)
+	if c.ver != nil {
+		c.ver.unregister() // a cluster peer activating again (lease.go)
+	}
 	c.ver = newVerifier(c, reports)
 	c.metricsOnce.Do(func() {
 		c.met.reg.MustRegister(fleetCollector{c: c, desc: prometheus.NewDesc("mgn_nodes",

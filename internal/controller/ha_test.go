@@ -273,3 +273,39 @@ func TestClusterLeaseAndFailover(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterReactivation: taking the lease away (deleting its key, as an
+// expiry would) makes the holder stand down and some controller take it
+// again; a controller active a second time in one process rebuilds its
+// active part (no duplicate registrations) and the fleet keeps working.
+func TestClusterReactivation(t *testing.T) {
+	h := newHACluster(t)
+	h.active(30 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	js, _ := jetstream.New(h.cli[0].Conn())
+	kv, err := js.KeyValue(ctx, "mgn_lease")
+	if err != nil {
+		t.Fatal(err)
+	}
+	times := map[int]int{}
+	for round := 0; round < 8; round++ {
+		act := h.active(30 * time.Second)
+		times[act]++
+		if err := kv.Delete(ctx, "active"); err != nil {
+			t.Fatal(err)
+		}
+		poll.Until(t, 10*time.Second, "the holder stands down", func() bool { return !h.c[act].Active() || h.c[act].Lease(ctx).Rev > 0 })
+	}
+	act := h.active(30 * time.Second)
+	t.Logf("activations per controller: %v", times)
+	var rep messages.TokenCreateReply
+	poll.Until(t, 20*time.Second, "token", func() bool {
+		var err error
+		rep, err = h.cli[act].TokenCreate(ctx, "1h", true, messages.TokenScope{})
+		return err == nil
+	})
+	h.token = rep.Token
+	h.agent("r1")
+	poll.Until(t, 20*time.Second, "agent online", func() bool { return h.online(act, "r1") })
+}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
@@ -317,6 +318,7 @@ func (c *Controller) activate() error {
 		return err
 	}
 	c.ver.loadLast(ctx)
+	c.resendOwed()
 	a := &activeState{stop: make(chan struct{})}
 	a.ctx, a.end = context.WithCancel(context.Background())
 	c.actMu.Lock()
@@ -349,6 +351,43 @@ func (c *Controller) unsubscribe() {
 	c.subs = nil
 }
 
+// resendOwed sends every recovered open task again to the nodes that owe
+// an outcome. An agent that finished it while no controller was active
+// answers at once with the result from its journal (it never runs a task
+// id twice); one still running it ignores it. Without this, agents that
+// stayed connected to a surviving peer would resend only on their next
+// periodic sync, seconds later.
+func (c *Controller) resendOwed() {
+	d := c.disp
+	type owed struct {
+		payload []byte
+		nodes   []string
+	}
+	var all []owed
+	d.mu.Lock()
+	for _, ts := range d.tasks {
+		if isClosed(ts.done) {
+			continue
+		}
+		o := owed{payload: messages.MustEncode(&ts.rec.Task)}
+		for _, n := range ts.rec.Targets {
+			if ts.owes(n) {
+				o.nodes = append(o.nodes, n)
+			}
+		}
+		all = append(all, o)
+	}
+	d.mu.Unlock()
+	for _, o := range all {
+		for _, n := range o.nodes {
+			if !c.acting() {
+				return
+			}
+			c.nc.Publish(messages.TaskSubject(n), o.payload)
+		}
+	}
+}
+
 // deactivate tears the active part down. It writes nothing: whatever the
 // lost lease's holder still had in memory the next holder rebuilds from
 // the replicated state and the agents' journals.
@@ -368,4 +407,12 @@ func (c *Controller) deactivate(why string) {
 	}
 	c.activeGauge.Set(0)
 	c.log.Info("standby", zap.String("why", why))
+}
+
+// unregister removes the verifier's series, so that the next activation's
+// verifier can register its own (activation builds everything anew).
+func (v *verifier) unregister() {
+	for _, m := range []prometheus.Collector{v.layerStatus, v.checkCounts, v.checkDuration, v.sweepDuration} {
+		v.c.met.reg.Unregister(m)
+	}
 }
