@@ -69,10 +69,12 @@ FUZZTIME ?= 10s
 fuzz:
 	@hack/fuzz.sh $(FUZZTIME)
 
+HA_AGENTS ?= 10000
 ## bench: fan-out (loopback and tailnet), idle agent, verification sweep, diagnosis; writes bench.json
 bench: build testenv
 	$(GO) run ./hack/tailnetbench -agents $(TAILNET_AGENTS) -rounds $(TAILNET_ROUNDS) -out bench-tailnet.json
 	$(GO) run ./hack/bench -out bench.json -tailnet-json bench-tailnet.json
+	$(GO) run ./hack/bench -ha -ha-agents $(HA_AGENTS) -out bench-ha.json
 
 vet:
 	$(GO) vet ./...
