@@ -81,7 +81,7 @@ func (p *haProc) kill() {
 func freePort() int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		log.Fatal(err)
+		log.Panic(err)
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
@@ -92,7 +92,7 @@ func startProc(bin string, args ...string) *exec.Cmd {
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		log.Fatal(err)
+		log.Panic(err)
 	}
 	return cmd
 }
@@ -104,13 +104,13 @@ func waitInfo(data string) runinfo.Info {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	log.Fatalf("controller in %s did not come up", data)
+	log.Panicf("controller in %s did not come up", data)
 	return runinfo.Info{}
 }
 
 func writeSecret(path string) {
 	if err := os.WriteFile(path, []byte("bench-secret-0123456789abcdef0123\n"), 0o600); err != nil {
-		log.Fatal(err)
+		log.Panic(err)
 	}
 }
 
@@ -134,7 +134,7 @@ func activeOf(ps []*haProc, within time.Duration) int {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	log.Fatal("no active controller")
+	log.Panic("no active controller")
 	return -1
 }
 
@@ -149,7 +149,7 @@ func simAgents(n int, prefix, urls, token, work string) []context.CancelFunc {
 			Log: zap.NewNop(), Journal: agent.NewMemJournal(),
 		})
 		if err != nil {
-			log.Fatal(err)
+			log.Panic(err)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		go a.Run(ctx)
@@ -165,15 +165,15 @@ func fanRounds(cli *ctlclient.Client, rounds int) (p50, p99 time.Duration) {
 		t := time.Now()
 		rep, err := cli.Run(ctx, messages.RunRequest{Target: "sim=true", Kind: "ping", Timeout: "60s"})
 		if err != nil {
-			log.Fatal(err)
+			log.Panic(err)
 		}
 		report, err := cli.Wait(ctx, rep.TaskID)
 		if err != nil {
-			log.Fatal(err)
+			log.Panic(err)
 		}
 		for _, x := range report.Results {
 			if x.Outcome != messages.OutcomeOK {
-				log.Fatalf("%s: %s %s", x.Node, x.Outcome, x.Reason)
+				log.Panicf("%s: %s %s", x.Node, x.Outcome, x.Reason)
 			}
 		}
 		if r >= 2 {
@@ -186,7 +186,7 @@ func fanRounds(cli *ctlclient.Client, rounds int) (p50, p99 time.Duration) {
 func haMain(bin string, n, rounds int, out string) {
 	work, err := os.MkdirTemp("", "mgn-bench-ha")
 	if err != nil {
-		log.Fatal(err)
+		log.Panic(err)
 	}
 	defer os.RemoveAll(work)
 	res := haOutput{Machine: machine(), Date: time.Now().UTC().Format(time.RFC3339),
@@ -204,7 +204,7 @@ func haMain(bin string, n, rounds int, out string) {
 	}
 	b, _ := json.MarshalIndent(res, "", "  ")
 	if err := os.WriteFile(out, append(b, '\n'), 0o644); err != nil {
-		log.Fatal(err)
+		log.Panic(err)
 	}
 	fmt.Printf("wrote %s\n", out)
 }
@@ -262,7 +262,7 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 			c()
 		}
 	}()
-	waitOnline(cli, n)
+	haWaitOnline(cli, n)
 	log.Printf("cluster: %d agents online over 3 controllers (%.1fs)", n, time.Since(t0).Seconds())
 	time.Sleep(2 * time.Second)
 	t := haTopology{Name: "3-controller cluster", Agents: n, Rounds: rounds}
@@ -283,7 +283,7 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 	ctx := context.Background()
 	rep, err := cli.Run(ctx, messages.RunRequest{Target: "sim=true", Kind: "sleep", Args: json.RawMessage(`{"duration":"1s"}`), Timeout: "120s"})
 	if err != nil {
-		log.Fatal(err)
+		log.Panic(err)
 	}
 	k := time.Now()
 	ps[act].kill()
@@ -304,7 +304,7 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 			break
 		}
 		if time.Since(k) > 3*time.Minute {
-			log.Fatal("the task issued before the failover did not finish in 3 minutes")
+			log.Panic("the task issued before the failover did not finish in 3 minutes")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -321,7 +321,7 @@ func dialAny(ps []*haProc, skip int) *ctlclient.Client {
 			return c
 		}
 	}
-	log.Fatal("no controller to dial")
+	log.Panic("no controller to dial")
 	return nil
 }
 
@@ -335,7 +335,7 @@ func retryToken(cli *ctlclient.Client) string {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	log.Fatal("no token")
+	log.Panic("no token")
 	return ""
 }
 
@@ -351,7 +351,7 @@ func benchRelays(bin, work string, n, rounds int) haTopology {
 	hub.nats = waitInfo(hub.data).NATSURL
 	cli, err := ctlclient.Dial(hub.data)
 	if err != nil {
-		log.Fatal(err)
+		log.Panic(err)
 	}
 	defer cli.Close()
 	tok := retryToken(cli)
@@ -372,7 +372,7 @@ func benchRelays(bin, work string, n, rounds int) haTopology {
 	// Agents enroll at the hub, then live behind the relays.
 	t0 := time.Now()
 	enroll := simAgents(n, "rl", hub.nats, tok, work)
-	waitOnline(cli, n)
+	haWaitOnline(cli, n)
 	for _, c := range enroll {
 		c()
 	}
@@ -404,7 +404,7 @@ func benchRelays(bin, work string, n, rounds int) haTopology {
 			c()
 		}
 	}()
-	waitOnline(cli, n)
+	haWaitOnline(cli, n)
 	log.Printf("relays: %d agents online behind 3 relays (%.1fs)", n, time.Since(t0).Seconds())
 	time.Sleep(2 * time.Second)
 	t := haTopology{Name: "hub + 3 relays", Agents: n, Rounds: rounds}
@@ -432,7 +432,7 @@ func simAgentAt(name, url, work string) context.CancelFunc {
 		Log: zap.NewNop(), Journal: agent.NewMemJournal(),
 	})
 	if err != nil {
-		log.Fatal(err)
+		log.Panic(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	go a.Run(ctx)
@@ -499,11 +499,11 @@ func floorLeaf(n, rounds int) (p50, p99 time.Duration) {
 func startServer(o *server.Options) *server.Server {
 	s, err := server.NewServer(o)
 	if err != nil {
-		log.Fatal(err)
+		log.Panic(err)
 	}
 	go s.Start()
 	if !s.ReadyForConnections(10 * time.Second) {
-		log.Fatal("floor server")
+		log.Panic("floor server")
 	}
 	return s
 }
@@ -515,7 +515,7 @@ func floorOver(n, rounds int, subURL func(int) string, pubURL string) (p50, p99 
 	for i := 0; i < n; i++ {
 		nc, err := nats.Connect(subURL(i))
 		if err != nil {
-			log.Fatal(err)
+			log.Panic(err)
 		}
 		nc.Subscribe(fmt.Sprintf("floor.%d", i), func(m *nats.Msg) { m.Respond([]byte(`{"ok":true}`)) })
 		nc.Flush()
@@ -528,7 +528,7 @@ func floorOver(n, rounds int, subURL func(int) string, pubURL string) (p50, p99 
 	}()
 	pub, err := nats.Connect(pubURL)
 	if err != nil {
-		log.Fatal(err)
+		log.Panic(err)
 	}
 	defer pub.Close()
 	inbox := nats.NewInbox()
@@ -549,7 +549,7 @@ func floorOver(n, rounds int, subURL func(int) string, pubURL string) (p50, p99 
 			select {
 			case <-got:
 			case <-timeout:
-				log.Fatalf("floor: %d of %d replies in 30 s", i, n)
+				log.Panicf("floor: %d of %d replies in 30 s", i, n)
 			}
 		}
 		if r >= 2 {
@@ -559,4 +559,23 @@ func floorOver(n, rounds int, subURL func(int) string, pubURL string) (p50, p99 
 		}
 	}
 	return pct(lat, 50), pct(lat, 99)
+}
+
+// haWaitOnline is waitOnline with room for a loaded machine: 10,000
+// agents enrolling at once on 2 shared cores can take minutes.
+func haWaitOnline(cli *ctlclient.Client, n int) {
+	deadline := time.Now().Add(20 * time.Minute)
+	last := time.Now()
+	for time.Now().Before(deadline) {
+		st, err := cli.Status(context.Background())
+		if err == nil && st.Summary.Online >= n {
+			return
+		}
+		if time.Since(last) > 30*time.Second && err == nil {
+			log.Printf("%d of %d agents online", st.Summary.Online, n)
+			last = time.Now()
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	log.Panicf("fewer than %d agents online after 20 minutes", n)
 }
