@@ -234,7 +234,7 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 		}
 		p := &haProc{data: filepath.Join(work, fmt.Sprintf("c%d", i)), http: fmt.Sprintf("127.0.0.1:%d", freePort())}
 		p.cmd = startProc(bin, "serve", "--data-dir", p.data, "--listen", "127.0.0.1:0", "--http", p.http,
-			"--sweep-interval", "-1s", "--log-level", "error", "--cluster-name", "bench", "--cluster-listen", routes[i],
+			"--sweep-interval", "-1s", "--log-level", "error", "--heartbeat-interval", "1s", "--cluster-name", "bench", "--cluster-listen", routes[i],
 			"--peers", strings.Join(peers, ","), "--cluster-secret-file", secret)
 		ps = append(ps, p)
 	}
@@ -255,8 +255,27 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 	for i, p := range ps {
 		base[i] = rssKiB(p.cmd.Process.Pid)
 	}
+	// Enrollment goes to the active controller (enrolling through a
+	// standby works but waits for the peer's notice: docs/HA.md); then
+	// the agents run with every peer's URL, spread by the NATS client.
 	t0 := time.Now()
-	agents := simAgents(n, "ha", strings.Join(urls, ","), tok, work)
+	enroll := simAgents(n, "ha", ps[act].nats, tok, work)
+	haWaitOnline(cli, n)
+	for _, c := range enroll {
+		c()
+	}
+	for {
+		st, err := cli.Status(context.Background())
+		if err == nil && st.Summary.Online == 0 {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	log.Printf("cluster: %d agents enrolled (%.1fs)", n, time.Since(t0).Seconds())
+	var agents []context.CancelFunc
+	for i := 0; i < n; i++ {
+		agents = append(agents, simAgentAt(fmt.Sprintf("ha%05d", i), strings.Join(urls, ","), work))
+	}
 	defer func() {
 		for _, c := range agents {
 			c()

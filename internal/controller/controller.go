@@ -118,6 +118,7 @@ type Controller struct {
 	lease       *lease
 	sysNC       *nats.Conn
 	ctlNC       atomic.Pointer[nats.Conn] // c.nc, for the authenticator's notices
+	enrollWait  chan struct{}             // enrollments waiting for a peer's notice (handlers.go)
 	subs        []*nats.Subscription
 	actMu       sync.Mutex
 	act         *activeState
@@ -144,7 +145,7 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 		hbLimit:   heartbeatLimiter(o.HeartbeatInterval),
 		syncLimit: newNodeLimiter(syncRate, syncBurst, syncInFlight),
 		logRate:   newLogLimiter(10 * time.Second),
-		logOnce:   newLogLimiter(24 * time.Hour)}
+		logOnce:   newLogLimiter(24 * time.Hour), enrollWait: make(chan struct{}, 256)}
 	if was, err := privdir.Ensure(o.DataDir); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	} else if was != 0 {

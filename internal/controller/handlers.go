@@ -77,17 +77,44 @@ func (c *Controller) onEnroll(m *nats.Msg) {
 		c.reply(m, "enroll", inbox, nil, err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	claims, err := c.enroll(ctx, pub, req)
-	if err != nil {
-		c.log.Info("enrollment refused", zap.String("node", req.Name), zap.Error(err))
-		c.reply(m, "enroll", inbox, nil, err)
+	process := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		claims, err := c.enroll(ctx, pub, req)
+		if err != nil {
+			c.log.Info("enrollment refused", zap.String("node", req.Name), zap.Error(err))
+			c.reply(m, "enroll", inbox, nil, err)
+			return
+		}
+		c.log.Info("node enrolled", zap.String("node", req.Name), zap.String("cluster", claims.Cluster), zap.String("role", claims.Role))
+		c.reply(m, "enroll", inbox, &messages.EnrollReply{V: messages.Version, Name: req.Name,
+			HeartbeatInterval: c.opts.HeartbeatInterval.String(), MaxMessageBytes: c.opts.MaxMessageBytes, Node: &claims}, nil)
+	}
+	if _, ok := c.auth.pendingFor(pub); ok || c.lease == nil {
+		process()
 		return
 	}
-	c.log.Info("node enrolled", zap.String("node", req.Name), zap.String("cluster", claims.Cluster), zap.String("role", claims.Role))
-	c.reply(m, "enroll", inbox, &messages.EnrollReply{V: messages.Version, Name: req.Name,
-		HeartbeatInterval: c.opts.HeartbeatInterval.String(), MaxMessageBytes: c.opts.MaxMessageBytes, Node: &claims}, nil)
+	// In a cluster the agent may have connected to another peer, whose
+	// notice of the attempt can trail its request (cluster.go): wait for
+	// it beside the responder, which must not stall the fleet's
+	// heartbeats and results.
+	select {
+	case c.enrollWait <- struct{}{}:
+	default:
+		c.reply(m, "enroll", inbox, nil, messages.Errorf(messages.CodeInternal, "controller busy with enrollments, retry"))
+		return
+	}
+	go func() {
+		defer func() { <-c.enrollWait }()
+		deadline := time.Now().Add(2 * time.Second)
+		for time.Now().Before(deadline) {
+			if _, ok := c.auth.pendingFor(pub); ok {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		process()
+	}()
 }
 
 // enroll checks everything that can refuse an enrollment before it spends
@@ -96,12 +123,6 @@ func (c *Controller) onEnroll(m *nats.Msg) {
 // enrollment connection is closed (the agent reconnects with its key).
 func (c *Controller) enroll(ctx context.Context, pub string, req messages.EnrollRequest) (messages.NodeClaims, error) {
 	p, ok := c.auth.pendingFor(pub)
-	for wait := 0; !ok && c.lease != nil && wait < 20; wait++ {
-		// In a cluster the agent may have connected to another peer,
-		// whose notice of the attempt can trail its request (cluster.go).
-		time.Sleep(50 * time.Millisecond)
-		p, ok = c.auth.pendingFor(pub)
-	}
 	if !ok {
 		return messages.NodeClaims{}, messages.Errorf(messages.CodeBadRequest, "no enrollment in progress for this key: reconnect with a join token")
 	}
