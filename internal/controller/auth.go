@@ -37,6 +37,7 @@ type authenticator struct {
 
 	mu      sync.Mutex
 	nodes   map[string]string        // public key -> node name
+	byName  map[string]string        // node name -> public key
 	pending map[string]pendingEnroll // enrolling public key -> its attempt
 	refused func(reason string)      // counts refusals (metrics)
 	// onPending, in a cluster, tells the other peers about an enrollment
@@ -71,6 +72,7 @@ func newAuthenticator(adminKey string, tokens *tokenStore, refused func(string))
 		internal: map[string]*server.User{},
 		tokens:   tokens,
 		nodes:    map[string]string{},
+		byName:   map[string]string{},
 		pending:  map[string]pendingEnroll{},
 		refused:  refused,
 	}
@@ -226,6 +228,7 @@ func (a *authenticator) addNode(pub, name string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.nodes[pub] = name
+	a.byName[name] = pub
 }
 
 // removeNode forgets a node's key, so that it cannot connect again. Its
@@ -233,6 +236,9 @@ func (a *authenticator) addNode(pub, name string) {
 func (a *authenticator) removeNode(pub string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if name, ok := a.nodes[pub]; ok && a.byName[name] == pub {
+		delete(a.byName, name)
+	}
 	delete(a.nodes, pub)
 }
 
@@ -255,12 +261,7 @@ func (a *authenticator) addRemotePending(pub, tokenHash string) {
 func (a *authenticator) keyOf(name string) string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for pub, n := range a.nodes {
-		if n == name {
-			return pub
-		}
-	}
-	return ""
+	return a.byName[name]
 }
 
 // pendingFor returns the enrollment attempt of key pub without ending it:

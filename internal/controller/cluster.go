@@ -386,7 +386,11 @@ func (c *Controller) onNodeRecord(e jetstream.KeyValueEntry) {
 		if len(e.Value()) > MaxMaxMessageBytes || json.Unmarshal(e.Value(), &rec) != nil || rec.Name != name || rec.PublicKey == "" {
 			return
 		}
-		if old := c.auth.keyOf(name); old != "" && old != rec.PublicKey {
+		old := c.auth.keyOf(name)
+		if old == rec.PublicKey {
+			return // a heartbeat's flush: same key
+		}
+		if old != "" {
 			c.auth.removeNode(old)
 			c.disconnectKey(old)
 		}
