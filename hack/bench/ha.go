@@ -138,10 +138,29 @@ func activeOf(ps []*haProc, within time.Duration) int {
 	return -1
 }
 
+// enrollBatch bounds the enrollments in flight: the controller keeps at
+// most 4,096 pending enrollment connections (maxPendingEnrollments).
+const enrollBatch = 2000
+
+// enrollAll enrolls n agents in batches, each online before the next.
+func enrollAll(cli *ctlclient.Client, n int, prefix, url, token, work string) []context.CancelFunc {
+	var all []context.CancelFunc
+	for lo := 0; lo < n; lo += enrollBatch {
+		hi := min(lo+enrollBatch, n)
+		all = append(all, simAgentsRange(lo, hi, prefix, url, token, work)...)
+		haWaitOnline(cli, hi)
+	}
+	return all
+}
+
 // simAgents starts n in-process agents named PREFIXnnnnn with urls.
 func simAgents(n int, prefix, urls, token, work string) []context.CancelFunc {
+	return simAgentsRange(0, n, prefix, urls, token, work)
+}
+
+func simAgentsRange(lo, hi int, prefix, urls, token, work string) []context.CancelFunc {
 	var cancels []context.CancelFunc
-	for i := 0; i < n; i++ {
+	for i := lo; i < hi; i++ {
 		name := fmt.Sprintf("%s%05d", prefix, i)
 		a, err := agent.New(agent.Config{
 			ControllerURL: urls, Token: token, Name: name, Cluster: "sim", Labels: map[string]string{"sim": "true"},
@@ -259,8 +278,7 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 	// standby works but waits for the peer's notice: docs/HA.md); then
 	// the agents run with every peer's URL, spread by the NATS client.
 	t0 := time.Now()
-	enroll := simAgents(n, "ha", ps[act].nats, tok, work)
-	haWaitOnline(cli, n)
+	enroll := enrollAll(cli, n, "ha", ps[act].nats, tok, work)
 	for _, c := range enroll {
 		c()
 	}
@@ -398,8 +416,7 @@ func benchRelays(bin, work string, n, rounds int) haTopology {
 	}()
 	// Agents enroll at the hub, then live behind the relays.
 	t0 := time.Now()
-	enroll := simAgents(n, "rl", hub.nats, tok, work)
-	haWaitOnline(cli, n)
+	enroll := enrollAll(cli, n, "rl", hub.nats, tok, work)
 	for _, c := range enroll {
 		c()
 	}
