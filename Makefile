@@ -69,12 +69,16 @@ FUZZTIME ?= 10s
 fuzz:
 	@hack/fuzz.sh $(FUZZTIME)
 
+# HA_AGENTS: 10,000 is the issue's target; enrollment of that many simulated agents
+# stalls near 5,700 today (docs/HA.md), so the default is what completes.
+HA_AGENTS ?= 2000
 ## bench: fan-out (loopback and tailnet), idle agent, verification sweep, diagnosis, dashboard in Chromium; writes bench.json
 DASH_NODES ?= 5000
 bench: build testenv apt-deps
 	$(GO) run ./hack/tailnetbench -agents $(TAILNET_AGENTS) -rounds $(TAILNET_ROUNDS) -out bench-tailnet.json
 	$(GO) run ./hack/dashbench -nodes $(DASH_NODES) -out bench-dashboard.json
 	$(GO) run ./hack/bench -out bench.json -tailnet-json bench-tailnet.json -dashboard-json bench-dashboard.json
+	$(GO) run ./hack/bench -ha -ha-agents $(HA_AGENTS) -out bench-ha.json
 
 vet:
 	$(GO) vet ./...
