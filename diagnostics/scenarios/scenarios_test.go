@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -111,6 +112,9 @@ type world struct {
 	hs *testenv.Headscale
 	lc checks.LocalAPI
 	ts checks.LocalAPI
+	// The router: another tsnet node advertising checks.DefaultTSRoutes,
+	// its Headscale node id (route-unapproved takes its approvals away).
+	routerID uint64
 }
 
 // knob is a fault: apply it, revert it.
@@ -155,7 +159,61 @@ const (
 	talosWorker = "127.0.0.2"
 )
 
+// waitRoutesGone polls this node's status until no peer carries any of
+// checks.DefaultTSRoutes (in PrimaryRoutes or AllowedIPs).
+func (w *world) waitRoutesGone(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var carried []string
+	for {
+		st, err := w.ts.Status(ctx)
+		if err == nil {
+			carried = nil
+			for _, p := range st.Peer {
+				if p == nil {
+					continue
+				}
+				var have []netip.Prefix
+				if p.PrimaryRoutes != nil {
+					have = append(have, p.PrimaryRoutes.AsSlice()...)
+				}
+				if p.AllowedIPs != nil {
+					have = append(have, p.AllowedIPs.AsSlice()...)
+				}
+				for _, r := range strings.Split(checks.DefaultTSRoutes, ",") {
+					if slices.Contains(have, netip.MustParsePrefix(r)) {
+						carried = append(carried, p.HostName+" "+r)
+					}
+				}
+			}
+			if len(carried) == 0 {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("peers still carry %v (status error %v): %w", carried, err, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 var knobs = map[string]knob{
+	"route-unapproved": {
+		// Headscale approves none of the router's routes. Seen from this
+		// node (not a router): no online peer carries them.
+		// Apply waits until this node's view of its peers has taken the
+		// change (Headscale pushes it in about a second).
+		apply: func(ctx context.Context, w *world) error {
+			if err := w.hs.ApproveRoutes(ctx, w.routerID); err != nil {
+				return err
+			}
+			return w.waitRoutesGone(ctx)
+		},
+		revert: func(ctx context.Context, w *world) error {
+			return w.hs.ApproveRoutes(ctx, w.routerID, strings.Split(checks.DefaultTSRoutes, ",")...)
+		},
+	},
 	"talos-apid-down": {
 		// apid is gone: its port refuses connections. Back, it is a new
 		// machine on the same address (a new bundle, so a new talosconfig
@@ -442,6 +500,24 @@ func TestScenarioMatrix(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { node.Close() })
+	// The router, its routes approved.
+	var routes []netip.Prefix
+	for _, r := range strings.Split(checks.DefaultTSRoutes, ",") {
+		routes = append(routes, netip.MustParsePrefix(r))
+	}
+	router, _, err := testenv.StartTSNet(ctx, testenv.TSNetOptions{ControlURL: w.hs.URL(), AuthKey: key, Hostname: "guildnet-router", Dir: filepath.Join(dir, "tsnet-router"), AdvertiseRoutes: routes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { router.Close() })
+	rn, err := w.hs.NodeByName(ctx, "guildnet-router")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.routerID = rn.ID
+	if err := w.hs.ApproveRoutes(ctx, w.routerID, strings.Split(checks.DefaultTSRoutes, ",")...); err != nil {
+		t.Fatal(err)
+	}
 	lc, err := node.LocalClient()
 	if err != nil {
 		t.Fatal(err)
@@ -462,6 +538,8 @@ func TestScenarioMatrix(t *testing.T) {
 		"TS_LOGIN_SERVER":     w.hs.URL(),
 		"TALOSCONFIG":         w.talosCfg,
 		"TALOS_NODES":         talosCP + "," + talosWorker,
+		// Every route must be carried by an online peer (the router).
+		"TS_ROUTES": checks.DefaultTSRoutes,
 		// No cluster DNS here: dns_resolution resolves localhost.
 		"METAGN_DNS_NAME": "localhost",
 	}
