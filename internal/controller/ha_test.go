@@ -155,7 +155,9 @@ func (h *haCluster) agent(name string) *agent.Agent {
 }
 
 func (h *haCluster) online(via int, names ...string) bool {
-	st, err := h.cli[via].Status(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	st, err := h.cli[via].Status(ctx)
 	if err != nil {
 		return false
 	}
