@@ -123,8 +123,8 @@ type Server struct {
 	// pendingCA is an OS CA without its key (a worker config) waiting
 	// for a control-plane node of the cluster that has the key.
 	pendingCA *x509.PEMEncodedCertificateAndKey
-	refusing bool
-	cluster  *Cluster
+	refusing  bool
+	cluster   *Cluster
 }
 
 // Start generates a secrets bundle, listens on opts.Addr and serves until
