@@ -1,11 +1,16 @@
 package steps
 
+import "slices"
+
 // Builtin is the one place where the setup steps are listed, in run order
 // within each layer. Families add their steps here.
 func Builtin() *Registry {
-	r, err := NewRegistry(
-	// network.go, talos.go, addons.go, database.go, application.go
-	)
+	r, err := NewRegistry(slices.Concat(
+		// network.go
+		talosSteps(), // talos.go: talos_machine_config, talos_bootstrap, kubeconfig_fetch, kubeconfig_install
+		addonSteps(), // addons.go: k8s_namespaces, guildnet_crds, metallb
+		// database.go, application.go
+	)...)
 	if err != nil {
 		panic(err) // a mistake in the literal list above; caught by tests
 	}
