@@ -589,7 +589,7 @@ func (a *Agent) notRunning(id string) {
 func (a *Agent) env(kind string) *tasks.Env {
 	cl := a.currentClaims()
 	return &tasks.Env{Node: a.cfg.Name, Cluster: cl.Cluster, Role: cl.Role, Labels: cl.Labels,
-		Version: a.cfg.Version, Log: a.taskLog(kind), Settings: a.cfg.Settings}
+		Version: a.cfg.Version, Log: a.taskLog(kind), Settings: withSetupFiles(a.cfg.Settings, a.cfg.StateDir)}
 }
 
 // currentClaims returns what the controller says this node is.
