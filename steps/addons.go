@@ -17,11 +17,12 @@ import (
 	"strings"
 	"time"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -450,12 +451,9 @@ func undoOrNil(u addonUndoData) any {
 // addonUndo deletes what the apply created and restores what it updated,
 // in reverse order.
 func addonUndo(ctx context.Context, env *Env, raw json.RawMessage) error {
-	var u addonUndoData
-	if len(raw) == 0 || string(raw) == "null" {
-		return nil
-	}
-	if err := json.Unmarshal(raw, &u); err != nil {
-		return fmt.Errorf("undo data: %w", err)
+	u, err := parseAddonUndo(raw)
+	if err != nil || len(u.Objects) == 0 {
+		return err
 	}
 	dyn, err := dynamicClient(env)
 	if err != nil {
@@ -471,6 +469,18 @@ func addonUndo(ctx context.Context, env *Env, raw json.RawMessage) error {
 		}
 		cctx, cancel := context.WithTimeout(ctx, kubeCallTimeout)
 		if o.Created {
+			// Only what setup applied: the Undo data comes back from the
+			// controller, and a deletion is not to be taken on its word.
+			cur, err := ri.Get(cctx, o.Name, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) {
+				cancel()
+				continue
+			}
+			if err != nil || !appliedBySetup(cur) {
+				errs = append(errs, fmt.Errorf("undo: %s %s: not deleted (not applied by %s): %v", o.Resource, o.Name, FieldManager, err))
+				cancel()
+				continue
+			}
 			bg := metav1.DeletePropagationBackground
 			if err := ri.Delete(cctx, o.Name, metav1.DeleteOptions{PropagationPolicy: &bg}); err != nil && !apierrors.IsNotFound(err) {
 				errs = append(errs, fmt.Errorf("undo: delete %s %s: %w", o.Resource, o.Name, err))
@@ -488,6 +498,61 @@ func addonUndo(ctx context.Context, env *Env, raw json.RawMessage) error {
 		cancel()
 	}
 	return errors.Join(errs...)
+}
+
+// maxUndoObjects bounds the Undo data of an add-on step.
+const maxUndoObjects = 64
+
+// undoGVRs are the only resources add-on Undo touches.
+var undoGVRs = []schema.GroupVersionResource{gvrNamespace, crds.GVR, gvrDeployment, gvrDaemonSet, gvrIPPool, gvrL2Ad}
+
+// parseAddonUndo decodes and checks an add-on step's Undo data: known
+// resources only, names valid, bounded.
+func parseAddonUndo(raw json.RawMessage) (addonUndoData, error) {
+	var u addonUndoData
+	if len(raw) == 0 || string(raw) == "null" {
+		return u, nil
+	}
+	if err := strictJSON(raw, &u); err != nil {
+		return addonUndoData{}, fmt.Errorf("undo data: %w", err)
+	}
+	if len(u.Objects) > maxUndoObjects {
+		return addonUndoData{}, fmt.Errorf("undo data: %d objects, at most %d", len(u.Objects), maxUndoObjects)
+	}
+	for i, o := range u.Objects {
+		gvr := schema.GroupVersionResource{Group: o.Group, Version: o.Version, Resource: o.Resource}
+		if !slices.Contains(undoGVRs, gvr) {
+			return addonUndoData{}, fmt.Errorf("undo data: objects[%d]: resource %s is not one setup applies", i, gvr)
+		}
+		if errs := validation.IsDNS1123Subdomain(o.Name); len(errs) > 0 {
+			return addonUndoData{}, fmt.Errorf("undo data: objects[%d]: name %q: %s", i, o.Name, strings.Join(errs, "; "))
+		}
+		if o.Namespace != "" {
+			if errs := validation.IsDNS1123Label(o.Namespace); len(errs) > 0 {
+				return addonUndoData{}, fmt.Errorf("undo data: objects[%d]: namespace %q: %s", i, o.Namespace, strings.Join(errs, "; "))
+			}
+		}
+		if o.Created == (o.Previous != nil) {
+			return addonUndoData{}, fmt.Errorf("undo data: objects[%d]: want either created or previous", i)
+		}
+		if o.Previous != nil {
+			prev := unstructured.Unstructured{Object: o.Previous}
+			if prev.GetName() != o.Name || prev.GetNamespace() != o.Namespace {
+				return addonUndoData{}, fmt.Errorf("undo data: objects[%d]: previous content is of %s/%s, not %s/%s", i, prev.GetNamespace(), prev.GetName(), o.Namespace, o.Name)
+			}
+		}
+	}
+	return u, nil
+}
+
+// appliedBySetup reports whether FieldManager manages fields of u.
+func appliedBySetup(u *unstructured.Unstructured) bool {
+	for _, mf := range u.GetManagedFields() {
+		if mf.Manager == FieldManager {
+			return true
+		}
+	}
+	return false
 }
 
 // restore puts an object's previous content back (an update with the

@@ -432,6 +432,15 @@ func TestClusterLayer(t *testing.T) {
 		t.Fatalf("pool after undoing its creation: %v", err)
 	}
 
+	// Undo data naming what setup did not apply deletes nothing.
+	hostile := json.RawMessage(`{"objects":[{"version":"v1","resource":"namespaces","name":"kube-system","created":true}]}`)
+	if err := metallb.Undo(ctx, cpEnv, hostile); err == nil || !strings.Contains(err.Error(), "not applied by") {
+		t.Fatalf("undo naming kube-system: %v", err)
+	}
+	if _, err := w.cs.CoreV1().Namespaces().Get(ctx, "kube-system", metav1.GetOptions{}); err != nil {
+		t.Fatalf("kube-system after a hostile undo: %v", err)
+	}
+
 	// An update is undone by restoring the previous content.
 	if _, err := metallb.Apply(ctx, cpEnv); err != nil {
 		t.Fatal(err)

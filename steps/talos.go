@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -549,9 +550,9 @@ func applyMachineConfig(ctx context.Context, env *Env) (Applied, error) {
 // node that was in maintenance mode cannot go back to it short of a reset
 // (talosctl reset wipes it), which setup never does: it stays configured.
 func undoMachineConfig(ctx context.Context, env *Env, raw json.RawMessage) error {
-	var u machineConfigUndo
-	if err := json.Unmarshal(raw, &u); err != nil {
-		return fmt.Errorf("undo of talos_machine_config: %w", err)
+	u, err := parseMachineConfigUndo(raw)
+	if err != nil {
+		return err
 	}
 	if u.Created || u.PreviousSHA256 == "" {
 		env.logger().Info("talos_machine_config undo: the node was in maintenance mode; it keeps its config (only a reset would remove it)", zap.String("node", env.Node))
@@ -952,9 +953,9 @@ func applyInstall(_ context.Context, env *Env) (Applied, error) {
 }
 
 func undoInstall(_ context.Context, env *Env, raw json.RawMessage) error {
-	var u installUndo
-	if err := json.Unmarshal(raw, &u); err != nil {
-		return fmt.Errorf("undo of kubeconfig_install: %w", err)
+	u, err := parseInstallUndo(raw)
+	if err != nil {
+		return err
 	}
 	var errs []error
 	for _, name := range u.Created {
@@ -993,4 +994,49 @@ func (env *Env) logger() *zap.Logger {
 		return zap.NewNop()
 	}
 	return env.Log
+}
+
+// strictJSON decodes raw into v, refusing unknown fields and trailing data.
+func strictJSON(raw json.RawMessage, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data")
+	}
+	return nil
+}
+
+// parseMachineConfigUndo decodes and checks talos_machine_config's Undo
+// data (it comes back from the controller).
+func parseMachineConfigUndo(raw json.RawMessage) (machineConfigUndo, error) {
+	var u machineConfigUndo
+	if err := strictJSON(raw, &u); err != nil {
+		return u, fmt.Errorf("undo of talos_machine_config: %w", err)
+	}
+	if _, _, err := net.SplitHostPort(u.Endpoint); err != nil {
+		return machineConfigUndo{}, fmt.Errorf("undo of talos_machine_config: endpoint %q: %w", u.Endpoint, err)
+	}
+	if u.PreviousSHA256 != "" {
+		if b, err := hex.DecodeString(u.PreviousSHA256); err != nil || len(b) != sha256.Size {
+			return machineConfigUndo{}, fmt.Errorf("undo of talos_machine_config: previous_sha256 %q is not a sha256", u.PreviousSHA256)
+		}
+	}
+	return u, nil
+}
+
+// parseInstallUndo decodes and checks kubeconfig_install's Undo data.
+func parseInstallUndo(raw json.RawMessage) (installUndo, error) {
+	var u installUndo
+	if err := strictJSON(raw, &u); err != nil {
+		return u, fmt.Errorf("undo of kubeconfig_install: %w", err)
+	}
+	for _, n := range slices.Concat(u.Created, u.Replaced) {
+		if !validStateName(n) {
+			return installUndo{}, fmt.Errorf("undo of kubeconfig_install: unknown file %q", n)
+		}
+	}
+	return u, nil
 }
