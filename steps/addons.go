@@ -353,6 +353,10 @@ func addonPlan(objects objectsFunc) func(ctx context.Context, env *Env) (Plan, e
 		if off != "" {
 			return Plan{Action: messages.ActionUnchanged, Diff: off}, nil
 		}
+		if kubeconfigPath(env) == "" {
+			// A bare cluster: everything is still to be made.
+			return Plan{Action: messages.ActionCreate, Diff: fmt.Sprintf("create %d object(s) once the cluster's kubeconfig is installed", len(objs))}, nil
+		}
 		dyn, err := dynamicClient(env)
 		if err != nil {
 			return Plan{}, err

@@ -327,6 +327,7 @@ func changed(runs []stepRun) []string {
 // (nothing written on a second apply), repair of a deleted MetalLB pool,
 // Undo, and how a refusing apid and an invalid patch are classified.
 func TestClusterLayer(t *testing.T) {
+	t.Setenv("HOME", t.TempDir()) // no ~/.guildnet/kubeconfig of the machine's
 	ctx, cancel := context.WithTimeout(t.Context(), 6*time.Minute)
 	defer cancel()
 	w := startClusterWorld(t, ctx, map[string]string{"cp1": messages.RoleControlPlane, "w1": messages.RoleWorker, "w2": messages.RoleWorker}, nil)
@@ -337,16 +338,21 @@ func TestClusterLayer(t *testing.T) {
 	}
 	cpEnv := envs["cp1"]
 
-	// A bare world: the Talos steps plan create on every node; the
-	// add-on steps cannot plan before there is a kubeconfig.
-	for _, n := range []string{"cp1", "w1", "w2"} {
-		s, _ := reg.Lookup("talos_machine_config")
-		if err := w.seal(ctx, s, envs[n]); err != nil {
-			t.Fatal(err)
+	// A bare world: every step plans create (nothing fails for want of
+	// what earlier steps will make), and nothing is written by planning.
+	plan := w.planAll(t, ctx, reg, envs)
+	if len(plan) != 3+1+1+3+3 {
+		t.Fatalf("plan of a bare cluster has %d entries: %v", len(plan), plan)
+	}
+	for _, r := range plan {
+		t.Logf("plan %s@%s: %s %s", r.step, r.node, r.action, r.diff)
+		if r.action != messages.ActionCreate {
+			t.Errorf("plan %s@%s on a bare cluster: %s %s", r.step, r.node, r.action, r.diff)
 		}
-		p, err := s.Plan(ctx, envs[n])
-		if err != nil || p.Action != messages.ActionCreate || !strings.Contains(p.Diff, "maintenance mode") {
-			t.Fatalf("plan talos_machine_config on %s: %+v %v", n, p, err)
+	}
+	for n, s := range w.nodes {
+		if s.State() != talosstandin.StateMaintenance {
+			t.Fatalf("node %s is %s after a plan", n, s.State())
 		}
 	}
 	ns, _ := reg.Lookup("metallb")
@@ -579,4 +585,77 @@ func mapsEqual[K comparable, V comparable](a, b map[K]V) bool {
 		}
 	}
 	return true
+}
+
+// TestKubernetesProvider: with provider kubernetes the Talos steps have
+// nothing to do and kubeconfig_install writes the kubeconfig that
+// kubeconfigFrom names, resolved on the agent; undo removes it.
+func TestKubernetesProvider(t *testing.T) {
+	const kc = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\ncontexts:\n- name: c\n  context:\n    cluster: c\ncurrent-context: c\n"
+	spec := messages.FleetCluster{Name: "beta", Nodes: []messages.FleetNode{{Name: "n1", Role: messages.RoleControlPlane}},
+		Cluster: messages.FleetKube{Provider: ProviderKubernetes, KubeconfigFrom: "env:BETA_KUBECONFIG"}}
+	reg := Builtin()
+	env := &Env{Node: "n1", Cluster: "beta", Role: messages.RoleControlPlane, StateDir: t.TempDir(), Spec: spec,
+		Secret: func(ref messages.SecretRef) (string, error) {
+			if ref != "env:BETA_KUBECONFIG" {
+				return "", fmt.Errorf("unknown secret %s", ref)
+			}
+			return kc, nil
+		}}
+	ctx := t.Context()
+	for _, name := range []string{"talos_machine_config", "talos_bootstrap", "kubeconfig_fetch"} {
+		s, _ := reg.Lookup(name)
+		if s.Seal != nil {
+			if sealed, err := s.Seal(ctx, &SealEnv{Spec: spec, Node: spec.Nodes[0], Dir: t.TempDir()}); err != nil || len(sealed) != 0 {
+				t.Fatalf("seal %s: %v %v", name, sealed, err)
+			}
+		}
+		if s.Prereqs != nil {
+			if err := s.Prereqs(ctx, env); err != nil {
+				t.Fatalf("prereqs %s: %v", name, err)
+			}
+		}
+		p, err := s.Plan(ctx, env)
+		if err != nil || p.Action != messages.ActionUnchanged {
+			t.Fatalf("plan %s: %+v %v", name, p, err)
+		}
+	}
+	inst, _ := reg.Lookup("kubeconfig_install")
+	sealed, err := inst.Seal(ctx, &SealEnv{Spec: spec, Node: spec.Nodes[0], Dir: t.TempDir()})
+	if err != nil || len(sealed) != 0 {
+		t.Fatalf("seal kubeconfig_install: %v %v (the secret must not travel from the controller)", sealed, err)
+	}
+	if p, err := inst.Plan(ctx, env); err != nil || p.Action != messages.ActionCreate {
+		t.Fatalf("plan: %+v %v", p, err)
+	}
+	a, err := inst.Apply(ctx, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(env.StateDir, stateKubeconfigFile)
+	if b, err := os.ReadFile(path); err != nil || string(b) != kc {
+		t.Fatalf("state kubeconfig: %q %v", b, err)
+	}
+	if st, _ := os.Stat(path); st.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v", st.Mode())
+	}
+	if p, err := inst.Plan(ctx, env); err != nil || p.Action != messages.ActionUnchanged {
+		t.Fatalf("plan after apply: %+v %v", p, err)
+	}
+	undo, _ := json.Marshal(a.Undo)
+	if strings.Contains(string(undo), "server:") {
+		t.Fatal("undo data carries the kubeconfig")
+	}
+	if err := inst.Undo(ctx, env, undo); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("kubeconfig after undo: %v", err)
+	}
+
+	// No kubeconfigFrom: a config error that says what to set.
+	env.Spec.Cluster.KubeconfigFrom = ""
+	if _, err := inst.Plan(ctx, env); Classify(err) != messages.StepErrConfig || !strings.Contains(err.Error(), "kubeconfigFrom") {
+		t.Fatalf("plan without kubeconfigFrom: %v", err)
+	}
 }

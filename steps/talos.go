@@ -636,6 +636,9 @@ func planBootstrap(ctx context.Context, env *Env) (Plan, error) {
 	if err != nil {
 		return Plan{}, err
 	}
+	if inMaintenance(ctx, ep) {
+		return Plan{Action: messages.ActionCreate, Diff: "bootstrap etcd on " + cp.Name + " once it runs its machine config"}, nil
+	}
 	running, members, err := etcdState(ctx, env, ep)
 	if err != nil {
 		return Plan{}, err
@@ -744,6 +747,19 @@ func planFetch(ctx context.Context, env *Env) (Plan, error) {
 	if !isTalos(env.Spec) {
 		return Plan{Action: messages.ActionUnchanged, Diff: "provider kubernetes: the kubeconfig comes from cluster.kubeconfigFrom"}, nil
 	}
+	// Before bootstrap there is nothing to fetch yet: say what will be.
+	ep, cp, err := firstCPEndpoint(env)
+	if err != nil {
+		return Plan{}, err
+	}
+	if inMaintenance(ctx, ep) {
+		return Plan{Action: messages.ActionCreate, Diff: "fetch the kubeconfig from " + cp.Name + " after bootstrap"}, nil
+	}
+	if running, _, err := etcdState(ctx, env, ep); err != nil {
+		return Plan{}, err
+	} else if !running {
+		return Plan{Action: messages.ActionCreate, Diff: "fetch the kubeconfig from " + cp.Name + " after bootstrap"}, nil
+	}
 	kc, from, err := fetchKubeconfig(ctx, env)
 	if err != nil {
 		return Plan{}, err
@@ -824,7 +840,9 @@ func sealInstall(_ context.Context, se *SealEnv) (map[string]string, error) {
 		tc, _ = se.Saved(SealedTalosconfig)
 	}
 	if !ok {
-		return nil, fmt.Errorf("cluster %s: no kubeconfig saved yet (kubeconfig_fetch has not applied)", se.Spec.Name)
+		// Nothing to hand out before kubeconfig_fetch: Plan says so,
+		// Apply fails.
+		return map[string]string{}, nil
 	}
 	out := map[string]string{SealedKubeconfig: kc}
 	if tc != "" {
@@ -847,7 +865,7 @@ func installWant(env *Env) (map[string][]byte, error) {
 	if isTalos(env.Spec) {
 		kc := env.Sealed[SealedKubeconfig]
 		if kc == "" {
-			return nil, errors.New("no kubeconfig was sealed for this step (the controller's Seal did not run)")
+			return nil, errNoKubeconfigYet
 		}
 		want := map[string][]byte{stateKubeconfigFile: []byte(kc)}
 		if tc := env.Sealed[SealedTalosconfig]; tc != "" {
@@ -906,8 +924,14 @@ func installPlan(changed []string, existed map[string]bool) Plan {
 	return Plan{Action: action, Diff: "write " + strings.Join(changed, ", ") + " in the state dir"}
 }
 
+// errNoKubeconfigYet: the controller holds no kubeconfig for the cluster.
+var errNoKubeconfigYet = errors.New("the controller holds no kubeconfig for this cluster yet (kubeconfig_fetch has not applied)")
+
 func planInstall(_ context.Context, env *Env) (Plan, error) {
 	want, err := installWant(env)
+	if errors.Is(err, errNoKubeconfigYet) {
+		return Plan{Action: messages.ActionCreate, Diff: "write the cluster's kubeconfig in the state dir once kubeconfig_fetch has run"}, nil
+	}
 	if err != nil {
 		return Plan{}, err
 	}
