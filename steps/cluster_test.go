@@ -327,10 +327,12 @@ func changed(runs []stepRun) []string {
 // (nothing written on a second apply), repair of a deleted MetalLB pool,
 // Undo, and how a refusing apid and an invalid patch are classified.
 func TestClusterLayer(t *testing.T) {
-	t.Setenv("HOME", t.TempDir()) // no ~/.guildnet/kubeconfig of the machine's
 	ctx, cancel := context.WithTimeout(t.Context(), 6*time.Minute)
 	defer cancel()
 	w := startClusterWorld(t, ctx, map[string]string{"cp1": messages.RoleControlPlane, "w1": messages.RoleWorker, "w2": messages.RoleWorker}, nil)
+	// No ~/.guildnet/kubeconfig of the machine's (after the world found its
+	// binaries under the real HOME).
+	t.Setenv("HOME", t.TempDir())
 	reg := Builtin()
 	envs := map[string]*Env{}
 	for _, n := range w.spec.Nodes {
