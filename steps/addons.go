@@ -275,12 +275,14 @@ type objPlan struct {
 	prev   *unstructured.Unstructured // the object before an update
 }
 
-// stripped is u without what the server alone sets, to compare content.
+// stripped is u without what the server and the controllers alone set
+// (status moves on its own between two reads), to compare content.
 func stripped(u *unstructured.Unstructured) map[string]any {
 	c := u.DeepCopy()
 	for _, f := range []string{"managedFields", "resourceVersion", "generation", "uid", "creationTimestamp"} {
 		unstructured.RemoveNestedField(c.Object, "metadata", f)
 	}
+	unstructured.RemoveNestedField(c.Object, "status")
 	return c.Object
 }
 
@@ -430,7 +432,6 @@ func addonApply(objects objectsFunc, wait waitFunc) func(ctx context.Context, en
 				Namespace: op.o.u.GetNamespace(), Name: op.o.u.GetName(), Created: op.action == messages.ActionCreate}
 			if op.prev != nil {
 				u.Previous = stripped(op.prev)
-				unstructured.RemoveNestedField(u.Previous, "status")
 			}
 			undo.Objects = append(undo.Objects, u)
 		}
