@@ -661,3 +661,28 @@ func TestKubernetesProvider(t *testing.T) {
 		t.Fatalf("plan without kubeconfigFrom: %v", err)
 	}
 }
+
+func TestTalosPrereqsAndPatches(t *testing.T) {
+	spec := messages.FleetCluster{Name: "alpha", Nodes: []messages.FleetNode{{Name: "cp1", Role: messages.RoleControlPlane}}}
+	step, _ := Builtin().Lookup("talos_machine_config")
+	err := step.Prereqs(t.Context(), &Env{Node: "cp1", Spec: spec})
+	if Classify(err) != messages.StepErrBlocked || !strings.Contains(err.Error(), "TALOS_ENDPOINT") || !strings.Contains(err.Error(), "talosEndpoint") {
+		t.Fatalf("prereqs without an endpoint: %v", err)
+	}
+	if err := step.Prereqs(t.Context(), &Env{Node: "cp1", Spec: spec, Settings: config.Settings{"TALOS_ENDPOINT": "127.0.0.1:50000"}}); err != nil {
+		t.Fatalf("prereqs with TALOS_ENDPOINT: %v", err)
+	}
+	tests := []struct {
+		patches []string
+		bad     string
+	}{
+		{[]string{"machine:\n  sysctls:\n    a: \"1\"\n"}, ""},
+		{[]string{"machine:\n  sysctls:\n    a: \"1\"\n", "machine: [unclosed\n"}, "configPatches[1]"},
+	}
+	for _, tt := range tests {
+		err := ValidateTalosPatches(tt.patches)
+		if (tt.bad == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.bad)) {
+			t.Errorf("ValidateTalosPatches(%q) = %v, want %q", tt.patches, err, tt.bad)
+		}
+	}
+}

@@ -1064,3 +1064,16 @@ func parseInstallUndo(raw json.RawMessage) (installUndo, error) {
 	}
 	return u, nil
 }
+
+// ValidateTalosPatches reports the first config patch that does not load
+// (as `talosctl --config-patch` would refuse it), by index: for a spec
+// parser that refuses a bad file before anything is applied. Whether the
+// patched config is valid is the node's to say (ApplyConfiguration).
+func ValidateTalosPatches(patches []string) error {
+	for i, p := range patches {
+		if _, err := configpatcher.LoadPatch([]byte(p)); err != nil {
+			return fmt.Errorf("configPatches[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
