@@ -303,7 +303,8 @@ func runChecks(t *testing.T, ctx context.Context, env *Env, names ...string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	settings := config.Settings{"KUBECONFIG": filepath.Join(env.StateDir, stateKubeconfigFile)}
+	settings := config.Settings{"KUBECONFIG": filepath.Join(env.StateDir, stateKubeconfigFile),
+		"TALOSCONFIG": filepath.Join(env.StateDir, stateTalosconfigFile)}
 	res := checks.RunChecks(ctx, &checks.Env{Node: env.Node, Cluster: env.Cluster, Role: env.Role, Settings: settings}, sel, checks.RunOptions{})
 	for _, r := range res {
 		if slices.Contains(names, r.Name) && r.Status != messages.CheckPass {
@@ -386,7 +387,8 @@ func TestClusterLayer(t *testing.T) {
 		}
 	}
 	// The existing cluster checks pass on what setup built.
-	runChecks(t, ctx, cpEnv, "metallb_available", "guildnet_crds_established", "coredns_running", "nodes_ready")
+	runChecks(t, ctx, cpEnv, "metallb_available", "guildnet_crds_established", "coredns_running", "nodes_ready",
+		"talos_apid_version", "talos_etcd_members", "talos_services_up")
 
 	// Idempotent for real: plan says unchanged everywhere, and a second
 	// apply writes nothing.
@@ -684,5 +686,18 @@ func TestTalosPrereqsAndPatches(t *testing.T) {
 		if (tt.bad == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.bad)) {
 			t.Errorf("ValidateTalosPatches(%q) = %v, want %q", tt.patches, err, tt.bad)
 		}
+	}
+}
+
+// TestBuiltinClusterSteps: the cluster family's step names (a contract
+// with the runner) are registered in run order, in layer cluster.
+func TestBuiltinClusterSteps(t *testing.T) {
+	var got []string
+	for _, s := range Builtin().Layer(messages.LayerCluster) {
+		got = append(got, s.Name)
+	}
+	want := []string{"talos_machine_config", "talos_bootstrap", "kubeconfig_fetch", "kubeconfig_install", "k8s_namespaces", "guildnet_crds", "metallb"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("cluster steps %q, want %q", got, want)
 	}
 }
