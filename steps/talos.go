@@ -77,6 +77,10 @@ const (
 	talosProbeTimeout = 5 * time.Second
 	// talosCallTimeout bounds one apid call.
 	talosCallTimeout = 30 * time.Second
+	// etcdWait bounds the wait for etcd after Bootstrap; readyzWait the
+	// wait for the API server's /readyz after the kubeconfig is fetched.
+	etcdWait   = 2 * time.Minute
+	readyzWait = 3 * time.Minute
 )
 
 func talosSteps() []Step {
@@ -670,6 +674,8 @@ func applyBootstrap(ctx context.Context, env *Env) (Applied, error) {
 		return Applied{}, fmt.Errorf("bootstrap etcd on %s (%s): %w", cp.Name, ep, err)
 	}
 	// Wait until etcd runs with a member, as talosctl health would.
+	ctx, wcancel := context.WithTimeout(ctx, etcdWait)
+	defer wcancel()
 	for {
 		running, members, err := etcdState(ctx, env, ep)
 		if err == nil && running && members > 0 {
@@ -799,6 +805,8 @@ func waitReadyz(ctx context.Context, kubeconfig []byte) error {
 	}
 	defer hc.CloseIdleConnections()
 	url := strings.TrimSuffix(cfg.Host, "/") + "/readyz"
+	ctx, wcancel := context.WithTimeout(ctx, readyzWait)
+	defer wcancel()
 	var last error
 	for {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
