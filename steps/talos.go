@@ -51,9 +51,13 @@ const (
 	ProviderTalos      = "talos"
 	ProviderKubernetes = "kubernetes"
 
-	// Files in the controller's secrets dir of a cluster (SealEnv.Dir).
-	TalosSecretsFile     = "secrets.yaml" // the secrets bundle, created once
-	TalosconfigFile      = "talosconfig"  // the cluster's admin talosconfig, created once
+	// Files in the controller's secrets dir of a cluster (SealEnv.Dir),
+	// in a subdirectory: the controller keeps sealed outputs of steps as
+	// files named by their keys in Dir itself, and no key (no slash) can
+	// name these.
+	talosSecretsDir      = "talos"
+	TalosSecretsFile     = talosSecretsDir + "/secrets.yaml" // the secrets bundle, created once
+	TalosconfigFile      = talosSecretsDir + "/talosconfig"  // the cluster's admin talosconfig, created once
 	talosPreviousConfig  = "talos-previous-config.yaml"
 	stateKubeconfigFile  = "kubeconfig"
 	stateTalosconfigFile = "talosconfig"
@@ -108,12 +112,13 @@ func talosSteps() []Step {
 		},
 		{
 			Name: "kubeconfig_fetch", Layer: messages.LayerCluster, Scope: ScopeCluster,
-			Description: "the controller holds the cluster's kubeconfig and talosconfig (fetched from the first control-plane node)",
-			After:       []string{"talos_bootstrap"},
-			Critical:    true,
-			Seal:        sealFetch,
-			Plan:        planFetch,
-			Apply:       applyFetch,
+			Description:   "the controller holds the cluster's kubeconfig and talosconfig (fetched from the first control-plane node)",
+			After:         []string{"talos_bootstrap"},
+			Critical:      true,
+			Seal:          sealFetch,
+			SealedOutputs: []string{SealedKubeconfig, SealedTalosconfig},
+			Plan:          planFetch,
+			Apply:         applyFetch,
 		},
 		{
 			Name: "kubeconfig_install", Layer: messages.LayerCluster, Scope: ScopeNode,
@@ -208,7 +213,7 @@ func clusterSecrets(spec messages.FleetCluster, dir string) (*secrets.Bundle, []
 	if dir == "" {
 		return nil, nil, errors.New("no secrets dir for the cluster")
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Join(dir, talosSecretsDir), 0o700); err != nil {
 		return nil, nil, fmt.Errorf("secrets dir: %w", err)
 	}
 	bpath := filepath.Join(dir, TalosSecretsFile)
