@@ -6,8 +6,10 @@ import "slices"
 // within each layer. Families add their steps here.
 func Builtin() *Registry {
 	r, err := NewRegistry(slices.Concat(
-		// network.go, talos.go, addons.go, database.go, application.go
-		networkSteps,
+		networkSteps, // network.go: headscale_user, tailscale_login, routes_approved
+		talosSteps(), // talos.go: talos_machine_config, talos_bootstrap, kubeconfig_fetch, kubeconfig_install
+		addonSteps(), // addons.go: k8s_namespaces, guildnet_crds, metallb
+		// database.go, application.go
 	)...)
 	if err != nil {
 		panic(err) // a mistake in the literal list above; caught by tests
