@@ -1,0 +1,495 @@
+package steps
+
+// Database family: RethinkDB's StatefulSet and Service, as GuildNet runs
+// them, and the GuildNet databases with their meta tables, created with
+// rethinkdb-go.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	r "gopkg.in/rethinkdb/rethinkdb-go.v6"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+// RethinkDB defaults, as GuildNet has them.
+const (
+	DefaultRethinkDBNamespace = "default"
+	DefaultRethinkDBService   = "rethinkdb"
+	DefaultRethinkDBPort      = 28015
+	DefaultRethinkDBImage     = "rethinkdb:2.4.4"
+	DefaultRethinkDBUser      = "admin"
+	rdbAdminPort              = 8080
+	rdbClusterPort            = 29015
+	rdbTimeout                = 10 * time.Second // connect and each query
+)
+
+// RethinkDBMetaTables are the tables every GuildNet database holds.
+var RethinkDBMetaTables = []string{"_schemas", "_audit", "_info"}
+
+var (
+	appGVRStatefulSets = schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "statefulsets"}
+	appGVRDeployments  = schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "deployments"}
+	appGVRServices     = schema.GroupVersionResource{Version: "v1", Resource: "services"}
+)
+
+// DatabaseSteps are the database family, in run order.
+func DatabaseSteps() []Step {
+	return []Step{
+		{
+			Name:        "rethinkdb_service",
+			Layer:       messages.LayerDatabase,
+			Description: "RethinkDB's StatefulSet and Service rethinkdb (port client 28015, app=rethinkdb), ready",
+			Scope:       ScopeCluster,
+			Critical:    true,
+			Prereqs:     appKubePrereq,
+			Plan:        planRethinkDBService,
+			Apply:       applyRethinkDBService,
+			Undo:        appUndoStep,
+		},
+		{
+			Name:        "rethinkdb_databases",
+			Layer:       messages.LayerDatabase,
+			Description: "the spec's databases exist with the meta tables _schemas, _audit and _info",
+			Scope:       ScopeCluster,
+			After:       []string{"rethinkdb_service"},
+			Critical:    true,
+			Plan:        planRethinkDBDatabases,
+			Apply:       applyRethinkDBDatabases,
+			Undo:        undoRethinkDBDatabases,
+		},
+	}
+}
+
+func rdbSpec(env *Env) messages.FleetRethinkDB {
+	s := env.Spec.Application.RethinkDB
+	if s.Namespace == "" {
+		s.Namespace = DefaultRethinkDBNamespace
+	}
+	if s.Service == "" {
+		s.Service = DefaultRethinkDBService
+	}
+	if s.Port == 0 {
+		s.Port = DefaultRethinkDBPort
+	}
+	if s.Image == "" {
+		s.Image = DefaultRethinkDBImage
+	}
+	return s
+}
+
+// rethinkDBObjects are the Service and StatefulSet GuildNet runs.
+func rethinkDBObjects(env *Env) ([]appObject, error) {
+	s := rdbSpec(env)
+	if s.Port < 1 || s.Port > 65535 {
+		return nil, Configf("set application.rethinkdb.port to 1-65535", "application.rethinkdb.port %d is not a port", s.Port)
+	}
+	labels := map[string]any{"app": "rethinkdb", "app.kubernetes.io/managed-by": appFieldManager}
+	svc := appU(map[string]any{
+		"apiVersion": "v1", "kind": "Service",
+		"metadata": map[string]any{"name": s.Service, "namespace": s.Namespace, "labels": labels},
+		"spec": map[string]any{
+			// GuildNet: LoadBalancer, with the NodePort as fallback.
+			"type":     "LoadBalancer",
+			"selector": map[string]any{"app": "rethinkdb"},
+			"ports": []any{
+				map[string]any{"name": "client", "port": int64(s.Port), "targetPort": int64(DefaultRethinkDBPort), "protocol": "TCP"},
+				map[string]any{"name": "admin", "port": int64(rdbAdminPort), "targetPort": int64(rdbAdminPort), "protocol": "TCP"},
+			},
+		},
+	})
+	sts := appU(map[string]any{
+		"apiVersion": "apps/v1", "kind": "StatefulSet",
+		"metadata": map[string]any{"name": "rethinkdb", "namespace": s.Namespace, "labels": labels},
+		"spec": map[string]any{
+			"serviceName": s.Service,
+			"replicas":    int64(1),
+			"selector":    map[string]any{"matchLabels": map[string]any{"app": "rethinkdb"}},
+			"template": map[string]any{
+				"metadata": map[string]any{"labels": map[string]any{"app": "rethinkdb"}},
+				"spec": map[string]any{
+					"containers": []any{map[string]any{
+						"name": "rethinkdb", "image": s.Image,
+						"args": []any{"rethinkdb", "--bind", "all", "--directory", "/data"},
+						"ports": []any{
+							map[string]any{"name": "client", "containerPort": int64(DefaultRethinkDBPort)},
+							map[string]any{"name": "cluster", "containerPort": int64(rdbClusterPort)},
+							map[string]any{"name": "admin", "containerPort": int64(rdbAdminPort)},
+						},
+						"volumeMounts": []any{map[string]any{"name": "data", "mountPath": "/data"}},
+					}},
+					"volumes": []any{map[string]any{"name": "data", "emptyDir": map[string]any{}}},
+				},
+			},
+		},
+	})
+	return []appObject{{GVR: appGVRServices, Obj: svc}, {GVR: appGVRStatefulSets, Obj: sts}}, nil
+}
+
+func planRethinkDBService(ctx context.Context, env *Env) (Plan, error) {
+	return appPlanStep(ctx, env, rethinkDBObjects)
+}
+
+func applyRethinkDBService(ctx context.Context, env *Env) (Applied, error) {
+	return appApplyStep(ctx, env, rethinkDBObjects)
+}
+
+// appPlanStep plans a step whose whole job is a set of objects.
+func appPlanStep(ctx context.Context, env *Env, build func(*Env) ([]appObject, error)) (Plan, error) {
+	objs, err := build(env)
+	if err != nil {
+		return Plan{}, err
+	}
+	dyn, err := appKube(env)
+	if err != nil {
+		return Plan{}, err
+	}
+	plans, err := appPlanObjects(ctx, dyn, objs)
+	if err != nil {
+		return Plan{}, err
+	}
+	action, diff := appSummary(plans)
+	return Plan{Action: action, Diff: diff}, nil
+}
+
+// appUndo is the Undo record of a kube-object step: what it created.
+type appUndo struct {
+	Created []appRef `json:"created"`
+}
+
+// appApplyStep applies what the plan says (nothing when unchanged)
+// and waits until every workload among the objects is ready.
+func appApplyStep(ctx context.Context, env *Env, build func(*Env) ([]appObject, error)) (Applied, error) {
+	objs, err := build(env)
+	if err != nil {
+		return Applied{}, err
+	}
+	dyn, err := appKube(env)
+	if err != nil {
+		return Applied{}, err
+	}
+	plans, err := appPlanObjects(ctx, dyn, objs)
+	if err != nil {
+		return Applied{}, err
+	}
+	action, diff := appSummary(plans)
+	created, err := appApplyObjects(ctx, dyn, plans)
+	if err != nil {
+		// Put back what this attempt created, so a retry starts clean.
+		if uerr := appUndoCreated(context.WithoutCancel(ctx), dyn, created); uerr != nil {
+			err = fmt.Errorf("%w (and undoing: %v)", err, uerr)
+		}
+		return Applied{}, err
+	}
+	out := Applied{Action: action, Diff: diff}
+	if len(created) > 0 {
+		out.Undo = appUndo{Created: created}
+	}
+	for _, o := range objs {
+		if k := o.Obj.GetKind(); k == "Deployment" || k == "StatefulSet" {
+			if err := appWaitReady(ctx, dyn, o); err != nil {
+				return out, err
+			}
+		}
+	}
+	return out, nil
+}
+
+func appUndoStep(ctx context.Context, env *Env, raw json.RawMessage) error {
+	var u appUndo
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil
+	}
+	if err := json.Unmarshal(raw, &u); err != nil {
+		return fmt.Errorf("undo record: %w", err)
+	}
+	if len(u.Created) == 0 {
+		return nil
+	}
+	dyn, err := appKube(env)
+	if err != nil {
+		return err
+	}
+	return appUndoCreated(ctx, dyn, u.Created)
+}
+
+// rdbAddress is where setup dials RethinkDB: the spec's addr, else
+// setting RETHINKDB_ADDR, else the Service's ClusterIP and client port.
+func rdbAddress(ctx context.Context, env *Env) (string, error) {
+	s := rdbSpec(env)
+	withPort := func(a, what string) (string, error) {
+		if _, _, err := net.SplitHostPort(a); err == nil {
+			return a, nil
+		}
+		if strings.Contains(a, " ") || a == "" {
+			return "", Configf("set "+what+" to HOST:PORT", "%s %q is not an address", what, a)
+		}
+		return net.JoinHostPort(a, strconv.Itoa(DefaultRethinkDBPort)), nil
+	}
+	if s.Addr != "" {
+		return withPort(s.Addr, "application.rethinkdb.addr")
+	}
+	if a := env.Settings.Get("RETHINKDB_ADDR", ""); a != "" {
+		return withPort(a, "setting RETHINKDB_ADDR")
+	}
+	dyn, err := appKube(env)
+	if err != nil {
+		return "", err
+	}
+	rctx, cancel := context.WithTimeout(ctx, appKubeTimeout)
+	defer cancel()
+	svc, err := dyn.Resource(appGVRServices).Namespace(s.Namespace).Get(rctx, s.Service, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("application.rethinkdb.addr and RETHINKDB_ADDR unset, reading Service %s/%s: %w", s.Namespace, s.Service, err)
+	}
+	ip, _, _ := unstructured.NestedString(svc.Object, "spec", "clusterIP")
+	if ip == "" || ip == "None" {
+		return "", Configf("set application.rethinkdb.addr", "Service %s/%s has no ClusterIP", s.Namespace, s.Service)
+	}
+	return net.JoinHostPort(ip, strconv.Itoa(s.Port)), nil
+}
+
+// rdbSession connects with the spec's user and password (passwordFrom,
+// else setting RETHINKDB_PASS).
+func rdbSession(ctx context.Context, env *Env) (*r.Session, string, error) {
+	addr, err := rdbAddress(ctx, env)
+	if err != nil {
+		return nil, "", err
+	}
+	s := rdbSpec(env)
+	user := s.User
+	if user == "" {
+		user = env.Settings.Get("RETHINKDB_USER", DefaultRethinkDBUser)
+	}
+	pass := env.Settings.Get("RETHINKDB_PASS", "")
+	if s.PasswordFrom != "" {
+		if env.Secret == nil {
+			return nil, "", Configf("run the step on an agent", "application.rethinkdb.passwordFrom: no secret resolver on this node")
+		}
+		if pass, err = env.Secret(s.PasswordFrom); err != nil {
+			return nil, "", Configf("make application.rethinkdb.passwordFrom resolvable on the controlplane agent",
+				"application.rethinkdb.passwordFrom: %w", err)
+		}
+	}
+	timeout := rdbTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, max(time.Until(dl), time.Millisecond))
+	}
+	sess, err := r.Connect(r.ConnectOpts{Address: addr, Username: user, Password: pass,
+		Timeout: timeout, ReadTimeout: rdbTimeout, WriteTimeout: rdbTimeout, MaxOpen: 1})
+	if err != nil {
+		return nil, addr, fmt.Errorf("connecting to RethinkDB at %s as %s: %w", addr, user, err)
+	}
+	return sess, addr, nil
+}
+
+// rdbRun runs a read term with a per-query deadline and decodes all rows.
+func rdbRun(ctx context.Context, sess *r.Session, t r.Term, out any) error {
+	qctx, cancel := context.WithTimeout(ctx, rdbTimeout)
+	defer cancel()
+	cur, err := t.Run(sess, r.RunOpts{Context: qctx})
+	if err != nil {
+		return err
+	}
+	defer cur.Close()
+	return cur.All(out)
+}
+
+func rdbWrite(ctx context.Context, sess *r.Session, t r.Term) error {
+	qctx, cancel := context.WithTimeout(ctx, rdbTimeout)
+	defer cancel()
+	_, err := t.RunWrite(sess, r.RunOpts{Context: qctx})
+	return err
+}
+
+// rdbMissing is what the spec wants and RethinkDB lacks: whole databases,
+// and tables of databases that exist.
+type rdbMissing struct {
+	DBs    []string `json:"dbs,omitempty"`
+	Tables []string `json:"tables,omitempty"` // db.table
+}
+
+func (m rdbMissing) empty() bool { return len(m.DBs) == 0 && len(m.Tables) == 0 }
+
+func (m rdbMissing) String() string {
+	var parts []string
+	for _, d := range m.DBs {
+		parts = append(parts, "create database "+d+" ("+strings.Join(RethinkDBMetaTables, ", ")+")")
+	}
+	if len(m.Tables) > 0 {
+		parts = append(parts, "create tables "+strings.Join(m.Tables, ", "))
+	}
+	return strings.Join(parts, "; ")
+}
+
+func rdbValidate(env *Env) ([]string, error) {
+	dbs := rdbSpec(env).Databases
+	for i, d := range dbs {
+		if !rdbValidName(d) {
+			return nil, Configf("use A-Z, a-z, 0-9, _ and - only (GuildNet's form is org_<org>__<db>)",
+				"application.rethinkdb.databases[%d] %q is not a valid RethinkDB database name", i, d)
+		}
+	}
+	return dbs, nil
+}
+
+func rdbValidName(s string) bool {
+	if s == "" || len(s) > 127 || s == "rethinkdb" {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// rdbObserve lists what is missing.
+func rdbObserve(ctx context.Context, sess *r.Session, want []string) (rdbMissing, error) {
+	var m rdbMissing
+	var have []string
+	if err := rdbRun(ctx, sess, r.DBList(), &have); err != nil {
+		return m, fmt.Errorf("r.dbList(): %w", err)
+	}
+	for _, d := range want {
+		if !slices.Contains(have, d) {
+			m.DBs = append(m.DBs, d)
+			continue
+		}
+		var tables []string
+		if err := rdbRun(ctx, sess, r.DB(d).TableList(), &tables); err != nil {
+			return m, fmt.Errorf("r.db(%q).tableList(): %w", d, err)
+		}
+		for _, t := range RethinkDBMetaTables {
+			if !slices.Contains(tables, t) {
+				m.Tables = append(m.Tables, d+"."+t)
+			}
+		}
+	}
+	return m, nil
+}
+
+func planRethinkDBDatabases(ctx context.Context, env *Env) (Plan, error) {
+	want, err := rdbValidate(env)
+	if err != nil {
+		return Plan{}, err
+	}
+	if len(want) == 0 {
+		return Plan{Action: messages.ActionUnchanged, Diff: "no databases in the spec"}, nil
+	}
+	sess, _, err := rdbSession(ctx, env)
+	if err != nil {
+		return Plan{}, err
+	}
+	defer sess.Close()
+	m, err := rdbObserve(ctx, sess, want)
+	if err != nil {
+		return Plan{}, err
+	}
+	switch {
+	case m.empty():
+		return Plan{Action: messages.ActionUnchanged, Diff: "no changes"}, nil
+	case len(m.DBs) > 0:
+		return Plan{Action: messages.ActionCreate, Diff: m.String()}, nil
+	}
+	return Plan{Action: messages.ActionUpdate, Diff: m.String()}, nil
+}
+
+func applyRethinkDBDatabases(ctx context.Context, env *Env) (Applied, error) {
+	want, err := rdbValidate(env)
+	if err != nil {
+		return Applied{}, err
+	}
+	if len(want) == 0 {
+		return Applied{Action: messages.ActionUnchanged, Diff: "no databases in the spec"}, nil
+	}
+	sess, addr, err := rdbSession(ctx, env)
+	if err != nil {
+		return Applied{}, err
+	}
+	defer sess.Close()
+	m, err := rdbObserve(ctx, sess, want)
+	if err != nil {
+		return Applied{}, err
+	}
+	if m.empty() {
+		return Applied{Action: messages.ActionUnchanged, Diff: "no changes"}, nil
+	}
+	action := messages.ActionUpdate
+	if len(m.DBs) > 0 {
+		action = messages.ActionCreate
+	}
+	done := rdbMissing{}
+	out := func(err error) (Applied, error) {
+		a := Applied{Action: action, Diff: m.String()}
+		if !done.empty() {
+			a.Undo = done
+		}
+		return a, err
+	}
+	for _, d := range m.DBs {
+		if err := rdbWrite(ctx, sess, r.DBCreate(d)); err != nil {
+			return out(fmt.Errorf("r.dbCreate(%q) at %s: %w", d, addr, err))
+		}
+		done.DBs = append(done.DBs, d)
+		for _, t := range RethinkDBMetaTables {
+			if err := rdbWrite(ctx, sess, r.DB(d).TableCreate(t)); err != nil {
+				return out(fmt.Errorf("r.db(%q).tableCreate(%q) at %s: %w", d, t, addr, err))
+			}
+		}
+	}
+	for _, dt := range m.Tables {
+		d, t, _ := strings.Cut(dt, ".")
+		if err := rdbWrite(ctx, sess, r.DB(d).TableCreate(t)); err != nil {
+			return out(fmt.Errorf("r.db(%q).tableCreate(%q) at %s: %w", d, t, addr, err))
+		}
+		done.Tables = append(done.Tables, dt)
+	}
+	return out(nil)
+}
+
+// undoRethinkDBDatabases drops only what the run created: its databases,
+// and its tables in databases that were there before.
+func undoRethinkDBDatabases(ctx context.Context, env *Env, raw json.RawMessage) error {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil
+	}
+	var u rdbMissing
+	if err := json.Unmarshal(raw, &u); err != nil {
+		return fmt.Errorf("undo record: %w", err)
+	}
+	if u.empty() {
+		return nil
+	}
+	sess, addr, err := rdbSession(ctx, env)
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	for _, dt := range slices.Backward(u.Tables) {
+		d, t, _ := strings.Cut(dt, ".")
+		if err := rdbWrite(ctx, sess, r.DB(d).TableDrop(t)); err != nil && !rdbGone(err) {
+			return fmt.Errorf("r.db(%q).tableDrop(%q) at %s: %w", d, t, addr, err)
+		}
+	}
+	for _, d := range slices.Backward(u.DBs) {
+		if err := rdbWrite(ctx, sess, r.DBDrop(d)); err != nil && !rdbGone(err) {
+			return fmt.Errorf("r.dbDrop(%q) at %s: %w", d, addr, err)
+		}
+	}
+	return nil
+}
+
+// rdbGone reports RethinkDB's "does not exist": already undone.
+func rdbGone(err error) bool { return strings.Contains(err.Error(), "does not exist.") }
