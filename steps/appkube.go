@@ -329,4 +329,6 @@ func appReady(u *unstructured.Unstructured) (bool, string) {
 }
 
 // appU builds an unstructured object from a literal.
-func appU(obj map[string]any) *unstructured.Unstructured { return &unstructured.Unstructured{Object: obj} }
+func appU(obj map[string]any) *unstructured.Unstructured {
+	return &unstructured.Unstructured{Object: obj}
+}

@@ -316,7 +316,7 @@ func applyHostAppConfig(_ context.Context, env *Env) (Applied, error) {
 		// The previous file may hold a key: keep it beside the config with
 		// its own mode (at most 0600), never in the run record.
 		undo.Backup = path + hostAppBackupSuffix
-		if err := appWriteFile(undo.Backup, prev, mode&0o600|0o600); err != nil {
+		if err := appWriteFile(undo.Backup, prev, 0o600); err != nil {
 			return Applied{}, fmt.Errorf("keeping the previous host app config: %w", err)
 		}
 	}

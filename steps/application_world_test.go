@@ -84,8 +84,8 @@ func (w *appWorld) env(t *testing.T) *steps.Env {
 		Settings: config.Settings{"KUBECONFIG": w.kube.KubeconfigPath(), "RDB_PASS_FOR_TEST": "rdb-pw"},
 		StateDir: t.TempDir(),
 		Spec: messages.FleetCluster{
-			Name:  "alpha",
-			Nodes: []messages.FleetNode{{Name: "cp1", Role: messages.RoleControlPlane}, {Name: "h1", Role: messages.RoleHostApp, Hostname: "guildnet-host"}},
+			Name:    "alpha",
+			Nodes:   []messages.FleetNode{{Name: "cp1", Role: messages.RoleControlPlane}, {Name: "h1", Role: messages.RoleHostApp, Hostname: "guildnet-host"}},
 			Network: messages.FleetNetwork{LoginServer: "http://127.0.0.1:1"},
 			Application: messages.FleetApplication{RethinkDB: messages.FleetRethinkDB{
 				Addr: w.rdb.Addr(), PasswordFrom: "env:RDB_PASS_FOR_TEST", Databases: []string{"org_demo__main", "org_keep__main"},
