@@ -314,6 +314,12 @@ func TestBareWorld(t *testing.T) {
 		t.Fatalf("kubeconfig after bootstrap: %v (%d bytes)", err, len(kc))
 	}
 
+	// The database and application steps on the bootstrapped cluster,
+	// with what each node's env file gives its agent.
+	t.Run("database and application steps", func(t *testing.T) {
+		testAppLayersOnBareWorld(t, alpha, nodeEnv, kc)
+	})
+
 	run("down", "--dir", dir)
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Errorf("%s still there after down: %v", dir, err)
