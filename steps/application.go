@@ -52,7 +52,7 @@ func ApplicationSteps() []Step {
 			Prereqs:     appKubePrereq,
 			Plan:        func(ctx context.Context, env *Env) (Plan, error) { return appPlanStep(ctx, env, operatorObjects) },
 			Apply:       func(ctx context.Context, env *Env) (Applied, error) { return appApplyStep(ctx, env, operatorObjects) },
-			Undo:        appUndoStep,
+			Undo:        appUndoStep(operatorObjects),
 		},
 		{
 			Name:        "hostapp_config",
@@ -211,11 +211,9 @@ func hostAppRead(path string) (map[string]any, []byte, fs.FileMode, error) {
 	if _, err := f.ReadAt(b, 0); err != nil && st.Size() > 0 {
 		return nil, nil, 0, fmt.Errorf("reading host app config %s: %w", path, err)
 	}
-	m := map[string]any{}
-	if len(bytes.TrimSpace(b)) > 0 {
-		if err := json.Unmarshal(b, &m); err != nil {
-			return nil, nil, 0, Configf("fix or remove it", "host app config %s is not a JSON object: %v", path, err)
-		}
+	m, err := parseHostAppConfig(b)
+	if err != nil {
+		return nil, nil, 0, Configf("fix or remove it", "host app config %s is not a JSON object: %v", path, err)
 	}
 	return m, b, st.Mode().Perm(), nil
 }
@@ -327,12 +325,9 @@ func applyHostAppConfig(_ context.Context, env *Env) (Applied, error) {
 }
 
 func undoHostAppConfig(_ context.Context, env *Env, raw json.RawMessage) error {
-	if len(raw) == 0 || string(raw) == "null" {
-		return nil
-	}
-	var u hostAppUndo
-	if err := json.Unmarshal(raw, &u); err != nil {
-		return fmt.Errorf("undo record: %w", err)
+	u, err := decodeHostAppUndo(raw)
+	if err != nil || u == nil {
+		return err
 	}
 	path, err := hostAppPath(env)
 	if err != nil {
@@ -354,6 +349,40 @@ func undoHostAppConfig(_ context.Context, env *Env, raw json.RawMessage) error {
 		return fmt.Errorf("restoring host app config from %s: %w", u.Backup, err)
 	}
 	return nil
+}
+
+// decodeHostAppUndo decodes an undo record; nil when there is none.
+func decodeHostAppUndo(raw json.RawMessage) (*hostAppUndo, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	var u hostAppUndo
+	if err := json.Unmarshal(raw, &u); err != nil {
+		return nil, fmt.Errorf("undo record: %w", err)
+	}
+	if !filepath.IsAbs(u.Path) || filepath.Clean(u.Path) != u.Path {
+		return nil, fmt.Errorf("undo record: path %q is not a clean absolute path", u.Path)
+	}
+	if u.Existed != (u.Backup != "") {
+		return nil, fmt.Errorf("undo record: existed=%v with backup %q", u.Existed, u.Backup)
+	}
+	return &u, nil
+}
+
+// parseHostAppConfig decodes the host app's config.json (an object; empty
+// is an empty object).
+func parseHostAppConfig(b []byte) (map[string]any, error) {
+	m := map[string]any{}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return m, nil
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, err
+	}
+	if m == nil { // the JSON null
+		return nil, errors.New("null is not an object")
+	}
+	return m, nil
 }
 
 // appWriteFile writes b to path through a temporary file in the same

@@ -359,9 +359,29 @@ func TestDatabaseAndApplicationStepsAgainstWorld(t *testing.T) {
 		if p := plan(t, s, env); p.Action != messages.ActionUpdate || p.Diff != "update Deployment guildnet-system/workspace-operator (spec.replicas)" {
 			t.Fatalf("plan after scaling away = %+v", p)
 		}
-		apply(t, s, env)
+		_, undoRepair := apply(t, s, env)
 		if chk := runChecks(t, env, checks.ApplicationChecks(), config.Settings{"KUBECONFIG": w.kube.KubeconfigPath()}); chk["operator_available"].Status != messages.CheckPass {
 			t.Fatalf("operator_available after repair = %+v", chk["operator_available"])
+		}
+		// Undo of the repair puts the changed field back as it was (0).
+		if err := s.Undo(ctxT(t, 30*time.Second), env, undoRepair); err != nil {
+			t.Fatal(err)
+		}
+		if dep, err := w.cs.AppsV1().Deployments("guildnet-system").Get(ctxT(t, 5*time.Second), "workspace-operator", metav1.GetOptions{}); err != nil || *dep.Spec.Replicas != 0 {
+			t.Fatalf("after undo of the repair: %v, %v", dep.Spec.Replicas, err)
+		}
+		if p := plan(t, s, env); p.Diff != "update Deployment guildnet-system/workspace-operator (spec.replicas)" {
+			t.Fatalf("plan after undo of the repair = %+v", p)
+		}
+		apply(t, s, env)
+		// An undo record naming anything else is refused, and nothing is touched.
+		foreign := json.RawMessage(`{"created":[{"group":"apps","version":"v1","resource":"deployments","namespace":"kube-system","name":"coredns"}]}`)
+		if err := s.Undo(ctxT(t, 5*time.Second), env, foreign); err == nil || !strings.Contains(err.Error(), "does not manage") {
+			t.Fatalf("undo of a foreign record: %v", err)
+		}
+		badField := json.RawMessage(`{"updated":[{"group":"apps","version":"v1","resource":"deployments","namespace":"guildnet-system","name":"workspace-operator","fields":[{"path":["metadata","name"],"value":"x"}]}]}`)
+		if err := s.Undo(ctxT(t, 5*time.Second), env, badField); err == nil || !strings.Contains(err.Error(), "cannot be put back") {
+			t.Fatalf("undo of metadata.name: %v", err)
 		}
 		if err := s.Undo(ctxT(t, 30*time.Second), env, undo); err != nil {
 			t.Fatal(err)

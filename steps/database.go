@@ -55,7 +55,7 @@ func DatabaseSteps() []Step {
 			Prereqs:     appKubePrereq,
 			Plan:        planRethinkDBService,
 			Apply:       applyRethinkDBService,
-			Undo:        appUndoStep,
+			Undo:        appUndoStep(rethinkDBObjects),
 		},
 		{
 			Name:        "rethinkdb_databases",
@@ -142,85 +142,6 @@ func planRethinkDBService(ctx context.Context, env *Env) (Plan, error) {
 
 func applyRethinkDBService(ctx context.Context, env *Env) (Applied, error) {
 	return appApplyStep(ctx, env, rethinkDBObjects)
-}
-
-// appPlanStep plans a step whose whole job is a set of objects.
-func appPlanStep(ctx context.Context, env *Env, build func(*Env) ([]appObject, error)) (Plan, error) {
-	objs, err := build(env)
-	if err != nil {
-		return Plan{}, err
-	}
-	dyn, err := appKube(env)
-	if err != nil {
-		return Plan{}, err
-	}
-	plans, err := appPlanObjects(ctx, dyn, objs)
-	if err != nil {
-		return Plan{}, err
-	}
-	action, diff := appSummary(plans)
-	return Plan{Action: action, Diff: diff}, nil
-}
-
-// appUndo is the Undo record of a kube-object step: what it created.
-type appUndo struct {
-	Created []appRef `json:"created"`
-}
-
-// appApplyStep applies what the plan says (nothing when unchanged)
-// and waits until every workload among the objects is ready.
-func appApplyStep(ctx context.Context, env *Env, build func(*Env) ([]appObject, error)) (Applied, error) {
-	objs, err := build(env)
-	if err != nil {
-		return Applied{}, err
-	}
-	dyn, err := appKube(env)
-	if err != nil {
-		return Applied{}, err
-	}
-	plans, err := appPlanObjects(ctx, dyn, objs)
-	if err != nil {
-		return Applied{}, err
-	}
-	action, diff := appSummary(plans)
-	created, err := appApplyObjects(ctx, dyn, plans)
-	if err != nil {
-		// Put back what this attempt created, so a retry starts clean.
-		if uerr := appUndoCreated(context.WithoutCancel(ctx), dyn, created); uerr != nil {
-			err = fmt.Errorf("%w (and undoing: %v)", err, uerr)
-		}
-		return Applied{}, err
-	}
-	out := Applied{Action: action, Diff: diff}
-	if len(created) > 0 {
-		out.Undo = appUndo{Created: created}
-	}
-	for _, o := range objs {
-		if k := o.Obj.GetKind(); k == "Deployment" || k == "StatefulSet" {
-			if err := appWaitReady(ctx, dyn, o); err != nil {
-				return out, err
-			}
-		}
-	}
-	return out, nil
-}
-
-func appUndoStep(ctx context.Context, env *Env, raw json.RawMessage) error {
-	var u appUndo
-	if len(raw) == 0 || string(raw) == "null" {
-		return nil
-	}
-	if err := json.Unmarshal(raw, &u); err != nil {
-		return fmt.Errorf("undo record: %w", err)
-	}
-	if len(u.Created) == 0 {
-		return nil
-	}
-	dyn, err := appKube(env)
-	if err != nil {
-		return err
-	}
-	return appUndoCreated(ctx, dyn, u.Created)
 }
 
 // rdbAddress is where setup dials RethinkDB: the spec's addr, else
@@ -462,15 +383,9 @@ func applyRethinkDBDatabases(ctx context.Context, env *Env) (Applied, error) {
 // undoRethinkDBDatabases drops only what the run created: its databases,
 // and its tables in databases that were there before.
 func undoRethinkDBDatabases(ctx context.Context, env *Env, raw json.RawMessage) error {
-	if len(raw) == 0 || string(raw) == "null" {
-		return nil
-	}
-	var u rdbMissing
-	if err := json.Unmarshal(raw, &u); err != nil {
-		return fmt.Errorf("undo record: %w", err)
-	}
-	if u.empty() {
-		return nil
+	u, err := decodeRDBUndo(raw, rdbSpec(env).Databases)
+	if err != nil || u.empty() {
+		return err
 	}
 	sess, addr, err := rdbSession(ctx, env)
 	if err != nil {
@@ -489,6 +404,33 @@ func undoRethinkDBDatabases(ctx context.Context, env *Env, raw json.RawMessage) 
 		}
 	}
 	return nil
+}
+
+// decodeRDBUndo decodes an undo record and checks that it names only
+// the spec's databases and their meta tables: undo drops nothing else.
+func decodeRDBUndo(raw json.RawMessage, spec []string) (rdbMissing, error) {
+	var u rdbMissing
+	if len(raw) == 0 || string(raw) == "null" {
+		return u, nil
+	}
+	if err := json.Unmarshal(raw, &u); err != nil {
+		return u, fmt.Errorf("undo record: %w", err)
+	}
+	if len(u.DBs) > len(spec) || len(u.Tables) > len(spec)*len(RethinkDBMetaTables) {
+		return u, fmt.Errorf("undo record names %d databases and %d tables, more than the spec has", len(u.DBs), len(u.Tables))
+	}
+	for _, d := range u.DBs {
+		if !slices.Contains(spec, d) {
+			return u, fmt.Errorf("undo record names database %q, which is not in the spec", d)
+		}
+	}
+	for _, dt := range u.Tables {
+		d, t, _ := strings.Cut(dt, ".")
+		if !slices.Contains(spec, d) || !slices.Contains(RethinkDBMetaTables, t) {
+			return u, fmt.Errorf("undo record names table %q, not a meta table of a spec database", dt)
+		}
+	}
+	return u, nil
 }
 
 // rdbGone reports RethinkDB's "does not exist": already undone.
