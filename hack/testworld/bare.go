@@ -468,6 +468,7 @@ func (w *world) nodeEnv(c *bareCluster, n *bareNode) []envVar {
 		{"HEADSCALE_URL", w.hs.URL(), ""},
 		{"RETHINKDB_ADDR", c.rdb.Addr(), "RethinkDB STAND-IN of cluster " + c.name},
 		{"RETHINKDB_USER", rdbstandin.DefaultUser, ""},
+		{"METAGN_RDB_DATABASES", bareDatabase, "what the rethinkdb_databases check expects once setup made it (the fleet's databases)"},
 	}
 	if n.talos != nil {
 		env = append(env, envVar{"TALOS_ENDPOINT", n.talos.Endpoint(), "this node's Talos apid STAND-IN (maintenance mode until setup)"})
