@@ -219,6 +219,9 @@ func TestBareWorld(t *testing.T) {
 			if _, err := tc.Version(ctx); err != nil {
 				t.Errorf("node %s: Version without a client certificate (maintenance mode): %v", n.Name, err)
 			}
+			if _, err := tc.ServiceList(ctx); err == nil || !strings.Contains(err.Error(), "maintenance mode") {
+				t.Errorf("node %s: ServiceList = %v, want Talos's 'not implemented in maintenance mode'", n.Name, err)
+			}
 			tc.Close()
 		}
 	}
