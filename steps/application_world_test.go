@@ -305,7 +305,7 @@ func TestDatabaseAndApplicationStepsAgainstWorld(t *testing.T) {
 		// A wrong password is not retried forever: it fails with RethinkDB's words.
 		bad := *env
 		bad.Secret = func(messages.SecretRef) (string, error) { return "wrong", nil }
-		if _, err := s.Plan(ctxT(t, 10*time.Second), &bad); err == nil || !strings.Contains(err.Error(), "Wrong password") {
+		if _, err := s.Plan(ctxT(t, 10*time.Second), &bad); steps.Classify(err) != messages.StepErrConfig || !strings.Contains(err.Error(), "Wrong password") {
 			t.Fatalf("plan with a wrong password: %v", err)
 		}
 		// An invalid name is a config error naming the field.

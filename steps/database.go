@@ -7,6 +7,7 @@ package steps
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -209,7 +210,7 @@ func rdbSession(ctx context.Context, env *Env) (*r.Session, string, error) {
 	sess, err := r.Connect(r.ConnectOpts{Address: addr, Username: user, Password: pass,
 		Timeout: timeout, ReadTimeout: rdbTimeout, WriteTimeout: rdbTimeout, MaxOpen: 1})
 	if err != nil {
-		return nil, addr, fmt.Errorf("connecting to RethinkDB at %s as %s: %w", addr, user, err)
+		return nil, addr, rdbClass(err, fmt.Sprintf("connecting to RethinkDB at %s as %s", addr, user))
 	}
 	return sess, addr, nil
 }
@@ -281,7 +282,7 @@ func rdbObserve(ctx context.Context, sess *r.Session, want []string) (rdbMissing
 	var m rdbMissing
 	var have []string
 	if err := rdbRun(ctx, sess, r.DBList(), &have); err != nil {
-		return m, fmt.Errorf("r.dbList(): %w", err)
+		return m, rdbClass(err, "r.dbList()")
 	}
 	for _, d := range want {
 		if !slices.Contains(have, d) {
@@ -290,7 +291,7 @@ func rdbObserve(ctx context.Context, sess *r.Session, want []string) (rdbMissing
 		}
 		var tables []string
 		if err := rdbRun(ctx, sess, r.DB(d).TableList(), &tables); err != nil {
-			return m, fmt.Errorf("r.db(%q).tableList(): %w", d, err)
+			return m, rdbClass(err, fmt.Sprintf("r.db(%q).tableList()", d))
 		}
 		for _, t := range RethinkDBMetaTables {
 			if !slices.Contains(tables, t) {
@@ -361,19 +362,19 @@ func applyRethinkDBDatabases(ctx context.Context, env *Env) (Applied, error) {
 	}
 	for _, d := range m.DBs {
 		if err := rdbWrite(ctx, sess, r.DBCreate(d)); err != nil {
-			return out(fmt.Errorf("r.dbCreate(%q) at %s: %w", d, addr, err))
+			return out(rdbClass(err, fmt.Sprintf("r.dbCreate(%q) at %s", d, addr)))
 		}
 		done.DBs = append(done.DBs, d)
 		for _, t := range RethinkDBMetaTables {
 			if err := rdbWrite(ctx, sess, r.DB(d).TableCreate(t)); err != nil {
-				return out(fmt.Errorf("r.db(%q).tableCreate(%q) at %s: %w", d, t, addr, err))
+				return out(rdbClass(err, fmt.Sprintf("r.db(%q).tableCreate(%q) at %s", d, t, addr)))
 			}
 		}
 	}
 	for _, dt := range m.Tables {
 		d, t, _ := strings.Cut(dt, ".")
 		if err := rdbWrite(ctx, sess, r.DB(d).TableCreate(t)); err != nil {
-			return out(fmt.Errorf("r.db(%q).tableCreate(%q) at %s: %w", d, t, addr, err))
+			return out(rdbClass(err, fmt.Sprintf("r.db(%q).tableCreate(%q) at %s", d, t, addr)))
 		}
 		done.Tables = append(done.Tables, dt)
 	}
@@ -395,12 +396,12 @@ func undoRethinkDBDatabases(ctx context.Context, env *Env, raw json.RawMessage) 
 	for _, dt := range slices.Backward(u.Tables) {
 		d, t, _ := strings.Cut(dt, ".")
 		if err := rdbWrite(ctx, sess, r.DB(d).TableDrop(t)); err != nil && !rdbGone(err) {
-			return fmt.Errorf("r.db(%q).tableDrop(%q) at %s: %w", d, t, addr, err)
+			return rdbClass(err, fmt.Sprintf("r.db(%q).tableDrop(%q) at %s", d, t, addr))
 		}
 	}
 	for _, d := range slices.Backward(u.DBs) {
 		if err := rdbWrite(ctx, sess, r.DBDrop(d)); err != nil && !rdbGone(err) {
-			return fmt.Errorf("r.dbDrop(%q) at %s: %w", d, addr, err)
+			return rdbClass(err, fmt.Sprintf("r.dbDrop(%q) at %s", d, addr))
 		}
 	}
 	return nil
@@ -431,6 +432,28 @@ func decodeRDBUndo(raw json.RawMessage, spec []string) (rdbMissing, error) {
 		}
 	}
 	return u, nil
+}
+
+// rdbClass gives a driver error its class: a connection refused or lost,
+// a timeout, no connections -> retryable (steps.Retry); a refused login ->
+// a config error naming what to fix. rethinkdb-go's errors do not unwrap
+// to the syscall errors Classify knows.
+func rdbClass(err error, what string) error {
+	if err == nil {
+		return nil
+	}
+	var ce r.RQLConnectionError
+	var te r.RQLTimeoutError
+	var ae r.RQLAuthError
+	switch {
+	case errors.As(err, &ae):
+		return Configf("set application.rethinkdb.user and passwordFrom (or RETHINKDB_USER/RETHINKDB_PASS) to an account RethinkDB accepts",
+			"%s: %w", what, err)
+	case errors.As(err, &ce), errors.As(err, &te),
+		errors.Is(err, r.ErrQueryTimeout), errors.Is(err, r.ErrConnectionClosed), errors.Is(err, r.ErrNoConnections):
+		return Retry(fmt.Errorf("%s: %w", what, err))
+	}
+	return fmt.Errorf("%s: %w", what, err)
 }
 
 // rdbGone reports RethinkDB's "does not exist": already undone.
