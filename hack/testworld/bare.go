@@ -428,7 +428,7 @@ func (w *world) fleet() messages.Fleet {
 				fn.TalosEndpoint = n.talos.Endpoint()
 			}
 			if n.role == messages.RoleRouter {
-				fn.Hostname = "guildnet-router-" + c.name
+				fn.Hostname = routerHostname + "-" + c.name
 			}
 			fc.Nodes = append(fc.Nodes, fn)
 		}
@@ -469,6 +469,11 @@ func (w *world) nodeEnv(c *bareCluster, n *bareNode) []envVar {
 		{"RETHINKDB_ADDR", c.rdb.Addr(), "RethinkDB STAND-IN of cluster " + c.name},
 		{"RETHINKDB_USER", rdbstandin.DefaultUser, ""},
 		{"METAGN_RDB_DATABASES", bareDatabase, "what the rethinkdb_databases check expects once setup made it (the fleet's databases)"},
+	}
+	if n.role == messages.RoleRouter {
+		env = append(env,
+			envVar{"TS_ROUTES", strings.Join(c.routes, ","), "the routes this router advertises once setup logged it in (the fleet's network.routes), for the routes check"},
+			envVar{"TS_HOSTNAME", routerHostname + "-" + c.name, ""})
 	}
 	if n.talos != nil {
 		env = append(env, envVar{"TALOS_ENDPOINT", n.talos.Endpoint(), "this node's Talos apid STAND-IN (maintenance mode until setup)"})

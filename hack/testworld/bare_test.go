@@ -130,6 +130,9 @@ func TestBareWorld(t *testing.T) {
 				env["TS_SOCKET"] == "" || env["RETHINKDB_ADDR"] != c.Application.RethinkDB.Addr || env["TALOS_ENDPOINT"] != n.TalosEndpoint {
 				t.Errorf("node %s env = %v", n.Name, env)
 			}
+			if n.Role == messages.RoleRouter && (env["TS_ROUTES"] != strings.Join(c.Network.Routes, ",") || env["TS_HOSTNAME"] != n.Hostname) {
+				t.Errorf("router %s: TS_ROUTES %q TS_HOSTNAME %q, fleet %v %q", n.Name, env["TS_ROUTES"], env["TS_HOSTNAME"], c.Network.Routes, n.Hostname)
+			}
 			if (n.Role == messages.RoleHostApp) != (env["HOSTAPP_URL"] != "") {
 				t.Errorf("node %s HOSTAPP_URL = %q", n.Name, env["HOSTAPP_URL"])
 			}
