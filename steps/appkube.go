@@ -98,6 +98,10 @@ func appKube(env *Env) (dynamic.Interface, error) {
 type appObject struct {
 	GVR schema.GroupVersionResource
 	Obj *unstructured.Unstructured
+	// EnsureOnly: the step only makes sure the object exists (a namespace
+	// another step may also manage under the same field manager, where a
+	// second apply would take the other's fields away).
+	EnsureOnly bool
 }
 
 func (o appObject) ref() string {
@@ -148,6 +152,10 @@ func appPlanObjects(ctx context.Context, dyn dynamic.Interface, objs []appObject
 		}
 		if err != nil {
 			return nil, fmt.Errorf("reading %s: %w", o.ref(), err)
+		}
+		if o.EnsureOnly {
+			out = append(out, appObjPlan{Obj: o, Action: "unchanged"})
+			continue
 		}
 		rctx, cancel = context.WithTimeout(ctx, appKubeTimeout)
 		dry, err := rc.Apply(rctx, o.Obj.GetName(), o.Obj, metav1.ApplyOptions{FieldManager: appFieldManager, DryRun: []string{metav1.DryRunAll}})

@@ -88,9 +88,11 @@ func operatorObjects(env *Env) ([]appObject, error) {
 	labels := map[string]any{"app": name, "app.kubernetes.io/managed-by": appFieldManager}
 	all := []any{"get", "list", "watch", "create", "update", "patch", "delete"}
 	objs := []appObject{
-		{GVR: appGVRNamespaces, Obj: appU(map[string]any{
+		// The namespace may be the cluster layer's too (addons.namespaces):
+		// made when missing, never re-applied.
+		{GVR: appGVRNamespaces, EnsureOnly: true, Obj: appU(map[string]any{
 			"apiVersion": "v1", "kind": "Namespace",
-			"metadata": map[string]any{"name": ns, "labels": map[string]any{"app.kubernetes.io/managed-by": appFieldManager}},
+			"metadata": map[string]any{"name": ns},
 		})},
 		{GVR: appGVRServiceAccounts, Obj: appU(map[string]any{
 			"apiVersion": "v1", "kind": "ServiceAccount",

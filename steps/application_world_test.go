@@ -394,6 +394,41 @@ func TestDatabaseAndApplicationStepsAgainstWorld(t *testing.T) {
 		}
 	})
 
+	t.Run("namespace shared with the cluster layer", func(t *testing.T) {
+		// The cluster layer's k8s_namespaces applied the namespace, with a
+		// label, under the same field manager: the operator step must not
+		// take the label away, nor delete the namespace on undo.
+		ctx := ctxT(t, 30*time.Second)
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "gn-shared", Labels: map[string]string{"from": "cluster-layer"}}}
+		ns.APIVersion, ns.Kind = "v1", "Namespace"
+		body, _ := json.Marshal(ns)
+		force := true
+		if _, err := w.cs.CoreV1().Namespaces().Patch(ctx, "gn-shared", "application/apply-patch+yaml", body, metav1.PatchOptions{FieldManager: "metaguildnet", Force: &force}); err != nil {
+			t.Fatal(err)
+		}
+		e2 := *env
+		e2.Spec.Application.Operator.Namespace = "gn-shared"
+		s := step(t, "workspace_operator")
+		p := plan(t, s, &e2)
+		if strings.Contains(p.Diff, "Namespace") {
+			t.Fatalf("plan touches the existing namespace: %+v", p)
+		}
+		_, undo := apply(t, s, &e2)
+		if p := plan(t, s, &e2); p.Action != messages.ActionUnchanged {
+			t.Fatalf("plan after apply = %+v", p)
+		}
+		got, err := w.cs.CoreV1().Namespaces().Get(ctx, "gn-shared", metav1.GetOptions{})
+		if err != nil || got.Labels["from"] != "cluster-layer" {
+			t.Fatalf("namespace after the operator step: %v %v", got.Labels, err)
+		}
+		if err := s.Undo(ctx, &e2, undo); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := w.cs.CoreV1().Namespaces().Get(ctx, "gn-shared", metav1.GetOptions{}); err != nil || got.DeletionTimestamp != nil {
+			t.Fatalf("undo deleted a namespace it did not create: %v %v", got.DeletionTimestamp, err)
+		}
+	})
+
 	t.Run("no kubeconfig blocks", func(t *testing.T) {
 		e2 := *env
 		e2.Settings = config.Settings{}
