@@ -95,6 +95,10 @@ type bareCluster struct {
 	talos    *talosstandin.Cluster
 	nodes    []*bareNode
 	coreOnce sync.Once
+	// closers stop what the cluster started, in start order; addrs are
+	// its ports for `testworld exec`. The world takes both over.
+	closers []func()
+	addrs   []string
 }
 
 // bareWorld is what a bare serve keeps besides the shared world fields.
@@ -145,12 +149,28 @@ func (w *world) startBare(ctx context.Context, clusters int) error {
 	w.add("HEADSCALE_BIN", testenv.HeadscalePath(), "")
 	w.addPort(w.hs.URL())
 
+	// The clusters' server sets start side by side; what each started is
+	// handed to the world in cluster order, failed or not, so close stops it.
+	started := make([]*bareCluster, clusters)
+	errs := make([]error, clusters)
+	var wg sync.WaitGroup
 	for i := range clusters {
-		c, err := w.startBareCluster(ctx, i)
-		if err != nil {
-			return err
+		wg.Go(func() { started[i], errs[i] = w.startBareCluster(ctx, i) })
+	}
+	wg.Wait()
+	for _, c := range started {
+		w.closers = append(w.closers, c.closers...)
+		for _, a := range c.addrs {
+			w.addPort(a)
 		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	for _, c := range started {
 		w.bare.clusters = append(w.bare.clusters, c)
+		w.add("KUBECONFIG_"+strings.ToUpper(c.name), c.kube.KubeconfigPath(), fmt.Sprintf("cluster %s: admin kubeconfig (agents get theirs from setup)", c.name))
+		w.add("RETHINKDB_ADDR_"+strings.ToUpper(c.name), c.rdb.Addr(), fmt.Sprintf("cluster %s: RethinkDB STAND-IN, no GuildNet databases", c.name))
 	}
 	if err := w.startBareHostApp(); err != nil {
 		return err
@@ -176,6 +196,7 @@ func (w *world) startBare(ctx context.Context, clusters int) error {
 func (w *world) startBareCluster(ctx context.Context, i int) (*bareCluster, error) {
 	name := bareClusterNames[i]
 	c := &bareCluster{name: name, routes: bareRoutes(i), talos: talosstandin.NewCluster()}
+	// c is returned even on failure: the world stops what it started.
 	dir := filepath.Join(w.dir, clustersDir, name)
 	var err error
 	opts := testenv.KubeOptions{Dir: filepath.Join(dir, "kube")}
@@ -183,27 +204,27 @@ func (w *world) startBareCluster(ctx context.Context, i int) (*bareCluster, erro
 		opts.ServiceCIDR = c.routes[1]
 	}
 	if c.kube, err = testenv.StartKube(ctx, opts); err != nil {
-		return nil, fmt.Errorf("cluster %s: %w", name, err)
+		return c, fmt.Errorf("cluster %s: %w", name, err)
 	}
-	w.closers = append(w.closers, c.kube.Stop)
+	c.closers = append(c.closers, c.kube.Stop)
 	if c.cp, err = c.kube.StartControlPlane(ctx); err != nil {
-		return nil, fmt.Errorf("cluster %s: %w", name, err)
+		return c, fmt.Errorf("cluster %s: %w", name, err)
 	}
-	w.closers = append(w.closers, c.cp.Stop)
+	c.closers = append(c.closers, c.cp.Stop)
 	if c.cs, err = kubernetes.NewForConfig(c.kube.RESTConfig()); err != nil {
-		return nil, fmt.Errorf("cluster %s: client: %w", name, err)
+		return c, fmt.Errorf("cluster %s: client: %w", name, err)
 	}
-	w.addPort(c.kube.URL())
+	c.addrs = append(c.addrs, c.kube.URL())
 	kc, err := os.ReadFile(c.kube.KubeconfigPath())
 	if err != nil {
-		return nil, fmt.Errorf("cluster %s: %w", name, err)
+		return c, fmt.Errorf("cluster %s: %w", name, err)
 	}
 
 	if c.rdb, err = rdbstandin.Start(rdbstandin.Options{}); err != nil {
-		return nil, fmt.Errorf("cluster %s: rethinkdb stand-in: %w", name, err)
+		return c, fmt.Errorf("cluster %s: rethinkdb stand-in: %w", name, err)
 	}
-	w.standins = append(w.standins, rdb{c.rdb})
-	w.addPort(c.rdb.Addr())
+	c.closers = append(c.closers, rdb{c.rdb}.close)
+	c.addrs = append(c.addrs, c.rdb.Addr())
 
 	for _, nr := range bareNodeRoles {
 		n := &bareNode{name: name + "-" + nr.suffix, cluster: name, role: nr.role}
@@ -217,10 +238,10 @@ func (w *world) startBareCluster(ctx context.Context, i int) (*bareCluster, erro
 			OnState: c.onTalosState,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("node %s: talos stand-in: %w", n.name, err)
+			return c, fmt.Errorf("node %s: talos stand-in: %w", n.name, err)
 		}
-		w.standins = append(w.standins, talos{n.talos})
-		w.addPort(n.talos.Endpoint())
+		c.closers = append(c.closers, talos{n.talos}.close)
+		c.addrs = append(c.addrs, n.talos.Endpoint())
 		c.nodes = append(c.nodes, n)
 	}
 	if i == 0 {
@@ -228,8 +249,6 @@ func (w *world) startBareCluster(ctx context.Context, i int) (*bareCluster, erro
 		c.nodes = append(c.nodes, n)
 		w.bare.hostNode = n
 	}
-	w.add("KUBECONFIG_"+strings.ToUpper(name), c.kube.KubeconfigPath(), fmt.Sprintf("cluster %s: admin kubeconfig (agents get theirs from setup)", name))
-	w.add("RETHINKDB_ADDR_"+strings.ToUpper(name), c.rdb.Addr(), fmt.Sprintf("cluster %s: RethinkDB STAND-IN, no GuildNet databases", name))
 	log("cluster %s: kube-apiserver at %s (live control plane, no Nodes), rethinkdb stand-in at %s, %d Talos stand-ins in maintenance",
 		name, c.kube.URL(), c.rdb.Addr(), len(bareNodeRoles))
 	return c, nil
