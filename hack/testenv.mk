@@ -3,6 +3,9 @@
 #   make testenv                       build kube-apiserver, etcd, headscale, kwok, tailscaled (cached; cold ~15-25 min, warm seconds)
 #   make testenv-test                  build what is missing, then run the test world's own tests
 #   make testenv-up   TESTENV_DIR=DIR  start the whole world in the background, write DIR/env
+#   make testenv-up   TESTENV_DIR=DIR TESTENV_BARE=1 [TESTENV_CLUSTERS=2]
+#                                      a bare world for setup: nothing of GuildNet in it,
+#                                      DIR/fleet.yaml and DIR/nodes/NAME/env (hack/testworld/bare.go)
 #   make testenv-down TESTENV_DIR=DIR  stop it and remove what it made
 #
 # The binaries live outside the repository in a per-version cache:
@@ -35,8 +38,12 @@ $(TESTWORLD): FORCE_TESTWORLD
 .PHONY: FORCE_TESTWORLD
 FORCE_TESTWORLD:
 
+TESTENV_BARE ?=
+TESTENV_CLUSTERS ?= 1
+TESTENV_UP_FLAGS := $(if $(filter 1 true yes,$(TESTENV_BARE)),--bare --clusters $(TESTENV_CLUSTERS))
+
 testenv-up: testenv $(TESTWORLD)
-	@$(TESTWORLD) up --dir "$(TESTENV_DIR)"
+	@$(TESTWORLD) up --dir "$(TESTENV_DIR)" $(TESTENV_UP_FLAGS)
 
 testenv-down: $(TESTWORLD)
 	@$(TESTWORLD) down --dir "$(TESTENV_DIR)"

@@ -968,14 +968,14 @@ func applyRoutesApproved(ctx context.Context, env *Env) (Applied, error) {
 		all := slices.Concat(r.approved, r.missing)
 		slices.Sort(all)
 		if err := h.approveRoutes(ctx, r.id, all); err != nil {
-			return Applied{Undo: undoOrNil(undo)}, fmt.Errorf("router %s: %w", r.node, err)
+			return Applied{Undo: routesUndoOrNil(undo)}, fmt.Errorf("router %s: %w", r.node, err)
 		}
 		undo.Nodes = append(undo.Nodes, routesUndoNode{ID: r.id, Node: r.node, Approved: r.approved})
 	}
 	return Applied{Action: messages.ActionUpdate, Diff: diff, Undo: undo}, nil
 }
 
-func undoOrNil(u routesUndo) any {
+func routesUndoOrNil(u routesUndo) any {
 	if len(u.Nodes) == 0 {
 		return nil
 	}
