@@ -103,9 +103,20 @@ func step(t *testing.T, name string) *Step {
 	return s
 }
 
+// recorded is every plan, apply result and error the tests saw, to check
+// that no secret is ever in one.
+var recorded strings.Builder
+
+func record(v any) {
+	b, _ := json.Marshal(v)
+	recorded.Write(b)
+	recorded.WriteByte('\n')
+}
+
 func mustPlan(t *testing.T, ctx context.Context, s *Step, env *Env) Plan {
 	t.Helper()
 	p, err := s.Plan(ctx, env)
+	record(p)
 	if err != nil {
 		t.Fatalf("plan %s on %s: %v", s.Name, env.Node, err)
 	}
@@ -120,6 +131,7 @@ func mustApply(t *testing.T, ctx context.Context, s *Step, env *Env) Applied {
 		}
 	}
 	a, err := s.Apply(ctx, env)
+	record(a)
 	if err != nil {
 		t.Fatalf("apply %s on %s: %v", s.Name, env.Node, err)
 	}
@@ -232,6 +244,16 @@ func TestNetworkStepsOnARealTailnet(t *testing.T) {
 		t.Fatal("routes_active runs on routers only")
 	}
 	t.Logf("network layer applied on 2 nodes in %v", time.Since(start))
+	// One single-use, non-ephemeral key per login, each used.
+	if ks, err := w.h.ListPreAuthKeys(ctx); err != nil || len(ks) != 2 {
+		t.Fatalf("pre-auth keys after two logins: %+v %v", ks, err)
+	} else {
+		for _, k := range ks {
+			if k.Reusable || k.Ephemeral || !k.Used {
+				t.Errorf("pre-auth key %+v: want single-use, not ephemeral, used", k)
+			}
+		}
+	}
 
 	// The runner then verifies the network layer on each node with the
 	// existing checks, through the node's tailscaled socket.
@@ -395,6 +417,19 @@ func TestNetworkStepsOnARealTailnet(t *testing.T) {
 	if ns, err := w.h.ListNodes(ctx); err != nil || len(ns) != 0 {
 		t.Fatalf("nodes after undo: %v %v", ns, err)
 	}
+
+	// No secret in any plan, result, output or undo: neither the API key
+	// nor a pre-auth key (Headscale's keys all start "hskey-").
+	apiKey, err := resolveSecret(w.keyRef)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if all := recorded.String(); strings.Contains(all, strings.TrimSpace(apiKey)) || strings.Contains(all, "hskey-") {
+		t.Fatalf("a secret is in the steps' plans or results:\n%s", all)
+	}
+	if !strings.HasPrefix(strings.TrimSpace(apiKey), "hskey-") {
+		t.Fatalf("Headscale's API key does not start hskey- (%d bytes): the check above proves nothing", len(apiKey))
+	}
 }
 
 // TestNetworkStepErrors: the failures a spec or a node can cause, each in
@@ -410,6 +445,7 @@ func TestNetworkStepErrors(t *testing.T) {
 		defer func() { w.spec.Network.HeadscaleAPIKeyFrom = w.keyRef }()
 		for _, s := range []*Step{user, routes} {
 			_, err := s.Plan(ctx, w.env(t, "n1", nil))
+			record(fmt.Sprint(err))
 			if Classify(err) != messages.StepErrConfig || !strings.Contains(err.Error(), "network.headscaleAPIKeyFrom is not set") {
 				t.Errorf("%s: %v (class %s)", s.Name, err, Classify(err))
 			}
