@@ -89,5 +89,9 @@ build "$KUBE_DIR/kube-scheduler" "$ROOT/hack/kube" "$KUBE_LDFLAGS" k8s.io/kubern
 build "$KWOK_DIR/kwok" "$ROOT/hack/kwok" "-s -w" sigs.k8s.io/kwok/cmd/kwok
 # A real tailscaled per simulated node (~3.5 min cold, 43 MB), run in
 # userspace-networking mode inside the loopback-only network namespace.
-build "$TAILSCALE_DIR/tailscaled" "$ROOT/hack/tailscale" "-s -w" tailscale.com/cmd/tailscaled
+# Built outside tailscale's own module, it cannot read its version from the
+# build info: stamp it (or it reports "1.102.5-ERR-BuildInfo").
+TS_VPKG=tailscale.com/version
+build "$TAILSCALE_DIR/tailscaled" "$ROOT/hack/tailscale" \
+	"-s -w -X ${TS_VPKG}.longStamp=${TAILSCALE_VERSION#v} -X ${TS_VPKG}.shortStamp=${TAILSCALE_VERSION#v}" tailscale.com/cmd/tailscaled
 log "all test-world binaries ready in $CACHE"

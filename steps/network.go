@@ -36,6 +36,7 @@ const (
 	StepHeadscaleUser  = "headscale_user"
 	StepTailscaleLogin = "tailscale_login"
 	StepRoutesApproved = "routes_approved"
+	StepRoutesActive   = "routes_active"
 )
 
 // DefaultRoutes are what GuildNet's router advertises (TS_ROUTES) when the
@@ -95,6 +96,23 @@ var networkSteps = []Step{
 		Plan:        planRoutesApproved,
 		Apply:       applyRoutesApproved,
 		Undo:        undoRoutesApproved,
+	},
+	{
+		// Headscale v0.29.1 tells the peers of an approval at once but not
+		// the router's own map session, so the router's status (what the
+		// routes_approved check reads) lacks its approved routes until the
+		// session is renewed. This step renews it when they are missing.
+		Name:  StepRoutesActive,
+		Layer: messages.LayerNetwork,
+		Description: "each router's own tailscaled status carries the routes (primary or standby), " +
+			"renewing its control session when an approval has not reached it",
+		Scope:    ScopeNode,
+		Roles:    []string{messages.RoleRouter},
+		After:    []string{StepRoutesApproved},
+		Critical: true,
+		Prereqs:  tailscaledAnswers,
+		Plan:     planRoutesActive,
+		Apply:    applyRoutesActive,
 	},
 }
 
@@ -1000,4 +1018,97 @@ func undoRoutesApproved(ctx context.Context, env *Env, raw json.RawMessage) erro
 		}
 	}
 	return nil
+}
+
+// ---- routes_active ----
+
+// routesActiveTimeout bounds the wait for a renewed session to bring the
+// approved routes into the router's status.
+const routesActiveTimeout = 30 * time.Second
+
+// inactiveRoutes are the spec routes the router's own status does not
+// carry, as primary or (standby) in AllowedIPs.
+func inactiveRoutes(ctx context.Context, env *Env) ([]string, error) {
+	want, err := specRoutes(env.Spec)
+	if err != nil {
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, localAPITimeout)
+	defer cancel()
+	st, err := localClient(env).StatusWithoutPeers(cctx)
+	if err != nil {
+		return nil, fmt.Errorf("tailscaled status: %w", err)
+	}
+	var have []netip.Prefix
+	if st.Self != nil {
+		if st.Self.PrimaryRoutes != nil {
+			have = append(have, st.Self.PrimaryRoutes.AsSlice()...)
+		}
+		if st.Self.AllowedIPs != nil {
+			have = append(have, st.Self.AllowedIPs.AsSlice()...)
+		}
+	}
+	var missing []string
+	for _, p := range want {
+		if !slices.Contains(have, p) {
+			missing = append(missing, p.String())
+		}
+	}
+	return missing, nil
+}
+
+func planRoutesActive(ctx context.Context, env *Env) (Plan, error) {
+	if err := tailscaledAnswers(ctx, env); err != nil {
+		var be *BlockedError
+		if errors.As(err, &be) {
+			return Plan{Action: messages.ActionBlocked, Diff: be.Missing, Blocked: be.Error()}, nil
+		}
+		return Plan{}, err
+	}
+	missing, err := inactiveRoutes(ctx, env)
+	if err != nil {
+		return Plan{}, err
+	}
+	if len(missing) == 0 {
+		return Plan{Action: messages.ActionUnchanged, Diff: "this router's status carries every route"}, nil
+	}
+	return Plan{Action: messages.ActionUpdate, Diff: "renew the control session: status lacks " + strings.Join(missing, ", ")}, nil
+}
+
+func applyRoutesActive(ctx context.Context, env *Env) (Applied, error) {
+	missing, err := inactiveRoutes(ctx, env)
+	if err != nil {
+		return Applied{}, err
+	}
+	if len(missing) == 0 {
+		return Applied{Action: messages.ActionUnchanged, Diff: "this router's status carries every route"}, nil
+	}
+	diff := "renewed the control session: status lacked " + strings.Join(missing, ", ")
+	lc := localClient(env)
+	for _, on := range []bool{false, true} {
+		cctx, cancel := context.WithTimeout(ctx, localAPITimeout)
+		_, err := lc.EditPrefs(cctx, &ipn.MaskedPrefs{Prefs: ipn.Prefs{WantRunning: on}, WantRunningSet: true})
+		cancel()
+		if err != nil {
+			return Applied{}, fmt.Errorf("renew tailscaled's control session (want-running %t): %w", on, err)
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, routesActiveTimeout)
+	defer cancel()
+	for {
+		missing, err = inactiveRoutes(wctx, env)
+		if err == nil && len(missing) == 0 {
+			return Applied{Action: messages.ActionUpdate, Diff: diff}, nil
+		}
+		select {
+		case <-wctx.Done():
+			if err == nil {
+				err = fmt.Errorf("status still lacks %s (approved on Headscale? step %s approves them)",
+					strings.Join(missing, ", "), StepRoutesApproved)
+			}
+			return Applied{}, fmt.Errorf("routes not active on this router %v after renewing its session: %w (%w)",
+				routesActiveTimeout, err, wctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }

@@ -9,6 +9,8 @@ import (
 	"os"
 	"strings"
 
+	"go.uber.org/zap"
+
 	"github.com/guildnet/metaguildnet/fleet"
 	"github.com/guildnet/metaguildnet/messages"
 	"github.com/guildnet/metaguildnet/steps"
@@ -56,7 +58,11 @@ func (s StepTask) Run(ctx context.Context, env *Env, raw json.RawMessage) (Outpu
 	if err != nil {
 		return Output{}, BadArgs("sealed: %v", err)
 	}
-	senv := &steps.Env{Node: env.Node, Cluster: args.Cluster.Name, Role: env.Role, Labels: env.Labels, Log: env.Log,
+	log := env.Log
+	if log == nil {
+		log = zap.NewNop()
+	}
+	senv := &steps.Env{Node: env.Node, Cluster: args.Cluster.Name, Role: env.Role, Labels: env.Labels, Log: log,
 		Settings: env.Settings, StateDir: env.StateDir, Spec: args.Cluster, Inputs: args.Inputs,
 		Secret: secretResolver(env), Sealed: sealed}
 	out := &messages.StepOutput{V: messages.Version, Step: st.Name, Op: args.Op}
