@@ -783,7 +783,7 @@ func (r *setupRunner) call(ctx context.Context, rec *setupRecord, spec messages.
 	// Sealed outputs count from a successful apply only (a node cannot
 	// plant a secret file through a plan or an undo).
 	if raw := r.c.disp.takeSealed(rep.TaskID, node.Name); len(raw) > 0 && op == messages.StepOpApply && got.ErrClass == "" {
-		if err := r.keepSealed(spec.Name, raw); err != nil {
+		if _, err := r.keepSealed(spec.Name, st, node.Name, raw); err != nil {
 			got.ErrClass, got.Error = messages.StepErrFailed, "keep sealed outputs: "+err.Error()
 		}
 	}

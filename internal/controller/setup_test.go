@@ -198,6 +198,7 @@ func (w *setupWorld) registry(t *testing.T) *steps.Registry {
 	netDir.Seal = func(ctx context.Context, se *steps.SealEnv) (map[string]string, error) {
 		return map[string]string{"talos.machine_config": planted + "-" + se.Node.Name}, nil
 	}
+	netDir.SealedOutputs = []string{"kubeconfig"}
 	apply := netDir.Apply
 	netDir.Apply = func(ctx context.Context, env *steps.Env) (steps.Applied, error) {
 		if env.Sealed["talos.machine_config"] != planted+"-"+env.Node {
@@ -205,7 +206,8 @@ func (w *setupWorld) registry(t *testing.T) *steps.Registry {
 		}
 		a, err := apply(ctx, env)
 		if err == nil && a.Action == messages.ActionCreate {
-			a.Sealed = map[string]string{"kubeconfig": plantedOut}
+			// "talosconfig" is not declared: the controller drops it.
+			a.Sealed = map[string]string{"kubeconfig": plantedOut, "talosconfig": plantedOut + "-undeclared"}
 		}
 		return a, err
 	}
@@ -428,6 +430,10 @@ func TestSetupApplyOrderVerifyIdempotent(t *testing.T) {
 	}
 	if fi, _ := os.Stat(filepath.Dir(kc)); fi.Mode().Perm() != 0o700 {
 		t.Fatalf("secrets dir mode %v", fi.Mode())
+	}
+	// A sealed key the step does not declare (Step.SealedOutputs) is not kept.
+	if _, err := os.Stat(filepath.Join(filepath.Dir(kc), "talosconfig")); !os.IsNotExist(err) {
+		t.Fatalf("an undeclared sealed output was kept: %v", err)
 	}
 
 	// A second apply: every step unchanged, nothing written.
