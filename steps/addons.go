@@ -11,8 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -24,7 +22,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/guildnet/metaguildnet/internal/crds"
 	"github.com/guildnet/metaguildnet/messages"
@@ -45,8 +42,6 @@ const (
 
 	// addonWait bounds the wait for add-ons to work after an apply.
 	addonWait = 3 * time.Minute
-	// kubeCallTimeout bounds one API call.
-	kubeCallTimeout = 30 * time.Second
 )
 
 var (
@@ -92,56 +87,6 @@ func addonSteps() []Step {
 	}
 }
 
-// --- the client ---
-
-// kubeconfigPath is the kubeconfig the add-on steps use: the KUBECONFIG
-// setting (first of a list), else the state dir's (kubeconfig_install),
-// else ~/.guildnet/kubeconfig.
-func kubeconfigPath(env *Env) string {
-	if v := env.Settings.Get("KUBECONFIG", ""); v != "" {
-		return filepath.SplitList(v)[0]
-	}
-	cands := []string{}
-	if env.StateDir != "" {
-		cands = append(cands, filepath.Join(env.StateDir, stateKubeconfigFile))
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		cands = append(cands, filepath.Join(home, ".guildnet", "kubeconfig"))
-	}
-	for _, p := range cands {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	return ""
-}
-
-func kubeconfigPrereq(_ context.Context, env *Env) error {
-	if kubeconfigPath(env) != "" {
-		return nil
-	}
-	return Blocked(fmt.Sprintf("node %s has no kubeconfig (KUBECONFIG unset, none in the state dir or ~/.guildnet)", env.Node),
-		fmt.Sprintf("controller setup apply -f FLEET.yaml --cluster %s --layer cluster (kubeconfig_install), or export KUBECONFIG=PATH for the agent", env.Spec.Name))
-}
-
-func dynamicClient(env *Env) (dynamic.Interface, error) {
-	if err := kubeconfigPrereq(context.Background(), env); err != nil {
-		return nil, err
-	}
-	p := kubeconfigPath(env)
-	cfg, err := clientcmd.BuildConfigFromFlags("", p)
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig %s: %w", p, err)
-	}
-	cfg.UserAgent = "metaguildnet-setup"
-	cfg.QPS, cfg.Burst = 50, 100
-	dyn, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig %s: %w", p, err)
-	}
-	return dyn, nil
-}
-
 // --- the objects ---
 
 // kobj is one object a step applies.
@@ -151,18 +96,10 @@ type kobj struct {
 }
 
 func (o kobj) ri(dyn dynamic.Interface) dynamic.ResourceInterface {
-	if ns := o.u.GetNamespace(); ns != "" {
-		return dyn.Resource(o.gvr).Namespace(ns)
-	}
-	return dyn.Resource(o.gvr)
+	return kubeResource(dyn, o.gvr, o.u)
 }
 
-func (o kobj) String() string {
-	if ns := o.u.GetNamespace(); ns != "" {
-		return o.u.GetKind() + " " + ns + "/" + o.u.GetName()
-	}
-	return o.u.GetKind() + " " + o.u.GetName()
-}
+func (o kobj) String() string { return kubeRef(o.u) }
 
 func managedLabels() map[string]any {
 	return map[string]any{"app.kubernetes.io/managed-by": FieldManager}
@@ -289,18 +226,12 @@ func stripped(u *unstructured.Unstructured) map[string]any {
 // planObject asks the server what a server-side apply of o would give
 // (dry run) and compares it with what is there.
 func planObject(ctx context.Context, dyn dynamic.Interface, o kobj) (objPlan, error) {
-	ctx, cancel := context.WithTimeout(ctx, kubeCallTimeout)
-	defer cancel()
-	cur, err := o.ri(dyn).Get(ctx, o.u.GetName(), metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
+	cur, dry, err := kubeDryRun(ctx, o.ri(dyn), o.u, true, false)
+	if err != nil {
+		return objPlan{}, err
+	}
+	if cur == nil {
 		return objPlan{o: o, action: messages.ActionCreate}, nil
-	}
-	if err != nil {
-		return objPlan{}, fmt.Errorf("get %s: %w", o, err)
-	}
-	dry, err := o.ri(dyn).Apply(ctx, o.u.GetName(), o.u, metav1.ApplyOptions{FieldManager: FieldManager, Force: true, DryRun: []string{metav1.DryRunAll}})
-	if err != nil {
-		return objPlan{}, fmt.Errorf("server-side dry-run apply of %s: %w", o, err)
 	}
 	if equality.Semantic.DeepEqual(stripped(cur), stripped(dry)) {
 		return objPlan{o: o, action: messages.ActionUnchanged}, nil

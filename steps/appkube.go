@@ -12,8 +12,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"sort"
@@ -25,74 +23,25 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 // appFieldManager is the server-side apply field manager of every object
-// setup writes.
-const appFieldManager = "metaguildnet"
+// setup writes (the one FieldManager).
+const appFieldManager = FieldManager
 
 // Bounds of the Kubernetes side of the application steps.
 const (
-	appKubeTimeout   = 15 * time.Second // one API request
-	appReadyTimeout  = 3 * time.Minute  // a workload becoming ready
+	appKubeTimeout   = kubeCallTimeout // one API request
+	appReadyTimeout  = 3 * time.Minute // a workload becoming ready
 	appReadyInterval = 500 * time.Millisecond
 )
 
-// AppKubeconfigPath is the kubeconfig the database and application steps
-// use: setting KUBECONFIG (first of a path list), else StateDir/kubeconfig
-// (what kubeconfig_install left), else ~/.guildnet/kubeconfig. "" when
-// none exists.
-func AppKubeconfigPath(env *Env) string {
-	if v := env.Settings.Get("KUBECONFIG", ""); v != "" {
-		return filepath.SplitList(v)[0]
-	}
-	var cand []string
-	if env.StateDir != "" {
-		cand = append(cand, filepath.Join(env.StateDir, "kubeconfig"))
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		cand = append(cand, filepath.Join(home, ".guildnet", "kubeconfig"))
-	}
-	for _, p := range cand {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	return ""
-}
-
-// appKubePrereq blocks a step that needs the cluster while the node has
-// no kubeconfig.
-func appKubePrereq(_ context.Context, env *Env) error {
-	if AppKubeconfigPath(env) == "" {
-		return Blocked("no kubeconfig on this node (KUBECONFIG unset, no "+filepath.Join(env.StateDir, "kubeconfig")+")",
-			"controller setup apply -f FLEET.yaml --layer cluster")
-	}
-	return nil
-}
-
-// appKube builds a dynamic client from AppKubeconfigPath.
-func appKube(env *Env) (dynamic.Interface, error) {
-	path := AppKubeconfigPath(env)
-	if path == "" {
-		return nil, appKubePrereq(context.Background(), env)
-	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", path)
-	if err != nil {
-		return nil, Configf("set KUBECONFIG to a valid kubeconfig", "loading kubeconfig %s: %w", path, err)
-	}
-	cfg.Timeout = appKubeTimeout
-	cfg.UserAgent = "metaguildnet-setup"
-	cfg.QPS, cfg.Burst = 50, 100
-	cfg = rest.CopyConfig(cfg)
-	dyn, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client from %s: %w", path, err)
-	}
-	return dyn, nil
-}
+// appKubePrereq and appKube are the shared kubeconfigPrereq and
+// dynamicClient (kubeapply.go).
+var (
+	appKubePrereq = kubeconfigPrereq
+	appKube       = dynamicClient
+)
 
 // appObject is one object a step keeps in the cluster.
 type appObject struct {
@@ -104,18 +53,10 @@ type appObject struct {
 	EnsureOnly bool
 }
 
-func (o appObject) ref() string {
-	if ns := o.Obj.GetNamespace(); ns != "" {
-		return o.Obj.GetKind() + " " + ns + "/" + o.Obj.GetName()
-	}
-	return o.Obj.GetKind() + " " + o.Obj.GetName()
-}
+func (o appObject) ref() string { return kubeRef(o.Obj) }
 
 func (o appObject) client(dyn dynamic.Interface) dynamic.ResourceInterface {
-	if ns := o.Obj.GetNamespace(); ns != "" {
-		return dyn.Resource(o.GVR).Namespace(ns)
-	}
-	return dyn.Resource(o.GVR)
+	return kubeResource(dyn, o.GVR, o.Obj)
 }
 
 // appObjPlan is what applying one object would do.
@@ -142,26 +83,17 @@ type appField struct {
 func appPlanObjects(ctx context.Context, dyn dynamic.Interface, objs []appObject) ([]appObjPlan, error) {
 	out := make([]appObjPlan, 0, len(objs))
 	for _, o := range objs {
-		rc := o.client(dyn)
-		rctx, cancel := context.WithTimeout(ctx, appKubeTimeout)
-		live, err := rc.Get(rctx, o.Obj.GetName(), metav1.GetOptions{})
-		cancel()
-		if apierrors.IsNotFound(err) {
+		live, dry, err := kubeDryRun(ctx, o.client(dyn), o.Obj, false, o.EnsureOnly)
+		if err != nil {
+			return nil, err
+		}
+		if live == nil {
 			out = append(out, appObjPlan{Obj: o, Action: "create"})
 			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("reading %s: %w", o.ref(), err)
 		}
 		if o.EnsureOnly {
 			out = append(out, appObjPlan{Obj: o, Action: "unchanged"})
 			continue
-		}
-		rctx, cancel = context.WithTimeout(ctx, appKubeTimeout)
-		dry, err := rc.Apply(rctx, o.Obj.GetName(), o.Obj, metav1.ApplyOptions{FieldManager: appFieldManager, DryRun: []string{metav1.DryRunAll}})
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("dry-run apply of %s: %w", o.ref(), err)
 		}
 		changed := appDiff(live.Object, dry.Object)
 		if len(changed) == 0 {
@@ -306,8 +238,8 @@ func appApplyObjects(ctx context.Context, dyn dynamic.Interface, plans []appObjP
 // Bounds of an undo record (it comes back from the controller's store).
 const (
 	maxAppUndoObjects = 32
-	maxUndoFields  = 64
-	maxUndoPath    = 8
+	maxUndoFields     = 64
+	maxUndoPath       = 8
 )
 
 // appCheckUndo refuses an undo record that names anything the step does
