@@ -532,13 +532,16 @@ func wantLogin(env *Env) (loginWant, error) {
 	if err != nil {
 		return loginWant{}, err
 	}
-	w := loginWant{ControlURL: ls, Hostname: nodeHostname(env.Spec, env.Node)}
+	// Every node accepts routes as the spec says, routers too: with
+	// several clusters on one Headscale a router sees the other clusters'
+	// routers, and tailscaled reports a router that refuses them as
+	// unhealthy ("Some peers are advertising routes but --accept-routes
+	// is false"), which fails the network layer's verification.
+	w := loginWant{ControlURL: ls, Hostname: nodeHostname(env.Spec, env.Node), RouteAll: boolDefault(env.Spec.Network.AcceptRoutes, true)}
 	if env.Role == messages.RoleRouter {
 		if w.Routes, err = specRoutes(env.Spec); err != nil {
 			return loginWant{}, err
 		}
-	} else {
-		w.RouteAll = boolDefault(env.Spec.Network.AcceptRoutes, true)
 	}
 	return w, nil
 }
@@ -874,9 +877,16 @@ func observeRoutes(ctx context.Context, env *Env) (h *headscale, rs []routerAppr
 		return nil, nil, nil, err
 	}
 	user := headscaleUserName(env.Spec)
-	nodes, err := h.nodes(ctx, user)
-	if err != nil {
+	var nodes []hsNode
+	// Headscale answers 500 "user not found" for the nodes of a user it
+	// does not have: on a bare tailnet (headscale_user not run yet) every
+	// router is simply unregistered.
+	if u, err := h.user(ctx, user); err != nil {
 		return nil, nil, nil, err
+	} else if u != nil {
+		if nodes, err = h.nodes(ctx, user); err != nil {
+			return nil, nil, nil, err
+		}
 	}
 	for _, fn := range env.Spec.Nodes {
 		if fn.Role != messages.RoleRouter {

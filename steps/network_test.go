@@ -291,7 +291,7 @@ func TestNetworkStepsOnARealTailnet(t *testing.T) {
 		host     string
 		routes   int
 		routeAll bool
-	}{"n1": {"guildnet-router", 3, false}, "n2": {"n2", 0, true}} {
+	}{"n1": {"guildnet-router", 3, true}, "n2": {"n2", 0, true}} {
 		p, err := w.ts[n].LocalClient().GetPrefs(ctx)
 		if err != nil {
 			t.Fatal(err)

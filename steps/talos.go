@@ -92,7 +92,7 @@ func talosSteps() []Step {
 		{
 			Name: "talos_machine_config", Layer: messages.LayerCluster, Scope: ScopeNode,
 			Description: "the node runs the machine config generated for it (applied in maintenance mode first)",
-			Roles:       []string{messages.RoleControlPlane, messages.RoleWorker},
+			Roles:       []string{messages.RoleControlPlane, messages.RoleWorker, messages.RoleRouter}, // a router is a Kubernetes worker with a Talos apid
 			Critical:    true,
 			Prereqs:     talosEndpointPrereq,
 			Seal:        sealMachineConfig,

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/guildnet/metaguildnet/fleet"
+	"github.com/guildnet/metaguildnet/checks/meta"
 	"github.com/guildnet/metaguildnet/messages"
 	"github.com/guildnet/metaguildnet/steps"
 )
@@ -816,7 +817,7 @@ func (r *setupRunner) waitOnline(ctx context.Context, spec messages.FleetCluster
 // checks of the spec's require.checks when it names any, else the
 // layer's own).
 func (r *setupRunner) verifyLayer(ctx context.Context, spec messages.FleetCluster, layer string) layerVerificationRec {
-	req := messages.VerifyRequest{V: messages.Version, Cluster: spec.Name, Layers: []string{layer}, Checks: spec.Require.Checks}
+	req := messages.VerifyRequest{V: messages.Version, Cluster: spec.Name, Layers: []string{layer}, Checks: layerChecks(spec, layer)}
 	rep, id, err := r.c.ver.run(ctx, req)
 	if err != nil {
 		return layerVerificationRec{Status: messages.Unknown, Reason: truncate(err.Error(), 300)}
@@ -832,6 +833,31 @@ func (r *setupRunner) verifyLayer(ctx context.Context, spec messages.FleetCluste
 		}
 	}
 	return layerVerificationRec{ReportID: id, Status: messages.Unknown, Reason: "the report has no " + layer + " layer for cluster " + spec.Name}
+}
+
+// hostAppChecks need GuildNet's host app, which runs on a hostapp node.
+var hostAppChecks = []string{"hostapp_healthz", "hostapp_api_health", "proxy_answers"}
+
+// layerChecks are the checks that verify a layer of a cluster: the spec's
+// require.checks when it names any, else (nil) all of the layer's own,
+// except that a cluster with no hostapp node is not asked for a host app it does not have (its application layer is
+// verified by the other application checks).
+func layerChecks(spec messages.FleetCluster, layer string) []string {
+	if len(spec.Require.Checks) > 0 || layer != messages.LayerApplication {
+		return spec.Require.Checks
+	}
+	for _, n := range spec.Nodes {
+		if n.Role == messages.RoleHostApp {
+			return nil
+		}
+	}
+	var out []string
+	for _, c := range meta.Builtin {
+		if c.Layer == layer && !slices.Contains(hostAppChecks, c.Name) {
+			out = append(out, c.Name)
+		}
+	}
+	return out
 }
 
 // rollback undoes this run's completed steps of the failed layer, last

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -162,5 +163,28 @@ func TestKeepSealedDeclaredKeysFromTheDispatchedNode(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(dir, "kubeconfig")); string(b) != "KC-N1" {
 		t.Fatalf("kubeconfig overwritten through an undeclaring step: %q", b)
+	}
+}
+
+// A cluster without a hostapp node verifies its application layer without
+// the host app's checks; one with a hostapp node, or require.checks, as
+// asked.
+func TestLayerChecksWithoutHostApp(t *testing.T) {
+	spec := messages.FleetCluster{Name: "beta", Nodes: []messages.FleetNode{{Name: "b1", Role: messages.RoleControlPlane}}}
+	got := layerChecks(spec, messages.LayerApplication)
+	if len(got) == 0 || slices.ContainsFunc(got, func(c string) bool { return strings.HasPrefix(c, "hostapp_") || c == "proxy_answers" }) ||
+		!slices.Contains(got, "operator_available") {
+		t.Fatalf("application checks without a host app: %v", got)
+	}
+	if got := layerChecks(spec, messages.LayerCluster); got != nil {
+		t.Fatalf("cluster layer: %v, want all (nil)", got)
+	}
+	spec.Nodes = append(spec.Nodes, messages.FleetNode{Name: "h", Role: messages.RoleHostApp})
+	if got := layerChecks(spec, messages.LayerApplication); got != nil {
+		t.Fatalf("with a hostapp node: %v, want all (nil)", got)
+	}
+	spec.Require.Checks = []string{"operator_available"}
+	if got := layerChecks(spec, messages.LayerApplication); !slices.Equal(got, spec.Require.Checks) {
+		t.Fatalf("require.checks: %v", got)
 	}
 }
