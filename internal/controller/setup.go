@@ -17,8 +17,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
-	"github.com/guildnet/metaguildnet/fleet"
 	"github.com/guildnet/metaguildnet/checks/meta"
+	"github.com/guildnet/metaguildnet/fleet"
 	"github.com/guildnet/metaguildnet/messages"
 	"github.com/guildnet/metaguildnet/steps"
 )
