@@ -181,6 +181,9 @@ func (w *world) startBare(ctx context.Context, clusters int) error {
 	if err := w.startBareTailscaleds(ctx); err != nil {
 		return err
 	}
+	if err := w.startControl(); err != nil {
+		return err
+	}
 	if err := w.writeFleet(); err != nil {
 		return err
 	}
