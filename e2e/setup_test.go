@@ -50,7 +50,12 @@ type bareWorld struct {
 
 func startBareWorld(t *testing.T, clusters int) *bareWorld {
 	t.Helper()
-	testenv.Require(t, testenv.NeedKube, testenv.NeedControlPlane, testenv.NeedHeadscale, testenv.NeedNetNS, testenv.NeedTailscaled)
+	testenv.Require(t, testenv.NeedKube, testenv.NeedControlPlane, testenv.NeedHeadscale, testenv.NeedTailscaled)
+	if os.Geteuid() != 0 {
+		// The world puts each tailscaled in its own loopback-only network
+		// namespace; the test itself runs on the host, as agents do.
+		testenv.Skip(t, "the bare world's tailscaleds need root for their network namespaces")
+	}
 	bw := &bareWorld{t: t, dir: filepath.Join(t.TempDir(), "world"), nodes: map[string]map[string]string{}}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -598,7 +603,7 @@ func TestSetupBareWorldTwoClusters(t *testing.T) {
 
 	out, _ = w.setup(&outputs, "plan", "-f", bw.fleet, "--json")
 	got := changedSteps(t, out)
-	want := []string{"alpha/metallb update", "alpha/routes_approved update", "beta/rethinkdb_databases create"}
+	want := []string{"alpha/metallb create", "alpha/routes_approved update", "beta/rethinkdb_databases create"} // the pool is created again
 	extra := slices.DeleteFunc(slices.Clone(got), func(s string) bool {
 		return slices.Contains(want, s) || strings.HasPrefix(s, "alpha/routes_active ") // the router's status follows the approval
 	})
@@ -644,4 +649,160 @@ func cliStderr(t *testing.T, args ...string) (string, string) {
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	_ = cmd.Run()
 	return out.String(), errb.String()
+}
+
+// setupStatus is the newest run, read through the CLI.
+func (w *world) setupStatus(outputs *[]string) (messages.SetupRun, bool) {
+	out, code := cli(w.t, "setup", "status", "--json", "--data-dir", w.data)
+	*outputs = append(*outputs, out)
+	if code != 0 && code != 1 {
+		return messages.SetupRun{}, false
+	}
+	var run messages.SetupRun
+	if json.Unmarshal([]byte(out), &run) != nil || run.RunID == "" {
+		return messages.SetupRun{}, false
+	}
+	return run, true
+}
+
+func stepRows(run messages.SetupRun, name string) []messages.SetupStep {
+	var out []messages.SetupStep
+	for _, l := range run.Layers {
+		for _, s := range l.Steps {
+			if s.Name == name {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
+
+// TestSetupBareWorldKilledAndRefused, on a separately started one-cluster
+// bare world: kill -9 of the controller in the middle of the network
+// layer -> restarted on the same data dir, the run resumes and finishes,
+// nothing done twice (one Headscale node per machine); then the Talos
+// apid of one node refusing (the world's fault knob) -> attempts and
+// backoff in the run, the cluster layer rolled back and reported, the
+// network layer left verified; the knob off -> apply succeeds without
+// applying any Talos config a second time.
+func TestSetupBareWorldKilledAndRefused(t *testing.T) {
+	bw := startBareWorld(t, 1)
+	w := newWorld(t)
+	agents := bw.startAgents(w, w.token())
+	var outputs []string
+
+	// kill -9 mid-apply.
+	apply := exec.Command(filepath.Join(binDir, "controller"), "setup", "apply", "-f", bw.fleet, "--layer", "network", "--yes", "--json", "--data-dir", w.data)
+	var applyOut bytes.Buffer
+	apply.Stdout, apply.Stderr = &applyOut, &applyOut
+	if err := apply.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var runID string
+	poll.Until(t, 60*time.Second, "the network layer under way (headscale_user applied, logins running)", func() bool {
+		run, ok := w.setupStatus(&outputs)
+		if !ok || run.Status != "running" {
+			return false
+		}
+		for _, s := range stepRows(run, "headscale_user") {
+			if s.Outcome == "applied" {
+				runID = run.RunID
+				return true
+			}
+		}
+		return false
+	})
+	w.ctl.kill()
+	apply.Wait()
+	outputs = append(outputs, applyOut.String())
+	t.Logf("controller killed (-9) during run %s", runID)
+	killedLog := w.ctl.log.String()
+	w.startController()
+	var run messages.SetupRun
+	poll.Until(t, 3*time.Minute, "the resumed run finished", func() bool {
+		var ok bool
+		run, ok = w.setupStatus(&outputs)
+		return ok && run.RunID == runID && run.Status != "running"
+	})
+	if run.Status != messages.RunSucceeded {
+		t.Fatalf("resumed run: %s", runSummary(run))
+	}
+	seen := map[string]int{}
+	for _, n := range bw.headscaleNodes() {
+		seen[n.Name]++
+	}
+	if len(seen) != len(bw.nodes) {
+		t.Errorf("Headscale nodes after the resumed run: %v, want one per machine (%d)", seen, len(bw.nodes))
+	}
+	for name, c := range seen {
+		if c != 1 {
+			t.Errorf("Headscale node %s registered %d times", name, c)
+		}
+	}
+	for _, s := range stepRows(run, "tailscale_login") {
+		if s.Outcome != "applied" && s.Outcome != "unchanged" {
+			t.Errorf("tailscale_login on %s after the resume: %s/%s %s", s.Node, s.Action, s.Outcome, s.Error)
+		}
+	}
+	t.Logf("resumed after kill -9: %s; Headscale nodes %v", run.Status, seen)
+
+	// Talos apid of alpha-w1 refusing: retried with backoff, then the
+	// cluster layer rolled back.
+	bw.talosRefusing("alpha-w1", true)
+	start := time.Now()
+	out, code := w.setup(&outputs, "apply", "-f", bw.fleet, "--yes", "--json")
+	failed := decodeRun(t, out)
+	t.Logf("apply with alpha-w1's apid refusing: %s, exit %d, in %v", failed.Status, code, time.Since(start).Round(time.Millisecond))
+	if code == 0 || failed.Status == messages.RunSucceeded {
+		t.Fatalf("apply with a refusing apid: exit %d\n%s", code, runSummary(failed))
+	}
+	layers := map[string]string{}
+	for _, l := range failed.Layers {
+		layers[l.Name] = l.Status
+	}
+	if layers["network"] != "verified" || layers["cluster"] != "rolled_back" {
+		t.Errorf("layers after the refusal: %v, want network verified, cluster rolled_back\n%s", layers, runSummary(failed))
+	}
+	var w1 *messages.SetupStep
+	undone := 0
+	for _, s := range stepRows(failed, "talos_machine_config") {
+		if s.Node == "alpha-w1" {
+			w1 = &s
+		} else if s.Outcome == "undone" {
+			undone++
+		}
+	}
+	if w1 == nil || w1.Attempts != 3 || !strings.Contains(w1.Error, "after 3 attempts, backoff") {
+		t.Fatalf("talos_machine_config on alpha-w1: %+v, want 3 attempts and the backoff waited\n%s", w1, runSummary(failed))
+	}
+	if undone != 2 {
+		t.Errorf("talos_machine_config undone on %d nodes, want 2 (alpha-cp1, alpha-r1)\n%s", undone, runSummary(failed))
+	}
+	t.Logf("refused: %s (attempts %d); %d completed steps of the layer undone", w1.Error, w1.Attempts, undone)
+	if st, _ := w.setup(&outputs, "status"); !strings.Contains(st, "rolled_back") && !strings.Contains(st, "rolled back") {
+		t.Errorf("setup status does not report the rollback:\n%s", st)
+	}
+
+	bw.talosRefusing("alpha-w1", false)
+	out, code = w.setup(&outputs, "apply", "-f", bw.fleet, "--yes", "--json")
+	ok := decodeRun(t, out)
+	if code != 0 || ok.Status != messages.RunSucceeded {
+		t.Fatalf("apply after the refusal ended: exit %d\n%s", code, runSummary(ok))
+	}
+	for _, n := range bw.talos() {
+		if n.AppliedConfigs != 1 {
+			t.Errorf("Talos node %s: %d configs applied, want exactly 1", n.Node, n.AppliedConfigs)
+		}
+	}
+
+	secrets := bw.secrets(w)
+	texts := map[string]string{"controller log": w.ctl.log.String(), "killed controller log": killedLog}
+	for name, p := range agents {
+		texts["agent "+name+" log"] = p.log.String()
+	}
+	for i, o := range outputs {
+		texts[fmt.Sprintf("CLI output #%d", i)] = o
+	}
+	w.ctl.kill()
+	scanSecrets(t, secrets, w.data, texts)
 }
