@@ -713,17 +713,28 @@ func TestSetupBareWorldKilledAndRefused(t *testing.T) {
 		return false
 	})
 	w.ctl.kill()
-	apply.Wait()
-	outputs = append(outputs, applyOut.String())
 	t.Logf("controller killed (-9) during run %s", runID)
 	killedLog := w.ctl.log.String()
-	w.startController()
+	w.startController() // same data dir, same address
 	var run messages.SetupRun
 	poll.Until(t, 3*time.Minute, "the resumed run finished", func() bool {
 		var ok bool
 		run, ok = w.setupStatus(&outputs)
 		return ok && run.RunID == runID && run.Status != "running"
 	})
+	// The apply CLI that lost its controller follows the run again once it
+	// is back, or is stopped here.
+	cliDone := make(chan error, 1)
+	go func() { cliDone <- apply.Wait() }()
+	select {
+	case err := <-cliDone:
+		t.Logf("the apply CLI that lost its controller ended: %v", err)
+	case <-time.After(15 * time.Second):
+		t.Logf("the apply CLI that lost its controller was still waiting 15 s after the run finished; stopped")
+		apply.Process.Kill()
+		<-cliDone
+	}
+	outputs = append(outputs, applyOut.String())
 	if run.Status != messages.RunSucceeded {
 		t.Fatalf("resumed run: %s", runSummary(run))
 	}

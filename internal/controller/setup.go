@@ -116,6 +116,9 @@ type liveRun struct {
 	running map[string]map[string]string // cluster -> node -> step
 	start   time.Time
 	done    chan struct{}
+	// resumed: started by a restarted controller, whose agents may take
+	// up to their reconnect backoff to come back.
+	resumed bool
 }
 
 type setupRunner struct {
@@ -180,7 +183,7 @@ func (r *setupRunner) resume(ctx context.Context) error {
 			continue
 		}
 		r.log.Info("resuming setup run", zap.String("run", k))
-		r.start(rec)
+		r.start(rec, true)
 	}
 	return nil
 }
@@ -288,13 +291,13 @@ func (r *setupRunner) apply(ctx context.Context, req messages.SetupRequest) (str
 	}
 	r.log.Info("setup run started", zap.String("run", rec.Run.RunID), zap.Strings("clusters", rec.Clusters),
 		zap.Strings("layers", layers), zap.String("spec", rec.SpecHash))
-	r.start(rec)
+	r.start(rec, false)
 	return rec.Run.RunID, nil
 }
 
 // start runs rec's clusters in the background.
-func (r *setupRunner) start(rec *setupRecord) {
-	lr := &liveRun{rec: rec, running: map[string]map[string]string{}, start: time.Now(), done: make(chan struct{})}
+func (r *setupRunner) start(rec *setupRecord, resumed bool) {
+	lr := &liveRun{rec: rec, running: map[string]map[string]string{}, start: time.Now(), done: make(chan struct{}), resumed: resumed}
 	if !rec.StartedAt.IsZero() {
 		lr.start = rec.StartedAt
 	}
@@ -386,9 +389,15 @@ func (r *setupRunner) runCluster(ctx context.Context, lr *liveRun, cluster strin
 		}
 		r.mu.Unlock()
 	}
-	// After a restart the agents reconnect within a few heartbeats: give
-	// them that long before anything is planned or verified.
-	r.waitOnline(ctx, spec)
+	// After a restart the agents reconnect within their reconnect backoff
+	// (at most ~45 s after a long outage): a resumed run gives them that
+	// long before anything is planned or verified (a run whose nodes are
+	// all online goes on at once); a new run a few heartbeats.
+	wait := r.c.opts.HeartbeatInterval * time.Duration(r.c.opts.OfflineAfter)
+	if lr.resumed {
+		wait = max(wait, setupResumeAgentWait)
+	}
+	r.waitOnline(ctx, spec, wait)
 	for cur.Layer < len(rec.Layers) {
 		layer := rec.Layers[cur.Layer]
 		if !clusterWants(spec, layer) {
@@ -445,7 +454,7 @@ func (r *setupRunner) runCluster(ctx context.Context, lr *liveRun, cluster strin
 			lr.mu.Unlock()
 			r.persistLive(ctx, lr)
 		}
-		r.waitOnline(ctx, spec)
+		r.waitOnline(ctx, spec, r.c.opts.HeartbeatInterval*time.Duration(r.c.opts.OfflineAfter))
 		v := r.verifyLayer(ctx, spec, layer)
 		if ctx.Err() != nil {
 			return
@@ -791,10 +800,15 @@ func (r *setupRunner) call(ctx context.Context, rec *setupRecord, spec messages.
 	return got, nil
 }
 
+// setupResumeAgentWait bounds how long a resumed run waits for its
+// cluster's agents to reconnect (the agents' reconnect backoff is at most
+// 45 s).
+const setupResumeAgentWait = 50 * time.Second
+
 // waitOnline waits until every enrolled node of the cluster is online, at
-// most as long as a node takes to be judged offline.
-func (r *setupRunner) waitOnline(ctx context.Context, spec messages.FleetCluster) {
-	deadline := time.Now().Add(r.c.opts.HeartbeatInterval * time.Duration(r.c.opts.OfflineAfter))
+// most d.
+func (r *setupRunner) waitOnline(ctx context.Context, spec messages.FleetCluster, d time.Duration) {
+	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
 		all := true
 		for _, n := range spec.Nodes {
