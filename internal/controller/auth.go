@@ -34,6 +34,12 @@ type authenticator struct {
 	internal map[string]*server.User // responder keys -> their users
 	tokens   *tokenStore
 
+	// ready is closed once the enrolled nodes' keys are loaded (Start,
+	// after the registry): until then the server already runs (JetStream
+	// needs it) and a node reconnecting after a restart would be refused.
+	ready     chan struct{}
+	readyOnce sync.Once
+
 	mu      sync.Mutex
 	nodes   map[string]string        // public key -> node name
 	pending map[string]pendingEnroll // enrolling public key -> its attempt
@@ -68,6 +74,30 @@ func newAuthenticator(adminKey string, tokens *tokenStore, refused func(string))
 		nodes:    map[string]string{},
 		pending:  map[string]pendingEnroll{},
 		refused:  refused,
+		ready:    make(chan struct{}),
+	}
+}
+
+// authReadyWait is how long a connection waits for the node keys at
+// start: below the server's auth timeout (2 s), so a connection that waits
+// in vain is refused rather than timed out.
+const authReadyWait = 1500 * time.Millisecond
+
+// markReady says the enrolled nodes' keys are loaded.
+func (a *authenticator) markReady() { a.readyOnce.Do(func() { close(a.ready) }) }
+
+// waitReady holds a connection until the node keys are loaded (bounded).
+func (a *authenticator) waitReady() {
+	select {
+	case <-a.ready:
+		return
+	default:
+	}
+	t := time.NewTimer(authReadyWait)
+	defer t.Stop()
+	select {
+	case <-a.ready:
+	case <-t.C:
 	}
 }
 
@@ -94,11 +124,15 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 		return true
 	}
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	if u, ok := a.internal[o.Nkey]; ok {
+		a.mu.Unlock()
 		c.RegisterUser(u)
 		return true
 	}
+	a.mu.Unlock()
+	a.waitReady()
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if name, ok := a.nodes[o.Nkey]; ok && o.Token == "" {
 		c.RegisterUser(&server.User{Username: nodeUser(name), Permissions: nodePermissions(name)})
 		return true

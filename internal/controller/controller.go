@@ -332,6 +332,7 @@ func (c *Controller) openState(ctx context.Context) error {
 	for pub, name := range c.reg.keys() {
 		c.auth.addNode(pub, name)
 	}
+	c.auth.markReady()
 	setupRuns, err := kv(setupRunsBucket, 0)
 	if err != nil {
 		return err
@@ -412,6 +413,9 @@ func (c *Controller) Close() {
 		return
 	default:
 		close(c.stop)
+	}
+	if c.auth != nil {
+		c.auth.markReady() // release connections waiting on a start that failed
 	}
 	c.wg.Wait()
 	if c.setup != nil {

@@ -352,6 +352,16 @@ func (r *registry) state(name string) (string, bool) {
 	return r.stateAt(n, time.Now()), true
 }
 
+// seenSince reports whether a heartbeat of node came after t (setup waits
+// for the agents of a resumed run to be back, not for a last_seen that a
+// restart restored).
+func (r *registry) seenSince(name string, t time.Time) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	n, ok := r.nodes[name]
+	return ok && n.rec.LastSeen.After(t)
+}
+
 // keys returns public key by node name, for the authenticator at start.
 func (r *registry) keys() map[string]string {
 	r.mu.RLock()

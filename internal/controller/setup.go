@@ -60,6 +60,9 @@ const (
 const (
 	setupAttempts   = 3
 	setupMaxBackoff = 30 * time.Second
+	// agentReconnectGrace is how long a resumed run waits for its agents:
+	// an agent retries a lost controller with a backoff of up to 45 s.
+	agentReconnectGrace = 45 * time.Second
 )
 
 // setupRecord is what is stored for a run: the run as printed, and what a
@@ -116,8 +119,8 @@ type liveRun struct {
 	running map[string]map[string]string // cluster -> node -> step
 	start   time.Time
 	done    chan struct{}
-	// resumed: started by a restarted controller, whose agents may take
-	// up to their reconnect backoff to come back.
+	// resumed: this controller restarted the run; its agents may take
+	// their reconnect backoff to come back.
 	resumed bool
 }
 
@@ -132,6 +135,10 @@ type setupRunner struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 
+	// started is when this controller started: a node counts as back
+	// after a restart once it has sent a heartbeat since.
+	started time.Time
+
 	mu     sync.Mutex
 	active map[string]string // cluster -> run id
 	live   map[string]*liveRun
@@ -140,7 +147,7 @@ type setupRunner struct {
 
 func newSetupRunner(c *Controller, runs, durs jetstream.KeyValue) *setupRunner {
 	r := &setupRunner{c: c, steps: c.opts.Steps, runs: runs, durs: durs, backoff: c.opts.SetupBackoff,
-		log: c.log.Named("setup"), active: map[string]string{}, live: map[string]*liveRun{}, avgMS: map[string]int64{}}
+		log: c.log.Named("setup"), active: map[string]string{}, live: map[string]*liveRun{}, avgMS: map[string]int64{}, started: time.Now()}
 	if r.steps == nil {
 		r.steps = steps.Builtin()
 	}
@@ -183,7 +190,7 @@ func (r *setupRunner) resume(ctx context.Context) error {
 			continue
 		}
 		r.log.Info("resuming setup run", zap.String("run", k))
-		r.start(rec, true)
+		r.startRun(rec, true)
 	}
 	return nil
 }
@@ -291,12 +298,14 @@ func (r *setupRunner) apply(ctx context.Context, req messages.SetupRequest) (str
 	}
 	r.log.Info("setup run started", zap.String("run", rec.Run.RunID), zap.Strings("clusters", rec.Clusters),
 		zap.Strings("layers", layers), zap.String("spec", rec.SpecHash))
-	r.start(rec, false)
+	r.start(rec)
 	return rec.Run.RunID, nil
 }
 
 // start runs rec's clusters in the background.
-func (r *setupRunner) start(rec *setupRecord, resumed bool) {
+func (r *setupRunner) start(rec *setupRecord) { r.startRun(rec, false) }
+
+func (r *setupRunner) startRun(rec *setupRecord, resumed bool) {
 	lr := &liveRun{rec: rec, running: map[string]map[string]string{}, start: time.Now(), done: make(chan struct{}), resumed: resumed}
 	if !rec.StartedAt.IsZero() {
 		lr.start = rec.StartedAt
@@ -389,15 +398,13 @@ func (r *setupRunner) runCluster(ctx context.Context, lr *liveRun, cluster strin
 		}
 		r.mu.Unlock()
 	}
-	// After a restart the agents reconnect within their reconnect backoff
-	// (at most ~45 s after a long outage): a resumed run gives them that
-	// long before anything is planned or verified (a run whose nodes are
-	// all online goes on at once); a new run a few heartbeats.
-	wait := r.c.opts.HeartbeatInterval * time.Duration(r.c.opts.OfflineAfter)
+	// After a restart the agents come back within their reconnect backoff:
+	// give them that long before anything is planned or verified.
+	grace := r.c.opts.HeartbeatInterval * time.Duration(r.c.opts.OfflineAfter)
 	if lr.resumed {
-		wait = max(wait, setupResumeAgentWait)
+		grace = max(grace, agentReconnectGrace)
 	}
-	r.waitOnline(ctx, spec, wait)
+	r.waitOnline(ctx, spec, grace)
 	for cur.Layer < len(rec.Layers) {
 		layer := rec.Layers[cur.Layer]
 		if !clusterWants(spec, layer) {
@@ -800,19 +807,16 @@ func (r *setupRunner) call(ctx context.Context, rec *setupRecord, spec messages.
 	return got, nil
 }
 
-// setupResumeAgentWait bounds how long a resumed run waits for its
-// cluster's agents to reconnect (the agents' reconnect backoff is at most
-// 45 s).
-const setupResumeAgentWait = 50 * time.Second
-
-// waitOnline waits until every enrolled node of the cluster is online, at
-// most d.
-func (r *setupRunner) waitOnline(ctx context.Context, spec messages.FleetCluster, d time.Duration) {
-	deadline := time.Now().Add(d)
+// waitOnline waits until every enrolled node of the cluster is online and
+// has sent a heartbeat to this controller (after a restart, the state a
+// restored last_seen gives is not a connection), at most as long as a node
+// takes to be judged offline (grace).
+func (r *setupRunner) waitOnline(ctx context.Context, spec messages.FleetCluster, grace time.Duration) {
+	deadline := time.Now().Add(grace)
 	for time.Now().Before(deadline) {
 		all := true
 		for _, n := range spec.Nodes {
-			if st, ok := r.c.reg.state(n.Name); ok && st != messages.StateOnline {
+			if st, ok := r.c.reg.state(n.Name); ok && (st != messages.StateOnline || !r.c.reg.seenSince(n.Name, r.started)) {
 				all = false
 			}
 		}

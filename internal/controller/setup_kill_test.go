@@ -142,7 +142,13 @@ func TestSetupResumeAfterKill9(t *testing.T) {
 		return err == nil && run.Status != messages.RunRunning
 	})
 	if run.Status != messages.RunSucceeded {
-		t.Fatalf("resumed run: %s", dump(run))
+		var names []string
+		if st, err := cli.Status(ctx); err == nil {
+			for _, n := range st.Nodes {
+				names = append(names, n.Name+"="+n.State)
+			}
+		}
+		t.Fatalf("resumed run (nodes after the restart: %v): %s", names, dump(run))
 	}
 	for _, l := range w.lines() {
 		if strings.HasPrefix(l, "apply:") && w.count(l) != 1 {
