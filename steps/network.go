@@ -674,6 +674,7 @@ func applyTailscaleLogin(ctx context.Context, env *Env) (Applied, error) {
 		CorpDNS:         p.CorpDNS,
 		WantRunning:     p.WantRunning,
 	}
+	var known []string // health messages from before this login
 	action := messages.ActionUpdate
 	if p.ControlURL == "" || (p.LoggedOut && !o.st.HaveNodeKey) {
 		action = messages.ActionCreate
@@ -692,6 +693,7 @@ func applyTailscaleLogin(ctx context.Context, env *Env) (Applied, error) {
 			return Applied{}, fmt.Errorf("edit tailscaled prefs: %w", err)
 		}
 	} else {
+		known = o.st.Health
 		if err := reachable(ctx, w.ControlURL); err != nil {
 			return Applied{}, err
 		}
@@ -718,7 +720,7 @@ func applyTailscaleLogin(ctx context.Context, env *Env) (Applied, error) {
 			return Applied{}, fmt.Errorf("log tailscaled in to %s: %w", w.ControlURL, err)
 		}
 	}
-	after, err := waitRunning(ctx, lc, w)
+	after, err := waitRunning(ctx, lc, w, known, keyFix(env))
 	if err != nil {
 		return Applied{}, err
 	}
@@ -787,10 +789,23 @@ func loginKey(ctx context.Context, env *Env) (string, error) {
 	return h.preAuthKey(ctx, id)
 }
 
+// keyFix says where the login's auth key came from, for a refused login.
+func keyFix(env *Env) string {
+	if env.Spec.Network.AuthKeyFrom != "" {
+		return fmt.Sprintf("put a valid, unexpired pre-auth key for user %s in network.authKeyFrom (%s)",
+			headscaleUserName(env.Spec), env.Spec.Network.AuthKeyFrom)
+	}
+	return fmt.Sprintf("check Headscale user %s and network.loginServer (the key was made by setup)", headscaleUserName(env.Spec))
+}
+
 // waitRunning polls tailscaled until it is Running with an IP and the
 // wanted prefs, or the login deadline passes (a retryable timeout that
 // says what tailscaled reported).
-func waitRunning(ctx context.Context, lc *local.Client, w loginWant) (loginObserved, error) {
+//
+// A login the control server refused (tailscaled's health says "last login
+// error", and did not before: known) is a config error: another attempt
+// with the same key fails the same way.
+func waitRunning(ctx context.Context, lc *local.Client, w loginWant, known []string, fix string) (loginObserved, error) {
 	ctx, cancel := context.WithTimeout(ctx, loginTimeout)
 	defer cancel()
 	var last loginObserved
@@ -801,6 +816,11 @@ func waitRunning(ctx context.Context, lc *local.Client, w loginWant) (loginObser
 			last = o
 			if len(o.diffs(w)) == 0 && len(o.st.TailscaleIPs) > 0 {
 				return o, nil
+			}
+			for _, h := range o.st.Health {
+				if strings.Contains(h, "last login error") && !slices.Contains(known, h) {
+					return o, Configf(fix, "login to %s refused: %s", w.ControlURL, excerpt([]byte(h)))
+				}
 			}
 		} else {
 			lastErr = err

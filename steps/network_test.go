@@ -516,6 +516,20 @@ func TestNetworkStepErrors(t *testing.T) {
 		}
 	})
 
+	t.Run("a refused auth key is a config error", func(t *testing.T) {
+		t.Setenv("MGN_TEST_AUTHKEY", "hskey-auth-bogus-0123456789")
+		w.spec.Network.AuthKeyFrom = "env:MGN_TEST_AUTHKEY"
+		defer func() { w.spec.Network.AuthKeyFrom = "" }()
+		start := time.Now()
+		_, err := login.Apply(ctx, w.env(t, "n1", nil))
+		var ce *ConfigError
+		if !errors.As(err, &ce) || !strings.Contains(err.Error(), "login to "+w.h.URL()+" refused") ||
+			!strings.Contains(ce.Fix, "network.authKeyFrom (env:MGN_TEST_AUTHKEY)") || strings.Contains(err.Error(), "bogus") {
+			t.Fatalf("%v (class %s)", err, Classify(err))
+		}
+		t.Logf("refused in %v: %v", time.Since(start), err)
+	})
+
 	t.Run("bad routes are a config error", func(t *testing.T) {
 		w.spec.Network.Routes = []string{"10.0.0.0/24", "ten"}
 		defer func() { w.spec.Network.Routes = nil }()
