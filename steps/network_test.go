@@ -380,14 +380,24 @@ func TestNetworkStepsOnARealTailnet(t *testing.T) {
 		t.Fatalf("plan after a hostname change: %+v", p)
 	}
 	keys := w.state(t, ctx).keys
-	if a := mustApply(t, ctx, login, w.env(t, "n2", inputs)); a.Action != messages.ActionUpdate {
-		t.Fatalf("apply after a hostname change: %+v", a)
+	ha := mustApply(t, ctx, login, w.env(t, "n2", inputs))
+	if ha.Action != messages.ActionUpdate {
+		t.Fatalf("apply after a hostname change: %+v", ha)
 	}
 	if k := w.state(t, ctx).keys; k != keys {
 		t.Fatalf("a prefs edit made a pre-auth key (%d -> %d)", keys, k)
 	}
+	// Undo of an edit puts the previous prefs back and stays logged in.
+	if err := login.Undo(ctx, w.env(t, "n2", inputs), undoJSON(t, ha)); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := w.ts["n2"].LocalClient().GetPrefs(ctx); err != nil || p.Hostname != "n2" || !p.RouteAll || p.CorpDNS || p.LoggedOut {
+		t.Fatalf("prefs after undoing the hostname change: %v %v", p, err)
+	}
 	w.spec.Nodes[1].Hostname = ""
-	mustApply(t, ctx, login, w.env(t, "n2", inputs))
+	if p := mustPlan(t, ctx, login, w.env(t, "n2", inputs)); p.Action != messages.ActionUnchanged {
+		t.Fatalf("plan after undoing the hostname change: %+v", p)
+	}
 
 	// Undo in reverse: routes, logins, user.
 	if err := routes.Undo(ctx, w.env(t, ctl, nil), undoJSON(t, ra)); err != nil {
