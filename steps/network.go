@@ -527,13 +527,23 @@ type loginWant struct {
 	RouteAll   bool
 }
 
+// nodeRole is the node's role in the spec, else the agent's.
+func nodeRole(env *Env) string {
+	for _, n := range env.Spec.Nodes {
+		if n.Name == env.Node && n.Role != "" {
+			return n.Role
+		}
+	}
+	return env.Role
+}
+
 func wantLogin(env *Env) (loginWant, error) {
 	ls, err := loginServer(env.Spec)
 	if err != nil {
 		return loginWant{}, err
 	}
 	w := loginWant{ControlURL: ls, Hostname: nodeHostname(env.Spec, env.Node)}
-	if env.Role == messages.RoleRouter {
+	if nodeRole(env) == messages.RoleRouter {
 		if w.Routes, err = specRoutes(env.Spec); err != nil {
 			return loginWant{}, err
 		}
@@ -1046,6 +1056,9 @@ func undoRoutesApproved(ctx context.Context, env *Env, raw json.RawMessage) erro
 // approved routes into the router's status.
 const routesActiveTimeout = 30 * time.Second
 
+// errNotRunning: tailscaled is not logged in and running.
+var errNotRunning = errors.New("not running")
+
 // inactiveRoutes are the spec routes the router's own status does not
 // carry, as primary or (standby) in AllowedIPs.
 func inactiveRoutes(ctx context.Context, env *Env) ([]string, error) {
@@ -1058,6 +1071,9 @@ func inactiveRoutes(ctx context.Context, env *Env) ([]string, error) {
 	st, err := localClient(env).StatusWithoutPeers(cctx)
 	if err != nil {
 		return nil, fmt.Errorf("tailscaled status: %w", err)
+	}
+	if st.BackendState != ipn.Running.String() {
+		return nil, fmt.Errorf("tailscaled is %s, not Running (step %s logs it in): %w", st.BackendState, StepTailscaleLogin, errNotRunning)
 	}
 	var have []netip.Prefix
 	if st.Self != nil {
@@ -1086,6 +1102,10 @@ func planRoutesActive(ctx context.Context, env *Env) (Plan, error) {
 		return Plan{}, err
 	}
 	missing, err := inactiveRoutes(ctx, env)
+	if errors.Is(err, errNotRunning) {
+		// Not logged in yet: a plan made before tailscale_login ran.
+		return Plan{Action: messages.ActionUpdate, Diff: "check the routes once logged in: " + err.Error()}, nil
+	}
 	if err != nil {
 		return Plan{}, err
 	}

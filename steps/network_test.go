@@ -208,6 +208,11 @@ func TestNetworkStepsOnARealTailnet(t *testing.T) {
 		}
 	}
 
+	if p := mustPlan(t, ctx, step(t, StepRoutesActive), w.env(t, "n1", nil)); p.Action != messages.ActionUpdate ||
+		!strings.Contains(p.Diff, "tailscaled is NeedsLogin") {
+		t.Fatalf("routes_active plan before login: %+v", p)
+	}
+
 	// Apply, in order, passing outputs on as the runner does.
 	start := time.Now()
 	ua := mustApply(t, ctx, user, w.env(t, ctl, nil))
