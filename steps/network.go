@@ -913,10 +913,7 @@ func observeRoutes(ctx context.Context, env *Env) (h *headscale, rs []routerAppr
 			continue
 		}
 		host := nodeHostname(env.Spec, fn.Name)
-		i := slices.IndexFunc(nodes, func(n hsNode) bool { return n.Name == host })
-		if i < 0 {
-			i = slices.IndexFunc(nodes, func(n hsNode) bool { return n.GivenName == host })
-		}
+		i := findNode(nodes, host)
 		if i < 0 {
 			unregistered = append(unregistered, fmt.Sprintf("%s (hostname %s)", fn.Name, host))
 			continue
@@ -938,6 +935,28 @@ func observeRoutes(ctx context.Context, env *Env) (h *headscale, rs []routerAppr
 		rs = append(rs, ra)
 	}
 	return h, rs, unregistered, nil
+}
+
+// findNode picks the Headscale node of a hostname: by hostname, else by
+// given name; among several (a node that registered again after losing
+// its state leaves its old entry behind) the online one, then the newest.
+func findNode(nodes []hsNode, host string) int {
+	best := -1
+	for _, byGiven := range []bool{false, true} {
+		for i, n := range nodes {
+			if (!byGiven && n.Name != host) || (byGiven && n.GivenName != host) {
+				continue
+			}
+			if best < 0 || (n.Online && !nodes[best].Online) ||
+				(n.Online == nodes[best].Online && n.ID > nodes[best].ID) {
+				best = i
+			}
+		}
+		if best >= 0 {
+			return best
+		}
+	}
+	return -1
 }
 
 func routesDiff(rs []routerApproval) (string, bool) {
