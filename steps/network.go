@@ -522,9 +522,12 @@ func tailscaledAnswers(ctx context.Context, env *Env) error {
 // loginWant is what tailscale_login brings about on one node.
 type loginWant struct {
 	ControlURL string
-	Hostname   string
-	Routes     []netip.Prefix // advertised (routers only)
-	RouteAll   bool
+	// User is the Headscale user the node must be logged in as; empty
+	// when the spec leaves it to a given auth key.
+	User     string
+	Hostname string
+	Routes   []netip.Prefix // advertised (routers only)
+	RouteAll bool
 }
 
 // nodeRole is the node's role in the spec, else the agent's.
@@ -543,6 +546,10 @@ func wantLogin(env *Env) (loginWant, error) {
 		return loginWant{}, err
 	}
 	w := loginWant{ControlURL: ls, Hostname: nodeHostname(env.Spec, env.Node)}
+	if env.Spec.Network.AuthKeyFrom == "" || env.Spec.Network.User != "" {
+		// Setup makes the key for this user, or the spec names it.
+		w.User = headscaleUserName(env.Spec)
+	}
 	if nodeRole(env) == messages.RoleRouter {
 		if w.Routes, err = specRoutes(env.Spec); err != nil {
 			return loginWant{}, err
@@ -587,6 +594,20 @@ func (o loginObserved) loggedIn(controlURL string) bool {
 	return false
 }
 
+// user is the login name tailscaled is logged in as ("" when unknown).
+func (o loginObserved) user() string {
+	if o.st.Self == nil {
+		return ""
+	}
+	return o.st.User[o.st.Self.UserID].LoginName
+}
+
+// sameLogin: logged in to the wanted server as the wanted user, so prefs
+// can be edited without a new key.
+func (o loginObserved) sameLogin(w loginWant) bool {
+	return o.loggedIn(w.ControlURL) && (w.User == "" || o.user() == "" || o.user() == w.User)
+}
+
 // diffs lists what differs from w, one phrase each.
 func (o loginObserved) diffs(w loginWant) []string {
 	var d []string
@@ -596,6 +617,8 @@ func (o loginObserved) diffs(w loginWant) []string {
 	}
 	if !o.loggedIn(w.ControlURL) {
 		d = append(d, fmt.Sprintf("backend %s -> logged in", o.st.BackendState))
+	} else if !o.sameLogin(w) {
+		d = append(d, fmt.Sprintf("Headscale user %q -> %q", o.user(), w.User))
 	} else if o.st.BackendState != ipn.Running.String() || !p.WantRunning {
 		d = append(d, fmt.Sprintf("backend %s -> Running", o.st.BackendState))
 	}
@@ -689,7 +712,7 @@ func applyTailscaleLogin(ctx context.Context, env *Env) (Applied, error) {
 	if p.ControlURL == "" || (p.LoggedOut && !o.st.HaveNodeKey) {
 		action = messages.ActionCreate
 	}
-	if o.loggedIn(w.ControlURL) {
+	if o.sameLogin(w) {
 		// Same login: edit the prefs that differ, no new key.
 		mp := &ipn.MaskedPrefs{
 			Prefs: ipn.Prefs{WantRunning: true, Hostname: w.Hostname, AdvertiseRoutes: w.Routes,
@@ -721,7 +744,11 @@ func applyTailscaleLogin(ctx context.Context, env *Env) (Applied, error) {
 		np.CorpDNS = false
 		cctx, cancel := context.WithTimeout(ctx, localAPITimeout)
 		err = lc.Start(cctx, ipn.Options{AuthKey: key, UpdatePrefs: np})
-		if err == nil {
+		if err == nil && !o.st.HaveNodeKey {
+			// As `tailscale up` does: a daemon that never logged in
+			// needs the login started; one with a node key logs in
+			// with the new key on Start (a second login would spend the
+			// single-use key twice).
 			err = lc.StartLoginInteractive(cctx)
 		}
 		cancel()
@@ -824,7 +851,7 @@ func waitRunning(ctx context.Context, lc *local.Client, w loginWant, known []str
 		o, err := observeLogin(ctx, lc)
 		if err == nil {
 			last = o
-			if len(o.diffs(w)) == 0 && len(o.st.TailscaleIPs) > 0 {
+			if len(o.diffs(w)) == 0 && len(o.st.TailscaleIPs) > 0 && (w.User == "" || o.user() == w.User) {
 				return o, nil
 			}
 			for _, h := range o.st.Health {

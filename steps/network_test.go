@@ -554,3 +554,41 @@ func TestNetworkStepErrors(t *testing.T) {
 		}
 	})
 }
+
+// TestTailscaleLoginFollowsTheUser: a node logged in as another Headscale
+// user than the spec's is logged in again as the spec's user (a new key,
+// a new Headscale node under that user); a node logged in with a given
+// auth key is not held to the default user.
+func TestTailscaleLoginFollowsTheUser(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	w := startNetWorld(t, ctx, messages.FleetNode{Name: "n1", Role: messages.RoleWorker})
+	user, login := step(t, StepHeadscaleUser), step(t, StepTailscaleLogin)
+	mustApply(t, ctx, user, w.env(t, "n1", nil))
+	mustApply(t, ctx, login, w.env(t, "n1", nil))
+
+	w.spec.Network.User = "guildnet-other"
+	mustApply(t, ctx, user, w.env(t, "n1", nil))
+	if p := mustPlan(t, ctx, login, w.env(t, "n1", nil)); p.Action != messages.ActionUpdate || p.Diff != `Headscale user "cluster-c1" -> "guildnet-other"` {
+		t.Fatalf("plan after a user change: %+v", p)
+	}
+	a := mustApply(t, ctx, login, w.env(t, "n1", nil))
+	if a.Action != messages.ActionUpdate {
+		t.Fatalf("apply after a user change: %+v", a)
+	}
+	st, err := w.ts["n1"].LocalClient().StatusWithoutPeers(ctx)
+	if err != nil || st.User[st.Self.UserID].LoginName != "guildnet-other" {
+		t.Fatalf("logged in as %v (%v), want guildnet-other", st.User, err)
+	}
+	if p := mustPlan(t, ctx, login, w.env(t, "n1", nil)); p.Action != messages.ActionUnchanged {
+		t.Fatalf("plan after the new login: %+v", p)
+	}
+
+	// With a given key and no user in the spec, the key's user stands.
+	w.spec.Network.User = ""
+	t.Setenv("MGN_TEST_AUTHKEY", "unused: already logged in")
+	w.spec.Network.AuthKeyFrom = "env:MGN_TEST_AUTHKEY"
+	if p := mustPlan(t, ctx, login, w.env(t, "n1", nil)); p.Action != messages.ActionUnchanged {
+		t.Fatalf("plan with a given key: %+v", p)
+	}
+}
