@@ -522,9 +522,22 @@ func tailscaledAnswers(ctx context.Context, env *Env) error {
 // loginWant is what tailscale_login brings about on one node.
 type loginWant struct {
 	ControlURL string
-	Hostname   string
-	Routes     []netip.Prefix // advertised (routers only)
-	RouteAll   bool
+	// User is the Headscale user the node must be logged in as; empty
+	// when the spec leaves it to a given auth key.
+	User     string
+	Hostname string
+	Routes   []netip.Prefix // advertised (routers only)
+	RouteAll bool
+}
+
+// nodeRole is the node's role in the spec, else the agent's.
+func nodeRole(env *Env) string {
+	for _, n := range env.Spec.Nodes {
+		if n.Name == env.Node && n.Role != "" {
+			return n.Role
+		}
+	}
+	return env.Role
 }
 
 func wantLogin(env *Env) (loginWant, error) {
@@ -538,7 +551,11 @@ func wantLogin(env *Env) (loginWant, error) {
 	// unhealthy ("Some peers are advertising routes but --accept-routes
 	// is false"), which fails the network layer's verification.
 	w := loginWant{ControlURL: ls, Hostname: nodeHostname(env.Spec, env.Node), RouteAll: boolDefault(env.Spec.Network.AcceptRoutes, true)}
-	if env.Role == messages.RoleRouter {
+	if env.Spec.Network.AuthKeyFrom == "" || env.Spec.Network.User != "" {
+		// Setup makes the key for this user, or the spec names it.
+		w.User = headscaleUserName(env.Spec)
+	}
+	if nodeRole(env) == messages.RoleRouter {
 		if w.Routes, err = specRoutes(env.Spec); err != nil {
 			return loginWant{}, err
 		}
@@ -580,6 +597,20 @@ func (o loginObserved) loggedIn(controlURL string) bool {
 	return false
 }
 
+// user is the login name tailscaled is logged in as ("" when unknown).
+func (o loginObserved) user() string {
+	if o.st.Self == nil {
+		return ""
+	}
+	return o.st.User[o.st.Self.UserID].LoginName
+}
+
+// sameLogin: logged in to the wanted server as the wanted user, so prefs
+// can be edited without a new key.
+func (o loginObserved) sameLogin(w loginWant) bool {
+	return o.loggedIn(w.ControlURL) && (w.User == "" || o.user() == "" || o.user() == w.User)
+}
+
 // diffs lists what differs from w, one phrase each.
 func (o loginObserved) diffs(w loginWant) []string {
 	var d []string
@@ -589,6 +620,8 @@ func (o loginObserved) diffs(w loginWant) []string {
 	}
 	if !o.loggedIn(w.ControlURL) {
 		d = append(d, fmt.Sprintf("backend %s -> logged in", o.st.BackendState))
+	} else if !o.sameLogin(w) {
+		d = append(d, fmt.Sprintf("Headscale user %q -> %q", o.user(), w.User))
 	} else if o.st.BackendState != ipn.Running.String() || !p.WantRunning {
 		d = append(d, fmt.Sprintf("backend %s -> Running", o.st.BackendState))
 	}
@@ -677,11 +710,12 @@ func applyTailscaleLogin(ctx context.Context, env *Env) (Applied, error) {
 		CorpDNS:         p.CorpDNS,
 		WantRunning:     p.WantRunning,
 	}
+	var known []string // health messages from before this login
 	action := messages.ActionUpdate
 	if p.ControlURL == "" || (p.LoggedOut && !o.st.HaveNodeKey) {
 		action = messages.ActionCreate
 	}
-	if o.loggedIn(w.ControlURL) {
+	if o.sameLogin(w) {
 		// Same login: edit the prefs that differ, no new key.
 		mp := &ipn.MaskedPrefs{
 			Prefs: ipn.Prefs{WantRunning: true, Hostname: w.Hostname, AdvertiseRoutes: w.Routes,
@@ -695,6 +729,7 @@ func applyTailscaleLogin(ctx context.Context, env *Env) (Applied, error) {
 			return Applied{}, fmt.Errorf("edit tailscaled prefs: %w", err)
 		}
 	} else {
+		known = o.st.Health
 		if err := reachable(ctx, w.ControlURL); err != nil {
 			return Applied{}, err
 		}
@@ -712,7 +747,11 @@ func applyTailscaleLogin(ctx context.Context, env *Env) (Applied, error) {
 		np.CorpDNS = false
 		cctx, cancel := context.WithTimeout(ctx, localAPITimeout)
 		err = lc.Start(cctx, ipn.Options{AuthKey: key, UpdatePrefs: np})
-		if err == nil {
+		if err == nil && !o.st.HaveNodeKey {
+			// As `tailscale up` does: a daemon that never logged in
+			// needs the login started; one with a node key logs in
+			// with the new key on Start (a second login would spend the
+			// single-use key twice).
 			err = lc.StartLoginInteractive(cctx)
 		}
 		cancel()
@@ -721,7 +760,7 @@ func applyTailscaleLogin(ctx context.Context, env *Env) (Applied, error) {
 			return Applied{}, fmt.Errorf("log tailscaled in to %s: %w", w.ControlURL, err)
 		}
 	}
-	after, err := waitRunning(ctx, lc, w)
+	after, err := waitRunning(ctx, lc, w, known, keyFix(env))
 	if err != nil {
 		return Applied{}, err
 	}
@@ -790,10 +829,23 @@ func loginKey(ctx context.Context, env *Env) (string, error) {
 	return h.preAuthKey(ctx, id)
 }
 
+// keyFix says where the login's auth key came from, for a refused login.
+func keyFix(env *Env) string {
+	if env.Spec.Network.AuthKeyFrom != "" {
+		return fmt.Sprintf("put a valid, unexpired pre-auth key for user %s in network.authKeyFrom (%s)",
+			headscaleUserName(env.Spec), env.Spec.Network.AuthKeyFrom)
+	}
+	return fmt.Sprintf("check Headscale user %s and network.loginServer (the key was made by setup)", headscaleUserName(env.Spec))
+}
+
 // waitRunning polls tailscaled until it is Running with an IP and the
 // wanted prefs, or the login deadline passes (a retryable timeout that
 // says what tailscaled reported).
-func waitRunning(ctx context.Context, lc *local.Client, w loginWant) (loginObserved, error) {
+//
+// A login the control server refused (tailscaled's health says "last login
+// error", and did not before: known) is a config error: another attempt
+// with the same key fails the same way.
+func waitRunning(ctx context.Context, lc *local.Client, w loginWant, known []string, fix string) (loginObserved, error) {
 	ctx, cancel := context.WithTimeout(ctx, loginTimeout)
 	defer cancel()
 	var last loginObserved
@@ -802,8 +854,13 @@ func waitRunning(ctx context.Context, lc *local.Client, w loginWant) (loginObser
 		o, err := observeLogin(ctx, lc)
 		if err == nil {
 			last = o
-			if len(o.diffs(w)) == 0 && len(o.st.TailscaleIPs) > 0 {
+			if len(o.diffs(w)) == 0 && len(o.st.TailscaleIPs) > 0 && (w.User == "" || o.user() == w.User) {
 				return o, nil
+			}
+			for _, h := range o.st.Health {
+				if strings.Contains(h, "last login error") && !slices.Contains(known, h) {
+					return o, Configf(fix, "login to %s refused: %s", w.ControlURL, excerpt([]byte(h)))
+				}
 			}
 		} else {
 			lastErr = err
@@ -893,10 +950,7 @@ func observeRoutes(ctx context.Context, env *Env) (h *headscale, rs []routerAppr
 			continue
 		}
 		host := nodeHostname(env.Spec, fn.Name)
-		i := slices.IndexFunc(nodes, func(n hsNode) bool { return n.Name == host })
-		if i < 0 {
-			i = slices.IndexFunc(nodes, func(n hsNode) bool { return n.GivenName == host })
-		}
+		i := findNode(nodes, host)
 		if i < 0 {
 			unregistered = append(unregistered, fmt.Sprintf("%s (hostname %s)", fn.Name, host))
 			continue
@@ -918,6 +972,28 @@ func observeRoutes(ctx context.Context, env *Env) (h *headscale, rs []routerAppr
 		rs = append(rs, ra)
 	}
 	return h, rs, unregistered, nil
+}
+
+// findNode picks the Headscale node of a hostname: by hostname, else by
+// given name; among several (a node that registered again after losing
+// its state leaves its old entry behind) the online one, then the newest.
+func findNode(nodes []hsNode, host string) int {
+	best := -1
+	for _, byGiven := range []bool{false, true} {
+		for i, n := range nodes {
+			if (!byGiven && n.Name != host) || (byGiven && n.GivenName != host) {
+				continue
+			}
+			if best < 0 || (n.Online && !nodes[best].Online) ||
+				(n.Online == nodes[best].Online && n.ID > nodes[best].ID) {
+				best = i
+			}
+		}
+		if best >= 0 {
+			return best
+		}
+	}
+	return -1
 }
 
 func routesDiff(rs []routerApproval) (string, bool) {
@@ -1036,6 +1112,9 @@ func undoRoutesApproved(ctx context.Context, env *Env, raw json.RawMessage) erro
 // approved routes into the router's status.
 const routesActiveTimeout = 30 * time.Second
 
+// errNotRunning: tailscaled is not logged in and running.
+var errNotRunning = errors.New("not running")
+
 // inactiveRoutes are the spec routes the router's own status does not
 // carry, as primary or (standby) in AllowedIPs.
 func inactiveRoutes(ctx context.Context, env *Env) ([]string, error) {
@@ -1048,6 +1127,9 @@ func inactiveRoutes(ctx context.Context, env *Env) ([]string, error) {
 	st, err := localClient(env).StatusWithoutPeers(cctx)
 	if err != nil {
 		return nil, fmt.Errorf("tailscaled status: %w", err)
+	}
+	if st.BackendState != ipn.Running.String() {
+		return nil, fmt.Errorf("tailscaled is %s, not Running (step %s logs it in): %w", st.BackendState, StepTailscaleLogin, errNotRunning)
 	}
 	var have []netip.Prefix
 	if st.Self != nil {
@@ -1076,6 +1158,10 @@ func planRoutesActive(ctx context.Context, env *Env) (Plan, error) {
 		return Plan{}, err
 	}
 	missing, err := inactiveRoutes(ctx, env)
+	if errors.Is(err, errNotRunning) {
+		// Not logged in yet: a plan made before tailscale_login ran.
+		return Plan{Action: messages.ActionUpdate, Diff: "check the routes once logged in: " + err.Error()}, nil
+	}
 	if err != nil {
 		return Plan{}, err
 	}

@@ -208,6 +208,11 @@ func TestNetworkStepsOnARealTailnet(t *testing.T) {
 		}
 	}
 
+	if p := mustPlan(t, ctx, step(t, StepRoutesActive), w.env(t, "n1", nil)); p.Action != messages.ActionUpdate ||
+		!strings.Contains(p.Diff, "tailscaled is NeedsLogin") {
+		t.Fatalf("routes_active plan before login: %+v", p)
+	}
+
 	// Apply, in order, passing outputs on as the runner does.
 	start := time.Now()
 	ua := mustApply(t, ctx, user, w.env(t, ctl, nil))
@@ -380,14 +385,24 @@ func TestNetworkStepsOnARealTailnet(t *testing.T) {
 		t.Fatalf("plan after a hostname change: %+v", p)
 	}
 	keys := w.state(t, ctx).keys
-	if a := mustApply(t, ctx, login, w.env(t, "n2", inputs)); a.Action != messages.ActionUpdate {
-		t.Fatalf("apply after a hostname change: %+v", a)
+	ha := mustApply(t, ctx, login, w.env(t, "n2", inputs))
+	if ha.Action != messages.ActionUpdate {
+		t.Fatalf("apply after a hostname change: %+v", ha)
 	}
 	if k := w.state(t, ctx).keys; k != keys {
 		t.Fatalf("a prefs edit made a pre-auth key (%d -> %d)", keys, k)
 	}
+	// Undo of an edit puts the previous prefs back and stays logged in.
+	if err := login.Undo(ctx, w.env(t, "n2", inputs), undoJSON(t, ha)); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := w.ts["n2"].LocalClient().GetPrefs(ctx); err != nil || p.Hostname != "n2" || !p.RouteAll || p.CorpDNS || p.LoggedOut {
+		t.Fatalf("prefs after undoing the hostname change: %v %v", p, err)
+	}
 	w.spec.Nodes[1].Hostname = ""
-	mustApply(t, ctx, login, w.env(t, "n2", inputs))
+	if p := mustPlan(t, ctx, login, w.env(t, "n2", inputs)); p.Action != messages.ActionUnchanged {
+		t.Fatalf("plan after undoing the hostname change: %+v", p)
+	}
 
 	// Undo in reverse: routes, logins, user.
 	if err := routes.Undo(ctx, w.env(t, ctl, nil), undoJSON(t, ra)); err != nil {
@@ -516,6 +531,20 @@ func TestNetworkStepErrors(t *testing.T) {
 		}
 	})
 
+	t.Run("a refused auth key is a config error", func(t *testing.T) {
+		t.Setenv("MGN_TEST_AUTHKEY", "hskey-auth-bogus-0123456789")
+		w.spec.Network.AuthKeyFrom = "env:MGN_TEST_AUTHKEY"
+		defer func() { w.spec.Network.AuthKeyFrom = "" }()
+		start := time.Now()
+		_, err := login.Apply(ctx, w.env(t, "n1", nil))
+		var ce *ConfigError
+		if !errors.As(err, &ce) || !strings.Contains(err.Error(), "login to "+w.h.URL()+" refused") ||
+			!strings.Contains(ce.Fix, "network.authKeyFrom (env:MGN_TEST_AUTHKEY)") || strings.Contains(err.Error(), "bogus") {
+			t.Fatalf("%v (class %s)", err, Classify(err))
+		}
+		t.Logf("refused in %v: %v", time.Since(start), err)
+	})
+
 	t.Run("bad routes are a config error", func(t *testing.T) {
 		w.spec.Network.Routes = []string{"10.0.0.0/24", "ten"}
 		defer func() { w.spec.Network.Routes = nil }()
@@ -524,4 +553,42 @@ func TestNetworkStepErrors(t *testing.T) {
 			t.Errorf("%v (class %s)", err, Classify(err))
 		}
 	})
+}
+
+// TestTailscaleLoginFollowsTheUser: a node logged in as another Headscale
+// user than the spec's is logged in again as the spec's user (a new key,
+// a new Headscale node under that user); a node logged in with a given
+// auth key is not held to the default user.
+func TestTailscaleLoginFollowsTheUser(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	w := startNetWorld(t, ctx, messages.FleetNode{Name: "n1", Role: messages.RoleWorker})
+	user, login := step(t, StepHeadscaleUser), step(t, StepTailscaleLogin)
+	mustApply(t, ctx, user, w.env(t, "n1", nil))
+	mustApply(t, ctx, login, w.env(t, "n1", nil))
+
+	w.spec.Network.User = "guildnet-other"
+	mustApply(t, ctx, user, w.env(t, "n1", nil))
+	if p := mustPlan(t, ctx, login, w.env(t, "n1", nil)); p.Action != messages.ActionUpdate || p.Diff != `Headscale user "cluster-c1" -> "guildnet-other"` {
+		t.Fatalf("plan after a user change: %+v", p)
+	}
+	a := mustApply(t, ctx, login, w.env(t, "n1", nil))
+	if a.Action != messages.ActionUpdate {
+		t.Fatalf("apply after a user change: %+v", a)
+	}
+	st, err := w.ts["n1"].LocalClient().StatusWithoutPeers(ctx)
+	if err != nil || st.User[st.Self.UserID].LoginName != "guildnet-other" {
+		t.Fatalf("logged in as %v (%v), want guildnet-other", st.User, err)
+	}
+	if p := mustPlan(t, ctx, login, w.env(t, "n1", nil)); p.Action != messages.ActionUnchanged {
+		t.Fatalf("plan after the new login: %+v", p)
+	}
+
+	// With a given key and no user in the spec, the key's user stands.
+	w.spec.Network.User = ""
+	t.Setenv("MGN_TEST_AUTHKEY", "unused: already logged in")
+	w.spec.Network.AuthKeyFrom = "env:MGN_TEST_AUTHKEY"
+	if p := mustPlan(t, ctx, login, w.env(t, "n1", nil)); p.Action != messages.ActionUnchanged {
+		t.Fatalf("plan with a given key: %+v", p)
+	}
 }

@@ -16,7 +16,9 @@ func TestTailscaled(t *testing.T) {
 	Require(t, NeedTailscaled, NeedHeadscale, NeedNetNS)
 	h := startHeadscale(t)
 	ctx := testCtx(t, 3*time.Minute)
-	td, err := StartTailscaled(ctx, TailscaledOptions{Dir: t.TempDir()})
+	// Wrap runs the daemon through a command (for the background world,
+	// `testworld exec --dir D --`); env(1) stands in for it here.
+	td, err := StartTailscaled(ctx, TailscaledOptions{Dir: t.TempDir(), Wrap: []string{"env", "MGN_WRAPPED=1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
