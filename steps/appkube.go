@@ -23,6 +23,8 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
+
+	"github.com/guildnet/metaguildnet/messages"
 )
 
 // appFieldManager is the server-side apply field manager of every object
@@ -384,6 +386,10 @@ func appPlanStep(ctx context.Context, env *Env, build func(*Env) ([]appObject, e
 	objs, err := build(env)
 	if err != nil {
 		return Plan{}, err
+	}
+	if kubeconfigPath(env) == "" {
+		// A bare cluster: everything is still to be made.
+		return Plan{Action: messages.ActionCreate, Diff: fmt.Sprintf("create %d object(s) once the cluster's kubeconfig is installed", len(objs))}, nil
 	}
 	dyn, err := appKube(env)
 	if err != nil {

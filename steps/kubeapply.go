@@ -60,21 +60,29 @@ func kubeconfigPath(env *Env) string {
 func AppKubeconfigPath(env *Env) string { return kubeconfigPath(env) }
 
 // kubeconfigPrereq blocks a step that needs the cluster while the node
-// has no kubeconfig, with the command that installs one.
+// has no kubeconfig, with the command that installs one; except that with
+// provider talos the cluster layer's own kubeconfig_install writes it, so
+// a plan of a bare cluster says what it will create instead of blocked
+// (and an apply that still finds none is blocked by dynamicClient with the
+// same command).
 func kubeconfigPrereq(_ context.Context, env *Env) error {
-	if kubeconfigPath(env) != "" {
+	if kubeconfigPath(env) != "" || env.Spec.Cluster.Provider == "talos" {
 		return nil
 	}
+	return kubeconfigBlocked(env)
+}
+
+func kubeconfigBlocked(env *Env) error {
 	return Blocked(fmt.Sprintf("node %s has no kubeconfig (KUBECONFIG unset, none in the state dir or ~/.guildnet)", env.Node),
 		fmt.Sprintf("controller setup apply -f FLEET.yaml --cluster %s --layer cluster (kubeconfig_install), or export KUBECONFIG=PATH for the agent", env.Spec.Name))
 }
 
 // dynamicClient is a dynamic client from kubeconfigPath.
 func dynamicClient(env *Env) (dynamic.Interface, error) {
-	if err := kubeconfigPrereq(context.Background(), env); err != nil {
-		return nil, err
-	}
 	p := kubeconfigPath(env)
+	if p == "" {
+		return nil, kubeconfigBlocked(env)
+	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", p)
 	if err != nil {
 		return nil, Configf("set KUBECONFIG to a valid kubeconfig", "loading kubeconfig %s: %w", p, err)
