@@ -532,6 +532,19 @@ func TestSetupBareWorldTwoClusters(t *testing.T) {
 		t.Fatal("Headscale has nodes after an invalid spec")
 	}
 
+	// Plan on bare: every step of every node to be made, none blocked.
+	out, code = w.setup(&outputs, "plan", "-f", bw.fleet, "--json")
+	var plan messages.SetupPlanReply
+	if err := json.Unmarshal([]byte(out), &plan); err != nil || code != 0 || len(plan.Rows) == 0 {
+		t.Fatalf("plan on bare: exit %d, %v\n%s", code, err, out)
+	}
+	for _, row := range plan.Rows {
+		if row.Action != messages.ActionCreate && row.Action != messages.ActionUpdate {
+			t.Errorf("plan on bare: %s/%s on %s: %s %s%s", row.Cluster, row.Step, row.Node, row.Action, row.Blocked, row.Error)
+		}
+	}
+	t.Logf("plan on bare: %d rows, all create or update", len(plan.Rows))
+
 	// Apply on bare: succeeded, every layer verified.
 	start := time.Now()
 	out, code = w.setup(&outputs, "apply", "-f", bw.fleet, "--yes", "--json")
