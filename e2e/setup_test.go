@@ -180,6 +180,17 @@ func decodeRun(t *testing.T, out string) messages.SetupRun {
 	if err := json.Unmarshal([]byte(out), &run); err != nil {
 		t.Fatalf("setup JSON: %v\n%s", err, out)
 	}
+	// Nothing twice: one row per step and node in a run.
+	seen := map[string]bool{}
+	for _, l := range run.Layers {
+		for _, s := range l.Steps {
+			k := s.Cluster + "/" + s.Name + "@" + s.Node
+			if seen[k] && s.Outcome != "undone" && s.Outcome != "undo_failed" {
+				t.Errorf("run %s has two rows for %s\n%s", run.RunID, k, runSummary(run))
+			}
+			seen[k] = true
+		}
+	}
 	return run
 }
 

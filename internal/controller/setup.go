@@ -462,7 +462,7 @@ func (r *setupRunner) runCluster(ctx context.Context, lr *liveRun, cluster strin
 			r.persistLive(ctx, lr)
 		}
 		r.waitOnline(ctx, spec, r.c.opts.HeartbeatInterval*time.Duration(r.c.opts.OfflineAfter))
-		v := r.verifyLayer(ctx, spec, layer)
+		v := r.settleLayer(ctx, spec, layer)
 		if ctx.Err() != nil {
 			return
 		}
@@ -851,6 +851,27 @@ func (r *setupRunner) verifyLayer(ctx context.Context, spec messages.FleetCluste
 		}
 	}
 	return layerVerificationRec{ReportID: id, Status: messages.Unknown, Reason: "the report has no " + layer + " layer for cluster " + spec.Name}
+}
+
+// settleLayer verifies a layer just set up, again every second while it
+// is not healthy, for at most Options.SetupVerifySettle: what setup made
+// may need a moment to work (pods scheduled and started), as an operator
+// would wait. The last verification counts.
+func (r *setupRunner) settleLayer(ctx context.Context, spec messages.FleetCluster, layer string) layerVerificationRec {
+	deadline := time.Now().Add(r.c.opts.SetupVerifySettle)
+	for {
+		v := r.verifyLayer(ctx, spec, layer)
+		if v.Status == messages.Healthy || ctx.Err() != nil || time.Now().After(deadline) {
+			return v
+		}
+		r.log.Info("layer not healthy yet, verifying again", zap.String("cluster", spec.Name), zap.String("layer", layer),
+			zap.String("status", v.Status), zap.String("report", v.ReportID))
+		select {
+		case <-ctx.Done():
+			return v
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // hostAppChecks need GuildNet's host app, which runs on a hostapp node.
