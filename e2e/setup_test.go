@@ -62,6 +62,10 @@ func startBareWorld(t *testing.T, clusters int) *bareWorld {
 	up := exec.CommandContext(ctx, filepath.Join(binDir, "testworld"), "up", "--dir", bw.dir, "--bare", "--clusters", fmt.Sprint(clusters))
 	out, err := up.CombinedOutput()
 	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(bw.dir, "testworld.log"))
+			t.Logf("--- testworld.log (last 6 KiB):\n%s", tailString(string(b), 6<<10))
+		}
 		down := exec.Command(filepath.Join(binDir, "testworld"), "down", "--dir", bw.dir)
 		if b, err := down.CombinedOutput(); err != nil {
 			t.Logf("testworld down: %v\n%s", err, b)
@@ -562,6 +566,10 @@ func TestSetupBareWorldTwoClusters(t *testing.T) {
 	run := decodeRun(t, out)
 	t.Logf("setup of 2 bare clusters (7 nodes): %s in %v", run.Status, time.Since(start).Round(time.Millisecond))
 	if code != 0 || run.Status != messages.RunSucceeded || len(run.Layers) != 4 {
+		for _, c := range []string{"alpha", "beta"} {
+			vout, _ := cli(t, "verify", "--data-dir", w.data, "--cluster", c, "--layer", "network,cluster,database,application")
+			t.Logf("verify %s after the failed apply:\n%s", c, tailString(vout, 4000))
+		}
 		t.Fatalf("apply: exit %d\n%s", code, runSummary(run))
 	}
 	for _, l := range run.Layers {

@@ -60,7 +60,7 @@ const (
 	bareDatabase = "org_demo__main"
 	// nodeRegisterTimeout bounds creating a Node (and CoreDNS) when Talos
 	// reports a node bootstrapped.
-	nodeRegisterTimeout = 15 * time.Second
+	nodeRegisterTimeout = 60 * time.Second
 )
 
 // bareClusterNames are the clusters' names, in order.
@@ -267,18 +267,36 @@ func (c *bareCluster) onTalosState(node, role, state string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), nodeRegisterTimeout)
 	defer cancel()
-	if err := registerNode(ctx, c.cs, node, role); err != nil {
+	// A busy API server may time a call out: what a kubelet and Talos do
+	// is retried (a Node or CoreDNS missing for good fails setup's
+	// verification for a reason no real cluster has).
+	if err := retryKube(ctx, func() error { return registerNode(ctx, c.cs, node, role) }); err != nil {
 		log("cluster %s: registering Node %s: %v", c.name, node, err)
 		return
 	}
 	log("cluster %s: Node %s (%s) registered", c.name, node, role)
 	c.coreOnce.Do(func() {
-		if err := deployCoreDNS(ctx, c.cs); err != nil {
+		if err := retryKube(ctx, func() error { return deployCoreDNS(ctx, c.cs) }); err != nil {
 			log("cluster %s: CoreDNS: %v", c.name, err)
 			return
 		}
 		log("cluster %s: CoreDNS deployed", c.name)
 	})
+}
+
+// retryKube runs f until it succeeds or ctx ends, every 500 ms.
+func retryKube(ctx context.Context, f func() error) error {
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // nodeResources is what a simulated kubelet reports: enough for the
