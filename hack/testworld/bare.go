@@ -33,11 +33,13 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
@@ -321,17 +323,25 @@ func registerNode(ctx context.Context, cs kubernetes.Interface, name, role strin
 			NodeInfo: corev1.NodeSystemInfo{KubeletVersion: testenv.KubeVersion, OSImage: "Talos (" + talosstandin.TalosVersion + ")", OperatingSystem: "linux", Architecture: "amd64"},
 		},
 	}
-	created, err := cs.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
-		return nil
-	}
-	if err != nil {
+	if _, err := cs.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
-	// Create drops status: write it through the status subresource.
-	created.Status = n.Status
-	_, err = cs.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{})
-	return err
+	// Create drops status: write it through the status subresource, from
+	// the live object (KWOK writes the Node's conditions at the same time:
+	// an update from the created object conflicted, and the Node stayed
+	// without allocatable resources).
+	return retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		cur, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if cur.Status.NodeInfo.OSImage == n.Status.NodeInfo.OSImage && equality.Semantic.DeepEqual(cur.Status.Allocatable, nodeResources) {
+			return nil
+		}
+		cur.Status.Allocatable, cur.Status.Capacity, cur.Status.NodeInfo = nodeResources, nodeResources, n.Status.NodeInfo
+		_, err = cs.CoreV1().Nodes().UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
 }
 
 // deployCoreDNS creates CoreDNS's Deployment (k8s-app=kube-dns) and
