@@ -815,7 +815,7 @@ func TestSetupBareWorldKilledAndRefused(t *testing.T) {
 			undone++
 		}
 	}
-	if w1 == nil || w1.Attempts != 3 || !strings.Contains(w1.Error, "after 3 attempts, backoff") {
+	if w1 == nil || w1.Attempts != 3 || !strings.Contains(w1.Error, "after 3 attempts, backoff") || !strings.Contains(w1.Error, "refused") {
 		t.Fatalf("talos_machine_config on alpha-w1: %+v, want 3 attempts and the backoff waited\n%s", w1, runSummary(failed))
 	}
 	if undone != 2 {

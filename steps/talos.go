@@ -393,17 +393,23 @@ func secureTalos(ctx context.Context, env *Env, ep string) (*talos.Client, error
 }
 
 // inMaintenance reports whether apid at ep answers an insecure client, as
-// only a node in maintenance mode does.
-func inMaintenance(ctx context.Context, ep string) bool {
+// only a node in maintenance mode does. An apid that refuses the
+// connection is an error (retryable, naming the endpoint), not a node out
+// of maintenance: the mTLS call that would follow fails with a TLS error
+// that hides the cause.
+func inMaintenance(ctx context.Context, ep string) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, talosProbeTimeout)
 	defer cancel()
 	c, err := insecureTalos(ctx, ep)
 	if err != nil {
-		return false
+		return false, nil
 	}
 	defer c.Close()
 	_, err = c.Version(ctx)
-	return err == nil
+	if err != nil && strings.Contains(err.Error(), "connection refused") {
+		return false, fmt.Errorf("apid at %s refused the connection: %w", ep, err)
+	}
+	return err == nil, nil
 }
 
 // appliedConfig reads the node's applied config through mTLS.
@@ -461,7 +467,9 @@ func observeConfig(ctx context.Context, env *Env) (configObservation, error) {
 	if len(o.want) == 0 {
 		return o, errors.New("no machine config was sealed for this step (the controller's Seal did not run)")
 	}
-	if inMaintenance(ctx, o.ep) {
+	if m, err := inMaintenance(ctx, o.ep); err != nil {
+		return o, err
+	} else if m {
 		o.maintenance = true
 		return o, nil
 	}
@@ -645,7 +653,9 @@ func planBootstrap(ctx context.Context, env *Env) (Plan, error) {
 	if err != nil {
 		return Plan{}, err
 	}
-	if inMaintenance(ctx, ep) {
+	if m, err := inMaintenance(ctx, ep); err != nil {
+		return Plan{}, err
+	} else if m {
 		return Plan{Action: messages.ActionCreate, Diff: "bootstrap etcd on " + cp.Name + " once it runs its machine config"}, nil
 	}
 	running, members, err := etcdState(ctx, env, ep)
@@ -763,7 +773,9 @@ func planFetch(ctx context.Context, env *Env) (Plan, error) {
 	if err != nil {
 		return Plan{}, err
 	}
-	if inMaintenance(ctx, ep) {
+	if m, err := inMaintenance(ctx, ep); err != nil {
+		return Plan{}, err
+	} else if m {
 		return Plan{Action: messages.ActionCreate, Diff: "fetch the kubeconfig from " + cp.Name + " after bootstrap"}, nil
 	}
 	if running, _, err := etcdState(ctx, env, ep); err != nil {
