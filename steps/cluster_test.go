@@ -358,9 +358,11 @@ func TestClusterLayer(t *testing.T) {
 			t.Fatalf("node %s is %s after a plan", n, s.State())
 		}
 	}
+	// Before kubeconfig_install the add-ons plan create (the cluster layer
+	// installs the kubeconfig first); applying one then is blocked.
 	ns, _ := reg.Lookup("metallb")
-	if err := ns.Prereqs(ctx, cpEnv); Classify(err) != messages.StepErrBlocked {
-		t.Fatalf("metallb prereqs before kubeconfig_install: %v (class %s), want blocked", err, Classify(err))
+	if _, err := ns.Apply(ctx, cpEnv); Classify(err) != messages.StepErrBlocked {
+		t.Fatalf("metallb apply before kubeconfig_install: %v (class %s), want blocked", err, Classify(err))
 	}
 
 	start := time.Now()
