@@ -32,7 +32,7 @@ image:
 demo:
 	@hack/demo.sh
 
-## apt-deps: the Debian packages the tests use (containerd, runc, systemd)
+## apt-deps: the Debian packages the tests use (containerd, runc, systemd, chromium)
 apt-deps:
 	@hack/apt-deps.sh
 
@@ -49,7 +49,7 @@ test: testenv apt-deps
 # of tests after a 3-minute first race build of client-go and talos,
 # cmd/agent 25 s, cmd/controller 14 s, internal/controller 28 s,
 # internal/testenv 35 s, hack/testworld 63 s, e2e 26 s, e2e/verify 56 s,
-# e2e/tailnet 85 s (internal/agent and messages: about 1 s of tests). None
+# e2e/tailnet 85 s, e2e/dashboard 47 s (Chromium included) (internal/agent and messages: about 1 s of tests). None
 # is slow enough to leave out; put a package in RACE_SLOW (with the reason
 # here) if one becomes so.
 MODULE    := github.com/guildnet/metaguildnet
@@ -69,10 +69,12 @@ FUZZTIME ?= 10s
 fuzz:
 	@hack/fuzz.sh $(FUZZTIME)
 
-## bench: fan-out (loopback and tailnet), idle agent, verification sweep, diagnosis; writes bench.json
-bench: build testenv
+## bench: fan-out (loopback and tailnet), idle agent, verification sweep, diagnosis, dashboard in Chromium; writes bench.json
+DASH_NODES ?= 5000
+bench: build testenv apt-deps
 	$(GO) run ./hack/tailnetbench -agents $(TAILNET_AGENTS) -rounds $(TAILNET_ROUNDS) -out bench-tailnet.json
-	$(GO) run ./hack/bench -out bench.json -tailnet-json bench-tailnet.json
+	$(GO) run ./hack/dashbench -nodes $(DASH_NODES) -out bench-dashboard.json
+	$(GO) run ./hack/bench -out bench.json -tailnet-json bench-tailnet.json -dashboard-json bench-dashboard.json
 
 vet:
 	$(GO) vet ./...

@@ -116,12 +116,33 @@ func Unknown(format string, a ...any) Result {
 	return result(messages.CheckUnknown, format, a)
 }
 
-// NotApplicable is a pass for a check that has nothing to look at on this
-// node or with this configuration (a router check on a non-router, a
-// setting left unset). Its dependents run.
+// NotApplicable is a pass for a check that has nothing to look at here by
+// a fact about the node or cluster, not for want of a setting: a router
+// check on a non-router, an operator embedded in the host app, no org_*
+// database yet. Its dependents run. A setting left unset is
+// [NotConfigured], never this.
 func NotApplicable(format string, a ...any) Result {
 	r := result(messages.CheckPass, messages.NotApplicablePrefix+format, a)
 	r.Observed = messages.NotApplicableObserved()
+	return r
+}
+
+// NotConfigured is the result of a check that has nothing to look at
+// because a setting it needs is unset: never a pass. settings names what
+// to set (comma-separated when several would do); the message starts with
+// messages.NotConfiguredPrefix. A check the run requires (see
+// [Requirement]) fails instead, naming the setting and the requirement.
+// Its dependents are not configured either.
+func NotConfigured(settings, format string, a ...any) Result {
+	r := result(messages.CheckNotConfigured, messages.NotConfiguredPrefix+format, a)
+	no := false
+	var names []string
+	for n := range strings.SplitSeq(settings, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			names = append(names, n)
+		}
+	}
+	r.Observed = messages.ObservedNotConfigured{Configured: &no, Settings: names}
 	return r
 }
 
@@ -235,6 +256,10 @@ type Selection struct {
 	Scope Scope
 	// Names keeps only these checks; empty keeps all that match the rest.
 	Names []string
+	// Exclude leaves these checks out unless a kept check depends on
+	// them (unknown names are ignored: they may be custom checks another
+	// node has).
+	Exclude []string
 }
 
 // Select returns the checks of catalog that sel picks, plus every check
@@ -277,6 +302,9 @@ func Select(catalog []Check, sel Selection) ([]Check, error) {
 		if len(sel.Names) > 0 && !slices.Contains(sel.Names, c.Name) {
 			continue
 		}
+		if slices.Contains(sel.Exclude, c.Name) {
+			continue
+		}
 		add(i)
 	}
 	var out []Check
@@ -293,6 +321,10 @@ type RunOptions struct {
 	// Parallel bounds how many checks run at once; zero means
 	// DefaultCheckParallelism.
 	Parallel int
+	// Require says which checks must run: one of them that is not
+	// configured fails. The zero value is [DefaultRequirement] merged with
+	// the settings (see [RequirementFrom]).
+	Require *Requirement
 	// Clients are clients the caller already holds, by the key their check
 	// family reads them under with [LazyClient] (e.g. [TailscaleClientKey]);
 	// nil values are ignored. A family builds what is not given here from
@@ -314,6 +346,20 @@ func RunChecks(ctx context.Context, env *Env, checks []Check, opts RunOptions) [
 	}
 	cx := newCheckEnv(env, opts.Clients)
 	defer cx.close()
+	req := opts.Require
+	if req == nil {
+		r, err := RequirementFrom(cx.Settings, nil)
+		if err != nil {
+			// A malformed requirement must not pass quietly: every check
+			// fails naming the setting.
+			out := make([]messages.CheckResult, len(checks))
+			for i := range checks {
+				out[i] = finish(env, &checks[i], Fail("%v", err), 0)
+			}
+			return out
+		}
+		req = &r
+	}
 
 	index := make(map[string]int, len(checks))
 	for i, c := range checks {
@@ -332,7 +378,7 @@ func RunChecks(ctx context.Context, env *Env, checks []Check, opts RunOptions) [
 			c := &checks[i]
 			// Wait for every dependency. A dependency that is not in the
 			// set is a programming error (Select adds them all): it blocks.
-			var roots, missing []string
+			var roots, missing, unconfigured []string
 			for _, d := range c.DependsOn {
 				j, ok := index[d]
 				if !ok {
@@ -343,6 +389,8 @@ func RunChecks(ctx context.Context, env *Env, checks []Check, opts RunOptions) [
 				dr := &results[j]
 				switch dr.Status {
 				case messages.CheckPass, messages.CheckWarn:
+				case messages.CheckNotConfigured:
+					unconfigured = appendUnique(unconfigured, dr.Name)
 				case messages.CheckSkipped:
 					if dr.BlockedBy != "" {
 						roots = appendUnique(roots, dr.BlockedBy)
@@ -363,6 +411,13 @@ func RunChecks(ctx context.Context, env *Env, checks []Check, opts RunOptions) [
 				}, 0)
 				r.BlockedBy = roots[0]
 				results[i] = r
+			case len(unconfigured) > 0:
+				var settings []string
+				for _, d := range unconfigured {
+					settings = append(settings, notConfiguredSettings(results[index[d]])...)
+				}
+				r := NotConfigured(strings.Join(settings, ","), "depends on %s, not configured", strings.Join(unconfigured, ", "))
+				results[i] = req.apply(c, finish(env, c, r, 0))
 			default:
 				select {
 				case sem <- struct{}{}:
@@ -370,7 +425,7 @@ func RunChecks(ctx context.Context, env *Env, checks []Check, opts RunOptions) [
 					results[i] = finish(env, c, Unknown("not started: %v", context.Cause(ctx)), 0)
 					return
 				}
-				results[i] = runOne(ctx, cx, c)
+				results[i] = req.apply(c, runOne(ctx, cx, c))
 				<-sem
 			}
 		})
@@ -427,7 +482,7 @@ func runOne(parent context.Context, cx *CheckEnv, c *Check) messages.CheckResult
 	select {
 	case r = <-ch:
 		if !validStatus(r.Status) {
-			r = Fail("check returned status %q (want pass, warn, fail or unknown): %s", r.Status, r.Message)
+			r = Fail("check returned status %q (want pass, warn, fail, unknown or not_configured): %s", r.Status, r.Message)
 		}
 	case <-grace.C:
 		r = Unknown("timed out after %s without an answer", timeout)
@@ -439,7 +494,7 @@ func runOne(parent context.Context, cx *CheckEnv, c *Check) messages.CheckResult
 
 func validStatus(s string) bool {
 	switch s {
-	case messages.CheckPass, messages.CheckWarn, messages.CheckFail, messages.CheckUnknown:
+	case messages.CheckPass, messages.CheckWarn, messages.CheckFail, messages.CheckUnknown, messages.CheckNotConfigured:
 		return true
 	}
 	return false
@@ -498,18 +553,25 @@ func boundedJSON(v any) json.RawMessage {
 
 // Worst returns the task outcome for a set of check results: fail when any
 // check failed or was skipped (a skip has a failed root), warn when any
-// warned or was unknown, else ok.
+// warned, was unknown or was not configured (never a pass), else ok.
 func Worst(results []messages.CheckResult) messages.Outcome {
 	out := messages.OutcomeOK
 	for _, r := range results {
 		switch r.Status {
 		case messages.CheckFail, messages.CheckSkipped:
 			return messages.OutcomeFail
-		case messages.CheckWarn, messages.CheckUnknown:
+		case messages.CheckWarn, messages.CheckUnknown, messages.CheckNotConfigured:
 			out = messages.OutcomeWarn
 		}
 	}
 	return out
+}
+
+func jsonUnmarshal(b []byte, v any) error {
+	if len(b) == 0 {
+		return errors.New("empty")
+	}
+	return json.Unmarshal(b, v)
 }
 
 // errText returns err's text, or the context's cause when err is only the

@@ -32,12 +32,20 @@ func byName(results []messages.CheckResult) map[string]messages.CheckResult {
 func runArgs(ctx context.Context, t testing.TB, env *Env, args string, opts RunOptions) []messages.CheckResult {
 	t.Helper()
 	var a struct {
-		Layers []string `json:"layers"`
-		Scope  Scope    `json:"scope"`
-		Checks []string `json:"checks"`
+		Layers  []string               `json:"layers"`
+		Scope   Scope                  `json:"scope"`
+		Checks  []string               `json:"checks"`
+		Require *messages.FleetRequire `json:"require"`
 	}
 	if err := json.Unmarshal([]byte(args), &a); err != nil {
 		t.Fatalf("arguments %s: %v", args, err)
+	}
+	if a.Require != nil && opts.Require == nil {
+		req, err := RequirementFrom(env.Settings, a.Require)
+		if err != nil {
+			t.Fatalf("require %s: %v", args, err)
+		}
+		opts.Require = &req
 	}
 	catalog, err := Catalog(env.Settings)
 	if err != nil {

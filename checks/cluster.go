@@ -78,6 +78,9 @@ func kube(cx *CheckEnv) (*kubeClient, error) {
 
 const kubeClientKey = "kube.client"
 
+// errNoKubeconfig: no kubeconfig to load and not in a cluster.
+var errNoKubeconfig = errors.New("no kubeconfig (KUBECONFIG unset, ~/.guildnet/kubeconfig missing) and not in a cluster")
+
 // KubeconfigPaths returns the kubeconfig files the checks load, by the
 // rule above; nil means in-cluster.
 func KubeconfigPaths(s config.Settings) []string {
@@ -109,8 +112,11 @@ func newKubeClient(env *Env) (*kubeClient, error) {
 	} else {
 		source = "in-cluster service account"
 		c, err := rest.InClusterConfig()
+		if errors.Is(err, rest.ErrNotInCluster) {
+			return nil, errNoKubeconfig
+		}
 		if err != nil {
-			return nil, fmt.Errorf("no kubeconfig (KUBECONFIG unset, ~/.guildnet/kubeconfig missing) and not in a cluster: %w", err)
+			return nil, fmt.Errorf("in-cluster service account: %w", err)
 		}
 		cfg = c
 	}
@@ -225,6 +231,9 @@ func nestedInt(o map[string]any, fields ...string) int64 {
 func withKube(run func(ctx context.Context, cx *CheckEnv, k *kubeClient) Result) func(context.Context, *CheckEnv) Result {
 	return func(ctx context.Context, cx *CheckEnv) Result {
 		k, err := kube(cx)
+		if errors.Is(err, errNoKubeconfig) {
+			return NotConfigured("KUBECONFIG", "%v", err)
+		}
 		if err != nil {
 			return Fail("Kubernetes client: %v", err)
 		}

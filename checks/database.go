@@ -299,7 +299,7 @@ func checkRethinkDBDatabases(ctx context.Context, cx *CheckEnv) Result {
 	}
 	obs := map[string]any{"databases": shown, "count": len(dbs)}
 	if len(want) == 0 {
-		return NotApplicable("METAGN_RDB_DATABASES is not set (%d databases present)", len(dbs)).With(obs, nil)
+		return NotConfigured("METAGN_RDB_DATABASES", "METAGN_RDB_DATABASES is not set, so no database is expected (%d present)", len(dbs)).With(obs, nil)
 	}
 	var missing []string
 	for _, w := range want {

@@ -102,7 +102,7 @@ func TestRethinkDBQueryRefused(t *testing.T) {
 	for _, tc := range []struct {
 		want, status, msg string
 	}{
-		{"", messages.CheckPass, "not applicable"},
+		{"", messages.CheckNotConfigured, "not configured: METAGN_RDB_DATABASES is not set"},
 		{"org_a__main", messages.CheckPass, "all 1 configured databases present"},
 		{"org_a__main, org_b__main,org_c__x", messages.CheckFail, "databases missing: org_b__main, org_c__x"},
 	} {

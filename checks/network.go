@@ -35,6 +35,11 @@ type LocalAPI interface {
 	Ping(ctx context.Context, ip netip.Addr, pingtype tailcfg.PingType) (*ipnstate.PingResult, error)
 }
 
+// DefaultDNSName is the name dns_resolution resolves when METAGN_DNS_NAME
+// is unset: GuildNet checks the cluster's DNS with the API server's
+// Service name. "none" turns the check off (not configured).
+const DefaultDNSName = "kubernetes.default.svc.cluster.local"
+
 // DefaultTSRoutes are the routes a GuildNet router advertises.
 const DefaultTSRoutes = "10.0.0.0/24,10.96.0.0/12,10.244.0.0/16"
 
@@ -116,7 +121,7 @@ func NetworkChecks() []Check {
 		},
 		{
 			Name:        "dns_resolution",
-			Description: "the name in METAGN_DNS_NAME resolves",
+			Description: "the name in METAGN_DNS_NAME (default kubernetes.default.svc.cluster.local) resolves",
 			Timeout:     5 * time.Second,
 			Run:         checkDNSResolution,
 		},
@@ -178,7 +183,7 @@ func joinAddrs(as []netip.Addr) string {
 func checkControllerReachable(ctx context.Context, cx *CheckEnv) Result {
 	raw := cx.Setting("METAGN_CONTROLLER_TAILNET_IP", "")
 	if raw == "" {
-		return NotApplicable("METAGN_CONTROLLER_TAILNET_IP is not set")
+		return NotConfigured("METAGN_CONTROLLER_TAILNET_IP", "METAGN_CONTROLLER_TAILNET_IP is not set")
 	}
 	ip, err := netip.ParseAddr(strings.TrimSpace(raw))
 	if err != nil {
@@ -333,7 +338,7 @@ func prefixStrings(ps []netip.Prefix) []string {
 func checkLoginServerHealth(ctx context.Context, cx *CheckEnv) Result {
 	base := cx.Setting("TS_LOGIN_SERVER", cx.Setting("HEADSCALE_URL", ""))
 	if base == "" {
-		return NotApplicable("neither TS_LOGIN_SERVER nor HEADSCALE_URL is set")
+		return NotConfigured("TS_LOGIN_SERVER,HEADSCALE_URL", "neither TS_LOGIN_SERVER nor HEADSCALE_URL is set")
 	}
 	url := strings.TrimRight(base, "/") + "/health"
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
@@ -349,9 +354,9 @@ func checkLoginServerHealth(ctx context.Context, cx *CheckEnv) Result {
 }
 
 func checkDNSResolution(ctx context.Context, cx *CheckEnv) Result {
-	name := cx.Setting("METAGN_DNS_NAME", "")
-	if name == "" {
-		return NotApplicable("METAGN_DNS_NAME is not set")
+	name := cx.Setting("METAGN_DNS_NAME", DefaultDNSName)
+	if strings.EqualFold(name, "none") {
+		return NotConfigured("METAGN_DNS_NAME", "METAGN_DNS_NAME is none")
 	}
 	start := time.Now()
 	addrs, err := net.DefaultResolver.LookupHost(ctx, name)

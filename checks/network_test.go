@@ -17,6 +17,8 @@ import (
 	"tailscale.com/types/key"
 	"tailscale.com/types/views"
 
+	"github.com/guildnet/metaguildnet/internal/config"
+	"github.com/guildnet/metaguildnet/internal/testenv"
 	"github.com/guildnet/metaguildnet/messages"
 )
 
@@ -148,18 +150,19 @@ func TestNetworkChecksThroughLocalAPI(t *testing.T) {
 				"tailnet_connected":    {messages.CheckPass, "connected as guildnet-router (100.64.0.7)", ""},
 				"controller_reachable": {messages.CheckPass, "controller 100.64.0.1 (controller) answered", ""},
 				"routes_approved":      {messages.CheckPass, "all 3 routes approved", ""},
-				"login_server_health":  {messages.CheckPass, "not applicable", ""},
+				"login_server_health":  {messages.CheckNotConfigured, "not configured: neither TS_LOGIN_SERVER nor HEADSCALE_URL is set", ""},
 				"dns_resolution":       {messages.CheckPass, "localhost resolves to", ""},
 			},
 		},
 		{
 			name: "no tailscaled", status: nil,
+			settings: map[string]string{"METAGN_DNS_NAME": "none"},
 			want: map[string]want{
 				"tailscaled_running":   {messages.CheckFail, "tailscaled not answering: status from tailscaled socket /nonexistent/tailscaled.sock", ""},
 				"tailnet_connected":    {messages.CheckSkipped, "blocked: tailscaled_running fail", "tailscaled_running"},
 				"controller_reachable": {messages.CheckSkipped, "blocked: tailscaled_running fail", "tailscaled_running"},
 				"routes_approved":      {messages.CheckSkipped, "", "tailscaled_running"},
-				"dns_resolution":       {messages.CheckPass, "not applicable: METAGN_DNS_NAME is not set", ""},
+				"dns_resolution":       {messages.CheckNotConfigured, "not configured: METAGN_DNS_NAME is none", ""},
 			},
 		},
 		{
@@ -317,4 +320,19 @@ func TestRunChecksUsesInjectedLocalAPI(t *testing.T) {
 
 func localClientFor(socket string) LocalAPI {
 	return &local.Client{Socket: socket, UseSocketOnly: true}
+}
+
+// TestDNSResolutionCheckedByDefault: with METAGN_DNS_NAME unset the check
+// resolves GuildNet's kubernetes.default.svc.cluster.local (it is not "not
+// configured"). Only inside the loopback-only namespace TestMain enters,
+// where the lookup fails at once and no query leaves the machine.
+func TestDNSResolutionCheckedByDefault(t *testing.T) {
+	if !testenv.InNetNS() {
+		testenv.Skip(t, "needs the loopback-only network namespace (a default lookup would query the host's resolver)")
+	}
+	cx := newCheckEnv(&Env{Settings: config.Settings{}}, nil)
+	r := checkDNSResolution(t.Context(), cx)
+	if r.Status != messages.CheckFail || !strings.Contains(r.Message, `cannot resolve "`+DefaultDNSName+`"`) {
+		t.Errorf("dns_resolution by default: %s %q", r.Status, r.Message)
+	}
 }

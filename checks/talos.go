@@ -47,7 +47,7 @@ func withTalos(which talosCheck) func(context.Context, *CheckEnv) Result {
 	return func(ctx context.Context, cx *CheckEnv) Result {
 		path := cx.Setting("TALOSCONFIG", "")
 		if path == "" {
-			return NotApplicable("TALOSCONFIG is not set")
+			return NotConfigured("TALOSCONFIG", "TALOSCONFIG is not set (no Talos apid to ask)")
 		}
 		return runTalos(ctx, cx, path, which)
 	}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
 	talos "github.com/siderolabs/talos/pkg/machinery/client"
@@ -167,10 +168,25 @@ func checkTalosEtcdMembers(ctx context.Context, cx *CheckEnv, t *talosTarget) Re
 	return Pass("etcd has %d members: %s", len(members), strings.Join(members, ", ")).With(obs, nil)
 }
 
+// DefaultTalosStartGrace is how long a Talos service may stay in a
+// transitional state (Initialized, Preparing, Waiting, Starting) and count
+// as coming up (a warning) before it counts as stuck (a failure); setting
+// METAGN_TALOS_START_GRACE. Talos' own health check waits the same way:
+// it retries until services are Running and healthy, and gives up only at
+// its timeout.
+const DefaultTalosStartGrace = 5 * time.Minute
+
+// talosTransitional are the service states on the way to Running.
+var talosTransitional = []string{"Initialized", "Preparing", "Waiting", "Starting"}
+
 func checkTalosServices(ctx context.Context, cx *CheckEnv, t *talosTarget) Result {
+	grace, err := settingDuration(cx, "METAGN_TALOS_START_GRACE", DefaultTalosStartGrace)
+	if err != nil {
+		return Fail("%v", err)
+	}
 	resp, err := t.c.ServiceList(t.ctx(ctx, t.nodes))
 	errs := nodeErrors(ctx, err)
-	var bad []string
+	var bad, coming []string
 	total := 0
 	for _, m := range resp.GetMessages() {
 		node := m.GetMetadata().GetHostname()
@@ -181,6 +197,20 @@ func checkTalosServices(ctx context.Context, cx *CheckEnv, t *talosTarget) Resul
 			total++
 			h := s.GetHealth()
 			switch {
+			case slices.Contains(talosTransitional, s.GetState()):
+				// Coming up, or stuck: the time since its last event says.
+				since := time.Duration(-1)
+				if evs := s.GetEvents().GetEvents(); len(evs) > 0 && evs[len(evs)-1].GetTs() != nil {
+					since = time.Since(evs[len(evs)-1].GetTs().AsTime())
+				}
+				switch {
+				case since < 0:
+					coming = append(coming, fmt.Sprintf("%s/%s %s", node, s.GetId(), s.GetState()))
+				case since <= grace:
+					coming = append(coming, fmt.Sprintf("%s/%s %s for %s", node, s.GetId(), s.GetState(), since.Round(time.Second)))
+				default:
+					bad = append(bad, fmt.Sprintf("%s/%s stuck %s for %s (more than %s)", node, s.GetId(), s.GetState(), since.Round(time.Second), grace))
+				}
 			case s.GetState() != "Running" && s.GetState() != "Finished":
 				bad = append(bad, fmt.Sprintf("%s/%s %s", node, s.GetId(), s.GetState()))
 			case h != nil && !h.GetUnknown() && !h.GetHealthy():
@@ -188,12 +218,16 @@ func checkTalosServices(ctx context.Context, cx *CheckEnv, t *talosTarget) Resul
 			}
 		}
 	}
-	obs := map[string]any{"services": total, "problems": len(bad) + len(errs)}
+	obs := map[string]any{"services": total, "problems": len(bad) + len(errs), "coming_up": len(coming)}
+	thr := map[string]any{"start_grace_s": grace.Seconds()}
 	if len(errs) > 0 || len(bad) > 0 {
-		return Fail("Talos services: %s", strings.Join(slices.Concat(errs, bad), "; ")).With(obs, nil)
+		return Fail("Talos services: %s", strings.Join(slices.Concat(errs, bad, coming), "; ")).With(obs, thr)
 	}
 	if total == 0 {
 		return Fail("Talos listed no services")
+	}
+	if len(coming) > 0 {
+		return Warn("Talos services coming up: %s", strings.Join(coming, "; ")).With(obs, thr)
 	}
 	return Pass("%d Talos services up", total).With(obs, nil)
 }

@@ -112,9 +112,11 @@ type instance struct {
 
 // Analyze evaluates the knowledge base on every node and folds symptoms
 // under their causes: a finding explains another when the rules say so
-// (explains / caused_by) or when a check of the second was blocked by a
-// check of the first, and the cause's reach (node, cluster, fleet) covers
-// the node of the symptom. Each cause is reported once, with the nodes it
+// (explains / caused_by) and the symptom's own evidence fits what that
+// relation requires (an error class, an address the cause makes
+// unreachable), or when a check of the second was blocked by a check of
+// the first; and the cause's reach (node, cluster, fleet) covers the node
+// of the symptom. A configuration error is never folded. Each cause is reported once, with the nodes it
 // was seen on, its symptoms and every node affected.
 func Analyze(kb *rules.KB, nodes []NodeInput, now time.Time) Diagnosis {
 	d := Diagnosis{Timestamp: now.UTC(), Status: messages.Healthy, Findings: []Finding{}}
@@ -146,8 +148,16 @@ func Analyze(kb *rules.KB, nodes []NodeInput, now time.Time) Diagnosis {
 	for _, i := range insts {
 		for _, sym := range causes[i.rule.ID] {
 			reach := causes.reach(i.rule, sym)
+			stated, hasStated := kb.Edge(i.rule.ID, sym)
+			derived := slices.Contains(causes["\x00derived:"+i.rule.ID], sym)
 			for _, j := range byRule[sym] {
-				if covers(i, j, reach) {
+				// Folded only when the symptom's own evidence fits the
+				// cause: the relation's stated evidence, or (for an
+				// edge from blocked_by) a check of it skipped behind
+				// one of the cause's checks.
+				fits := hasStated && stated.Fits(i.match, j.match) ||
+					derived && blockedEvidence.Fits(i.match, j.match)
+				if fits && covers(i, j, reach) {
 					explains[i] = append(explains[i], j)
 					incoming[j]++
 				}
@@ -249,6 +259,9 @@ func facts(n *NodeInput) *rules.Facts {
 	}
 	return f
 }
+
+// blockedEvidence is what an edge derived from blocked_by requires.
+var blockedEvidence = rules.Explain{Classes: []string{rules.ClassBlocked}}
 
 // graph maps a cause rule id to the rule ids it explains; derived holds the
 // edges that came from blocked_by rather than from the rules.

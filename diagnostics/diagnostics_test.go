@@ -135,14 +135,14 @@ func find(fs []Finding, id string) *Finding {
 func TestRootCauseAcrossNodes(t *testing.T) {
 	nodes := []NodeInput{
 		{Name: "router-1", Cluster: "c1", Role: "router", Offline: true, Reason: "offline"},
-		{Name: "w1", Cluster: "c1", Checks: []messages.CheckResult{cr("w1", "network", "routes_approved", "fail", "10.96.0.0/12 missing")}},
-		{Name: "w2", Cluster: "c1", Checks: []messages.CheckResult{cr("w2", "network", "routes_approved", "fail", "10.96.0.0/12 missing")}},
+		{Name: "w1", Cluster: "c1", Checks: []messages.CheckResult{cr("w1", "network", "routes_approved", "fail", "no online peer carries 10.96.0.0/12 (offline: router-1)")}},
+		{Name: "w2", Cluster: "c1", Checks: []messages.CheckResult{cr("w2", "network", "routes_approved", "fail", "no online peer carries 10.96.0.0/12 (offline: router-1)")}},
 		{Name: "cp1", Cluster: "c1", Role: "controlplane", Checks: []messages.CheckResult{
-			cr("cp1", "network", "routes_approved", "fail", "missing"),
-			cr("cp1", "cluster", "kube_api_ready", "fail", "dial tcp 10.0.0.10:6443: i/o timeout"),
+			cr("cp1", "network", "routes_approved", "fail", "no online peer carries 10.96.0.0/12 (offline: router-1); 10.244.0.0/16 (offline: router-1)"),
+			cr("cp1", "cluster", "kube_api_ready", "fail", "API server https://10.96.0.1:443 (kubeconfig) unreachable: dial tcp 10.96.0.1:443: i/o timeout"),
 			cr("cp1", "cluster", "nodes_ready", "skipped", ""),
 		}},
-		{Name: "other", Cluster: "c2", Checks: []messages.CheckResult{cr("other", "network", "routes_approved", "fail", "missing")}},
+		{Name: "other", Cluster: "c2", Checks: []messages.CheckResult{cr("other", "network", "routes_approved", "fail", "no online peer carries 10.96.0.0/12 (offline: router-9)")}},
 	}
 	nodes[3].Checks[2].BlockedBy = "kube_api_ready"
 	d := Analyze(kb(t), nodes, t0)
@@ -168,7 +168,7 @@ func TestRootCauseAcrossNodes(t *testing.T) {
 	var b bytes.Buffer
 	WriteText(&b, d, TextOptions{})
 	for _, want := range []string{"✗ Router node offline", "  → Nodes: router-1", "  → Explains 3 more finding(s) on 4 node(s): cp1, router-1, w1, w2",
-		"      ✗ Routes not approved (cp1, w1, w2)", "      ✗ Kubernetes API unreachable (cp1)"} {
+		"      ✗ Routes not approved (cp1, w1, w2)", "      ✗ Kubernetes API unreachable (timed out) (cp1)"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("text lacks %q:\n%s", want, b.String())
 		}
@@ -178,16 +178,14 @@ func TestRootCauseAcrossNodes(t *testing.T) {
 	}
 }
 
-// blocked_by relates checks the rules do not relate: CoreDNS down blocks
-// DNS resolution on one node, so failing DNS on another node of the same
-// cluster is folded under it.
-func TestRootCauseFromBlockedBy(t *testing.T) {
-	blocked := cr("n2", "network", "dns_resolution", "skipped", "")
-	blocked.BlockedBy = "coredns_running"
+// CoreDNS down explains a failing lookup of a cluster name on another
+// node of the cluster, because that lookup's own evidence fits (a DNS
+// error for a *.cluster.local name); a failing lookup of another name does
+// not fit and stays its own finding.
+func TestRootCauseNeedsFittingEvidence(t *testing.T) {
 	nodes := []NodeInput{
-		{Name: "cp", Cluster: "c", Checks: []messages.CheckResult{cr("cp", "cluster", "coredns_running", "fail", "0/2 running")}},
-		{Name: "n2", Cluster: "c", Checks: []messages.CheckResult{blocked}},
-		{Name: "n3", Cluster: "c", Checks: []messages.CheckResult{cr("n3", "network", "dns_resolution", "fail", "no such host")}},
+		{Name: "cp", Cluster: "c", Checks: []messages.CheckResult{cr("cp", "cluster", "coredns_running", "fail", "no CoreDNS pods (k8s-app=kube-dns in kube-system)")}},
+		{Name: "n3", Cluster: "c", Checks: []messages.CheckResult{cr("n3", "network", "dns_resolution", "fail", `cannot resolve "kubernetes.default.svc.cluster.local": lookup kubernetes.default.svc.cluster.local: no such host`)}},
 	}
 	d := Analyze(kb(t), nodes, t0)
 	if got := ids(d.Findings); !slices.Equal(got, []string{"coredns-not-running"}) {
@@ -196,11 +194,56 @@ func TestRootCauseFromBlockedBy(t *testing.T) {
 	if got := ids(d.Findings[0].Symptoms); !slices.Equal(got, []string{"dns-resolution-failing"}) {
 		t.Errorf("symptoms = %v", got)
 	}
-	// Without the blocked_by evidence the two stay separate.
-	d = Analyze(kb(t), []NodeInput{nodes[0], nodes[2]}, t0)
+	nodes[1].Checks[0].Message = `cannot resolve "example.org": lookup example.org: no such host`
+	d = Analyze(kb(t), nodes, t0)
 	if got := ids(d.Findings); len(got) != 2 {
-		t.Errorf("without blocked_by: roots = %v, want 2", got)
+		t.Errorf("a lookup of another name: roots = %v, want 2 (not folded)", got)
 	}
+}
+
+// blocked_by relates checks the rules do not relate, but only for a
+// finding that itself fired on a check skipped behind the cause's check.
+func TestRootCauseFromBlockedBy(t *testing.T) {
+	kbx, err := rules.New(kb(t).Rules, mustParse(t, `
+- id: custom-skipped
+  title: Custom check skipped
+  severity: warning
+  layer: custom
+  reach: cluster
+  when:
+    - check: my_check
+      status: [skipped, fail]
+  suggestion: Look at what blocked it
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocked := cr("n2", "custom", "my_check", "skipped", "blocked: coredns_running fail")
+	blocked.BlockedBy = "coredns_running"
+	nodes := []NodeInput{
+		{Name: "cp", Cluster: "c", Checks: []messages.CheckResult{cr("cp", "cluster", "coredns_running", "fail", "no CoreDNS pods")}},
+		{Name: "n2", Cluster: "c", Checks: []messages.CheckResult{blocked}},
+		{Name: "n3", Cluster: "c", Checks: []messages.CheckResult{cr("n3", "custom", "my_check", "fail", "broken on its own")}},
+	}
+	d := Analyze(kbx, nodes, t0)
+	if got := ids(d.Findings); !slices.Equal(got, []string{"coredns-not-running", "custom-skipped"}) {
+		t.Fatalf("roots = %v", got)
+	}
+	if got := ids(d.Findings[0].Symptoms); !slices.Equal(got, []string{"custom-skipped"}) || !slices.Equal(d.Findings[0].Symptoms[0].Nodes, []string{"n2"}) {
+		t.Errorf("symptoms = %+v (want custom-skipped on n2 only)", d.Findings[0].Symptoms)
+	}
+	if !slices.Equal(d.Findings[1].Nodes, []string{"n3"}) {
+		t.Errorf("n3's own failure: %+v", d.Findings[1])
+	}
+}
+
+func mustParse(t *testing.T, y string) []*rules.Rule {
+	t.Helper()
+	rs, err := rules.Parse("test.yaml", []byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rs
 }
 
 func TestNodeScopedCausesStayOnTheirNode(t *testing.T) {
@@ -335,5 +378,38 @@ func BenchmarkAnalyze(b *testing.B) {
 		if len(d.Findings) != 2 || len(d.Findings[0].Nodes) != 10 || len(d.Findings[0].Affected) != 1000 {
 			b.Fatalf("findings: %v", ids(d.Findings))
 		}
+	}
+}
+
+// make demo without a world: tailscaled is not running and no kubeconfig is
+// set. The kubeconfig is a configuration error, its own finding, never
+// folded under "Tailnet unreachable" (which once claimed to explain a
+// "Kubernetes API unreachable" it had no evidence for).
+func TestConfigErrorIsNeverFolded(t *testing.T) {
+	nodes := []NodeInput{{Name: "n1", Cluster: "alpha", Role: "controlplane", Checks: []messages.CheckResult{
+		cr("n1", "network", "tailscaled_running", "fail", "tailscaled not answering: status from tailscaled's default socket: dial unix /var/run/tailscale/tailscaled.sock: connect: no such file or directory"),
+		cr("n1", "cluster", "kube_api_ready", "fail", "required (METAGN_REQUIRE_CHECKS names kube_api_ready) but not configured: no kubeconfig (KUBECONFIG unset, ~/.guildnet/kubeconfig missing) and not in a cluster; set KUBECONFIG"),
+	}}}
+	d := Analyze(kb(t), nodes, t0)
+	if got := ids(d.Findings); !slices.Equal(got, []string{"tailnet-unreachable", "kubeconfig-missing"}) {
+		t.Fatalf("roots = %v, want tailnet-unreachable and kubeconfig-missing, each on its own", got)
+	}
+	for _, f := range d.Findings {
+		if len(f.Symptoms) > 0 {
+			t.Errorf("%s explains %v without evidence", f.ID, ids(f.Symptoms))
+		}
+	}
+	// With a kubeconfig whose API is on the tailnet and times out, the
+	// same cause does explain it: the evidence fits.
+	nodes[0].Checks[1] = cr("n1", "cluster", "kube_api_ready", "fail", "API server https://100.64.0.9:6443 (kubeconfig) unreachable: dial tcp 100.64.0.9:6443: i/o timeout")
+	d = Analyze(kb(t), nodes, t0)
+	if got := ids(d.Findings); !slices.Equal(got, []string{"tailnet-unreachable"}) || !slices.Equal(ids(d.Findings[0].Symptoms), []string{"kube-api-unreachable"}) {
+		t.Errorf("API on the tailnet timing out: roots %v, symptoms %v", got, ids(d.Findings[0].Symptoms))
+	}
+	// And an API on loopback refusing is not the tailnet's doing.
+	nodes[0].Checks[1] = cr("n1", "cluster", "kube_api_ready", "fail", "API server https://127.0.0.1:6443 (kubeconfig) unreachable: dial tcp 127.0.0.1:6443: connect: connection refused")
+	d = Analyze(kb(t), nodes, t0)
+	if got := ids(d.Findings); !slices.Equal(got, []string{"tailnet-unreachable", "kube-api-unreachable"}) {
+		t.Errorf("API on loopback refused: roots %v, want two", got)
 	}
 }

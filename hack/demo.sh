@@ -21,6 +21,7 @@ cleanup() {
     echo "KEEP=1: still running (pids ${pids[*]}). Try:"
     echo "  $BIN/controller status --data-dir $DATA"
     echo "  $BIN/controller run --data-dir $DATA --target cluster=alpha facts"
+    echo "  the dashboard: ${HTTP:-} (sign in to act: $BIN/controller dashboard login --data-dir $DATA)"
     echo "Stop with: kill ${pids[*]}; rm -rf $WORK"
     return
   fi
@@ -41,7 +42,7 @@ for _ in $(seq 100); do [[ -f $DATA/controller.json ]] && break; sleep 0.1; done
 [[ -f $DATA/controller.json ]] || { echo "controller did not start:"; cat "$WORK/controller.log"; exit 1; }
 URL=$(sed -n 's/.*"nats_url": "\(.*\)".*/\1/p' "$DATA/controller.json")
 HTTP=$(sed -n 's/.*"http_url": "\(.*\)".*/\1/p' "$DATA/controller.json")
-echo "NATS $URL, metrics $HTTP/metrics"
+echo "NATS $URL, dashboard $HTTP/, metrics $HTTP/metrics"
 
 step "join token (reusable, 1h)"
 TOKEN=$("$BIN/controller" token create --data-dir "$DATA" --reusable --ttl 1h 2>/dev/null | tail -1)
@@ -65,7 +66,10 @@ step "three agents: n1, n2 in cluster alpha; n3 in cluster beta"
 for spec in n1:alpha:controlplane n2:alpha:worker n3:beta:controlplane; do
   IFS=: read -r name cluster role <<<"$spec"
   # The token goes in the environment, not on the command line (ps shows that).
-  METAGN_TOKEN="$TOKEN" "$BIN/agent" run --controller "$URL" --name "$name" --cluster "$cluster" \
+  # METAGN_DNS_NAME=localhost: these agents run on the host, whose resolver is
+  # not on loopback; dns_resolution's default (kubernetes.default.svc.cluster.local)
+  # would send a query off the machine.
+  METAGN_DNS_NAME=localhost METAGN_TOKEN="$TOKEN" "$BIN/agent" run --controller "$URL" --name "$name" --cluster "$cluster" \
     --role "$role" --label demo=true --state-dir "$WORK/$name" --log-format json \
     --tailnet=off >"$WORK/$name.log" 2>&1 &  # on the host: never a tailnet node here (the world's env carries TS_AUTHKEY)
   pids+=($!)

@@ -58,6 +58,7 @@
 //	verify        VerifyRequest       VerifyReply (report id; the Report is in object store mgn_reports)
 //	report.last   ReportLastRequest   VerifyReply
 //	diagnose      DiagnoseRequest     DiagnoseReply (result id; the result is in object store mgn_diagnoses)
+//	dashboard.login DashboardLoginRequest DashboardLoginReply (a one-time sign-in link to the web dashboard)
 //
 // Reports and diagnoses can be larger than one message, so they are stored
 // in JetStream object stores and read by name.

@@ -99,7 +99,8 @@ func FuzzDecodeSyncAndAck(f *testing.F) {
 }
 
 func FuzzDecodeAPI(f *testing.F) {
-	seed(f, `{"v":1,"task_id":"t1","wait":"1s"}`, `{"v":1,"ttl":"1h","reusable":true}`, `{"v":1,"name":"n1"}`,
+	seed(f, `{"v":1,"task_id":"t1","wait":"1s"}`, `{"v":1,"ttl":"1h","reusable":true}`, `{"v":1,"name":"n1"}`, `{"v":1,"ttl":"90m"}`,
+		`{"v":1,"url":"http://127.0.0.1:8222/login?token=abc","token":"abc","expires_at":"2026-01-01T00:00:00Z"}`,
 		`{"v":1,"overall_status":"unhealthy","clusters":[{"name":"a","overall_status":"healthy","layers":[{"name":"host","status":"healthy"}]},{"name":"","overall_status":"unknown","layers":[{"name":"x","status":"unknown","reason":"r"}]}]}`,
 		`{"v":1,"nodes":[],"clusters":[{"name":"a","overall_status":"degraded","layers":{"host":"degraded"},"last_verified":"2026-01-01T00:00:00Z"},{"name":""}]}`)
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -121,11 +122,14 @@ func FuzzDecodeAPI(f *testing.F) {
 		roundTrip[ReportLastRequest](t, b)
 		roundTrip[DiagnoseRequest](t, b)
 		roundTrip[DiagnoseReply](t, b)
+		roundTrip[DashboardLoginRequest](t, b)
+		roundTrip[DashboardLoginReply](t, b)
 	})
 }
 
 func FuzzDecodeTaskPayloads(f *testing.F) {
-	seed(f, `{"v":1,"scope":"node","layers":["host"]}`, `{"layers":["net work"]}`, `{"checks":["host_memory"],"scope":"all"}`,
+	seed(f, `{"v":1,"scope":"node","layers":["host"]}`, `{"v":1,"require":{"layers":["cluster"],"checks":["kube_api_ready"]}}`,
+		`{"require":{"checks":["Bad Name"]}}`, `{"v":1,"checks":[{"name":"x","layer":"l","status":"not_configured","passed":true}]}`, `{"layers":["net work"]}`, `{"checks":["host_memory"],"scope":"all"}`,
 		`{"v":1,"checks":[{"name":"host_memory","layer":"host","passed":true,"status":"pass","duration_ms":3,"node":"n1","observed":{"used_pct":12}}]}`,
 		`{"v":1,"checks":[{"name":"x","status":"maybe"}]}`, `{"collectors":["logs","config"]}`,
 		`{"v":1,"node":"n1","duration_ms":5,"sections":[{"name":"logs","lines":[{"source":"f","text":"t"}],"data":[{"source":"f"}]}],"findings":[{"id":"a","severity":"warning","symptoms":[{"id":"b","severity":"info"}]}]}`,

@@ -14,7 +14,36 @@ const (
 	CheckFail    = "fail"
 	CheckSkipped = "skipped" // a dependency failed; BlockedBy names it
 	CheckUnknown = "unknown" // could not be run (node offline, timed out); Message says why
+	// CheckNotConfigured: the check has nothing to look at because a
+	// setting it needs is unset (Message names the setting). Never a
+	// pass: a layer whose checks are all not configured is unknown, and a
+	// check the cluster requires (METAGN_REQUIRE_CHECKS/_LAYERS, the fleet
+	// spec's require block) fails instead.
+	CheckNotConfigured = "not_configured"
 )
+
+// CheckStatuses lists every check status, in the order reports and metrics
+// show them.
+var CheckStatuses = []string{CheckPass, CheckWarn, CheckFail, CheckSkipped, CheckUnknown, CheckNotConfigured}
+
+// ValidCheckStatus reports whether s is a check status.
+func ValidCheckStatus(s string) bool {
+	switch s {
+	case CheckPass, CheckWarn, CheckFail, CheckSkipped, CheckUnknown, CheckNotConfigured:
+		return true
+	}
+	return false
+}
+
+// NotConfiguredPrefix starts the message of a not_configured check.
+const NotConfiguredPrefix = "not configured: "
+
+// ObservedNotConfigured is the Observed value of a not_configured check:
+// the settings that would configure it.
+type ObservedNotConfigured struct {
+	Configured *bool    `json:"configured"` // false
+	Settings   []string `json:"settings,omitempty"`
+}
 
 // Layer statuses in a report.
 const (

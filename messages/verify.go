@@ -28,6 +28,14 @@ type VerifyArgs struct {
 	// Checks names checks to run (their dependencies run too); empty means
 	// all that Layers and Scope select.
 	Checks []string `json:"checks,omitempty"`
+	// Exclude names checks not to run unless a selected check depends on
+	// them: the controller sends the host app's checks to the host app's
+	// node and excludes them from the cluster's other agent.
+	Exclude []string `json:"exclude,omitempty"`
+	// Require names layers and checks that must run on top of the agent's
+	// METAGN_REQUIRE_LAYERS/_CHECKS (the fleet spec's require block): one
+	// of them that is not configured fails, naming what to set.
+	Require *FleetRequire `json:"require,omitempty"`
 }
 
 // VerifyOutput is the verify task's output: one result per check run.
@@ -55,6 +63,17 @@ func (a *VerifyArgs) Validate() error {
 		return fmt.Errorf("scope: %q is not node, cluster or all", a.Scope)
 	}
 	if err := validNames("layers", a.Layers, ValidLayerName); err != nil {
+		return err
+	}
+	if a.Require != nil {
+		if err := validNames("require.layers", a.Require.Layers, ValidLayerName); err != nil {
+			return err
+		}
+		if err := validNames("require.checks", a.Require.Checks, ValidCheckName); err != nil {
+			return err
+		}
+	}
+	if err := validNames("exclude", a.Exclude, ValidCheckName); err != nil {
 		return err
 	}
 	return validNames("checks", a.Checks, ValidCheckName)
@@ -92,10 +111,11 @@ func (c *CheckResult) validate() error {
 	if c.Name == "" || len(c.Name) > MaxNameLen {
 		return fmt.Errorf("name: want 1 to %d characters, got %q", MaxNameLen, c.Name)
 	}
-	switch c.Status {
-	case CheckPass, CheckWarn, CheckFail, CheckSkipped, CheckUnknown:
-	default:
-		return fmt.Errorf("status: %q is not one of pass, warn, fail, skipped, unknown", c.Status)
+	if !ValidCheckStatus(c.Status) {
+		return fmt.Errorf("status: %q is not one of pass, warn, fail, skipped, unknown, not_configured", c.Status)
+	}
+	if c.Passed && c.Status != CheckPass && c.Status != CheckWarn {
+		return fmt.Errorf("passed: true with status %q (only pass and warn pass)", c.Status)
 	}
 	if c.DurationMS < 0 {
 		return fmt.Errorf("duration_ms: negative")

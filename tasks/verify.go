@@ -46,7 +46,7 @@ func (v Verify) Run(ctx context.Context, env *Env, raw json.RawMessage) (Output,
 			}
 		}
 	}
-	selected, err := checks.Select(catalog, checks.Selection{Layers: args.Layers, Scope: checks.Scope(args.Scope), Names: args.Checks})
+	selected, err := checks.Select(catalog, checks.Selection{Layers: args.Layers, Scope: checks.Scope(args.Scope), Names: args.Checks, Exclude: args.Exclude})
 	if err != nil {
 		return Output{}, BadArgs("%v", err)
 	}
@@ -59,7 +59,18 @@ func (v Verify) Run(ctx context.Context, env *Env, raw json.RawMessage) (Output,
 		runCtx, cancel = context.WithDeadlineCause(ctx, dl.Add(-margin), errors.New("the verify task's deadline is near"))
 		defer cancel()
 	}
-	results := checks.RunChecks(runCtx, env.checkEnv(), selected, checks.RunOptions{Parallel: v.Parallel, Clients: map[string]any{checks.TailscaleClientKey: v.Tailscale}})
+	req, err := checks.RequirementFrom(env.Settings, args.Require)
+	if err != nil {
+		// The agent's own setting is malformed: the checks still run and
+		// each one fails naming it (RunChecks does that without a
+		// requirement given).
+		req = checks.Requirement{}
+	}
+	opts := checks.RunOptions{Parallel: v.Parallel, Clients: map[string]any{checks.TailscaleClientKey: v.Tailscale}}
+	if err == nil {
+		opts.Require = &req
+	}
+	results := checks.RunChecks(runCtx, env.checkEnv(), selected, opts)
 	if catErr != nil && args.Scope != string(checks.ScopeCluster) {
 		results = append(results, messages.CheckResult{
 			Name:    CustomChecksFileCheck,
@@ -93,7 +104,7 @@ func summarize(results []messages.CheckResult, none bool) string {
 	skipped := 0
 	for _, r := range results {
 		switch r.Status {
-		case messages.CheckFail, messages.CheckUnknown, messages.CheckWarn:
+		case messages.CheckFail, messages.CheckUnknown, messages.CheckWarn, messages.CheckNotConfigured:
 			bad = append(bad, r.Name+" "+r.Status)
 		case messages.CheckSkipped:
 			skipped++

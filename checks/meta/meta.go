@@ -35,6 +35,21 @@ type Check struct {
 	// DependsOn names the checks that must pass (or warn) before this one
 	// is worth running.
 	DependsOn []string
+	// OnHostApp marks a cluster check that must run on the node that runs
+	// the host app (it listens on that machine's loopback); the others go
+	// to one agent of the cluster, a controlplane node first.
+	OnHostApp bool
+}
+
+// HostAppChecks are the names of the checks marked OnHostApp.
+func HostAppChecks() []string {
+	var out []string
+	for _, c := range Builtin {
+		if c.OnHostApp {
+			out = append(out, c.Name)
+		}
+	}
+	return out
 }
 
 // Builtin is every built-in check, in report order: network, host, cluster
@@ -63,11 +78,11 @@ var Builtin = []Check{
 	{Name: "rethinkdb_query", Layer: messages.LayerDatabase, Scope: ScopeCluster, Title: "RethinkDB answering queries", DependsOn: []string{"rethinkdb_tcp"}},
 	{Name: "rethinkdb_databases", Layer: messages.LayerDatabase, Scope: ScopeCluster, Title: "RethinkDB databases present", DependsOn: []string{"rethinkdb_query"}},
 	{Name: "rethinkdb_org_tables", Layer: messages.LayerDatabase, Scope: ScopeCluster, Title: "RethinkDB org meta tables present", DependsOn: []string{"rethinkdb_query"}},
-	{Name: "hostapp_healthz", Layer: messages.LayerApplication, Scope: ScopeCluster, Title: "Host app healthy"},
-	{Name: "hostapp_api_health", Layer: messages.LayerApplication, Scope: ScopeCluster, Title: "Host app reports its clusters ok", DependsOn: []string{"hostapp_healthz"}},
+	{Name: "hostapp_healthz", Layer: messages.LayerApplication, Scope: ScopeCluster, Title: "Host app healthy", OnHostApp: true},
+	{Name: "hostapp_api_health", Layer: messages.LayerApplication, Scope: ScopeCluster, Title: "Host app reports its clusters ok", DependsOn: []string{"hostapp_healthz"}, OnHostApp: true},
 	{Name: "operator_available", Layer: messages.LayerApplication, Scope: ScopeCluster, Title: "Operator reconciling", DependsOn: []string{"kube_api_ready"}},
 	{Name: "workspaces_settled", Layer: messages.LayerApplication, Scope: ScopeCluster, Title: "Workspaces settled", DependsOn: []string{"operator_available", "guildnet_crds_established"}},
-	{Name: "proxy_answers", Layer: messages.LayerApplication, Scope: ScopeCluster, Title: "Proxy answering", DependsOn: []string{"hostapp_healthz", "guildnet_crds_established"}},
+	{Name: "proxy_answers", Layer: messages.LayerApplication, Scope: ScopeCluster, Title: "Proxy answering", DependsOn: []string{"hostapp_healthz", "guildnet_crds_established"}, OnHostApp: true},
 }
 
 // Lookup returns the built-in check of a name.

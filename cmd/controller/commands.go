@@ -35,7 +35,8 @@ func newRoot() *cobra.Command {
 			"environment, .env.local or .env (flags win, then the environment, then .env.local, then .env).",
 		Version: buildinfo.Version,
 	}
-	root.AddCommand(serveCmd(), tokenCmd(), statusCmd(), runCmd(), nodesCmd(), verifyCmd(), reportCmd(), diagnoseCmd(), setupCmd(), backupCmd(), restoreCmd(), buildinfo.Command())
+	root.AddCommand(serveCmd(), tokenCmd(), statusCmd(), runCmd(), nodesCmd(), verifyCmd(), reportCmd(), diagnoseCmd(), setupCmd(), rolloutCmd(), backupCmd(), restoreCmd(), buildinfo.Command())
+	root.AddCommand(dashboardCmd())
 	return root
 }
 
@@ -86,7 +87,9 @@ func serveCmd() *cobra.Command {
 	}
 	dataDirFlag(cmd, &o.DataDir)
 	cmd.Flags().StringVar(&o.Listen, "listen", controller.DefaultListen, "NATS address agents and the CLI connect to (port 0 picks one; tailnet[:PORT] binds to the host tailscaled's tailnet IP)")
-	cmd.Flags().StringVar(&o.HTTP, "http", "127.0.0.1:8222", "address for /healthz and /metrics (empty disables)")
+	cmd.Flags().StringVar(&o.HTTP, "http", "127.0.0.1:8222", "address of the web dashboard, /healthz and /metrics (empty disables; tailnet[:PORT] serves on the controller's tailnet address; any other non-loopback address needs --http-tls-cert/--http-tls-key)")
+	cmd.Flags().StringVar(&o.HTTPTLSCert, "http-tls-cert", "", "serve --http over TLS with this certificate (PEM; with --http-tls-key)")
+	cmd.Flags().StringVar(&o.HTTPTLSKey, "http-tls-key", "", "the private key of --http-tls-cert (PEM)")
 	cmd.Flags().DurationVar(&o.HeartbeatInterval, "heartbeat-interval", controller.DefaultHeartbeatInterval,
 		fmt.Sprintf("agent heartbeat interval, at least %v; a node is stale after %d missed", controller.MinHeartbeatInterval, controller.StaleAfter))
 	cmd.Flags().IntVar(&o.OfflineAfter, "offline-after", controller.DefaultOfflineAfter,

@@ -43,3 +43,40 @@ func TestServeRefusesLimitsThatCannotWork(t *testing.T) {
 		})
 	}
 }
+
+// The dashboard and /metrics in plain text off loopback are refused before
+// anything starts.
+func TestServeRefusesPlainHTTPOffLoopback(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--http", "0.0.0.0:8222"}, "--http 0.0.0.0:8222 is not a loopback address"},
+		{[]string{"--http", "127.0.0.1:0", "--http-tls-cert", "c.pem"}, "--http-tls-cert and --http-tls-key go together"},
+	} {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "data")
+			root := newRoot()
+			root.SetArgs(append([]string{"serve", "--data-dir", dir, "--listen", "127.0.0.1:0"}, tt.args...))
+			var stderr bytes.Buffer
+			if code := cli.Execute(root, &stderr); code != cli.ExitUsage {
+				t.Fatalf("exit %d, want %d; stderr %q", code, cli.ExitUsage, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), tt.want) {
+				t.Fatalf("stderr %q, want it to contain %q", stderr.String(), tt.want)
+			}
+			if _, err := os.Stat(dir); !os.IsNotExist(err) {
+				t.Errorf("the data dir was created (%v): serve started before refusing", err)
+			}
+		})
+	}
+}
+
+func TestDashboardLoginRefusesABadTTL(t *testing.T) {
+	root := newRoot()
+	root.SetArgs([]string{"dashboard", "login", "--data-dir", t.TempDir(), "--ttl", "soon"})
+	var stderr bytes.Buffer
+	if code := cli.Execute(root, &stderr); code != cli.ExitUsage || !strings.Contains(stderr.String(), `--ttl "soon"`) {
+		t.Fatalf("exit %d, stderr %q", code, stderr.String())
+	}
+}

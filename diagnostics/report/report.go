@@ -6,6 +6,7 @@ package report
 
 import (
 	"cmp"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -224,12 +225,19 @@ func orderLayers(m map[string][]messages.CheckResult) []string {
 // Status derives a layer's status from its checks: unhealthy when any
 // failed, degraded when any warned or some could not be run, unknown when
 // none could be run (the reason says why), healthy otherwise. Skipped
-// checks do not count: their root cause is reported where it failed.
+// checks do not count: their root cause is reported where it failed. Nor
+// do not_configured ones, which are never a pass: a layer whose checks
+// are all not configured is unknown, the reason naming them and what to
+// set.
 func Status(cs []messages.CheckResult) (status, reason string) {
 	var fail, warn, unknown, known int
-	var why, blocked []string
+	var why, blocked, unconfigured []string
 	for _, c := range cs {
 		switch c.Status {
+		case messages.CheckNotConfigured:
+			if !slices.Contains(unconfigured, c.Name) {
+				unconfigured = append(unconfigured, c.Name)
+			}
 		case messages.CheckFail:
 			fail++
 			known++
@@ -253,6 +261,9 @@ func Status(cs []messages.CheckResult) (status, reason string) {
 			}
 		}
 	}
+	if known == 0 && unknown == 0 && len(blocked) == 0 && len(unconfigured) > 0 {
+		return messages.Unknown, notConfiguredReason(cs, unconfigured)
+	}
 	if known == 0 && unknown == 0 && len(blocked) > 0 {
 		// Every check here waits on a failure elsewhere: this layer could
 		// not be verified, and the cause is reported where it failed.
@@ -272,6 +283,30 @@ func Status(cs []messages.CheckResult) (status, reason string) {
 		reason = "not verified: " + strings.Join(why, "; ")
 	}
 	return status, reason
+}
+
+// notConfiguredReason names the checks that are not configured and the
+// settings that would configure them.
+func notConfiguredReason(cs []messages.CheckResult, names []string) string {
+	var settings []string
+	for _, c := range cs {
+		if c.Status != messages.CheckNotConfigured {
+			continue
+		}
+		var o messages.ObservedNotConfigured
+		if json.Unmarshal(c.Observed, &o) == nil {
+			for _, s := range o.Settings {
+				if !slices.Contains(settings, s) {
+					settings = append(settings, s)
+				}
+			}
+		}
+	}
+	r := "not configured: " + strings.Join(names, ", ")
+	if len(settings) > 0 {
+		r += " (set " + strings.Join(settings, ", ") + ")"
+	}
+	return r
 }
 
 // Overall is the worst layer status; unknown counts as degraded when other
@@ -308,6 +343,8 @@ func Mark(status string) string {
 		return "✗"
 	case messages.CheckSkipped:
 		return "↳"
+	case messages.CheckNotConfigured:
+		return "○"
 	}
 	return "?"
 }

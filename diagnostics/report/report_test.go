@@ -160,3 +160,43 @@ func TestClusterReasonIsBounded(t *testing.T) {
 		t.Fatalf("report with a long reason: %v", err)
 	}
 }
+
+func notConfigured(node, layer, name, setting string) messages.CheckResult {
+	c := cr(node, layer, name, messages.CheckNotConfigured, messages.NotConfiguredPrefix+setting+" is not set")
+	c.Observed = []byte(`{"configured":false,"settings":["` + setting + `"]}`)
+	return c
+}
+
+// not_configured is never a pass: a layer of them only is unknown with the
+// checks and settings named; beside passing checks it neither fails nor
+// passes the layer; the text lists them on one line.
+func TestNotConfigured(t *testing.T) {
+	only := []messages.CheckResult{notConfigured("n1", "cluster", "talos_apid_version", "TALOSCONFIG"), notConfigured("n1", "cluster", "kube_api_ready", "KUBECONFIG")}
+	st, reason := Status(only)
+	if st != messages.Unknown || reason != "not configured: talos_apid_version, kube_api_ready (set TALOSCONFIG, KUBECONFIG)" {
+		t.Errorf("all not configured: %s %q", st, reason)
+	}
+	mixed := []messages.CheckResult{cr("n1", "network", "tailscaled_running", "pass", ""), notConfigured("n1", "network", "login_server_health", "TS_LOGIN_SERVER")}
+	if st, reason := Status(mixed); st != messages.Healthy || reason != "" {
+		t.Errorf("pass + not configured: %s %q", st, reason)
+	}
+	r := Build(time.Unix(0, 0), time.Second, []string{"n1"}, map[string]string{"n1": "a"},
+		[]Run{{Node: "n1", Cluster: "a", Outcome: "warn", Checks: append(only, mixed...)}}, nil)
+	if r.OverallStatus != messages.Degraded {
+		t.Errorf("overall %s, want degraded (a layer not configured is not healthy)", r.OverallStatus)
+	}
+	if len(r.Clusters) != 1 || r.Clusters[0].Layers[1].Status != messages.Unknown || !strings.HasPrefix(r.Clusters[0].Layers[1].Reason, "not configured: ") {
+		t.Errorf("clusters: %+v", r.Clusters)
+	}
+	var b bytes.Buffer
+	WriteText(&b, r)
+	for _, want := range []string{"[CLUSTER] ? unknown (not configured: talos_apid_version, kube_api_ready (set TALOSCONFIG, KUBECONFIG))",
+		"○ not configured: login_server_health (set TS_LOGIN_SERVER)"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("text lacks %q:\n%s", want, b.String())
+		}
+	}
+	if strings.Contains(b.String(), "✓ login_server_health") {
+		t.Errorf("a not configured check shown as a pass:\n%s", b.String())
+	}
+}

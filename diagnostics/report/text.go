@@ -42,8 +42,12 @@ func WriteText(w io.Writer, r messages.Report) {
 		}
 		var order []string
 		groups := map[string]*group{}
-		var problems []messages.CheckResult
+		var problems, unconfigured []messages.CheckResult
 		for _, c := range l.Checks {
+			if c.Status == messages.CheckNotConfigured {
+				unconfigured = append(unconfigured, c)
+				continue // listed once below: never a pass, not a failure
+			}
 			if c.Status != messages.CheckPass {
 				problems = append(problems, c)
 				continue
@@ -105,6 +109,15 @@ func WriteText(w io.Writer, r messages.Report) {
 		}
 		if len(na) > 0 {
 			fmt.Fprintf(w, "  – not applicable here: %s\n", strings.Join(na, ", "))
+		}
+		if len(unconfigured) > 0 {
+			var names []string
+			for _, c := range unconfigured {
+				if !slices.Contains(names, c.Name) {
+					names = append(names, c.Name)
+				}
+			}
+			fmt.Fprintf(w, "  %s %s\n", Mark(messages.CheckNotConfigured), notConfiguredReason(unconfigured, names))
 		}
 		for _, key := range foldOrder {
 			f := folds[key]

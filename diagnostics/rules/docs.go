@@ -101,7 +101,11 @@ func Markdown(kb *KB) []byte {
 				w("  - %s\n", describe(c))
 			}
 			if ids := kb.Causes(r.ID); len(ids) > 0 {
-				w("- **Explains** (%s): %s\n", reachText(r.Reach), links(kb, ids))
+				w("- **Explains** (%s), each only when its own evidence fits:\n", reachText(r.Reach))
+				for _, id := range ids {
+					e, _ := kb.Edge(r.ID, id)
+					w("  - %s: %s\n", links(kb, []string{id}), e)
+				}
 			}
 			var causedBy []string
 			for _, o := range kb.Rules {
@@ -123,7 +127,13 @@ func Markdown(kb *KB) []byte {
 	w("`message` (regex), `observed` (`OP NUMBER[UNIT]`) and `field`; `metric: NAME OP NUMBER[UNIT]`;\n")
 	w("`log: REGEX` with optional `source: GLOB`; `node: offline`. Any condition may add `role`.\n")
 	w("Units: ms, s, m, h (compared in milliseconds), d, %%. `reach` (node, cluster, fleet) says how far\n")
-	w("a finding explains the findings listed in `explains`.\n")
+	w("a finding explains the findings listed in `explains`. Each `explains` entry states the evidence\n")
+	w("the explained finding must show of its own to be folded under this one: `evidence` (one of its\n")
+	w("classes), optionally `to` (an address it names lies in `tailnet`, `routes` or a CIDR: what the\n")
+	w("cause makes unreachable), `message` (a regex on its evidence) and `cause_message` (on the\n")
+	w("cause's). Classes: %s. A check condition (or a log one) may\n", ClassNames)
+	w("add `class:` so the rule fires only on that error, and a title may say the error with `{error}`.\n")
+	w("A configuration error (a setting unset or malformed, class `config`) is never folded under a cause.\n")
 	return b.Bytes()
 }
 
@@ -136,7 +146,8 @@ const exampleRule = `- id: data-disk-full
   suggestion: Free space on /data
   command: sudo du -xh /data --max-depth=2 | sort -h | tail
   threshold: 80% or less
-  explains: [pods-pending]
+  explains:
+    - {rule: pods-pending, evidence: [state]}   # the evidence pods-pending must show
 `
 
 func reachText(reach string) string {
@@ -209,6 +220,9 @@ func describe(c Condition) string {
 		s = fmt.Sprintf("check %s is %s", code(c.Check), strings.Join(st, " or "))
 		if c.Message != nil {
 			s += fmt.Sprintf(", message matching %s", code(c.Message.String()))
+		}
+		if len(c.Class) > 0 {
+			s += fmt.Sprintf(", error %s", strings.Join(c.Class, " or "))
 		}
 		if c.Observed == nil && c.Field != "" {
 			s += fmt.Sprintf(" (shows observed %s)", code(c.Field))

@@ -3,6 +3,7 @@ package rules
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"path"
 	"slices"
 	"strconv"
@@ -41,14 +42,54 @@ type Match struct {
 	Observed string
 	// Checks are the names of the checks that fired the rule.
 	Checks []string
+	// Classes are the evidence classes of what fired the rule (see
+	// Classes); Prefixes the addresses its evidence names; BlockedBy the
+	// checks that blocked a skipped check that fired it.
+	Classes   []string
+	Prefixes  []netip.Prefix
+	BlockedBy []string
 }
 
-// Title is the rule's title with {observed} filled in (or removed).
-func (m Match) Title() string {
-	if m.Observed == "" {
-		return StripPlaceholders(m.Rule.Title)
+// errorPriority orders the classes a title's {error} may say.
+var errorPriority = []string{ClassRefused, ClassTimeout, ClassNoRoute, ClassReset, ClassDNS, ClassTLS, ClassConfig, ClassOffline}
+
+// Error is how the observed error reads in a title: "HTTP 502",
+// "connection refused", ...; "" when the evidence shows only state.
+func (m Match) Error() string {
+	for _, c := range m.Classes {
+		if strings.HasPrefix(c, classHTTPPref) {
+			return ClassLabel(c)
+		}
 	}
-	return strings.ReplaceAll(m.Rule.Title, "{observed}", m.Observed)
+	for _, c := range errorPriority {
+		if slices.Contains(m.Classes, c) {
+			return ClassLabel(c)
+		}
+	}
+	return ""
+}
+
+// Title is the rule's title with {observed} and {error} filled in (or
+// removed).
+func (m Match) Title() string {
+	t := m.Rule.Title
+	if e := m.Error(); e != "" {
+		t = strings.ReplaceAll(t, "{error}", e)
+	}
+	if m.Observed != "" {
+		t = strings.ReplaceAll(t, "{observed}", m.Observed)
+	}
+	return StripPlaceholders(t)
+}
+
+// addEvidence records the classes and addresses of what fired the rule.
+func (m *Match) addEvidence(classes []string, text string) {
+	for _, c := range classes {
+		if !slices.Contains(m.Classes, c) {
+			m.Classes = append(m.Classes, c)
+		}
+	}
+	m.Prefixes = append(m.Prefixes, Prefixes(text)...)
 }
 
 // maxEvidence bounds the evidence one match carries.
@@ -95,6 +136,7 @@ func (c *Condition) eval(f *Facts, m *Match) bool {
 			return false
 		}
 		shown := formatValue(v, c.Metric.Unit)
+		m.addEvidence([]string{ClassState}, "")
 		m.Evidence = append(m.Evidence, fmt.Sprintf("metric %s = %s (%s)", c.Metric.Name, shown, c.Metric.Text))
 		if m.Observed == "" {
 			m.Observed = shown
@@ -107,6 +149,11 @@ func (c *Condition) eval(f *Facts, m *Match) bool {
 				continue
 			}
 			if c.Log.MatchString(l.Text) {
+				cls := Classes("", l.Text)
+				if len(c.Class) > 0 && !ClassesFit(c.Class, cls) {
+					continue
+				}
+				m.addEvidence(cls, l.Text)
 				m.Evidence = append(m.Evidence, fmt.Sprintf("log %s: %s", l.Source, l.Text))
 				hit = true
 			}
@@ -114,6 +161,7 @@ func (c *Condition) eval(f *Facts, m *Match) bool {
 		return hit
 	case c.Node == "offline":
 		if f.Offline {
+			m.addEvidence([]string{ClassOffline}, "")
 			m.Evidence = append(m.Evidence, strings.TrimSuffix("node offline: "+f.Reason, ": "))
 			return true
 		}
@@ -142,6 +190,10 @@ func (c *Condition) evalCheck(f *Facts, m *Match) bool {
 		if c.Message != nil && !c.Message.MatchString(cr.Message) {
 			continue
 		}
+		cls := Classes(cr.Status, cr.Message)
+		if len(c.Class) > 0 && !ClassesFit(c.Class, cls) {
+			continue
+		}
 		ev := fmt.Sprintf("check %s: %s", cr.Name, cr.Status)
 		if cr.Message != "" {
 			ev += ": " + cr.Message
@@ -162,6 +214,10 @@ func (c *Condition) evalCheck(f *Facts, m *Match) bool {
 			}
 		}
 		m.Evidence = append(m.Evidence, ev)
+		m.addEvidence(cls, cr.Message)
+		if cr.BlockedBy != "" && !slices.Contains(m.BlockedBy, cr.BlockedBy) {
+			m.BlockedBy = append(m.BlockedBy, cr.BlockedBy)
+		}
 		if !slices.Contains(m.Checks, cr.Name) {
 			m.Checks = append(m.Checks, cr.Name)
 		}

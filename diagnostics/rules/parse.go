@@ -1,6 +1,8 @@
 package rules
 
 import (
+	"github.com/guildnet/metaguildnet/messages"
+
 	"errors"
 	"fmt"
 	"path"
@@ -27,7 +29,7 @@ var (
 	// compareRE parses "[NAME] OP NUMBER[UNIT]".
 	compareRE   = lazyRE(`^\s*([A-Za-z0-9_.:/-]*)\s*(>=|<=|==|!=|>|<)\s*(-?[0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d|%)?\s*$`)
 	yamlLineRE  = lazyRE(`^yaml: line (\d+): (.*)$`)
-	checkStatus = []string{"pass", "warn", "fail", "skipped", "unknown"}
+	checkStatus = messages.CheckStatuses
 )
 
 // Parse reads the rules of one YAML file named file (used in errors). The
@@ -163,10 +165,17 @@ func parseRule(file string, n int, node *yaml.Node) (*Rule, []error) {
 			r.Threshold = str(field, v)
 		case "docs":
 			r.Docs = str(field, v)
-		case "explains":
-			r.Explains = strList(v, func(f string, a ...any) { fail(field, f, a...) })
-		case "caused_by":
-			r.CausedBy = strList(v, func(f string, a ...any) { fail(field, f, a...) })
+		case "explains", "caused_by":
+			es := parseExplains(v, func(f string, a ...any) { fail(field, f, a...) })
+			for _, e := range es {
+				if field == "explains" {
+					r.Explains = append(r.Explains, e.Rule)
+					r.ExplainsEvidence = append(r.ExplainsEvidence, e)
+				} else {
+					r.CausedBy = append(r.CausedBy, e.Rule)
+					r.CausedByEvidence = append(r.CausedByEvidence, e)
+				}
+			}
 		case "when":
 			if v.Kind != yaml.SequenceNode {
 				fail(field, "want a list of conditions, got %s", kindName(v))
@@ -225,7 +234,7 @@ func parseCondition(r *Rule, n int, node *yaml.Node) (*Condition, []error) {
 			continue
 		}
 		seen[field] = true
-		if field != "status" && v.Kind != yaml.ScalarNode {
+		if field != "status" && field != "class" && v.Kind != yaml.ScalarNode {
 			fail(line, field, "want a string, got %s", kindName(v))
 			continue
 		}
@@ -242,6 +251,13 @@ func parseCondition(r *Rule, n int, node *yaml.Node) (*Condition, []error) {
 			for _, s := range c.Status {
 				if !slices.Contains(checkStatus, s) {
 					fail(line, field, "%q is not one of %s", s, strings.Join(checkStatus, ", "))
+				}
+			}
+		case "class":
+			c.Class = strList(v, func(f string, a ...any) { fail(line, field, f, a...) })
+			for _, s := range c.Class {
+				if !validClass(s) {
+					fail(line, field, "%q is not one of %s", s, ClassNames)
 				}
 			}
 		case "message":
@@ -286,6 +302,9 @@ func parseCondition(r *Rule, n int, node *yaml.Node) (*Condition, []error) {
 	}
 	if c.Check == "" && (seen["status"] || seen["message"] || seen["observed"] || seen["field"]) {
 		fail(node.Line, "condition", "status, message, observed and field go with check")
+	}
+	if c.Check == "" && c.Log == nil && seen["class"] {
+		fail(node.Line, "class", "class goes with check or log")
 	}
 	if c.Log == nil && seen["source"] {
 		fail(node.Line, "source", "source goes with log")
@@ -368,6 +387,97 @@ func strList(v *yaml.Node, fail func(string, ...any)) []string {
 	}
 	fail("want a list of names, got %s", kindName(v))
 	return nil
+}
+
+// parseExplains reads an explains (or caused_by) list: each entry names a
+// rule and the evidence its finding must show to be folded under this
+// one: `{rule: ID, evidence: [CLASS...], to: [tailnet|routes|CIDR...],
+// message: REGEX, cause_message: REGEX}`.
+func parseExplains(v *yaml.Node, fail func(string, ...any)) []Explain {
+	if v.Kind != yaml.SequenceNode {
+		fail("want a list of {rule, evidence} entries, got %s", kindName(v))
+		return nil
+	}
+	var out []Explain
+	for i, item := range v.Content {
+		if item.Kind == yaml.ScalarNode {
+			fail("[%d] %q states no evidence: write {rule: %s, evidence: [%s]} with the classes of evidence the finding must show (%s)", i, item.Value, item.Value, ClassNetwork, ClassNames)
+			continue
+		}
+		if item.Kind != yaml.MappingNode {
+			fail("[%d]: want a mapping {rule, evidence}, got %s", i, kindName(item))
+			continue
+		}
+		var e Explain
+		seen := map[string]bool{}
+		bad := false
+		for j := 0; j+1 < len(item.Content); j += 2 {
+			k, val := item.Content[j], item.Content[j+1]
+			if seen[k.Value] {
+				fail("[%d].%s (line %d): given twice", i, k.Value, k.Line)
+				bad = true
+				continue
+			}
+			seen[k.Value] = true
+			sub := func(f string, a ...any) {
+				fail("[%d].%s (line %d): %s", i, k.Value, k.Line, fmt.Sprintf(f, a...))
+				bad = true
+			}
+			switch k.Value {
+			case "rule":
+				if val.Kind != yaml.ScalarNode || val.Value == "" {
+					sub("want a rule id")
+					continue
+				}
+				e.Rule = val.Value
+			case "evidence":
+				e.Classes = strList(val, sub)
+				for _, c := range e.Classes {
+					if !validClass(c) {
+						sub("%q is not one of %s", c, ClassNames)
+					}
+				}
+			case "to":
+				e.ToText = strList(val, sub)
+				for _, t := range e.ToText {
+					ps, err := parseTo(t)
+					if err != nil {
+						sub("%v", err)
+					}
+					e.To = append(e.To, ps...)
+				}
+			case "message", "cause_message":
+				if val.Kind != yaml.ScalarNode {
+					sub("want a regex")
+					continue
+				}
+				re, err := compileRE(val.Value)
+				if err != nil {
+					sub("invalid regex: %v", err)
+					continue
+				}
+				if k.Value == "message" {
+					e.Message = re
+				} else {
+					e.CauseMessage = re
+				}
+			default:
+				sub("unknown field (want rule, evidence, to, message, cause_message)")
+			}
+		}
+		if e.Rule == "" && !bad {
+			fail("[%d] (line %d): rule is required", i, item.Line)
+			continue
+		}
+		if len(e.Classes) == 0 && !bad {
+			fail("[%d] %q (line %d): evidence is required: the classes of evidence %s's finding must show (%s)", i, e.Rule, item.Line, e.Rule, ClassNames)
+			continue
+		}
+		if !bad {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 func kindName(n *yaml.Node) string {

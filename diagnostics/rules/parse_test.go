@@ -85,7 +85,8 @@ func TestUserFile(t *testing.T) {
   when:
     - metric: memory_percent > 70%
   suggestion: Buy memory
-  explains: [custom-disk]
+  explains:
+    - {rule: custom-disk, evidence: [state]}
 `))
 		kb, err := Load(p)
 		if err != nil {
@@ -104,16 +105,28 @@ func TestUserFile(t *testing.T) {
 		}
 	})
 	t.Run("unknown relation", func(t *testing.T) {
-		p := write("rel.yaml", strings.Replace(goodRule, "  suggestion:", "  explains: [no-such-rule]\n  suggestion:", 1))
+		p := write("rel.yaml", strings.Replace(goodRule, "  suggestion:", "  explains:\n    - {rule: no-such-rule, evidence: [network]}\n  suggestion:", 1))
 		_, err := Load(p)
 		if err == nil || !strings.Contains(err.Error(), `rel.yaml:7: rule "custom-disk": explains: unknown rule "no-such-rule"`) {
 			t.Errorf("err = %v", err)
 		}
 	})
 	t.Run("cycle", func(t *testing.T) {
-		p := write("cyc.yaml", strings.Replace(goodRule, "  suggestion:", "  caused_by: [tailnet-unreachable]\n  explains: [tailnet-unreachable]\n  suggestion:", 1))
+		p := write("cyc.yaml", strings.Replace(goodRule, "  suggestion:", "  caused_by:\n    - {rule: tailnet-unreachable, evidence: [state]}\n  explains:\n    - {rule: tailnet-unreachable, evidence: [state]}\n  suggestion:", 1))
 		_, err := Load(p)
 		if err == nil || !strings.Contains(err.Error(), "cycle") {
+			t.Errorf("err = %v", err)
+		}
+	})
+	t.Run("relation without evidence", func(t *testing.T) {
+		p := write("noev.yaml", strings.Replace(goodRule, "  suggestion:", "  explains: [pods-pending]\n  suggestion:", 1))
+		_, err := Load(p)
+		if err == nil || !strings.Contains(err.Error(), `noev.yaml:7: rule "custom-disk": explains: [0] "pods-pending" states no evidence`) {
+			t.Errorf("err = %v", err)
+		}
+		p = write("badev.yaml", strings.Replace(goodRule, "  suggestion:", "  explains:\n    - {rule: pods-pending, evidence: [loud], to: [nowhere]}\n  suggestion:", 1))
+		_, err = Load(p)
+		if err == nil || !strings.Contains(err.Error(), `"loud" is not one of refused`) || !strings.Contains(err.Error(), `"nowhere" is neither tailnet, routes nor a CIDR`) {
 			t.Errorf("err = %v", err)
 		}
 	})
@@ -142,7 +155,7 @@ func indent(s string) string {
 // knowledge base whose rules all evaluate without panicking.
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(goodRule))
-	for _, name := range []string{"network.yaml", "database.yaml"} {
+	for _, name := range []string{"network.yaml", "database.yaml", "cluster.yaml", "application.yaml"} {
 		b, _ := builtinFS.ReadFile(name)
 		f.Add(b)
 	}
@@ -158,9 +171,21 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			return
 		}
-		facts := []Facts{chk("c", "fail", "x509"), met("a", 2), logl("a.log", "address already in use"), {Offline: true}}
+		facts := []Facts{chk("c", "fail", "x509"), met("a", 2), logl("a.log", "address already in use"), {Offline: true},
+			chk("kube_api_ready", "fail", "dial tcp 10.96.0.1:443: i/o timeout"), chk("c", "not_configured", "not configured: X is not set")}
+		var ms []Match
 		for i := range facts {
-			kb.Evaluate(&facts[i])
+			ms = append(ms, kb.Evaluate(&facts[i])...)
+		}
+		// Every relation's evidence can be judged on every pair of matches.
+		for _, c := range ms {
+			for _, s := range ms {
+				if e, ok := kb.Edge(c.Rule.ID, s.Rule.ID); ok {
+					_ = e.Fits(c, s)
+					_ = e.String()
+				}
+			}
+			_ = c.Title()
 		}
 		_ = Markdown(kb)
 	})

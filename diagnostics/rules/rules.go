@@ -95,6 +95,10 @@ type Rule struct {
 	Reach    string
 	Explains []string // ids of rules whose findings this rule's finding causes
 	CausedBy []string // ids of rules whose findings cause this one
+	// ExplainsEvidence and CausedByEvidence are Explains and CausedBy with
+	// the evidence each relation requires, in the same order.
+	ExplainsEvidence []Explain
+	CausedByEvidence []Explain
 	// Pos is "FILE:LINE" where the rule starts.
 	Pos string
 
@@ -105,9 +109,12 @@ type Rule struct {
 // Condition is one way a rule fires. Exactly one of Check, Metric, Log and
 // Node is set.
 type Condition struct {
-	Check    string
-	Status   []string
-	Message  *regexp.Regexp
+	Check   string
+	Status  []string
+	Message *regexp.Regexp
+	// Class: the check's message (or the log line) must show one of these
+	// evidence classes (see Classes).
+	Class    []string
 	Observed *Compare
 	Field    string
 
@@ -280,6 +287,26 @@ func (kb *KB) Causes(id string) []string {
 		}
 	}
 	return out
+}
+
+// Edge returns the evidence the relation "cause explains symptom" requires,
+// from cause's explains or symptom's caused_by.
+func (kb *KB) Edge(cause, symptom string) (Explain, bool) {
+	if r := kb.byID[cause]; r != nil {
+		for _, e := range r.ExplainsEvidence {
+			if e.Rule == symptom {
+				return e, true
+			}
+		}
+	}
+	if r := kb.byID[symptom]; r != nil {
+		for _, e := range r.CausedByEvidence {
+			if e.Rule == cause {
+				return e, true
+			}
+		}
+	}
+	return Explain{}, false
 }
 
 // cycle finds a cycle in the cause graph, or nil.

@@ -82,13 +82,17 @@ var faults = map[string][]Facts{
 	"rethinkdb-databases-missing":  {chk("rethinkdb_databases", "warn", "org_a__db missing")},
 	"rethinkdb-org-tables-missing": {chk("rethinkdb_org_tables", "fail", "1 of 2 org databases lack meta tables: org_b__main lacks _audit, _info")},
 
-	"hostapp-down":               {chk("hostapp_healthz", "fail", "connection refused"), met("hostapp_port_up", 0), logl("p.log", "GET /healthz 502 Bad Gateway")},
+	"hostapp-unreachable":        {chk("hostapp_healthz", "fail", "host app unreachable: GET https://127.0.0.1:8090/healthz: dial tcp 127.0.0.1:8090: connect: connection refused"), met("hostapp_port_up", 0)},
+	"hostapp-down":               {chk("hostapp_healthz", "fail", "GET https://127.0.0.1:8090/healthz answered 502 Bad Gateway: upstream"), logl("p.log", "GET /healthz 502 Bad Gateway")},
+	"kubeconfig-missing":         {chk("kube_api_ready", "not_configured", "not configured: no kubeconfig (KUBECONFIG unset, ~/.guildnet/kubeconfig missing) and not in a cluster"), chk("kube_api_ready", "fail", "required (METAGN_REQUIRE_CHECKS names kube_api_ready) but not configured: no kubeconfig; set KUBECONFIG")},
+	"kube-api-not-ready":         {chk("kube_api_ready", "fail", "API server https://127.0.0.1:6443 /readyz answered 500: [-]etcd failed")},
 	"hostapp-cert-error":         {chk("hostapp_healthz", "fail", "x509: certificate is valid for 127.0.0.1, not 100.64.0.5"), chk("proxy_answers", "fail", "tls: bad certificate"), met("tls_cert_missing_tailnet_ip", 1), logl("h.log", "http: TLS handshake error: remote error: tls: bad certificate")},
 	"tls-cert-expiring":          {met("tls_cert_days_left_min", 5), met("tls_cert_days_left_min", -2)},
 	"hostapp-clusters-unhealthy": {chk("hostapp_api_health", "warn", "cluster c1: error")},
 	"operator-idle":              {chk("operator_available", "fail", "0/1 available"), logl("o.log", `workspaces.guildnet.io is forbidden: User "system:serviceaccount:guildnet-system:workspace-operator" cannot list`)},
 	"workspace-pending":          {chk("workspaces_settled", "warn", "ws1 Pending for 5m")},
-	"proxy-504":                  {chk("proxy_answers", "fail", "504"), logl("p.log", "proxy: 504 Gateway Timeout")},
+	"rethinkdb-unreachable":      {chk("rethinkdb_tcp", "fail", "TCP connect to 10.96.0.20:28015 (Service rethinkdb ClusterIP): dial tcp 10.96.0.20:28015: i/o timeout")},
+	"proxy-504":                  {chk("proxy_answers", "fail", "proxy to Workspace demo answered 504 Gateway Timeout: upstream"), logl("p.log", "proxy: 504 Gateway Timeout")},
 	"proxy-no-backend":           {chk("proxy_answers", "fail", "proxy to Workspace default/demo answered 404 Not Found: no pod backs it though its phase is Running"), chk("proxy_answers", "fail", "proxy to Workspace default/demo answered 502 Bad Gateway: proxy error: service default/demo not found")},
 
 	"memory-pressure": {met("memory_percent", 91), chk("host_memory", "warn", "91%")},
@@ -312,5 +316,106 @@ func FuzzObservedValue(f *testing.F) {
 			t.Fatalf("value %v without ok", v)
 		}
 		_ = shown
+	})
+}
+
+// A rule fires only on the error class it names, and its title says the
+// error observed: "Host app down (HTTP 502)" only for a 502, a refused
+// connection gets its own rule and title; a missing kubeconfig is not an
+// unreachable API.
+func TestTitlesFollowTheErrorClass(t *testing.T) {
+	kb, err := Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fired := func(f Facts) map[string]string {
+		out := map[string]string{}
+		for _, m := range kb.Evaluate(&f) {
+			out[m.Rule.ID] = m.Title()
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		facts Facts
+		want  map[string]string // rule -> title
+		not   []string
+	}{
+		{chk("hostapp_healthz", "fail", "host app unreachable: GET https://127.0.0.1:8090/healthz: dial tcp 127.0.0.1:8090: connect: connection refused"),
+			map[string]string{"hostapp-unreachable": "Host app not reachable (connection refused)"}, []string{"hostapp-down"}},
+		{chk("hostapp_healthz", "fail", "GET https://127.0.0.1:8090/healthz answered 502 Bad Gateway: upstream gone"),
+			map[string]string{"hostapp-down": "Host app down (HTTP 502)"}, []string{"hostapp-unreachable"}},
+		{chk("kube_api_ready", "fail", "required (METAGN_REQUIRE_CHECKS names kube_api_ready) but not configured: no kubeconfig (KUBECONFIG unset, ~/.guildnet/kubeconfig missing) and not in a cluster; set KUBECONFIG"),
+			map[string]string{"kubeconfig-missing": "No kubeconfig for the Kubernetes API"}, []string{"kube-api-unreachable", "kube-api-not-ready"}},
+		{chk("kube_api_ready", "fail", "API server https://10.96.0.1:443 (kubeconfig) unreachable: dial tcp 10.96.0.1:443: i/o timeout"),
+			map[string]string{"kube-api-unreachable": "Kubernetes API unreachable (timed out)"}, []string{"kubeconfig-missing", "kube-api-not-ready"}},
+		{chk("rethinkdb_tcp", "fail", "TCP connect to 10.96.0.20:28015: dial tcp 10.96.0.20:28015: i/o timeout"),
+			map[string]string{"rethinkdb-unreachable": "RethinkDB unreachable (timed out)"}, []string{"rethinkdb-connection-refused"}},
+		{chk("rethinkdb_tcp", "fail", "TCP connect to 127.0.0.1:28015: dial tcp 127.0.0.1:28015: connect: connection refused"),
+			map[string]string{"rethinkdb-connection-refused": "RethinkDB connection refused"}, []string{"rethinkdb-unreachable"}},
+		{chk("login_server_health", "fail", "login server unreachable: GET http://127.0.0.1:8081/health: dial tcp 127.0.0.1:8081: connect: connection refused"),
+			map[string]string{"login-server-unreachable": "Login server not healthy (connection refused)"}, nil},
+		{chk("login_server_health", "fail", "GET http://127.0.0.1:8081/health answered 500: db locked"),
+			map[string]string{"login-server-unreachable": "Login server not healthy (HTTP 500)"}, nil},
+		{chk("proxy_answers", "fail", "proxy to Workspace demo answered 504 Gateway Timeout: upstream"),
+			map[string]string{"proxy-504": "Proxy timing out (HTTP 504)"}, nil},
+		{chk("kube_api_ready", "fail", "API server https://127.0.0.1:6443 /readyz answered 500: [-]etcd failed"),
+			map[string]string{"kube-api-not-ready": "Kubernetes API not ready (HTTP 500)"}, []string{"kube-api-unreachable"}},
+	} {
+		got := fired(tc.facts)
+		for id, title := range tc.want {
+			if got[id] != title {
+				t.Errorf("%s: %s fired with title %q, want %q (all: %v)", tc.facts.Checks[0].Message, id, got[id], title, got)
+			}
+		}
+		for _, id := range tc.not {
+			if _, ok := got[id]; ok {
+				t.Errorf("%s: %s fired, its evidence does not support it", tc.facts.Checks[0].Message, id)
+			}
+		}
+	}
+}
+
+func TestClasses(t *testing.T) {
+	for _, tc := range []struct {
+		status, msg string
+		want        []string
+	}{
+		{"fail", "dial tcp 10.96.0.1:443: connect: connection refused", []string{ClassRefused}},
+		{"fail", "lookup x on 10.255.255.53:53: dial udp 10.255.255.53:53: connect: network is unreachable", []string{ClassNoRoute}},
+		{"fail", "GET https://h/healthz answered 502 Bad Gateway", []string{"http_502"}},
+		{"fail", "2 of 3 nodes NotReady: w1, w2", []string{ClassState}},
+		{"not_configured", "not configured: TALOSCONFIG is not set", []string{ClassConfig}},
+		{"fail", "setting TS_ROUTES: \"x\" is not a CIDR", []string{ClassConfig}},
+		{"skipped", "blocked: kube_api_ready fail", []string{ClassBlocked}},
+		{"fail", "x509: certificate signed by unknown authority", []string{ClassTLS}},
+	} {
+		if got := Classes(tc.status, tc.msg); !slices.Equal(got, tc.want) {
+			t.Errorf("Classes(%s, %q) = %v, want %v", tc.status, tc.msg, got, tc.want)
+		}
+	}
+	ps := Prefixes("dial tcp 10.96.0.1:443 and [fd7a:115c:a1e0::5]:80, route 10.244.0.0/16")
+	if len(ps) != 3 || ps[0].String() != "10.96.0.1/32" || ps[1].String() != "fd7a:115c:a1e0::5/128" || ps[2].String() != "10.244.0.0/16" {
+		t.Errorf("Prefixes = %v", ps)
+	}
+}
+
+// FuzzClasses: any text classifies without panicking, every class it
+// returns is one a rule may name, and Prefixes returns valid prefixes.
+func FuzzClasses(f *testing.F) {
+	for _, s := range []string{"dial tcp 10.96.0.1:443: connect: connection refused", "answered 502 Bad Gateway",
+		"not configured: X is not set", "[fd7a:115c:a1e0::1]:80 10.0.0.0/24", "status 999", "HTTP/1.1 404"} {
+		f.Add("fail", s)
+	}
+	f.Fuzz(func(t *testing.T, status, text string) {
+		for _, c := range Classes(status, text) {
+			if !validClass(c) {
+				t.Fatalf("Classes(%q, %q) returned %q, which a rule cannot name", status, text, c)
+			}
+		}
+		for _, p := range Prefixes(text) {
+			if !p.IsValid() {
+				t.Fatalf("Prefixes(%q): invalid %v", text, p)
+			}
+		}
 	})
 }

@@ -118,6 +118,9 @@ func newWorld(t *testing.T) *world {
 		"HOSTAPP_URL":          w.app.URL(),
 		"METAGN_HOSTAPP_CA":    ca,
 		"TS_LOGIN_SERVER":      w.hs.URL(),
+		// The world has no cluster DNS to ask for dns_resolution's default
+		// name (kubernetes.default.svc.cluster.local).
+		"METAGN_DNS_NAME": "localhost",
 		// Secrets the agent knows: none may leave the node.
 		"TS_AUTHKEY":     w.authKey,
 		"RETHINKDB_PASS": secretPassword,

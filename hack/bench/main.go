@@ -67,6 +67,7 @@ type output struct {
 	Setup     *setupFigures     `json:"setup_reapply,omitempty"`
 	SetupBare *setupBareFigures `json:"setup_bare,omitempty"`
 	Tailnet   any               `json:"tailnet,omitempty"`
+	Dashboard any               `json:"dashboard,omitempty"`
 	Extra     map[string]any    `json:"extra,omitempty"`
 	SimGOGC   int               `json:"sim_gogc"`
 	Machine   string            `json:"machine"`
@@ -86,6 +87,9 @@ func main() {
 	ctlProfile := flag.String("ctlprofile", "", "write the controller's CPU profile of the largest fan-out here")
 	worldAgents := flag.Int("world-agents", 100, "agents for the verification sweep against the test world (0 skips)")
 	tailnetJSON := flag.String("tailnet-json", "", "merge this tailnet fan-out result (from hack/tailnetbench) into the output")
+	dashboardJSON := flag.String("dashboard-json", "", "merge this dashboard result (from hack/dashbench) into the output")
+	rollouts := flag.Bool("rollout", true, "run the rollout benchmarks (hack/bench/rollout.go)")
+	rolloutOnly := flag.Bool("rollout-only", false, "run only the rollout benchmarks and print them")
 	setupAgents := flag.Int("setup-agents", 100, "simulated nodes for the setup re-apply figure (0 skips)")
 	setupOnly := flag.Bool("setup-only", false, "measure only the setup re-apply and print it")
 	setupBare := flag.Bool("setup-bare", true, "measure setup of a 3-node cluster of the bare test world from nothing (needs the world's servers and root)")
@@ -109,6 +113,15 @@ func main() {
 		f := setupBareBench(*bin, work)
 		b, _ := json.MarshalIndent(f, "", "  ")
 		fmt.Println(string(b))
+		return
+	}
+	if *rolloutOnly {
+		os.RemoveAll(work)
+		rb := runRolloutBench()
+		if rb == nil {
+			log.Fatal("rollout benchmarks failed")
+		}
+		log.Print(rb)
 		return
 	}
 	if *setupOnly {
@@ -269,6 +282,23 @@ func main() {
 			if json.Unmarshal(b, &v) == nil {
 				res.Tailnet = v
 			}
+		}
+	}
+	if *dashboardJSON != "" {
+		if b, err := os.ReadFile(*dashboardJSON); err == nil {
+			var v any
+			if json.Unmarshal(b, &v) == nil {
+				res.Dashboard = v
+			}
+		}
+	}
+	if *rollouts {
+		if rb := runRolloutBench(); rb != nil {
+			if res.Extra == nil {
+				res.Extra = map[string]any{}
+			}
+			res.Extra["rollout"] = rb
+			log.Print(rb)
 		}
 	}
 	res.AgentIdle = <-idleRes

@@ -79,7 +79,10 @@ func worldBench(cli *ctlclient.Client, natsURL, token, work string, n, rounds in
 	app.WriteCA(ca)
 	up := time.Since(t0)
 	settings := config.Settings{"KUBECONFIG": kube.KubeconfigPath(), "RETHINKDB_ADDR": rdb.Addr(), "METAGN_RDB_DATABASES": "org_guildnet__main",
-		"HOSTAPP_URL": app.URL(), "METAGN_HOSTAPP_CA": ca, "TS_SOCKET": filepath.Join(work, "no-tailscaled.sock")}
+		"HOSTAPP_URL": app.URL(), "METAGN_HOSTAPP_CA": ca, "TS_SOCKET": filepath.Join(work, "no-tailscaled.sock"),
+		// The agents run on the host, whose resolver is not on loopback:
+		// dns_resolution's default name would send a query off the machine.
+		"METAGN_DNS_NAME": "localhost"}
 	var cancels []context.CancelFunc
 	for i := 0; i < n; i++ {
 		name := fmt.Sprintf("world%03d", i)

@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/guildnet/metaguildnet/checks/meta"
 	"github.com/guildnet/metaguildnet/internal/controller"
 	"github.com/guildnet/metaguildnet/messages"
 	"github.com/guildnet/metaguildnet/tasks"
@@ -233,5 +236,94 @@ func TestVerifyOneNodeKeepsItsClusterTruthful(t *testing.T) {
 	bad.hostCheck.Store(messages.CheckPass)
 	if rep, view := hostOfA(messages.VerifyRequest{Node: "a2"}); rep != messages.Healthy || view != messages.Healthy {
 		t.Fatalf("verify --node a2 after its fix: report %s, view %s", rep, view)
+	}
+}
+
+// argsVerify answers a cluster-scoped verify with one passing result per
+// check it would run: the host app's checks when named, nodes_ready (and
+// kube_api_ready, as a dependency of the host app's proxy check) unless
+// excluded; it records the arguments each node got.
+type argsVerify struct {
+	mu   sync.Mutex
+	args map[string]messages.VerifyArgs
+}
+
+func (*argsVerify) Kind() string { return "verify" }
+
+func (a *argsVerify) Run(_ context.Context, env *tasks.Env, raw json.RawMessage) (tasks.Output, error) {
+	args, err := messages.DecodeTaskArgs[messages.VerifyArgs](raw, 1<<20)
+	if err != nil {
+		return tasks.Output{}, err
+	}
+	checks := []messages.CheckResult{}
+	if args.Scope == messages.ScopeCluster {
+		a.mu.Lock()
+		a.args[env.Node] = args
+		a.mu.Unlock()
+		names := args.Checks
+		if len(names) == 0 {
+			names = []string{"nodes_ready", "hostapp_healthz", "proxy_answers"}
+		} else {
+			names = append(names, "kube_api_ready") // a dependency, run to gate them
+		}
+		for _, n := range names {
+			if slices.Contains(args.Exclude, n) {
+				continue
+			}
+			layer := messages.LayerApplication
+			if n == "nodes_ready" || n == "kube_api_ready" {
+				layer = messages.LayerCluster
+			}
+			checks = append(checks, messages.CheckResult{Name: n, Layer: layer, Status: messages.CheckPass, Passed: true, Node: env.Node})
+		}
+	}
+	return tasks.Output{Outcome: messages.OutcomeOK, Data: &messages.VerifyOutput{V: messages.Version, Checks: checks}}, nil
+}
+
+// The host app's checks run on the host app's node, the cluster's other
+// checks on its controlplane node, each once; the dependencies the host
+// app's node ran only to gate its checks are not reported twice.
+func TestHostAppChecksRunOnTheHostAppNode(t *testing.T) {
+	f := newFleet(t, func(o *controller.Options) { o.SweepInterval = -1 })
+	tok := f.token(true, "1h")
+	av := &argsVerify{args: map[string]messages.VerifyArgs{}}
+	for _, n := range []struct{ name, role string }{{"cp1", "controlplane"}, {"app1", "hostapp"}, {"w1", "worker"}} {
+		cfg := f.agentCfg(n.name, "a", tok)
+		cfg.Role = n.role
+		cfg.Tasks = tasks.Builtin().With(av)
+		f.runAgent(cfg)
+	}
+	f.waitOnline("cp1", "app1", "w1")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rep, err := f.cli.Verify(ctx, messages.VerifyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostApp := meta.HostAppChecks()
+	av.mu.Lock()
+	defer av.mu.Unlock()
+	if got := av.args["cp1"]; !slices.Equal(got.Exclude, hostApp) || len(got.Checks) != 0 {
+		t.Errorf("cp1's arguments %+v, want every cluster check but %v", got, hostApp)
+	}
+	if got := av.args["app1"]; !slices.Equal(got.Checks, hostApp) {
+		t.Errorf("app1's arguments %+v, want only %v", got, hostApp)
+	}
+	if _, ok := av.args["w1"]; ok {
+		t.Errorf("w1 ran cluster checks: %+v", av.args["w1"])
+	}
+	ran := map[string][]string{}
+	for _, l := range rep.Layers {
+		for _, c := range l.Checks {
+			ran[c.Name] = append(ran[c.Name], c.Node)
+		}
+	}
+	for name, want := range map[string][]string{"nodes_ready": {"cp1"}, "hostapp_healthz": {"app1"}, "proxy_answers": {"app1"}, "kube_api_ready": nil} {
+		if !slices.Equal(ran[name], want) {
+			t.Errorf("%s reported by %v, want %v", name, ran[name], want)
+		}
+	}
+	if rep.OverallStatus != messages.Healthy {
+		t.Errorf("overall %s", rep.OverallStatus)
 	}
 }

@@ -7,6 +7,7 @@ package controller
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -29,6 +31,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/guildnet/metaguildnet/internal/buildinfo"
+	"github.com/guildnet/metaguildnet/internal/dashboard"
 	"github.com/guildnet/metaguildnet/internal/privdir"
 	"github.com/guildnet/metaguildnet/internal/runinfo"
 	"github.com/guildnet/metaguildnet/messages"
@@ -66,7 +69,13 @@ type Options struct {
 	RulesFile string
 	// Pprof serves /debug/pprof on the HTTP address.
 	Pprof bool
-	Log   *zap.Logger
+	// HTTPTLSCert and HTTPTLSKey serve the HTTP address (dashboard,
+	// /metrics) over TLS. Bound to anything but loopback, the controller
+	// refuses to start without them, and the dashboard needs a sign-in to
+	// read as well as to act (dashboard.go).
+	HTTPTLSCert string
+	HTTPTLSKey  string
+	Log         *zap.Logger
 	// Steps is the registry of setup steps (default steps.Builtin()); the
 	// controller runs their Seal and orders them, the agents run them.
 	Steps *steps.Registry
@@ -98,12 +107,19 @@ type Controller struct {
 	disp    *dispatcher
 	ver     *verifier
 	setup   *setupRunner
+	revs    *revisions
+	rollout *rolloutRunner
 	met     *metrics
 
 	diagnoses jetstream.ObjectStore
 	http      *http.Server
-	lock      *os.File
-	info      runinfo.Info
+	// dash is set when HTTP starts, after the subscriptions whose
+	// handlers notify it: read it atomically.
+	dash    atomic.Pointer[dashboard.Server]
+	httpURL string
+	httpTLS *tls.Config
+	lock    *os.File
+	info    runinfo.Info
 
 	tr     *transport // tailnet, local socket, TLS (tailnet.go)
 	apiSem chan struct{}
@@ -127,6 +143,12 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 	}
 	if o.DataDir == "" {
 		return nil, errors.New("data dir: empty")
+	}
+	if o.HTTP != "" {
+		// Refused before anything starts: plain text off loopback.
+		if _, _, err := httpExposure(o); err != nil {
+			return nil, err
+		}
 	}
 	c := &Controller{opts: o, log: o.Log, met: newMetrics(o.MaxMessageBytes), apiSem: make(chan struct{}, maxAPIRequests), stop: make(chan struct{}),
 		hbLimit:   heartbeatLimiter(o.HeartbeatInterval),
@@ -195,13 +217,16 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 	c.info = runinfo.Info{PID: os.Getpid(), NATSURL: c.ns.ClientURL(), Version: buildinfo.Version}
 	c.tr.describe(&c.info)
 	if c.http != nil {
-		c.info.HTTPURL = "http://" + c.http.Addr
+		c.info.HTTPURL = c.httpURL
 	}
 	if err := runinfo.Write(o.DataDir, c.info); err != nil {
 		return nil, err
 	}
 	c.ver.loadLast(ctx)
 	if err := c.setup.resume(ctx); err != nil {
+		return nil, err
+	}
+	if err := c.rollout.resume(ctx); err != nil {
 		return nil, err
 	}
 	c.wg.Add(2)
@@ -348,6 +373,16 @@ func (c *Controller) openState(ctx context.Context) error {
 	c.disp = newDispatcher(c, results, openKV, histKV)
 	c.ver = newVerifier(c, reports)
 	c.setup = newSetupRunner(c, setupRuns, setupDurs)
+	revsKV, err := kv(specRevisionsBucket, 0)
+	if err != nil {
+		return err
+	}
+	rolloutsKV, err := kv(rolloutsBucket, 0)
+	if err != nil {
+		return err
+	}
+	c.revs = &revisions{kv: revsKV}
+	c.rollout = newRolloutRunner(c, rolloutsKV, c.revs)
 	c.met.reg.MustRegister(fleetCollector{reg: c.reg, desc: prometheus.NewDesc("mgn_nodes",
 		"Enrolled nodes by liveness state.", []string{"state"}, nil)})
 	return nil
@@ -422,6 +457,9 @@ func (c *Controller) Close() {
 		c.auth.markReady() // release connections waiting on a start that failed
 	}
 	c.wg.Wait()
+	if c.rollout != nil {
+		c.rollout.stop()
+	}
 	if c.setup != nil {
 		c.setup.stop()
 	}
@@ -432,6 +470,9 @@ func (c *Controller) Close() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		c.reg.flush(ctx)
 		cancel()
+	}
+	if d := c.dash.Load(); d != nil {
+		d.Close() // ends the dashboards' event streams
 	}
 	if c.http != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -490,17 +531,32 @@ func (c *Controller) announce(t transition) {
 	c.log.Info("node state", zap.String("node", t.node), zap.String("from", t.from), zap.String("to", t.to))
 	ev := messages.Event{V: messages.Version, Time: time.Now().UTC(), Kind: "node_state", Node: t.node, From: t.from, To: t.to}
 	c.nc.Publish(messages.EventSubject("node_state"), messages.MustEncode(&ev))
+	c.changed("node_state")
 }
 
 func (c *Controller) startHTTP() error {
 	if c.opts.HTTP == "" {
 		return nil
 	}
-	ln, err := net.Listen("tcp", c.opts.HTTP)
+	tlsOn, loopback, err := httpExposure(c.opts)
 	if err != nil {
-		return fmt.Errorf("--http %s: %w", c.opts.HTTP, err)
+		return err
+	}
+	ln, err := c.listenHTTP()
+	if err != nil {
+		return err
+	}
+	// Set before the dashboard is published (mountDashboard): sign-in
+	// links are made of it.
+	c.httpURL = "http://" + c.httpAddr(ln)
+	if tlsOn {
+		c.httpURL = "https://" + c.httpAddr(ln)
 	}
 	mux := http.NewServeMux()
+	if err := c.mountDashboard(mux, tlsOn, !loopback); err != nil {
+		ln.Close()
+		return err
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if !c.ns.Running() || !c.ns.JetStreamEnabled() || !c.nc.IsConnected() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
@@ -516,6 +572,11 @@ func (c *Controller) startHTTP() error {
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	c.http = &http.Server{Addr: ln.Addr().String(), Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	if tlsOn {
+		c.http.TLSConfig = c.httpTLS
+		go c.http.ServeTLS(ln, "", "")
+		return nil
+	}
 	go c.http.Serve(ln)
 	return nil
 }

@@ -98,6 +98,8 @@ type dispatcher struct {
 	reg       *registry
 	log       *zap.Logger
 	met       *metrics
+	// changed tells the dashboard a task finished (Controller.changed).
+	changed func(kind string)
 
 	mu     sync.Mutex
 	tasks  map[string]*taskState
@@ -357,6 +359,9 @@ func (d *dispatcher) completeLocked(ts *taskState) {
 	id := ts.rec.Task.ID
 	close(ts.done)
 	d.met.observeTask(time.Since(ts.rec.Task.IssuedAt))
+	if d.changed != nil {
+		d.changed("task")
+	}
 	rec := ts.rec
 	rec.Done = true
 	seq := ts.lastSeq
@@ -575,7 +580,7 @@ func (d *dispatcher) recover(ctx context.Context) error {
 func newDispatcher(c *Controller, results jetstream.Stream, open, history jetstream.KeyValue) *dispatcher {
 	d := &dispatcher{nc: c.nc, js: c.js, results: results, open: open, history: history,
 		reg: c.reg, log: c.log.Named("dispatch"), met: c.met, tasks: map[string]*taskState{},
-		maxBytes: c.opts.MaxMessageBytes, recovered: make(chan struct{})}
+		maxBytes: c.opts.MaxMessageBytes, recovered: make(chan struct{}), changed: c.changed}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.store = newResultStore(c.js, d.log, c.opts.MaxMessageBytes)
 	var storeCtx context.Context

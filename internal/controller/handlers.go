@@ -86,6 +86,7 @@ func (c *Controller) onEnroll(m *nats.Msg) {
 		return
 	}
 	c.log.Info("node enrolled", zap.String("node", req.Name), zap.String("cluster", claims.Cluster), zap.String("role", claims.Role))
+	c.changed("enrolled")
 	c.reply(m, "enroll", inbox, &messages.EnrollReply{V: messages.Version, Name: req.Name,
 		HeartbeatInterval: c.opts.HeartbeatInterval.String(), MaxMessageBytes: c.opts.MaxMessageBytes, Node: &claims}, nil)
 }
@@ -394,6 +395,9 @@ func (c *Controller) api(ctx context.Context, verb string, data []byte) (message
 			return nil, err
 		}
 		return &rep, nil
+	case messages.APIRolloutStart, messages.APIRolloutStatus, messages.APIRolloutList, messages.APIRolloutPause,
+		messages.APIRolloutResume, messages.APIRolloutAbort, messages.APIRolloutDiff:
+		return c.rolloutAPI(ctx, verb, data)
 	case messages.APINodesSet:
 		req, err := messages.Decode[messages.NodesSetRequest](data, max)
 		if err != nil {
@@ -406,6 +410,12 @@ func (c *Controller) api(ctx context.Context, verb string, data []byte) (message
 		c.log.Info("node claims changed by the operator", zap.String("node", req.Name), zap.String("cluster", cl.Cluster),
 			zap.String("role", cl.Role), zap.Any("labels", cl.Labels), zap.Uint64("rev", cl.Rev))
 		return &messages.NodesSetReply{V: messages.Version, Name: req.Name, Node: cl}, nil
+	case messages.APIDashboardLogin:
+		req, err := messages.Decode[messages.DashboardLoginRequest](data, max)
+		if err != nil {
+			return nil, err
+		}
+		return c.dashboardLogin(req)
 	}
 	return nil, messages.Errorf(messages.CodeUnknownKind, "unknown API verb %q", verb)
 }

@@ -272,6 +272,11 @@ func (r *setupRunner) apply(ctx context.Context, req messages.SetupRequest) (str
 		rec.LayerStatus[l] = map[string]string{}
 		rec.Verification[l] = map[string]layerVerificationRec{}
 	}
+	for _, c := range clusters {
+		if id := r.c.rollout.holding(c); id != "" {
+			return "", messages.Errorf(messages.CodeConflict, "cluster %q is in rollout %s: wait for it, or `controller rollout abort %s`", c.Name, id, id)
+		}
+	}
 	r.mu.Lock()
 	for _, c := range clusters {
 		if id, busy := r.active[c.Name]; busy {
@@ -295,6 +300,12 @@ func (r *setupRunner) apply(ctx context.Context, req messages.SetupRequest) (str
 		}
 		r.mu.Unlock()
 		return "", err
+	}
+	if r.c.revs != nil {
+		// The spec applied becomes a revision (docs/ROLLOUT.md).
+		if _, _, err := r.c.revs.record(ctx, spec, "setup:"+rec.Run.RunID); err != nil {
+			r.log.Warn("record spec revision", zap.Error(err))
+		}
 	}
 	r.log.Info("setup run started", zap.String("run", rec.Run.RunID), zap.Strings("clusters", rec.Clusters),
 		zap.Strings("layers", layers), zap.String("spec", rec.SpecHash))
@@ -342,6 +353,11 @@ func (r *setupRunner) startRun(rec *setupRecord, resumed bool) {
 		lr.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		r.persistLive(ctx, lr)
+		if rec.Run.Status == messages.RunSucceeded && r.c.revs != nil && len(rec.Clusters) == len(rec.Spec.Clusters) {
+			if err := r.c.revs.markAppliedHash(ctx, rec.SpecHash); err != nil {
+				r.log.Warn("mark spec revision applied", zap.Error(err))
+			}
+		}
 		cancel()
 		r.mu.Lock()
 		for _, c := range rec.Clusters {

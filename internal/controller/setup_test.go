@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -406,6 +408,16 @@ func TestSetupApplyOrderVerifyIdempotent(t *testing.T) {
 		if l.Status != "verified" || len(l.Verification) == 0 || !bytes.Contains(l.Verification, []byte(`"healthy"`)) {
 			t.Fatalf("layer %s: %s", l.Name, dump(run))
 		}
+	}
+	// The dashboard's runs page shows the run from the same record.
+	resp, err := http.Get(sf.c.Info().HTTPURL + "/runs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !bytes.Contains(page, []byte(run.RunID)) {
+		t.Fatalf("runs page (%d) does not show run %s:\n%s", resp.StatusCode, run.RunID, page)
 	}
 	net := layerOf(run, "network")
 	if r := stepRows(net, "net_node"); r["n1"].Outcome != "applied" || r["n2"].Outcome != "applied" || r["n1"].Action != "create" || r["n1"].Attempts != 1 || r["n1"].Cluster != "alpha" {

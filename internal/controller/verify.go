@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/guildnet/metaguildnet/checks/meta"
 	"github.com/guildnet/metaguildnet/diagnostics/report"
 	"github.com/guildnet/metaguildnet/messages"
 )
@@ -45,6 +46,12 @@ type verifier struct {
 	// and the fleet view's cluster lines.
 	clusters map[string]map[string]layerState // cluster -> layer -> state
 	lastID   string
+	// checks is each cluster's newest check results (the dashboard's
+	// cells, reasons and findings), checksAt the time of the report they
+	// came from, and gen counts changes to them.
+	checks   map[string]map[checkKey]messages.CheckResult
+	checksAt map[string]time.Time
+	gen      uint64
 
 	// Background sweeps and operator requests (verify, diagnose) each have
 	// their own slot: one sweep at a time and one operator verification at
@@ -56,6 +63,7 @@ type verifier struct {
 func newVerifier(c *Controller, store jetstream.ObjectStore) *verifier {
 	v := &verifier{c: c, reports: store, log: c.log.Named("verify"),
 		last: map[string]map[string]string{}, lastAt: map[string]time.Time{}, clusters: map[string]map[string]layerState{},
+		checks: map[string]map[checkKey]messages.CheckResult{}, checksAt: map[string]time.Time{},
 		sweepSlot: make(chan struct{}, 1), operatorSlot: make(chan struct{}, 1),
 		layerStatus: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "mgn_layer_status", Help: "Each cluster's status per layer in the last verification that covered it (1 for the current status; cluster \"\" is the nodes without one).",
@@ -104,27 +112,41 @@ func (r *registry) members() []member {
 	return out
 }
 
-// clusterAgent picks the agent that runs a cluster's checks: the online
-// node that runs the host app first (the application checks reach it on
-// its loopback), then an online controlplane node, else any online node;
-// "" when none is online.
-func clusterAgent(ms []member) string {
-	cp, first := "", ""
+// clusterAgents picks where a cluster's checks run. The host app's checks
+// (meta.HostAppChecks) go to the online node that runs the host app
+// (hostApp): it listens on that machine's loopback. The other cluster
+// checks go to one agent (agent): an online controlplane node (the host
+// app's, when it is one: then one agent runs them all), else an online
+// node that does not run the host app, else the host app's node.
+// When hostApp is "" and hostAppDown names a node, the cluster has a host
+// app node that is not online: its checks cannot be run anywhere else.
+// agent is "" when no node of the cluster is online.
+func clusterAgents(ms []member) (agent, hostApp, hostAppDown string) {
+	cp, other := "", ""
 	for _, m := range ms {
+		if m.hostApp {
+			if m.state == messages.StateOnline {
+				if hostApp == "" {
+					hostApp = m.name
+				}
+			} else if hostAppDown == "" {
+				hostAppDown = m.name
+			}
+		}
 		if m.state != messages.StateOnline {
 			continue
 		}
-		if m.hostApp {
-			return m.name
-		}
-		if m.role == "controlplane" && cp == "" {
+		if m.role == "controlplane" && (cp == "" || m.name == hostApp) {
 			cp = m.name
 		}
-		if first == "" {
-			first = m.name
+		if other == "" && !m.hostApp {
+			other = m.name
 		}
 	}
-	return cmp.Or(cp, first)
+	if hostApp != "" {
+		hostAppDown = ""
+	}
+	return cmp.Or(cp, other, hostApp), hostApp, hostAppDown
 }
 
 // wantScope says which of the requested layers a scope runs: its own
@@ -213,6 +235,11 @@ func (v *verifier) runIn(ctx context.Context, slot chan struct{}, holder string,
 	type issued struct {
 		id     string
 		layers []string
+		// only: keep just these checks' results, and the others' that did
+		// not pass (the dependencies a host app node ran to gate its own
+		// checks are the cluster agent's to report, unless they explain a
+		// skip).
+		only []string
 	}
 	var tasks []issued
 	var missing []report.Unavailable
@@ -222,32 +249,68 @@ func (v *verifier) runIn(ctx context.Context, slot chan struct{}, holder string,
 		if err != nil {
 			return messages.Report{}, "", fmt.Errorf("verify: issue node checks: %w", err)
 		}
-		tasks = append(tasks, issued{rep.TaskID, layers})
+		tasks = append(tasks, issued{id: rep.TaskID, layers: layers})
 	}
 	if layers, ok := wantScope(req.Layers, report.ClusterScopedLayers); ok {
-		var agents []string
+		// Three groups, one task each: agents that run all of their
+		// cluster's checks; agents whose cluster's host app runs on
+		// another node (they leave its checks out); and those host app
+		// nodes (they run only its checks).
+		hostAppChecks := meta.HostAppChecks()
+		hostAppLayer := len(req.Layers) == 0 || slices.Contains(req.Layers, messages.LayerApplication)
+		var whole, split, hostApps []string
 		for _, name := range sortedKeys(clusters) {
-			if a := clusterAgent(clusters[name]); a != "" {
-				agents = append(agents, a)
-				if _, in := clusterOf[a]; !in {
-					clusterOf[a] = name
-				}
-			} else {
+			a, h, down := clusterAgents(clusters[name])
+			if a == "" {
 				missing = append(missing, report.Unavailable{Cluster: name, Layers: layers,
 					Reason: fmt.Sprintf("no online agent in cluster %q", name)})
+				continue
+			}
+			for _, n := range []string{a, h} {
+				if _, in := clusterOf[n]; n != "" && !in {
+					clusterOf[n] = name
+				}
+			}
+			switch {
+			case !hostAppLayer || h == a || h == "" && down == "":
+				whole = append(whole, a)
+			case h == "":
+				split = append(split, a)
+				missing = append(missing, report.Unavailable{Node: down, Cluster: name, Layers: []string{messages.LayerApplication},
+					Reason: fmt.Sprintf("the host app's node %s is not online: its checks (%s) run only there", down, strings.Join(hostAppChecks, ", "))})
+			default:
+				split = append(split, a)
+				hostApps = append(hostApps, h)
 			}
 		}
-		if len(agents) > 0 {
-			args := messages.MustEncode(&messages.VerifyArgs{V: messages.Version, Scope: messages.ScopeCluster, Layers: nonEmpty(req.Layers), Checks: nonEmpty(req.Checks)})
+		for _, g := range []struct {
+			target string
+			agents []string
+			args   messages.VerifyArgs
+			layers []string
+		}{
+			{"verify:cluster", whole, messages.VerifyArgs{Layers: nonEmpty(req.Layers), Checks: nonEmpty(req.Checks)}, layers},
+			{"verify:cluster", split, messages.VerifyArgs{Layers: nonEmpty(req.Layers), Checks: nonEmpty(req.Checks), Exclude: hostAppChecks}, layers},
+			{"verify:hostapp", hostApps, messages.VerifyArgs{Checks: onlyAsked(hostAppChecks, req.Checks)}, []string{messages.LayerApplication}},
+		} {
+			if len(g.agents) == 0 || g.target == "verify:hostapp" && len(g.args.Checks) == 0 ||
+				len(g.args.Exclude) > 0 && len(req.Checks) > 0 && len(exceptOf(req.Checks, g.args.Exclude)) == 0 {
+				continue
+			}
+			g.args.V, g.args.Scope = messages.Version, messages.ScopeCluster
 			st := map[string]string{}
-			for _, a := range agents {
+			for _, a := range g.agents {
 				st[a] = messages.StateOnline
 			}
-			rep, err := v.c.disp.issueTo(ctx, messages.RunRequest{Kind: "verify", Target: "verify:cluster", Args: args, Timeout: timeout, SkipOffline: true}, agents, st)
+			rep, err := v.c.disp.issueTo(ctx, messages.RunRequest{Kind: "verify", Target: g.target, Args: messages.MustEncode(&g.args), Timeout: timeout, SkipOffline: true}, g.agents, st)
 			if err != nil {
-				return messages.Report{}, "", fmt.Errorf("verify: issue cluster checks: %w", err)
+				return messages.Report{}, "", fmt.Errorf("verify: issue cluster checks (%s): %w", g.target, err)
 			}
-			tasks = append(tasks, issued{rep.TaskID, layers})
+			it := issued{id: rep.TaskID, layers: g.layers}
+			if g.target == "verify:hostapp" {
+				it.only = hostAppChecks
+			}
+			tasks = append(tasks, it)
 		}
 	}
 	var runs []report.Run
@@ -267,6 +330,11 @@ func (v *verifier) runIn(ctx context.Context, slot chan struct{}, holder string,
 					run.Outcome, run.Reason = messages.OutcomeUnknown, fmt.Sprintf("unreadable verify output: %s", truncate(err.Error(), 200))
 				}
 				run.Checks = out.Checks
+				if t.only != nil {
+					run.Checks = slices.DeleteFunc(run.Checks, func(c messages.CheckResult) bool {
+						return !slices.Contains(t.only, c.Name) && (c.Status == messages.CheckPass || c.Status == messages.CheckWarn)
+					})
+				}
 			}
 			runs = append(runs, run)
 		}
@@ -351,6 +419,7 @@ func (v *verifier) record(rep messages.Report, id string) {
 		v.lastAt[n.Name] = rep.Timestamp
 	}
 	partial := v.partialClusters(rep)
+	v.recordChecks(rep, partial)
 	type key struct{ cluster, layer string }
 	counts := map[key]map[string]int{}
 	for _, l := range rep.Layers {
@@ -392,7 +461,7 @@ func (v *verifier) record(rep messages.Report, id string) {
 				}
 				v.layerStatus.WithLabelValues(cr.Name, l.Name, s).Set(val)
 			}
-			for _, s := range []string{messages.CheckPass, messages.CheckWarn, messages.CheckFail, messages.CheckSkipped, messages.CheckUnknown} {
+			for _, s := range messages.CheckStatuses {
 				v.checkCounts.WithLabelValues(cr.Name, l.Name, s).Set(float64(counts[key{cr.Name, l.Name}][s]))
 			}
 			if ok && prev.status == l.Status || !ok && l.Status == messages.Healthy {
@@ -408,6 +477,71 @@ func (v *verifier) record(rep messages.Report, id string) {
 			v.c.nc.Publish(messages.EventSubject("layer_state"), messages.MustEncode(&ev))
 		}
 	}
+	v.c.changed("report")
+}
+
+// checkKey names one check's result on one node.
+type checkKey struct{ name, node string }
+
+// recordChecks keeps each covered cluster's newest check results: a report
+// that covers a cluster whole replaces them, one that covers some of its
+// nodes (verify --node) replaces those nodes' results.
+func (v *verifier) recordChecks(rep messages.Report, partial map[string][]string) {
+	covered := map[string]bool{}
+	for _, cr := range rep.Clusters {
+		if rep.Timestamp.Before(v.checksAt[cr.Name]) {
+			continue // a newer report has judged it
+		}
+		covered[cr.Name] = true
+		if _, ok := partial[cr.Name]; !ok || v.checks[cr.Name] == nil {
+			v.checks[cr.Name] = map[checkKey]messages.CheckResult{}
+		}
+		v.checksAt[cr.Name] = rep.Timestamp
+	}
+	for _, l := range rep.Layers {
+		for _, c := range l.Checks {
+			if !covered[c.Cluster] {
+				continue
+			}
+			if c.Layer == "" {
+				c.Layer = l.Name
+			}
+			v.checks[c.Cluster][checkKey{c.Name, c.Node}] = c
+		}
+	}
+	if len(covered) > 0 {
+		v.gen++
+	}
+}
+
+// lastChecks returns a cluster's newest check results, by layer, name and
+// node.
+func (v *verifier) lastChecks(cluster string) []messages.CheckResult {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	m := v.checks[cluster]
+	out := make([]messages.CheckResult, 0, len(m))
+	for _, c := range m {
+		out = append(out, c)
+	}
+	slices.SortFunc(out, func(a, b messages.CheckResult) int {
+		return cmp.Or(cmp.Compare(a.Layer, b.Layer), cmp.Compare(a.Name, b.Name), cmp.Compare(a.Node, b.Node))
+	})
+	return out
+}
+
+// allChecks returns every cluster's newest check results and the
+// generation they are of.
+func (v *verifier) allChecks() ([]messages.CheckResult, uint64) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	var out []messages.CheckResult
+	for _, m := range v.checks {
+		for _, c := range m {
+			out = append(out, c)
+		}
+	}
+	return out, v.gen
 }
 
 // partialClusters returns the clusters rep covers on some of their nodes
@@ -640,4 +774,29 @@ func (v *verifier) sweeps(stop <-chan struct{}, every time.Duration, perLayer ma
 			v.log.Debug("sweep", zap.String("report", id), zap.String("overall", rep.OverallStatus), zap.Int64("duration_ms", rep.DurationMS))
 		}
 	}
+}
+
+// onlyAsked narrows checks to those asked for (all when asked is empty).
+func onlyAsked(checks, asked []string) []string {
+	if len(asked) == 0 {
+		return checks
+	}
+	var out []string
+	for _, c := range checks {
+		if slices.Contains(asked, c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// exceptOf is checks without those in drop.
+func exceptOf(checks, drop []string) []string {
+	var out []string
+	for _, c := range checks {
+		if !slices.Contains(drop, c) {
+			out = append(out, c)
+		}
+	}
+	return out
 }

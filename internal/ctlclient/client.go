@@ -162,6 +162,12 @@ func (c *Client) TokenCreate(ctx context.Context, ttl string, reusable bool, sco
 	return call[messages.TokenCreateReply](ctx, c, messages.APITokenCreate, &messages.TokenCreateRequest{V: messages.Version, TTL: ttl, Reusable: reusable, Scope: scope})
 }
 
+// DashboardLogin asks for a one-time sign-in link to the web dashboard
+// (ttl "" for the default).
+func (c *Client) DashboardLogin(ctx context.Context, ttl string) (messages.DashboardLoginReply, error) {
+	return call[messages.DashboardLoginReply](ctx, c, messages.APIDashboardLogin, &messages.DashboardLoginRequest{V: messages.Version, TTL: ttl})
+}
+
 // NodesSet changes a node's cluster, role or labels.
 func (c *Client) NodesSet(ctx context.Context, req messages.NodesSetRequest) (messages.NodesSetReply, error) {
 	req.V = messages.Version
@@ -249,4 +255,32 @@ func (c *Client) SetupApply(ctx context.Context, req messages.SetupRequest) (mes
 // SetupStatus returns a setup run (id "" is the newest) and its progress.
 func (c *Client) SetupStatus(ctx context.Context, id string) (messages.SetupStatusReply, error) {
 	return call[messages.SetupStatusReply](ctx, c, messages.APISetupStatus, &messages.SetupStatusRequest{V: messages.Version, RunID: id})
+}
+
+// RolloutStart starts a rollout and returns its id; follow it with
+// RolloutStatus.
+func (c *Client) RolloutStart(ctx context.Context, req messages.RolloutStartRequest) (messages.RolloutStartReply, error) {
+	req.V = messages.Version
+	return call[messages.RolloutStartReply](ctx, c, messages.APIRolloutStart, &req)
+}
+
+// RolloutStatus returns a rollout (id "" is the newest) and its progress.
+func (c *Client) RolloutStatus(ctx context.Context, id string) (messages.RolloutStatusReply, error) {
+	return call[messages.RolloutStatusReply](ctx, c, messages.APIRolloutStatus, &messages.RolloutRequest{V: messages.Version, ID: id})
+}
+
+// RolloutControl pauses, resumes or aborts a rollout (verb is one of
+// messages.APIRolloutPause, APIRolloutResume, APIRolloutAbort).
+func (c *Client) RolloutControl(ctx context.Context, verb, id string) (messages.RolloutStatusReply, error) {
+	return call[messages.RolloutStatusReply](ctx, c, verb, &messages.RolloutRequest{V: messages.Version, ID: id})
+}
+
+// RolloutList lists rollouts, newest first.
+func (c *Client) RolloutList(ctx context.Context) (messages.RolloutListReply, error) {
+	return call[messages.RolloutListReply](ctx, c, messages.APIRolloutList, &messages.RolloutListRequest{V: messages.Version})
+}
+
+// RolloutDiff compares two spec revisions.
+func (c *Client) RolloutDiff(ctx context.Context, from, to int64) (messages.RolloutDiffReply, error) {
+	return call[messages.RolloutDiffReply](ctx, c, messages.APIRolloutDiff, &messages.RolloutDiffRequest{V: messages.Version, From: from, To: to})
 }
