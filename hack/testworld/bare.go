@@ -519,6 +519,7 @@ func (w *world) nodeEnv(c *bareCluster, n *bareNode) []envVar {
 		{"RETHINKDB_ADDR", c.rdb.Addr(), "RethinkDB STAND-IN of cluster " + c.name},
 		{"RETHINKDB_USER", rdbstandin.DefaultUser, ""},
 		{"METAGN_RDB_DATABASES", bareDatabase, "what the rethinkdb_databases check expects once setup made it (the fleet's databases)"},
+		{"METAGN_DNS_NAME", "localhost", "the name dns_resolution resolves: the world has no cluster DNS"},
 	}
 	if n.role == messages.RoleRouter {
 		env = append(env,
