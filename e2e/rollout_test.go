@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,6 +19,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/guildnet/metaguildnet/internal/poll"
 	"github.com/guildnet/metaguildnet/messages"
 )
 
@@ -283,4 +285,184 @@ func checkBatches(t *testing.T, ro messages.Rollout, maxParallel int) {
 		}
 		prev = b
 	}
+}
+
+// sysctlPatch is a valid Talos patch whose value v makes each a new spec.
+func sysctlPatch(v int) string {
+	return fmt.Sprintf("machine:\n  sysctls:\n    net.core.somaxconn: \"%d\"\n", v)
+}
+
+// rolloutWhen polls `rollout status ID --json` until cond holds.
+func (w *world) rolloutWhen(outputs *[]string, id, what string, d time.Duration, cond func(messages.Rollout) bool) messages.Rollout {
+	w.t.Helper()
+	var ro messages.Rollout
+	poll.Until(w.t, d, what, func() bool {
+		ro, _, _ = w.rollout(outputs, "status", id, "--json")
+		return ro.ID == id && cond(ro)
+	})
+	return ro
+}
+
+func startedBatches(ro messages.Rollout) int {
+	n := 0
+	for _, b := range ro.Batches {
+		if b.Started != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// TestRolloutBareWorldControl, on its own bare world with 2 clusters set
+// up: pause then resume; a second rollout while one holds the nodes is
+// refused naming it; abort mid-batch; kill -9 of the controller
+// mid-batch, restarted on the same data dir, finishes with every Talos
+// node's config applied exactly once.
+func TestRolloutBareWorldControl(t *testing.T) {
+	bw := startBareWorld(t, 2)
+	w := newWorld(t)
+	bw.startAgents(w, w.token())
+	var outputs []string
+	out, code := w.setup(&outputs, "apply", "-f", bw.fleet, "--yes", "--json")
+	if run := decodeRun(t, out); code != 0 || run.Status != messages.RunSucceeded {
+		t.Fatalf("setup apply: exit %d\n%s", code, runSummary(run))
+	}
+	spec := func(name string, v int) string {
+		return bw.rolloutSpec(w, name, func(f *messages.Fleet) {
+			for i := range f.Clusters {
+				f.Clusters[i].Cluster.Talos.ConfigPatches = []string{sysctlPatch(v)}
+			}
+		})
+	}
+	detach := func(file, minHealthy string) string {
+		t.Helper()
+		out, code := cli(t, "rollout", "start", "-f", file, "--detach", "--max-parallel", "2", "--canary", "1",
+			"--min-healthy", minHealthy, "--healthy-deadline", "60s", "--step-timeout", "60s", "--data-dir", w.data)
+		outputs = append(outputs, out)
+		// "rollout ID started: ..."
+		f := strings.Fields(out)
+		id := ""
+		if len(f) > 1 && f[0] == "rollout" {
+			id = f[1]
+		}
+		if code != 0 || !strings.HasPrefix(id, "r") {
+			t.Fatalf("rollout start --detach: exit %d, %q", code, out)
+		}
+		return id
+	}
+	ctl := func(verb, id string) {
+		t.Helper()
+		out, code := cli(t, "rollout", verb, id, "--data-dir", w.data)
+		outputs = append(outputs, out)
+		if code != 0 {
+			t.Fatalf("rollout %s %s: exit %d\n%s", verb, id, code, out)
+		}
+	}
+
+	// Pause then resume; a second rollout meanwhile is refused naming it.
+	talos0 := bw.talosApplied()
+	id := detach(spec("fleet-pause", 1001), "2s")
+	w.rolloutWhen(&outputs, id, "the canary batch started", time.Minute, func(ro messages.Rollout) bool { return startedBatches(ro) >= 1 })
+	ctl("pause", id)
+	ro := w.rolloutWhen(&outputs, id, "paused", time.Minute, func(ro messages.Rollout) bool { return ro.Status == messages.RolloutPaused })
+	startedAtPause := startedBatches(ro)
+	if startedAtPause == len(ro.Batches) {
+		t.Fatalf("paused only after the last batch:\n%s", rolloutSummary(ro))
+	}
+	for _, b := range ro.Batches[:startedAtPause] {
+		if b.Status != messages.BatchHealthy {
+			t.Errorf("paused with a batch %s, want the running one gated first:\n%s", b.Status, rolloutSummary(ro))
+		}
+	}
+	stdout, stderr := cliStderr(t, "rollout", "start", "-f", spec("fleet-overlap", 1002), "--detach", "--data-dir", w.data)
+	outputs = append(outputs, stdout, stderr)
+	if !strings.Contains(stderr+stdout, id) {
+		t.Errorf("a second rollout while %s is paused: not refused naming it: %q %q", id, stdout, stderr)
+	}
+	if ro2, _, _ := w.rollout(&outputs, "status", id, "--json"); startedBatches(ro2) != startedAtPause || ro2.Status != messages.RolloutPaused {
+		t.Errorf("the paused rollout moved on:\n%s", rolloutSummary(ro2))
+	}
+	ctl("resume", id)
+	ro = w.rolloutWhen(&outputs, id, "resumed and done", 3*time.Minute, func(ro messages.Rollout) bool {
+		return ro.Status != messages.RolloutRunning && ro.Status != messages.RolloutPaused
+	})
+	if ro.Status != messages.RolloutSucceeded {
+		t.Fatalf("resumed rollout:\n%s", rolloutSummary(ro))
+	}
+	checkBatches(t, ro, 2)
+	for node, c := range bw.talosApplied() {
+		if c != talos0[node]+1 {
+			t.Errorf("after pause/resume, Talos node %s: %d configs applied, want %d", node, c, talos0[node]+1)
+		}
+	}
+	t.Logf("pause after batch %d of %d, overlapping start refused (%s), resume: %s", startedAtPause, len(ro.Batches), strings.TrimSpace(stderr), ro.Status)
+
+	// Abort mid-batch.
+	talosA := bw.talosApplied()
+	id = detach(spec("fleet-abort", 1003), "4s")
+	w.rolloutWhen(&outputs, id, "batch 2 under way", 2*time.Minute, func(ro messages.Rollout) bool {
+		return len(ro.Batches) > 2 && ro.Batches[1].Started != nil && ro.Batches[1].Finished == nil
+	})
+	ctl("abort", id)
+	ro = w.rolloutWhen(&outputs, id, "aborted", 2*time.Minute, func(ro messages.Rollout) bool {
+		return ro.Status != messages.RolloutRunning
+	})
+	if ro.Status != messages.RolloutAborted || ro.Batches[0].Status != messages.BatchHealthy ||
+		(ro.Batches[1].Status != messages.BatchAborted && ro.Batches[1].Status != messages.BatchRolledBack) {
+		t.Errorf("aborted mid-batch 2:\n%s", rolloutSummary(ro))
+	}
+	for i, b := range ro.Batches[2:] {
+		if b.Started != nil {
+			t.Errorf("batch %d started after the abort:\n%s", i+3, rolloutSummary(ro))
+		}
+	}
+	// Batch 1 keeps the change, batch 2 was rolled back (applied, then the
+	// previous revision applied again), the rest untouched.
+	gotA := bw.talosApplied()
+	for i, b := range ro.Batches {
+		for _, n := range b.Nodes {
+			c, ok := gotA[n]
+			if !ok {
+				continue // not a Talos node
+			}
+			want := []int{talosA[n]}
+			switch {
+			case i == 0:
+				want = []int{talosA[n] + 1}
+			case i == 1:
+				want = []int{talosA[n], talosA[n] + 2}
+			}
+			if !slices.Contains(want, c) {
+				t.Errorf("after the abort, Talos node %s of batch %d: %d configs applied, want one of %v", n, i+1, c, want)
+			}
+		}
+	}
+	w.verifyHealthy(&outputs, "after the abort")
+	t.Logf("abort mid-batch 2: %s, batch 2 %s", ro.Status, ro.Batches[1].Status)
+
+	// kill -9 of the controller mid-batch, restarted on the same data dir.
+	talos1 := bw.talosApplied()
+	id = detach(spec("fleet-kill", 1004), "3s")
+	w.rolloutWhen(&outputs, id, "batch 2 under way", 2*time.Minute, func(ro messages.Rollout) bool {
+		return len(ro.Batches) > 2 && ro.Batches[1].Started != nil && ro.Batches[1].Finished == nil
+	})
+	w.ctl.kill()
+	w.startController()
+	ro = w.rolloutWhen(&outputs, id, "resumed after kill -9 and done", 3*time.Minute, func(ro messages.Rollout) bool {
+		return ro.Status != messages.RolloutRunning
+	})
+	if ro.Status != messages.RolloutSucceeded {
+		st, _ := cli(t, "rollout", "status", id, "--data-dir", w.data)
+		t.Fatalf("rollout after kill -9:\n%s\n%s", rolloutSummary(ro), st)
+	}
+	checkBatches(t, ro, 2)
+	for node, c := range bw.talosApplied() {
+		// The aborted batch's nodes were applied and rolled back (+2); every
+		// node exactly once more for this rollout.
+		if c != talos1[node]+1 {
+			t.Errorf("after kill -9 and restart, Talos node %s: %d configs applied, want %d (exactly once)", node, c, talos1[node]+1)
+		}
+	}
+	w.verifyHealthy(&outputs, "after the rollout resumed from kill -9")
+	t.Logf("kill -9 mid-batch 2, restarted: %s, every Talos node applied exactly once", ro.Status)
 }
