@@ -6,6 +6,7 @@ package e2e
 // a real controller process and one real agent process per node.
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+	"tailscale.com/client/local"
 
 	"github.com/guildnet/metaguildnet/internal/poll"
 	"github.com/guildnet/metaguildnet/messages"
@@ -99,6 +101,32 @@ func (w *world) verifyHealthy(outputs *[]string, what string) {
 	}
 }
 
+// tsPrefs is each node's tailscaled prefs that a login or its rollback
+// would change (control URL, advertised routes, hostname, want running).
+func (bw *bareWorld) tsPrefs() map[string]string {
+	t := bw.t
+	t.Helper()
+	out := map[string]string{}
+	for name, env := range bw.nodes {
+		sock := env["TS_SOCKET"]
+		if sock == "" {
+			continue
+		}
+		lc := &local.Client{Socket: sock, UseSocketOnly: true}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		p, err := lc.GetPrefs(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("tailscaled prefs of %s: %v", name, err)
+		}
+		out[name] = fmt.Sprintf("control %s routes %v hostname %q running %t", p.ControlURL, p.AdvertiseRoutes, p.Hostname, p.WantRunning)
+	}
+	if len(out) == 0 {
+		t.Fatal("no node has a TS_SOCKET")
+	}
+	return out
+}
+
 func closedPort(t *testing.T) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -169,6 +197,7 @@ func TestRolloutBareWorldTwoClusters(t *testing.T) {
 
 	// 2. A bad change: the login server on a closed port.
 	hsBefore := fmt.Sprint(bw.headscaleNodes())
+	prefsBefore := bw.tsPrefs()
 	talos1 := bw.talosApplied()
 	port := closedPort(t)
 	bad := bw.rolloutSpec(w, "fleet-bad-login", func(f *messages.Fleet) {
@@ -206,6 +235,14 @@ func TestRolloutBareWorldTwoClusters(t *testing.T) {
 	if got := fmt.Sprint(bw.headscaleNodes()); got != hsBefore {
 		t.Errorf("Headscale nodes changed by the failed rollout:\n%s\n->\n%s", hsBefore, got)
 	}
+	prefsAfter := bw.tsPrefs()
+	for node, p := range prefsBefore {
+		// The canary was rolled back: its prefs are as before too.
+		if prefsAfter[node] != p {
+			t.Errorf("tailscaled prefs of %s changed by the failed rollout: %s -> %s", node, p, prefsAfter[node])
+		}
+	}
+	t.Logf("tailscaled prefs of %d nodes as before the failed rollout (the canary's restored)", len(prefsBefore))
 	for node, c := range bw.talosApplied() {
 		if c != talos1[node] {
 			t.Errorf("Talos node %s: %d configs applied after the failed rollout, want %d", node, c, talos1[node])
@@ -229,7 +266,7 @@ func TestRolloutBareWorldTwoClusters(t *testing.T) {
 	if code != 1 || ro.Status != messages.RolloutRolledBack || len(ro.Batches) == 0 {
 		t.Fatalf("refused rollout: exit %d\n%s\n%s\n%s", code, rolloutSummary(ro), st, raw)
 	}
-	if !strings.Contains(st, "not-a-cidr") {
+	if !strings.Contains(st, "not-a-cidr") || !strings.Contains(st, "1 node(s) failed, budget --max-failed 0") {
 		t.Errorf("rollout status does not name the refused patch:\n%s", st)
 	}
 	for node, c := range bw.talosApplied() {
