@@ -195,14 +195,58 @@ func TestRolloutBareWorldTwoClusters(t *testing.T) {
 		t.Errorf("revisions %d -> %d, want 1 -> 2 (setup's spec, then this one)", ro.FromRevision, ro.ToRevision)
 	}
 
+	// 1b. Another good change: an extra advertised route on each cluster
+	// (one of its own: a route two routers advertise is primary on one
+	// only, and the other's routes_active step waits for it in vain).
+	extraRoute := func(i int) string { return fmt.Sprintf("10.99.%d.0/24", i) }
+	withRoute := func(f *messages.Fleet) {
+		for i := range f.Clusters {
+			f.Clusters[i].Cluster.Talos.ConfigPatches = []string{goodPatch}
+			f.Clusters[i].Network.Routes = append(f.Clusters[i].Network.Routes, extraRoute(i))
+		}
+	}
+	routed := bw.rolloutSpec(w, "fleet-route", withRoute)
+	start = time.Now()
+	ro, code, raw = w.rollout(&outputs, "start", "-f", routed, "--json", "--max-parallel", "2", "--canary", "1",
+		"--min-healthy", "1s", "--healthy-deadline", "60s", "--step-timeout", "60s")
+	t.Logf("good change (an extra route) on 2 clusters: %s, exit %d, in %v, %d batches", ro.Status, code, time.Since(start).Round(time.Millisecond), len(ro.Batches))
+	if code != 0 || ro.Status != messages.RolloutSucceeded {
+		st, _ := cli(t, "rollout", "status", ro.ID, "--data-dir", w.data)
+		t.Fatalf("route rollout: exit %d\n%s\n%s\n%s", code, rolloutSummary(ro), st, raw)
+	}
+	checkBatches(t, ro, 2)
+	routers := 0
+	for name, p := range bw.tsPrefs() {
+		if strings.Contains(name, "-r") {
+			routers++
+			if !strings.Contains(p, "10.99.") {
+				t.Errorf("router %s does not advertise its 10.99.N.0/24 after the rollout: %s", name, p)
+			}
+		}
+	}
+	approved := 0
+	for _, n := range bw.headscaleNodes() {
+		if slices.Contains(n.Approved, extraRoute(0)) || slices.Contains(n.Approved, extraRoute(1)) {
+			approved++
+		}
+	}
+	if routers != 2 || approved != 2 {
+		t.Errorf("10.99.N.0/24 advertised by %d routers, approved on %d Headscale nodes, want 2 and 2", routers, approved)
+	}
+	w.verifyHealthy(&outputs, "after the route rollout")
+	diff, _ = cli(t, "rollout", "diff", fmt.Sprint(ro.FromRevision), fmt.Sprint(ro.ToRevision), "--data-dir", w.data)
+	if !strings.Contains(diff, "network.routes") || !strings.Contains(diff, extraRoute(0)) || !strings.Contains(diff, extraRoute(1)) {
+		t.Errorf("rollout diff %d %d does not show the route:\n%s", ro.FromRevision, ro.ToRevision, diff)
+	}
+
 	// 2. A bad change: the login server on a closed port.
 	hsBefore := fmt.Sprint(bw.headscaleNodes())
 	prefsBefore := bw.tsPrefs()
 	talos1 := bw.talosApplied()
 	port := closedPort(t)
 	bad := bw.rolloutSpec(w, "fleet-bad-login", func(f *messages.Fleet) {
+		withRoute(f)
 		for i := range f.Clusters {
-			f.Clusters[i].Cluster.Talos.ConfigPatches = []string{goodPatch}
 			f.Clusters[i].Network.LoginServer = "http://127.0.0.1:" + strconv.Itoa(port)
 		}
 	})
@@ -254,6 +298,7 @@ func TestRolloutBareWorldTwoClusters(t *testing.T) {
 	// 3. A change the node refuses: an invalid Talos patch.
 	talos2 := bw.talosApplied()
 	refused := bw.rolloutSpec(w, "fleet-refused", func(f *messages.Fleet) {
+		withRoute(f)
 		for i := range f.Clusters {
 			f.Clusters[i].Cluster.Talos.ConfigPatches = []string{goodPatch,
 				"machine:\n  kubelet:\n    nodeIP:\n      validSubnets: [\"not-a-cidr\"]\n"}
