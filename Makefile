@@ -50,10 +50,12 @@ test: testenv apt-deps
 # cmd/agent 25 s, cmd/controller 14 s, internal/controller 28 s,
 # internal/testenv 35 s, hack/testworld 63 s, e2e 26 s, e2e/verify 56 s,
 # e2e/tailnet 85 s, e2e/dashboard 47 s (Chromium included) (internal/agent and messages: about 1 s of tests). None
-# is slow enough to leave out; put a package in RACE_SLOW (with the reason
-# here) if one becomes so.
+# is slow enough to leave out but one: diagnostics/scenarios, the root-cause
+# matrix (188 fault scenarios against the world, ~5 min without -race),
+# whose code under test (rules, root cause, report) the diagnostics/...
+# packages already run under -race; its own work is restarting servers.
 MODULE    := github.com/guildnet/metaguildnet
-RACE_SLOW :=
+RACE_SLOW := diagnostics/scenarios
 RACE_PKGS  = $(filter-out $(addprefix $(MODULE)/,$(RACE_SLOW)),$(shell $(GO) list ./...))
 
 ## race: the race detector over RACE_PKGS (needs the test world for full coverage)
@@ -69,12 +71,16 @@ FUZZTIME ?= 10s
 fuzz:
 	@hack/fuzz.sh $(FUZZTIME)
 
+# HA_AGENTS: 10,000 is the issue's target; enrollment of that many simulated agents
+# stalls near 5,700 today (docs/HA.md), so the default is what completes.
+HA_AGENTS ?= 2000
 ## bench: fan-out (loopback and tailnet), idle agent, verification sweep, diagnosis, dashboard in Chromium; writes bench.json
 DASH_NODES ?= 5000
 bench: build testenv apt-deps
 	$(GO) run ./hack/tailnetbench -agents $(TAILNET_AGENTS) -rounds $(TAILNET_ROUNDS) -out bench-tailnet.json
 	$(GO) run ./hack/dashbench -nodes $(DASH_NODES) -out bench-dashboard.json
 	$(GO) run ./hack/bench -out bench.json -tailnet-json bench-tailnet.json -dashboard-json bench-dashboard.json
+	$(GO) run ./hack/bench -ha -ha-agents $(HA_AGENTS) -out bench-ha.json
 
 vet:
 	$(GO) vet ./...

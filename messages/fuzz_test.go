@@ -127,6 +127,14 @@ func FuzzDecodeAPI(f *testing.F) {
 	})
 }
 
+func FuzzDecodeRelay(f *testing.F) {
+	seed(f, `{"v":1,"after":"n1"}`, `{"v":1,"nodes":[{"name":"n1","public_key":"UCJO6MXJ4Y2H7JN6I36LWAOLV7BYMX3NG6T5UUPJFAPTZ3P2DIRUETZY"}],"next":"n1"}`)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		roundTrip[RelayKeysRequest](t, b)
+		roundTrip[RelayKeysReply](t, b)
+	})
+}
+
 func FuzzDecodeTaskPayloads(f *testing.F) {
 	seed(f, `{"v":1,"scope":"node","layers":["host"]}`, `{"v":1,"require":{"layers":["cluster"],"checks":["kube_api_ready"]}}`,
 		`{"require":{"checks":["Bad Name"]}}`, `{"v":1,"checks":[{"name":"x","layer":"l","status":"not_configured","passed":true}]}`, `{"layers":["net work"]}`, `{"checks":["host_memory"],"scope":"all"}`,

@@ -35,7 +35,7 @@ func newRoot() *cobra.Command {
 			"environment, .env.local or .env (flags win, then the environment, then .env.local, then .env).",
 		Version: buildinfo.Version,
 	}
-	root.AddCommand(serveCmd(), tokenCmd(), statusCmd(), runCmd(), nodesCmd(), verifyCmd(), reportCmd(), diagnoseCmd(), setupCmd(), rolloutCmd(), backupCmd(), restoreCmd(), buildinfo.Command())
+	root.AddCommand(serveCmd(), tokenCmd(), relayCmd(), statusCmd(), runCmd(), nodesCmd(), verifyCmd(), reportCmd(), diagnoseCmd(), setupCmd(), rolloutCmd(), backupCmd(), restoreCmd(), buildinfo.Command())
 	root.AddCommand(dashboardCmd())
 	return root
 }
@@ -103,6 +103,63 @@ func serveCmd() *cobra.Command {
 	tailnetFlags(cmd, &o)
 	cmd.Flags().StringVar(&o.RulesFile, "rules-file", "", "YAML file of diagnostic rules that extend the built-in ones")
 	cmd.Flags().BoolVar(&o.Pprof, "pprof", false, "serve /debug/pprof on the --http address")
+	clusterFlags(cmd, &o.Cluster)
+	cmd.Flags().StringVar(&o.LeafListen, "leaf-listen", "", "HOST:PORT where relays' leaf links connect (makes this controller a hub; docs/HA.md)")
+	cmd.Flags().StringVar(&o.RelaySecretFile, "relay-secret-file", "", "file holding the secret relays authenticate with (default DATA_DIR/relay.secret)")
+	lf.Add(cmd)
+	return cmd
+}
+
+// clusterFlags are serve's flags for a cluster of controllers (docs/HA.md).
+func clusterFlags(cmd *cobra.Command, o *controller.ClusterOptions) {
+	cmd.Flags().StringVar(&o.Name, "cluster-name", "", "join a cluster of controllers of this name (with --cluster-listen and --peers; docs/HA.md)")
+	cmd.Flags().StringVar(&o.Listen, "cluster-listen", "", "HOST:PORT where this controller accepts its peers' routes")
+	cmd.Flags().StringSliceVar(&o.Peers, "peers", nil, "the other controllers' route URLs, nats://HOST:PORT,... ")
+	cmd.Flags().StringVar(&o.SecretFile, "cluster-secret-file", "", "file holding the secret routes authenticate with, the same on every peer (default DATA_DIR/cluster.secret)")
+	cmd.Flags().DurationVar(&o.LeaseTTL, "lease-ttl", controller.DefaultLeaseTTL, "how long the active controller's lease outlives its last renewal (failover takes about this long)")
+}
+
+// relayCmd runs a relay: a NATS leaf node for one site (docs/HA.md).
+func relayCmd() *cobra.Command {
+	var ro controller.RelayOptions
+	var lf cli.LogFlags
+	cmd := &cobra.Command{
+		Use:   "relay",
+		Short: "Run a relay: a leaf node the site's agents connect to, linked to the hub",
+		Long: "Run a relay for one site: agents there connect to --listen with their own keys and the same\n" +
+			"per-node permissions as at the hub; the relay links to the hub (a controller serving\n" +
+			"--leaf-listen) over one leaf connection authenticated with the relay secret. It keeps no\n" +
+			"state. Agents enroll at the hub, then may connect through the relay.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := cli.LoadConfig(cmd); err != nil {
+				return err
+			}
+			log, err := lf.Logger()
+			if err != nil {
+				return err
+			}
+			defer log.Sync()
+			ro.Log = log
+			if ro.SecretFile == "" {
+				return cli.Fail(cli.ExitUsage, errors.New("--relay-secret-file: required (the hub's relay secret)"))
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			r, err := controller.StartRelay(ctx, ro)
+			if err != nil {
+				return cli.Fail(cli.ExitUsage, err)
+			}
+			<-ctx.Done()
+			log.Info("shutting down")
+			r.Close()
+			return nil
+		},
+	}
+	cmd.Flags().StringSliceVar(&ro.Hub, "hub", nil, "the hub's leaf URLs, nats://HOST:PORT,... (every peer's for a cluster)")
+	cmd.Flags().StringVar(&ro.Listen, "listen", "127.0.0.1:4222", "address the site's agents connect to")
+	cmd.Flags().StringVar(&ro.SecretFile, "relay-secret-file", "", "file holding the relay secret the hub accepts (0600)")
+	cmd.Flags().IntVar(&ro.MaxMessageBytes, "max-message-bytes", messages.DefaultMaxMessageBytes, "largest payload accepted")
 	lf.Add(cmd)
 	return cmd
 }

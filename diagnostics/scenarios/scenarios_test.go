@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
+	talos "github.com/siderolabs/talos/pkg/machinery/client"
 	"gopkg.in/yaml.v3"
 
 	"github.com/guildnet/metaguildnet/checks"
@@ -25,6 +28,7 @@ import (
 	"github.com/guildnet/metaguildnet/internal/testenv"
 	"github.com/guildnet/metaguildnet/internal/testenv/hostappstandin"
 	"github.com/guildnet/metaguildnet/internal/testenv/rdbstandin"
+	"github.com/guildnet/metaguildnet/internal/testenv/talosstandin"
 	"github.com/guildnet/metaguildnet/messages"
 )
 
@@ -53,6 +57,7 @@ type knobSpec struct {
 	Causes    []string `yaml:"causes"`
 	Title     string   `yaml:"title"`
 	Hides     []string `yaml:"hides"`
+	Explains  []string `yaml:"explains"`
 	Exclusive []string `yaml:"exclusive"`
 }
 
@@ -78,7 +83,7 @@ func loadTable(t *testing.T, kb *rules.KB) table {
 				t.Fatalf("scenarios.yaml: knob %s: cause %q is not a rule", k.Name, c)
 			}
 		}
-		for _, h := range slices.Concat(k.Hides, k.Exclusive) {
+		for _, h := range slices.Concat(k.Hides, k.Explains, k.Exclusive) {
 			if !names[h] {
 				t.Fatalf("scenarios.yaml: knob %s: %q is not a knob", k.Name, h)
 			}
@@ -97,11 +102,19 @@ type world struct {
 	appOpts  hostappstandin.Options
 	caPath   string
 	home     string
+	// Talos: the apid stand-in (one control-plane node talosCP, one
+	// worker talosWorker) and the talosconfig TALOSCONFIG names.
+	talos     *talosstandin.Server
+	talosOpts talosstandin.Options
+	talosCfg  string
 	// The tailnet: Headscale and a tsnet node whose LocalClient the
 	// network checks ask (nil: tailscaled's socket in TS_SOCKET).
 	hs *testenv.Headscale
 	lc checks.LocalAPI
 	ts checks.LocalAPI
+	// The router: another tsnet node advertising checks.DefaultTSRoutes,
+	// its Headscale node id (route-unapproved takes its approvals away).
+	routerID uint64
 }
 
 // knob is a fault: apply it, revert it.
@@ -118,7 +131,116 @@ func (w *world) restartHostApp() error {
 	return s.WriteCA(w.caPath)
 }
 
+// startTalos starts the apid stand-in (on talosOpts.Addr once known),
+// writes its talosconfig and bootstraps etcd, as a set-up cluster is.
+func (w *world) startTalos(ctx context.Context) error {
+	s, err := talosstandin.Start(w.talosOpts)
+	if err != nil {
+		return err
+	}
+	w.talos = s
+	if err := s.WriteTalosconfig(w.talosCfg); err != nil {
+		return err
+	}
+	c, err := talos.New(ctx, talos.WithConfigFromFile(w.talosCfg))
+	if err != nil {
+		return fmt.Errorf("talos client: %w", err)
+	}
+	defer c.Close()
+	if err := c.Bootstrap(talos.WithNode(ctx, talosCP), &machineapi.BootstrapRequest{}); err != nil {
+		return fmt.Errorf("talos bootstrap: %w", err)
+	}
+	return nil
+}
+
+// The Talos nodes of the world.
+const (
+	talosCP     = "127.0.0.1"
+	talosWorker = "127.0.0.2"
+)
+
+// waitRoutesGone polls this node's status until no peer carries any of
+// checks.DefaultTSRoutes (in PrimaryRoutes or AllowedIPs).
+func (w *world) waitRoutesGone(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var carried []string
+	for {
+		st, err := w.ts.Status(ctx)
+		if err == nil {
+			carried = nil
+			for _, p := range st.Peer {
+				if p == nil {
+					continue
+				}
+				var have []netip.Prefix
+				if p.PrimaryRoutes != nil {
+					have = append(have, p.PrimaryRoutes.AsSlice()...)
+				}
+				if p.AllowedIPs != nil {
+					have = append(have, p.AllowedIPs.AsSlice()...)
+				}
+				for _, r := range strings.Split(checks.DefaultTSRoutes, ",") {
+					if slices.Contains(have, netip.MustParsePrefix(r)) {
+						carried = append(carried, p.HostName+" "+r)
+					}
+				}
+			}
+			if len(carried) == 0 {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("peers still carry %v (status error %v): %w", carried, err, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 var knobs = map[string]knob{
+	"route-unapproved": {
+		// Headscale approves none of the router's routes. Seen from this
+		// node (not a router): no online peer carries them.
+		// Apply waits until this node's view of its peers has taken the
+		// change (Headscale pushes it in about a second).
+		apply: func(ctx context.Context, w *world) error {
+			if err := w.hs.ApproveRoutes(ctx, w.routerID); err != nil {
+				return err
+			}
+			return w.waitRoutesGone(ctx)
+		},
+		revert: func(ctx context.Context, w *world) error {
+			return w.hs.ApproveRoutes(ctx, w.routerID, strings.Split(checks.DefaultTSRoutes, ",")...)
+		},
+	},
+	"talos-apid-down": {
+		// apid is gone: its port refuses connections. Back, it is a new
+		// machine on the same address (a new bundle, so a new talosconfig
+		// at the same path, and etcd bootstrapped again).
+		apply:  func(_ context.Context, w *world) error { w.talos.Close(); return nil },
+		revert: func(ctx context.Context, w *world) error { return w.startTalos(ctx) },
+	},
+	"talos-etcd-failed": {
+		apply: func(_ context.Context, w *world) error {
+			w.talos.SetNodeServiceState(talosCP, "etcd", "Failed", false)
+			return nil
+		},
+		revert: func(_ context.Context, w *world) error {
+			w.talos.SetNodeServiceState(talosCP, "etcd", "", false)
+			return nil
+		},
+	},
+	"talos-kubelet-failed": {
+		apply: func(_ context.Context, w *world) error {
+			w.talos.SetNodeServiceState(talosWorker, "kubelet", "Failed", false)
+			return nil
+		},
+		revert: func(_ context.Context, w *world) error {
+			w.talos.SetNodeServiceState(talosWorker, "kubelet", "", false)
+			return nil
+		},
+	},
 	"tailscaled-down": {
 		// The node's tailscaled is gone: its socket answers nothing.
 		apply: func(_ context.Context, w *world) error {
@@ -279,10 +401,18 @@ func scenarios(tb table) []scenario {
 		}
 		return false
 	}
+	explained := func(ks []string, k string) bool {
+		for _, o := range ks {
+			if o != k && slices.Contains(by[o].Explains, k) {
+				return true
+			}
+		}
+		return false
+	}
 	mk := func(ks ...string) scenario {
 		s := scenario{knobs: ks}
 		for _, k := range ks {
-			if hidden(ks, k) {
+			if hidden(ks, k) || explained(ks, k) {
 				continue
 			}
 			s.expect = append(s.expect, by[k].Causes...)
@@ -344,6 +474,14 @@ func TestScenarioMatrix(t *testing.T) {
 	if err := os.MkdirAll(w.home, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	// Talos: the apid stand-in, bootstrapped.
+	w.talosOpts = talosstandin.Options{ClusterName: "guildnet", Nodes: []string{talosCP}, Workers: []string{talosWorker}}
+	w.talosCfg = filepath.Join(dir, "talosconfig")
+	if err := w.startTalos(ctx); err != nil {
+		t.Fatal(err)
+	}
+	w.talosOpts.Addr = w.talos.Endpoint() // restarts keep the address
+	t.Cleanup(func() { w.talos.Close() })
 	// The tailnet: Headscale and this node's tsnet node.
 	if w.hs, err = testenv.StartHeadscale(ctx, testenv.HeadscaleOptions{Dir: filepath.Join(dir, "headscale")}); err != nil {
 		t.Fatal(err)
@@ -362,6 +500,24 @@ func TestScenarioMatrix(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { node.Close() })
+	// The router, its routes approved.
+	var routes []netip.Prefix
+	for _, r := range strings.Split(checks.DefaultTSRoutes, ",") {
+		routes = append(routes, netip.MustParsePrefix(r))
+	}
+	router, _, err := testenv.StartTSNet(ctx, testenv.TSNetOptions{ControlURL: w.hs.URL(), AuthKey: key, Hostname: "guildnet-router", Dir: filepath.Join(dir, "tsnet-router"), AdvertiseRoutes: routes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { router.Close() })
+	rn, err := w.hs.NodeByName(ctx, "guildnet-router")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.routerID = rn.ID
+	if err := w.hs.ApproveRoutes(ctx, w.routerID, strings.Split(checks.DefaultTSRoutes, ",")...); err != nil {
+		t.Fatal(err)
+	}
 	lc, err := node.LocalClient()
 	if err != nil {
 		t.Fatal(err)
@@ -380,6 +536,10 @@ func TestScenarioMatrix(t *testing.T) {
 		"HOSTAPP_URL":         w.app.URL(),
 		"METAGN_HOSTAPP_CA":   w.caPath,
 		"TS_LOGIN_SERVER":     w.hs.URL(),
+		"TALOSCONFIG":         w.talosCfg,
+		"TALOS_NODES":         talosCP + "," + talosWorker,
+		// Every route must be carried by an online peer (the router).
+		"TS_ROUTES": checks.DefaultTSRoutes,
 		// No cluster DNS here: dns_resolution resolves localhost.
 		"METAGN_DNS_NAME": "localhost",
 	}

@@ -94,8 +94,16 @@ func main() {
 	setupOnly := flag.Bool("setup-only", false, "measure only the setup re-apply and print it")
 	setupBare := flag.Bool("setup-bare", true, "measure setup of a 3-node cluster of the bare test world from nothing (needs the world's servers and root)")
 	setupBareOnly := flag.Bool("setup-bare-only", false, "measure only the setup of the bare cluster and print it")
+	haFlag := flag.Bool("ha", false, "run the HA bench instead (3-controller cluster, hub + 3 relays, failover; docs/HA.md)")
+	haAgents := flag.Int("ha-agents", 2000, "simulated agents for -ha")
+	haRounds := flag.Int("ha-rounds", 20, "measured fan-out rounds per topology for -ha")
 	flag.Parse()
 	log.SetFlags(0)
+	if *haFlag {
+		debug.SetGCPercent(*simGOGC)
+		haMain(*bin, *haAgents, *haRounds, *out)
+		return
+	}
 	// The simulated agents share this process, so their heaps are one heap,
 	// collected at once: every collection would stall all 1,000 agents
 	// together. In a fleet each agent is its own process with a small heap

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"encoding/base64"
+	"maps"
 	"sync"
 	"time"
 
@@ -42,8 +43,13 @@ type authenticator struct {
 
 	mu      sync.Mutex
 	nodes   map[string]string        // public key -> node name
+	byName  map[string]string        // node name -> public key
 	pending map[string]pendingEnroll // enrolling public key -> its attempt
 	refused func(reason string)      // counts refusals (metrics)
+	// onPending, in a cluster, tells the other peers about an enrollment
+	// connection this server admitted (cluster.go): the active controller
+	// answers it.
+	onPending func(pub, tokenHash string)
 }
 
 // pendingEnroll is an enrollment connection that has not enrolled yet.
@@ -72,6 +78,7 @@ func newAuthenticator(adminKey string, tokens *tokenStore, refused func(string))
 		internal: map[string]*server.User{},
 		tokens:   tokens,
 		nodes:    map[string]string{},
+		byName:   map[string]string{},
 		pending:  map[string]pendingEnroll{},
 		refused:  refused,
 		ready:    make(chan struct{}),
@@ -150,6 +157,9 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 				clear(a.pending) // abandoned attempts; their owners reconnect
 			}
 			a.pending[o.Nkey] = pendingEnroll{tokenHash: h, clientID: c.GetID()}
+			if a.onPending != nil {
+				a.onPending(o.Nkey, h)
+			}
 			// The server closes the connection when the token expires: an
 			// enrollment connection is no credential of its own.
 			c.RegisterUser(&server.User{Username: enrollUser(o.Nkey), Permissions: enrollPermissions(o.Nkey),
@@ -195,8 +205,10 @@ func nodesResponderUser() *server.User {
 		Publish: &server.SubjectPermission{Allow: []string{
 			messages.NodeInboxPrefix + ">",
 			messages.EnrollInboxPrefix + ">",
+			messages.RelayInboxPrefix + ">",
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
+			messages.RelayKeysSubject,
 			messages.EnrollPrefix + "*",
 			messages.HeartbeatPfx + "*",
 			messages.SyncPrefix + "*",
@@ -214,8 +226,9 @@ func stateUser() *server.User {
 		Publish: &server.SubjectPermission{Allow: []string{
 			"$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>",
 			messages.TaskPrefix + "*", messages.EventPrefix + "*", messages.StoredPrefix + "*",
+			ctlPending, messages.RelayChangedSubject,
 		}},
-		Subscribe: &server.SubjectPermission{Allow: []string{messages.OperatorInboxPrefix + ">"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{messages.OperatorInboxPrefix + ">", ctlPending}},
 	}}
 }
 
@@ -249,6 +262,7 @@ func (a *authenticator) addNode(pub, name string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.nodes[pub] = name
+	a.byName[name] = pub
 }
 
 // removeNode forgets a node's key, so that it cannot connect again. Its
@@ -256,7 +270,32 @@ func (a *authenticator) addNode(pub, name string) {
 func (a *authenticator) removeNode(pub string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if name, ok := a.nodes[pub]; ok && a.byName[name] == pub {
+		delete(a.byName, name)
+	}
 	delete(a.nodes, pub)
+}
+
+// addRemotePending records an enrollment connection another peer
+// admitted (clientID 0: not on this server). One this server admitted
+// itself is kept as it is.
+func (a *authenticator) addRemotePending(pub, tokenHash string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.pending[pub]; ok {
+		return
+	}
+	if len(a.pending) >= maxPendingEnrollments {
+		clear(a.pending)
+	}
+	a.pending[pub] = pendingEnroll{tokenHash: tokenHash}
+}
+
+// keyOf returns the key enrolled as node name, "" if none.
+func (a *authenticator) keyOf(name string) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.byName[name]
 }
 
 // pendingFor returns the enrollment attempt of key pub without ending it:
@@ -283,4 +322,11 @@ func internalKey() (nkeys.KeyPair, string, error) {
 	}
 	pub, err := kp.PublicKey()
 	return kp, pub, err
+}
+
+// nodeKeys returns a copy of the enrolled keys (public key -> name).
+func (a *authenticator) nodeKeys() map[string]string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return maps.Clone(a.nodes)
 }

@@ -57,6 +57,9 @@ func Backup(ctx context.Context, nc *nats.Conn, w io.Writer) (BackupStats, error
 	var infos []*jetstream.StreamInfo
 	l := js.ListStreams(ctx)
 	for si := range l.Info() {
+		if si.Config.Name == "KV_"+leaseBucket {
+			continue // who is active now: meaningless in a restored controller
+		}
 		infos = append(infos, si)
 	}
 	if err := l.Err(); err != nil {

@@ -75,7 +75,6 @@ type Options struct {
 	// read as well as to act (dashboard.go).
 	HTTPTLSCert string
 	HTTPTLSKey  string
-	Log         *zap.Logger
 	// Steps is the registry of setup steps (default steps.Builtin()); the
 	// controller runs their Seal and orders them, the agents run them.
 	Steps *steps.Registry
@@ -86,6 +85,14 @@ type Options struct {
 	// healthy (verified again every second until then); 0 means
 	// DefaultSetupVerifySettle, negative verifies once.
 	SetupVerifySettle time.Duration
+	// Cluster makes this controller one peer of a cluster (cluster.go).
+	Cluster ClusterOptions
+	// LeafListen, if set, makes this controller a hub that accepts relays'
+	// leaf links (relay.go), authenticated with the secret in
+	// RelaySecretFile (default DATA_DIR/relay.secret).
+	LeafListen      string
+	RelaySecretFile string
+	Log             *zap.Logger
 }
 
 // Controller is a running controller.
@@ -131,6 +138,20 @@ type Controller struct {
 	logOnce   *logLimiter // a node's refused claims: said once a day
 	stop      chan struct{}
 	wg        sync.WaitGroup
+
+	// Cluster mode (cluster.go, lease.go): lease is nil for a single
+	// controller, which is always active. subs are the subscriptions of
+	// the active part.
+	lease       *lease
+	sysNC       *nats.Conn
+	ctlNC       atomic.Pointer[nats.Conn] // c.nc, for the authenticator's notices
+	enrollWait  chan struct{}             // enrollments waiting for a peer's notice (handlers.go)
+	subs        []*nats.Subscription
+	actMu       sync.Mutex
+	act         *activeState
+	onActive    []func(context.Context)
+	activeGauge prometheus.Gauge
+	metricsOnce sync.Once
 }
 
 // Start brings a controller up and returns once it serves.
@@ -150,11 +171,14 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 			return nil, err
 		}
 	}
+	if err := o.Cluster.resolve(o.DataDir); err != nil {
+		return nil, err
+	}
 	c := &Controller{opts: o, log: o.Log, met: newMetrics(o.MaxMessageBytes), apiSem: make(chan struct{}, maxAPIRequests), stop: make(chan struct{}),
 		hbLimit:   heartbeatLimiter(o.HeartbeatInterval),
 		syncLimit: newNodeLimiter(syncRate, syncBurst, syncInFlight),
 		logRate:   newLogLimiter(10 * time.Second),
-		logOnce:   newLogLimiter(24 * time.Hour)}
+		logOnce:   newLogLimiter(24 * time.Hour), enrollWait: make(chan struct{}, 256)}
 	if was, err := privdir.Ensure(o.DataDir); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	} else if was != 0 {
@@ -181,6 +205,9 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 	// with a token (only the admin connects until Start returns).
 	c.tokens = &tokenStore{m: map[string]tokenRecord{}}
 	c.auth = newAuthenticator(adminPub, c.tokens, func(r string) { c.met.refused("connect", r) })
+	if o.Cluster.Enabled() {
+		c.auth.onPending = c.announcePending
+	}
 	if err := c.prepareTransport(ctx); err != nil {
 		return nil, err
 	}
@@ -202,14 +229,26 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 	if c.js, err = jetstream.New(c.nc); err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	if err := c.openState(ctx); err != nil {
-		return nil, err
-	}
-	if err := c.subscribe(); err != nil {
-		return nil, err
-	}
-	if err := c.disp.recover(ctx); err != nil {
-		return nil, err
+	c.activeGauge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "mgn_controller_active",
+		Help: "1 while this controller is the active one (holds the lease; always for a single controller)."})
+	c.met.reg.MustRegister(c.activeGauge)
+	if c.opts.Cluster.Enabled() {
+		// Standby until the lease says otherwise (lease.go): the active
+		// part is built by activate.
+		c.lease = newLease(nil, c.opts.Cluster.LeaseTTL, c.ns.Name(), os.Getpid())
+		if err := c.startCluster(); err != nil {
+			return nil, err
+		}
+	} else {
+		if err := c.openState(ctx); err != nil {
+			return nil, err
+		}
+		if err := c.subscribe(); err != nil {
+			return nil, err
+		}
+		if err := c.disp.recover(ctx); err != nil {
+			return nil, err
+		}
 	}
 	if err := c.startHTTP(); err != nil {
 		return nil, err
@@ -222,19 +261,29 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 	if err := runinfo.Write(o.DataDir, c.info); err != nil {
 		return nil, err
 	}
-	c.ver.loadLast(ctx)
-	if err := c.setup.resume(ctx); err != nil {
-		return nil, err
+	if !c.opts.Cluster.Enabled() {
+		c.ver.loadLast(ctx)
+		a := &activeState{stop: c.stop}
+		a.ctx, a.end = context.WithCancel(context.Background())
+		c.actMu.Lock()
+		c.act = a
+		hooks := append([]func(context.Context){}, c.onActive...)
+		c.actMu.Unlock()
+		c.activeGauge.Set(1)
+		c.wg.Add(2)
+		go func() { defer c.wg.Done(); c.housekeeping(c.stop) }()
+		go func() {
+			defer c.wg.Done()
+			c.ver.sweeps(c.stop, c.opts.SweepInterval, c.opts.SweepLayerIntervals)
+		}()
+		for _, f := range hooks {
+			go f(a.ctx)
+		}
+		if err := c.resumeRuns(ctx); err != nil {
+			c.Close()
+			return nil, err
+		}
 	}
-	if err := c.rollout.resume(ctx); err != nil {
-		return nil, err
-	}
-	c.wg.Add(2)
-	go c.housekeeping()
-	go func() {
-		defer c.wg.Done()
-		c.ver.sweeps(c.stop, c.opts.SweepInterval, c.opts.SweepLayerIntervals)
-	}()
 	c.log.Info("controller serving", zap.String("nats", c.info.NATSURL), zap.String("http", c.info.HTTPURL),
 		zap.String("data_dir", o.DataDir), zap.Duration("heartbeat_interval", o.HeartbeatInterval))
 	return c, nil
@@ -281,6 +330,12 @@ func (c *Controller) startServer() error {
 		DisableJetStreamBanner:     true,
 	}
 	c.tr.apply(sopts)
+	if err := c.applyCluster(sopts); err != nil {
+		return err
+	}
+	if err := c.applyLeaf(sopts); err != nil {
+		return err
+	}
 	ns, err := server.NewServer(sopts)
 	if err != nil {
 		return fmt.Errorf("nats server: %w", err)
@@ -297,9 +352,12 @@ func (c *Controller) startServer() error {
 
 func (c *Controller) openState(ctx context.Context) error {
 	kv := func(name string, ttl time.Duration) (jetstream.KeyValue, error) {
+		if b, ok := c.existingKV(ctx, name); ok {
+			return b, nil
+		}
 		b, err := c.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket: name, Storage: jetstream.FileStorage, History: 1, TTL: ttl,
-			MaxValueSize: int32(c.opts.MaxMessageBytes),
+			MaxValueSize: int32(c.opts.MaxMessageBytes), Replicas: c.replicasFor(ctx, "KV_"+name),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("open bucket %s: %w", name, err)
@@ -324,25 +382,25 @@ func (c *Controller) openState(ctx context.Context) error {
 	}
 	// Only the controller writes here (resultStore): agents' result
 	// subjects (mgn.res.>) are not captured.
-	results, err := c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	results, err := c.existingStream(ctx, messages.ResultsStream, jetstream.StreamConfig{
 		Name: messages.ResultsStream, Subjects: []string{messages.StoredPrefix + ">"},
 		Storage: jetstream.FileStorage, MaxMsgsPerSubject: -1, MaxAge: c.opts.Retention,
 		Discard: jetstream.DiscardOld, Duplicates: 2 * time.Minute, AllowDirect: true,
-		MaxMsgSize: int32(c.opts.MaxMessageBytes + 4<<10),
+		MaxMsgSize: int32(c.opts.MaxMessageBytes + 4<<10), Replicas: c.replicasFor(ctx, messages.ResultsStream),
 	})
 	if err != nil {
 		return fmt.Errorf("open stream %s: %w", messages.ResultsStream, err)
 	}
-	reports, err := c.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+	reports, err := c.existingObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket: messages.ReportsBucket, Storage: jetstream.FileStorage, TTL: c.opts.HistoryRetention,
-		Description: "verification reports",
+		Description: "verification reports", Replicas: c.replicasFor(ctx, "OBJ_"+messages.ReportsBucket),
 	})
 	if err != nil {
 		return fmt.Errorf("open report store: %w", err)
 	}
-	c.diagnoses, err = c.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+	c.diagnoses, err = c.existingObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket: messages.DiagnosesBucket, Storage: jetstream.FileStorage, TTL: c.opts.HistoryRetention,
-		Description: "diagnoses",
+		Description: "diagnoses", Replicas: c.replicasFor(ctx, "OBJ_"+messages.DiagnosesBucket),
 	})
 	if err != nil {
 		return fmt.Errorf("open diagnosis store: %w", err)
@@ -371,6 +429,9 @@ func (c *Controller) openState(ctx context.Context) error {
 		return err
 	}
 	c.disp = newDispatcher(c, results, openKV, histKV)
+	if c.ver != nil {
+		c.ver.unregister() // a cluster peer activating again (lease.go)
+	}
 	c.ver = newVerifier(c, reports)
 	c.setup = newSetupRunner(c, setupRuns, setupDurs)
 	revsKV, err := kv(specRevisionsBucket, 0)
@@ -383,8 +444,10 @@ func (c *Controller) openState(ctx context.Context) error {
 	}
 	c.revs = &revisions{kv: revsKV}
 	c.rollout = newRolloutRunner(c, rolloutsKV, c.revs)
-	c.met.reg.MustRegister(fleetCollector{reg: c.reg, desc: prometheus.NewDesc("mgn_nodes",
-		"Enrolled nodes by liveness state.", []string{"state"}, nil)})
+	c.metricsOnce.Do(func() {
+		c.met.reg.MustRegister(fleetCollector{c: c, desc: prometheus.NewDesc("mgn_nodes",
+			"Enrolled nodes by liveness state.", []string{"state"}, nil)})
+	})
 	return nil
 }
 
@@ -422,13 +485,15 @@ func (c *Controller) subscribe() error {
 		{c.nodesNC, messages.SyncPrefix + "*", c.onSync},
 		{c.nodesNC, messages.AckPrefix + "*", c.onAck},
 		{c.nodesNC, messages.ResultPrefix + "*", c.disp.onResult},
+		{c.nodesNC, messages.RelayKeysSubject, c.onRelayKeys},
 		{c.apiNC, messages.APIPrefix + ">", c.onAPI},
 	}
 	for _, s := range subs {
-		sub, err := s.nc.Subscribe(s.subj, s.h)
+		sub, err := s.nc.Subscribe(s.subj, c.fenced(s.h))
 		if err != nil {
 			return fmt.Errorf("subscribe %s: %w", s.subj, err)
 		}
+		c.subs = append(c.subs, sub)
 		// Large pending limits: a burst of 5,000 results must not be
 		// dropped as a slow consumer (the stream is the backstop anyway).
 		sub.SetPendingLimits(1<<20, 1<<30)
@@ -457,16 +522,11 @@ func (c *Controller) Close() {
 		c.auth.markReady() // release connections waiting on a start that failed
 	}
 	c.wg.Wait()
-	if c.rollout != nil {
-		c.rollout.stop()
+	c.stopRuns()
+	if c.disp != nil && !c.opts.Cluster.Enabled() {
+		c.disp.stop() // a cluster peer stopped its dispatcher when it deactivated
 	}
-	if c.setup != nil {
-		c.setup.stop()
-	}
-	if c.disp != nil {
-		c.disp.stop()
-	}
-	if c.reg != nil {
+	if c.reg != nil && !c.opts.Cluster.Enabled() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		c.reg.flush(ctx)
 		cancel()
@@ -479,7 +539,10 @@ func (c *Controller) Close() {
 		c.http.Shutdown(ctx)
 		cancel()
 	}
-	for _, nc := range []*nats.Conn{c.nodesNC, c.apiNC, c.nc} {
+	if c.act != nil && c.act.end != nil {
+		c.act.end()
+	}
+	for _, nc := range []*nats.Conn{c.nodesNC, c.apiNC, c.sysNC, c.nc} {
 		if nc != nil {
 			nc.Close()
 		}
@@ -499,8 +562,7 @@ func (c *Controller) Close() {
 
 // housekeeping derives liveness, announces state changes, and persists
 // registry changes.
-func (c *Controller) housekeeping() {
-	defer c.wg.Done()
+func (c *Controller) housekeeping(stop <-chan struct{}) {
 	tick := time.NewTicker(c.opts.HeartbeatInterval / 2)
 	defer tick.Stop()
 	flush := time.NewTicker(5 * time.Second)
@@ -509,13 +571,19 @@ func (c *Controller) housekeeping() {
 	defer prune.Stop()
 	for {
 		select {
-		case <-c.stop:
+		case <-stop:
 			return
 		case now := <-tick.C:
+			if !c.acting() {
+				continue
+			}
 			for _, t := range c.reg.sweep(now) {
 				c.announce(t)
 			}
 		case <-flush.C:
+			if !c.acting() {
+				continue
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			c.reg.flush(ctx)
 			cancel()
@@ -565,6 +633,7 @@ func (c *Controller) startHTTP() error {
 		w.Write([]byte("ok\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(c.met.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /leasez", c.serveLeasez)
 	if c.opts.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -626,5 +695,26 @@ func (n natsLogger) limited(level zapcore.Level, msg string) {
 	}
 	if ce := n.l.Check(level, msg); ce != nil {
 		ce.Write(fields...)
+	}
+}
+
+// resumeRuns picks up the setup runs and rollouts a previous active
+// controller left running (after a restart or a failover). Only the active
+// controller runs them.
+func (c *Controller) resumeRuns(ctx context.Context) error {
+	if err := c.setup.resume(ctx); err != nil {
+		return err
+	}
+	return c.rollout.resume(ctx)
+}
+
+// stopRuns stops this controller's setup runs and rollouts where they are
+// (persisted; the next active controller resumes them).
+func (c *Controller) stopRuns() {
+	if c.rollout != nil {
+		c.rollout.stop()
+	}
+	if c.setup != nil {
+		c.setup.stop()
 	}
 }

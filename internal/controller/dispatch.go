@@ -22,6 +22,13 @@ import (
 // results still in flight before it settles the missing ones as unknown.
 const settleGrace = 2 * time.Second
 
+// recoverGrace is how long a controller that recovers open tasks (after a
+// restart or a failover) waits at least before it settles missing results
+// as expired: agents that finished while no controller stored their
+// results send them again on their next sync (every 2.5-7.5 s while
+// results wait), and that must not lose them.
+const recoverGrace = 10 * time.Second
+
 // taskRecord is what is persisted for a task. Results live in the results
 // stream (resultStore), so they are never rewritten here.
 type taskRecord struct {
@@ -51,6 +58,8 @@ type taskState struct {
 	// takesSealed: the task's issuer takes Result.Sealed (setup steps)
 	// from dispatcher.sealedOut.
 	takesSealed bool
+	// notBefore, set on recovery, is the earliest the task may expire.
+	notBefore time.Time
 }
 
 // pendingRow returns node's row if node is a target whose outcome is not
@@ -100,6 +109,9 @@ type dispatcher struct {
 	met       *metrics
 	// changed tells the dashboard a task finished (Controller.changed).
 	changed func(kind string)
+	// acting is the lease check (Controller.acting): nothing is issued or
+	// settled without it.
+	acting func() bool
 
 	mu     sync.Mutex
 	tasks  map[string]*taskState
@@ -141,6 +153,9 @@ func (d *dispatcher) issueSealed(ctx context.Context, req messages.RunRequest, t
 	if err := messages.ValidTaskKind(req.Kind); err != nil {
 		return messages.RunReply{}, messages.Errorf(messages.CodeBadRequest, "%v", err)
 	}
+	if !d.acting() {
+		return messages.RunReply{}, ErrNotActive
+	}
 	timeout := messages.DefaultRunTimeout
 	if req.Timeout != "" {
 		timeout, _ = time.ParseDuration(req.Timeout) // validated by the decoder
@@ -164,6 +179,11 @@ func (d *dispatcher) issueSealed(ctx context.Context, req messages.RunRequest, t
 	sent := t
 	sent.Sealed = sealed
 	payload := messages.MustEncode(&sent)
+	if !d.acting() {
+		// Lost the lease while storing the task: the next active
+		// controller finds it open and sends it (recover, sync).
+		return messages.RunReply{}, ErrNotActive
+	}
 	var skipped []string
 	for _, n := range targets {
 		if req.SkipOffline && states[n] == messages.StateOffline {
@@ -213,7 +233,7 @@ func newTaskState(rec taskRecord) *taskState {
 // dispatcher that stopped) meanwhile gets no timer.
 func (d *dispatcher) arm(ts *taskState) {
 	id := ts.rec.Task.ID
-	t := time.AfterFunc(time.Until(ts.rec.Task.Deadline)+settleGrace, func() {
+	t := time.AfterFunc(max(time.Until(ts.rec.Task.Deadline)+settleGrace, time.Until(ts.notBefore)), func() {
 		d.expire(id)
 	})
 	d.mu.Lock()
@@ -318,7 +338,7 @@ func (d *dispatcher) settleSealed(ts *taskState, r messages.Result, raw []byte, 
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	row, ok := ts.pendingRow(r.Node)
-	if !ok || d.closed {
+	if !ok || d.closed || !d.acting() {
 		return
 	}
 	if len(sealed) > 0 {
@@ -551,6 +571,7 @@ func (d *dispatcher) recover(ctx context.Context) error {
 			continue
 		}
 		ts := newTaskState(rec)
+		ts.notBefore = time.Now().Add(recoverGrace)
 		stored, err := storedResults(ctx, d.results, id, d.maxBytes)
 		if err != nil {
 			return err
@@ -580,9 +601,10 @@ func (d *dispatcher) recover(ctx context.Context) error {
 func newDispatcher(c *Controller, results jetstream.Stream, open, history jetstream.KeyValue) *dispatcher {
 	d := &dispatcher{nc: c.nc, js: c.js, results: results, open: open, history: history,
 		reg: c.reg, log: c.log.Named("dispatch"), met: c.met, tasks: map[string]*taskState{},
-		maxBytes: c.opts.MaxMessageBytes, recovered: make(chan struct{}), changed: c.changed}
+		maxBytes: c.opts.MaxMessageBytes, recovered: make(chan struct{}), changed: c.changed, acting: c.acting}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.store = newResultStore(c.js, d.log, c.opts.MaxMessageBytes)
+	d.store.acting = c.acting
 	var storeCtx context.Context
 	storeCtx, d.stopStore = context.WithCancel(context.Background())
 	go d.store.run(storeCtx, 5*time.Second)

@@ -77,18 +77,45 @@ func (c *Controller) onEnroll(m *nats.Msg) {
 		c.reply(m, "enroll", inbox, nil, err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	claims, err := c.enroll(ctx, pub, req)
-	if err != nil {
-		c.log.Info("enrollment refused", zap.String("node", req.Name), zap.Error(err))
-		c.reply(m, "enroll", inbox, nil, err)
+	process := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		claims, err := c.enroll(ctx, pub, req)
+		if err != nil {
+			c.log.Info("enrollment refused", zap.String("node", req.Name), zap.Error(err))
+			c.reply(m, "enroll", inbox, nil, err)
+			return
+		}
+		c.log.Info("node enrolled", zap.String("node", req.Name), zap.String("cluster", claims.Cluster), zap.String("role", claims.Role))
+		c.changed("enrolled")
+		c.reply(m, "enroll", inbox, &messages.EnrollReply{V: messages.Version, Name: req.Name,
+			HeartbeatInterval: c.opts.HeartbeatInterval.String(), MaxMessageBytes: c.opts.MaxMessageBytes, Node: &claims}, nil)
+	}
+	if _, ok := c.auth.pendingFor(pub); ok || c.lease == nil {
+		process()
 		return
 	}
-	c.log.Info("node enrolled", zap.String("node", req.Name), zap.String("cluster", claims.Cluster), zap.String("role", claims.Role))
-	c.changed("enrolled")
-	c.reply(m, "enroll", inbox, &messages.EnrollReply{V: messages.Version, Name: req.Name,
-		HeartbeatInterval: c.opts.HeartbeatInterval.String(), MaxMessageBytes: c.opts.MaxMessageBytes, Node: &claims}, nil)
+	// In a cluster the agent may have connected to another peer, whose
+	// notice of the attempt can trail its request (cluster.go): wait for
+	// it beside the responder, which must not stall the fleet's
+	// heartbeats and results.
+	select {
+	case c.enrollWait <- struct{}{}:
+	default:
+		c.reply(m, "enroll", inbox, nil, messages.Errorf(messages.CodeInternal, "controller busy with enrollments, retry"))
+		return
+	}
+	go func() {
+		defer func() { <-c.enrollWait }()
+		deadline := time.Now().Add(2 * time.Second)
+		for time.Now().Before(deadline) {
+			if _, ok := c.auth.pendingFor(pub); ok {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		process()
+	}()
 }
 
 // enroll checks everything that can refuse an enrollment before it spends
@@ -127,9 +154,12 @@ func (c *Controller) enroll(ctx context.Context, pub string, req messages.Enroll
 	}
 	c.auth.endPending(pub)
 	c.auth.addNode(pub, req.Name)
+	c.nc.Publish(messages.RelayChangedSubject, nil) // relays learn the key (relay.go)
 	// Let the reply go out first; the agent closes the connection itself
 	// as soon as it has read it.
-	time.AfterFunc(time.Second, func() { c.ns.DisconnectClientByID(p.clientID) })
+	if p.clientID != 0 {
+		time.AfterFunc(time.Second, func() { c.ns.DisconnectClientByID(p.clientID) })
+	}
 	return claims, nil
 }
 
@@ -429,6 +459,7 @@ func (c *Controller) removeNode(ctx context.Context, name string) (messages.Mess
 		return nil, err
 	}
 	c.auth.removeNode(pub)
+	c.nc.Publish(messages.RelayChangedSubject, nil)
 	n := c.disconnectKey(pub)
 	c.syncLimit.forget(name)
 	c.hbLimit.forget(name)

@@ -68,13 +68,16 @@ func (m *metrics) observeTask(d time.Duration) { m.taskDuration.Observe(d.Second
 
 // fleetCollector exports the fleet gauges computed at scrape time.
 type fleetCollector struct {
-	reg  *registry
+	c    *Controller // its registry; none on a standby
 	desc *prometheus.Desc
 }
 
 func (f fleetCollector) Describe(ch chan<- *prometheus.Desc) { ch <- f.desc }
 func (f fleetCollector) Collect(ch chan<- prometheus.Metric) {
-	on, st, off := f.reg.counts(time.Now())
+	var on, st, off int
+	if reg := f.c.reg; reg != nil && f.c.acting() {
+		on, st, off = reg.counts(time.Now())
+	}
 	ch <- prometheus.MustNewConstMetric(f.desc, prometheus.GaugeValue, float64(on), "online")
 	ch <- prometheus.MustNewConstMetric(f.desc, prometheus.GaugeValue, float64(st), "stale")
 	ch <- prometheus.MustNewConstMetric(f.desc, prometheus.GaugeValue, float64(off), "offline")

@@ -180,9 +180,9 @@ func newRolloutRunner(c *Controller, kv jetstream.KeyValue, revs *revisions) *ro
 	return r
 }
 
-// mayAct reports whether this controller may progress rollouts: the hook
-// for the HA lease (only the active controller acts). True for now.
-func (c *Controller) mayAct() bool { return true }
+// mayAct reports whether this controller may progress rollouts: only the
+// active controller (the HA lease, lease.go) acts.
+func (c *Controller) mayAct() bool { return c.Active() }
 
 func (r *rolloutRunner) stop() {
 	r.stop_()

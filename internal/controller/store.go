@@ -31,6 +31,9 @@ type resultStore struct {
 	js       jetstream.JetStream
 	log      *zap.Logger
 	maxBytes int // bound on one stream message
+	// acting is the lease check: a controller that is not active stores
+	// nothing (the results stay with the agents).
+	acting func() bool
 
 	mu      sync.Mutex
 	queue   []queued
@@ -124,6 +127,9 @@ func (s *resultStore) flush(ctx context.Context) {
 		s.mu.Unlock()
 		if len(batch) == 0 {
 			return
+		}
+		if s.acting != nil && !s.acting() {
+			return // not the active controller (lease.go): it stores nothing
 		}
 		err := s.write(ctx, batch)
 		if err == nil {

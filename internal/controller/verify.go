@@ -756,7 +756,7 @@ func (v *verifier) sweeps(stop <-chan struct{}, every time.Duration, perLayer ma
 					next[l] = now.Add(interval(l))
 				}
 			}
-			if len(due) == 0 || len(v.c.reg.members()) == 0 {
+			if len(due) == 0 || !v.c.acting() || len(v.c.reg.members()) == 0 {
 				continue
 			}
 			if len(due) == len(layers) {

@@ -1,0 +1,423 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+// The lease says which controller of a cluster acts (docs/HA.md): the key
+// leaseKey in the bucket messages.LeaseBucket, whose MaxAge is the lease
+// TTL. A standby Creates the key (which succeeds only once the last
+// holder's write aged out); the holder Updates it, conditioned on the
+// revision it last wrote. The holder acts only while
+//
+//	now < (monotonic time before the last successful renewal was sent) + TTL − TTL/3
+//
+// so a controller that was paused and wakes up late finds its deadline
+// passed before it does anything, whatever its goroutines were about to do.
+
+const (
+	leaseKey = "active"
+	// DefaultLeaseTTL is how long a lease outlives its holder's last
+	// renewal; the new controller is active about this long after the old
+	// one died.
+	DefaultLeaseTTL = 3 * time.Second
+	MinLeaseTTL     = 500 * time.Millisecond
+)
+
+// ErrNotActive is what an action refused on a standby (or on a controller
+// whose lease lapsed) returns.
+var ErrNotActive = messages.Errorf(messages.CodeInternal, "this controller is not the active one (its lease lapsed or another controller holds it): retry, the request reaches the active controller")
+
+// leaseRecord is the lease key's value: who holds it, for people.
+type leaseRecord struct {
+	Holder string    `json:"holder"`
+	PID    int       `json:"pid"`
+	Since  time.Time `json:"since"`
+}
+
+// lease is this controller's view of the lease.
+type lease struct {
+	kvMu   sync.Mutex
+	kv     jetstream.KeyValue // set once the bucket could be opened
+	ttl    time.Duration
+	holder string
+	pid    int
+
+	// until is the monotonic deadline (ns since base) of acting; 0 when
+	// not holding.
+	base  time.Time
+	until atomic.Int64
+	rev   uint64 // revision last written (lease loop only)
+	since time.Time
+}
+
+func newLease(kv jetstream.KeyValue, ttl time.Duration, holder string, pid int) *lease {
+	return &lease{kv: kv, ttl: ttl, holder: holder, pid: pid, base: time.Now()}
+}
+
+func (l *lease) setKV(kv jetstream.KeyValue) {
+	l.kvMu.Lock()
+	defer l.kvMu.Unlock()
+	l.kv = kv
+}
+
+func (l *lease) bucket() jetstream.KeyValue {
+	if l == nil {
+		return nil
+	}
+	l.kvMu.Lock()
+	defer l.kvMu.Unlock()
+	return l.kv
+}
+
+// valid reports whether this controller may act now.
+func (l *lease) valid() bool {
+	u := l.until.Load()
+	return u != 0 && int64(time.Since(l.base)) < u
+}
+
+func (l *lease) margin() time.Duration { return l.ttl / 3 }
+
+// extend records a successful write sent at sent.
+func (l *lease) extend(sent time.Time, rev uint64) {
+	l.rev = rev
+	l.until.Store(int64(sent.Sub(l.base) + l.ttl - l.margin()))
+}
+
+func (l *lease) drop() { l.until.Store(0); l.rev = 0 }
+
+func (l *lease) value() []byte {
+	b, _ := json.Marshal(leaseRecord{Holder: l.holder, PID: l.pid, Since: l.since})
+	return b
+}
+
+// tryAcquire creates the lease key; false with no error when another
+// controller holds it.
+func (l *lease) tryAcquire(ctx context.Context) (bool, error) {
+	sent := time.Now()
+	l.since = sent.UTC()
+	rev, err := l.bucket().Create(ctx, leaseKey, l.value())
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	l.extend(sent, rev)
+	return true, nil
+}
+
+// renew updates the key conditioned on the revision last written. A
+// revision mismatch means someone else holds it: lost for certain.
+func (l *lease) renew(ctx context.Context) (lost bool, err error) {
+	sent := time.Now()
+	rev, err := l.bucket().Update(ctx, leaseKey, l.value(), l.rev)
+	if err != nil {
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+			return true, err
+		}
+		return !l.valid(), err
+	}
+	l.extend(sent, rev)
+	return false, nil
+}
+
+// release deletes the key if this controller still holds it, so a
+// standby takes over at once after a graceful stop.
+func (l *lease) release(ctx context.Context) {
+	if l.valid() {
+		l.bucket().Delete(ctx, leaseKey, jetstream.LastRevision(l.rev))
+	}
+	l.drop()
+}
+
+// LeaseHolder reads who holds the lease now ("" when nobody).
+func leaseHolder(ctx context.Context, kv jetstream.KeyValue) (leaseRecord, uint64, error) {
+	e, err := kv.Get(ctx, leaseKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return leaseRecord{}, 0, nil
+	}
+	if err != nil {
+		return leaseRecord{}, 0, err
+	}
+	var r leaseRecord
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		return leaseRecord{}, 0, fmt.Errorf("lease record: %w", err)
+	}
+	return r, e.Revision(), nil
+}
+
+// activeState is what a controller runs while it holds the lease: the
+// registry, dispatcher, verifier, the subscriptions that feed them, and
+// the loops (liveness, sweeps). It is built from the replicated state on
+// every activation and torn down on every loss.
+type activeState struct {
+	stop chan struct{}
+	wg   sync.WaitGroup
+	ctx  context.Context
+	end  context.CancelFunc
+}
+
+// Active reports whether this controller may act now: always for a single
+// controller, while it holds the lease in a cluster. Setup runs and
+// rollouts call it (or LeaseCheck) right before each state-changing step.
+func (c *Controller) Active() bool {
+	if !c.acting() {
+		return false
+	}
+	c.actMu.Lock()
+	defer c.actMu.Unlock()
+	return c.act != nil // activation done
+}
+
+// LeaseCheck returns ErrNotActive unless this controller may act now.
+func (c *Controller) LeaseCheck() error {
+	if c.acting() {
+		return nil
+	}
+	return ErrNotActive
+}
+
+// ActiveContext returns a context that ends when this controller stops
+// being active (or stops); on a standby it is already done. Long work an
+// active controller starts (a setup run) uses it.
+func (c *Controller) ActiveContext() context.Context {
+	c.actMu.Lock()
+	defer c.actMu.Unlock()
+	if c.act == nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		return ctx
+	}
+	return c.act.ctx
+}
+
+// OnActive registers f to run each time this controller becomes active,
+// with a context that ends when it stops being so (a single controller
+// runs it once at start). Register before Start returns work, i.e. from
+// code that Start calls; later registrations run at the next activation.
+func (c *Controller) OnActive(f func(ctx context.Context)) {
+	c.actMu.Lock()
+	defer c.actMu.Unlock()
+	c.onActive = append(c.onActive, f)
+}
+
+func (c *Controller) acting() bool {
+	if c.lease == nil {
+		return true
+	}
+	return c.lease.valid()
+}
+
+// fenced wraps a handler so that it does nothing unless this controller
+// may act: a paused controller that wakes up with messages queued drops
+// them (the agents send them again to the active one).
+func (c *Controller) fenced(h nats.MsgHandler) nats.MsgHandler {
+	if c.lease == nil {
+		return h
+	}
+	return func(m *nats.Msg) {
+		if !c.lease.valid() {
+			return
+		}
+		h(m)
+	}
+}
+
+// leaseLoop runs on every cluster peer: it acquires, renews and loses the
+// lease, and activates or deactivates this controller accordingly.
+func (c *Controller) leaseLoop() {
+	defer c.wg.Done()
+	log := c.log.Named("lease")
+	l := c.lease
+	acquireEvery, renewEvery := l.ttl/6, l.ttl/3
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-c.stop:
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if c.act != nil {
+				if l.valid() && c.reg != nil {
+					c.reg.flush(ctx) // still the holder: last_seen survives the handover
+				}
+				c.deactivate("stopping")
+				l.release(ctx)
+			}
+			cancel()
+			return
+		case <-timer.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), renewEvery)
+		if c.act == nil {
+			ok, err := l.tryAcquire(ctx)
+			cancel()
+			if err != nil {
+				c.logRate.warn(log, "lease-acquire", "lease: cannot reach the lease bucket (JetStream quorum?)", zap.Error(err))
+			}
+			if ok {
+				log.Info("lease acquired: this controller is active", zap.String("holder", l.holder), zap.Uint64("rev", l.rev))
+				if err := c.activate(); err != nil {
+					log.Warn("activation failed: giving the lease up", zap.Error(err))
+					c.deactivate("activation failed")
+					rctx, rcancel := context.WithTimeout(context.Background(), time.Second)
+					l.release(rctx)
+					rcancel()
+				}
+				timer.Reset(renewEvery)
+				continue
+			}
+			timer.Reset(acquireEvery)
+			continue
+		}
+		lost, err := l.renew(ctx)
+		cancel()
+		switch {
+		case lost:
+			log.Warn("lease lost: this controller stops acting", zap.Error(err))
+			c.deactivate("lease lost")
+			l.drop()
+			timer.Reset(acquireEvery)
+			continue
+		case err != nil:
+			c.logRate.warn(log, "lease-renew", "lease: renewal failed, retrying", zap.Error(err))
+			timer.Reset(renewEvery / 4)
+			continue
+		}
+		timer.Reset(renewEvery)
+	}
+}
+
+// activate builds the active part from the replicated state.
+func (c *Controller) activate() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	c.keepNoLeaders()
+	start := time.Now()
+	if err := c.openState(ctx); err != nil {
+		return err
+	}
+	if err := c.subscribe(); err != nil {
+		return err
+	}
+	if err := c.disp.recover(ctx); err != nil {
+		return err
+	}
+	c.ver.loadLast(ctx)
+	c.resendOwed()
+	a := &activeState{stop: make(chan struct{})}
+	a.ctx, a.end = context.WithCancel(context.Background())
+	c.actMu.Lock()
+	c.act = a
+	hooks := append([]func(context.Context){}, c.onActive...)
+	c.actMu.Unlock()
+	a.wg.Add(3)
+	go func() { defer a.wg.Done(); c.housekeeping(a.stop) }()
+	go func() {
+		defer a.wg.Done()
+		c.ver.sweeps(a.stop, c.opts.SweepInterval, c.opts.SweepLayerIntervals)
+	}()
+	go func() {
+		defer a.wg.Done()
+		c.reconcileReplicas(a.stop)
+	}()
+	for _, f := range hooks {
+		go f(a.ctx)
+	}
+	if err := c.resumeRuns(ctx); err != nil {
+		// The fleet is served without them; the next activation tries again.
+		c.log.Error("setup runs and rollouts not resumed", zap.Error(err))
+	}
+	c.activeGauge.Set(1)
+	c.log.Info("active", zap.Duration("activation", time.Since(start)))
+	return nil
+}
+
+// unsubscribe ends the active part's subscriptions.
+func (c *Controller) unsubscribe() {
+	for _, s := range c.subs {
+		s.Unsubscribe()
+	}
+	c.subs = nil
+}
+
+// resendOwed sends every recovered open task again to the nodes that owe
+// an outcome. An agent that finished it while no controller was active
+// answers at once with the result from its journal (it never runs a task
+// id twice); one still running it ignores it. Without this, agents that
+// stayed connected to a surviving peer would resend only on their next
+// periodic sync, seconds later.
+func (c *Controller) resendOwed() {
+	d := c.disp
+	type owed struct {
+		payload []byte
+		nodes   []string
+	}
+	var all []owed
+	d.mu.Lock()
+	for _, ts := range d.tasks {
+		if isClosed(ts.done) {
+			continue
+		}
+		o := owed{payload: messages.MustEncode(&ts.rec.Task)}
+		for _, n := range ts.rec.Targets {
+			if ts.owes(n) {
+				o.nodes = append(o.nodes, n)
+			}
+		}
+		all = append(all, o)
+	}
+	d.mu.Unlock()
+	for _, o := range all {
+		for _, n := range o.nodes {
+			if !c.acting() {
+				return
+			}
+			c.nc.Publish(messages.TaskSubject(n), o.payload)
+		}
+	}
+}
+
+// deactivate tears the active part down. It writes nothing: whatever the
+// lost lease's holder still had in memory the next holder rebuilds from
+// the replicated state and the agents' journals.
+func (c *Controller) deactivate(why string) {
+	c.unsubscribe()
+	c.actMu.Lock()
+	a := c.act
+	c.act = nil
+	c.actMu.Unlock()
+	if a != nil {
+		a.end()
+		close(a.stop)
+		a.wg.Wait()
+	}
+	c.stopRuns()
+	if c.disp != nil {
+		c.disp.stop()
+	}
+	c.activeGauge.Set(0)
+	c.log.Info("standby", zap.String("why", why))
+}
+
+// unregister removes the verifier's series, so that the next activation's
+// verifier can register its own (activation builds everything anew).
+func (v *verifier) unregister() {
+	for _, m := range []prometheus.Collector{v.layerStatus, v.checkCounts, v.checkDuration, v.sweepDuration} {
+		v.c.met.reg.Unregister(m)
+	}
+}
