@@ -403,7 +403,7 @@ func startedBatches(ro messages.Rollout) int {
 func TestRolloutBareWorldControl(t *testing.T) {
 	bw := startBareWorld(t, 2)
 	w := newWorld(t)
-	bw.startAgents(w, w.token())
+	agents := bw.startAgents(w, w.token())
 	var outputs []string
 	out, code := w.setup(&outputs, "apply", "-f", bw.fleet, "--yes", "--json")
 	if run := decodeRun(t, out); code != 0 || run.Status != messages.RunSucceeded {
@@ -529,6 +529,7 @@ func TestRolloutBareWorldControl(t *testing.T) {
 		return len(ro.Batches) > 2 && ro.Batches[1].Started != nil && ro.Batches[1].Finished == nil
 	})
 	w.ctl.kill()
+	killedLog := w.ctl.log.String()
 	w.startController()
 	ro = w.rolloutWhen(&outputs, id, "resumed after kill -9 and done", 3*time.Minute, func(ro messages.Rollout) bool {
 		return ro.Status != messages.RolloutRunning
@@ -547,4 +548,15 @@ func TestRolloutBareWorldControl(t *testing.T) {
 	}
 	w.verifyHealthy(&outputs, "after the rollout resumed from kill -9")
 	t.Logf("kill -9 mid-batch 2, restarted: %s, every Talos node applied exactly once", ro.Status)
+
+	secrets := bw.secrets(w)
+	texts := map[string]string{"controller log": w.ctl.log.String(), "killed controller log": killedLog}
+	for name, p := range agents {
+		texts["agent "+name+" log"] = p.log.String()
+	}
+	for i, o := range outputs {
+		texts[fmt.Sprintf("CLI output #%d", i)] = o
+	}
+	w.ctl.kill()
+	scanSecrets(t, secrets, w.data, texts)
 }
