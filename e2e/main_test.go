@@ -28,7 +28,7 @@ func TestMain(m *testing.M) {
 		os.Exit(2)
 	}
 	binDir = dir
-	build := exec.Command("go", "build", "-o", dir+"/", "../cmd/controller", "../cmd/agent")
+	build := exec.Command("go", "build", "-o", dir+"/", "../cmd/controller", "../cmd/agent", "../hack/testworld")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build binaries:", err)

@@ -167,3 +167,14 @@ func FuzzParse(f *testing.F) {
 		fleet.Hash(spec)
 	})
 }
+
+// A hostapp node runs GuildNet's host app, not Talos: provider talos does
+// not ask it for an apid address (the bare test world's alpha-host).
+func TestTalosHostAppNodeNeedsNoEndpoint(t *testing.T) {
+	spec := strings.NewReplacer("provider: kubernetes\n      kubeconfigFrom: file:/tmp/kc", "provider: talos\n      talos:\n        endpoint: https://127.0.0.1:6443",
+		"        role: controlplane\n", "        role: controlplane\n        talosEndpoint: 127.0.0.1:50000\n",
+		"        role: router\n", "        role: router\n        talosEndpoint: 127.0.0.1:50001\n      - name: h1\n        role: hostapp\n").Replace(minimal)
+	if _, err := fleet.Parse("f.yaml", []byte(spec)); err != nil {
+		t.Fatalf("a hostapp node without talosEndpoint: %v\n%s", err, spec)
+	}
+}

@@ -236,9 +236,11 @@ func validateKube(c *messages.FleetCluster, p string, fail failFunc) error {
 	switch k.Provider {
 	case ProviderTalos:
 		for i, n := range c.Nodes {
-			if n.TalosEndpoint == "" {
+			// A hostapp node runs GuildNet's host app, not Talos: it
+			// needs no apid address.
+			if n.TalosEndpoint == "" && n.Role != messages.RoleHostApp {
 				return fail(fmt.Sprintf("%s.nodes[%d].talosEndpoint", strings.TrimSuffix(p, ".cluster"), i),
-					"missing: provider talos needs each node's apid address (HOST:PORT, port 50000)")
+					"missing: provider talos needs each Kubernetes node's apid address (HOST:PORT, port 50000)")
 			}
 		}
 		if k.Talos.Endpoint == "" {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real servers the test world runs (internal/testenv): kube-apiserver and
-# etcd from k8s.io/kubernetes, and Headscale. They are built from the tools
-# modules hack/kube and hack/headscale into a per-version cache directory
+# etcd from k8s.io/kubernetes, Headscale, KWOK and tailscaled. They are built
+# from the tools modules hack/kube, hack/headscale, hack/kwok and
+# hack/tailscale into a per-version cache directory
 # outside the repository, so a second run (and every later checkout) finds
 # them in seconds. internal/testenv reads the same directory, through
 # MGN_TESTENV_CACHE or the same default as below.
@@ -16,16 +17,18 @@ K8S_VERSION=v1.37.2
 ETCD_NOTE="etcd as pinned by k8s.io/kubernetes ${K8S_VERSION}"
 HEADSCALE_VERSION=v0.29.1
 KWOK_VERSION=v0.8.0
+TAILSCALE_VERSION=v1.102.5
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${MGN_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/metaguildnet/testenv}"
 KUBE_DIR="$CACHE/k8s-${K8S_VERSION}"
 HEADSCALE_DIR="$CACHE/headscale-${HEADSCALE_VERSION}"
 KWOK_DIR="$CACHE/kwok-${KWOK_VERSION}"
+TAILSCALE_DIR="$CACHE/tailscale-${TAILSCALE_VERSION}"
 GO="${GO:-go}"
 
 if [[ "${1:-}" == "print-dirs" ]]; then
-	echo "$KUBE_DIR $HEADSCALE_DIR $KWOK_DIR"
+	echo "$KUBE_DIR $HEADSCALE_DIR $KWOK_DIR $TAILSCALE_DIR"
 	exit 0
 fi
 
@@ -84,4 +87,11 @@ build "$HEADSCALE_DIR/headscale" "$ROOT/hack/headscale" "-s -w" github.com/juanf
 build "$KUBE_DIR/kube-controller-manager" "$ROOT/hack/kube" "$KUBE_LDFLAGS" k8s.io/kubernetes/cmd/kube-controller-manager
 build "$KUBE_DIR/kube-scheduler" "$ROOT/hack/kube" "$KUBE_LDFLAGS" k8s.io/kubernetes/cmd/kube-scheduler
 build "$KWOK_DIR/kwok" "$ROOT/hack/kwok" "-s -w" sigs.k8s.io/kwok/cmd/kwok
+# A real tailscaled per simulated node (~3.5 min cold, 43 MB), run in
+# userspace-networking mode inside the loopback-only network namespace.
+# Built outside tailscale's own module, it cannot read its version from the
+# build info: stamp it (or it reports "1.102.5-ERR-BuildInfo").
+TS_VPKG=tailscale.com/version
+build "$TAILSCALE_DIR/tailscaled" "$ROOT/hack/tailscale" \
+	"-s -w -X ${TS_VPKG}.longStamp=${TAILSCALE_VERSION#v} -X ${TS_VPKG}.shortStamp=${TAILSCALE_VERSION#v}" tailscale.com/cmd/tailscaled
 log "all test-world binaries ready in $CACHE"

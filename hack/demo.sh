@@ -90,6 +90,21 @@ step "controller run --target all facts"
 step "controller status (the fleet view)"
 "$BIN/controller" status --data-dir "$DATA"
 
+# Setup, the main job: a bare world (nothing of GuildNet in it) brought up by
+# `controller setup apply` with its live progress (hack/demo-setup.sh).
+read -r KUBE_DIR HS_DIR KWOK_DIR TS_DIR _ < <(hack/build-testenv.sh print-dirs)
+if [[ "${DEMO_SETUP:-1}" != 1 ]]; then
+  echo; echo "(setup demo skipped: DEMO_SETUP=${DEMO_SETUP})"
+elif [[ ! -x $KUBE_DIR/kube-apiserver || ! -x $KUBE_DIR/kube-controller-manager || ! -x $HS_DIR/headscale || ! -x $KWOK_DIR/kwok || ! -x $TS_DIR/tailscaled ]]; then
+  echo; echo "(setup demo skipped: the bare world needs the test world's servers, kube-apiserver + controller-manager + scheduler, KWOK, Headscale and tailscaled; run 'make testenv' once)"
+elif [[ $(id -u) != 0 ]]; then
+  echo; echo "(setup demo skipped: the bare world runs each node's tailscaled in its own loopback-only network namespace, which needs root)"
+else
+  step "setup: a bare world brought up from nothing by controller setup apply (hack/demo-setup.sh)"
+  go build -o "$BIN/" ./hack/testworld
+  BIN=$BIN WORK=$WORK/setup hack/demo-setup.sh || echo "(setup demo failed: exit $?; logs were in $WORK/setup)"
+fi
+
 step "controller verify (one sweep: node checks everywhere, cluster checks once per cluster)"
 "$BIN/controller" verify --data-dir "$DATA" || true
 

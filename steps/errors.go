@@ -15,7 +15,10 @@ import (
 // was busy, slow or not up yet, not wrong.
 func retryable(err error) bool {
 	var ne net.Error
+	var re *RetryableError
 	switch {
+	case errors.As(err, &re):
+		return true
 	case errors.Is(err, context.DeadlineExceeded),
 		errors.Is(err, syscall.ECONNREFUSED),
 		errors.Is(err, syscall.ECONNRESET),
@@ -37,4 +40,20 @@ func retryable(err error) bool {
 		}
 	}
 	return false
+}
+
+// RetryableError marks a failure the far side reported as temporary (an
+// HTTP 5xx or 429 from an API, a daemon still starting): Classify says
+// retryable.
+type RetryableError struct{ Err error }
+
+func (e *RetryableError) Error() string { return e.Err.Error() }
+func (e *RetryableError) Unwrap() error { return e.Err }
+
+// Retry wraps err as a *RetryableError (nil stays nil).
+func Retry(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &RetryableError{Err: err}
 }

@@ -131,6 +131,10 @@ type Step struct {
 	// Seal, if set, runs on the controller before each dispatch of the
 	// step and returns its secret inputs (Env.Sealed).
 	Seal func(ctx context.Context, se *SealEnv) (map[string]string, error)
+	// SealedOutputs are the only keys this step's Applied.Sealed may
+	// carry; the controller keeps no others (a node must not be able to
+	// plant a kubeconfig through any step but the one that fetches it).
+	SealedOutputs []string
 }
 
 // ConfigError is a failure that retrying cannot fix: the spec or a

@@ -60,17 +60,18 @@ type idle struct {
 }
 
 type output struct {
-	Fanout    []fanout       `json:"fanout"`
-	AgentIdle idle           `json:"agent_idle"`
-	Verify    *sweep         `json:"verify_sweep,omitempty"`
-	Diagnose  *diagScan      `json:"diagnose_scan,omitempty"`
-	Setup     *setupFigures  `json:"setup_reapply,omitempty"`
-	Tailnet   any            `json:"tailnet,omitempty"`
-	Dashboard any            `json:"dashboard,omitempty"`
-	Extra     map[string]any `json:"extra,omitempty"`
-	SimGOGC   int            `json:"sim_gogc"`
-	Machine   string         `json:"machine"`
-	Date      string         `json:"date"`
+	Fanout    []fanout          `json:"fanout"`
+	AgentIdle idle              `json:"agent_idle"`
+	Verify    *sweep            `json:"verify_sweep,omitempty"`
+	Diagnose  *diagScan         `json:"diagnose_scan,omitempty"`
+	Setup     *setupFigures     `json:"setup_reapply,omitempty"`
+	SetupBare *setupBareFigures `json:"setup_bare,omitempty"`
+	Tailnet   any               `json:"tailnet,omitempty"`
+	Dashboard any               `json:"dashboard,omitempty"`
+	Extra     map[string]any    `json:"extra,omitempty"`
+	SimGOGC   int               `json:"sim_gogc"`
+	Machine   string            `json:"machine"`
+	Date      string            `json:"date"`
 }
 
 func main() {
@@ -91,6 +92,8 @@ func main() {
 	rolloutOnly := flag.Bool("rollout-only", false, "run only the rollout benchmarks and print them")
 	setupAgents := flag.Int("setup-agents", 100, "simulated nodes for the setup re-apply figure (0 skips)")
 	setupOnly := flag.Bool("setup-only", false, "measure only the setup re-apply and print it")
+	setupBare := flag.Bool("setup-bare", true, "measure setup of a 3-node cluster of the bare test world from nothing (needs the world's servers and root)")
+	setupBareOnly := flag.Bool("setup-bare-only", false, "measure only the setup of the bare cluster and print it")
 	haFlag := flag.Bool("ha", false, "run the HA bench instead (3-controller cluster, hub + 3 relays, failover; docs/HA.md)")
 	haAgents := flag.Int("ha-agents", 2000, "simulated agents for -ha")
 	haRounds := flag.Int("ha-rounds", 20, "measured fan-out rounds per topology for -ha")
@@ -112,6 +115,13 @@ func main() {
 	work, err := os.MkdirTemp("", "mgn-bench")
 	if err != nil {
 		log.Fatal(err)
+	}
+	if *setupBareOnly {
+		defer os.RemoveAll(work)
+		f := setupBareBench(*bin, work)
+		b, _ := json.MarshalIndent(f, "", "  ")
+		fmt.Println(string(b))
+		return
 	}
 	if *rolloutOnly {
 		os.RemoveAll(work)
@@ -271,6 +281,9 @@ func main() {
 			res.Setup = sf
 		}
 	}
+	if *setupBare {
+		res.SetupBare = setupBareBench(*bin, work)
+	}
 	if *tailnetJSON != "" {
 		if b, err := os.ReadFile(*tailnetJSON); err == nil {
 			var v any
@@ -316,6 +329,12 @@ func main() {
 	if res.Setup != nil {
 		fmt.Printf("setup re-apply with nothing to do (%d simulated nodes, every step planned, each layer verified): p50 %.0f ms, max %.0f ms (target < 2000 ms)\n",
 			res.Setup.Agents, res.Setup.ReapplyP50MS, res.Setup.ReapplyMaxMS)
+	}
+	if f := res.SetupBare; f != nil && f.Skipped == "" {
+		fmt.Printf("setup of a bare cluster (%d nodes) through the CLI: %.1f s (network %.1f, cluster %.1f, database %.1f, application %.1f s; target < 60 s)\n",
+			f.Nodes, f.TotalMS/1000, f.LayersMS["network"]/1000, f.LayersMS["cluster"]/1000, f.LayersMS["database"]/1000, f.LayersMS["application"]/1000)
+	} else if f != nil {
+		fmt.Printf("setup of a bare cluster: skipped: %s\n", f.Skipped)
 	}
 	b, _ := json.MarshalIndent(res, "", "  ")
 	if err := os.WriteFile(*out, append(b, '\n'), 0o644); err != nil {

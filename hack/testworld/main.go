@@ -5,6 +5,9 @@
 // shell file that points tools at all of it.
 //
 //	testworld up   --dir DIR   start in the background, wait until ready, print DIR/env
+//	testworld up   --dir DIR --bare [--clusters N]
+//	                           a bare world for setup (see bare.go): DIR/fleet.yaml,
+//	                           DIR/nodes/NAME/env
 //	testworld down --dir DIR   stop it and remove what it made
 //	testworld exec --dir DIR -- CMD ARGS...
 //	                           run CMD in a fresh loopback-only network namespace
@@ -25,6 +28,7 @@ import (
 
 const usage = `usage:
   testworld up   --dir DIR [--nodes N] [--timeout D]
+  testworld up   --dir DIR --bare [--clusters N] [--timeout D]
   testworld down --dir DIR
   testworld exec --dir DIR -- CMD [ARGS...]
 `
@@ -39,6 +43,8 @@ func main() {
 	dir := fs.String("dir", "", "directory for the world's state, logs and env file (required)")
 	nodes := fs.Int("nodes", 3, "number of Kubernetes Nodes to seed")
 	timeout := fs.Duration("timeout", 3*time.Minute, "how long up waits for the world to be ready")
+	bare := fs.Bool("bare", false, "start a bare world: servers with nothing of GuildNet in them, DIR/fleet.yaml and DIR/nodes/NAME/env, for setup")
+	clusters := fs.Int("clusters", 1, "bare world: number of clusters (one server set each)")
 	_ = fs.Parse(args)
 	if *dir == "" {
 		fmt.Fprint(os.Stderr, "testworld: --dir is required\n"+usage)
@@ -47,9 +53,9 @@ func main() {
 	var err error
 	switch cmd {
 	case "up":
-		err = up(*dir, *nodes, *timeout)
+		err = up(*dir, worldOpts{nodes: *nodes, bare: *bare, clusters: *clusters}, *timeout)
 	case "serve": // internal: the background process up starts
-		err = serve(*dir, *nodes)
+		err = serve(*dir, worldOpts{nodes: *nodes, bare: *bare, clusters: *clusters})
 	case "down":
 		err = down(*dir)
 	case "exec":

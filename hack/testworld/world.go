@@ -32,11 +32,19 @@ const (
 
 // made lists what the world creates inside a DIR it did not create, so
 // down removes exactly that.
-var made = []string{envFile, pidFile, logFile, fwdFile, "kube", "headscale", "talosconfig", "standins", "router", "router.log", "hostapp-ca.pem"}
+var made = []string{envFile, pidFile, logFile, fwdFile, "kube", "headscale", "talosconfig", "standins", "router", "router.log", "hostapp-ca.pem",
+	fleetFile, nodesDir, clustersDir, secretsDir}
+
+// worldOpts choose the world: seeded (the default) or bare.
+type worldOpts struct {
+	nodes    int  // seeded: Kubernetes Nodes
+	bare     bool // bare: nothing of GuildNet, for setup
+	clusters int  // bare: server sets
+}
 
 // up starts `testworld serve` detached (its own session, output to
 // DIR/testworld.log) and waits until it has written DIR/env.
-func up(dir string, nodes int, timeout time.Duration) error {
+func up(dir string, o worldOpts, timeout time.Duration) error {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return err
@@ -62,7 +70,11 @@ func up(dir string, nodes int, timeout time.Duration) error {
 		return fmt.Errorf("open log: %w", err)
 	}
 	defer lf.Close()
-	cmd := exec.Command(self, "serve", "--dir", dir, "--nodes", strconv.Itoa(nodes))
+	args := []string{"serve", "--dir", dir, "--nodes", strconv.Itoa(o.nodes)}
+	if o.bare {
+		args = append(args, "--bare", "--clusters", strconv.Itoa(o.clusters))
+	}
+	cmd := exec.Command(self, args...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	start := time.Now()
@@ -186,6 +198,7 @@ type world struct {
 	ports    []int
 	sockDir  string
 	closers  []func()
+	bare     *bareWorld // the bare world's parts; nil when seeded
 }
 
 type envVar struct{ name, value, comment string }
@@ -197,7 +210,7 @@ type standin interface {
 }
 
 // serve starts everything, writes DIR/env, and runs until SIGTERM/SIGINT.
-func serve(dir string, nodes int) (err error) {
+func serve(dir string, o worldOpts) (err error) {
 	if err := os.WriteFile(filepath.Join(dir, pidFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 		return err
 	}
@@ -220,7 +233,11 @@ func serve(dir string, nodes int) (err error) {
 			w.close()
 		}
 	}()
-	err = w.start(ctx, nodes)
+	if o.bare {
+		err = w.startBare(ctx, o.clusters)
+	} else {
+		err = w.start(ctx, o.nodes)
+	}
 	close(startDone)
 	if err != nil {
 		return err

@@ -589,7 +589,7 @@ func (a *Agent) notRunning(id string) {
 func (a *Agent) env(t messages.Task) *tasks.Env {
 	cl := a.currentClaims()
 	return &tasks.Env{Node: a.cfg.Name, Cluster: cl.Cluster, Role: cl.Role, Labels: cl.Labels,
-		Version: a.cfg.Version, Log: a.taskLog(t.Kind), Settings: a.cfg.Settings,
+		Version: a.cfg.Version, Log: a.taskLog(t.Kind), Settings: withSetupFiles(a.cfg.Settings, a.cfg.StateDir),
 		StateDir: a.cfg.StateDir, Sealed: t.Sealed}
 }
 

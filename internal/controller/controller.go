@@ -81,6 +81,10 @@ type Options struct {
 	// SetupBackoff is the first wait before a setup step is retried
 	// (default 2 s, doubling up to 30 s).
 	SetupBackoff time.Duration
+	// SetupVerifySettle is how long a layer just set up may take to verify
+	// healthy (verified again every second until then); 0 means
+	// DefaultSetupVerifySettle, negative verifies once.
+	SetupVerifySettle time.Duration
 	// Cluster makes this controller one peer of a cluster (cluster.go).
 	Cluster ClusterOptions
 	// LeafListen, if set, makes this controller a hub that accepts relays'

@@ -65,6 +65,13 @@ const (
 // doubles up to 30 s).
 const DefaultSetupBackoff = 2 * time.Second
 
+// DefaultSetupVerifySettle is how long a freshly set-up layer may take to
+// become healthy: a layer whose verification is not healthy is verified
+// again (every second) until it is or this passes. Things setup just made
+// settle on their own (CoreDNS pods after a Talos bootstrap, a workload's
+// pods after its apply), as an operator would wait for them.
+const DefaultSetupVerifySettle = 60 * time.Second
+
 // resolve fills the defaults of zero fields and refuses values that cannot
 // work. Its errors name the flag.
 func (o *Options) resolve() error {
@@ -91,6 +98,9 @@ func (o *Options) resolve() error {
 	}
 	if o.SetupBackoff <= 0 {
 		o.SetupBackoff = DefaultSetupBackoff
+	}
+	if o.SetupVerifySettle == 0 {
+		o.SetupVerifySettle = DefaultSetupVerifySettle
 	}
 	return o.validate()
 }

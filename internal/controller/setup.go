@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/guildnet/metaguildnet/checks/meta"
 	"github.com/guildnet/metaguildnet/fleet"
 	"github.com/guildnet/metaguildnet/messages"
 	"github.com/guildnet/metaguildnet/steps"
@@ -477,7 +478,7 @@ func (r *setupRunner) runCluster(ctx context.Context, lr *liveRun, cluster strin
 			r.persistLive(ctx, lr)
 		}
 		r.waitOnline(ctx, spec, r.c.opts.HeartbeatInterval*time.Duration(r.c.opts.OfflineAfter))
-		v := r.verifyLayer(ctx, spec, layer)
+		v := r.settleLayer(ctx, spec, layer)
 		if ctx.Err() != nil {
 			return
 		}
@@ -815,7 +816,7 @@ func (r *setupRunner) call(ctx context.Context, rec *setupRecord, spec messages.
 	// Sealed outputs count from a successful apply only (a node cannot
 	// plant a secret file through a plan or an undo).
 	if raw := r.c.disp.takeSealed(rep.TaskID, node.Name); len(raw) > 0 && op == messages.StepOpApply && got.ErrClass == "" {
-		if err := r.keepSealed(spec.Name, raw); err != nil {
+		if _, err := r.keepSealed(spec.Name, st, node.Name, raw); err != nil {
 			got.ErrClass, got.Error = messages.StepErrFailed, "keep sealed outputs: "+err.Error()
 		}
 	}
@@ -850,7 +851,7 @@ func (r *setupRunner) waitOnline(ctx context.Context, spec messages.FleetCluster
 // checks of the spec's require.checks when it names any, else the
 // layer's own).
 func (r *setupRunner) verifyLayer(ctx context.Context, spec messages.FleetCluster, layer string) layerVerificationRec {
-	req := messages.VerifyRequest{V: messages.Version, Cluster: spec.Name, Layers: []string{layer}, Checks: spec.Require.Checks}
+	req := messages.VerifyRequest{V: messages.Version, Cluster: spec.Name, Layers: []string{layer}, Checks: layerChecks(spec, layer)}
 	rep, id, err := r.c.ver.run(ctx, req)
 	if err != nil {
 		return layerVerificationRec{Status: messages.Unknown, Reason: truncate(err.Error(), 300)}
@@ -866,6 +867,52 @@ func (r *setupRunner) verifyLayer(ctx context.Context, spec messages.FleetCluste
 		}
 	}
 	return layerVerificationRec{ReportID: id, Status: messages.Unknown, Reason: "the report has no " + layer + " layer for cluster " + spec.Name}
+}
+
+// settleLayer verifies a layer just set up, again every second while it
+// is not healthy, for at most Options.SetupVerifySettle: what setup made
+// may need a moment to work (pods scheduled and started), as an operator
+// would wait. The last verification counts.
+func (r *setupRunner) settleLayer(ctx context.Context, spec messages.FleetCluster, layer string) layerVerificationRec {
+	deadline := time.Now().Add(r.c.opts.SetupVerifySettle)
+	for {
+		v := r.verifyLayer(ctx, spec, layer)
+		if v.Status == messages.Healthy || ctx.Err() != nil || time.Now().After(deadline) {
+			return v
+		}
+		r.log.Info("layer not healthy yet, verifying again", zap.String("cluster", spec.Name), zap.String("layer", layer),
+			zap.String("status", v.Status), zap.String("report", v.ReportID))
+		select {
+		case <-ctx.Done():
+			return v
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// hostAppChecks need GuildNet's host app, which runs on a hostapp node.
+var hostAppChecks = []string{"hostapp_healthz", "hostapp_api_health", "proxy_answers"}
+
+// layerChecks are the checks that verify a layer of a cluster: the spec's
+// require.checks when it names any, else (nil) all of the layer's own,
+// except that a cluster with no hostapp node is not asked for a host app it does not have (its application layer is
+// verified by the other application checks).
+func layerChecks(spec messages.FleetCluster, layer string) []string {
+	if len(spec.Require.Checks) > 0 || layer != messages.LayerApplication {
+		return spec.Require.Checks
+	}
+	for _, n := range spec.Nodes {
+		if n.Role == messages.RoleHostApp {
+			return nil
+		}
+	}
+	var out []string
+	for _, c := range meta.Builtin {
+		if c.Layer == layer && !slices.Contains(hostAppChecks, c.Name) {
+			out = append(out, c.Name)
+		}
+	}
+	return out
 }
 
 // rollback undoes this run's completed steps of the failed layer, last

@@ -34,7 +34,7 @@ func TestSetupChildController(t *testing.T) {
 	w := &setupWorld{dir: world}
 	c, err := controller.Start(context.Background(), controller.Options{DataDir: os.Getenv("MGN_SETUP_CHILD_DATA"),
 		Listen: os.Getenv("MGN_SETUP_CHILD_LISTEN"), HeartbeatInterval: 100 * time.Millisecond, SweepInterval: -1,
-		Steps: w.registry(t), SetupBackoff: 20 * time.Millisecond, Log: zap.NewNop()})
+		Steps: w.registry(t), SetupBackoff: 20 * time.Millisecond, SetupVerifySettle: -1, Log: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}

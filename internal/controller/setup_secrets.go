@@ -6,6 +6,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+
+	"go.uber.org/zap"
 
 	"github.com/guildnet/metaguildnet/internal/privdir"
 	"github.com/guildnet/metaguildnet/messages"
@@ -52,25 +57,52 @@ func (r *setupRunner) sealEnv(spec messages.FleetCluster, node messages.FleetNod
 	}}, nil
 }
 
-// keepSealed writes a node's sealed outputs to the cluster's secrets dir.
-func (r *setupRunner) keepSealed(cluster string, raw []byte) error {
+// keepSealed writes the sealed outputs node returned for step st to the
+// cluster's secrets dir. Only the keys the step declares
+// (Step.SealedOutputs) are kept; any other key is dropped and logged (by
+// name only), so a node cannot plant a kubeconfig through a step that
+// does not fetch one. The caller takes raw only from the node the step
+// was dispatched to (dispatcher.takeSealed by task and node). It returns
+// the keys it dropped.
+func (r *setupRunner) keepSealed(cluster string, st *steps.Step, node string, raw []byte) ([]string, error) {
 	m, err := messages.DecodeSealed(raw)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	var keep map[string]string
+	var dropped []string
+	for k, v := range m {
+		if !slices.Contains(st.SealedOutputs, k) || messages.ValidSealedKey(k) != nil {
+			dropped = append(dropped, k)
+			continue
+		}
+		if keep == nil {
+			keep = map[string]string{}
+		}
+		keep[k] = v
+	}
+	if len(dropped) > 0 {
+		sort.Strings(dropped)
+		names := make([]string, len(dropped))
+		for i, k := range dropped {
+			names[i] = truncate(strconv.Quote(k), 80)
+		}
+		r.log.Warn("dropped sealed outputs the step does not declare", zap.String("cluster", cluster), zap.String("step", st.Name),
+			zap.String("node", node), zap.Strings("keys", names), zap.Strings("declared", st.SealedOutputs))
+	}
+	if len(keep) == 0 {
+		return dropped, nil
 	}
 	dir, err := r.secretsDir(cluster)
 	if err != nil {
-		return err
+		return dropped, err
 	}
-	for k, v := range m {
-		if err := messages.ValidSealedKey(k); err != nil {
-			return err
-		}
+	for k, v := range keep {
 		if err := writeFile0600(filepath.Join(dir, k), []byte(v)); err != nil {
-			return fmt.Errorf("keep %s: %w", k, err)
+			return dropped, fmt.Errorf("keep %s: %w", k, err)
 		}
 	}
-	return nil
+	return dropped, nil
 }
 
 // writeFile0600 replaces path atomically with a 0600 file.

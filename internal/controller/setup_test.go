@@ -200,6 +200,7 @@ func (w *setupWorld) registry(t *testing.T) *steps.Registry {
 	netDir.Seal = func(ctx context.Context, se *steps.SealEnv) (map[string]string, error) {
 		return map[string]string{"talos.machine_config": planted + "-" + se.Node.Name}, nil
 	}
+	netDir.SealedOutputs = []string{"kubeconfig"}
 	apply := netDir.Apply
 	netDir.Apply = func(ctx context.Context, env *steps.Env) (steps.Applied, error) {
 		if env.Sealed["talos.machine_config"] != planted+"-"+env.Node {
@@ -207,7 +208,8 @@ func (w *setupWorld) registry(t *testing.T) *steps.Registry {
 		}
 		a, err := apply(ctx, env)
 		if err == nil && a.Action == messages.ActionCreate {
-			a.Sealed = map[string]string{"kubeconfig": plantedOut}
+			// "talosconfig" is not declared: the controller drops it.
+			a.Sealed = map[string]string{"kubeconfig": plantedOut, "talosconfig": plantedOut + "-undeclared"}
 		}
 		return a, err
 	}
@@ -247,6 +249,10 @@ type setupFleet struct {
 }
 
 func newSetupFleet(t *testing.T) *setupFleet {
+	return newSetupFleetSettle(t, -1) // an unhealthy layer fails at once here
+}
+
+func newSetupFleetSettle(t *testing.T, settle time.Duration) *setupFleet {
 	t.Helper()
 	w := &setupWorld{dir: t.TempDir()}
 	os.MkdirAll(w.path("knobs"), 0o700)
@@ -254,6 +260,7 @@ func newSetupFleet(t *testing.T) *setupFleet {
 	f := newFleet(t, func(o *controller.Options) {
 		o.Steps = reg
 		o.SetupBackoff = 20 * time.Millisecond
+		o.SetupVerifySettle = settle
 		o.SweepInterval = -1
 	})
 	sf := &setupFleet{fleet: f, w: w, reg: reg}
@@ -441,6 +448,10 @@ func TestSetupApplyOrderVerifyIdempotent(t *testing.T) {
 	if fi, _ := os.Stat(filepath.Dir(kc)); fi.Mode().Perm() != 0o700 {
 		t.Fatalf("secrets dir mode %v", fi.Mode())
 	}
+	// A sealed key the step does not declare (Step.SealedOutputs) is not kept.
+	if _, err := os.Stat(filepath.Join(filepath.Dir(kc), "talosconfig")); !os.IsNotExist(err) {
+		t.Fatalf("an undeclared sealed output was kept: %v", err)
+	}
 
 	// A second apply: every step unchanged, nothing written.
 	before := len(sf.w.lines())
@@ -581,6 +592,34 @@ func TestSetupVerificationGatesLayers(t *testing.T) {
 	}
 	if !bytes.Contains(layerOf(run, "network").Verification, []byte(`"unhealthy"`)) || sf.w.count("start:kube_a@n1") != 0 {
 		t.Fatalf("verification: %s\n%v", layerOf(run, "network").Verification, sf.w.lines())
+	}
+}
+
+// A layer that needs a moment after its steps to work (here: net_node's
+// files appear only after it returned) is verified again until it is
+// healthy, within Options.SetupVerifySettle, instead of failing the run.
+func TestSetupVerificationSettles(t *testing.T) {
+	sf := newSetupFleetSettle(t, 20*time.Second)
+	sf.w.setKnob(t, "hollow_net_node", "")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		deadline := time.Now().Add(20 * time.Second)
+		for time.Now().Before(deadline) {
+			if sf.w.count("apply:net_node@n1") > 0 && sf.w.count("apply:net_node@n2") > 0 {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		for _, n := range []string{"n1", "n2"} {
+			os.MkdirAll(sf.w.path("alpha", "net"), 0o700)
+			os.WriteFile(sf.w.path("alpha", "net", n), []byte(n), 0o600)
+		}
+	}()
+	run := sf.apply(t, messages.SetupRequest{})
+	<-done
+	if run.Status != messages.RunSucceeded || layerOf(run, "network").Status != "verified" {
+		t.Fatalf("a layer that settles: %s", dump(run))
 	}
 }
 

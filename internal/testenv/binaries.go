@@ -63,6 +63,8 @@ const (
 	// NeedControlPlane: kube-controller-manager, kube-scheduler and KWOK
 	// (the live control plane, [Kube.StartControlPlane]).
 	NeedControlPlane
+	// NeedTailscaled: the tailscaled binary ([StartTailscaled]).
+	NeedTailscaled
 )
 
 func (n Need) String() string {
@@ -75,6 +77,8 @@ func (n Need) String() string {
 		return "a loopback-only network namespace"
 	case NeedControlPlane:
 		return "kube-controller-manager, kube-scheduler and kwok"
+	case NeedTailscaled:
+		return "tailscaled"
 	}
 	return fmt.Sprintf("Need(%d)", int(n))
 }
@@ -97,6 +101,10 @@ func Missing(what ...Need) string {
 			}
 		case NeedHeadscale:
 			if p := HeadscalePath(); !isExecutable(p) {
+				return fmt.Sprintf("%s not built (%s missing)", n, p)
+			}
+		case NeedTailscaled:
+			if p := TailscaledPath(); !isExecutable(p) {
 				return fmt.Sprintf("%s not built (%s missing)", n, p)
 			}
 		case NeedNetNS:

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -341,4 +342,37 @@ func (h *Headscale) DeleteNode(ctx context.Context, nodeID uint64) error {
 		return fmt.Errorf("delete node %d: %w", nodeID, err)
 	}
 	return nil
+}
+
+// CreateAPIKey creates an API key for Headscale's REST API (as `headscale
+// apikeys create --expiration D`) and returns it. It is a secret: tests
+// hand it on through a file or an environment variable, never a log.
+func (h *Headscale) CreateAPIKey(ctx context.Context, expiry time.Duration) (string, error) {
+	out, err := h.CLI(ctx, "apikeys", "create", "--expiration", expiry.String())
+	if err != nil {
+		return "", fmt.Errorf("create headscale api key: %w", err)
+	}
+	lines := strings.Fields(string(out))
+	if len(lines) == 0 {
+		return "", errors.New("create headscale api key: empty output")
+	}
+	return lines[len(lines)-1], nil
+}
+
+// PreAuthKey is a pre-auth key as `headscale preauthkeys list -o json`
+// shows it (without the key itself).
+type PreAuthKey struct {
+	ID        uint64 `json:"id"`
+	Reusable  bool   `json:"reusable"`
+	Ephemeral bool   `json:"ephemeral"`
+	Used      bool   `json:"used"`
+}
+
+// ListPreAuthKeys lists every pre-auth key.
+func (h *Headscale) ListPreAuthKeys(ctx context.Context) ([]PreAuthKey, error) {
+	var ks []PreAuthKey
+	if err := h.cliJSON(ctx, &ks, "preauthkeys", "list"); err != nil {
+		return nil, fmt.Errorf("list preauth keys: %w", err)
+	}
+	return ks, nil
 }

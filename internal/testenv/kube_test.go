@@ -126,10 +126,10 @@ func TestSeededWorld(t *testing.T) {
 		}
 	})
 	t.Run("CRDs Established", func(t *testing.T) {
-		for _, c := range worldCRDs {
-			u, err := g.Dynamic.Resource(crdGVR).Get(ctx, c.plural+"."+c.group, metav1.GetOptions{})
+		for _, c := range worldCRDs() {
+			u, err := g.Dynamic.Resource(crdGVR).Get(ctx, c.GetName(), metav1.GetOptions{})
 			if err != nil || !crdEstablished(u) {
-				t.Errorf("CRD %s.%s: %v established=%v", c.plural, c.group, err, err == nil && crdEstablished(u))
+				t.Errorf("CRD %s: %v established=%v", c.GetName(), err, err == nil && crdEstablished(u))
 			}
 		}
 	})

@@ -27,11 +27,20 @@
 //     rows put there with InsertRows; reading a table answers
 //     SUCCESS_SEQUENCE with them. Any other term gets a RUNTIME_ERROR
 //     response naming the term, never a hang.
+//   - The write terms setup uses: DB_CREATE (r.DBCreate), DB_DROP
+//     (r.DBDrop), TABLE_CREATE (r.DB(x).TableCreate, with primary_key) and
+//     TABLE_DROP, answering the real server's documents
+//     ({dbs_created:1, config_changes:[{old_val,new_val}]},
+//     {tables_created:1, ...}, {dbs_dropped:1, tables_dropped:N, ...}) and
+//     its errors ("Database `x` already exists.", "Table `x.t` does not
+//     exist.", an invalid name, the special "rethinkdb" database). State
+//     lives as long as the Server.
 //   - Like the real server, DBList also lists the system database
 //     "rethinkdb" (its TableList answers the real system table names, with
 //     no rows).
 //
-// Fault knobs for tests: SetLatency delays every reply, SetFailQueries
+// Fault knobs for tests: DropDatabase and DropTable lose data as a drop
+// would, SetLatency delays every reply, SetFailQueries
 // answers every START query with a runtime error, SetRefuse stops listening
 // (and drops open connections) so dials get a real "connection refused".
 //
@@ -46,6 +55,6 @@
 //	session, err := r.Connect(r.ConnectOpts{Address: srv.Addr(), Username: "admin", Password: "secret"})
 //
 // It listens on 127.0.0.1 only (by default on a free port). It is not a
-// database: there are no writes through queries, no changefeeds, no
-// clustering, no TLS.
+// database: there are no changefeeds, no
+// clustering, no TLS, no row writes through queries.
 package rdbstandin

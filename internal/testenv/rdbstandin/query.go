@@ -274,6 +274,44 @@ func (ev *evaluator) evalTerm(t []any, depth int) (any, error) {
 			return nil, err
 		}
 		return stringsToAny(tables), nil
+	case p.Term_DB_CREATE, p.Term_DB_DROP:
+		if err := wantArgs(1, 1); err != nil {
+			return nil, err
+		}
+		name, err := ev.evalString(args[0], depth+1)
+		if err != nil {
+			return nil, err
+		}
+		if tt == p.Term_DB_CREATE {
+			return ev.cat.createDB(name)
+		}
+		return ev.cat.dropDB(name)
+	case p.Term_TABLE_CREATE, p.Term_TABLE_DROP:
+		if err := wantArgs(1, 2); err != nil {
+			return nil, err
+		}
+		db, nameArg := ev.defaultDB, args[0]
+		if len(args) == 2 {
+			d, err := ev.evalDB(args[0], depth+1)
+			if err != nil {
+				return nil, err
+			}
+			db, nameArg = d, args[1]
+		}
+		name, err := ev.evalString(nameArg, depth+1)
+		if err != nil {
+			return nil, err
+		}
+		if tt == p.Term_TABLE_DROP {
+			return ev.cat.dropTable(db, name)
+		}
+		pk := ""
+		if v, ok := optargs["primary_key"]; ok {
+			if pk, err = ev.evalString(v, depth+1); err != nil {
+				return nil, err
+			}
+		}
+		return ev.cat.createTable(db, name, pk)
 	case p.Term_TABLE:
 		if err := wantArgs(1, 2); err != nil {
 			return nil, err

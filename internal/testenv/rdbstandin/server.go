@@ -165,6 +165,41 @@ func (s *Server) InsertRows(db, table string, rows ...map[string]any) error {
 	return nil
 }
 
+// DropDatabase drops a database and its tables, as r.DBDrop would (a
+// fault knob: a database lost). It is an error if it does not exist.
+func (s *Server) DropDatabase(name string) error {
+	if _, err := s.cat.dropDB(name); err != nil {
+		return fmt.Errorf("rdbstandin: dropping database %q: %w", name, err)
+	}
+	return nil
+}
+
+// DropTable drops one table, as r.DB(db).TableDrop(table) would (a fault
+// knob: a meta table lost).
+func (s *Server) DropTable(db, table string) error {
+	if _, err := s.cat.dropTable(db, table); err != nil {
+		return fmt.Errorf("rdbstandin: dropping table %s.%s: %w", db, table, err)
+	}
+	return nil
+}
+
+// Databases lists the databases and their tables (the system database
+// "rethinkdb" left out), for tests to see what queries wrote.
+func (s *Server) Databases() map[string][]string {
+	out := map[string][]string{}
+	for _, db := range s.cat.dbNames() {
+		if db == systemDB {
+			continue
+		}
+		tables, err := s.cat.tableNames(db)
+		if err != nil {
+			continue // dropped in between
+		}
+		out[db] = tables
+	}
+	return out
+}
+
 // SetRefuse(true) stops listening and drops every open connection, so new
 // dials get a real "connection refused" from the kernel (a database that is
 // down). SetRefuse(false) listens on the same address again; if the port

@@ -56,6 +56,20 @@
 // does), only Version and ApplyConfiguration are answered, and the first
 // accepted ApplyConfiguration moves it to the normal, mTLS-only mode.
 //
+// A bare cluster (the world's TESTENV_BARE) is one Server per node, each on
+// its own endpoint, started with Maintenance, a Name, the world's
+// Kubeconfig, an OnState callback and one shared *Cluster. Each node goes
+// maintenance -> configured (its first accepted config; its role is the
+// config's machine.type) -> bootstrapped (Bootstrap on a control-plane
+// node makes every configured node bootstrapped; a node configured later
+// joins). AppliedConfigs is the node's config version and Read serves the
+// applied config at ConfigPath (os:admin), so a client can tell a re-apply
+// of the same config is not needed. A worker config carries the OS CA
+// without its key: the worker serves a certificate from a control-plane
+// node's key once one is configured (as trustd issues it). Kubeconfig
+// answers only on a bootstrapped control-plane node. SetRefusing makes
+// every call fail with Unavailable (a refusing apid).
+//
 // Everything else of MachineService answers Unimplemented. Nothing is
 // installed, rebooted or run: this is a protocol stand-in, not a node.
 //

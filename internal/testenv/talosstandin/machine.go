@@ -42,6 +42,7 @@ var methodRoles = map[string]role.Set{
 	machine.MachineService_ApplyConfiguration_FullMethodName: role.MakeSet(role.Admin),
 	machine.MachineService_Bootstrap_FullMethodName:          role.MakeSet(role.Admin),
 	machine.MachineService_Kubeconfig_FullMethodName:         role.MakeSet(role.Admin),
+	machine.MachineService_Read_FullMethodName:               role.MakeSet(role.Admin),
 }
 
 // maintenanceMethods are what a machine in maintenance mode answers.
@@ -53,8 +54,11 @@ var maintenanceMethods = map[string]bool{
 // authorize applies maintenance gating and role checks for a call.
 func (s *Server) authorize(ctx context.Context, method string) error {
 	s.mu.Lock()
-	maint := s.maintenance
+	maint, refusing := s.maintenance, s.refusing
 	s.mu.Unlock()
+	if refusing {
+		return status.Error(codes.Unavailable, "connection error: dial tcp: connect: connection refused (talosstandin: refusing, fault knob)")
+	}
 	if maint {
 		if !maintenanceMethods[method] {
 			return status.Errorf(codes.Unimplemented, "API is not implemented in maintenance mode")
@@ -274,7 +278,19 @@ func (m *machineService) ApplyConfiguration(ctx context.Context, req *machine.Ap
 		s.applied++
 		s.lastConfig = slices.Clone(req.GetData())
 		s.maintenance = false
+		if t := cfg.Machine().Type().String(); t == RoleControlPlane || t == RoleWorker {
+			s.role = t
+		}
+		var notes notifications
+		if s.state == StateMaintenance {
+			s.state = StateConfigured
+			notes = notifications{{fn: s.opts.OnState, node: s.opts.Name, role: s.role, state: StateConfigured}}
+		}
 		s.mu.Unlock()
+		notes.fire()
+		if s.cluster != nil {
+			s.cluster.configured(s)
+		}
 	}
 	ts, err := s.targets(ctx)
 	if err != nil {
@@ -295,12 +311,24 @@ func (m *machineService) ApplyConfiguration(ctx context.Context, req *machine.Ap
 
 func (m *machineService) Bootstrap(ctx context.Context, req *machine.BootstrapRequest) (*machine.BootstrapResponse, error) {
 	s := m.s
+	if s.cluster != nil {
+		if err := s.cluster.bootstrap(s); err != nil {
+			return nil, err
+		}
+		return bootstrapResponse(ctx, s)
+	}
 	s.mu.Lock()
 	if s.boot {
 		s.mu.Unlock()
 		return nil, status.Error(codes.FailedPrecondition, "etcd data directory is not empty")
 	}
+	if s.role == RoleWorker {
+		s.mu.Unlock()
+		return nil, status.Error(codes.FailedPrecondition, "bootstrap is not available on a worker node: only a control plane node runs etcd")
+	}
 	s.boot = true
+	s.state = StateBootstrapped
+	notes := notifications{{fn: s.opts.OnState, node: s.opts.Name, role: s.role, state: StateBootstrapped}}
 	now := time.Now()
 	s.members = nil
 	for _, n := range s.opts.Nodes {
@@ -313,7 +341,11 @@ func (m *machineService) Bootstrap(ctx context.Context, req *machine.BootstrapRe
 	}
 	s.services["etcd"] = newService("etcd", "Running", true, now, "Health check successful")
 	s.mu.Unlock()
+	notes.fire()
+	return bootstrapResponse(ctx, s)
+}
 
+func bootstrapResponse(ctx context.Context, s *Server) (*machine.BootstrapResponse, error) {
 	ts, err := s.targets(ctx)
 	if err != nil {
 		return nil, err
@@ -388,7 +420,7 @@ func (s *Server) servicesOf(node string) []*machine.ServiceInfo {
 	defer s.mu.Unlock()
 	byID := map[string]*machine.ServiceInfo{}
 	for id, svc := range s.services {
-		if s.isWorker(node) && (id == "etcd" || id == "trustd") {
+		if s.isWorkerLocked(node) && (id == "etcd" || id == "trustd") {
 			continue
 		}
 		byID[id] = svc
@@ -408,7 +440,14 @@ func (m *machineService) Kubeconfig(_ *emptypb.Empty, stream grpc.ServerStreamin
 	s := m.s
 	s.mu.Lock()
 	kc := slices.Clone(s.kubeconfig)
+	gated, boot, worker := s.opts.Maintenance, s.boot, s.role == RoleWorker
 	s.mu.Unlock()
+	switch {
+	case gated && worker:
+		return status.Error(codes.FailedPrecondition, "kubeconfig is only available on control plane nodes")
+	case gated && !boot:
+		return status.Error(codes.FailedPrecondition, "kubeconfig is not available: the cluster has not been bootstrapped (etcd is not running)")
+	}
 	archive, err := tarGz("kubeconfig", kc)
 	if err != nil {
 		return status.Errorf(codes.Internal, "packing kubeconfig: %s", err)
@@ -525,4 +564,28 @@ contexts:
     user: admin@%[1]s
 current-context: admin@%[1]s
 `, name, s.opts.Endpoint, b64(s.bundle.Certs.K8s.Crt), b64(kp.CrtPEM), b64(kp.KeyPEM)), nil
+}
+
+// ConfigPath is where a node keeps its applied machine config; Read
+// serves it (os:admin), as `talosctl read /system/state/config.yaml` does.
+const ConfigPath = "/system/state/config.yaml"
+
+// Read streams the one file the stand-in has: the applied machine config.
+func (m *machineService) Read(req *machine.ReadRequest, stream grpc.ServerStreamingServer[common.Data]) error {
+	s := m.s
+	if req.GetPath() != ConfigPath {
+		return status.Errorf(codes.NotFound, "open %s: no such file or directory", req.GetPath())
+	}
+	s.mu.Lock()
+	cfg := slices.Clone(s.lastConfig)
+	s.mu.Unlock()
+	if cfg == nil {
+		return status.Errorf(codes.NotFound, "open %s: no such file or directory", ConfigPath)
+	}
+	for chunk := range slices.Chunk(cfg, KubeconfigChunk) {
+		if err := stream.Send(&common.Data{Bytes: chunk}); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -66,8 +66,32 @@ type Options struct {
 	// does: no etcd (EtcdMemberList fails for them) and no trustd.
 	Workers []string
 	// Maintenance starts the machine in maintenance mode (see the package
-	// doc): insecure, Version and ApplyConfiguration only.
+	// doc): insecure, Version and ApplyConfiguration only. Such a node's
+	// Kubeconfig answers only once it is bootstrapped, and only on a
+	// control-plane node.
 	Maintenance bool
+
+	// Name is the node's name in OnState calls and its etcd member's
+	// hostname; default the first of Nodes.
+	Name string
+	// Role is what the endpoint itself is before a config says otherwise
+	// (RoleControlPlane, the default, or RoleWorker); an applied config's
+	// machine.type sets it.
+	Role string
+	// Kubeconfig is what the Kubeconfig call returns (the world's
+	// kubeconfig); default one generated for Endpoint. SetKubeconfig
+	// replaces it.
+	Kubeconfig []byte
+	// OnState, if set, is called on each transition of the node, outside
+	// the server's locks: StateConfigured when it first accepts a config,
+	// StateBootstrapped when it is configured and its cluster bootstrapped.
+	// role is RoleControlPlane or RoleWorker. The test world registers the
+	// Kubernetes Node (and CoreDNS) there, as a kubelet and Talos would.
+	OnState func(node, role, state string)
+	// Cluster makes this node one of several sharing an etcd (see
+	// Cluster); nil: the node is a cluster of its own, answering for
+	// Nodes and Workers as before.
+	Cluster *Cluster
 }
 
 // Server is a running apid stand-in. Its methods are safe for concurrent
@@ -92,6 +116,15 @@ type Server struct {
 	nodeSvcs    map[string]map[string]*machine.ServiceInfo // per-node overrides (SetNodeServiceState)
 	kubeconfig  []byte
 	closeOnce   sync.Once
+
+	state    string // StateMaintenance, StateConfigured, StateBootstrapped
+	role     string // RoleControlPlane or RoleWorker
+	memberID uint64
+	// pendingCA is an OS CA without its key (a worker config) waiting
+	// for a control-plane node of the cluster that has the key.
+	pendingCA *x509.PEMEncodedCertificateAndKey
+	refusing  bool
+	cluster   *Cluster
 }
 
 // Start generates a secrets bundle, listens on opts.Addr and serves until
@@ -111,6 +144,16 @@ func Start(opts Options) (*Server, error) {
 	}
 	opts.Nodes = slices.Clone(opts.Nodes)
 	opts.Workers = slices.Clone(opts.Workers)
+	if opts.Name == "" {
+		opts.Name = opts.Nodes[0]
+	}
+	switch opts.Role {
+	case "":
+		opts.Role = RoleControlPlane
+	case RoleControlPlane, RoleWorker:
+	default:
+		return nil, fmt.Errorf("talosstandin: role %q is neither %s nor %s", opts.Role, RoleControlPlane, RoleWorker)
+	}
 	if err := checkLoopback(opts.Addr); err != nil {
 		return nil, err
 	}
@@ -125,11 +168,19 @@ func Start(opts Options) (*Server, error) {
 		maintenance: opts.Maintenance,
 		services:    defaultServices(time.Now()),
 		nodeSvcs:    map[string]map[string]*machine.ServiceInfo{},
+		state:       StateConfigured,
+		role:        opts.Role,
+		cluster:     opts.Cluster,
+	}
+	if opts.Maintenance {
+		s.state = StateMaintenance
 	}
 	if err := s.setIdentity(bundle.Certs.OS); err != nil {
 		return nil, err
 	}
-	if s.kubeconfig, err = s.defaultKubeconfig(); err != nil {
+	if len(opts.Kubeconfig) > 0 {
+		s.kubeconfig = slices.Clone(opts.Kubeconfig)
+	} else if s.kubeconfig, err = s.defaultKubeconfig(); err != nil {
 		return nil, err
 	}
 
@@ -151,6 +202,9 @@ func Start(opts Options) (*Server, error) {
 		grpc.StreamInterceptor(s.streamInterceptor),
 	)
 	machine.RegisterMachineServiceServer(s.grpc, &machineService{s: s})
+	if s.cluster != nil {
+		s.cluster.join(s)
+	}
 	go func() {
 		defer close(s.done)
 		_ = s.grpc.Serve(ln)
@@ -175,6 +229,14 @@ func checkLoopback(addr string) error {
 // setIdentity makes ca the OS CA: the serving certificate is issued by it
 // (if its key is known) and client certificates must chain to it.
 func (s *Server) setIdentity(ca *x509.PEMEncodedCertificateAndKey) error {
+	if len(ca.Key) == 0 && s.cluster != nil {
+		// A worker config carries the CA certificate only; a real worker
+		// gets its apid certificate from trustd on a control-plane node,
+		// which has the key.
+		if full := s.cluster.issuer(ca.Crt); full != nil {
+			ca = full
+		}
+	}
 	pool := stdx509.NewCertPool()
 	if !pool.AppendCertsFromPEM(ca.Crt) {
 		return errors.New("talosstandin: OS CA certificate is not valid PEM")
@@ -205,19 +267,29 @@ func (s *Server) setIdentity(ca *x509.PEMEncodedCertificateAndKey) error {
 		serving = kp.Certificate
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if serving == nil {
+		defer s.mu.Unlock()
 		// A worker config carries the CA certificate only: trust clients
 		// from it too, keep serving the current certificate.
 		if s.clientCAs != nil {
 			pool := s.clientCAs.Clone() // readers may hold the old pool
 			pool.AppendCertsFromPEM(ca.Crt)
 			s.clientCAs = pool
+			// Until a control-plane node with the key joins (trustd).
+			s.pendingCA = ca
 			return nil
 		}
 		return errors.New("talosstandin: OS CA has no key to issue a serving certificate")
 	}
-	s.ca, s.clientCAs, s.serving = ca, pool, serving
+	s.ca, s.clientCAs, s.serving, s.pendingCA = ca, pool, serving, nil
+	s.mu.Unlock()
+	if s.cluster != nil {
+		for _, n := range s.cluster.addIssuer(ca) {
+			if err := n.setIdentity(ca); err != nil {
+				return err
+			}
+		}
+	}
 	return nil
 }
 
@@ -336,8 +408,48 @@ func (s *Server) SetNodeServiceState(node, id, state string, healthy bool) {
 // allNodes are the control-plane nodes, then the workers.
 func (s *Server) allNodes() []string { return slices.Concat(s.opts.Nodes, s.opts.Workers) }
 
-// isWorker reports whether node is one of Options.Workers.
-func (s *Server) isWorker(node string) bool { return slices.Contains(s.opts.Workers, node) }
+// isWorker reports whether node is one of Options.Workers, or, for the
+// endpoint itself (""), whether the node is a worker. s.mu is held.
+func (s *Server) isWorkerLocked(node string) bool {
+	if node == "" {
+		return s.role == RoleWorker
+	}
+	return slices.Contains(s.opts.Workers, node)
+}
+
+func (s *Server) isWorker(node string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.isWorkerLocked(node)
+}
+
+// State is the node's state: StateMaintenance, StateConfigured or
+// StateBootstrapped.
+func (s *Server) State() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state
+}
+
+// Role is the node's role: Options.Role until a config's machine.type
+// sets it.
+func (s *Server) Role() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.role
+}
+
+// Name is Options.Name.
+func (s *Server) Name() string { return s.opts.Name }
+
+// SetRefusing is a fault knob: while on, every call fails with
+// Unavailable ("connection refused"), as an apid that is restarting or
+// firewalled answers through the client; the node's state is kept.
+func (s *Server) SetRefusing(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refusing = on
+}
 
 // SetKubeconfig replaces the bytes the Kubeconfig call returns.
 func (s *Server) SetKubeconfig(b []byte) {
@@ -354,7 +466,8 @@ func (s *Server) Bootstrapped() bool {
 }
 
 // AppliedConfigs counts accepted ApplyConfiguration calls (dry runs are
-// not counted).
+// not counted): the node's config version. A step that re-applies an
+// unchanged config shows here.
 func (s *Server) AppliedConfigs() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
