@@ -158,7 +158,11 @@ func newSetupRunner(c *Controller, runs, durs jetstream.KeyValue) *setupRunner {
 func newRunID(now time.Time) string {
 	var b [4]byte
 	rand.Read(b[:])
-	return "s" + now.UTC().Format("20060102T150405") + "-" + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+	// Microseconds after the second: "the newest run" is the greatest id,
+	// and two runs can start within one second (a CLI test did).
+	now = now.UTC()
+	return fmt.Sprintf("s%s%06d-%s", now.Format("20060102T150405"), now.Nanosecond()/1000,
+		strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:])))
 }
 
 // resume loads step durations and restarts every run still running.
