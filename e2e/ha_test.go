@@ -276,7 +276,7 @@ func (w *haWorld) failover(what string, t0 time.Time, old int) int {
 	if next == old {
 		w.t.Fatalf("%s: controller %d is active again though it is down", what, old)
 	}
-	poll.Until(w.t, 30*time.Second, "agents online after "+what, w.allOnline)
+	poll.Until(w.t, 90*time.Second, "agents online after "+what, w.allOnline)
 	fmt.Printf("HA-FIGURE %s: new active controller after %v, all %d agents online after %v\n",
 		what, activeAfter.Round(time.Millisecond), len(w.agents), time.Since(t0).Round(time.Millisecond))
 	return next
@@ -348,7 +348,7 @@ func TestHAKillStandbyMidFanOut(t *testing.T) {
 	t0 := time.Now()
 	w.peers[sb].proc.kill()
 	next := w.active(30 * time.Second)
-	poll.Until(t, 30*time.Second, "agents online after the standby's loss", w.allOnline)
+	poll.Until(t, 90*time.Second, "agents online after the standby's loss", w.allOnline)
 	fmt.Printf("HA-FIGURE kill -9 standby mid fan-out: active controller %d (was %d), all agents online after %v\n",
 		next, act, time.Since(t0).Round(time.Millisecond))
 	w.finished(id, 60*time.Second)
@@ -372,7 +372,7 @@ func TestHASIGSTOPActive(t *testing.T) {
 	}()
 	// While it is paused, another controller takes over and works.
 	var next int
-	poll.Until(t, 30*time.Second, "another controller active", func() bool {
+	poll.Until(t, 90*time.Second, "another controller active", func() bool {
 		for i := range w.peers {
 			if i != act && w.leasez(i) {
 				next = i
@@ -399,7 +399,7 @@ func TestHASIGSTOPActive(t *testing.T) {
 	if w.leasez(act) {
 		t.Fatalf("controller %d woke up and still says it is active", act)
 	}
-	poll.Until(t, 30*time.Second, "the paused controller back as standby", func() bool {
+	poll.Until(t, 90*time.Second, "the paused controller back as standby", func() bool {
 		m := w.metrics(act)
 		return m["mgn_controller_active"] == 0 && m["mgn_controller_active_present"] == 1
 	})

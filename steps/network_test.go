@@ -266,7 +266,9 @@ func TestNetworkStepsOnARealTailnet(t *testing.T) {
 	for n, role := range map[string]string{"n1": messages.RoleRouter, "n2": messages.RoleWorker} {
 		peer := map[string]string{"n1": "n2", "n2": "n1"}[n]
 		settings := map[string]string{"TS_SOCKET": w.ts[n].Socket(), "TS_LOGIN_SERVER": w.h.URL(),
-			"METAGN_CONTROLLER_TAILNET_IP": logins[peer].Outputs["ip"], "TS_ROUTES": strings.Join(w.spec.Network.Routes, ",")}
+			"METAGN_CONTROLLER_TAILNET_IP": logins[peer].Outputs["ip"], "TS_ROUTES": strings.Join(w.spec.Network.Routes, ","),
+			// The namespace has no cluster DNS for dns_resolution's default name.
+			"METAGN_DNS_NAME": "localhost"}
 		var bad []string
 		deadline := time.Now().Add(30 * time.Second)
 		for {

@@ -338,10 +338,19 @@ func (c *Controller) activate() error {
 	for _, f := range hooks {
 		go f(a.ctx)
 	}
-	if err := c.resumeRuns(ctx); err != nil {
-		// The fleet is served without them; the next activation tries again.
-		c.log.Error("setup runs and rollouts not resumed", zap.Error(err))
-	}
+	// Runs resume beside the activation, not in it: their bucket reads may
+	// wait for a JetStream meta leader, which must not delay (or fail) the
+	// fleet's failover. deactivate waits for this before stopping the runs.
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		rctx, cancel := context.WithTimeout(a.ctx, 60*time.Second)
+		defer cancel()
+		if err := c.resumeRuns(rctx); err != nil {
+			// The fleet is served without them; the next activation tries again.
+			c.log.Error("setup runs and rollouts not resumed", zap.Error(err))
+		}
+	}()
 	c.activeGauge.Set(1)
 	c.log.Info("active", zap.Duration("activation", time.Since(start)))
 	return nil

@@ -238,8 +238,11 @@ func (r *rolloutRunner) resume(ctx context.Context) error {
 			r.log.Warn("skip unreadable rollout", zap.String("rollout", k), zap.Error(err))
 			continue
 		}
-		if rec.Status != messages.RolloutRunning && rec.Status != messages.RolloutPaused {
-			continue
+		r.mu.Lock()
+		_, live := r.live[k]
+		r.mu.Unlock()
+		if rec.Status != messages.RolloutRunning && rec.Status != messages.RolloutPaused || live {
+			continue // finished, or started here since activation
 		}
 		if rec.Phase == phaseUpdate || rec.Phase == phaseGate {
 			if rec.Cursor < len(rec.Batches) {

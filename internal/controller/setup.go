@@ -190,8 +190,11 @@ func (r *setupRunner) resume(ctx context.Context) error {
 			r.log.Warn("skip unreadable setup run", zap.String("run", k), zap.Error(err))
 			continue
 		}
-		if rec.Run.Status != messages.RunRunning {
-			continue
+		r.mu.Lock()
+		_, live := r.live[k]
+		r.mu.Unlock()
+		if rec.Run.Status != messages.RunRunning || live {
+			continue // finished, or started here since activation
 		}
 		r.log.Info("resuming setup run", zap.String("run", k))
 		r.startRun(rec, true)
