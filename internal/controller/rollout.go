@@ -1492,16 +1492,12 @@ func (r *rolloutRunner) progress(lr *liveRollout) messages.RolloutProgress {
 // status reports a rollout (the newest when id is "").
 func (r *rolloutRunner) status(ctx context.Context, id string) (messages.RolloutStatusReply, error) {
 	if id == "" {
-		keys, err := r.kv.ListKeys(ctx)
-		if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+		newest, err := newestKeys(ctx, r.kv, 1) // ids start with their UTC start time
+		if err != nil {
 			return messages.RolloutStatusReply{}, fmt.Errorf("list rollouts: %w", err)
 		}
-		if keys != nil {
-			for k := range keys.Keys() {
-				if k > id {
-					id = k
-				}
-			}
+		if len(newest) == 1 {
+			id = newest[0]
 		}
 		if id == "" {
 			return messages.RolloutStatusReply{}, messages.Errorf(messages.CodeNotFound, "no rollout yet: run `controller rollout start -f FLEET.yaml`")

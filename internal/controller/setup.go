@@ -1092,16 +1092,12 @@ func (r *setupRunner) publish(lr *liveRun) {
 // status reports a run (the newest when id is "").
 func (r *setupRunner) status(ctx context.Context, id string) (messages.SetupStatusReply, error) {
 	if id == "" {
-		keys, err := r.runs.ListKeys(ctx)
-		if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+		newest, err := newestKeys(ctx, r.runs, 1) // ids start with their UTC start time
+		if err != nil {
 			return messages.SetupStatusReply{}, fmt.Errorf("list setup runs: %w", err)
 		}
-		if keys != nil {
-			for k := range keys.Keys() {
-				if k > id {
-					id = k // ids start with their UTC start time
-				}
-			}
+		if len(newest) == 1 {
+			id = newest[0]
 		}
 		if id == "" {
 			return messages.SetupStatusReply{}, messages.Errorf(messages.CodeNotFound, "no setup run yet: run `controller setup apply -f FLEET.yaml`")
