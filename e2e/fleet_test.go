@@ -222,6 +222,13 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// Bytes returns a copy of what was written so far.
+func (s *syncBuffer) Bytes() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return bytes.Clone(s.b.Bytes())
+}
+
 // controller backup and restore through the real binary: the backup of a
 // running controller, a controller started on the restored data dir with
 // the same fleet, and the agent back with its own key.

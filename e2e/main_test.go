@@ -42,20 +42,20 @@ func TestMain(m *testing.M) {
 // proc is a started binary; it is killed when the test ends.
 type proc struct {
 	cmd *exec.Cmd
-	log *bytes.Buffer
+	log *syncBuffer // written by the process's copier goroutines while tests read it
 }
 
 func start(t *testing.T, bin string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(binDir, bin), args...)
-	var buf bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &buf, &buf
+	buf := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = buf, buf
 	cmd.Env = append(os.Environ(), "METAGN_LOG_FORMAT=console")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", bin, err)
 	}
-	p := &proc{cmd: cmd, log: &buf}
+	p := &proc{cmd: cmd, log: buf}
 	t.Cleanup(func() {
 		p.kill()
 		if t.Failed() {

@@ -145,14 +145,14 @@ func (bw *bareWorld) startAgents(w *world, token string) map[string]*proc {
 func startEnv(t *testing.T, env []string, bin string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(binDir, bin), args...)
-	var buf bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &buf, &buf
+	buf := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = buf, buf
 	cmd.Env = append(append(os.Environ(), "METAGN_LOG_FORMAT=console"), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", bin, err)
 	}
-	p := &proc{cmd: cmd, log: &buf}
+	p := &proc{cmd: cmd, log: buf}
 	t.Cleanup(func() {
 		p.kill()
 		if t.Failed() {
@@ -725,8 +725,8 @@ func TestSetupBareWorldKilledAndRefused(t *testing.T) {
 
 	// kill -9 mid-apply.
 	apply := exec.Command(filepath.Join(binDir, "controller"), "setup", "apply", "-f", bw.fleet, "--layer", "network", "--yes", "--json", "--data-dir", w.data)
-	var applyOut bytes.Buffer
-	apply.Stdout, apply.Stderr = &applyOut, &applyOut
+	applyOut := &syncBuffer{}
+	apply.Stdout, apply.Stderr = applyOut, applyOut
 	if err := apply.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -737,6 +737,21 @@ func applyTailscaleLogin(ctx context.Context, env *Env) (Applied, error) {
 		if err != nil {
 			return Applied{}, err
 		}
+		haveNodeKey := o.st.HaveNodeKey
+		if o.loggedIn(w.ControlURL) {
+			// Logged in to this server as another user: log out first (as
+			// `tailscale logout` does), so the new key registers a new node
+			// under the wanted user. Started with its old node key,
+			// tailscaled re-registers that key and Headscale keeps it
+			// under the old user (seen in about half the runs).
+			cctx, cancel := context.WithTimeout(ctx, localAPITimeout)
+			err := lc.Logout(cctx)
+			cancel()
+			if err != nil {
+				return Applied{}, fmt.Errorf("log tailscaled out of %s before logging in as %q: %w", w.ControlURL, w.User, err)
+			}
+			haveNodeKey = false
+		}
 		np := p.Clone()
 		np.ControlURL = w.ControlURL
 		np.WantRunning = true
@@ -747,7 +762,7 @@ func applyTailscaleLogin(ctx context.Context, env *Env) (Applied, error) {
 		np.CorpDNS = false
 		cctx, cancel := context.WithTimeout(ctx, localAPITimeout)
 		err = lc.Start(cctx, ipn.Options{AuthKey: key, UpdatePrefs: np})
-		if err == nil && !o.st.HaveNodeKey {
+		if err == nil && !haveNodeKey {
 			// As `tailscale up` does: a daemon that never logged in
 			// needs the login started; one with a node key logs in
 			// with the new key on Start (a second login would spend the

@@ -247,6 +247,40 @@ func (c *Controller) leaseLoop() {
 	acquireEvery, renewEvery := l.ttl/6, l.ttl/3
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	// retrying is when this controller holds the lease but its activation
+	// failed: right after a peer is lost JetStream may answer "temporarily
+	// unavailable" until a new meta leader is elected. The lease is kept
+	// (renewed) and the activation tried again rather than handed to a peer
+	// that would meet the same election; after giveUp it is released so a
+	// persistent fault on this peer cannot stall the fleet.
+	var retrying time.Time
+	giveUp := 2 * l.ttl
+	tryActivate := func() {
+		err := c.activate()
+		if err == nil {
+			if !retrying.IsZero() {
+				log.Info("activation succeeded on retry", zap.Duration("after", time.Since(retrying)))
+			}
+			retrying = time.Time{}
+			timer.Reset(renewEvery)
+			return
+		}
+		c.deactivate("activation failed")
+		if retrying.IsZero() {
+			retrying = time.Now()
+		}
+		if time.Since(retrying) < giveUp {
+			c.logRate.warn(log, "activation", "activation failed: keeping the lease and retrying", zap.Error(err))
+			timer.Reset(renewEvery / 4)
+			return
+		}
+		log.Warn("activation failed: giving the lease up", zap.Error(err), zap.Duration("tried_for", time.Since(retrying)))
+		retrying = time.Time{}
+		rctx, rcancel := context.WithTimeout(context.Background(), time.Second)
+		l.release(rctx)
+		rcancel()
+		timer.Reset(acquireEvery)
+	}
 	for {
 		select {
 		case <-c.stop:
@@ -257,12 +291,27 @@ func (c *Controller) leaseLoop() {
 				}
 				c.deactivate("stopping")
 				l.release(ctx)
+			} else if !retrying.IsZero() {
+				l.release(ctx) // held while the activation was being retried
 			}
 			cancel()
 			return
 		case <-timer.C:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), renewEvery)
+		if c.act == nil && !retrying.IsZero() {
+			lost, err := l.renew(ctx)
+			cancel()
+			if lost {
+				log.Warn("lease lost while retrying the activation", zap.Error(err))
+				retrying = time.Time{}
+				l.drop()
+				timer.Reset(acquireEvery)
+				continue
+			}
+			tryActivate()
+			continue
+		}
 		if c.act == nil {
 			ok, err := l.tryAcquire(ctx)
 			cancel()
@@ -271,14 +320,7 @@ func (c *Controller) leaseLoop() {
 			}
 			if ok {
 				log.Info("lease acquired: this controller is active", zap.String("holder", l.holder), zap.Uint64("rev", l.rev))
-				if err := c.activate(); err != nil {
-					log.Warn("activation failed: giving the lease up", zap.Error(err))
-					c.deactivate("activation failed")
-					rctx, rcancel := context.WithTimeout(context.Background(), time.Second)
-					l.release(rctx)
-					rcancel()
-				}
-				timer.Reset(renewEvery)
+				tryActivate()
 				continue
 			}
 			timer.Reset(acquireEvery)
