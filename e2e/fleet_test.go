@@ -146,6 +146,28 @@ func TestAgentKilled(t *testing.T) {
 	poll.Until(t, 20*time.Second, "online again", func() bool { return w.state("n1") == messages.StateOnline })
 }
 
+// A join token is all an agent needs: it dials the URLs the token carries
+// (no --controller), and after a restart without the token the URLs it
+// enrolled with.
+func TestAgentDialsTheTokensURLs(t *testing.T) {
+	w := newWorld(t)
+	tok := w.token()
+	if jt, err := messages.ParseJoinToken(tok); err != nil || len(jt.URLs) != 1 || jt.URLs[0] != w.url {
+		t.Fatalf("token URLs %v (%v), want [%s]", jt.URLs, err, w.url)
+	}
+	file := filepath.Join(w.dir, "n1.token")
+	if err := os.WriteFile(file, []byte(tok+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(w.dir, "n1")
+	a := start(t, "agent", "run", "--name", "n1", "--cluster", "a", "--state-dir", state, "--token-file", file)
+	poll.Until(t, 20*time.Second, "online, having dialled the token's URL", func() bool { return w.state("n1") == messages.StateOnline })
+	a.kill()
+	poll.Until(t, 10*time.Second, "stale", func() bool { return w.state("n1") != messages.StateOnline })
+	start(t, "agent", "run", "--name", "n1", "--cluster", "a", "--state-dir", state)
+	poll.Until(t, 20*time.Second, "online again without the token", func() bool { return w.state("n1") == messages.StateOnline })
+}
+
 // kill -9 of an agent mid-task: the redelivered task is not run twice.
 func TestAgentKilledMidTaskDoesNotRerun(t *testing.T) {
 	w := newWorld(t)

@@ -276,6 +276,14 @@ func TestRolloutBareWorldTwoClusters(t *testing.T) {
 	if !strings.Contains(st, "reason") || !strings.Contains(st, canary.Nodes[0]) || !strings.Contains(st, strconv.Itoa(port)) && !strings.Contains(st, "login") {
 		t.Errorf("rollout status does not name the cause:\n%s", st)
 	}
+	var why struct {
+		Reason    string                      `json:"reason"`
+		Diagnoses []messages.RolloutDiagnosis `json:"diagnoses"`
+	}
+	if err := json.Unmarshal([]byte(raw), &why); err != nil || !strings.Contains(why.Reason, canary.Nodes[0]) ||
+		len(why.Diagnoses) == 0 || why.Diagnoses[0].Node != canary.Nodes[0] || why.Diagnoses[0].Failure == "" {
+		t.Errorf("rollout --json does not say why it stopped (%v): reason %q, diagnoses %+v", err, why.Reason, why.Diagnoses)
+	}
 	if got := fmt.Sprint(bw.headscaleNodes()); got != hsBefore {
 		t.Errorf("Headscale nodes changed by the failed rollout:\n%s\n->\n%s", hsBefore, got)
 	}

@@ -135,6 +135,23 @@ func FuzzDecodeRelay(f *testing.F) {
 	})
 }
 
+// A join token parses or fails; what parses encodes back to itself.
+func FuzzJoinToken(f *testing.F) {
+	for _, s := range []string{"mgnt_x", "mgnt_x.PIN", JoinToken{Secret: "mgnt_x", Pin: "p", URLs: []string{"nats://h:1", "tls://[::1]:2"}}.String(), "a..b", "mgnt_x.u="} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		jt, err := ParseJoinToken(s)
+		if err != nil {
+			return
+		}
+		again, err := ParseJoinToken(jt.String())
+		if err != nil || again.String() != jt.String() {
+			t.Fatalf("%q parsed as %+v, which encodes as %q and parses as %+v (%v)", s, jt, jt.String(), again, err)
+		}
+	})
+}
+
 func FuzzDecodeTaskPayloads(f *testing.F) {
 	seed(f, `{"v":1,"scope":"node","layers":["host"]}`, `{"v":1,"require":{"layers":["cluster"],"checks":["kube_api_ready"]}}`,
 		`{"require":{"checks":["Bad Name"]}}`, `{"v":1,"checks":[{"name":"x","layer":"l","status":"not_configured","passed":true}]}`, `{"layers":["net work"]}`, `{"checks":["host_memory"],"scope":"all"}`,

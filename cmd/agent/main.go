@@ -67,6 +67,7 @@ func runCmd() *cobra.Command {
 			if cfg.StateDir == "" {
 				cfg.StateDir = defaultStateDir(cfg.Name)
 			}
+			cfg.ControllerFromToken = cfg.ControllerURL == defaultController
 			tailnetDefaults(&cfg)
 			log, err := lf.Logger()
 			if err != nil {
@@ -94,7 +95,7 @@ func runCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.ControllerURL, "controller", defaultController, "controller NATS URL (with tsnet the default is "+defaultTailnetController+")")
+	f.StringVar(&cfg.ControllerURL, "controller", defaultController, "controller NATS URL, comma-separated for a cluster (default: the join token's URLs, then "+defaultController+"; with tsnet "+defaultTailnetController+")")
 	f.StringVar(&cfg.Token, "token", "", "join token (first start only; prefer METAGN_TOKEN or --token-file: a flag shows in ps)")
 	f.StringVar(&tokenFile, "token-file", "", "file holding the join token (first start only)")
 	f.StringVar(&cfg.Name, "name", hostname(), "node name (a-z, 0-9, '-', '_')")

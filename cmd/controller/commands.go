@@ -87,6 +87,7 @@ func serveCmd() *cobra.Command {
 	}
 	dataDirFlag(cmd, &o.DataDir)
 	cmd.Flags().StringVar(&o.Listen, "listen", controller.DefaultListen, "NATS address agents and the CLI connect to (port 0 picks one; tailnet[:PORT] binds to the host tailscaled's tailnet IP)")
+	cmd.Flags().StringVar(&o.Advertise, "advertise", "", "nats://HOST:PORT agents reach this controller at, when not --listen's (join tokens carry it; a cluster's peers advertise it to agents)")
 	cmd.Flags().StringVar(&o.HTTP, "http", "127.0.0.1:8222", "address of the web dashboard, /healthz and /metrics (empty disables; tailnet[:PORT] serves on the controller's tailnet address; any other non-loopback address needs --http-tls-cert/--http-tls-key)")
 	cmd.Flags().StringVar(&o.HTTPTLSCert, "http-tls-cert", "", "serve --http over TLS with this certificate (PEM; with --http-tls-key)")
 	cmd.Flags().StringVar(&o.HTTPTLSKey, "http-tls-key", "", "the private key of --http-tls-cert (PEM)")

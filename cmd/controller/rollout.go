@@ -334,9 +334,18 @@ func short(h string) string {
 }
 
 // printRollout prints a rollout; exit 0 only when it succeeded.
+// rolloutJSON is what --json prints: the issue's rollout object, plus
+// why it stopped and the failed nodes' diagnoses (root cause, fix) when it
+// did.
+type rolloutJSON struct {
+	messages.Rollout
+	Reason    string                      `json:"reason,omitempty"`
+	Diagnoses []messages.RolloutDiagnosis `json:"diagnoses,omitempty"`
+}
+
 func printRollout(rep messages.RolloutStatusReply, asJSON bool) error {
 	if asJSON {
-		printJSON(rep.Rollout)
+		printJSON(rolloutJSON{Rollout: rep.Rollout, Reason: rep.Reason, Diagnoses: rep.Diagnoses})
 	} else {
 		writeRollout(os.Stdout, rep)
 	}

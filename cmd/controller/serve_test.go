@@ -25,6 +25,8 @@ func TestServeRefusesLimitsThatCannotWork(t *testing.T) {
 		{[]string{"--retention", "-1h"}, "--retention -1h0m0s: must be positive"},
 		{[]string{"--sweep-layer-interval", "host=-1s"}, "--sweep-layer-interval host=-1s: must be positive"},
 		{[]string{"--sweep-layer-interval", "Host=1s"}, `"Host" is not a layer name`},
+		{[]string{"--advertise", "http://c1.example:4222"}, `--advertise "http://c1.example:4222": want one nats://HOST:PORT`},
+		{[]string{"--advertise", "nats://a:1,nats://b:2"}, `want one nats://HOST:PORT`},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "data")

@@ -37,9 +37,16 @@ func TestTLSPinnedCA(t *testing.T) {
 		t.Fatal(err)
 	}
 	tok := token(t, cli)
-	secret, pin := tlspin.SplitToken(tok)
+	jt, err := messages.ParseJoinToken(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret, pin := jt.Secret, jt.Pin
 	if !strings.HasPrefix(secret, "mgnt_") || !tlspin.ValidPin(pin) || pin != info.TLSPin {
 		t.Fatalf("token %q: want mgnt_SECRET.PIN with the controller's pin %s", tok, info.TLSPin)
+	}
+	if len(jt.URLs) != 1 || jt.URLs[0] != info.NATSURL {
+		t.Fatalf("token URLs %v, want the controller's [%s]", jt.URLs, info.NATSURL)
 	}
 	caPEM, err := os.ReadFile(filepath.Join(data, "tls", "ca.pem"))
 	if err != nil || info.TLSCAFile != filepath.Join(data, "tls", "ca.pem") {

@@ -30,9 +30,14 @@ import (
 
 // Config configures an agent.
 type Config struct {
-	ControllerURL string
-	Token         string // join token; needed only for the first start
-	Name          string
+	// ControllerURL is the controller (comma-separated: every peer of a
+	// cluster). With ControllerFromToken (the operator gave no
+	// --controller), the join token's URLs replace it on the first start
+	// and the URLs the node enrolled with on later ones.
+	ControllerURL       string
+	ControllerFromToken bool
+	Token               string // join token; needed only for the first start
+	Name                string
 	// Cluster, Role and Labels are what the node asks to be when it
 	// enrolls. After that its claims are the controller's (the join token's
 	// scope, `controller nodes set`): the agent learns them from the
@@ -177,7 +182,7 @@ func New(cfg Config) (*Agent, error) {
 		}
 	}
 	a.facts = tasks.CollectFacts(cfg.Version)
-	if err := a.setupTLS(); err != nil {
+	if err := a.adoptToken(); err != nil {
 		return nil, err
 	}
 	return a, nil
@@ -193,6 +198,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if st.Name != "" && st.Name != a.cfg.Name {
 		return fmt.Errorf("state dir %s belongs to node %q, not %q: use another --state-dir", a.cfg.StateDir, st.Name, a.cfg.Name)
+	}
+	if st.Enrolled && st.Controller != "" && a.cfg.ControllerFromToken {
+		a.cfg.ControllerURL = st.Controller // as enrolled (the join token's URLs)
 	}
 	if st.Claims != nil {
 		a.adoptClaims(*st.Claims, false)

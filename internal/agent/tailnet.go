@@ -56,11 +56,22 @@ type TailnetConfig struct {
 // connections after enrollment.
 const pinFile = "controller-ca.pin"
 
-// setupTLS takes the CA pin out of the join token (or the state dir) and
-// makes every connection verify the controller against it.
-func (a *Agent) setupTLS() error {
-	secret, pin := tlspin.SplitToken(a.cfg.Token)
-	a.cfg.Token = secret
+// adoptToken takes what the join token carries besides its secret: the
+// controller's CA pin (kept in the state dir for the connections after
+// enrollment) and the controllers' URLs, which the agent dials unless
+// --controller was given. Only the secret is sent to the controller.
+func (a *Agent) adoptToken() error {
+	var pin string
+	if a.cfg.Token != "" {
+		t, err := messages.ParseJoinToken(a.cfg.Token)
+		if err != nil {
+			return fmt.Errorf("--token: %w", err)
+		}
+		a.cfg.Token, pin = t.Secret, t.Pin
+		if len(t.URLs) > 0 && a.cfg.ControllerFromToken {
+			a.cfg.ControllerURL = strings.Join(t.URLs, ",")
+		}
+	}
 	path := filepath.Join(a.cfg.StateDir, pinFile)
 	if pin != "" {
 		if !tlspin.ValidPin(pin) {

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -44,6 +45,11 @@ type Options struct {
 	DataDir string
 	// Listen is the NATS client address (host:port; port 0 picks one).
 	Listen string
+	// Advertise is the URL agents reach this controller at when it is not
+	// Listen's (NAT, a load balancer, a DNS name): join tokens carry it and
+	// the server's INFO advertises it to clients (and, in a cluster, to
+	// every peer's clients). See joinURLs.
+	Advertise string
 	// HTTP is the /healthz and /metrics address; "" disables it.
 	HTTP string
 	// HeartbeatInterval is what agents are told to use (default 5s).
@@ -330,6 +336,9 @@ func (c *Controller) startServer() error {
 		DisableJetStreamBanner:     true,
 	}
 	c.tr.apply(sopts)
+	if u, err := url.Parse(c.opts.Advertise); err == nil && c.opts.Advertise != "" {
+		sopts.ClientAdvertise = u.Host // validated in limits.go
+	}
 	if err := c.applyCluster(sopts); err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -310,4 +311,28 @@ func TestClusterReactivation(t *testing.T) {
 	h.token = rep.Token
 	h.agent("r1")
 	poll.Until(t, 20*time.Second, "agent online", func() bool { return h.online(act, "r1") })
+
+	// The join token carries every peer's URL: an agent given only the
+	// token (no --controller) dials them.
+	jt, err := messages.ParseJoinToken(rep.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, want := slices.Sorted(slices.Values(jt.URLs)), slices.Sorted(slices.Values(h.urls))
+	if !slices.Equal(got, want) {
+		t.Fatalf("the join token's URLs are %v, want every peer's %v", got, want)
+	}
+	a, err := agent.New(agent.Config{
+		ControllerURL: "nats://127.0.0.1:1", ControllerFromToken: true, Token: rep.Token, Name: "r2",
+		StateDir: filepath.Join(h.dir, "agents", "r2"), Version: "test", Tasks: tasks.Builtin(),
+		Log: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Named("r2"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, acancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.Run(actx); close(done) }()
+	t.Cleanup(func() { acancel(); <-done })
+	poll.Until(t, 20*time.Second, "the agent given only the token online", func() bool { return h.online(act, "r2") })
 }

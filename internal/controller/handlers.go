@@ -353,7 +353,7 @@ func (c *Controller) api(ctx context.Context, verb string, data []byte) (message
 		if req.TTL != "" {
 			ttl, _ = time.ParseDuration(req.TTL)
 		}
-		tok, rec, err := c.tokens.create(ctx, ttl, req.Reusable, req.Scope)
+		tok, rec, err := c.tokens.create(ctx, ttl, req.Reusable, req.Scope, c.joinURLs())
 		if err != nil {
 			return nil, err
 		}

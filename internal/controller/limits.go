@@ -130,6 +130,11 @@ func (o *Options) validate() error {
 			return fmt.Errorf("--sweep-layer-interval %s=%v: must be positive", l, d)
 		}
 	}
+	if o.Advertise != "" {
+		if u, err := messages.ValidateControllerURLs(o.Advertise); err != nil || len(u) != 1 {
+			return fmt.Errorf("--advertise %q: want one nats://HOST:PORT (%v)", o.Advertise, err)
+		}
+	}
 	return nil
 }
 

@@ -9,7 +9,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -71,7 +74,10 @@ func hashToken(tok string) string {
 }
 
 // create makes a token valid for ttl.
-func (ts *tokenStore) create(ctx context.Context, ttl time.Duration, reusable bool, scope messages.TokenScope) (string, tokenRecord, error) {
+// The token carries the CA pin (if any) and urls, the controllers' URLs
+// for the agent to dial (messages.JoinToken); only its secret is stored,
+// hashed.
+func (ts *tokenStore) create(ctx context.Context, ttl time.Duration, reusable bool, scope messages.TokenScope, urls []string) (string, tokenRecord, error) {
 	var b [32]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", tokenRecord{}, fmt.Errorf("token: %w", err)
@@ -83,10 +89,7 @@ func (ts *tokenStore) create(ctx context.Context, ttl time.Duration, reusable bo
 	if err := ts.put(ctx, h, r); err != nil {
 		return "", r, err
 	}
-	if ts.pin != "" {
-		tok += "." + ts.pin
-	}
-	return tok, r, nil
+	return messages.JoinToken{Secret: tok, Pin: ts.pin, URLs: urls}.String(), r, nil
 }
 
 func (ts *tokenStore) put(ctx context.Context, h string, r tokenRecord) error {
@@ -183,4 +186,57 @@ func (ts *tokenStore) prune(ctx context.Context) {
 	for _, h := range old {
 		ts.kv.Delete(ctx, h)
 	}
+}
+
+// joinURLs are the URLs a new join token carries: every controller agents
+// can dial. In a cluster the server's connect URLs list every peer's
+// client address (their --advertise, if given); alone, the controller's
+// own. On the tailnet it is the controller's MagicDNS name. A controller
+// listening on every interface without --advertise does not know which
+// address agents reach it at, so its tokens carry none and agents need
+// --controller.
+func (c *Controller) joinURLs() []string {
+	scheme := "nats://"
+	if cu, err := url.Parse(c.ns.ClientURL()); err == nil && cu.Scheme == "tls" {
+		scheme = "tls://"
+	}
+	if c.tr != nil && c.tr.node != nil {
+		if c.opts.Advertise != "" {
+			return []string{c.opts.Advertise}
+		}
+		return []string{"nats://" + net.JoinHostPort(c.opts.Tailnet.Hostname, strconv.Itoa(c.tr.port))}
+	}
+	var urls []string
+	add := func(hp string) {
+		host, _, err := net.SplitHostPort(hp)
+		if err != nil {
+			return
+		}
+		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+			return
+		}
+		u := scheme + hp
+		if !slices.Contains(urls, u) {
+			urls = append(urls, u)
+		}
+	}
+	if c.opts.Advertise != "" {
+		if u, err := url.Parse(c.opts.Advertise); err == nil {
+			add(u.Host)
+		}
+	}
+	if v, err := c.ns.Varz(nil); err == nil {
+		for _, hp := range v.ClientConnectURLs {
+			add(hp)
+		}
+	}
+	if len(urls) == 0 {
+		if u, err := url.Parse(c.ns.ClientURL()); err == nil {
+			add(u.Host)
+		}
+	}
+	if len(urls) > messages.MaxJoinTokenURLs {
+		urls = urls[:messages.MaxJoinTokenURLs]
+	}
+	return urls
 }

@@ -22,7 +22,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 )
 
@@ -36,13 +35,6 @@ const (
 func Pin(der []byte) string {
 	h := sha256.Sum256(der)
 	return base64.RawURLEncoding.EncodeToString(h[:])
-}
-
-// SplitToken separates a join token into the secret the controller checks
-// and the CA pin the agent uses ("" when the token carries none).
-func SplitToken(tok string) (secret, pin string) {
-	secret, pin, _ = strings.Cut(tok, ".")
-	return secret, pin
 }
 
 // ValidPin reports whether pin looks like a [Pin].

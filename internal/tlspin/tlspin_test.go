@@ -104,17 +104,7 @@ func TestLoadPairPinsTopOfChain(t *testing.T) {
 	}
 }
 
-func TestSplitToken(t *testing.T) {
-	for _, tt := range []struct{ tok, secret, pin string }{
-		{"mgnt_abc", "mgnt_abc", ""},
-		{"mgnt_abc.PIN", "mgnt_abc", "PIN"},
-		{"", "", ""},
-	} {
-		s, p := SplitToken(tt.tok)
-		if s != tt.secret || p != tt.pin {
-			t.Errorf("SplitToken(%q) = %q, %q", tt.tok, s, p)
-		}
-	}
+func TestValidPin(t *testing.T) {
 	if ValidPin("PIN") || !ValidPin(Pin([]byte("x"))) {
 		t.Error("ValidPin")
 	}
