@@ -140,19 +140,11 @@ func (h *haCluster) active(within time.Duration) int {
 
 func (h *haCluster) agent(name string) *agent.Agent {
 	h.t.Helper()
-	a, err := agent.New(agent.Config{
+	return runAgent(h.t, agent.Config{
 		ControllerURL: strings.Join(h.urls, ","), Token: h.token, Name: name,
 		StateDir: filepath.Join(h.dir, "agents", name), Version: "test", Tasks: tasks.Builtin(),
 		Log: zaptest.NewLogger(h.t, zaptest.Level(zap.WarnLevel)).Named(name),
 	})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { a.Run(ctx); close(done) }()
-	h.t.Cleanup(func() { cancel(); <-done })
-	return a
 }
 
 func (h *haCluster) online(via int, names ...string) bool {
@@ -322,17 +314,10 @@ func TestClusterReactivation(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("the join token's URLs are %v, want every peer's %v", got, want)
 	}
-	a, err := agent.New(agent.Config{
+	runAgent(t, agent.Config{
 		ControllerURL: "nats://127.0.0.1:1", ControllerFromToken: true, Token: rep.Token, Name: "r2",
 		StateDir: filepath.Join(h.dir, "agents", "r2"), Version: "test", Tasks: tasks.Builtin(),
 		Log: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Named("r2"),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	actx, acancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { a.Run(actx); close(done) }()
-	t.Cleanup(func() { acancel(); <-done })
 	poll.Until(t, 20*time.Second, "the agent given only the token online", func() bool { return h.online(act, "r2") })
 }

@@ -170,6 +170,20 @@ func byNode(r messages.TaskReport) map[string]messages.NodeResult {
 
 func newAgent(cfg agent.Config) (*agent.Agent, error) { return agent.New(cfg) }
 
+// runAgent starts an in-process agent until the test ends.
+func runAgent(tb testing.TB, cfg agent.Config) *agent.Agent {
+	tb.Helper()
+	a, err := agent.New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.Run(ctx); close(done) }()
+	tb.Cleanup(func() { cancel(); <-done })
+	return a
+}
+
 // events subscribes to the controller's events of kind for the rest of the
 // test, buffering up to 64.
 func (f *fleet) events(kind string) <-chan messages.Event {

@@ -112,17 +112,10 @@ func TestRolloutResumeAfterKill9(t *testing.T) {
 	for _, n := range rolloutNodes {
 		checks := filepath.Join(dir, n.name+"-checks.yaml")
 		os.WriteFile(checks, []byte("checks:\n  - {name: health_marker, layer: network, type: file, path: \""+w.path(n.cluster, "health", n.name)+"\"}\n"), 0o600)
-		a, err := agent.New(agent.Config{ControllerURL: "nats://" + listen, Token: tok.Token, Name: n.name, Cluster: n.cluster, Role: n.role,
+		runAgent(t, agent.Config{ControllerURL: "nats://" + listen, Token: tok.Token, Name: n.name, Cluster: n.cluster, Role: n.role,
 			StateDir: filepath.Join(dir, "agents", n.name), Version: "test",
 			Log:   zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Named(n.name),
 			Tasks: tasks.Builtin().With(tasks.StepTask{Steps: reg}), Settings: config.Settings{"METAGN_CUSTOM_CHECKS": checks}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		actx, acancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { a.Run(actx); close(done) }()
-		t.Cleanup(func() { acancel(); <-done })
 	}
 	poll.Until(t, 15*time.Second, "agents online", func() bool {
 		st, err := cli.Status(ctx)

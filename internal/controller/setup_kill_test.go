@@ -102,17 +102,10 @@ func TestSetupResumeAfterKill9(t *testing.T) {
 		checks := filepath.Join(dir, n.name+"-checks.yaml")
 		os.WriteFile(checks, []byte("checks:\n  - {name: net_marker, layer: network, type: file, path: \""+w.path("alpha", "net", n.name)+"\"}\n"+
 			"  - {name: kube_marker, layer: cluster, scope: cluster, type: file, path: \""+w.path("alpha", "kube", "cluster")+"\"}\n"), 0o600)
-		a, err := agent.New(agent.Config{ControllerURL: "nats://" + listen, Token: tok.Token, Name: n.name, Cluster: "alpha", Role: n.role,
+		runAgent(t, agent.Config{ControllerURL: "nats://" + listen, Token: tok.Token, Name: n.name, Cluster: "alpha", Role: n.role,
 			StateDir: filepath.Join(dir, "agents", n.name), Version: "test",
 			Log:   zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Named(n.name),
 			Tasks: tasks.Builtin().With(tasks.StepTask{Steps: reg}), Settings: config.Settings{"METAGN_CUSTOM_CHECKS": checks}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		actx, acancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { a.Run(actx); close(done) }()
-		t.Cleanup(func() { acancel(); <-done })
 	}
 	poll.Until(t, 15*time.Second, "agents online", func() bool {
 		st, err := cli.Status(ctx)
