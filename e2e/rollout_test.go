@@ -283,6 +283,10 @@ func TestRolloutBareWorldTwoClusters(t *testing.T) {
 	if err := json.Unmarshal([]byte(raw), &why); err != nil || !strings.Contains(why.Reason, canary.Nodes[0]) ||
 		len(why.Diagnoses) == 0 || why.Diagnoses[0].Node != canary.Nodes[0] || why.Diagnoses[0].Failure == "" {
 		t.Errorf("rollout --json does not say why it stopped (%v): reason %q, diagnoses %+v", err, why.Reason, why.Diagnoses)
+	} else if rc := why.Diagnoses[0].RootCause; strings.Contains(strings.ToLower(rc), "kubelet") {
+		// The bare world has no kubelet: true, but no cause of a failed
+		// tailnet login (a network change).
+		t.Errorf("the canary's root cause %q is a cluster-layer finding, which cannot explain a network change", rc)
 	}
 	if got := fmt.Sprint(bw.headscaleNodes()); got != hsBefore {
 		t.Errorf("Headscale nodes changed by the failed rollout:\n%s\n->\n%s", hsBefore, got)

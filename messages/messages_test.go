@@ -217,3 +217,24 @@ func TestDiagnoseResultStoredFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestCanExplain(t *testing.T) {
+	for _, tt := range []struct {
+		layer   string
+		touched []string
+		want    bool
+	}{
+		{LayerNetwork, []string{LayerNetwork}, true},
+		{LayerNetwork, []string{LayerApplication}, true}, // runs on it
+		{LayerHost, []string{LayerNetwork}, true},
+		{LayerCluster, []string{LayerNetwork}, false}, // above it
+		{LayerApplication, []string{LayerNetwork, LayerDatabase}, false},
+		{LayerDatabase, []string{LayerNetwork, LayerApplication}, true},
+		{"gpu", []string{LayerCluster}, false},
+		{"gpu", []string{"gpu"}, true},
+	} {
+		if got := CanExplain(tt.layer, tt.touched); got != tt.want {
+			t.Errorf("CanExplain(%s, %v) = %v, want %v", tt.layer, tt.touched, got, tt.want)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package messages
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -61,6 +62,28 @@ const (
 	LayerApplication = "application"
 	LayerHost        = "host"
 )
+
+// LayerStack is GuildNet's layers bottom up: each runs on the ones before it.
+var LayerStack = []string{LayerNetwork, LayerCluster, LayerDatabase, LayerApplication}
+
+// CanExplain reports whether a fault in layer can explain a failure in
+// one of touched: the same layer, a layer below it in LayerStack, or the
+// host, which everything runs on. A custom layer explains only itself.
+func CanExplain(layer string, touched []string) bool {
+	if layer == LayerHost || slices.Contains(touched, layer) {
+		return true
+	}
+	li := slices.Index(LayerStack, layer)
+	if li < 0 {
+		return false
+	}
+	for _, t := range touched {
+		if slices.Index(LayerStack, t) > li {
+			return true
+		}
+	}
+	return false
+}
 
 // CheckResult is the outcome of one verification check on one node. It is
 // what the agent's "verify" task returns (as a list) and what reports hold.

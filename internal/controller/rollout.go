@@ -779,7 +779,7 @@ func (r *rolloutRunner) batch(ctx context.Context, lr *liveRollout, bi int) bool
 		}
 		if !ok {
 			for _, n := range updated {
-				failures[n] = "health gate: " + reason
+				failures[n] = nodeFailure{why: "health gate: " + reason}
 			}
 			lr.update(func(rec *rolloutRecord) { b.Gate.ChecksFailed = failed })
 		}
@@ -859,10 +859,18 @@ func (r *rolloutRunner) endBatch(rec *rolloutRecord, b *rolloutBatch, began time
 	}
 }
 
-func summarize(failures map[string]string) string {
+// nodeFailure is why a node failed in a batch and, when a step failed,
+// that step's layer: only a fault in that layer, below it or in the host
+// can be the failure's root cause (messages.CanExplain).
+type nodeFailure struct {
+	why   string
+	layer string // "" when no one step failed (gate, offline): the change's layers
+}
+
+func summarize(failures map[string]nodeFailure) string {
 	var parts []string
 	for _, n := range slices.Sorted(maps.Keys(failures)) {
-		parts = append(parts, n+": "+truncate(failures[n], 200))
+		parts = append(parts, n+": "+truncate(failures[n].why, 200))
 	}
 	return strings.Join(parts, "; ")
 }
@@ -871,9 +879,9 @@ func summarize(failures map[string]string) string {
 // then each changed step in registry order (cluster steps once, in the
 // cluster's first batch), planned and applied where needed. It returns
 // the nodes that failed and why.
-func (r *rolloutRunner) update(ctx context.Context, lr *liveRollout, spec messages.FleetCluster, b *rolloutBatch, bi int) map[string]string {
+func (r *rolloutRunner) update(ctx context.Context, lr *liveRollout, spec messages.FleetCluster, b *rolloutBatch, bi int) map[string]nodeFailure {
 	rec := lr.rec
-	failures := map[string]string{}
+	failures := map[string]nodeFailure{}
 	// Offline nodes: wait up to the healthy deadline.
 	deadline := time.Now().Add(rec.HealthyDeadline)
 	var todo []string
@@ -895,7 +903,7 @@ func (r *rolloutRunner) update(ctx context.Context, lr *liveRollout, spec messag
 				if rec.SkipOffline {
 					lr.update(func(rec *rolloutRecord) { rec.setNode(n, messages.RolloutNodeSkipped) })
 				} else {
-					failures[n] = fmt.Sprintf("offline for the healthy deadline (%v)", rec.HealthyDeadline)
+					failures[n] = nodeFailure{why: fmt.Sprintf("offline for the healthy deadline (%v)", rec.HealthyDeadline)}
 				}
 			}
 			break
@@ -910,7 +918,7 @@ func (r *rolloutRunner) update(ctx context.Context, lr *liveRollout, spec messag
 		st, ok := r.steps.Lookup(name)
 		if !ok {
 			for _, n := range todo {
-				failures[n] = "step " + name + " is no longer registered"
+				failures[n] = nodeFailure{why: "step " + name + " is no longer registered"}
 			}
 			break
 		}
@@ -924,13 +932,13 @@ func (r *rolloutRunner) update(ctx context.Context, lr *liveRollout, spec messag
 			targets := r.planTargets(spec, st)
 			if len(targets) == 0 {
 				for _, n := range todo {
-					failures[n] = fmt.Sprintf("cluster step %s: no online controlplane agent in cluster %q", name, spec.Name)
+					failures[n] = nodeFailure{why: fmt.Sprintf("cluster step %s: no online controlplane agent in cluster %q", name, spec.Name), layer: st.Layer}
 				}
 				break
 			}
 			if msg := r.applyOne(ctx, lr, spec, st, targets[0], bi); msg != "" {
 				for _, n := range todo {
-					failures[n] = fmt.Sprintf("cluster step %s on %s: %s", name, targets[0].Name, msg)
+					failures[n] = nodeFailure{why: fmt.Sprintf("cluster step %s on %s: %s", name, targets[0].Name, msg), layer: st.Layer}
 				}
 				break
 			}
@@ -950,7 +958,7 @@ func (r *rolloutRunner) update(ctx context.Context, lr *liveRollout, spec messag
 				defer wg.Done()
 				if msg := r.applyOne(ctx, lr, spec, st, nodes[n], bi); msg != "" {
 					mu.Lock()
-					failures[n] = "step " + name + ": " + msg
+					failures[n] = nodeFailure{why: "step " + name + ": " + msg, layer: st.Layer}
 					mu.Unlock()
 				}
 			}()
@@ -1282,15 +1290,22 @@ func (r *rolloutRunner) rollbackBatch(ctx context.Context, lr *liveRollout, bi i
 
 // diagnose records, for each failed node, the failure and the
 // controller's diagnosis of it (root cause and fix).
-func (r *rolloutRunner) diagnose(ctx context.Context, lr *liveRollout, cluster string, failures map[string]string) {
+func (r *rolloutRunner) diagnose(ctx context.Context, lr *liveRollout, cluster string, failures map[string]nodeFailure) {
 	dctx, cancel := context.WithTimeout(ctx, messages.APITimeout(messages.APIDiagnose))
 	defer cancel()
+	lr.mu.Lock()
+	touched := lr.rec.Layers // set when planned, never changed after
+	lr.mu.Unlock()
 	for _, n := range slices.Sorted(maps.Keys(failures)) {
-		d := messages.RolloutDiagnosis{Node: n, Cluster: cluster, Failure: truncate(failures[n], messages.MaxRolloutText)}
+		d := messages.RolloutDiagnosis{Node: n, Cluster: cluster, Failure: truncate(failures[n].why, messages.MaxRolloutText)}
+		layers := touched
+		if l := failures[n].layer; l != "" {
+			layers = []string{l}
+		}
 		if r.verify == nil && r.isOnline(n) {
 			if rep, err := r.c.diagnose(dctx, messages.DiagnoseRequest{V: messages.Version, Node: n}); err == nil {
 				d.DiagnosisID = rep.ResultID
-				d.RootCause, d.Fix = r.rootCause(dctx, rep.ResultID, n)
+				d.RootCause, d.Fix = r.rootCause(dctx, rep.ResultID, n, layers)
 			} else {
 				d.RootCause = "diagnose failed: " + truncate(err.Error(), 200)
 			}
@@ -1306,9 +1321,17 @@ func (r *rolloutRunner) diagnose(ctx context.Context, lr *liveRollout, cluster s
 	}
 }
 
-// rootCause reads a stored diagnosis and returns its first root cause
-// that concerns node (or the first at all) and its fix.
-func (r *rolloutRunner) rootCause(ctx context.Context, id, node string) (string, string) {
+// rootCause reads a stored diagnosis and returns the root cause that
+// best explains a failure in touched (the failed step's layer, or the
+// change's layers when the gate failed), and its fix. Only findings that
+// can explain it count (messages.CanExplain): a kubelet that is down does
+// not explain a failed tailnet login, and naming it would send the
+// operator the wrong way; of the host's findings only critical ones (a
+// busy CPU does not refuse a connection). The best is in the failed layer
+// itself before one below it before the host, about this node before
+// another, critical before warning. With none, the failure itself stands
+// as the cause.
+func (r *rolloutRunner) rootCause(ctx context.Context, id, node string, touched []string) (string, string) {
 	b, err := r.c.diagnoses.GetBytes(ctx, id)
 	if err != nil {
 		return "", ""
@@ -1317,20 +1340,7 @@ func (r *rolloutRunner) rootCause(ctx context.Context, id, node string) (string,
 	if err != nil {
 		return "", ""
 	}
-	var pick *messages.Finding
-	for i := range res.Diagnosis.Findings {
-		f := &res.Diagnosis.Findings[i]
-		if f.Severity == "info" {
-			continue
-		}
-		if slices.Contains(f.Nodes, node) || slices.Contains(f.Affected, node) {
-			pick = f
-			break
-		}
-		if pick == nil {
-			pick = f
-		}
-	}
+	pick := bestRootCause(res.Diagnosis.Findings, node, touched)
 	if pick == nil {
 		return "", ""
 	}
@@ -1339,6 +1349,37 @@ func (r *rolloutRunner) rootCause(ctx context.Context, id, node string) (string,
 		fix += " (" + pick.Command + ")"
 	}
 	return truncate(pick.Title, messages.MaxRolloutText), truncate(fix, messages.MaxRolloutText)
+}
+
+// bestRootCause is rootCause's choice among a diagnosis' findings (nil
+// when none can explain the failure).
+func bestRootCause(findings []messages.Finding, node string, touched []string) *messages.Finding {
+	var pick *messages.Finding
+	best := 0
+	for i := range findings {
+		f := &findings[i]
+		if f.Severity == "info" || !messages.CanExplain(f.Layer, touched) ||
+			f.Layer == messages.LayerHost && f.Severity != "critical" {
+			continue
+		}
+		score := 0 // lower is better
+		switch {
+		case f.Layer == messages.LayerHost:
+			score += 8
+		case !slices.Contains(touched, f.Layer):
+			score += 4
+		}
+		if !slices.Contains(f.Nodes, node) && !slices.Contains(f.Affected, node) {
+			score += 2
+		}
+		if f.Severity != "critical" {
+			score++
+		}
+		if pick == nil || score < best {
+			pick, best = f, score
+		}
+	}
+	return pick
 }
 
 // finish ends a rollout with status.

@@ -40,3 +40,41 @@ func TestSpecDiffRows(t *testing.T) {
 		t.Fatalf("got\n%s", strings.Join(got, "\n"))
 	}
 }
+
+// A failed step's root cause is a finding that can explain it: in its
+// layer first, then below it, then the host's critical ones; never a
+// layer above it, never a host warning.
+func TestBestRootCause(t *testing.T) {
+	f := func(title, layer, sev string, nodes ...string) messages.Finding {
+		return messages.Finding{Title: title, Layer: layer, Severity: sev, Nodes: nodes}
+	}
+	findings := []messages.Finding{
+		f("kubelet down", messages.LayerCluster, "critical", "n1"),
+		f("CPU saturated", messages.LayerHost, "warning", "n1"),
+		f("disk full", messages.LayerHost, "critical", "n1"),
+		f("headscale down", messages.LayerNetwork, "warning", "n2"),
+		f("route missing", messages.LayerNetwork, "critical", "n1"),
+	}
+	pick := func(fs []messages.Finding, touched ...string) string {
+		if p := bestRootCause(fs, "n1", touched); p != nil {
+			return p.Title
+		}
+		return ""
+	}
+	for _, tt := range []struct {
+		fs      []messages.Finding
+		touched []string
+		want    string
+	}{
+		{findings, []string{messages.LayerNetwork}, "route missing"},
+		{findings[:4], []string{messages.LayerNetwork}, "headscale down"}, // this layer, another node, before the host
+		{findings[:3], []string{messages.LayerNetwork}, "disk full"},
+		{findings[:2], []string{messages.LayerNetwork}, ""}, // a cluster fault and a host warning explain no login
+		{findings[:2], []string{messages.LayerApplication}, "kubelet down"},
+		{nil, []string{messages.LayerNetwork}, ""},
+	} {
+		if got := pick(tt.fs, tt.touched...); got != tt.want {
+			t.Errorf("%d findings, touched %v: %q, want %q", len(tt.fs), tt.touched, got, tt.want)
+		}
+	}
+}
