@@ -79,6 +79,15 @@ type progress struct {
 	ok        bool
 }
 
+// progressOf is what a status reply's progress p says: its line and bar,
+// or nothing while p is nil.
+func progressOf[P any](p *P, line, bar func(P) string) progress {
+	if p == nil {
+		return progress{}
+	}
+	return progress{line: line(*p), bar: bar(*p), ok: true}
+}
+
 // follow asks status every 250 ms until ended says the run ended (or ctx
 // ends), printing progress to w: a bar rewritten in place when bar is set,
 // a plain line per change otherwise. It keeps asking through up to 120

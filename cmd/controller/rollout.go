@@ -388,10 +388,7 @@ func followRollout(ctx context.Context, c *ctlclient.Client, id string, w io.Wri
 	return follow(ctx, w, bar,
 		func(ctx context.Context) (messages.RolloutStatusReply, error) { return c.RolloutStatus(ctx, id) },
 		func(rep messages.RolloutStatusReply) progress {
-			if rep.Progress == nil {
-				return progress{}
-			}
-			return progress{line: rolloutLine(*rep.Progress), bar: rolloutBar(*rep.Progress), ok: true}
+			return progressOf(rep.Progress, rolloutLine, rolloutBar)
 		},
 		func(rep messages.RolloutStatusReply) bool { return rep.Rollout.Status != messages.RolloutRunning })
 }

@@ -292,10 +292,7 @@ func followRun(ctx context.Context, c *ctlclient.Client, id string, w io.Writer,
 	rep, err := follow(ctx, w, bar,
 		func(ctx context.Context) (messages.SetupStatusReply, error) { return c.SetupStatus(ctx, id) },
 		func(rep messages.SetupStatusReply) progress {
-			if rep.Progress == nil {
-				return progress{}
-			}
-			return progress{line: progressLine(*rep.Progress), bar: progressBar(*rep.Progress), ok: true}
+			return progressOf(rep.Progress, progressLine, progressBar)
 		},
 		func(rep messages.SetupStatusReply) bool { return rep.Run.Status != messages.RunRunning })
 	return rep.Run, err

@@ -165,12 +165,11 @@ func (w *World) StartController() {
 func (w *World) StopController() {
 	if w.Cli != nil {
 		w.Cli.Close()
-		w.Cli = nil
 	}
 	if w.C != nil {
 		w.C.Close()
-		w.C = nil
 	}
+	w.Cli, w.C = nil, nil
 }
 
 // StartAgent runs an agent whose network checks ask its own tsnet node,
