@@ -108,6 +108,19 @@ func (c *childController) kill() {
 	c.cmd.Wait()
 }
 
+// killAndRestart closes the client cli and kills the child mid-work; the
+// fleet goes on without it: meanwhile runs, then up to 20 s pass until
+// done holds (what names it). Then the child starts again on the same data
+// dir, and killAndRestart returns a new client.
+func (c *childController) killAndRestart(cli *ctlclient.Client, meanwhile func(), what string, done func() bool) *ctlclient.Client {
+	c.t.Helper()
+	cli.Close()
+	c.kill()
+	meanwhile()
+	poll.Until(c.t, 20*time.Second, what, done)
+	return c.start()
+}
+
 // stop interrupts the child, which closes its controller, and waits.
 func (c *childController) stop() {
 	c.cmd.Process.Signal(os.Interrupt)

@@ -80,13 +80,9 @@ func TestRolloutResumeAfterKill9(t *testing.T) {
 	poll.Until(t, 30*time.Second, "the first batch updating", func() bool {
 		return w.count("start:route_file@n1") == 2 && w.count("start:route_file@n2") == 2
 	})
-	cli.Close()
-	child.kill()
-	w.clearKnob("block_route_file")
-	poll.Until(t, 20*time.Second, "the batch applied on the nodes", func() bool {
+	cli = child.killAndRestart(cli, func() { w.clearKnob("block_route_file") }, "the batch applied on the nodes", func() bool {
 		return w.count("apply:route_file@n1=10.0.0.0/24,10.9.0.0/24") == 1 && w.count("apply:route_file@n2=10.0.0.0/24,10.9.0.0/24") == 1
 	})
-	cli = child.start()
 	defer cli.Close()
 	var st messages.RolloutStatusReply
 	poll.Until(t, 60*time.Second, "resumed rollout finished", func() bool {

@@ -61,13 +61,9 @@ func TestSetupResumeAfterKill9(t *testing.T) {
 	poll.Until(t, 30*time.Second, "kube_b started on both nodes", func() bool {
 		return w.count("start:kube_b@n1") == 1 && w.count("start:kube_b@n2") == 1
 	})
-	cli.Close()
-	child.kill()
-	w.clearKnob("block_kube_b")
-	poll.Until(t, 20*time.Second, "kube_b applied on both nodes", func() bool {
+	cli = child.killAndRestart(cli, func() { w.clearKnob("block_kube_b") }, "kube_b applied on both nodes", func() bool {
 		return w.count("apply:kube_b@n1") == 1 && w.count("apply:kube_b@n2") == 1
 	})
-	cli = child.start()
 	defer cli.Close()
 	var run messages.SetupRun
 	poll.Until(t, 60*time.Second, "resumed run finished", func() bool {
