@@ -549,12 +549,9 @@ func TestRolloutResumesAfterRestartAndRefusesOverlap(t *testing.T) {
 	// The controller goes away mid-batch; the nodes finish meanwhile; the
 	// restarted controller re-plans the batch (nothing applied twice),
 	// gates it and finishes.
-	rf.stop()
-	rf.w.clearKnob("block_route_file")
-	poll.Until(t, 20*time.Second, "the batch applied on the nodes", func() bool {
+	rf.restartAfter(func() { rf.w.clearKnob("block_route_file") }, "the batch applied on the nodes", func() bool {
 		return rf.w.count("apply:route_file@n1=10.0.0.0/24,10.5.0.0/24") == 1 && rf.w.count("apply:route_file@n2=10.0.0.0/24,10.5.0.0/24") == 1
 	})
-	rf.fleet.start()
 	rep := rf.wait(t, id)
 	if rep.Rollout.Status != messages.RolloutSucceeded {
 		t.Fatalf("resumed rollout: %s", rdump(rep))

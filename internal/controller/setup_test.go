@@ -340,6 +340,17 @@ func (sf *setupFleet) wait(t *testing.T, id string) messages.SetupRun {
 	return run
 }
 
+// restartAfter stops the controller mid-work; the fleet goes on without
+// it: meanwhile runs, then up to 20 s pass until done holds (what names
+// it). Then the controller starts again on the same data dir.
+func (f *fleet) restartAfter(meanwhile func(), what string, done func() bool) {
+	f.t.Helper()
+	f.stop()
+	meanwhile()
+	poll.Until(f.t, 20*time.Second, what, done)
+	f.start()
+}
+
 // runStepAgent runs an agent that runs the steps of reg and the custom
 // checks in the file checks.
 func (f *fleet) runStepAgent(name, cluster, role, tok string, reg *steps.Registry, checks string) *testAgent {
@@ -655,12 +666,9 @@ func TestSetupResumeAfterRestart(t *testing.T) {
 	// The controller goes away mid-step; kube_b finishes on the nodes
 	// meanwhile; the restarted controller resumes the run: kube_b is
 	// re-planned (unchanged) and nothing is applied twice.
-	sf.stop()
-	sf.w.clearKnob("block_kube_b")
-	poll.Until(t, 20*time.Second, "kube_b applied on both nodes", func() bool {
+	sf.restartAfter(func() { sf.w.clearKnob("block_kube_b") }, "kube_b applied on both nodes", func() bool {
 		return sf.w.count("apply:kube_b@n1") == 1 && sf.w.count("apply:kube_b@n2") == 1
 	})
-	sf.fleet.start()
 	run := sf.wait(t, id)
 	if run.Status != messages.RunSucceeded {
 		t.Fatalf("resumed run: %s", dump(run))
@@ -708,11 +716,8 @@ func TestSetupResumeDuringRollback(t *testing.T) {
 	poll.Until(t, 30*time.Second, "kube_a being undone", func() bool { return sf.w.count("undo-start:kube_a@n1") == 1 })
 	// The controller stops mid-rollback; meanwhile the fix lands. The
 	// resumed run goes on undoing: it does not retry kube_b.
-	sf.stop()
-	sf.w.clearKnob("config_kube_b")
-	sf.w.clearKnob("block_undo_kube_a")
-	poll.Until(t, 20*time.Second, "undo finished on the node", func() bool { return sf.w.count("undo:kube_a@n1") == 1 })
-	sf.fleet.start()
+	sf.restartAfter(func() { sf.w.clearKnob("config_kube_b"); sf.w.clearKnob("block_undo_kube_a") },
+		"undo finished on the node", func() bool { return sf.w.count("undo:kube_a@n1") == 1 })
 	run := sf.wait(t, id)
 	if run.Status != messages.RunRolledBack || layerOf(run, "cluster").Status != "rolled_back" || layerOf(run, "network").Status != "verified" {
 		t.Fatalf("run: %s", dump(run))
