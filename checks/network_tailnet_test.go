@@ -2,12 +2,17 @@ package checks
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/guildnet/metaguildnet/internal/config"
+	"github.com/guildnet/metaguildnet/internal/poll"
 	"github.com/guildnet/metaguildnet/internal/testenv"
 	"github.com/guildnet/metaguildnet/messages"
 )
@@ -64,20 +69,14 @@ func TestNetworkChecksOnARealTailnet(t *testing.T) {
 	// the last ones.
 	eventually := func(what string, ok func(map[string]messages.CheckResult) bool) map[string]messages.CheckResult {
 		t.Helper()
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			res := verify()
-			if ok(res) {
-				return res
+		var res map[string]messages.CheckResult
+		poll.UntilOK(t, 60*time.Second, what, func() error {
+			if res = verify(); ok(res) {
+				return nil
 			}
-			if time.Now().After(deadline) {
-				for n, r := range res {
-					t.Logf("%s: %s %q", n, r.Status, r.Message)
-				}
-				t.Fatalf("%s: not within 60s", what)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
+			return resultsError(res)
+		})
+		return res
 	}
 	is := func(r messages.CheckResult, status, msg string) bool {
 		return r.Status == status && strings.Contains(r.Message, msg)
@@ -117,4 +116,14 @@ func TestNetworkChecksOnARealTailnet(t *testing.T) {
 	eventually("login server down", func(res map[string]messages.CheckResult) bool {
 		return is(res["login_server_health"], messages.CheckFail, h.URL()+"/health")
 	})
+}
+
+// resultsError lists check results, by check name, as what a test saw
+// instead of what it waited for.
+func resultsError(res map[string]messages.CheckResult) error {
+	var b strings.Builder
+	for _, n := range slices.Sorted(maps.Keys(res)) {
+		fmt.Fprintf(&b, "\n%s: %s %q", n, res[n].Status, res[n].Message)
+	}
+	return errors.New("the checks say:" + b.String())
 }

@@ -10,6 +10,7 @@ import (
 	"tailscale.com/ipn"
 
 	"github.com/guildnet/metaguildnet/internal/config"
+	"github.com/guildnet/metaguildnet/internal/poll"
 	"github.com/guildnet/metaguildnet/internal/testenv"
 	"github.com/guildnet/metaguildnet/messages"
 )
@@ -50,20 +51,12 @@ func TestNetworkChecksThroughHostTailscaled(t *testing.T) {
 	}
 	eventually := func(what string, get func() map[string]messages.CheckResult, ok func(map[string]messages.CheckResult) bool) {
 		t.Helper()
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			res := get()
-			if ok(res) {
-				return
+		poll.UntilOK(t, 60*time.Second, what, func() error {
+			if res := get(); !ok(res) {
+				return resultsError(res)
 			}
-			if time.Now().After(deadline) {
-				for n, r := range res {
-					t.Logf("%s: %s %q", n, r.Status, r.Message)
-				}
-				t.Fatalf("%s: not within 60s", what)
-			}
-			time.Sleep(250 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	routerSettings := map[string]string{"TS_SOCKET": router.Socket(), "TS_LOGIN_SERVER": h.URL()}
 	routerChecks := func() map[string]messages.CheckResult { return run("n1", "router", routerSettings) }

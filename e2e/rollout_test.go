@@ -146,15 +146,10 @@ const goodPatch = "machine:\n  sysctls:\n    net.core.somaxconn: \"65535\"\n"
 // fails on the canary and is rolled back, and a change the node refuses
 // (an invalid Talos patch) that is counted and rolled back.
 func TestRolloutBareWorldTwoClusters(t *testing.T) {
-	bw := startBareWorld(t, 2)
-	w := newWorld(t)
-	agents := bw.startAgents(w, w.token())
+	bw, w, agents := startBareFleet(t, 2)
 	var outputs []string
 
-	out, code := w.setup(&outputs, "apply", "-f", bw.fleet, "--yes", "--json")
-	if run := decodeRun(t, out); code != 0 || run.Status != messages.RunSucceeded {
-		t.Fatalf("setup apply: exit %d\n%s", code, runSummary(run))
-	}
+	bw.setUp(w, &outputs)
 	talos0 := bw.talosApplied()
 	if len(talos0) == 0 {
 		t.Fatal("no Talos nodes in the world")
@@ -334,16 +329,7 @@ func TestRolloutBareWorldTwoClusters(t *testing.T) {
 	w.verifyHealthy(&outputs, "after the refused rollout")
 	t.Logf("refused change: %s; canary %v %s", ro.Status, ro.Batches[0].Nodes, ro.Batches[0].Status)
 
-	secrets := bw.secrets(w)
-	texts := map[string]string{"controller log": w.ctl.log.String()}
-	for name, p := range agents {
-		texts["agent "+name+" log"] = p.log.String()
-	}
-	for i, o := range outputs {
-		texts[fmt.Sprintf("CLI output #%d", i)] = o
-	}
-	w.ctl.kill()
-	scanSecrets(t, secrets, w.data, texts)
+	bw.scanWorldSecrets(w, agents, outputs, nil)
 }
 
 // checkBatches: no batch over maxParallel nodes, batches of one cluster
@@ -413,14 +399,9 @@ func startedBatches(ro messages.Rollout) int {
 // mid-batch, restarted on the same data dir, finishes with every Talos
 // node's config applied exactly once.
 func TestRolloutBareWorldControl(t *testing.T) {
-	bw := startBareWorld(t, 2)
-	w := newWorld(t)
-	agents := bw.startAgents(w, w.token())
+	bw, w, agents := startBareFleet(t, 2)
 	var outputs []string
-	out, code := w.setup(&outputs, "apply", "-f", bw.fleet, "--yes", "--json")
-	if run := decodeRun(t, out); code != 0 || run.Status != messages.RunSucceeded {
-		t.Fatalf("setup apply: exit %d\n%s", code, runSummary(run))
-	}
+	bw.setUp(w, &outputs)
 	spec := func(name string, v int) string {
 		return bw.rolloutSpec(w, name, func(f *messages.Fleet) {
 			for i := range f.Clusters {
@@ -561,14 +542,5 @@ func TestRolloutBareWorldControl(t *testing.T) {
 	w.verifyHealthy(&outputs, "after the rollout resumed from kill -9")
 	t.Logf("kill -9 mid-batch 2, restarted: %s, every Talos node applied exactly once", ro.Status)
 
-	secrets := bw.secrets(w)
-	texts := map[string]string{"controller log": w.ctl.log.String(), "killed controller log": killedLog}
-	for name, p := range agents {
-		texts["agent "+name+" log"] = p.log.String()
-	}
-	for i, o := range outputs {
-		texts[fmt.Sprintf("CLI output #%d", i)] = o
-	}
-	w.ctl.kill()
-	scanSecrets(t, secrets, w.data, texts)
+	bw.scanWorldSecrets(w, agents, outputs, map[string]string{"killed controller log": killedLog})
 }

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -115,6 +116,25 @@ func readEnvFile(t *testing.T, path string) map[string]string {
 		out[k] = v
 	}
 	return out
+}
+
+// startBareFleet starts a bare world of clusters, a controller process
+// and one agent process per node of the world, enrolled with it.
+func startBareFleet(t *testing.T, clusters int) (*bareWorld, *world, map[string]*proc) {
+	t.Helper()
+	bw := startBareWorld(t, clusters)
+	w := newWorld(t)
+	return bw, w, bw.startAgents(w, w.token())
+}
+
+// setUp applies the world's fleet spec with `setup apply` and fails the
+// test unless the run succeeded.
+func (bw *bareWorld) setUp(w *world, outputs *[]string) {
+	w.t.Helper()
+	out, code := w.setup(outputs, "apply", "-f", bw.fleet, "--yes", "--json")
+	if run := decodeRun(w.t, out); code != 0 || run.Status != messages.RunSucceeded {
+		w.t.Fatalf("setup apply: exit %d\n%s", code, runSummary(run))
+	}
 }
 
 // startAgents runs one agent process per node of the world, each with its
@@ -480,6 +500,26 @@ func (bw *bareWorld) secrets(w *world) []string {
 	return out
 }
 
+// scanWorldSecrets kills the controller process (it writes nothing more
+// while scanned), then scans its log, the agents' logs, every CLI output,
+// the extra texts and its data dir for the world's secrets; it returns how
+// many secrets and texts it scanned.
+func (bw *bareWorld) scanWorldSecrets(w *world, agents map[string]*proc, outputs []string, extra map[string]string) (secrets, texts int) {
+	w.t.Helper()
+	secretList := bw.secrets(w)
+	textMap := map[string]string{"controller log": w.ctl.log.String()}
+	maps.Copy(textMap, extra)
+	for name, p := range agents {
+		textMap["agent "+name+" log"] = p.log.String()
+	}
+	for i, o := range outputs {
+		textMap[fmt.Sprintf("CLI output #%d", i)] = o
+	}
+	w.ctl.kill()
+	scanSecrets(w.t, secretList, w.data, textMap)
+	return len(secretList), len(textMap)
+}
+
 // scanSecrets fails if a secret is in any CLI output, process log, or file
 // of the controller's data dir but its secrets dir (JetStream's store:
 // KV buckets, streams, reports).
@@ -526,9 +566,7 @@ func scanSecrets(t *testing.T, secrets []string, dataDir string, texts map[strin
 // those -> apply repairs them; an invalid spec is refused with FILE:LINE
 // before anything; no secret anywhere it must not be.
 func TestSetupBareWorldTwoClusters(t *testing.T) {
-	bw := startBareWorld(t, 2)
-	w := newWorld(t)
-	agents := bw.startAgents(w, w.token())
+	bw, w, agents := startBareFleet(t, 2)
 	var outputs []string
 
 	// An invalid spec: FILE:LINE, nothing applied, no run.
@@ -658,17 +696,8 @@ func TestSetupBareWorldTwoClusters(t *testing.T) {
 	}
 
 	// Secrets: never in CLI output, logs, the JetStream store or reports.
-	secrets := bw.secrets(w)
-	texts := map[string]string{"controller log": w.ctl.log.String()}
-	for name, p := range agents {
-		texts["agent "+name+" log"] = p.log.String()
-	}
-	for i, o := range outputs {
-		texts[fmt.Sprintf("CLI output #%d", i)] = o
-	}
-	w.ctl.kill() // flush nothing more while scanning
-	scanSecrets(t, secrets, w.data, texts)
-	t.Logf("secrets scan: %d secrets, %d texts, controller data dir", len(secrets), len(texts))
+	secrets, texts := bw.scanWorldSecrets(w, agents, outputs, nil)
+	t.Logf("secrets scan: %d secrets, %d texts, controller data dir", secrets, texts)
 }
 
 // cliStderr runs a controller command and returns stdout and stderr.
@@ -718,9 +747,7 @@ func stepRows(run messages.SetupRun, name string) []messages.SetupStep {
 // network layer left verified; the knob off -> apply succeeds without
 // applying any Talos config a second time.
 func TestSetupBareWorldKilledAndRefused(t *testing.T) {
-	bw := startBareWorld(t, 1)
-	w := newWorld(t)
-	agents := bw.startAgents(w, w.token())
+	bw, w, agents := startBareFleet(t, 1)
 	var outputs []string
 
 	// kill -9 mid-apply.
@@ -838,14 +865,5 @@ func TestSetupBareWorldKilledAndRefused(t *testing.T) {
 		}
 	}
 
-	secrets := bw.secrets(w)
-	texts := map[string]string{"controller log": w.ctl.log.String(), "killed controller log": killedLog}
-	for name, p := range agents {
-		texts["agent "+name+" log"] = p.log.String()
-	}
-	for i, o := range outputs {
-		texts[fmt.Sprintf("CLI output #%d", i)] = o
-	}
-	w.ctl.kill()
-	scanSecrets(t, secrets, w.data, texts)
+	bw.scanWorldSecrets(w, agents, outputs, map[string]string{"killed controller log": killedLog})
 }

@@ -54,36 +54,29 @@ var (
 
 func addonSteps() []Step {
 	return []Step{
-		{
-			Name: "k8s_namespaces", Layer: messages.LayerCluster, Scope: ScopeCluster,
-			Description: "the spec's namespaces and guildnet-system exist",
-			After:       []string{"kubeconfig_install"},
-			Critical:    true,
-			Prereqs:     kubeconfigPrereq,
-			Plan:        addonPlan(namespaceObjects),
-			Apply:       addonApply(namespaceObjects, nil),
-			Undo:        addonUndo,
-		},
-		{
-			Name: "guildnet_crds", Layer: messages.LayerCluster, Scope: ScopeCluster,
-			Description: "the GuildNet CRDs (workspaces.guildnet.io, capabilities.guildnet.io) are Established",
-			After:       []string{"kubeconfig_install"},
-			Critical:    true,
-			Prereqs:     kubeconfigPrereq,
-			Plan:        addonPlan(guildnetCRDObjects),
-			Apply:       addonApply(guildnetCRDObjects, waitCRDs),
-			Undo:        addonUndo,
-		},
-		{
-			Name: "metallb", Layer: messages.LayerCluster, Scope: ScopeCluster,
-			Description: "MetalLB runs (controller Deployment, speaker DaemonSet) with pool workspaces and L2Advertisement workspaces-l2",
-			After:       []string{"k8s_namespaces"},
-			Critical:    true,
-			Prereqs:     kubeconfigPrereq,
-			Plan:        addonPlan(metalLBObjects),
-			Apply:       addonApply(metalLBObjects, waitMetalLB),
-			Undo:        addonUndo,
-		},
+		addonStep("k8s_namespaces", "the spec's namespaces and guildnet-system exist",
+			"kubeconfig_install", namespaceObjects, nil),
+		addonStep("guildnet_crds", "the GuildNet CRDs (workspaces.guildnet.io, capabilities.guildnet.io) are Established",
+			"kubeconfig_install", guildnetCRDObjects, waitCRDs),
+		addonStep("metallb", "MetalLB runs (controller Deployment, speaker DaemonSet) with pool workspaces and L2Advertisement workspaces-l2",
+			"k8s_namespaces", metalLBObjects, waitMetalLB),
+	}
+}
+
+// addonStep is a critical cluster step, once the cluster's kubeconfig is
+// installed, that applies objects, waits for them with wait (nil: no
+// wait) and undoes by deleting what it created and restoring what it
+// updated.
+func addonStep(name, description, after string, objects objectsFunc, wait waitFunc) Step {
+	return Step{
+		Name: name, Layer: messages.LayerCluster, Scope: ScopeCluster,
+		Description: description,
+		After:       []string{after},
+		Critical:    true,
+		Prereqs:     kubeconfigPrereq,
+		Plan:        addonPlan(objects),
+		Apply:       addonApply(objects, wait),
+		Undo:        addonUndo,
 	}
 }
 
@@ -286,9 +279,8 @@ func addonPlan(objects objectsFunc) func(ctx context.Context, env *Env) (Plan, e
 		if off != "" {
 			return Plan{Action: messages.ActionUnchanged, Diff: off}, nil
 		}
-		if kubeconfigPath(env) == "" {
-			// A bare cluster: everything is still to be made.
-			return Plan{Action: messages.ActionCreate, Diff: fmt.Sprintf("create %d object(s) once the cluster's kubeconfig is installed", len(objs))}, nil
+		if p, bare := planOnBareCluster(env, len(objs)); bare {
+			return p, nil
 		}
 		dyn, err := dynamicClient(env)
 		if err != nil {

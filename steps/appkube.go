@@ -23,8 +23,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
-
-	"github.com/guildnet/metaguildnet/messages"
 )
 
 // appFieldManager is the server-side apply field manager of every object
@@ -387,9 +385,8 @@ func appPlanStep(ctx context.Context, env *Env, build func(*Env) ([]appObject, e
 	if err != nil {
 		return Plan{}, err
 	}
-	if kubeconfigPath(env) == "" {
-		// A bare cluster: everything is still to be made.
-		return Plan{Action: messages.ActionCreate, Diff: fmt.Sprintf("create %d object(s) once the cluster's kubeconfig is installed", len(objs))}, nil
+	if p, bare := planOnBareCluster(env, len(objs)); bare {
+		return p, nil
 	}
 	dyn, err := appKube(env)
 	if err != nil {

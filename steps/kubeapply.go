@@ -27,6 +27,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/guildnet/metaguildnet/messages"
 )
 
 // kubeCallTimeout bounds one API call of a step.
@@ -138,4 +140,13 @@ func kubeDryRun(ctx context.Context, rc dynamic.ResourceInterface, u *unstructur
 		return nil, nil, fmt.Errorf("server-side dry-run apply of %s: %w", kubeRef(u), err)
 	}
 	return live, dry, nil
+}
+
+// planOnBareCluster is the plan of n objects on a cluster whose kubeconfig
+// is not installed yet (bare true): everything is still to be made.
+func planOnBareCluster(env *Env, n int) (p Plan, bare bool) {
+	if kubeconfigPath(env) != "" {
+		return Plan{}, false
+	}
+	return Plan{Action: messages.ActionCreate, Diff: fmt.Sprintf("create %d object(s) once the cluster's kubeconfig is installed", n)}, true
 }

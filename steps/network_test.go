@@ -18,6 +18,7 @@ import (
 
 	"github.com/guildnet/metaguildnet/checks"
 	"github.com/guildnet/metaguildnet/internal/config"
+	"github.com/guildnet/metaguildnet/internal/poll"
 	"github.com/guildnet/metaguildnet/internal/testenv"
 	"github.com/guildnet/metaguildnet/messages"
 )
@@ -269,28 +270,23 @@ func TestNetworkStepsOnARealTailnet(t *testing.T) {
 			"METAGN_CONTROLLER_TAILNET_IP": logins[peer].Outputs["ip"], "TS_ROUTES": strings.Join(w.spec.Network.Routes, ","),
 			// The namespace has no cluster DNS for dns_resolution's default name.
 			"METAGN_DNS_NAME": "localhost"}
-		var bad []string
-		deadline := time.Now().Add(30 * time.Second)
-		for {
+		poll.UntilOK(t, 30*time.Second, "the network layer on "+n+" after setup", func() error {
 			cs, err := checks.Select(checks.NetworkChecks(), checks.Selection{Layers: []string{messages.LayerNetwork}, Scope: checks.ScopeNode})
 			if err != nil {
 				t.Fatal(err)
 			}
 			res := checks.RunChecks(ctx, &checks.Env{Node: n, Cluster: "c1", Role: role, Version: "test", Settings: settings}, cs, checks.RunOptions{})
-			bad = nil
+			var bad []string
 			for _, r := range res {
 				if r.Status != messages.CheckPass {
 					bad = append(bad, fmt.Sprintf("%s %s %q", r.Name, r.Status, r.Message))
 				}
 			}
-			if len(bad) == 0 || time.Now().After(deadline) {
-				break
+			if len(bad) > 0 {
+				return errors.New(strings.Join(bad, "; "))
 			}
-			time.Sleep(250 * time.Millisecond)
-		}
-		if len(bad) > 0 {
-			t.Fatalf("network layer on %s after setup: %s", n, strings.Join(bad, "; "))
-		}
+			return nil
+		})
 	}
 
 	// The prefs are what the spec says.

@@ -205,6 +205,26 @@ func writeOnce0600(path string, b []byte) error {
 	return os.Rename(tmp, path)
 }
 
+// generateOnce writes what gen makes, encoded, to path (mode 0600)
+// unless path exists; what names the thing in errors.
+func generateOnce[T any](path, what string, gen func() (T, error), encode func(T) ([]byte, error)) error {
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	v, err := gen()
+	if err != nil {
+		return fmt.Errorf("generate %s: %w", what, err)
+	}
+	data, err := encode(v)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", what, err)
+	}
+	if err := writeOnce0600(path, data); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
 // clusterSecrets loads the cluster's secrets bundle and talosconfig from
 // dir, creating them the first time.
 func clusterSecrets(spec messages.FleetCluster, dir string) (*secrets.Bundle, []byte, error) {
@@ -217,18 +237,11 @@ func clusterSecrets(spec messages.FleetCluster, dir string) (*secrets.Bundle, []
 		return nil, nil, fmt.Errorf("secrets dir: %w", err)
 	}
 	bpath := filepath.Join(dir, TalosSecretsFile)
-	if _, err := os.Stat(bpath); errors.Is(err, os.ErrNotExist) {
-		b, err := secrets.NewBundle(secrets.NewClock(), config.TalosVersionCurrent)
-		if err != nil {
-			return nil, nil, fmt.Errorf("generate the Talos secrets bundle: %w", err)
-		}
-		data, err := yaml.Marshal(b)
-		if err != nil {
-			return nil, nil, fmt.Errorf("encode the Talos secrets bundle: %w", err)
-		}
-		if err := writeOnce0600(bpath, data); err != nil {
-			return nil, nil, fmt.Errorf("write %s: %w", bpath, err)
-		}
+	err := generateOnce(bpath, "the Talos secrets bundle", func() (*secrets.Bundle, error) {
+		return secrets.NewBundle(secrets.NewClock(), config.TalosVersionCurrent)
+	}, func(b *secrets.Bundle) ([]byte, error) { return yaml.Marshal(b) })
+	if err != nil {
+		return nil, nil, err
 	}
 	bundle, err := secrets.LoadBundle(bpath)
 	if err != nil {
@@ -239,18 +252,9 @@ func clusterSecrets(spec messages.FleetCluster, dir string) (*secrets.Bundle, []
 		return nil, nil, err
 	}
 	tpath := filepath.Join(dir, TalosconfigFile)
-	if _, err := os.Stat(tpath); errors.Is(err, os.ErrNotExist) {
-		tc, err := in.Talosconfig()
-		if err != nil {
-			return nil, nil, fmt.Errorf("generate the talosconfig: %w", err)
-		}
-		data, err := tc.Bytes()
-		if err != nil {
-			return nil, nil, fmt.Errorf("encode the talosconfig: %w", err)
-		}
-		if err := writeOnce0600(tpath, data); err != nil {
-			return nil, nil, fmt.Errorf("write %s: %w", tpath, err)
-		}
+	err = generateOnce(tpath, "the talosconfig", in.Talosconfig, (*clientconfig.Config).Bytes)
+	if err != nil {
+		return nil, nil, err
 	}
 	tc, err := os.ReadFile(tpath)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"os/signal"
@@ -181,11 +182,7 @@ func session(cmd *cobra.Command, dataDir *string, timeout time.Duration) (c *ctl
 	if _, err := cli.LoadConfig(cmd); err != nil {
 		return nil, nil, nil, err
 	}
-	if c, err = dial(*dataDir); err != nil {
-		return nil, nil, nil, err
-	}
-	ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
-	return c, ctx, func() { cancel(); c.Close() }, nil
+	return connect(cmd, *dataDir, timeout)
 }
 
 // apiErr maps an API failure to an exit code: refusals of the request are
@@ -311,12 +308,8 @@ func statusCmd() *cobra.Command {
 			if err != nil {
 				return apiErr(err)
 			}
-			if asJSON {
-				if err := printJSON(st); err != nil {
-					return err
-				}
-			} else {
-				printStatus(os.Stdout, st)
+			if err := show(asJSON, st, func(w io.Writer) { printStatus(w, st) }); err != nil {
+				return err
 			}
 			if st.Summary.Stale+st.Summary.Offline > 0 {
 				return cli.Unhealthy
@@ -325,7 +318,7 @@ func statusCmd() *cobra.Command {
 		},
 	}
 	dataDirFlag(cmd, &dataDir)
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	jsonFlag(cmd, &asJSON)
 	return cmd
 }
 
@@ -357,13 +350,11 @@ func runCmd() *cobra.Command {
 				}
 				req.Args = json.RawMessage(args)
 			}
-			c, err := dial(dataDir)
+			c, ctx, done, err := connect(cmd, dataDir, d+time.Minute)
 			if err != nil {
 				return err
 			}
-			defer c.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), d+time.Minute)
-			defer cancel()
+			defer done()
 			rep, err := c.Run(ctx, req)
 			if err != nil {
 				return apiErr(err)
@@ -373,12 +364,8 @@ func runCmd() *cobra.Command {
 				return apiErr(err)
 			}
 			out := runOutput{TaskID: report.TaskID, Kind: report.Kind, Target: report.Target, Results: report.Results}
-			if asJSON {
-				if err := printJSON(out); err != nil {
-					return err
-				}
-			} else {
-				printRun(os.Stdout, out)
+			if err := show(asJSON, out, func(w io.Writer) { printRun(w, out) }); err != nil {
+				return err
 			}
 			for _, r := range report.Results {
 				if r.Outcome == messages.OutcomeFail || r.Outcome == messages.OutcomeUnknown {
@@ -393,7 +380,7 @@ func runCmd() *cobra.Command {
 	cmd.Flags().StringVar(&timeout, "timeout", "30s", "deadline for the task on every node")
 	cmd.Flags().StringVar(&args, "args", "", "task arguments as JSON")
 	cmd.Flags().BoolVar(&skipOffline, "skip-offline", false, "settle offline nodes at once as unknown/offline instead of waiting for them until the deadline")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	jsonFlag(cmd, &asJSON)
 	return cmd
 }
 
@@ -497,14 +484,12 @@ func verifyCmd() *cobra.Command {
 			if node != "" && cluster != "" {
 				return cli.Fail(cli.ExitUsage, errors.New("--node and --cluster: give one or neither"))
 			}
-			c, err := dial(dataDir)
+			c, ctx, done, err := connectUntilInterrupted(cmd, dataDir)
 			if err != nil {
 				return err
 			}
-			defer c.Close()
+			defer done()
 			req := messages.VerifyRequest{Node: node, Cluster: cluster, Layers: layers, Timeout: timeout}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
 			for {
 				// As long as the controller gives the request (the checks
 				// may take --timeout, at most messages.MaxVerifyTimeout).
@@ -517,11 +502,7 @@ func verifyCmd() *cobra.Command {
 					}
 					return apiErr(err)
 				}
-				if asJSON {
-					printJSON(rep)
-				} else {
-					report.WriteText(os.Stdout, rep)
-				}
+				show(asJSON, rep, func(w io.Writer) { report.WriteText(w, rep) })
 				if !watch {
 					if !report.Healthy(rep) {
 						return cli.Unhealthy
@@ -545,7 +526,7 @@ func verifyCmd() *cobra.Command {
 	cmd.Flags().StringSliceVar(&layers, "layer", nil, "only these layers (network, host, cluster, database, application, or custom)")
 	cmd.Flags().StringVar(&timeout, "timeout", messages.DefaultVerifyTimeout.String(),
 		fmt.Sprintf("deadline for the checks on each node (at most %v)", messages.MaxVerifyTimeout))
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	jsonFlag(cmd, &asJSON)
 	cmd.Flags().BoolVar(&watch, "watch", false, "verify again every --every until interrupted")
 	cmd.Flags().DurationVar(&every, "every", 10*time.Second, "interval for --watch")
 	return cmd
@@ -571,11 +552,7 @@ func reportCmd() *cobra.Command {
 			if err != nil {
 				return apiErr(err)
 			}
-			if asJSON {
-				printJSON(rep)
-			} else {
-				report.WriteText(os.Stdout, rep)
-			}
+			show(asJSON, rep, func(w io.Writer) { report.WriteText(w, rep) })
 			if !report.Healthy(rep) {
 				return cli.Unhealthy
 			}
@@ -584,7 +561,7 @@ func reportCmd() *cobra.Command {
 	}
 	dataDirFlag(cmd, &dataDir)
 	cmd.Flags().BoolVar(&last, "last", false, "the newest report")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	jsonFlag(cmd, &asJSON)
 	return cmd
 }
 
@@ -615,13 +592,11 @@ func diagnoseCmd() *cobra.Command {
 			if bundlePath != "" && node == "" {
 				return cli.Fail(cli.ExitUsage, errors.New("--bundle needs --node: a support bundle is for one node"))
 			}
-			c, err := dial(dataDir)
+			c, ctx, done, err := connect(cmd, dataDir, 2*time.Minute)
 			if err != nil {
 				return err
 			}
-			defer c.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
-			defer cancel()
+			defer done()
 			res, err := c.Diagnose(ctx, messages.DiagnoseRequest{Node: node, Cluster: cluster})
 			if err != nil {
 				return apiErr(err)

@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -68,16 +66,12 @@ func rolloutStartCmd() *cobra.Command {
 			if cmd.Flags().Changed("max-parallel") && maxParallel < 1 {
 				return cli.Fail(cli.ExitUsage, errors.New("--max-parallel: at least 1"))
 			}
-			c, err := dial(dataDir)
+			c, ctx, done, err := connectUntilInterrupted(cmd, dataDir)
 			if err != nil {
 				return err
 			}
-			defer c.Close()
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			actx, cancel := context.WithTimeout(ctx, messages.DefaultAPITimeout)
-			rep, err := c.RolloutStart(actx, req)
-			cancel()
+			defer done()
+			rep, err := call(ctx, messages.DefaultAPITimeout, func(ctx context.Context) (messages.RolloutStartReply, error) { return c.RolloutStart(ctx, req) })
 			if err != nil {
 				return apiErr(err)
 			}
@@ -88,18 +82,11 @@ func rolloutStartCmd() *cobra.Command {
 				fmt.Printf("rollout %s started: controller rollout watch %s\n", rep.ID, rep.ID)
 				return nil
 			}
-			var progress io.Writer = os.Stderr
-			if asJSON {
-				progress = io.Discard
-			}
+			progress := progressOut(asJSON)
 			fmt.Fprintf(progress, "rollout %s started\n", rep.ID)
 			st, err := followRollout(ctx, c, rep.ID, progress, isTerminal(os.Stderr) && !asJSON)
 			if err != nil {
-				if ctx.Err() != nil {
-					fmt.Fprintf(os.Stderr, "\nthe rollout goes on on the controller: controller rollout watch %s\n", rep.ID)
-					return cli.Fail(cli.ExitUnhealthy, errors.New("interrupted"))
-				}
-				return apiErr(err)
+				return followFailed(ctx, err, "the rollout goes on on the controller: controller rollout watch "+rep.ID)
 			}
 			return printRollout(st, asJSON)
 		},
@@ -143,7 +130,7 @@ func rolloutStatusCmd() *cobra.Command {
 		},
 	}
 	dataDirFlag(cmd, &dataDir)
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	jsonFlag(cmd, &asJSON)
 	return cmd
 }
 
@@ -157,18 +144,14 @@ func rolloutWatchCmd() *cobra.Command {
 			if _, err := cli.LoadConfig(cmd); err != nil {
 				return err
 			}
-			c, err := dial(dataDir)
+			c, ctx, done, err := connectUntilInterrupted(cmd, dataDir)
 			if err != nil {
 				return err
 			}
-			defer c.Close()
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
+			defer done()
 			id := argOr(args)
 			if id == "" {
-				actx, cancel := context.WithTimeout(ctx, messages.DefaultAPITimeout)
-				rep, err := c.RolloutStatus(actx, "")
-				cancel()
+				rep, err := call(ctx, messages.DefaultAPITimeout, func(ctx context.Context) (messages.RolloutStatusReply, error) { return c.RolloutStatus(ctx, "") })
 				if err != nil {
 					return apiErr(err)
 				}
@@ -246,7 +229,7 @@ func rolloutListCmd() *cobra.Command {
 		},
 	}
 	dataDirFlag(cmd, &dataDir)
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	jsonFlag(cmd, &asJSON)
 	return cmd
 }
 
@@ -275,15 +258,11 @@ func rolloutDiffCmd() *cobra.Command {
 			if err != nil {
 				return apiErr(err)
 			}
-			if asJSON {
-				return printJSON(rep)
-			}
-			writeDiff(os.Stdout, rep)
-			return nil
+			return show(asJSON, rep, func(w io.Writer) { writeDiff(w, rep) })
 		},
 	}
 	dataDirFlag(cmd, &dataDir)
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	jsonFlag(cmd, &asJSON)
 	return cmd
 }
 
@@ -344,11 +323,7 @@ type rolloutJSON struct {
 }
 
 func printRollout(rep messages.RolloutStatusReply, asJSON bool) error {
-	if asJSON {
-		printJSON(rolloutJSON{Rollout: rep.Rollout, Reason: rep.Reason, Diagnoses: rep.Diagnoses})
-	} else {
-		writeRollout(os.Stdout, rep)
-	}
+	show(asJSON, rolloutJSON{Rollout: rep.Rollout, Reason: rep.Reason, Diagnoses: rep.Diagnoses}, func(w io.Writer) { writeRollout(w, rep) })
 	if rep.Rollout.Status != messages.RolloutSucceeded {
 		return cli.Unhealthy
 	}
@@ -410,44 +385,12 @@ func writeRollout(w io.Writer, rep messages.RolloutStatusReply) {
 // progress: a bar rewritten in place on a terminal, a plain line per
 // change otherwise.
 func followRollout(ctx context.Context, c *ctlclient.Client, id string, w io.Writer, bar bool) (messages.RolloutStatusReply, error) {
-	last := ""
-	tick := time.NewTicker(250 * time.Millisecond)
-	defer tick.Stop()
-	failures := 0
-	for {
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		rep, err := c.RolloutStatus(rctx, id)
-		cancel()
-		if err != nil {
-			// The controller may be restarting (the rollout resumes).
-			if failures++; failures > 120 || ctx.Err() != nil {
-				return rep, err
-			}
-		} else {
-			failures = 0
-			if rep.Progress != nil {
-				line := rolloutLine(*rep.Progress)
-				switch {
-				case bar:
-					fmt.Fprintf(w, "\r\033[K%s %s", rolloutBar(*rep.Progress), line)
-				case line != last:
-					fmt.Fprintln(w, line)
-				}
-				last = line
-			}
-			if s := rep.Rollout.Status; s != messages.RolloutRunning {
-				if bar {
-					fmt.Fprintln(w)
-				}
-				return rep, nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return rep, ctx.Err()
-		case <-tick.C:
-		}
-	}
+	return follow(ctx, w, bar,
+		func(ctx context.Context) (messages.RolloutStatusReply, error) { return c.RolloutStatus(ctx, id) },
+		func(rep messages.RolloutStatusReply) progress {
+			return progressOf(rep.Progress, rolloutLine, rolloutBar)
+		},
+		func(rep messages.RolloutStatusReply) bool { return rep.Rollout.Status != messages.RolloutRunning })
 }
 
 // rolloutLine is the live view's line.

@@ -7,10 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"slices"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -48,7 +46,7 @@ func (f *setupFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.cluster, "cluster", "", "only this cluster of the spec")
 	cmd.Flags().StringVar(&f.layer, "layer", "", "only this layer: network, cluster, database or application")
 	cmd.Flags().StringVar(&f.stepTimeout, "step-timeout", "", "deadline of each step on a node (default 5m for apply, 1m for plan)")
-	cmd.Flags().BoolVar(&f.asJSON, "json", false, "print JSON")
+	jsonFlag(cmd, &f.asJSON)
 	cmd.MarkFlagRequired("file")
 }
 
@@ -84,22 +82,16 @@ func setupPlanCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := dial(f.dataDir)
+			c, ctx, done, err := connect(cmd, f.dataDir, messages.APITimeout(messages.APISetupPlan))
 			if err != nil {
 				return err
 			}
-			defer c.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), messages.APITimeout(messages.APISetupPlan))
-			defer cancel()
+			defer done()
 			rep, err := c.SetupPlan(ctx, req)
 			if err != nil {
 				return apiErr(err)
 			}
-			if f.asJSON {
-				printJSON(rep)
-			} else {
-				writePlan(os.Stdout, rep)
-			}
+			show(f.asJSON, rep, func(w io.Writer) { writePlan(w, rep) })
 			for _, r := range rep.Rows {
 				if r.Error != "" || r.Action == messages.ActionBlocked {
 					return cli.Unhealthy
@@ -172,31 +164,20 @@ func setupApplyCmd() *cobra.Command {
 					return cli.Fail(cli.ExitUsage, errors.New("not applied"))
 				}
 			}
-			c, err := dial(f.dataDir)
+			c, ctx, done, err := connectUntilInterrupted(cmd, f.dataDir)
 			if err != nil {
 				return err
 			}
-			defer c.Close()
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			actx, cancel := context.WithTimeout(ctx, messages.DefaultAPITimeout)
-			rep, err := c.SetupApply(actx, req)
-			cancel()
+			defer done()
+			rep, err := call(ctx, messages.DefaultAPITimeout, func(ctx context.Context) (messages.SetupApplyReply, error) { return c.SetupApply(ctx, req) })
 			if err != nil {
 				return apiErr(err)
 			}
-			var progress io.Writer = os.Stderr
-			if f.asJSON {
-				progress = io.Discard
-			}
+			progress := progressOut(f.asJSON)
 			fmt.Fprintf(progress, "setup run %s started\n", rep.RunID)
 			run, err := followRun(ctx, c, rep.RunID, progress, tty && !f.asJSON)
 			if err != nil {
-				if ctx.Err() != nil {
-					fmt.Fprintf(os.Stderr, "\nthe run goes on on the controller: controller setup status %s\n", rep.RunID)
-					return cli.Fail(cli.ExitUnhealthy, errors.New("interrupted"))
-				}
-				return apiErr(err)
+				return followFailed(ctx, err, "the run goes on on the controller: controller setup status "+rep.RunID)
 			}
 			return printSetupRun(run, f.asJSON)
 		},
@@ -228,21 +209,19 @@ func setupStatusCmd() *cobra.Command {
 				return apiErr(err)
 			}
 			if rep.Run.Status == messages.RunRunning {
-				if asJSON {
-					printJSON(runView(rep.Run))
-				} else {
-					writeRun(os.Stdout, rep.Run)
+				show(asJSON, runView(rep.Run), func(w io.Writer) {
+					writeRun(w, rep.Run)
 					if rep.Progress != nil {
-						fmt.Println(progressLine(*rep.Progress))
+						fmt.Fprintln(w, progressLine(*rep.Progress))
 					}
-				}
+				})
 				return nil
 			}
 			return printSetupRun(rep.Run, asJSON)
 		},
 	}
 	dataDirFlag(cmd, &dataDir)
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	jsonFlag(cmd, &asJSON)
 	return cmd
 }
 
@@ -275,11 +254,7 @@ func runOK(r messages.SetupRun) bool {
 }
 
 func printSetupRun(run messages.SetupRun, asJSON bool) error {
-	if asJSON {
-		printJSON(runView(run))
-	} else {
-		writeRun(os.Stdout, run)
-	}
+	show(asJSON, runView(run), func(w io.Writer) { writeRun(w, run) })
 	if !runOK(run) {
 		return cli.Unhealthy
 	}
@@ -314,45 +289,13 @@ func writeRun(w io.Writer, run messages.SetupRun) {
 // followRun polls a run until it ends, printing progress: a bar rewritten
 // in place on a terminal, a plain line per change otherwise.
 func followRun(ctx context.Context, c *ctlclient.Client, id string, w io.Writer, bar bool) (messages.SetupRun, error) {
-	last := ""
-	tick := time.NewTicker(250 * time.Millisecond)
-	defer tick.Stop()
-	failures := 0
-	for {
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		rep, err := c.SetupStatus(rctx, id)
-		cancel()
-		if err != nil {
-			// The controller may be restarting (the run resumes): keep
-			// asking for a while.
-			if failures++; failures > 120 || ctx.Err() != nil {
-				return messages.SetupRun{}, err
-			}
-		} else {
-			failures = 0
-			if rep.Progress != nil {
-				line := progressLine(*rep.Progress)
-				switch {
-				case bar:
-					fmt.Fprintf(w, "\r\033[K%s", progressBar(*rep.Progress)+" "+line)
-				case line != last:
-					fmt.Fprintln(w, line)
-				}
-				last = line
-			}
-			if rep.Run.Status != messages.RunRunning {
-				if bar {
-					fmt.Fprintln(w)
-				}
-				return rep.Run, nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return messages.SetupRun{}, ctx.Err()
-		case <-tick.C:
-		}
-	}
+	rep, err := follow(ctx, w, bar,
+		func(ctx context.Context) (messages.SetupStatusReply, error) { return c.SetupStatus(ctx, id) },
+		func(rep messages.SetupStatusReply) progress {
+			return progressOf(rep.Progress, progressLine, progressBar)
+		},
+		func(rep messages.SetupStatusReply) bool { return rep.Run.Status != messages.RunRunning })
+	return rep.Run, err
 }
 
 // progressLine says where a run is: per cluster its layer, steps done of

@@ -25,6 +25,7 @@ import (
 	"github.com/guildnet/metaguildnet/diagnostics"
 	"github.com/guildnet/metaguildnet/diagnostics/rules"
 	"github.com/guildnet/metaguildnet/internal/config"
+	"github.com/guildnet/metaguildnet/internal/poll"
 	"github.com/guildnet/metaguildnet/internal/testenv"
 	"github.com/guildnet/metaguildnet/internal/testenv/hostappstandin"
 	"github.com/guildnet/metaguildnet/internal/testenv/rdbstandin"
@@ -547,20 +548,17 @@ func TestScenarioMatrix(t *testing.T) {
 	// The baseline: no finding at all.
 	settle := func(what string) {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
+		poll.UntilOK(t, 30*time.Second, what+": the world back at its baseline", func() error {
 			d, res := w.diagnose(ctx, kb)
 			if len(d.Findings) == 0 {
-				return
+				return nil
 			}
-			if time.Now().After(deadline) {
-				for _, r := range res {
-					t.Logf("  %s: %s %s", r.Name, r.Status, r.Message)
-				}
-				t.Fatalf("%s: the world did not return to its baseline within 30s: findings %v", what, roots(d))
+			var b strings.Builder
+			for _, r := range res {
+				fmt.Fprintf(&b, "\n  %s: %s %s", r.Name, r.Status, r.Message)
 			}
-			time.Sleep(100 * time.Millisecond)
-		}
+			return fmt.Errorf("findings %v%s", roots(d), b.String())
+		})
 	}
 	settle("baseline")
 

@@ -25,16 +25,16 @@ import (
 func TestDashboard(t *testing.T) {
 	path := chromium(t)
 	w := newWorld(t)
-	w.startAgent("n1", "alpha", "controlplane")
-	w.startAgent("n2", "alpha", "worker")
-	w.startAgent("n3", "beta", "controlplane")
+	w.StartAgent("n1", "alpha", "controlplane", nil)
+	w.StartAgent("n2", "alpha", "worker", nil)
+	w.StartAgent("n3", "beta", "controlplane", nil)
 	w.waitOnline("n1", "n2", "n3")
 	if r := w.verifyUntil(messages.Healthy, 60*time.Second); r.OverallStatus != messages.Healthy {
 		t.Fatalf("the world is %s before any fault", r.OverallStatus)
 	}
-	base := "http://" + w.opts.HTTP
+	base := "http://" + w.Opts.HTTP
 	b := newBrowser(t, path)
-	liveness := w.opts.HeartbeatInterval * 6 // the controller's default --offline-after
+	liveness := w.Opts.HeartbeatInterval * 6 // the controller's default --offline-after
 	var pages []string                       // every page's HTML, for the secrets check
 
 	cell := func(cluster, layer, status string) string {
@@ -62,7 +62,7 @@ func TestDashboard(t *testing.T) {
 	t.Run("a fault knob turns the layer unhealthy and its finding appears, without a reload", func(t *testing.T) {
 		b.open(base + "/")
 		b.must(chromedp.Evaluate[chromedp.Void](`window.__mgnNoReload = 42`))
-		w.rdb.SetRefuse(true)
+		w.RDB.SetRefuse(true)
 		w.verifyAsync() // as a sweep would
 		took := b.waitFor("database unhealthy", cell("alpha", "database", messages.Unhealthy), 60*time.Second)
 		b.waitFor("the finding", `document.getElementById('live').innerText.includes('RethinkDB connection refused')`, 10*time.Second)
@@ -139,7 +139,7 @@ func TestDashboard(t *testing.T) {
 			t.Fatal("a diagnose button before sign-in")
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		login, err := w.cli.DashboardLogin(ctx, "")
+		login, err := w.Cli.DashboardLogin(ctx, "")
 		cancel()
 		if err != nil {
 			t.Fatal(err)
@@ -219,7 +219,7 @@ func TestDashboard(t *testing.T) {
 		b.open(base + "/")
 		b.waitFor("live", `document.getElementById('conn').textContent === 'live'`, 10*time.Second)
 		b.must(chromedp.Evaluate[chromedp.Void](`window.__mgnNoReload = 7`))
-		w.stopAgent("n3")
+		w.StopAgent("n3")
 		took := b.waitFor("n3 offline", `!!document.querySelector('tr[data-node="n3"][data-state="offline"] td[data-layer="network"][data-status="unknown"]')`, liveness+10*time.Second)
 		if eval[int](b, `window.__mgnNoReload || 0`) != 7 {
 			t.Fatal("the page reloaded")
@@ -234,11 +234,11 @@ func TestDashboard(t *testing.T) {
 	t.Run("the page comes back live after a controller restart", func(t *testing.T) {
 		b.open(base + "/")
 		b.must(chromedp.Evaluate[chromedp.Void](`window.__mgnNoReload = 9`))
-		w.stopController()
+		w.StopController()
 		b.waitFor("disconnected", `document.getElementById('conn').textContent !== 'live'`, 10*time.Second)
-		w.startController()
+		w.StartController()
 		b.waitFor("reconnected", `document.getElementById('conn').textContent === 'live'`, 20*time.Second)
-		w.rdb.SetRefuse(false)
+		w.RDB.SetRefuse(false)
 		w.verifyAsync()
 		b.waitFor("database healthy again", cell("alpha", "database", messages.Healthy), 60*time.Second)
 		if eval[int](b, `window.__mgnNoReload || 0`) != 9 {
@@ -251,7 +251,7 @@ func TestDashboard(t *testing.T) {
 		if len(pages) < 8 {
 			t.Fatalf("only %d pages collected", len(pages))
 		}
-		for _, s := range w.secrets() {
+		for _, s := range w.Secrets() {
 			if len(s) < 8 {
 				t.Fatalf("a secret too short to look for: %q", s)
 			}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/guildnet/metaguildnet/internal/controller"
 	"github.com/guildnet/metaguildnet/internal/ctlclient"
+	"github.com/guildnet/metaguildnet/internal/poll"
 	"github.com/guildnet/metaguildnet/internal/testenv"
 )
 
@@ -59,16 +60,11 @@ func TestDashboardOnTheTailnet(t *testing.T) {
 	client.Timeout = 30 * time.Second
 	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	var resp *http.Response
-	for deadline := time.Now().Add(60 * time.Second); ; {
+	// The peer's path to the controller comes up.
+	poll.UntilOK(t, 60*time.Second, "the dashboard over the tailnet", func() error {
 		resp, err = client.Get(base + "/")
-		if err == nil || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(200 * time.Millisecond) // the peer's path to the controller comes up
-	}
-	if err != nil {
-		t.Fatalf("the dashboard over the tailnet: %v", err)
-	}
+		return err
+	})
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/login" {
 		t.Fatalf("reading without a session on the tailnet: %d to %q, want 303 to /login", resp.StatusCode, resp.Header.Get("Location"))

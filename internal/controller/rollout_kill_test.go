@@ -2,25 +2,17 @@ package controller_test
 
 import (
 	"context"
-	"net"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
 
-	"github.com/guildnet/metaguildnet/internal/agent"
-	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/internal/controller"
-	"github.com/guildnet/metaguildnet/internal/ctlclient"
 	"github.com/guildnet/metaguildnet/internal/poll"
 	"github.com/guildnet/metaguildnet/messages"
 	"github.com/guildnet/metaguildnet/steps"
-	"github.com/guildnet/metaguildnet/tasks"
 )
 
 func rolloutRegistry(t *testing.T, w rolloutWorld) *steps.Registry {
@@ -35,21 +27,13 @@ func rolloutRegistry(t *testing.T, w rolloutWorld) *steps.Registry {
 // runs the test binary with it as a controller process of its own (with
 // the rollout test steps), so that it can be killed with SIGKILL.
 func TestRolloutChildController(t *testing.T) {
-	world := os.Getenv("MGN_ROLLOUT_CHILD_WORLD")
+	world := childWorld("MGN_ROLLOUT_CHILD")
 	if world == "" {
 		return // run as a child only
 	}
 	w := rolloutWorld{&setupWorld{dir: world}}
-	c, err := controller.Start(context.Background(), controller.Options{DataDir: os.Getenv("MGN_ROLLOUT_CHILD_DATA"),
-		Listen: os.Getenv("MGN_ROLLOUT_CHILD_LISTEN"), HeartbeatInterval: 100 * time.Millisecond, SweepInterval: -1,
+	serveAsChild(t, "MGN_ROLLOUT_CHILD", controller.Options{HeartbeatInterval: 100 * time.Millisecond, SweepInterval: -1,
 		Steps: rolloutRegistry(t, w), SetupBackoff: 20 * time.Millisecond, Log: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, os.Interrupt)
-	<-sig
 }
 
 // kill -9 of a controller process mid-batch, restart on the same data
@@ -61,48 +45,8 @@ func TestRolloutResumeAfterKill9(t *testing.T) {
 	os.MkdirAll(w.path("knobs"), 0o700)
 	reg := rolloutRegistry(t, w)
 	dataDir := filepath.Join(dir, "controller")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	listen := ln.Addr().String()
-	ln.Close()
-	var child *exec.Cmd
-	startChild := func() *ctlclient.Client {
-		t.Helper()
-		child = exec.Command(os.Args[0], "-test.run", "^TestRolloutChildController$", "-test.count=1")
-		child.Env = append(os.Environ(), "MGN_ROLLOUT_CHILD_WORLD="+w.dir, "MGN_ROLLOUT_CHILD_DATA="+dataDir, "MGN_ROLLOUT_CHILD_LISTEN="+listen)
-		child.Stdout, child.Stderr = os.Stderr, os.Stderr
-		if err := child.Start(); err != nil {
-			t.Fatal(err)
-		}
-		var cli *ctlclient.Client
-		poll.Until(t, 30*time.Second, "controller process serving", func() bool {
-			c, err := ctlclient.Dial(dataDir)
-			if err != nil {
-				return false
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			if _, err := c.Status(ctx); err != nil {
-				c.Close()
-				return false
-			}
-			cli = c
-			return true
-		})
-		return cli
-	}
-	kill := func() {
-		child.Process.Kill() // SIGKILL: nothing is flushed
-		child.Wait()
-	}
-	t.Cleanup(func() {
-		if child != nil && child.ProcessState == nil {
-			kill()
-		}
-	})
-	cli := startChild()
+	child := newChildController(t, "TestRolloutChildController", "MGN_ROLLOUT_CHILD", w.dir, dataDir)
+	cli := child.start()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	tok, err := cli.TokenCreate(ctx, "1h", true, messages.TokenScope{})
@@ -112,10 +56,7 @@ func TestRolloutResumeAfterKill9(t *testing.T) {
 	for _, n := range rolloutNodes {
 		checks := filepath.Join(dir, n.name+"-checks.yaml")
 		os.WriteFile(checks, []byte("checks:\n  - {name: health_marker, layer: network, type: file, path: \""+w.path(n.cluster, "health", n.name)+"\"}\n"), 0o600)
-		runAgent(t, agent.Config{ControllerURL: "nats://" + listen, Token: tok.Token, Name: n.name, Cluster: n.cluster, Role: n.role,
-			StateDir: filepath.Join(dir, "agents", n.name), Version: "test",
-			Log:   zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Named(n.name),
-			Tasks: tasks.Builtin().With(tasks.StepTask{Steps: reg}), Settings: config.Settings{"METAGN_CUSTOM_CHECKS": checks}})
+		child.runStepAgent(dir, tok.Token, n.name, n.cluster, n.role, reg, checks)
 	}
 	poll.Until(t, 15*time.Second, "agents online", func() bool {
 		st, err := cli.Status(ctx)
@@ -139,13 +80,9 @@ func TestRolloutResumeAfterKill9(t *testing.T) {
 	poll.Until(t, 30*time.Second, "the first batch updating", func() bool {
 		return w.count("start:route_file@n1") == 2 && w.count("start:route_file@n2") == 2
 	})
-	cli.Close()
-	kill()
-	w.clearKnob("block_route_file")
-	poll.Until(t, 20*time.Second, "the batch applied on the nodes", func() bool {
+	cli = child.killAndRestart(cli, func() { w.clearKnob("block_route_file") }, "the batch applied on the nodes", func() bool {
 		return w.count("apply:route_file@n1=10.0.0.0/24,10.9.0.0/24") == 1 && w.count("apply:route_file@n2=10.0.0.0/24,10.9.0.0/24") == 1
 	})
-	cli = startChild()
 	defer cli.Close()
 	var st messages.RolloutStatusReply
 	poll.Until(t, 60*time.Second, "resumed rollout finished", func() bool {
@@ -163,6 +100,5 @@ func TestRolloutResumeAfterKill9(t *testing.T) {
 			t.Fatalf("%s started %d times (setup once, rollout once): %v", n.name, c, w.lines())
 		}
 	}
-	child.Process.Signal(os.Interrupt)
-	child.Wait()
+	child.stop()
 }

@@ -3,7 +3,6 @@ package controller_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,13 +12,10 @@ import (
 	"time"
 
 	fleetspec "github.com/guildnet/metaguildnet/fleet"
-	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/internal/controller"
-	"github.com/guildnet/metaguildnet/internal/ctlclient"
 	"github.com/guildnet/metaguildnet/internal/poll"
 	"github.com/guildnet/metaguildnet/messages"
 	"github.com/guildnet/metaguildnet/steps"
-	"github.com/guildnet/metaguildnet/tasks"
 )
 
 // Rollouts against a real controller and real agents (two clusters), with
@@ -169,11 +165,7 @@ func (rf *rolloutFleet) startAgent(name string) {
 		checks := rf.w.path("checks-" + n.name + ".yaml")
 		os.WriteFile(checks, []byte(fmt.Sprintf("checks:\n  - {name: health_marker, layer: network, type: file, path: %q}\n",
 			rf.w.path(n.cluster, "health", n.name))), 0o600)
-		cfg := rf.agentCfg(n.name, n.cluster, rf.tok)
-		cfg.Role = n.role
-		cfg.Tasks = tasks.Builtin().With(tasks.StepTask{Steps: rf.reg})
-		cfg.Settings = config.Settings{"METAGN_CUSTOM_CHECKS": checks}
-		rf.agents[n.name] = rf.runAgent(cfg)
+		rf.agents[n.name] = rf.runStepAgent(n.name, n.cluster, n.role, rf.tok, rf.reg, checks)
 	}
 }
 
@@ -550,24 +542,16 @@ func TestRolloutResumesAfterRestartAndRefusesOverlap(t *testing.T) {
 	// Overlapping rollouts and setup runs are refused, naming the first.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var apiErr *ctlclient.APIError
 	_, err := rf.cli.RolloutStart(ctx, messages.RolloutStartRequest{Spec: rf.spec(t, "10.0.0.0/24,10.6.0.0/24")})
-	if !errors.As(err, &apiErr) || apiErr.Code != messages.CodeConflict || !strings.Contains(err.Error(), id) {
-		t.Fatalf("second rollout: %v", err)
-	}
+	wantAPIError(t, err, messages.CodeConflict, id, "second rollout")
 	_, err = rf.cli.SetupApply(ctx, messages.SetupRequest{Spec: rf.spec(t, "10.0.0.0/24")})
-	if !errors.As(err, &apiErr) || apiErr.Code != messages.CodeConflict || !strings.Contains(err.Error(), id) {
-		t.Fatalf("setup during a rollout: %v", err)
-	}
+	wantAPIError(t, err, messages.CodeConflict, id, "setup during a rollout")
 	// The controller goes away mid-batch; the nodes finish meanwhile; the
 	// restarted controller re-plans the batch (nothing applied twice),
 	// gates it and finishes.
-	rf.stop()
-	rf.w.clearKnob("block_route_file")
-	poll.Until(t, 20*time.Second, "the batch applied on the nodes", func() bool {
+	rf.restartAfter(func() { rf.w.clearKnob("block_route_file") }, "the batch applied on the nodes", func() bool {
 		return rf.w.count("apply:route_file@n1=10.0.0.0/24,10.5.0.0/24") == 1 && rf.w.count("apply:route_file@n2=10.0.0.0/24,10.5.0.0/24") == 1
 	})
-	rf.fleet.start()
 	rep := rf.wait(t, id)
 	if rep.Rollout.Status != messages.RolloutSucceeded {
 		t.Fatalf("resumed rollout: %s", rdump(rep))
@@ -656,10 +640,7 @@ func TestRolloutRefusedWhileSetupHoldsCluster(t *testing.T) {
 	}
 	poll.Until(t, 20*time.Second, "setup applying", func() bool { return rf.w.count("start:route_file@n1") > base })
 	_, err = rf.cli.RolloutStart(ctx, messages.RolloutStartRequest{Spec: rf.spec(t, "10.0.0.0/24,10.14.0.0/24")})
-	var apiErr *ctlclient.APIError
-	if !errors.As(err, &apiErr) || apiErr.Code != messages.CodeConflict || !strings.Contains(err.Error(), srep.RunID) {
-		t.Fatalf("rollout during setup: %v", err)
-	}
+	wantAPIError(t, err, messages.CodeConflict, srep.RunID, "rollout during setup")
 	rf.w.clearKnob("block_route_file")
 	if run := (&setupFleet{fleet: rf.fleet}).wait(t, srep.RunID); run.Status != messages.RunSucceeded {
 		t.Fatalf("setup: %s", dump(run))

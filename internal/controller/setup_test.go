@@ -271,11 +271,7 @@ func newSetupFleetSettle(t *testing.T, settle time.Duration) *setupFleet {
   - {name: net_marker, layer: network, type: file, path: %q}
   - {name: kube_marker, layer: cluster, scope: cluster, type: file, path: %q}
 `, w.path("alpha", "net", n.name), w.path("alpha", "kube", "cluster"))), 0o600)
-		cfg := f.agentCfg(n.name, "alpha", tok)
-		cfg.Role = n.role
-		cfg.Tasks = tasks.Builtin().With(tasks.StepTask{Steps: reg})
-		cfg.Settings = config.Settings{"METAGN_CUSTOM_CHECKS": checksFile}
-		sf.agents = append(sf.agents, f.runAgent(cfg))
+		sf.agents = append(sf.agents, f.runStepAgent(n.name, "alpha", n.role, tok, reg, checksFile))
 	}
 	f.waitOnline("n1", "n2")
 	sf.spec = sf.specFor(t)
@@ -342,6 +338,38 @@ func (sf *setupFleet) wait(t *testing.T, id string) messages.SetupRun {
 		return run.Status != messages.RunRunning
 	})
 	return run
+}
+
+// restartAfter stops the controller mid-work; the fleet goes on without
+// it: meanwhile runs, then up to 20 s pass until done holds (what names
+// it). Then the controller starts again on the same data dir.
+func (f *fleet) restartAfter(meanwhile func(), what string, done func() bool) {
+	f.t.Helper()
+	f.stop()
+	meanwhile()
+	poll.Until(f.t, 20*time.Second, what, done)
+	f.start()
+}
+
+// runStepAgent runs an agent that runs the steps of reg and the custom
+// checks in the file checks.
+func (f *fleet) runStepAgent(name, cluster, role, tok string, reg *steps.Registry, checks string) *testAgent {
+	f.t.Helper()
+	cfg := f.agentCfg(name, cluster, tok)
+	cfg.Role = role
+	cfg.Tasks = tasks.Builtin().With(tasks.StepTask{Steps: reg})
+	cfg.Settings = config.Settings{"METAGN_CUSTOM_CHECKS": checks}
+	return f.runAgent(cfg)
+}
+
+// wantAPIError fails the test unless err is the controller's API error
+// with code, naming mention.
+func wantAPIError(t *testing.T, err error, code, mention, what string) {
+	t.Helper()
+	var apiErr *ctlclient.APIError
+	if !errors.As(err, &apiErr) || apiErr.Code != code || !strings.Contains(err.Error(), mention) {
+		t.Fatalf("%s: %v", what, err)
+	}
 }
 
 func layerOf(run messages.SetupRun, name string) messages.SetupLayer {
@@ -634,19 +662,13 @@ func TestSetupResumeAfterRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_, err := sf.cli.SetupApply(ctx, messages.SetupRequest{Spec: sf.spec})
-	var apiErr *ctlclient.APIError
-	if !errors.As(err, &apiErr) || apiErr.Code != messages.CodeConflict || !strings.Contains(err.Error(), id) {
-		t.Fatalf("second run: %v", err)
-	}
+	wantAPIError(t, err, messages.CodeConflict, id, "second run")
 	// The controller goes away mid-step; kube_b finishes on the nodes
 	// meanwhile; the restarted controller resumes the run: kube_b is
 	// re-planned (unchanged) and nothing is applied twice.
-	sf.stop()
-	sf.w.clearKnob("block_kube_b")
-	poll.Until(t, 20*time.Second, "kube_b applied on both nodes", func() bool {
+	sf.restartAfter(func() { sf.w.clearKnob("block_kube_b") }, "kube_b applied on both nodes", func() bool {
 		return sf.w.count("apply:kube_b@n1") == 1 && sf.w.count("apply:kube_b@n2") == 1
 	})
-	sf.fleet.start()
 	run := sf.wait(t, id)
 	if run.Status != messages.RunSucceeded {
 		t.Fatalf("resumed run: %s", dump(run))
@@ -676,11 +698,7 @@ func TestSetupInvalidSpecDispatchesNothing(t *testing.T) {
 		func() error { _, err := sf.cli.SetupApply(ctx, messages.SetupRequest{Spec: bad}); return err },
 		func() error { _, err := sf.cli.SetupPlan(ctx, messages.SetupRequest{Spec: bad}); return err },
 	} {
-		err := call()
-		var apiErr *ctlclient.APIError
-		if !errors.As(err, &apiErr) || apiErr.Code != messages.CodeBadRequest || !strings.Contains(err.Error(), `clusters[0].nodes[0].role: "boss"`) {
-			t.Fatalf("invalid spec: %v", err)
-		}
+		wantAPIError(t, call(), messages.CodeBadRequest, `clusters[0].nodes[0].role: "boss"`, "invalid spec")
 	}
 	if _, err := sf.cli.SetupStatus(ctx, ""); err == nil {
 		t.Fatal("a run was recorded for an invalid spec")
@@ -698,11 +716,8 @@ func TestSetupResumeDuringRollback(t *testing.T) {
 	poll.Until(t, 30*time.Second, "kube_a being undone", func() bool { return sf.w.count("undo-start:kube_a@n1") == 1 })
 	// The controller stops mid-rollback; meanwhile the fix lands. The
 	// resumed run goes on undoing: it does not retry kube_b.
-	sf.stop()
-	sf.w.clearKnob("config_kube_b")
-	sf.w.clearKnob("block_undo_kube_a")
-	poll.Until(t, 20*time.Second, "undo finished on the node", func() bool { return sf.w.count("undo:kube_a@n1") == 1 })
-	sf.fleet.start()
+	sf.restartAfter(func() { sf.w.clearKnob("config_kube_b"); sf.w.clearKnob("block_undo_kube_a") },
+		"undo finished on the node", func() bool { return sf.w.count("undo:kube_a@n1") == 1 })
 	run := sf.wait(t, id)
 	if run.Status != messages.RunRolledBack || layerOf(run, "cluster").Status != "rolled_back" || layerOf(run, "network").Status != "verified" {
 		t.Fatalf("run: %s", dump(run))

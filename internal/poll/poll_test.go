@@ -1,6 +1,9 @@
 package poll
 
 import (
+	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -27,5 +30,36 @@ func TestUntilFailsAtTheDeadline(t *testing.T) {
 	Until(f, 50*time.Millisecond, "never", func() bool { return f.failed })
 	if !f.failed {
 		t.Fatal("no failure at the deadline")
+	}
+}
+
+func TestUntilOK(t *testing.T) {
+	answers := []error{errors.New("not yet"), errors.New("not yet"), nil}
+	calls := 0
+	UntilOK(t, time.Second, "the third answer", func() error { calls++; return answers[calls-1] })
+	if calls != len(answers) {
+		t.Fatalf("called %d times, want %d", calls, len(answers))
+	}
+}
+
+// msgT records the failure message instead of stopping the test.
+type msgT struct {
+	testing.TB
+	msg string
+}
+
+func (m *msgT) Helper()                           {}
+func (m *msgT) Fatalf(format string, args ...any) { m.msg = fmt.Sprintf(format, args...) }
+
+func TestUntilOKFailsWithTheLastError(t *testing.T) {
+	m := &msgT{TB: t}
+	UntilOK(m, 50*time.Millisecond, "never", func() error {
+		if m.msg != "" {
+			return nil
+		}
+		return errors.New("still refused")
+	})
+	if !strings.Contains(m.msg, "waiting for never: still refused") {
+		t.Fatalf("failure %q does not name the last error", m.msg)
 	}
 }

@@ -1,12 +1,15 @@
 package testenv
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"testing"
 	"time"
 
 	"tailscale.com/ipn"
+
+	waitfor "github.com/guildnet/metaguildnet/internal/poll" // poll is this package's own wait
 )
 
 // TestTailscaled: a real tailscaled starts logged out with its LocalAPI on
@@ -56,13 +59,15 @@ func TestTailscaled(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The advertised route reaches Headscale (from the node's Hostinfo).
-	deadline := time.Now().Add(30 * time.Second)
-	for len(n.AvailableRoutes) == 0 && time.Now().Before(deadline) {
-		time.Sleep(200 * time.Millisecond)
+	waitfor.Until(t, 30*time.Second, "the advertised route on Headscale", func() bool {
+		if len(n.AvailableRoutes) > 0 {
+			return true
+		}
 		if n, err = h.NodeByName(ctx, "n1"); err != nil {
 			t.Fatal(err)
 		}
-	}
+		return len(n.AvailableRoutes) > 0
+	})
 	if len(n.AvailableRoutes) != 1 || n.AvailableRoutes[0] != route.String() {
 		t.Fatalf("available routes on Headscale %v, want [%s]", n.AvailableRoutes, route)
 	}
@@ -74,17 +79,16 @@ func TestTailscaled(t *testing.T) {
 	if err := td.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(30 * time.Second)
-	for {
-		st, err = lc.StatusWithoutPeers(ctx)
-		if err == nil && st.BackendState == ipn.Running.String() {
-			break
+	waitfor.UntilOK(t, 30*time.Second, "Running with the kept login after a restart", func() error {
+		st, err := lc.StatusWithoutPeers(ctx)
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after a restart: %v %v, want Running with the kept login", st, err)
+		if st.BackendState != ipn.Running.String() {
+			return fmt.Errorf("backend state %s", st.BackendState)
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
 	if n2, err := h.NodeByName(ctx, "n1"); err != nil || n2.ID != n.ID {
 		t.Fatalf("after a restart the node is %+v (%v), want the same id %d", n2, err, n.ID)
 	}

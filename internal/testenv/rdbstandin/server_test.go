@@ -13,6 +13,8 @@ import (
 	"time"
 
 	r "gopkg.in/rethinkdb/rethinkdb-go.v6"
+
+	"github.com/guildnet/metaguildnet/internal/poll"
 )
 
 func init() {
@@ -269,21 +271,15 @@ func TestRefuseKnob(t *testing.T) {
 	}
 
 	s.SetRefuse(false)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	poll.UntilOK(t, 5*time.Second, "queries again after SetRefuse(false)", func() error {
 		sess2, err := r.Connect(r.ConnectOpts{Address: s.Addr(), Timeout: time.Second})
-		if err == nil {
-			_, err = r.DBList().Run(sess2, runCtx(t))
-			_ = sess2.Close()
-			if err == nil {
-				break
-			}
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("still failing 5s after SetRefuse(false): %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		defer sess2.Close()
+		_, err = r.DBList().Run(sess2, runCtx(t))
+		return err
+	})
 }
 
 func TestManyConcurrentConnections(t *testing.T) {
