@@ -405,7 +405,7 @@ func (c *Controller) openState(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("open diagnosis store: %w", err)
 	}
-	loaded, err := newTokenStore(ctx, tokensKV)
+	loaded, err := newTokenStore(ctx, c.js, tokensKV)
 	if err != nil {
 		return err
 	}
@@ -413,7 +413,7 @@ func (c *Controller) openState(ctx context.Context) error {
 	c.tokens.mu.Lock()
 	c.tokens.m = loaded.m
 	c.tokens.mu.Unlock()
-	if c.reg, err = newRegistry(ctx, nodesKV, c.opts.HeartbeatInterval, c.opts.OfflineAfter); err != nil {
+	if c.reg, err = newRegistry(ctx, c.js, nodesKV, c.opts.HeartbeatInterval, c.opts.OfflineAfter); err != nil {
 		return err
 	}
 	for pub, name := range c.reg.keys() {

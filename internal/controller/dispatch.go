@@ -552,21 +552,16 @@ func isClosed(ch chan struct{}) bool {
 // the results stream, settling those whose deadline has passed.
 func (d *dispatcher) recover(ctx context.Context) error {
 	defer close(d.recovered)
-	keys, err := d.open.ListKeys(ctx)
+	// No consumer (kvEntries): a failover must not wait for a JetStream
+	// meta leader.
+	entries, err := kvEntries(ctx, d.js, d.open.Bucket())
 	if err != nil {
 		return fmt.Errorf("list open tasks: %w", err)
 	}
-	var ids []string
-	for k := range keys.Keys() {
-		ids = append(ids, k)
-	}
-	for _, id := range ids {
-		e, err := d.open.Get(ctx, id)
-		if err != nil {
-			continue
-		}
+	for _, e := range entries {
+		id := e.Key
 		var rec taskRecord
-		if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		if err := json.Unmarshal(e.Value, &rec); err != nil {
 			d.log.Warn("skip unreadable task record", zap.String("task", id), zap.Error(err))
 			continue
 		}
@@ -592,8 +587,8 @@ func (d *dispatcher) recover(ctx context.Context) error {
 		d.mu.Unlock()
 		d.arm(ts)
 	}
-	if len(ids) > 0 {
-		d.log.Info("recovered open tasks", zap.Int("count", len(ids)))
+	if len(entries) > 0 {
+		d.log.Info("recovered open tasks", zap.Int("count", len(entries)))
 	}
 	return nil
 }
