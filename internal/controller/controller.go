@@ -352,8 +352,8 @@ func (c *Controller) startServer() error {
 
 func (c *Controller) openState(ctx context.Context) error {
 	kv := func(name string, ttl time.Duration) (jetstream.KeyValue, error) {
-		if b, ok := c.existingKV(ctx, name); ok {
-			return b, nil
+		if b, ok, err := c.existingKV(ctx, name); err != nil || ok {
+			return b, err
 		}
 		b, err := c.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket: name, Storage: jetstream.FileStorage, History: 1, TTL: ttl,

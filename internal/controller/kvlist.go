@@ -121,7 +121,11 @@ func kvKeys(ctx context.Context, js jetstream.JetStream, bucket string) ([]strin
 // when it holds no message): one STREAM.INFO, which the stream leader
 // answers without the meta leader (nats-server jsStreamInfoRequest).
 func streamLastSeq(ctx context.Context, js jetstream.JetStream, stream string) (uint64, error) {
-	s, err := js.Stream(ctx, stream)
+	var s jetstream.Stream
+	err := leaderRetry(ctx, func(ctx context.Context) (err error) {
+		s, err = js.Stream(ctx, stream)
+		return err
+	})
 	if err != nil {
 		return 0, fmt.Errorf("stream info %s: %w", stream, err)
 	}

@@ -348,7 +348,6 @@ func (c *Controller) leaseLoop() {
 func (c *Controller) activate() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	c.keepNoLeaders()
 	start := time.Now()
 	if err := c.openState(ctx); err != nil {
 		return err
@@ -361,6 +360,9 @@ func (c *Controller) activate() error {
 	}
 	c.ver.loadLast(ctx)
 	c.resendOwed()
+	// Hand the leaderships over only now: a stepdown while the reads above
+	// ask the streams' leaders would make them wait for the new ones.
+	c.keepNoLeaders()
 	a := &activeState{stop: make(chan struct{})}
 	a.ctx, a.end = context.WithCancel(context.Background())
 	c.actMu.Lock()
