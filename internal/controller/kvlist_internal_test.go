@@ -3,10 +3,15 @@ package controller
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
+	"os"
+	"os/exec"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,12 +22,51 @@ import (
 	"github.com/guildnet/metaguildnet/internal/poll"
 )
 
-// jsCluster starts three routed JetStream servers on loopback.
-func jsCluster(t *testing.T) []*server.Server {
+// TestKVListChildServer is not a test: jsCluster runs the test binary with
+// it as a NATS server process of its own, so that it can be killed with
+// SIGKILL (an in-process Shutdown hands its leaderships over first).
+func TestKVListChildServer(t *testing.T) {
+	cfg := os.Getenv("MGN_KVLIST_CHILD")
+	if cfg == "" {
+		return // run as a child only
+	}
+	var co childOpts
+	if err := json.Unmarshal([]byte(cfg), &co); err != nil {
+		t.Fatal(err)
+	}
+	o := server.Options{ServerName: co.Name, Host: "127.0.0.1", Port: co.Port, JetStream: true, StoreDir: co.StoreDir,
+		HTTPHost: "127.0.0.1", HTTPPort: co.HTTPPort, NoLog: true, NoSigs: true,
+		Cluster: server.ClusterOpts{Name: "kvlist", Host: "127.0.0.1", Port: co.ClusterPort}}
+	for _, r := range co.Routes {
+		o.Routes = append(o.Routes, &url.URL{Scheme: "nats", Host: r})
+	}
+	s, err := server.NewServer(&o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	s.WaitForShutdown()
+}
+
+type childOpts struct {
+	Name                        string
+	Port, HTTPPort, ClusterPort int
+	StoreDir                    string
+	Routes                      []string
+}
+
+type childServer struct {
+	name, client, http string
+	cmd                *exec.Cmd
+}
+
+// jsCluster starts three routed JetStream servers on loopback, each a
+// process of its own.
+func jsCluster(t *testing.T) []*childServer {
 	t.Helper()
 	var ports []int
 	var ls []net.Listener
-	for range 3 {
+	for range 9 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -33,47 +77,57 @@ func jsCluster(t *testing.T) []*server.Server {
 	for _, l := range ls {
 		l.Close()
 	}
-	var srvs []*server.Server
+	var srvs []*childServer
 	for i := range 3 {
-		o := &server.Options{ServerName: fmt.Sprintf("s%d", i), Host: "127.0.0.1", Port: -1, JetStream: true,
-			StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
-			Cluster: server.ClusterOpts{Name: "kvlist", Host: "127.0.0.1", Port: ports[i]}}
+		o := childOpts{Name: fmt.Sprintf("s%d", i), Port: ports[i], HTTPPort: ports[3+i], ClusterPort: ports[6+i], StoreDir: t.TempDir()}
 		for j := range 3 {
 			if j != i {
-				o.Routes = append(o.Routes, &url.URL{Scheme: "nats", Host: fmt.Sprintf("127.0.0.1:%d", ports[j])})
+				o.Routes = append(o.Routes, fmt.Sprintf("127.0.0.1:%d", ports[6+j]))
 			}
 		}
-		s, err := server.NewServer(o)
-		if err != nil {
+		b, _ := json.Marshal(o)
+		cmd := exec.Command(os.Args[0], "-test.run", "^TestKVListChildServer$")
+		cmd.Env = append(os.Environ(), "MGN_KVLIST_CHILD="+string(b))
+		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		go s.Start()
-		t.Cleanup(s.Shutdown)
-		srvs = append(srvs, s)
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		srvs = append(srvs, &childServer{name: o.Name, client: fmt.Sprintf("nats://127.0.0.1:%d", ports[i]),
+			http: fmt.Sprintf("http://127.0.0.1:%d", ports[3+i]), cmd: cmd})
 	}
-	for _, s := range srvs {
-		if !s.ReadyForConnections(20 * time.Second) {
-			t.Fatal("server not ready")
-		}
-	}
-	poll.Until(t, 30*time.Second, "a JetStream meta leader", func() bool {
-		for _, s := range srvs {
-			if s.JetStreamIsLeader() {
-				return true
-			}
-		}
-		return false
-	})
+	poll.Until(t, 60*time.Second, "a JetStream meta leader", func() bool { return metaLeader(srvs) >= 0 })
 	return srvs
 }
 
-func metaLeader(srvs []*server.Server) int {
-	for i, s := range srvs {
-		if s.Running() && s.JetStreamIsLeader() {
-			return i
+// metaLeader is the index of the meta leader as the running servers see
+// it (-1: none of them knows one).
+func metaLeader(srvs []*childServer) int {
+	for _, s := range srvs {
+		if s.cmd.ProcessState != nil {
+			continue
+		}
+		l := s.metaLeaderName()
+		for i, o := range srvs {
+			if l != "" && o.name == l && o.cmd.ProcessState == nil { // a dead leader some still name is none
+				return i
+			}
 		}
 	}
 	return -1
+}
+
+func (s *childServer) metaLeaderName() string {
+	cl := http.Client{Timeout: time.Second}
+	resp, err := cl.Get(s.http + "/jsz")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	var jz server.JSInfo
+	if json.NewDecoder(resp.Body).Decode(&jz) != nil || jz.Meta == nil {
+		return ""
+	}
+	return jz.Meta.Leader
 }
 
 // kvEntries and the object readers give what ListKeys/Get and GetBytes
@@ -84,7 +138,7 @@ func TestListWithoutConsumerSurvivesMetaLeaderLoss(t *testing.T) {
 	srvs := jsCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	nc, err := nats.Connect(srvs[0].ClientURL())
+	nc, err := nats.Connect(srvs[0].client)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,29 +222,61 @@ func TestListWithoutConsumerSurvivesMetaLeaderLoss(t *testing.T) {
 		}
 	}
 	check(js, "steady")
+	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "empty", Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if es, err := kvEntries(ctx, js, "empty"); err != nil || len(es) != 0 {
+		t.Errorf("empty bucket: %v, %v", es, err)
+	}
+	if _, err := kvEntries(ctx, js, "missing"); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Errorf("missing bucket: %v, want an error naming it", err)
+	}
 
-	// Move every stream leadership off the meta leader, then lose it.
+	// Move every stream leadership off the meta leader, then kill it.
 	ml := metaLeader(srvs)
 	for _, st := range []string{"KV_t", "OBJ_o"} {
 		poll.Until(t, 30*time.Second, st+" led elsewhere", func() bool {
-			if !srvs[ml].JetStreamIsStreamLeader(server.DEFAULT_GLOBAL_ACCOUNT, st) {
+			s, err := js.Stream(ctx, st)
+			if err != nil {
+				return false
+			}
+			ci := s.CachedInfo().Cluster
+			if ci != nil && ci.Leader != "" && ci.Leader != srvs[ml].name {
 				return true
 			}
-			srvs[ml].JetStreamStepdownStream(server.DEFAULT_GLOBAL_ACCOUNT, st)
+			nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+st, nil, 2*time.Second)
 			return false
 		})
 	}
-	srvs[ml].Shutdown()
+	srvs[ml].cmd.Process.Kill()
+	srvs[ml].cmd.Wait()
 	survivor := srvs[(ml+1)%3]
-	nc2, err := nats.Connect(survivor.ClientURL())
+	nc2, err := nats.Connect(survivor.client)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc2.Close()
 	js2, _ := jetstream.New(nc2)
-	leaderless := metaLeader(srvs) < 0
+	if l := metaLeader(srvs); l >= 0 {
+		t.Fatalf("a new meta leader (%s) right after the kill: the test cannot show reads without one", srvs[l].name)
+	}
 	check(js2, "meta leader lost")
-	t.Logf("meta leader absent before and after the reads: %v", leaderless && metaLeader(srvs) < 0)
+	if l := metaLeader(srvs); l >= 0 {
+		t.Fatalf("the reads were answered, but a new meta leader (%s) was elected meanwhile: they may have waited for it", srvs[l].name)
+	}
+	// A consumer, in the same window, is refused: that is what activation
+	// no longer needs.
+	kv2, err := js2.KeyValue(ctx, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lctx, lcancel := context.WithTimeout(ctx, time.Second)
+	defer lcancel()
+	if _, err := kv2.ListKeys(lctx); err == nil {
+		t.Logf("ListKeys (a consumer) answered too: a meta leader was elected meanwhile")
+	} else {
+		t.Logf("ListKeys (a consumer) without a meta leader: %v", err)
+	}
 }
 
 func cmpString(a, b string) int {
