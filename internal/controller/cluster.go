@@ -46,6 +46,12 @@ type ClusterOptions struct {
 func (o ClusterOptions) Enabled() bool { return o.Name != "" }
 
 const (
+	// A route to a peer that answers no ping for routeMaxPingsOut
+	// intervals, or takes writes for routeWriteDeadline, is closed.
+	routePingInterval  = time.Second
+	routeMaxPingsOut   = 2
+	routeWriteDeadline = 2 * time.Second
+
 	routeUser = "mgn-route"
 	// ctlPending is where a peer tells the others about an enrollment
 	// connection it admitted: the active controller, which answers the
@@ -143,8 +149,17 @@ func (c *Controller) applyCluster(sopts *server.Options) error {
 		port = server.RANDOM_PORT
 	}
 	sopts.ServerName = name
+	// A peer that stops reading (paused by SIGSTOP, a frozen VM) keeps its
+	// TCP connections open: NATS' route defaults (a ping every 2 minutes, a
+	// 10 s write deadline after which the route is kept and the write
+	// retried) let it stall the survivors' routes, Raft traffic included,
+	// for far longer than a failover may take. Pings every second and a
+	// write deadline that closes the route drop such a peer within ~3 s,
+	// like a dead one.
 	sopts.Cluster = server.ClusterOpts{Name: o.Name, Host: host, Port: port,
-		Username: routeUser, Password: secret, ConnectRetries: -1}
+		Username: routeUser, Password: secret, ConnectRetries: -1,
+		PingInterval: routePingInterval, MaxPingsOut: routeMaxPingsOut,
+		WriteDeadline: routeWriteDeadline, WriteTimeout: server.WriteTimeoutPolicyClose}
 	for _, p := range o.Peers {
 		u, _ := url.Parse(p)
 		u.User = url.UserPassword(routeUser, secret)
@@ -584,8 +599,14 @@ func (c *Controller) existingObjectStore(ctx context.Context, cfg jetstream.Obje
 const leaderAttempt = time.Second
 
 // leaderRetry runs f in attempts of leaderAttempt until it succeeds,
-// fails with an answer that is not about availability, or ctx ends.
+// fails with an answer that is not about availability, or ctx ends (30 s
+// when ctx has no deadline).
 func leaderRetry(ctx context.Context, f func(context.Context) error) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+	}
 	for {
 		actx, cancel := context.WithTimeout(ctx, leaderAttempt)
 		err := f(actx)

@@ -580,6 +580,7 @@ func (c *Controller) housekeeping(stop <-chan struct{}) {
 			for _, t := range c.reg.sweep(now) {
 				c.announce(t)
 			}
+			c.disp.repush(now)
 		case <-flush.C:
 			if !c.acting() {
 				continue

@@ -144,9 +144,34 @@ type directGetRequest struct {
 }
 
 // directWalk asks for one batch of the stream's messages on filter from
-// seq on and hands each to fn with its sequence. done is true when nothing
-// is left after the batch (as the answering replica knows it).
+// seq on and hands each to fn with its sequence, once the whole batch has
+// arrived. done is true when nothing is left after the batch (as the
+// answering replica knows it). A batch that does not arrive within
+// leaderAttempt is asked for again (until ctx ends): the request may have
+// gone to a replica that does not answer (a peer paused by SIGSTOP still
+// has its subscriptions).
 func directWalk(ctx context.Context, js jetstream.JetStream, stream, filter string, seq uint64, fn func(*nats.Msg, uint64)) (done bool, err error) {
+	type got struct {
+		m   *nats.Msg
+		seq uint64
+	}
+	var page []got
+	err = leaderRetry(ctx, func(ctx context.Context) error {
+		page = page[:0]
+		var err error
+		done, err = directPage(ctx, js, stream, filter, seq, func(m *nats.Msg, s uint64) { page = append(page, got{m, s}) })
+		return err
+	})
+	if err != nil {
+		return false, err
+	}
+	for _, g := range page {
+		fn(g.m, g.seq)
+	}
+	return done, nil
+}
+
+func directPage(ctx context.Context, js jetstream.JetStream, stream, filter string, seq uint64, fn func(*nats.Msg, uint64)) (done bool, err error) {
 	nc := js.Conn()
 	prefix := js.Options().APIPrefix
 	if prefix == "" {
@@ -166,14 +191,8 @@ func directWalk(ctx context.Context, js jetstream.JetStream, stream, filter stri
 	if err := nc.PublishRequest(prefix+"DIRECT.GET."+stream, inbox, req); err != nil {
 		return false, fmt.Errorf("direct get %s: %w", stream, err)
 	}
-	wctx := ctx
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		wctx, cancel = context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-	}
 	for n := 0; n <= kvPageMsgs+1; n++ {
-		m, err := sub.NextMsgWithContext(wctx)
+		m, err := sub.NextMsgWithContext(ctx)
 		if err != nil {
 			if errors.Is(err, context.DeadlineExceeded) {
 				err = fmt.Errorf("no replica of %s answered a direct get (JetStream quorum?): %w", stream, err)
@@ -184,6 +203,8 @@ func directWalk(ctx context.Context, js jetstream.JetStream, stream, filter stri
 			switch status {
 			case "404": // nothing at or after seq
 				return true, nil
+			case "503": // no replica subscribed (yet)
+				return false, fmt.Errorf("direct get %s: %w", stream, nats.ErrNoResponders)
 			case "204": // end of batch
 				np, _ := strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64)
 				return np == 0, nil
