@@ -46,6 +46,12 @@ type ClusterOptions struct {
 func (o ClusterOptions) Enabled() bool { return o.Name != "" }
 
 const (
+	// A route to a peer that answers no ping for routeMaxPingsOut
+	// intervals, or takes writes for routeWriteDeadline, is closed.
+	routePingInterval  = time.Second
+	routeMaxPingsOut   = 2
+	routeWriteDeadline = 2 * time.Second
+
 	routeUser = "mgn-route"
 	// ctlPending is where a peer tells the others about an enrollment
 	// connection it admitted: the active controller, which answers the
@@ -143,8 +149,17 @@ func (c *Controller) applyCluster(sopts *server.Options) error {
 		port = server.RANDOM_PORT
 	}
 	sopts.ServerName = name
+	// A peer that stops reading (paused by SIGSTOP, a frozen VM) keeps its
+	// TCP connections open: NATS' route defaults (a ping every 2 minutes, a
+	// 10 s write deadline after which the route is kept and the write
+	// retried) let it stall the survivors' routes, Raft traffic included,
+	// for far longer than a failover may take. Pings every second and a
+	// write deadline that closes the route drop such a peer within ~3 s,
+	// like a dead one.
 	sopts.Cluster = server.ClusterOpts{Name: o.Name, Host: host, Port: port,
-		Username: routeUser, Password: secret, ConnectRetries: -1}
+		Username: routeUser, Password: secret, ConnectRetries: -1,
+		PingInterval: routePingInterval, MaxPingsOut: routeMaxPingsOut,
+		WriteDeadline: routeWriteDeadline, WriteTimeout: server.WriteTimeoutPolicyClose}
 	for _, p := range o.Peers {
 		u, _ := url.Parse(p)
 		u.User = url.UserPassword(routeUser, secret)
@@ -183,19 +198,40 @@ func (c *Controller) peersUp() int {
 
 // reconcileReplicas raises every stream whose replica count is below
 // Replicas(), every 10 s while active, and keeps raft leaderships off this
-// server (keepNoLeaders).
+// server (keepNoLeaders, every second). The two run apart: raising
+// replicas lists streams, which waits for a JetStream meta leader, and
+// must not hold the leaderships back.
 func (c *Controller) reconcileReplicas(stop <-chan struct{}) {
-	tick := time.NewTicker(2 * time.Second)
-	defer tick.Stop()
-	last := time.Time{}
-	for {
-		if time.Since(last) >= 10*time.Second {
-			last = time.Now()
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			c.raiseReplicas(ctx)
-			cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			c.keepNoLeaders()
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
 		}
-		c.keepNoLeaders()
+	}()
+	defer func() { <-done }()
+	active, end := context.WithCancel(context.Background())
+	defer end()
+	go func() {
+		select {
+		case <-stop:
+		case <-active.Done():
+		}
+		end()
+	}()
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	for {
+		ctx, cancel := context.WithTimeout(active, 10*time.Second)
+		c.raiseReplicas(ctx)
+		cancel()
 		select {
 		case <-stop:
 			return
@@ -234,28 +270,46 @@ func (c *Controller) raiseReplicas(ctx context.Context) {
 // active controller costs no Raft election (4-9 s in NATS), only the
 // lease TTL. It reads local state only.
 //
-// Only with every peer of a 3-peer cluster up: with one missing, losing
-// the active controller loses the quorum anyway, and handing leaderships
-// between two peers over and over would keep JetStream electing.
+// Only with every peer of a 3-peer cluster up, and only for a group that
+// has another replica caught up and heard from within the last
+// healthyPeer: a stepdown with no healthy peer to hand over to leaves the
+// group without a leader until an election (a peer paused by SIGSTOP keeps
+// its routes, so the route count alone does not tell).
 func (c *Controller) keepNoLeaders() {
 	if !c.opts.Cluster.Enabled() || c.peersUp() < 3 {
 		return
 	}
+	me := c.ns.Name()
 	ad, err := c.ns.JszAccount(&server.JSzOptions{Account: globalAccount, Streams: true})
 	if err == nil && ad != nil {
-		me := c.ns.Name()
 		for _, sd := range ad.Streams {
-			if sd.Cluster != nil && sd.Cluster.Leader == me && len(sd.Cluster.Replicas) > 0 {
+			if sd.Cluster != nil && sd.Cluster.Leader == me && healthyReplica(sd.Cluster.Replicas) {
 				if err := c.ns.JetStreamStepdownStream(globalAccount, sd.Name); err == nil {
 					c.log.Debug("stream leadership handed over", zap.String("stream", sd.Name))
 				}
 			}
 		}
 	}
-	if c.sysNC != nil && c.ns.JetStreamIsLeader() {
+	if c.sysNC == nil || !c.ns.JetStreamIsLeader() {
+		return
+	}
+	if jz, err := c.ns.Jsz(&server.JSzOptions{}); err == nil && jz.Meta != nil && healthyReplica(jz.Meta.Replicas) {
 		c.log.Debug("meta leadership handed over")
 		c.sysNC.Publish(leaderStepdown, nil)
 	}
+}
+
+// healthyPeer is how recently a replica must have been heard from to be
+// handed a leadership (NATS' own live window is 3 heartbeats of 1 s).
+const healthyPeer = 2 * time.Second
+
+func healthyReplica(rs []*server.PeerInfo) bool {
+	for _, r := range rs {
+		if r != nil && r.Current && !r.Offline && r.Active < healthyPeer {
+			return true
+		}
+	}
+	return false
 }
 
 // systemUser may only ask the meta leader to step down.
@@ -480,20 +534,42 @@ func (c *Controller) serveLeasez(w http.ResponseWriter, r *http.Request) {
 // without touching its configuration when this controller is a cluster
 // peer: an activation then needs only the streams' leaders, never a
 // JetStream meta-layer update (which waits for an election when a peer
-// is gone). A single controller creates or updates as before; a missing
-// bucket is created either way.
-func (c *Controller) existingKV(ctx context.Context, name string) (jetstream.KeyValue, bool) {
+// is gone). Opening is a STREAM.INFO, which a stream's leader answers; it
+// is tried in short attempts (leaderAttempt) so that a request lost while
+// a leadership moves costs one attempt, not the API timeout. Only a
+// bucket that does not exist falls through to its creation (a meta-layer
+// write); any other error fails the activation, which is retried. A single
+// controller creates or updates as before.
+func (c *Controller) existingKV(ctx context.Context, name string) (jetstream.KeyValue, bool, error) {
 	if !c.opts.Cluster.Enabled() {
-		return nil, false
+		return nil, false, nil
 	}
-	kv, err := c.js.KeyValue(ctx, name)
-	return kv, err == nil
+	var kv jetstream.KeyValue
+	err := leaderRetry(ctx, func(ctx context.Context) (err error) {
+		kv, err = c.js.KeyValue(ctx, name)
+		return err
+	})
+	switch {
+	case err == nil:
+		return kv, true, nil
+	case errors.Is(err, jetstream.ErrBucketNotFound):
+		return nil, false, nil
+	}
+	return nil, false, fmt.Errorf("open bucket %s: %w", name, err)
 }
 
 func (c *Controller) existingStream(ctx context.Context, name string, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	if c.opts.Cluster.Enabled() {
-		if s, err := c.js.Stream(ctx, name); err == nil {
+		var s jetstream.Stream
+		err := leaderRetry(ctx, func(ctx context.Context) (err error) {
+			s, err = c.js.Stream(ctx, name)
+			return err
+		})
+		if err == nil {
 			return s, nil
+		}
+		if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, err
 		}
 	}
 	return c.js.CreateOrUpdateStream(ctx, cfg)
@@ -501,9 +577,62 @@ func (c *Controller) existingStream(ctx context.Context, name string, cfg jetstr
 
 func (c *Controller) existingObjectStore(ctx context.Context, cfg jetstream.ObjectStoreConfig) (jetstream.ObjectStore, error) {
 	if c.opts.Cluster.Enabled() {
-		if o, err := c.js.ObjectStore(ctx, cfg.Bucket); err == nil {
+		var o jetstream.ObjectStore
+		err := leaderRetry(ctx, func(ctx context.Context) (err error) {
+			o, err = c.js.ObjectStore(ctx, cfg.Bucket)
+			return err
+		})
+		if err == nil {
 			return o, nil
+		}
+		if !errors.Is(err, jetstream.ErrBucketNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, err
 		}
 	}
 	return c.js.CreateOrUpdateObjectStore(ctx, cfg)
+}
+
+// leaderAttempt bounds one request that a stream leader answers. Right
+// after a leadership moved (a stepdown, a lost peer) a request may reach
+// no leader and get no answer at all: it is sent again rather than waited
+// for until the API timeout.
+const leaderAttempt = time.Second
+
+// leaderRetry runs f in attempts of leaderAttempt until it succeeds,
+// fails with an answer that is not about availability, or ctx ends (30 s
+// when ctx has no deadline).
+func leaderRetry(ctx context.Context, f func(context.Context) error) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+	}
+	for {
+		actx, cancel := context.WithTimeout(ctx, leaderAttempt)
+		err := f(actx)
+		cancel()
+		if err == nil || ctx.Err() != nil || !retryable(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// retryable reports an error that says no leader answered (yet).
+func retryable(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, nats.ErrNoResponders) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		// 503: "JetStream system temporarily unavailable" (no meta
+		// leader), and the like.
+		return apiErr.Code == 503 || apiErr.ErrorCode == 10008 // JSClusterNotAvailErr
+	}
+	return strings.Contains(err.Error(), "temporarily unavailable")
 }

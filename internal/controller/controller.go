@@ -361,8 +361,8 @@ func (c *Controller) startServer() error {
 
 func (c *Controller) openState(ctx context.Context) error {
 	kv := func(name string, ttl time.Duration) (jetstream.KeyValue, error) {
-		if b, ok := c.existingKV(ctx, name); ok {
-			return b, nil
+		if b, ok, err := c.existingKV(ctx, name); err != nil || ok {
+			return b, err
 		}
 		b, err := c.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket: name, Storage: jetstream.FileStorage, History: 1, TTL: ttl,
@@ -414,7 +414,7 @@ func (c *Controller) openState(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("open diagnosis store: %w", err)
 	}
-	loaded, err := newTokenStore(ctx, tokensKV)
+	loaded, err := newTokenStore(ctx, c.js, tokensKV)
 	if err != nil {
 		return err
 	}
@@ -422,7 +422,7 @@ func (c *Controller) openState(ctx context.Context) error {
 	c.tokens.mu.Lock()
 	c.tokens.m = loaded.m
 	c.tokens.mu.Unlock()
-	if c.reg, err = newRegistry(ctx, nodesKV, c.opts.HeartbeatInterval, c.opts.OfflineAfter); err != nil {
+	if c.reg, err = newRegistry(ctx, c.js, nodesKV, c.opts.HeartbeatInterval, c.opts.OfflineAfter); err != nil {
 		return err
 	}
 	for pub, name := range c.reg.keys() {
@@ -589,6 +589,7 @@ func (c *Controller) housekeeping(stop <-chan struct{}) {
 			for _, t := range c.reg.sweep(now) {
 				c.announce(t)
 			}
+			c.disp.repush(now)
 		case <-flush.C:
 			if !c.acting() {
 				continue

@@ -335,7 +335,7 @@ func (s *dashSource) SetupRuns(ctx context.Context) ([]messages.SetupRun, error)
 	if r == nil {
 		return nil, nil
 	}
-	ids, err := newestKeys(ctx, r.runs, dashRuns)
+	ids, err := newestKeys(ctx, s.c.js, r.runs, dashRuns)
 	if err != nil {
 		return nil, fmt.Errorf("setup runs: %w", err)
 	}
@@ -354,7 +354,7 @@ func (s *dashSource) Rollouts(ctx context.Context) ([]dashboard.Rollout, error) 
 	if r == nil {
 		return nil, nil
 	}
-	ids, err := newestKeys(ctx, r.kv, dashRuns)
+	ids, err := newestKeys(ctx, s.c.js, r.kv, dashRuns)
 	if err != nil {
 		return nil, fmt.Errorf("rollouts: %w", err)
 	}
@@ -382,19 +382,13 @@ func (s *dashSource) Rollouts(ctx context.Context) ([]dashboard.Rollout, error) 
 
 // newestKeys lists up to n keys of a bucket whose keys start with their
 // UTC start time (run and rollout ids), newest first.
-func newestKeys(ctx context.Context, kv jetstream.KeyValue, n int) ([]string, error) {
-	keys, err := kv.ListKeys(ctx)
-	if errors.Is(err, jetstream.ErrNoKeysFound) {
-		return nil, nil
-	}
+// It lists without a consumer (kvKeys): right after a failover the status
+// of a run must not wait for a JetStream meta leader.
+func newestKeys(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, n int) ([]string, error) {
+	ids, err := kvKeys(ctx, js, kv.Bucket())
 	if err != nil {
 		return nil, err
 	}
-	var ids []string
-	for k := range keys.Keys() {
-		ids = append(ids, k)
-	}
-	slices.Sort(ids)
 	slices.Reverse(ids)
 	return ids[:min(len(ids), n)], nil
 }

@@ -60,6 +60,9 @@ type taskState struct {
 	takesSealed bool
 	// notBefore, set on recovery, is the earliest the task may expire.
 	notBefore time.Time
+	// pushed is when the task was last sent to the nodes that owe an
+	// outcome (repush).
+	pushed time.Time
 }
 
 // pendingRow returns node's row if node is a target whose outcome is not
@@ -194,11 +197,62 @@ func (d *dispatcher) issueSealed(ctx context.Context, req messages.RunRequest, t
 			d.log.Warn("send task", zap.String("task", t.ID), zap.String("node", n), zap.Error(err))
 		}
 	}
+	d.mu.Lock()
+	ts.pushed = time.Now()
+	d.mu.Unlock()
 	for _, n := range skipped {
 		d.settle(ts, unknownResult(t.ID, n, messages.ReasonOffline, nil), nil)
 	}
 	d.arm(ts)
 	return messages.RunReply{V: messages.Version, TaskID: t.ID, Nodes: targets, Deadline: t.Deadline}, nil
+}
+
+// repushEvery is how often an open task is sent again to the nodes that
+// owe an outcome and have not said they started it. A task is pushed on
+// core NATS, at most once: a push can be lost (a route to a peer that was
+// paused is closed with what it buffered, and an agent that stayed
+// connected to that peer does not sync again for a minute). An agent runs
+// a task id at most once, so a push it already had is ignored, and one it
+// finished is answered from its journal.
+const repushEvery = 3 * time.Second
+
+// repush sends open tasks again (repushEvery) to the nodes that owe an
+// outcome and have not acknowledged starting them.
+func (d *dispatcher) repush(now time.Time) {
+	type owed struct {
+		payload []byte
+		nodes   []string
+	}
+	var all []owed
+	d.mu.Lock()
+	for _, ts := range d.tasks {
+		if isClosed(ts.done) || ts.pushed.IsZero() || now.Sub(ts.pushed) < repushEvery {
+			continue
+		}
+		ts.pushed = now
+		var o owed
+		for _, n := range ts.rec.Targets {
+			if ts.owes(n) && !ts.started[n] {
+				o.nodes = append(o.nodes, n)
+			}
+		}
+		if len(o.nodes) == 0 {
+			continue
+		}
+		t := ts.rec.Task
+		t.Sealed = ts.sealed
+		o.payload = messages.MustEncode(&t)
+		all = append(all, o)
+	}
+	d.mu.Unlock()
+	for _, o := range all {
+		for _, n := range o.nodes {
+			if !d.acting() {
+				return
+			}
+			d.nc.Publish(messages.TaskSubject(n), o.payload)
+		}
+	}
 }
 
 // wait blocks until the task is done or ctx ends, then reports it.
@@ -552,26 +606,22 @@ func isClosed(ch chan struct{}) bool {
 // the results stream, settling those whose deadline has passed.
 func (d *dispatcher) recover(ctx context.Context) error {
 	defer close(d.recovered)
-	keys, err := d.open.ListKeys(ctx)
+	// No consumer (kvEntries): a failover must not wait for a JetStream
+	// meta leader.
+	entries, err := kvEntries(ctx, d.js, d.open.Bucket())
 	if err != nil {
 		return fmt.Errorf("list open tasks: %w", err)
 	}
-	var ids []string
-	for k := range keys.Keys() {
-		ids = append(ids, k)
-	}
-	for _, id := range ids {
-		e, err := d.open.Get(ctx, id)
-		if err != nil {
-			continue
-		}
+	for _, e := range entries {
+		id := e.Key
 		var rec taskRecord
-		if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		if err := json.Unmarshal(e.Value, &rec); err != nil {
 			d.log.Warn("skip unreadable task record", zap.String("task", id), zap.Error(err))
 			continue
 		}
 		ts := newTaskState(rec)
 		ts.notBefore = time.Now().Add(recoverGrace)
+		ts.pushed = time.Now() // resendOwed sends it once the activation is done
 		stored, err := storedResults(ctx, d.results, id, d.maxBytes)
 		if err != nil {
 			return err
@@ -592,8 +642,8 @@ func (d *dispatcher) recover(ctx context.Context) error {
 		d.mu.Unlock()
 		d.arm(ts)
 	}
-	if len(ids) > 0 {
-		d.log.Info("recovered open tasks", zap.Int("count", len(ids)))
+	if len(entries) > 0 {
+		d.log.Info("recovered open tasks", zap.Int("count", len(entries)))
 	}
 	return nil
 }

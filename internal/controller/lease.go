@@ -255,8 +255,41 @@ func (c *Controller) leaseLoop() {
 	// persistent fault on this peer cannot stall the fleet.
 	var retrying time.Time
 	giveUp := 2 * l.ttl
+	// activateRenewing activates while it keeps renewing the lease: an
+	// activation that waits for a stream's leader (an election after a
+	// peer's loss) must not let the lease lapse meanwhile, which would hand
+	// it to a peer that meets the same wait.
+	activateRenewing := func() error {
+		done := make(chan error, 1)
+		go func() { done <- c.activate() }()
+		tick := time.NewTicker(renewEvery)
+		defer tick.Stop()
+		var lost error
+		for {
+			select {
+			case err := <-done:
+				if err == nil && lost != nil {
+					return fmt.Errorf("lease lost while activating: %w", lost)
+				}
+				return err
+			case <-tick.C:
+				if lost != nil {
+					continue
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), renewEvery)
+				gone, err := l.renew(ctx)
+				cancel()
+				if gone {
+					lost = err
+					if lost == nil {
+						lost = ErrNotActive
+					}
+				}
+			}
+		}
+	}
 	tryActivate := func() {
-		err := c.activate()
+		err := activateRenewing()
 		if err == nil {
 			if !retrying.IsZero() {
 				log.Info("activation succeeded on retry", zap.Duration("after", time.Since(retrying)))
@@ -348,7 +381,6 @@ func (c *Controller) leaseLoop() {
 func (c *Controller) activate() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	c.keepNoLeaders()
 	start := time.Now()
 	if err := c.openState(ctx); err != nil {
 		return err
@@ -361,6 +393,9 @@ func (c *Controller) activate() error {
 	}
 	c.ver.loadLast(ctx)
 	c.resendOwed()
+	// Hand the leaderships over only now: a stepdown while the reads above
+	// ask the streams' leaders would make them wait for the new ones.
+	c.keepNoLeaders()
 	a := &activeState{stop: make(chan struct{})}
 	a.ctx, a.end = context.WithCancel(context.Background())
 	c.actMu.Lock()

@@ -56,19 +56,18 @@ type registry struct {
 	nodes map[string]*node
 }
 
-func newRegistry(ctx context.Context, kv jetstream.KeyValue, interval time.Duration, offlineAfter int) (*registry, error) {
+// newRegistry loads the registry from the nodes bucket without a consumer
+// (kvEntries): it runs on every activation of a cluster peer.
+func newRegistry(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, interval time.Duration, offlineAfter int) (*registry, error) {
 	r := &registry{kv: kv, interval: interval, offlineAfter: offlineAfter, nodes: map[string]*node{}}
-	keys, err := kv.ListKeys(ctx)
+	entries, err := kvEntries(ctx, js, kv.Bucket())
 	if err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)
 	}
-	for k := range keys.Keys() {
-		e, err := kv.Get(ctx, k)
-		if err != nil {
-			continue
-		}
+	for _, e := range entries {
+		k := e.Key
 		var rec nodeRecord
-		if err := json.Unmarshal(e.Value(), &rec); err != nil || rec.Name != k {
+		if err := json.Unmarshal(e.Value, &rec); err != nil || rec.Name != k {
 			continue
 		}
 		if messages.ValidateFacts(&rec.Facts) != nil {

@@ -225,14 +225,11 @@ func (r *rolloutRunner) load(ctx context.Context, id string) (*rolloutRecord, er
 // resume restarts the rollouts still running and holds the nodes of the
 // paused ones.
 func (r *rolloutRunner) resume(ctx context.Context) error {
-	keys, err := r.kv.ListKeys(ctx)
+	keys, err := kvKeys(ctx, r.c.js, r.kv.Bucket())
 	if err != nil {
-		if errors.Is(err, jetstream.ErrNoKeysFound) {
-			return nil
-		}
 		return fmt.Errorf("list rollouts: %w", err)
 	}
-	for k := range keys.Keys() {
+	for _, k := range keys {
 		rec, err := r.load(ctx, k)
 		if err != nil {
 			r.log.Warn("skip unreadable rollout", zap.String("rollout", k), zap.Error(err))
@@ -1533,7 +1530,7 @@ func (r *rolloutRunner) progress(lr *liveRollout) messages.RolloutProgress {
 // status reports a rollout (the newest when id is "").
 func (r *rolloutRunner) status(ctx context.Context, id string) (messages.RolloutStatusReply, error) {
 	if id == "" {
-		newest, err := newestKeys(ctx, r.kv, 1) // ids start with their UTC start time
+		newest, err := newestKeys(ctx, r.c.js, r.kv, 1) // ids start with their UTC start time
 		if err != nil {
 			return messages.RolloutStatusReply{}, fmt.Errorf("list rollouts: %w", err)
 		}
@@ -1586,18 +1583,10 @@ func (r *rolloutRunner) status(ctx context.Context, id string) (messages.Rollout
 // list summarizes every stored rollout, newest first.
 func (r *rolloutRunner) list(ctx context.Context) (messages.RolloutListReply, error) {
 	rep := messages.RolloutListReply{V: messages.Version, Rollouts: []messages.RolloutSummary{}}
-	keys, err := r.kv.ListKeys(ctx)
-	if errors.Is(err, jetstream.ErrNoKeysFound) {
-		return rep, nil
-	}
+	ids, err := kvKeys(ctx, r.c.js, r.kv.Bucket())
 	if err != nil {
 		return rep, fmt.Errorf("list rollouts: %w", err)
 	}
-	var ids []string
-	for k := range keys.Keys() {
-		ids = append(ids, k)
-	}
-	slices.Sort(ids)
 	slices.Reverse(ids)
 	if len(ids) > messages.MaxRolloutList {
 		ids = ids[:messages.MaxRolloutList]

@@ -167,24 +167,19 @@ func newRunID(now time.Time) string {
 
 // resume loads step durations and restarts every run still running.
 func (r *setupRunner) resume(ctx context.Context) error {
-	if keys, err := r.durs.ListKeys(ctx); err == nil {
-		for k := range keys.Keys() {
-			if e, err := r.durs.Get(ctx, k); err == nil {
-				var d stepDuration
-				if json.Unmarshal(e.Value(), &d) == nil {
-					r.avgMS[k] = d.AvgMS
-				}
+	if durs, err := kvEntries(ctx, r.c.js, r.durs.Bucket()); err == nil {
+		for _, e := range durs {
+			var d stepDuration
+			if json.Unmarshal(e.Value, &d) == nil {
+				r.avgMS[e.Key] = d.AvgMS
 			}
 		}
 	}
-	keys, err := r.runs.ListKeys(ctx)
+	keys, err := kvKeys(ctx, r.c.js, r.runs.Bucket())
 	if err != nil {
-		if errors.Is(err, jetstream.ErrNoKeysFound) {
-			return nil
-		}
 		return fmt.Errorf("list setup runs: %w", err)
 	}
-	for k := range keys.Keys() {
+	for _, k := range keys {
 		rec, err := r.load(ctx, k)
 		if err != nil {
 			r.log.Warn("skip unreadable setup run", zap.String("run", k), zap.Error(err))
@@ -1092,7 +1087,7 @@ func (r *setupRunner) publish(lr *liveRun) {
 // status reports a run (the newest when id is "").
 func (r *setupRunner) status(ctx context.Context, id string) (messages.SetupStatusReply, error) {
 	if id == "" {
-		newest, err := newestKeys(ctx, r.runs, 1) // ids start with their UTC start time
+		newest, err := newestKeys(ctx, r.c.js, r.runs, 1) // ids start with their UTC start time
 		if err != nil {
 			return messages.SetupStatusReply{}, fmt.Errorf("list setup runs: %w", err)
 		}

@@ -49,20 +49,18 @@ type tokenStore struct {
 	m  map[string]tokenRecord
 }
 
-func newTokenStore(ctx context.Context, kv jetstream.KeyValue) (*tokenStore, error) {
+// newTokenStore loads the tokens bucket without a consumer (kvEntries): it
+// runs on every activation of a cluster peer.
+func newTokenStore(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) (*tokenStore, error) {
 	ts := &tokenStore{kv: kv, m: map[string]tokenRecord{}}
-	keys, err := kv.ListKeys(ctx)
+	entries, err := kvEntries(ctx, js, kv.Bucket())
 	if err != nil {
 		return nil, fmt.Errorf("list tokens: %w", err)
 	}
-	for k := range keys.Keys() {
-		e, err := kv.Get(ctx, k)
-		if err != nil {
-			continue
-		}
+	for _, e := range entries {
 		var r tokenRecord
-		if json.Unmarshal(e.Value(), &r) == nil {
-			ts.m[k] = r
+		if json.Unmarshal(e.Value, &r) == nil {
+			ts.m[e.Key] = r
 		}
 	}
 	return ts, nil

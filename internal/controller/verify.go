@@ -632,12 +632,14 @@ const maxReportsOnStart = 64
 // older ones (newest first, at most maxReportsOnStart) until every enrolled
 // node's cluster has its last state — the newest report may have covered
 // one cluster only.
+//
+// It reads without a consumer (objList, objGetBytes): it runs on every
+// activation of a cluster peer, which must not wait for a JetStream meta
+// leader.
 func (v *verifier) loadLast(ctx context.Context) {
-	infos, err := v.reports.List(ctx)
+	infos, err := objList(ctx, v.c.js, messages.ReportsBucket)
 	if err != nil {
-		if err != jetstream.ErrNoObjectsFound {
-			v.log.Warn("restore the last verification", zap.Error(err))
-		}
+		v.log.Warn("restore the last verification", zap.Error(err))
 		return
 	}
 	var ids []string
@@ -694,7 +696,7 @@ func (v *verifier) lastReportID(ctx context.Context) (string, error) {
 }
 
 func (v *verifier) get(ctx context.Context, id string) (messages.Report, error) {
-	b, err := v.reports.GetBytes(ctx, id)
+	b, err := objGetBytes(ctx, v.c.js, messages.ReportsBucket, id)
 	if err != nil {
 		return messages.Report{}, fmt.Errorf("report %s: %w", id, err)
 	}
