@@ -157,8 +157,28 @@ func enrollAll(cli *ctlclient.Client, n int, prefix, url, token, work string) []
 		hi := min(lo+enrollBatch, n)
 		all = append(all, simAgentsRange(lo, hi, prefix, url, token, work)...)
 		haWaitOnline(cli, hi)
+		waitSaved(lo, hi, prefix, work)
 	}
 	return all
+}
+
+// waitSaved waits until agents lo..hi have saved their enrollment: the
+// controller counts a node online from its enrollment, before the agent
+// has read the reply, and an agent stopped then has no state to run with
+// (a real one would enroll again with its token and its own key).
+func waitSaved(lo, hi int, prefix, work string) {
+	deadline := time.Now().Add(5 * time.Minute)
+	for i := lo; i < hi; i++ {
+		for {
+			if _, err := os.Stat(filepath.Join(work, "sim", fmt.Sprintf("%s%05d", prefix, i), "node.json")); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				log.Panicf("%s%05d did not save its enrollment in 5 minutes", prefix, i)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 }
 
 // simAgents starts n in-process agents named PREFIXnnnnn with urls.
