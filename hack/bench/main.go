@@ -99,8 +99,13 @@ func main() {
 	haRounds := flag.Int("ha-rounds", 20, "measured fan-out rounds per topology for -ha")
 	haHeap := flag.String("ha-heap", "", "write heap profiles of the hub (direct agents, then agents behind relays) and of the active cluster peer to this directory (-ha; read with `go tool pprof -top`)")
 	haOnly := flag.String("ha-only", "", "run only this -ha topology: cluster or relays")
+	floorServers := flag.String("floor-servers", "", "internal: run the -ha floor's NATS servers (cluster or leaf) in this process, print their URLs, serve until stdin closes")
 	flag.Parse()
 	log.SetFlags(0)
+	if *floorServers != "" {
+		floorServersMain(*floorServers)
+		return
+	}
 	if *haFlag {
 		debug.SetGCPercent(*simGOGC)
 		haMain(*bin, *haAgents, *haRounds, *out, *haHeap, *haOnly)

@@ -328,6 +328,7 @@ func (c *Controller) startServer() error {
 		AlwaysEnableNonce:          true,
 		NoSigs:                     true,
 		DisableJetStreamBanner:     true,
+		MaxClosedClients:           maxClosedClients,
 	}
 	c.tr.apply(sopts)
 	if err := c.applyCluster(sopts); err != nil {
