@@ -58,15 +58,26 @@ type registry struct {
 
 func newRegistry(ctx context.Context, kv jetstream.KeyValue, interval time.Duration, offlineAfter int) (*registry, error) {
 	r := &registry{kv: kv, interval: interval, offlineAfter: offlineAfter, nodes: map[string]*node{}}
-	keys, err := kv.ListKeys(ctx)
+	// One watcher delivers every node's latest record in one pass: a
+	// ListKeys and a Get per key was one JetStream request per node
+	// (10,000 of them took longer than an activation may, and a Get that
+	// failed dropped its node silently).
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)
 	}
-	for k := range keys.Keys() {
-		e, err := kv.Get(ctx, k)
-		if err != nil {
-			continue
+	defer w.Stop()
+	for {
+		var e jetstream.KeyValueEntry
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("list nodes: %d read: %w", len(r.nodes), ctx.Err())
+		case e = <-w.Updates():
 		}
+		if e == nil {
+			break // every record present when the watch started
+		}
+		k := e.Key()
 		var rec nodeRecord
 		if err := json.Unmarshal(e.Value(), &rec); err != nil || rec.Name != k {
 			continue
