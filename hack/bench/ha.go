@@ -420,6 +420,9 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 			t.FailoverTaskDoneMS = ms(time.Since(k))
 			for _, x := range r.Results {
 				if x.Outcome != messages.OutcomeOK {
+					if t.FailoverLost < 10 {
+						log.Printf("failover: %s %s %s", x.Node, x.Outcome, x.Reason)
+					}
 					t.FailoverLost++
 				}
 			}
