@@ -181,7 +181,7 @@ type ResultBatch struct {
 type ErrorReply struct {
 	V     int    `json:"v"`
 	Error string `json:"error"`
-	Code  string `json:"code"` // machine-readable: bad_request, too_large, bad_version, unknown_kind, not_found, forbidden, internal
+	Code  string `json:"code"` // machine-readable: bad_request, too_large, bad_version, unknown_kind, not_found, forbidden, internal, unavailable
 }
 
 // Error codes used in ErrorReply.Code.
@@ -193,7 +193,18 @@ const (
 	CodeNotFound    = "not_found"
 	CodeConflict    = "conflict"
 	CodeInternal    = "internal"
+	// CodeUnavailable: the controller cannot answer this now (busy, a
+	// failover, a peer's notice of the attempt not arrived yet) and
+	// nothing is wrong with the request: ask again later, with backoff.
+	CodeUnavailable = "unavailable"
 )
+
+// Retryable reports whether a refusal with code may succeed when asked
+// again unchanged: unavailable, and internal (a store write that timed
+// out; older controllers also said "busy, retry" with it). Every other
+// code is about the request itself (a spent token, a taken name, a scope
+// it breaks) and asking again cannot help.
+func Retryable(code string) bool { return code == CodeUnavailable || code == CodeInternal }
 
 // Event is a state change the controller announces on mgn.evt.KIND.
 type Event struct {

@@ -17,6 +17,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"net/http"
@@ -52,6 +53,14 @@ type haTopology struct {
 	// (the active one first; for relays, the hub) and of each relay.
 	ControllerKiBPerAgent []float64 `json:"controller_kib_per_agent"`
 	RelayKiBPerAgent      []float64 `json:"relay_kib_per_agent,omitempty"`
+	// HubTotalKiBPerAgent (relays only) is the hub's whole RSS over the
+	// agents behind its relays; DirectKiBPerAgent is the hub's RSS growth
+	// per agent while the same agents were connected to it directly (a
+	// single controller).
+	HubTotalKiBPerAgent float64 `json:"hub_total_kib_per_agent,omitempty"`
+	DirectKiBPerAgent   float64 `json:"direct_kib_per_agent,omitempty"`
+	// EnrollS is how long enrolling every agent took.
+	EnrollS float64 `json:"enroll_s"`
 	// Failover (cluster only): kill -9 of the active controller while a
 	// 1 s task runs on every agent.
 	FailoverNewActiveMS float64 `json:"failover_new_active_ms,omitempty"`
@@ -124,6 +133,20 @@ func isActive(p *haProc) bool {
 	return resp.StatusCode == http.StatusOK
 }
 
+// activeOfOr is activeOf that returns -1 instead of giving up.
+func activeOfOr(ps []*haProc, within time.Duration) int {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		for i, p := range ps {
+			if p.cmd.ProcessState == nil && isActive(p) {
+				return i
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return -1
+}
+
 func activeOf(ps []*haProc, within time.Duration) int {
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
@@ -149,8 +172,28 @@ func enrollAll(cli *ctlclient.Client, n int, prefix, url, token, work string) []
 		hi := min(lo+enrollBatch, n)
 		all = append(all, simAgentsRange(lo, hi, prefix, url, token, work)...)
 		haWaitOnline(cli, hi)
+		waitSaved(lo, hi, prefix, work)
 	}
 	return all
+}
+
+// waitSaved waits until agents lo..hi have saved their enrollment: the
+// controller counts a node online from its enrollment, before the agent
+// has read the reply, and an agent stopped then has no state to run with
+// (a real one would enroll again with its token and its own key).
+func waitSaved(lo, hi int, prefix, work string) {
+	deadline := time.Now().Add(5 * time.Minute)
+	for i := lo; i < hi; i++ {
+		for {
+			if _, err := os.Stat(filepath.Join(work, "sim", fmt.Sprintf("%s%05d", prefix, i), "node.json")); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				log.Panicf("%s%05d did not save its enrollment in 5 minutes", prefix, i)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 }
 
 // simAgents starts n in-process agents named PREFIXnnnnn with urls.
@@ -202,7 +245,37 @@ func fanRounds(cli *ctlclient.Client, rounds int) (p50, p99 time.Duration) {
 	return pct(lat, 50), pct(lat, 99)
 }
 
-func haMain(bin string, n, rounds int, out string) {
+// heapDir, when set, receives heap profiles of the controllers (-ha-heap).
+var heapDir string
+
+// saveHeap writes the heap profile of the controller serving httpAddr
+// (started with --pprof) as heapDir/NAME.heap, after a collection.
+func saveHeap(httpAddr, name string) {
+	if heapDir == "" {
+		return
+	}
+	b := fetch("http://" + httpAddr + "/debug/pprof/heap?gc=1")
+	path := filepath.Join(heapDir, name+".heap")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		log.Panic(err)
+	}
+	log.Printf("heap profile: %s (go tool pprof -top -sample_index=inuse_space %s)", path, path)
+}
+
+// pprofFlag serves /debug/pprof on a controller's --http when profiles are wanted.
+func pprofFlag() []string {
+	if heapDir == "" {
+		return nil
+	}
+	return []string{"--pprof"}
+}
+
+func haMain(bin string, n, rounds int, out, heap, only string) {
+	if heapDir = heap; heap != "" {
+		if err := os.MkdirAll(heap, 0o755); err != nil {
+			log.Panic(err)
+		}
+	}
 	work, err := os.MkdirTemp("", "mgn-bench-ha")
 	if err != nil {
 		log.Panic(err)
@@ -210,12 +283,20 @@ func haMain(bin string, n, rounds int, out string) {
 	defer os.RemoveAll(work)
 	res := haOutput{Machine: machine(), Date: time.Now().UTC().Format(time.RFC3339),
 		Hidden: "simulated agents share this process: per-agent process memory and scheduling, and real network latency, are not in these figures"}
-	res.Topologies = append(res.Topologies, benchCluster(bin, work, n, rounds))
-	res.Topologies = append(res.Topologies, benchRelays(bin, work, n, rounds))
+	if only != "relays" {
+		res.Topologies = append(res.Topologies, benchCluster(bin, work, n, rounds))
+	}
+	if only != "cluster" {
+		res.Topologies = append(res.Topologies, benchRelays(bin, work, n, rounds))
+	}
 	fmt.Println()
 	for _, t := range res.Topologies {
-		fmt.Printf("%-22s %6d agents: p50 %7.1f ms p99 %7.1f ms (floor p50 %6.1f p99 %6.1f)  controller KiB/agent %v relay KiB/agent %v\n",
-			t.Name, t.Agents, t.P50MS, t.P99MS, t.FloorP50MS, t.FloorP99MS, round1(t.ControllerKiBPerAgent), round1(t.RelayKiBPerAgent))
+		fmt.Printf("%-22s %6d agents: p50 %7.1f ms p99 %7.1f ms (floor p50 %6.1f p99 %6.1f)  controller KiB/agent %v relay KiB/agent %v, enrolled in %.0f s\n",
+			t.Name, t.Agents, t.P50MS, t.P99MS, t.FloorP50MS, t.FloorP99MS, round1(t.ControllerKiBPerAgent), round1(t.RelayKiBPerAgent), t.EnrollS)
+		if t.HubTotalKiBPerAgent > 0 {
+			fmt.Printf("%-22s hub: %.1f KiB per agent behind relays (whole RSS / agents; target < 40), %.1f KiB per directly connected agent (RSS growth)\n",
+				"", t.HubTotalKiBPerAgent, t.DirectKiBPerAgent)
+		}
 		if t.FailoverTaskDoneMS > 0 {
 			fmt.Printf("%-22s failover: new active after %.0f ms, task issued before the kill done after %.0f ms, %d results lost (targets < 5000 ms, 0)\n",
 				"", t.FailoverNewActiveMS, t.FailoverTaskDoneMS, t.FailoverLost)
@@ -252,9 +333,10 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 			}
 		}
 		p := &haProc{data: filepath.Join(work, fmt.Sprintf("c%d", i)), http: fmt.Sprintf("127.0.0.1:%d", freePort())}
-		p.cmd = startProc(bin, "serve", "--data-dir", p.data, "--listen", "127.0.0.1:0", "--http", p.http,
+		args := []string{"serve", "--data-dir", p.data, "--listen", "127.0.0.1:0", "--http", p.http,
 			"--sweep-interval", "-1s", "--log-level", "error", "--heartbeat-interval", "1s", "--cluster-name", "bench", "--cluster-listen", routes[i],
-			"--peers", strings.Join(peers, ","), "--cluster-secret-file", secret)
+			"--peers", strings.Join(peers, ","), "--cluster-secret-file", secret}
+		p.cmd = startProc(bin, append(args, pprofFlag()...)...)
 		ps = append(ps, p)
 	}
 	defer func() {
@@ -289,7 +371,8 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	log.Printf("cluster: %d agents enrolled (%.1fs)", n, time.Since(t0).Seconds())
+	enrollS := time.Since(t0).Seconds()
+	log.Printf("cluster: %d agents enrolled (%.1fs)", n, enrollS)
 	var agents []context.CancelFunc
 	for i := 0; i < n; i++ {
 		agents = append(agents, simAgentAt(fmt.Sprintf("ha%05d", i), strings.Join(urls, ","), work))
@@ -302,7 +385,8 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 	haWaitOnline(cli, n)
 	log.Printf("cluster: %d agents online over 3 controllers (%.1fs)", n, time.Since(t0).Seconds())
 	time.Sleep(2 * time.Second)
-	t := haTopology{Name: "3-controller cluster", Agents: n, Rounds: rounds}
+	t := haTopology{Name: "3-controller cluster", Agents: n, Rounds: rounds, EnrollS: enrollS}
+	saveHeap(ps[act].http, "cluster-active")
 	order := []int{act, (act + 1) % 3, (act + 2) % 3}
 	for _, i := range order {
 		t.ControllerKiBPerAgent = append(t.ControllerKiBPerAgent, float64(rssKiB(ps[i].cmd.Process.Pid)-base[i])/float64(n))
@@ -324,15 +408,21 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 	ps[act].kill()
 	next := -1
 	for next < 0 || next == act {
-		next = activeOf(ps, 60*time.Second)
+		if time.Since(k) > 3*time.Minute {
+			break
+		}
+		next = activeOfOr(ps, 3*time.Minute)
 	}
 	t.FailoverNewActiveMS = ms(time.Since(k))
-	for {
+	for next >= 0 && next != act {
 		r, err := cli.Report(ctx, rep.TaskID, time.Second)
 		if err == nil && r.Done {
 			t.FailoverTaskDoneMS = ms(time.Since(k))
 			for _, x := range r.Results {
 				if x.Outcome != messages.OutcomeOK {
+					if t.FailoverLost < 10 {
+						log.Printf("failover: %s %s %s", x.Node, x.Outcome, x.Reason)
+					}
 					t.FailoverLost++
 				}
 			}
@@ -342,6 +432,10 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 			log.Panic("the task issued before the failover did not finish in 3 minutes")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	if next < 0 || next == act {
+		t.FailoverNewActiveMS, t.FailoverLost = -1, -1
+		log.Printf("failover: NO new active controller within 3 minutes of the kill")
 	}
 	log.Printf("failover: new active after %.0f ms, task done after %.0f ms, %d not ok", t.FailoverNewActiveMS, t.FailoverTaskDoneMS, t.FailoverLost)
 	// The floor's n connections replace the agents' (one process has a
@@ -389,9 +483,10 @@ func benchRelays(bin, work string, n, rounds int) haTopology {
 	writeSecret(secret)
 	leaf := fmt.Sprintf("127.0.0.1:%d", freePort())
 	hub := &haProc{data: filepath.Join(work, "hub"), http: fmt.Sprintf("127.0.0.1:%d", freePort())}
-	hub.cmd = startProc(bin, "serve", "--data-dir", hub.data, "--listen", "127.0.0.1:0", "--http", hub.http,
+	hubArgs := []string{"serve", "--data-dir", hub.data, "--listen", "127.0.0.1:0", "--http", hub.http,
 		"--sweep-interval", "-1s", "--log-level", "error", "--leaf-listen", leaf, "--relay-secret-file", secret,
-		"--heartbeat-interval", "1s")
+		"--heartbeat-interval", "1s"}
+	hub.cmd = startProc(bin, append(hubArgs, pprofFlag()...)...)
 	defer hub.kill()
 	hub.nats = waitInfo(hub.data).NATSURL
 	cli, err := ctlclient.Dial(hub.data)
@@ -416,7 +511,15 @@ func benchRelays(bin, work string, n, rounds int) haTopology {
 	}()
 	// Agents enroll at the hub, then live behind the relays.
 	t0 := time.Now()
+	base0 := rssKiB(hub.cmd.Process.Pid)
 	enroll := enrollAll(cli, n, "rl", hub.nats, tok, work)
+	enrollS := time.Since(t0).Seconds()
+	// Enrolled agents stay connected to the hub: a single controller with
+	// n direct agents.
+	time.Sleep(2 * time.Second)
+	direct := float64(rssKiB(hub.cmd.Process.Pid)-base0) / float64(n)
+	log.Printf("hub: %.1f KiB RSS growth per directly connected agent", direct)
+	saveHeap(hub.http, "hub-direct")
 	for _, c := range enroll {
 		c()
 	}
@@ -451,7 +554,8 @@ func benchRelays(bin, work string, n, rounds int) haTopology {
 	haWaitOnline(cli, n)
 	log.Printf("relays: %d agents online behind 3 relays (%.1fs)", n, time.Since(t0).Seconds())
 	time.Sleep(2 * time.Second)
-	t := haTopology{Name: "hub + 3 relays", Agents: n, Rounds: rounds}
+	t := haTopology{Name: "hub + 3 relays", Agents: n, Rounds: rounds, EnrollS: enrollS, DirectKiBPerAgent: direct}
+	saveHeap(hub.http, "hub-relays")
 	// The hub's growth once the agents moved behind relays: its direct
 	// connections are gone, so this can be negative; per agent it is what
 	// the hub holds for an agent it reaches through a relay.
@@ -460,6 +564,7 @@ func benchRelays(bin, work string, n, rounds int) haTopology {
 	for i, r := range relays {
 		t.RelayKiBPerAgent = append(t.RelayKiBPerAgent, float64(rssKiB(r.cmd.Process.Pid)-baseRelay[i])/float64(n/3))
 	}
+	t.HubTotalKiBPerAgent = hubTotal
 	log.Printf("hub RSS %.1f KiB per agent in all (agents behind relays)", hubTotal)
 	p50, p99 := fanRounds(cli, rounds)
 	t.P50MS, t.P99MS = ms(p50), ms(p99)
@@ -488,9 +593,79 @@ func simAgentAt(name, url, work string) context.CancelFunc {
 	return cancel
 }
 
+// The floor's NATS servers run in a child process (this binary with
+// -floor-servers): n subscribers over loopback cost 2n file descriptors
+// when both ends are in one process, and 10,000 agents hit the limit.
+
 // floorCluster is the floor over a plain 3-server NATS cluster:
 // subscribers spread over the three, the publisher on the first.
 func floorCluster(n, rounds int) (p50, p99 time.Duration) {
+	pub, subs, stop := floorChild("cluster")
+	defer stop()
+	return floorOver(n, rounds, func(i int) string { return subs[i%len(subs)] }, pub)
+}
+
+// floorLeaf is the floor over a plain hub with three leaf servers: the
+// subscribers behind the leaves, the publisher on the hub.
+func floorLeaf(n, rounds int) (p50, p99 time.Duration) {
+	pub, subs, stop := floorChild("leaf")
+	defer stop()
+	return floorOver(n, rounds, func(i int) string { return subs[i%len(subs)] }, pub)
+}
+
+type floorURLs struct {
+	Pub  string   `json:"pub"`
+	Subs []string `json:"subs"`
+}
+
+// floorChild starts `THIS -floor-servers KIND` and reads its URLs; stop
+// ends it.
+func floorChild(kind string) (pub string, subs []string, stop func()) {
+	self, err := os.Executable()
+	if err != nil {
+		log.Panic(err)
+	}
+	cmd := exec.Command(self, "-floor-servers", kind)
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		log.Panic(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		log.Panic(err)
+	}
+	if err := cmd.Start(); err != nil {
+		log.Panic(err)
+	}
+	var u floorURLs
+	if err := json.NewDecoder(out).Decode(&u); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		log.Panicf("floor servers: %v", err)
+	}
+	return u.Pub, u.Subs, func() { in.Close(); cmd.Wait() }
+}
+
+// floorServersMain is the child: it starts the floor's servers, prints
+// their URLs and serves until its stdin closes.
+func floorServersMain(kind string) {
+	var u floorURLs
+	var stop func()
+	switch kind {
+	case "cluster":
+		u, stop = floorClusterServers()
+	case "leaf":
+		u, stop = floorLeafServers()
+	default:
+		log.Fatalf("-floor-servers %q: cluster or leaf", kind)
+	}
+	defer stop()
+	json.NewEncoder(os.Stdout).Encode(u)
+	io.Copy(io.Discard, os.Stdin)
+}
+
+func floorClusterServers() (floorURLs, func()) {
 	var servers []*server.Server
 	var routes []string
 	for i := 0; i < 3; i++ {
@@ -507,42 +682,45 @@ func floorCluster(n, rounds int) (p50, p99 time.Duration) {
 		}
 		servers = append(servers, startServer(o))
 	}
-	defer func() {
-		for _, s := range servers {
-			s.Shutdown()
-		}
-	}()
 	for _, s := range servers {
 		for s.NumRoutes() < 2 {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	urls := func(i int) string { return servers[i%3].ClientURL() }
-	return floorOver(n, rounds, urls, servers[0].ClientURL())
+	u := floorURLs{Pub: servers[0].ClientURL()}
+	for _, s := range servers {
+		u.Subs = append(u.Subs, s.ClientURL())
+	}
+	return u, func() {
+		for _, s := range servers {
+			s.Shutdown()
+		}
+	}
 }
 
-// floorLeaf is the floor over a plain hub with three leaf servers: the
-// subscribers behind the leaves, the publisher on the hub.
-func floorLeaf(n, rounds int) (p50, p99 time.Duration) {
+func floorLeafServers() (floorURLs, func()) {
 	leafPort := freePort()
 	hub := startServer(&server.Options{ServerName: "floorhub", Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true,
 		MaxPending: 64 << 20, LeafNode: server.LeafNodeOpts{Host: "127.0.0.1", Port: leafPort}})
-	defer hub.Shutdown()
 	var leaves []*server.Server
 	for i := 0; i < 3; i++ {
 		remote := []*url.URL{{Scheme: "nats", Host: fmt.Sprintf("127.0.0.1:%d", leafPort)}}
 		leaves = append(leaves, startServer(&server.Options{ServerName: fmt.Sprintf("floorleaf%d", i), Host: "127.0.0.1", Port: server.RANDOM_PORT,
 			NoSigs: true, NoLog: true, MaxPending: 64 << 20, LeafNode: server.LeafNodeOpts{Remotes: []*server.RemoteLeafOpts{{URLs: remote}}}}))
 	}
-	defer func() {
-		for _, s := range leaves {
-			s.Shutdown()
-		}
-	}()
 	for hub.NumLeafNodes() < 3 {
 		time.Sleep(20 * time.Millisecond)
 	}
-	return floorOver(n, rounds, func(i int) string { return leaves[i%3].ClientURL() }, hub.ClientURL())
+	u := floorURLs{Pub: hub.ClientURL()}
+	for _, s := range leaves {
+		u.Subs = append(u.Subs, s.ClientURL())
+	}
+	return u, func() {
+		for _, s := range leaves {
+			s.Shutdown()
+		}
+		hub.Shutdown()
+	}
 }
 
 func startServer(o *server.Options) *server.Server {

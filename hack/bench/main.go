@@ -97,11 +97,18 @@ func main() {
 	haFlag := flag.Bool("ha", false, "run the HA bench instead (3-controller cluster, hub + 3 relays, failover; docs/HA.md)")
 	haAgents := flag.Int("ha-agents", 2000, "simulated agents for -ha")
 	haRounds := flag.Int("ha-rounds", 20, "measured fan-out rounds per topology for -ha")
+	haHeap := flag.String("ha-heap", "", "write heap profiles of the hub (direct agents, then agents behind relays) and of the active cluster peer to this directory (-ha; read with `go tool pprof -top`)")
+	haOnly := flag.String("ha-only", "", "run only this -ha topology: cluster or relays")
+	floorServers := flag.String("floor-servers", "", "internal: run the -ha floor's NATS servers (cluster or leaf) in this process, print their URLs, serve until stdin closes")
 	flag.Parse()
 	log.SetFlags(0)
+	if *floorServers != "" {
+		floorServersMain(*floorServers)
+		return
+	}
 	if *haFlag {
 		debug.SetGCPercent(*simGOGC)
-		haMain(*bin, *haAgents, *haRounds, *out)
+		haMain(*bin, *haAgents, *haRounds, *out, *haHeap, *haOnly)
 		return
 	}
 	// The simulated agents share this process, so their heaps are one heap,

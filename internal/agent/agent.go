@@ -121,6 +121,10 @@ type Agent struct {
 // with the same token will not help.
 var ErrEnrollRefused = errors.New("enrollment refused")
 
+// errEnrollLater is a refusal the controller says is transient
+// (messages.Retryable): the agent asks again with backoff.
+var errEnrollLater = errors.New("controller asks to retry the enrollment")
+
 // New validates cfg and loads the node's state.
 func New(cfg Config) (*Agent, error) {
 	if err := messages.ValidNodeName(cfg.Name); err != nil {
@@ -256,8 +260,10 @@ func backoff(attempt int) time.Duration {
 	return d/2 + rand.N(d) // full jitter around the mean
 }
 
-// enroll exchanges the join token for this node's identity, retrying while
-// the controller cannot be reached.
+// enroll exchanges the join token for this node's identity, retrying with
+// backoff while the controller cannot be reached or says the refusal is
+// transient; a permanent refusal (bad, expired or used token, a taken
+// name, a scope the request breaks) ends it at once.
 func (a *Agent) enroll(ctx context.Context) error {
 	req := messages.EnrollRequest{V: messages.Version, Name: a.cfg.Name, Cluster: a.cfg.Cluster,
 		Role: a.cfg.Role, Labels: a.cfg.Labels, Facts: a.facts}
@@ -266,7 +272,11 @@ func (a *Agent) enroll(ctx context.Context) error {
 		if err == nil || errors.Is(err, ErrEnrollRefused) {
 			return err
 		}
-		a.log.Warn("enrollment: controller not reachable, retrying", zap.String("controller", a.cfg.ControllerURL), zap.Error(err))
+		if errors.Is(err, errEnrollLater) {
+			a.log.Info("enrollment: the controller cannot answer now, retrying", zap.String("controller", a.cfg.ControllerURL), zap.Error(err))
+		} else {
+			a.log.Warn("enrollment: controller not reachable, retrying", zap.String("controller", a.cfg.ControllerURL), zap.Error(err))
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -305,6 +315,11 @@ func (a *Agent) enrollOnce(ctx context.Context, req messages.EnrollRequest) erro
 		return nil
 	}
 	if e, err := messages.Decode[messages.ErrorReply](m.Data, a.cfg.MaxMessageBytes); err == nil {
+		if messages.Retryable(e.Code) {
+			// Busy, a failover, or the peer's notice of this attempt not
+			// arrived yet: nothing is wrong with the token.
+			return fmt.Errorf("%w (%s): %s", errEnrollLater, e.Code, e.Error)
+		}
 		return fmt.Errorf("%w: %s", ErrEnrollRefused, e.Error)
 	}
 	return fmt.Errorf("%w: unreadable reply", ErrEnrollRefused)

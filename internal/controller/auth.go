@@ -56,10 +56,22 @@ type authenticator struct {
 type pendingEnroll struct {
 	tokenHash string
 	clientID  uint64
+	at        time.Time // admitted (or, from a peer, heard of)
 }
 
-// maxPendingEnrollments bounds the memory held for enrollments in flight.
+// maxPendingEnrollments bounds the memory held for enrollments in flight
+// (about 200 bytes each). Past it, attempts older than pendingEnrollTTL go
+// first, then the oldest one: never the attempts in flight all at once
+// (clearing the whole map at 4,096 refused whole batches of legitimate
+// enrollments at 10,000 agents).
 const maxPendingEnrollments = 4096
+
+// pendingEnrollTTL is how long an attempt is kept: an agent asks right
+// after it connects and gives up after 10 s, so an older attempt is one
+// whose agent left (or enrolled through another peer); it is dropped when
+// room is needed. A dropped attempt whose agent is still there gets
+// "unavailable" and reconnects.
+const pendingEnrollTTL = 30 * time.Second
 
 // User names the server sees; removal finds a node's connections by them.
 const (
@@ -153,10 +165,7 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 			ok = a.tokens.enrolled(h, name, time.Now()) // its own single-use token
 		}
 		if ok {
-			if len(a.pending) >= maxPendingEnrollments {
-				clear(a.pending) // abandoned attempts; their owners reconnect
-			}
-			a.pending[o.Nkey] = pendingEnroll{tokenHash: h, clientID: c.GetID()}
+			a.addPendingLocked(o.Nkey, pendingEnroll{tokenHash: h, clientID: c.GetID(), at: time.Now()})
 			if a.onPending != nil {
 				a.onPending(o.Nkey, h)
 			}
@@ -258,9 +267,16 @@ func verifySig(pub, sig string, nonce []byte) bool {
 	return kp.Verify(nonce, raw) == nil
 }
 
+// addNode admits key pub as node name from now on. An attempt of that key
+// still held is over when the key is new here (a standby learns
+// enrollments from mgn_nodes, so its copy of the peers' attempts does not
+// outlive them); a known key's later updates leave a re-enrollment alone.
 func (a *authenticator) addNode(pub, name string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if _, known := a.nodes[pub]; !known {
+		delete(a.pending, pub)
+	}
 	a.nodes[pub] = name
 	a.byName[name] = pub
 }
@@ -285,10 +301,35 @@ func (a *authenticator) addRemotePending(pub, tokenHash string) {
 	if _, ok := a.pending[pub]; ok {
 		return
 	}
-	if len(a.pending) >= maxPendingEnrollments {
-		clear(a.pending)
+	a.addPendingLocked(pub, pendingEnroll{tokenHash: tokenHash, at: time.Now()})
+}
+
+// addPendingLocked records an attempt; when the map is full it makes room
+// by dropping expired attempts, else the oldest one.
+func (a *authenticator) addPendingLocked(pub string, p pendingEnroll) {
+	if _, ok := a.pending[pub]; !ok && len(a.pending) >= maxPendingEnrollments {
+		oldest, oldestAt := "", time.Time{}
+		for k, q := range a.pending {
+			if p.at.Sub(q.at) > pendingEnrollTTL {
+				delete(a.pending, k)
+				continue
+			}
+			if oldest == "" || q.at.Before(oldestAt) {
+				oldest, oldestAt = k, q.at
+			}
+		}
+		if len(a.pending) >= maxPendingEnrollments {
+			delete(a.pending, oldest)
+		}
 	}
-	a.pending[pub] = pendingEnroll{tokenHash: tokenHash}
+	a.pending[pub] = p
+}
+
+// pendingCount is the number of enrollment attempts held (tests, metrics).
+func (a *authenticator) pendingCount() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.pending)
 }
 
 // keyOf returns the key enrolled as node name, "" if none.

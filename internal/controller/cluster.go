@@ -334,6 +334,12 @@ func (c *Controller) startCluster() error {
 		if len(m.Data) > 1024 || json.Unmarshal(m.Data, &p) != nil || p.Pub == "" || p.TokenHash == "" {
 			return
 		}
+		if p.From == c.ns.ID() {
+			// Its own notice: the attempt is in the map already, and may
+			// have enrolled and left it since (re-adding it leaked one
+			// entry per enrollment at the active controller).
+			return
+		}
 		c.auth.addRemotePending(p.Pub, p.TokenHash)
 	})
 	if err != nil {
@@ -361,7 +367,7 @@ func (c *Controller) startCluster() error {
 // this server admitted (authenticator.onPending).
 func (c *Controller) announcePending(pub, tokenHash string) {
 	if nc := c.stateConn(); nc != nil {
-		b, _ := json.Marshal(pendingNotice{Pub: pub, TokenHash: tokenHash})
+		b, _ := json.Marshal(pendingNotice{Pub: pub, TokenHash: tokenHash, From: c.ns.ID()})
 		nc.Publish(ctlPending, b)
 	}
 }
@@ -369,6 +375,7 @@ func (c *Controller) announcePending(pub, tokenHash string) {
 type pendingNotice struct {
 	Pub       string `json:"pub"`
 	TokenHash string `json:"token_hash"`
+	From      string `json:"from,omitempty"` // the announcing server's ID
 }
 
 func (c *Controller) openLeaseBucket() jetstream.KeyValue {

@@ -334,6 +334,7 @@ func (c *Controller) startServer() error {
 		AlwaysEnableNonce:          true,
 		NoSigs:                     true,
 		DisableJetStreamBanner:     true,
+		MaxClosedClients:           maxClosedClients,
 	}
 	c.tr.apply(sopts)
 	if u, err := url.Parse(c.opts.Advertise); err == nil && c.opts.Advertise != "" {

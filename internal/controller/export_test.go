@@ -19,3 +19,21 @@ func (c *Controller) PublishAsResponders(subject string, data []byte) error {
 	}
 	return nil
 }
+
+// HoldPendingNotices makes this peer hold its notices of the enrollment
+// attempts it admits (mgn.ctl.pending) until release is closed, as a peer
+// under load whose notices trail its agents' requests
+// (enroll_transient_test.go).
+func (c *Controller) HoldPendingNotices(release <-chan struct{}) {
+	c.auth.mu.Lock()
+	defer c.auth.mu.Unlock()
+	send := c.auth.onPending
+	c.auth.onPending = func(pub, tokenHash string) {
+		select {
+		case <-release:
+			send(pub, tokenHash)
+		default:
+			go func() { <-release; send(pub, tokenHash) }()
+		}
+	}
+}

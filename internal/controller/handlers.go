@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -102,7 +103,7 @@ func (c *Controller) onEnroll(m *nats.Msg) {
 	select {
 	case c.enrollWait <- struct{}{}:
 	default:
-		c.reply(m, "enroll", inbox, nil, messages.Errorf(messages.CodeInternal, "controller busy with enrollments, retry"))
+		c.reply(m, "enroll", inbox, nil, messages.Errorf(messages.CodeUnavailable, "controller busy with enrollments: retry"))
 		return
 	}
 	go func() {
@@ -125,7 +126,11 @@ func (c *Controller) onEnroll(m *nats.Msg) {
 func (c *Controller) enroll(ctx context.Context, pub string, req messages.EnrollRequest) (messages.NodeClaims, error) {
 	p, ok := c.auth.pendingFor(pub)
 	if !ok {
-		return messages.NodeClaims{}, messages.Errorf(messages.CodeBadRequest, "no enrollment in progress for this key: reconnect with a join token")
+		// Only a connection some peer admitted with a valid token can ask
+		// (enrollPermissions): the attempt is one whose peer's notice has
+		// not arrived yet, or one dropped to make room. Either way the
+		// agent is legitimate and its next connection will be known.
+		return messages.NodeClaims{}, messages.Errorf(messages.CodeUnavailable, "no enrollment in progress for this key on the active controller yet: reconnect with the join token and retry")
 	}
 	if cl, ok := c.reg.enrolledAs(pub, req.Name); ok {
 		// The same key asks again (its first reply was lost): it is
@@ -145,8 +150,11 @@ func (c *Controller) enroll(ctx context.Context, pub string, req messages.Enroll
 		return claims, err
 	}
 	undo, err := c.tokens.consume(ctx, p.tokenHash, req.Name)
-	if err != nil {
+	if errors.Is(err, errTokenSpent) {
 		return claims, messages.Errorf(messages.CodeBadRequest, "%v", err)
+	}
+	if err != nil { // the token store's write: not the request's fault
+		return claims, messages.Errorf(messages.CodeUnavailable, "%v", err)
 	}
 	if claims, err = c.reg.enroll(ctx, pub, req, claims); err != nil {
 		undo(ctx)

@@ -182,6 +182,7 @@ func StartRelay(ctx context.Context, ro RelayOptions) (*Relay, error) {
 		AlwaysEnableNonce:          true,
 		NoSigs:                     true,
 		LeafNode:                   server.LeafNodeOpts{Remotes: []*server.RemoteLeafOpts{{URLs: hubs}}, ReconnectInterval: time.Second},
+		MaxClosedClients:           maxClosedClients,
 	}
 	ns, err := server.NewServer(sopts)
 	if err != nil {
