@@ -9,7 +9,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -21,6 +20,7 @@ import (
 	"sigs.k8s.io/yaml"
 	"tailscale.com/client/local"
 
+	"github.com/guildnet/metaguildnet/internal/freeport"
 	"github.com/guildnet/metaguildnet/internal/poll"
 	"github.com/guildnet/metaguildnet/messages"
 )
@@ -129,13 +129,7 @@ func (bw *bareWorld) tsPrefs() map[string]string {
 
 func closedPort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	return port
+	return freeport.Get(t, 1)[0] // below the ephemeral range: no outgoing connection opens it either
 }
 
 const goodPatch = "machine:\n  sysctls:\n    net.core.somaxconn: \"65535\"\n"

@@ -2,7 +2,6 @@ package controller_test
 
 import (
 	"context"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -17,6 +16,7 @@ import (
 	"github.com/guildnet/metaguildnet/internal/config"
 	"github.com/guildnet/metaguildnet/internal/controller"
 	"github.com/guildnet/metaguildnet/internal/ctlclient"
+	"github.com/guildnet/metaguildnet/internal/freeport"
 	"github.com/guildnet/metaguildnet/internal/poll"
 	"github.com/guildnet/metaguildnet/steps"
 	"github.com/guildnet/metaguildnet/tasks"
@@ -58,12 +58,7 @@ type childController struct {
 // restarts) and kills a child still running when the test ends.
 func newChildController(t *testing.T, test, prefix, world, dataDir string) *childController {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &childController{t: t, test: test, prefix: prefix, world: world, dataDir: dataDir, listen: ln.Addr().String()}
-	ln.Close()
+	c := &childController{t: t, test: test, prefix: prefix, world: world, dataDir: dataDir, listen: freeport.Addr(t)}
 	t.Cleanup(func() {
 		if c.cmd != nil && c.cmd.ProcessState == nil {
 			c.kill()

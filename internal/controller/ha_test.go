@@ -3,7 +3,6 @@ package controller_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,30 +19,14 @@ import (
 	"github.com/guildnet/metaguildnet/internal/agent"
 	"github.com/guildnet/metaguildnet/internal/controller"
 	"github.com/guildnet/metaguildnet/internal/ctlclient"
+	"github.com/guildnet/metaguildnet/internal/freeport"
 	"github.com/guildnet/metaguildnet/internal/poll"
 	"github.com/guildnet/metaguildnet/messages"
 	"github.com/guildnet/metaguildnet/tasks"
 )
 
-// freePorts returns n distinct free loopback ports (closed again: a test
-// may lose one to a race, never silently).
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ls []net.Listener
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return ports
-}
+// freePorts returns n distinct free loopback ports.
+func freePorts(t *testing.T, n int) []int { return freeport.Get(t, n) }
 
 // haCluster is three in-process controllers forming one NATS cluster.
 type haCluster struct {

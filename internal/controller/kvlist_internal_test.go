@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -19,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/guildnet/metaguildnet/internal/freeport"
 	"github.com/guildnet/metaguildnet/internal/poll"
 )
 
@@ -64,19 +64,7 @@ type childServer struct {
 // process of its own.
 func jsCluster(t *testing.T) []*childServer {
 	t.Helper()
-	var ports []int
-	var ls []net.Listener
-	for range 9 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		l.Close()
-	}
+	ports := freeport.Get(t, 9)
 	var srvs []*childServer
 	for i := range 3 {
 		o := childOpts{Name: fmt.Sprintf("s%d", i), Port: ports[i], HTTPPort: ports[3+i], ClusterPort: ports[6+i], StoreDir: t.TempDir()}
@@ -136,7 +124,7 @@ func (s *childServer) metaLeaderName() string {
 // elected: no consumer, so no meta leader needed.
 func TestListWithoutConsumerSurvivesMetaLeaderLoss(t *testing.T) {
 	srvs := jsCluster(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	nc, err := nats.Connect(srvs[0].client)
 	if err != nil {
@@ -145,9 +133,14 @@ func TestListWithoutConsumerSurvivesMetaLeaderLoss(t *testing.T) {
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	var kv jetstream.KeyValue
-	poll.Until(t, 30*time.Second, "bucket created", func() bool {
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "t", History: 1, Replicas: 3})
-		return err == nil
+	// A meta leader is known before every peer has registered with it:
+	// until then an R3 create is refused (minutes under -race on 2 busy
+	// cores, with three race-built server processes).
+	poll.UntilOK(t, 2*time.Minute, "bucket created", func() error {
+		cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
+		defer ccancel()
+		kv, err = js.CreateKeyValue(cctx, jetstream.KeyValueConfig{Bucket: "t", History: 1, Replicas: 3})
+		return err
 	})
 	// More keys than one page, some deleted, some purged, some updated.
 	const n = 1300

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/guildnet/metaguildnet/internal/freeport"
 )
 
 // process is one server the world started: its own process group (so a
@@ -103,26 +105,9 @@ func tailFile(path string, n int) string {
 	return string(bytes.Join(lines, []byte("\n")))
 }
 
-// freePorts returns n distinct free TCP ports on 127.0.0.1. The listeners
-// are held until all are picked so the same port is never returned twice.
-func freePorts(n int) ([]int, error) {
-	ports := make([]int, 0, n)
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("pick a free port: %w", err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}
+// freePorts returns n distinct free TCP ports on 127.0.0.1 (freeport:
+// below the ephemeral range, so no outgoing connection takes them first).
+func freePorts(n int) ([]int, error) { return freeport.Pick(n) }
 
 // freeUDPPort returns a free UDP port on 127.0.0.1 (for STUN).
 func freeUDPPort() (int, error) {
