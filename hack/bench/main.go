@@ -33,13 +33,11 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"go.uber.org/zap"
 
-	"github.com/guildnet/metaguildnet/internal/agent"
+	"github.com/guildnet/metaguildnet/hack/internal/sim"
 	"github.com/guildnet/metaguildnet/internal/ctlclient"
 	"github.com/guildnet/metaguildnet/internal/runinfo"
 	"github.com/guildnet/metaguildnet/messages"
-	"github.com/guildnet/metaguildnet/tasks"
 )
 
 type fanout struct {
@@ -360,33 +358,11 @@ func pct(ds []time.Duration, p int) time.Duration {
 }
 
 func startSim(url, token, name, work string) context.CancelFunc {
-	a, err := agent.New(agent.Config{
-		ControllerURL: url, Token: token, Name: name, Cluster: "sim", Labels: map[string]string{"sim": "true"},
-		StateDir: filepath.Join(work, "sim", name), Version: "bench", Tasks: tasks.Builtin(),
-		Log: zap.NewNop(), Journal: agent.NewMemJournal(),
-	})
-	if err != nil {
-		log.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		if err := a.Run(ctx); err != nil && ctx.Err() == nil {
-			log.Fatalf("%s: %v", name, err)
-		}
-	}()
-	return cancel
+	return sim.Start(url, token, name, "sim", work)
 }
 
 func waitOnline(cli *ctlclient.Client, n int) {
-	deadline := time.Now().Add(5 * time.Minute)
-	for time.Now().Before(deadline) {
-		st, err := cli.Status(context.Background())
-		if err == nil && st.Summary.Online >= n {
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	log.Fatalf("fewer than %d agents online after 5 minutes", n)
+	sim.WaitOnline(cli, n, 5*time.Minute, 200*time.Millisecond)
 }
 
 // floor: one publisher sends a request to each of n plain subscribers (each

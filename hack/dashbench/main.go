@@ -31,12 +31,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
-	"github.com/guildnet/metaguildnet/internal/agent"
+	"github.com/guildnet/metaguildnet/hack/internal/sim"
 	"github.com/guildnet/metaguildnet/internal/controller"
 	"github.com/guildnet/metaguildnet/internal/ctlclient"
 	"github.com/guildnet/metaguildnet/internal/testenv"
 	"github.com/guildnet/metaguildnet/messages"
-	"github.com/guildnet/metaguildnet/tasks"
 )
 
 type pageTime struct {
@@ -290,31 +289,9 @@ func p50(v []float64) float64 {
 }
 
 func startSim(url, token, name, cluster, work string) context.CancelFunc {
-	a, err := agent.New(agent.Config{
-		ControllerURL: url, Token: token, Name: name, Cluster: cluster, Labels: map[string]string{"sim": "true"},
-		StateDir: filepath.Join(work, "sim", name), Version: "bench", Tasks: tasks.Builtin(),
-		Log: zap.NewNop(), Journal: agent.NewMemJournal(),
-	})
-	if err != nil {
-		log.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		if err := a.Run(ctx); err != nil && ctx.Err() == nil {
-			log.Fatalf("%s: %v", name, err)
-		}
-	}()
-	return cancel
+	return sim.Start(url, token, name, cluster, work)
 }
 
 func waitOnline(cli *ctlclient.Client, n int) {
-	deadline := time.Now().Add(10 * time.Minute)
-	for time.Now().Before(deadline) {
-		st, err := cli.Status(context.Background())
-		if err == nil && st.Summary.Online >= n {
-			return
-		}
-		time.Sleep(time.Second)
-	}
-	log.Fatalf("not %d nodes online after 10 minutes", n)
+	sim.WaitOnline(cli, n, 10*time.Minute, time.Second)
 }

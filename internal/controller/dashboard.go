@@ -392,3 +392,20 @@ func newestKeys(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyVal
 	slices.Reverse(ids)
 	return ids[:min(len(ids), n)], nil
 }
+
+// newestID is id, or when id is "" the newest key of kv (newestKeys); with
+// none, a not-found error that says what to run (hint). what names the
+// records in errors ("setup runs").
+func newestID(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, id, what, hint string) (string, error) {
+	if id != "" {
+		return id, nil
+	}
+	newest, err := newestKeys(ctx, js, kv, 1)
+	if err != nil {
+		return "", fmt.Errorf("list %s: %w", what, err)
+	}
+	if len(newest) == 0 {
+		return "", messages.Errorf(messages.CodeNotFound, "%s", hint)
+	}
+	return newest[0], nil
+}

@@ -1529,17 +1529,9 @@ func (r *rolloutRunner) progress(lr *liveRollout) messages.RolloutProgress {
 
 // status reports a rollout (the newest when id is "").
 func (r *rolloutRunner) status(ctx context.Context, id string) (messages.RolloutStatusReply, error) {
-	if id == "" {
-		newest, err := newestKeys(ctx, r.c.js, r.kv, 1) // ids start with their UTC start time
-		if err != nil {
-			return messages.RolloutStatusReply{}, fmt.Errorf("list rollouts: %w", err)
-		}
-		if len(newest) == 1 {
-			id = newest[0]
-		}
-		if id == "" {
-			return messages.RolloutStatusReply{}, messages.Errorf(messages.CodeNotFound, "no rollout yet: run `controller rollout start -f FLEET.yaml`")
-		}
+	id, err := newestID(ctx, r.c.js, r.kv, id, "rollouts", "no rollout yet: run `controller rollout start -f FLEET.yaml`") // ids start with their UTC start time
+	if err != nil {
+		return messages.RolloutStatusReply{}, err
 	}
 	r.mu.Lock()
 	lr := r.live[id]

@@ -1086,17 +1086,9 @@ func (r *setupRunner) publish(lr *liveRun) {
 
 // status reports a run (the newest when id is "").
 func (r *setupRunner) status(ctx context.Context, id string) (messages.SetupStatusReply, error) {
-	if id == "" {
-		newest, err := newestKeys(ctx, r.c.js, r.runs, 1) // ids start with their UTC start time
-		if err != nil {
-			return messages.SetupStatusReply{}, fmt.Errorf("list setup runs: %w", err)
-		}
-		if len(newest) == 1 {
-			id = newest[0]
-		}
-		if id == "" {
-			return messages.SetupStatusReply{}, messages.Errorf(messages.CodeNotFound, "no setup run yet: run `controller setup apply -f FLEET.yaml`")
-		}
+	id, err := newestID(ctx, r.c.js, r.runs, id, "setup runs", "no setup run yet: run `controller setup apply -f FLEET.yaml`") // ids start with their UTC start time
+	if err != nil {
+		return messages.SetupStatusReply{}, err
 	}
 	r.mu.Lock()
 	lr := r.live[id]
