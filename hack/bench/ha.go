@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"syscall"
@@ -132,12 +133,24 @@ func isActive(p *haProc) bool {
 	return resp.StatusCode == http.StatusOK
 }
 
-// activeOfOr is activeOf that returns -1 instead of giving up.
+// activeOfOr is activeOf that returns -1 instead of giving up. The peers
+// are asked at once, so that a slow answer from one (a peer busy with
+// reconnecting agents) does not delay noticing another.
 func activeOfOr(ps []*haProc, within time.Duration) int {
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
+		found := make(chan int, len(ps))
 		for i, p := range ps {
-			if p.cmd.ProcessState == nil && isActive(p) {
+			go func() {
+				if p.cmd.ProcessState == nil && isActive(p) {
+					found <- i
+					return
+				}
+				found <- -1
+			}()
+		}
+		for range ps {
+			if i := <-found; i >= 0 {
 				return i
 			}
 		}
@@ -242,6 +255,10 @@ func fanRounds(cli *ctlclient.Client, rounds int) (p50, p99 time.Duration) {
 // heapDir, when set, receives heap profiles of the controllers (-ha-heap).
 var heapDir string
 
+// ctlLogLevel is the child controllers' and relays' --log-level (-ha-log):
+// "info" shows each activation's duration beside the bench's figures.
+var ctlLogLevel = "error"
+
 // saveHeap writes the heap profile of the controller serving httpAddr
 // (started with --pprof) as heapDir/NAME.heap, after a collection.
 func saveHeap(httpAddr, name string) {
@@ -254,6 +271,36 @@ func saveHeap(httpAddr, name string) {
 		log.Panic(err)
 	}
 	log.Printf("heap profile: %s (go tool pprof -top -sample_index=inuse_space %s)", path, path)
+}
+
+// saveCPU starts CPU profiles of the controller serving httpAddr and of
+// this process (the simulated agents) into heapDir; the returned function
+// ends them and writes NAME.cpu and NAME-bench.cpu.
+func saveCPU(httpAddr, name string) (stop func()) {
+	if heapDir == "" {
+		return func() {}
+	}
+	own := filepath.Join(heapDir, name+"-bench.cpu")
+	f, err := os.Create(own)
+	if err != nil {
+		log.Panic(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		log.Panic(err)
+	}
+	// The controller's profile runs for a fixed time (the pprof handler's
+	// seconds); 60 s covers the rounds at 10,000 agents.
+	done := make(chan []byte, 1)
+	go func() { done <- fetch("http://" + httpAddr + "/debug/pprof/profile?seconds=60") }()
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+		path := filepath.Join(heapDir, name+".cpu")
+		if err := os.WriteFile(path, <-done, 0o644); err != nil {
+			log.Panic(err)
+		}
+		log.Printf("CPU profiles: %s (controller), %s (bench)", path, own)
+	}
 }
 
 // pprofFlag serves /debug/pprof on a controller's --http when profiles are wanted.
@@ -328,7 +375,7 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 		}
 		p := &haProc{data: filepath.Join(work, fmt.Sprintf("c%d", i)), http: fmt.Sprintf("127.0.0.1:%d", freePort())}
 		args := []string{"serve", "--data-dir", p.data, "--listen", "127.0.0.1:0", "--http", p.http,
-			"--sweep-interval", "-1s", "--log-level", "error", "--heartbeat-interval", "1s", "--cluster-name", "bench", "--cluster-listen", routes[i],
+			"--sweep-interval", "-1s", "--log-level", ctlLogLevel, "--heartbeat-interval", "1s", "--cluster-name", "bench", "--cluster-listen", routes[i],
 			"--peers", strings.Join(peers, ","), "--cluster-secret-file", secret}
 		p.cmd = startProc(bin, append(args, pprofFlag()...)...)
 		ps = append(ps, p)
@@ -385,7 +432,9 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 	for _, i := range order {
 		t.ControllerKiBPerAgent = append(t.ControllerKiBPerAgent, float64(rssKiB(ps[i].cmd.Process.Pid)-base[i])/float64(n))
 	}
+	stopCPU := saveCPU(ps[act].http, "cluster-active")
 	p50, p99 := fanRounds(cli, rounds)
+	stopCPU()
 	t.P50MS, t.P99MS = ms(p50), ms(p99)
 	log.Printf("cluster fan-out: p50 %.1f ms p99 %.1f ms", t.P50MS, t.P99MS)
 
@@ -400,6 +449,7 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 	}
 	k := time.Now()
 	ps[act].kill()
+	log.Printf("failover: killed the active controller at %s", k.UTC().Format(time.RFC3339Nano))
 	next := -1
 	for next < 0 || next == act {
 		if time.Since(k) > 3*time.Minute {
@@ -408,8 +458,21 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 		next = activeOfOr(ps, 3*time.Minute)
 	}
 	t.FailoverNewActiveMS = ms(time.Since(k))
+	var lastLog time.Time
 	for next >= 0 && next != act {
 		r, err := cli.Report(ctx, rep.TaskID, time.Second)
+		if err == nil && !r.Done && time.Since(lastLog) >= 250*time.Millisecond {
+			// How the outcomes arrive after the failover: the tail shows
+			// which agents the new active's resend missed.
+			lastLog = time.Now()
+			settled := 0
+			for _, x := range r.Results {
+				if x.Outcome != "" {
+					settled++
+				}
+			}
+			log.Printf("failover: %.0f ms after the kill, %d of %d outcomes in", ms(time.Since(k)), settled, len(r.Results))
+		}
 		if err == nil && r.Done {
 			t.FailoverTaskDoneMS = ms(time.Since(k))
 			for _, x := range r.Results {
@@ -478,7 +541,7 @@ func benchRelays(bin, work string, n, rounds int) haTopology {
 	leaf := fmt.Sprintf("127.0.0.1:%d", freePort())
 	hub := &haProc{data: filepath.Join(work, "hub"), http: fmt.Sprintf("127.0.0.1:%d", freePort())}
 	hubArgs := []string{"serve", "--data-dir", hub.data, "--listen", "127.0.0.1:0", "--http", hub.http,
-		"--sweep-interval", "-1s", "--log-level", "error", "--leaf-listen", leaf, "--relay-secret-file", secret,
+		"--sweep-interval", "-1s", "--log-level", ctlLogLevel, "--leaf-listen", leaf, "--relay-secret-file", secret,
 		"--heartbeat-interval", "1s"}
 	hub.cmd = startProc(bin, append(hubArgs, pprofFlag()...)...)
 	defer hub.kill()
@@ -494,7 +557,7 @@ func benchRelays(bin, work string, n, rounds int) haTopology {
 	for i := 0; i < 3; i++ {
 		listen := fmt.Sprintf("127.0.0.1:%d", freePort())
 		r := &haProc{nats: "nats://" + listen}
-		r.cmd = startProc(bin, "relay", "--hub", "nats://"+leaf, "--listen", listen, "--relay-secret-file", secret, "--log-level", "error")
+		r.cmd = startProc(bin, "relay", "--hub", "nats://"+leaf, "--listen", listen, "--relay-secret-file", secret, "--log-level", ctlLogLevel)
 		relays = append(relays, r)
 		relayURLs = append(relayURLs, r.nats)
 	}

@@ -96,6 +96,7 @@ func main() {
 	haAgents := flag.Int("ha-agents", 2000, "simulated agents for -ha")
 	haRounds := flag.Int("ha-rounds", 20, "measured fan-out rounds per topology for -ha")
 	haHeap := flag.String("ha-heap", "", "write heap profiles of the hub (direct agents, then agents behind relays) and of the active cluster peer to this directory (-ha; read with `go tool pprof -top`)")
+	haLog := flag.String("ha-log", "error", "the -ha controllers' and relays' --log-level (info shows each activation's duration)")
 	haOnly := flag.String("ha-only", "", "run only this -ha topology: cluster or relays")
 	floorServers := flag.String("floor-servers", "", "internal: run the -ha floor's NATS servers (cluster or leaf) in this process, print their URLs, serve until stdin closes")
 	flag.Parse()
@@ -106,6 +107,7 @@ func main() {
 	}
 	if *haFlag {
 		debug.SetGCPercent(*simGOGC)
+		ctlLogLevel = *haLog
 		haMain(*bin, *haAgents, *haRounds, *out, *haHeap, *haOnly)
 		return
 	}

@@ -347,8 +347,9 @@ func (c *Controller) startCluster() error {
 	}
 	sub.SetPendingLimits(1<<16, 64<<20)
 	c.wg.Add(3)
-	go func() { defer c.wg.Done(); c.watchAuth(nodesBucket, c.onNodeRecord) }()
-	go func() { defer c.wg.Done(); c.watchAuth(tokensBucket, c.onTokenRecord) }()
+	c.warm = newWarmNodes()
+	go func() { defer c.wg.Done(); c.watchAuth(nodesBucket, c.onNodeRecord, c.warm.restart) }()
+	go func() { defer c.wg.Done(); c.watchAuth(tokensBucket, c.onTokenRecord, nil) }()
 	go func() {
 		// The lease bucket needs JetStream, which needs a quorum of peers:
 		// wait for it here rather than in Start.
@@ -406,7 +407,7 @@ func (c *Controller) openLeaseBucket() jetstream.KeyValue {
 // watchAuth follows a bucket the authenticator depends on, from its
 // current values on, until the controller stops; it waits for the bucket
 // to exist (the first active controller creates it).
-func (c *Controller) watchAuth(bucket string, apply func(jetstream.KeyValueEntry)) {
+func (c *Controller) watchAuth(bucket string, apply func(jetstream.KeyValueEntry), restarted func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { <-c.stop; cancel() }()
@@ -416,10 +417,11 @@ func (c *Controller) watchAuth(bucket string, apply func(jetstream.KeyValueEntry
 			var w jetstream.KeyWatcher
 			if w, err = kv.WatchAll(ctx); err == nil {
 				attempt = 0
+				if restarted != nil {
+					restarted()
+				}
 				for e := range w.Updates() {
-					if e != nil {
-						apply(e)
-					}
+					apply(e) // nil: the bucket's contents have all been delivered
 				}
 				w.Stop()
 			}
@@ -440,11 +442,16 @@ func (c *Controller) watchAuth(bucket string, apply func(jetstream.KeyValueEntry
 // onNodeRecord keeps the authenticator's keys as the nodes bucket has
 // them; a deleted node's connections to this server are closed.
 func (c *Controller) onNodeRecord(e jetstream.KeyValueEntry) {
+	if e == nil {
+		c.warm.caughtUp()
+		return
+	}
 	name := e.Key()
+	rec, ok := parseNodeEntry(e)
+	c.warm.apply(e, rec, ok)
 	switch e.Operation() {
 	case jetstream.KeyValuePut:
-		var rec nodeRecord
-		if len(e.Value()) > MaxMaxMessageBytes || json.Unmarshal(e.Value(), &rec) != nil || rec.Name != name || rec.PublicKey == "" {
+		if !ok || rec.PublicKey == "" {
 			return
 		}
 		old := c.auth.keyOf(name)
@@ -465,6 +472,9 @@ func (c *Controller) onNodeRecord(e jetstream.KeyValueEntry) {
 }
 
 func (c *Controller) onTokenRecord(e jetstream.KeyValueEntry) {
+	if e == nil {
+		return
+	}
 	c.tokens.mu.Lock()
 	defer c.tokens.mu.Unlock()
 	if e.Operation() != jetstream.KeyValuePut {

@@ -104,8 +104,12 @@ type Options struct {
 // Controller is a running controller.
 type Controller struct {
 	opts Options
-	log  *zap.Logger
-	ns   *server.Server
+	// warm is a cluster peer's copy of the nodes bucket (warm.go); nil
+	// for a single controller, which reads the bucket once at start.
+	warm    *warmNodes
+	regWarm bool // the last activation's registry came from warm
+	log     *zap.Logger
+	ns      *server.Server
 	// nc is the state connection: JetStream state, tasks and
 	// events, all on subjects the controller chooses itself. What others
 	// send is heard on nodesNC and apiNC, whose permissions let them answer
@@ -423,7 +427,10 @@ func (c *Controller) openState(ctx context.Context) error {
 	c.tokens.mu.Lock()
 	c.tokens.m = loaded.m
 	c.tokens.mu.Unlock()
-	if c.reg, err = newRegistry(ctx, c.js, nodesKV, c.opts.HeartbeatInterval, c.opts.OfflineAfter); err != nil {
+	var recs map[string]nodeRecord
+	if recs, c.regWarm = c.warm.upTo(ctx, c.js, nodesKV.Bucket()); c.regWarm {
+		c.reg = registryFrom(nodesKV, c.opts.HeartbeatInterval, c.opts.OfflineAfter, recs)
+	} else if c.reg, err = newRegistry(ctx, c.js, nodesKV, c.opts.HeartbeatInterval, c.opts.OfflineAfter); err != nil {
 		return err
 	}
 	for pub, name := range c.reg.keys() {

@@ -37,3 +37,12 @@ func (c *Controller) HoldPendingNotices(release <-chan struct{}) {
 		}
 	}
 }
+
+// RegistryWarm reports whether the last activation built the registry
+// from the peer's warm copy of the nodes bucket (warm.go) rather than
+// reading the bucket.
+func (c *Controller) RegistryWarm() bool {
+	c.actMu.Lock()
+	defer c.actMu.Unlock()
+	return c.act != nil && c.regWarm
+}

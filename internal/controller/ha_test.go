@@ -234,6 +234,11 @@ func TestClusterLeaseAndFailover(t *testing.T) {
 	if next == act {
 		t.Fatal("the stopped controller is still active")
 	}
+	// The standby had every node from its watch: the activation read no
+	// bucket for them (warm.go), and the registry it built is whole.
+	if !h.c[next].RegistryWarm() {
+		t.Error("the new active controller read the nodes bucket instead of using its warm copy")
+	}
 	poll.Until(t, 20*time.Second, "agents online after failover", func() bool { return h.online(next, names...) })
 	for _, r := range run(next).Results {
 		if r.Outcome != messages.OutcomeOK {

@@ -385,14 +385,18 @@ func (c *Controller) activate() error {
 	if err := c.openState(ctx); err != nil {
 		return err
 	}
+	opened := time.Since(start)
 	if err := c.subscribe(); err != nil {
 		return err
 	}
 	if err := c.disp.recover(ctx); err != nil {
 		return err
 	}
+	recovered := time.Since(start)
 	c.ver.loadLast(ctx)
+	loaded := time.Since(start)
 	c.resendOwed()
+	resent := time.Since(start)
 	// Hand the leaderships over only now: a stepdown while the reads above
 	// ask the streams' leaders would make them wait for the new ones.
 	c.keepNoLeaders()
@@ -429,7 +433,10 @@ func (c *Controller) activate() error {
 		}
 	}()
 	c.activeGauge.Set(1)
-	c.log.Info("active", zap.Duration("activation", time.Since(start)))
+	c.log.Info("active", zap.Duration("activation", time.Since(start)),
+		zap.Duration("state_opened", opened), zap.Bool("registry_warm", c.regWarm),
+		zap.Duration("tasks_recovered", recovered), zap.Duration("reports_loaded", loaded),
+		zap.Duration("owed_resent", resent), zap.Int("nodes", c.reg.count()))
 	return nil
 }
 

@@ -65,21 +65,35 @@ func newRegistry(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyVa
 		return nil, fmt.Errorf("list nodes: %w", err)
 	}
 	for _, e := range entries {
-		k := e.Key
 		var rec nodeRecord
-		if err := json.Unmarshal(e.Value, &rec); err != nil || rec.Name != k {
+		if err := json.Unmarshal(e.Value, &rec); err != nil || rec.Name != e.Key {
 			continue
 		}
-		if messages.ValidateFacts(&rec.Facts) != nil {
-			// Stored before facts were bounded: the next heartbeat with
-			// facts fills them in again.
-			rec.Facts = messages.Facts{}
-		}
-		n := &node{rec: rec}
-		n.state = r.stateAt(n, time.Now())
-		r.nodes[k] = n
+		r.load(rec)
 	}
 	return r, nil
+}
+
+// registryFrom builds the registry from records a cluster peer already
+// holds (warmNodes) instead of reading the bucket.
+func registryFrom(kv jetstream.KeyValue, interval time.Duration, offlineAfter int, recs map[string]nodeRecord) *registry {
+	r := &registry{kv: kv, interval: interval, offlineAfter: offlineAfter, nodes: make(map[string]*node, len(recs))}
+	for _, rec := range recs {
+		r.load(rec)
+	}
+	return r
+}
+
+// load adds a stored record.
+func (r *registry) load(rec nodeRecord) {
+	if messages.ValidateFacts(&rec.Facts) != nil {
+		// Stored before facts were bounded: the next heartbeat with
+		// facts fills them in again.
+		rec.Facts = messages.Facts{}
+	}
+	n := &node{rec: rec}
+	n.state = r.stateAt(n, time.Now())
+	r.nodes[rec.Name] = n
 }
 
 // stateAt derives online/stale/offline from the heartbeat age: stale after
@@ -509,4 +523,11 @@ func (r *registry) counts(now time.Time) (online, stale, offline int) {
 		}
 	}
 	return
+}
+
+// count is the number of enrolled nodes.
+func (r *registry) count() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.nodes)
 }
