@@ -348,6 +348,11 @@ func (c *Controller) startCluster() error {
 	sub.SetPendingLimits(1<<16, 64<<20)
 	c.wg.Add(3)
 	c.warm = newWarmNodes()
+	hb, err := c.nodesNC.Subscribe(messages.HeartbeatPfx+"*", c.onStandbyHeartbeat)
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", messages.HeartbeatPfx+"*", err)
+	}
+	hb.SetPendingLimits(1<<17, 64<<20) // a heartbeat dropped here costs nothing
 	go func() { defer c.wg.Done(); c.watchAuth(nodesBucket, c.onNodeRecord, c.warm.restart) }()
 	go func() { defer c.wg.Done(); c.watchAuth(tokensBucket, c.onTokenRecord, nil) }()
 	go func() {
@@ -494,11 +499,19 @@ type LeaseInfo struct {
 	Active  bool   `json:"active"`
 	Holder  string `json:"holder,omitempty"`
 	Rev     uint64 `json:"rev,omitempty"`
+	// ActiveSince is when this controller's activation finished (zero on
+	// a standby): a failover's length is ActiveSince minus the loss.
+	ActiveSince time.Time `json:"active_since,omitzero"`
 }
 
 // Lease reports this controller's role and the lease's holder.
 func (c *Controller) Lease(ctx context.Context) LeaseInfo {
 	li := LeaseInfo{Cluster: c.opts.Cluster.Enabled(), Active: c.Active()}
+	c.actMu.Lock()
+	if c.act != nil && li.Active {
+		li.ActiveSince = c.act.since
+	}
+	c.actMu.Unlock()
 	if c.ns != nil {
 		li.Server = c.ns.Name()
 	}

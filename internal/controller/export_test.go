@@ -46,3 +46,14 @@ func (c *Controller) RegistryWarm() bool {
 	defer c.actMu.Unlock()
 	return c.act != nil && c.regWarm
 }
+
+// OnlineAtActivation is how many nodes the registry had online when this
+// controller's activation finished (-1 when it is not active).
+func (c *Controller) OnlineAtActivation() int {
+	c.actMu.Lock()
+	defer c.actMu.Unlock()
+	if c.act == nil {
+		return -1
+	}
+	return c.act.onlineAtStart
+}

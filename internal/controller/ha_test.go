@@ -227,6 +227,32 @@ func TestClusterLeaseAndFailover(t *testing.T) {
 		}
 	}
 
+	// Every agent beating at the cluster's interval (its first heartbeat,
+	// with facts, can take a second under load).
+	poll.Until(t, 20*time.Second, "every agent heartbeating", func() bool {
+		st, err := h.cli[act].Status(ctx)
+		if err != nil || len(st.Nodes) != len(names) {
+			return false
+		}
+		for _, n := range st.Nodes {
+			if time.Since(n.LastSeen) > 200*time.Millisecond {
+				return false
+			}
+		}
+		return true
+	})
+	// The agents on the stopped controller's server lose their connection
+	// and are not heard from until they reconnect elsewhere.
+	cz, err := ns.Connz(&server.ConnzOptions{Limit: 1 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	onStopped := 0
+	for _, ci := range cz.Conns {
+		if strings.HasPrefix(ci.Name, "agent:") {
+			onStopped++
+		}
+	}
 	start := time.Now()
 	h.stop(act)
 	next := h.active(15 * time.Second)
@@ -238,6 +264,12 @@ func TestClusterLeaseAndFailover(t *testing.T) {
 	// bucket for them (warm.go), and the registry it built is whole.
 	if !h.c[next].RegistryWarm() {
 		t.Error("the new active controller read the nodes bucket instead of using its warm copy")
+	}
+	// ...and it starts with the fleet online, from the heartbeats it heard
+	// as a standby: the bucket's last_seen is as of each node's last
+	// change (enrollment here, seconds ago: offline at 100 ms heartbeats).
+	if got := h.c[next].OnlineAtActivation(); got < len(names)-onStopped {
+		t.Errorf("the new active controller started with %d of %d nodes online (%d were on the stopped one)", got, len(names), onStopped)
 	}
 	poll.Until(t, 20*time.Second, "agents online after failover", func() bool { return h.online(next, names...) })
 	for _, r := range run(next).Results {

@@ -166,10 +166,12 @@ func leaseHolder(ctx context.Context, kv jetstream.KeyValue) (leaseRecord, uint6
 // the loops (liveness, sweeps). It is built from the replicated state on
 // every activation and torn down on every loss.
 type activeState struct {
-	stop chan struct{}
-	wg   sync.WaitGroup
-	ctx  context.Context
-	end  context.CancelFunc
+	since         time.Time // when the activation finished
+	onlineAtStart int       // nodes online in the registry it was built with
+	stop          chan struct{}
+	wg            sync.WaitGroup
+	ctx           context.Context
+	end           context.CancelFunc
 }
 
 // Active reports whether this controller may act now: always for a single
@@ -320,7 +322,7 @@ func (c *Controller) leaseLoop() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			if c.act != nil {
 				if l.valid() && c.reg != nil {
-					c.reg.flush(ctx) // still the holder: last_seen survives the handover
+					c.reg.flush(ctx) // still the holder: what changed since the last flush survives the handover
 				}
 				c.deactivate("stopping")
 				l.release(ctx)
@@ -400,7 +402,10 @@ func (c *Controller) activate() error {
 	// Hand the leaderships over only now: a stepdown while the reads above
 	// ask the streams' leaders would make them wait for the new ones.
 	c.keepNoLeaders()
-	a := &activeState{stop: make(chan struct{})}
+	// How many nodes the new registry has online as it starts: a failover
+	// should not show a healthy fleet offline (warm.go).
+	online, _, _ := c.reg.counts(time.Now())
+	a := &activeState{stop: make(chan struct{}), since: time.Now().UTC(), onlineAtStart: online}
 	a.ctx, a.end = context.WithCancel(context.Background())
 	c.actMu.Lock()
 	c.act = a
@@ -436,7 +441,7 @@ func (c *Controller) activate() error {
 	c.log.Info("active", zap.Duration("activation", time.Since(start)),
 		zap.Duration("state_opened", opened), zap.Bool("registry_warm", c.regWarm),
 		zap.Duration("tasks_recovered", recovered), zap.Duration("reports_loaded", loaded),
-		zap.Duration("owed_resent", resent), zap.Int("nodes", c.reg.count()))
+		zap.Duration("owed_resent", resent), zap.Int("nodes", c.reg.count()), zap.Int("online", online))
 	return nil
 }
 

@@ -45,8 +45,13 @@ type node struct {
 
 // registry is the fleet: enrolled nodes, their attributes, facts and
 // liveness. Heartbeats update memory only; a flusher persists changes to
-// the KV bucket in batches so 5,000 nodes beating every 5 s cost ~1 write/s
-// each at most, and last_seen survives a restart to within a flush.
+// the KV bucket every few seconds. A node's record is written when it
+// comes online, when its facts or claims change, and after a silence of
+// 30 s, never for a heartbeat alone: a fleet beating every 5 s costs no
+// writes at all. So the stored last_seen is as of the node's last change;
+// after a restart a node is offline until its next heartbeat, and in a
+// cluster the new active controller takes the heartbeats its standby self
+// heard (warm.go).
 type registry struct {
 	kv           jetstream.KeyValue
 	interval     time.Duration
@@ -284,6 +289,8 @@ func (r *registry) heartbeat(name string, hb messages.Heartbeat, now time.Time) 
 		return n.state, true, err
 	}
 	prev = n.state
+	// A node heard after a silence of persistEvery (or not online until
+	// now) is written; its steady heartbeats are not (see registry).
 	persistEvery := 30 * time.Second
 	if now.Sub(n.rec.LastSeen) > persistEvery || n.state != messages.StateOnline {
 		n.dirty = true

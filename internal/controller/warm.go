@@ -6,7 +6,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/guildnet/metaguildnet/messages"
 )
 
 // warmNodes is a cluster peer's copy of the nodes bucket, kept from the
@@ -15,14 +18,36 @@ import (
 // reading the bucket was most of a failover's activation (1.8 s of it,
 // docs/HA.md). It is used only when it provably holds everything the
 // bucket's leader has (upTo); otherwise the activation reads the bucket.
+//
+// It also knows when each node was last heard from: the nodes bucket keeps
+// last_seen only as of a node's last change (registry.heartbeat), so a
+// registry built from it alone would show a healthy fleet offline after a
+// failover until every node's next heartbeat (5 s by default), and
+// announce 10,000 offline→online transitions. A standby hears the
+// heartbeats beside the active controller (onStandbyHeartbeat) and keeps
+// only the time: it does not decode them, so a heartbeat the active
+// controller would refuse for its claims still counts here, for at most
+// one offline window after a failover.
 type warmNodes struct {
 	mu   sync.Mutex
 	recs map[string]nodeRecord
 	rev  uint64 // the newest entry applied
 	live bool   // the watch has delivered the bucket's contents once
+
+	seenMu sync.Mutex
+	seen   map[string]time.Time // node → last heartbeat heard on this peer
 }
 
-func newWarmNodes() *warmNodes { return &warmNodes{recs: map[string]nodeRecord{}} }
+func newWarmNodes() *warmNodes {
+	return &warmNodes{recs: map[string]nodeRecord{}, seen: map[string]time.Time{}}
+}
+
+// heard records a heartbeat of node at.
+func (w *warmNodes) heard(node string, at time.Time) {
+	w.seenMu.Lock()
+	w.seen[node] = at
+	w.seenMu.Unlock()
+}
 
 // restart forgets everything: a new watch delivers the bucket again, and
 // a key deleted meanwhile may not be delivered at all.
@@ -50,9 +75,12 @@ func (w *warmNodes) apply(e jetstream.KeyValueEntry, rec nodeRecord, ok bool) {
 	w.rev = max(w.rev, e.Revision())
 	if e.Operation() == jetstream.KeyValuePut && ok {
 		w.recs[e.Key()] = rec
-	} else {
-		delete(w.recs, e.Key())
+		return
 	}
+	delete(w.recs, e.Key())
+	w.seenMu.Lock()
+	delete(w.seen, e.Key())
+	w.seenMu.Unlock()
 }
 
 // parseNodeEntry parses a put as newRegistry does: a record whose name is
@@ -69,8 +97,10 @@ func parseNodeEntry(e jetstream.KeyValueEntry) (nodeRecord, bool) {
 // bucket leader's last sequence before it reads the bucket instead.
 const warmWait = 500 * time.Millisecond
 
-// upTo returns a copy of the records once the watch has applied every
-// entry up to the bucket's last sequence as its leader knows it; false
+// upTo returns a copy of the records, each with the last heartbeat this
+// peer heard as its last_seen when that is newer, once the watch has
+// applied every entry up to the bucket's last sequence as its leader
+// knows it; false
 // when it does not within warmWait (a watch that is restarting, or whose
 // consumer was on the lost peer) or the leader cannot be asked.
 func (w *warmNodes) upTo(ctx context.Context, js jetstream.JetStream, bucket string) (map[string]nodeRecord, bool) {
@@ -86,9 +116,14 @@ func (w *warmNodes) upTo(ctx context.Context, js jetstream.JetStream, bucket str
 		w.mu.Lock()
 		if w.live && w.rev >= target {
 			out := make(map[string]nodeRecord, len(w.recs))
+			w.seenMu.Lock()
 			for k, r := range w.recs {
+				if at := w.seen[k]; at.After(r.LastSeen) {
+					r.LastSeen = at
+				}
 				out[k] = r
 			}
+			w.seenMu.Unlock()
 			w.mu.Unlock()
 			return out, true
 		}
@@ -102,4 +137,18 @@ func (w *warmNodes) upTo(ctx context.Context, js jetstream.JetStream, bucket str
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+}
+
+// onStandbyHeartbeat notes when a node was heard from while this peer is
+// not the active controller (warmNodes). The subject names the node: the
+// server lets a node publish only its own.
+func (c *Controller) onStandbyHeartbeat(m *nats.Msg) {
+	if c.acting() {
+		return // the registry has it
+	}
+	node, err := messages.NodeFromSubject(messages.HeartbeatPfx, m.Subject)
+	if err != nil {
+		return
+	}
+	c.warm.heard(node, time.Now().UTC())
 }

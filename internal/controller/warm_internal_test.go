@@ -11,6 +11,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/guildnet/metaguildnet/messages"
 )
 
 // A peer's warm copy of the nodes bucket, fed by a watch as watchAuth
@@ -127,6 +129,35 @@ func TestWarmNodesMatchesTheBucket(t *testing.T) {
 	check("after changes")
 	if got, _ := w.upTo(ctx, js, nodesBucket); got["n01"].Cluster != "b" || got["n02"].Name != "" || got["n03"].Name != "" || got["n99"].Name != "n99" {
 		t.Fatalf("changes not applied: n01 %+v n02 %+v n03 %+v n99 %+v", got["n01"], got["n02"], got["n03"], got["n99"])
+	}
+
+	// A heartbeat heard on this peer is newer than the stored last_seen
+	// (kept only as of a node's last change): the registry built from the
+	// warm copy has the node online, as the lost active one had it; a node
+	// not heard from keeps its stored last_seen; a deleted node's time is
+	// forgotten with it.
+	heardAt := time.Now().UTC()
+	w.heard("n04", heardAt)
+	w.heard("n05", heardAt)
+	if err := kv.Delete(ctx, "n05"); err != nil {
+		t.Fatal(err)
+	}
+	got, ok := w.upTo(ctx, js, nodesBucket)
+	if !ok {
+		t.Fatal("upTo did not catch up")
+	}
+	reg := registryFrom(kv, time.Second, 3, got)
+	if n := reg.nodes["n04"]; n == nil || !n.rec.LastSeen.Equal(heardAt) || n.state != messages.StateOnline {
+		t.Fatalf("n04 heard from: %+v", n)
+	}
+	if n := reg.nodes["n06"]; n == nil || !n.rec.LastSeen.IsZero() || n.state != messages.StateOffline {
+		t.Fatalf("n06 not heard from: %+v", n)
+	}
+	w.seenMu.Lock()
+	_, kept := w.seen["n05"]
+	w.seenMu.Unlock()
+	if kept {
+		t.Fatal("a deleted node's heartbeat time was kept")
 	}
 
 	// A watch that stopped misses what follows: upTo refuses rather than
