@@ -1,6 +1,7 @@
 package messages
 
 import (
+	"strings"
 	"testing"
 )
 
@@ -132,6 +133,16 @@ func FuzzDecodeRelay(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		roundTrip[RelayKeysRequest](t, b)
 		roundTrip[RelayKeysReply](t, b)
+	})
+}
+
+func FuzzDecodeRelayAdmit(f *testing.F) {
+	seed(f, `{"v":1,"public_key":"UCJO6MXJ4Y2H7JN6I36LWAOLV7BYMX3NG6T5UUPJFAPTZ3P2DIRUETZY","token_hash":"`+strings.Repeat("ab", 32)+`"}`,
+		`{"v":1,"expires_at":"2026-01-01T00:00:00Z"}`, `{"v":1,"expires_at":"9999-01-01T00:00:00Z"}`,
+		`{"v":1,"public_key":"UCJO6MXJ4Y2H7JN6I36LWAOLV7BYMX3NG6T5UUPJFAPTZ3P2DIRUETZY","token_hash":"`+strings.Repeat("AB", 32)+`"}`)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		roundTrip[RelayAdmitRequest](t, b)
+		roundTrip[RelayAdmitReply](t, b)
 	})
 }
 
