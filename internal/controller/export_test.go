@@ -37,3 +37,14 @@ func (c *Controller) HoldPendingNotices(release <-chan struct{}) {
 		}
 	}
 }
+
+// AuthReady reports whether the relay's authenticator stopped holding
+// connections for the keys (it is once the relay has the hub's list).
+func (r *Relay) AuthReady() bool {
+	select {
+	case <-r.auth.ready:
+		return true
+	default:
+		return false
+	}
+}

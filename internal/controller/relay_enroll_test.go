@@ -154,6 +154,11 @@ func relayRefused(t *testing.T, r *controller.Relay, reason string) float64 {
 func TestRelayEnroll(t *testing.T) {
 	f, hub, secret := relayHub(t)
 	r := startRelay(t, hub, "127.0.0.1:0", secret)
+	if !r.AuthReady() {
+		// Until then every connection at the relay waited authReadyWait
+		// (1.5 s) in its authenticator.
+		t.Fatal("the relay has the hub's keys but its authenticator still holds connections for them")
+	}
 	relayURL := r.URL()
 	single := f.token(false, "1h")
 
