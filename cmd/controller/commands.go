@@ -131,7 +131,7 @@ func relayCmd() *cobra.Command {
 		Long: "Run a relay for one site: agents there connect to --listen with their own keys and the same\n" +
 			"per-node permissions as at the hub; the relay links to the hub (a controller serving\n" +
 			"--leaf-listen) over one leaf connection authenticated with the relay secret. It keeps no\n" +
-			"state. Agents enroll at the hub, then may connect through the relay.",
+			"state. Agents enroll through the relay as at the hub (it asks the hub about each join token by its hash).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if _, err := cli.LoadConfig(cmd); err != nil {

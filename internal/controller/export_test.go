@@ -48,3 +48,8 @@ func (r *Relay) AuthReady() bool {
 		return false
 	}
 }
+
+// DropChangeNotices makes the relay deaf to the hub's change notices
+// (mgn.relay.changed), as a relay that missed one: it then learns a new
+// key only when it asks on its own (relayRefresh, or nudge).
+func (r *Relay) DropChangeNotices() error { return r.changedSub.Unsubscribe() }

@@ -157,7 +157,8 @@ type Relay struct {
 	synced chan struct{}
 	// changed asks the watcher for the keys now (the hub announced a
 	// change, or a key that enrolled here connects: nudge).
-	changed chan struct{}
+	changed    chan struct{}
+	changedSub *nats.Subscription // the hub's change notices (tests drop it)
 }
 
 // StartRelay brings a relay up; it returns once agents can connect (keys
@@ -306,6 +307,7 @@ func (r *Relay) watch() {
 		r.log.Error("relay: subscribe to changes", zap.Error(err))
 		return
 	}
+	r.changedSub = sub // set before synced is closed
 	defer sub.Unsubscribe()
 	once := sync.Once{}
 	var wait time.Duration

@@ -399,3 +399,37 @@ func TestRelayEnrollCluster(t *testing.T) {
 		t.Fatalf("a spent token at the relay: %v, want an authorization error", err)
 	}
 }
+
+// TestRelayEnrollKeyNotYetKnown: right after enrolling, the agent
+// connects with its new key before the relay has learnt it. Here the
+// relay misses the hub's change notice altogether (it would learn the key
+// only at its next periodic refresh, 30 s later): the relay remembers
+// the attempt it admitted, asks for the keys when that key connects and
+// holds the connection until the key is in, so the agent comes online
+// through the relay at once.
+func TestRelayEnrollKeyNotYetKnown(t *testing.T) {
+	f, hub, secret := relayHub(t)
+	r := startRelay(t, hub, "127.0.0.1:0", secret)
+	if err := r.DropChangeNotices(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := f.agentCfg("fresh", "site1", f.token(false, "1h"))
+	cfg.ControllerURL = r.URL()
+	start := time.Now()
+	done := startAgent(t, cfg)
+	poll.Until(t, 20*time.Second, "fresh enrolled", func() bool { return f.state("fresh") != "" })
+	_, pub := agentKey(t, f, "fresh")
+	poll.Until(t, 10*time.Second, "fresh's node connection at the relay (without the change notice)", func() bool {
+		return connsOf(t, r.Server(), pub) == 1
+	})
+	t.Logf("RELAY-ENROLL-FIGURE change notice missed: agent start to its node connection at the relay %v, refused %v time(s) first",
+		time.Since(start).Round(time.Millisecond), relayRefused(t, r, "unknown_key"))
+	if rep := f.run(messages.RunRequest{Target: "fresh", Kind: "ping", Timeout: "20s"}); rep.Results[0].Outcome != messages.OutcomeOK {
+		t.Fatalf("ping fresh through the relay: %+v", rep.Results)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("agent stopped: %v", err)
+	default:
+	}
+}
