@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -159,7 +160,17 @@ type Relay struct {
 	// change, or a key that enrolled here connects: nudge).
 	changed    chan struct{}
 	changedSub *nats.Subscription // the hub's change notices (tests drop it)
+	// watcher is nc once connected: the authenticator asks the hub through
+	// it, and may be called before it exists.
+	watcher atomic.Pointer[nats.Conn]
+	// admitting bounds the questions about join tokens in flight: past
+	// it, a connection is held as when the hub cannot be asked.
+	admitting chan struct{}
 }
+
+// maxRelayAdmitsInFlight bounds a relay's questions to the hub about join
+// tokens (each holds one connecting client for up to relayAdmitWait).
+const maxRelayAdmitsInFlight = 256
 
 // StartRelay brings a relay up; it returns once agents can connect (keys
 // arrive as soon as the hub is reached: until then agents are refused
@@ -192,7 +203,7 @@ func StartRelay(ctx context.Context, ro RelayOptions) (*Relay, error) {
 		return nil, err
 	}
 	r := &Relay{ro: ro, log: ro.Log, met: newMetrics(ro.MaxMessageBytes), stop: make(chan struct{}), synced: make(chan struct{}),
-		changed: make(chan struct{}, 1)}
+		changed: make(chan struct{}, 1), admitting: make(chan struct{}, maxRelayAdmitsInFlight)}
 	r.auth = newAuthenticator("", &tokenStore{m: map[string]tokenRecord{}}, func(reason string) { r.met.refused("connect", reason) })
 	r.auth.remoteAdmit = r.admit
 	r.auth.nudge = r.nudge
@@ -230,6 +241,7 @@ func StartRelay(ctx context.Context, ro RelayOptions) (*Relay, error) {
 		r.Close()
 		return nil, fmt.Errorf("relay: connect watcher: %w", err)
 	}
+	r.watcher.Store(r.nc)
 	r.wg.Add(1)
 	go r.watch()
 	r.log.Info("relay serving", zap.String("listen", r.URL()), zap.Strings("hub", ro.Hub))
@@ -253,8 +265,18 @@ func (r *Relay) Metrics() *prometheus.Registry { return r.met.reg }
 // admit asks the hub whether key pub may open an enrollment connection
 // with the token whose hash is tokenHash (authenticator.remoteAdmit).
 func (r *Relay) admit(ctx context.Context, pub, tokenHash string) (time.Time, error) {
+	nc := r.watcher.Load()
+	if nc == nil {
+		return time.Time{}, errors.New("the relay is starting")
+	}
+	select {
+	case r.admitting <- struct{}{}:
+		defer func() { <-r.admitting }()
+	default:
+		return time.Time{}, fmt.Errorf("%d questions about join tokens in flight already", maxRelayAdmitsInFlight)
+	}
 	req := messages.RelayAdmitRequest{V: messages.Version, PublicKey: pub, TokenHash: tokenHash}
-	m, err := r.nc.RequestWithContext(ctx, messages.RelayAdmitSubject, messages.MustEncode(&req))
+	m, err := nc.RequestWithContext(ctx, messages.RelayAdmitSubject, messages.MustEncode(&req))
 	if err != nil {
 		return time.Time{}, fmt.Errorf("ask the hub about a join token: %w", err)
 	}
