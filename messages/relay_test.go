@@ -29,6 +29,11 @@ func TestDecodeRelayAdmit(t *testing.T) {
 		{"reply no expiry", decodeAs[RelayAdmitReply], `{"v":1}`, "expires_at"},
 		{"reply too far", decodeAs[RelayAdmitReply], `{"v":1,"expires_at":"9999-01-01T00:00:00Z"}`, "expires_at"},
 		{"reply not a time", decodeAs[RelayAdmitReply], `{"v":1,"expires_at":"soon"}`, "decode"},
+		{"token create with a relay URL", decodeAs[TokenCreateRequest], `{"v":1,"urls":["nats://relay.site1:4222"]}`, ""},
+		{"token create URL with credentials", decodeAs[TokenCreateRequest], `{"v":1,"urls":["nats://u:p@relay:4222"]}`, "urls[0]"},
+		{"token create URL list in one entry", decodeAs[TokenCreateRequest], `{"v":1,"urls":["nats://a:1,nats://b:2"]}`, "urls[0]"},
+		{"token create URL scheme", decodeAs[TokenCreateRequest], `{"v":1,"urls":["http://relay:4222"]}`, "urls[0]"},
+		{"token create too many URLs", decodeAs[TokenCreateRequest], `{"v":1,"urls":[` + strings.Repeat(`"nats://a:1",`, MaxJoinTokenURLs) + `"nats://a:1"]}`, "at most"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

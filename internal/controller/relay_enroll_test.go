@@ -186,6 +186,28 @@ func TestRelayEnroll(t *testing.T) {
 		t.Logf("a's first connection with its new key was refused %v time(s) before the relay learnt it", got)
 	}
 
+	// A join token whose URLs name the relay (`token create --url`): an
+	// agent given only the token dials the relay, enrolls and runs there.
+	ctx0, cancel0 := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel0()
+	viaTok, err := f.cli.TokenCreateWith(ctx0, messages.TokenCreateRequest{TTL: "1h", URLs: []string{relayURL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if jt, err := messages.ParseJoinToken(viaTok.Token); err != nil || len(jt.URLs) != 1 || jt.URLs[0] != relayURL {
+		t.Fatalf("token's URLs: %+v %v, want [%s]", jt.URLs, err, relayURL)
+	}
+	cfg = f.agentCfg("t", "site1", viaTok.Token)
+	cfg.ControllerURL, cfg.ControllerFromToken = "nats://127.0.0.1:1", true // as `agent run` without --controller
+	startAgent(t, cfg)
+	_, tpub := agentKey(t, f, "t")
+	poll.Until(t, 20*time.Second, "t enrolled with a token naming the relay, connected there", func() bool {
+		return f.state("t") == messages.StateOnline && connsOf(t, r.Server(), tpub) == 1
+	})
+	if n := connsOf(t, f.c.Server(), tpub); n != 0 {
+		t.Fatalf("t has %d connection(s) to the hub itself", n)
+	}
+
 	// The single-use token is spent: a second agent with it is refused at
 	// the relay, for good.
 	cfg = f.agentCfg("b", "site1", single)
