@@ -152,6 +152,9 @@ type TokenCreateRequest struct {
 	Reusable bool   `json:"reusable,omitempty"`
 	// Scope limits what a node enrolling with the token may be.
 	Scope TokenScope `json:"scope,omitzero"`
+	// URLs, when set, are the URLs the token carries for agents to dial
+	// instead of the controllers' own (a site's relay, docs/HA.md).
+	URLs []string `json:"urls,omitempty"`
 }
 
 // TokenScope limits the claims of the nodes a join token enrolls: a node

@@ -424,6 +424,19 @@ func (r *TokenCreateRequest) Validate() error {
 			return fmt.Errorf("ttl: %q is not a positive duration", r.TTL)
 		}
 	}
+	if len(r.URLs) > 0 {
+		if len(r.URLs) > MaxJoinTokenURLs {
+			return fmt.Errorf("urls: %d, at most %d", len(r.URLs), MaxJoinTokenURLs)
+		}
+		for i, u := range r.URLs {
+			if strings.Contains(u, ",") {
+				return fmt.Errorf("urls[%d]: one URL per entry", i)
+			}
+			if _, err := ValidateControllerURLs(u); err != nil {
+				return fmt.Errorf("urls[%d]: %w", i, err)
+			}
+		}
+	}
 	return r.Scope.validate()
 }
 

@@ -18,6 +18,9 @@
 //	mgn.res.NODE                agent       Result             one per task; kept in the agent's journal until settled
 //	mgn.api.VERB                operator    API request types  admin only; reply is the matching response or ErrorReply
 //	mgn.evt.KIND                controller  Event              state changes (node online/stale/offline, ...)
+//	mgn.relay.keys              relay       RelayKeysRequest   request over the leaf link; reply RelayKeysReply (one page of enrolled keys)
+//	mgn.relay.changed           controller  (empty)            a key was enrolled, removed or re-keyed: relays ask again
+//	mgn.relay.admit             relay       RelayAdmitRequest  an agent connected to a relay with a join token: key + token HASH; reply RelayAdmitReply or ErrorReply
 //
 // Replies go only into the requester's own inbox: "_INBOX_N.NODE." for an
 // enrolled node, "_INBOX_E.PUBKEY." while it enrolls, "_INBOX." for the

@@ -1,6 +1,7 @@
 package messages
 
 import (
+	"strings"
 	"testing"
 )
 
@@ -100,6 +101,7 @@ func FuzzDecodeSyncAndAck(f *testing.F) {
 
 func FuzzDecodeAPI(f *testing.F) {
 	seed(f, `{"v":1,"task_id":"t1","wait":"1s"}`, `{"v":1,"ttl":"1h","reusable":true}`, `{"v":1,"name":"n1"}`, `{"v":1,"ttl":"90m"}`,
+		`{"v":1,"ttl":"1h","urls":["nats://relay:4222","tls://[::1]:4443"]}`, `{"v":1,"urls":["nats://a:1,nats://b:2"]}`,
 		`{"v":1,"url":"http://127.0.0.1:8222/login?token=abc","token":"abc","expires_at":"2026-01-01T00:00:00Z"}`,
 		`{"v":1,"overall_status":"unhealthy","clusters":[{"name":"a","overall_status":"healthy","layers":[{"name":"host","status":"healthy"}]},{"name":"","overall_status":"unknown","layers":[{"name":"x","status":"unknown","reason":"r"}]}]}`,
 		`{"v":1,"nodes":[],"clusters":[{"name":"a","overall_status":"degraded","layers":{"host":"degraded"},"last_verified":"2026-01-01T00:00:00Z"},{"name":""}]}`)
@@ -132,6 +134,16 @@ func FuzzDecodeRelay(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		roundTrip[RelayKeysRequest](t, b)
 		roundTrip[RelayKeysReply](t, b)
+	})
+}
+
+func FuzzDecodeRelayAdmit(f *testing.F) {
+	seed(f, `{"v":1,"public_key":"UCJO6MXJ4Y2H7JN6I36LWAOLV7BYMX3NG6T5UUPJFAPTZ3P2DIRUETZY","token_hash":"`+strings.Repeat("ab", 32)+`"}`,
+		`{"v":1,"expires_at":"2026-01-01T00:00:00Z"}`, `{"v":1,"expires_at":"9999-01-01T00:00:00Z"}`,
+		`{"v":1,"public_key":"UCJO6MXJ4Y2H7JN6I36LWAOLV7BYMX3NG6T5UUPJFAPTZ3P2DIRUETZY","token_hash":"`+strings.Repeat("AB", 32)+`"}`)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		roundTrip[RelayAdmitRequest](t, b)
+		roundTrip[RelayAdmitReply](t, b)
 	})
 }
 

@@ -131,7 +131,7 @@ func relayCmd() *cobra.Command {
 		Long: "Run a relay for one site: agents there connect to --listen with their own keys and the same\n" +
 			"per-node permissions as at the hub; the relay links to the hub (a controller serving\n" +
 			"--leaf-listen) over one leaf connection authenticated with the relay secret. It keeps no\n" +
-			"state. Agents enroll at the hub, then may connect through the relay.",
+			"state. Agents enroll through the relay as at the hub (it asks the hub about each join token by its hash).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if _, err := cli.LoadConfig(cmd); err != nil {
@@ -206,13 +206,15 @@ func tokenCmd() *cobra.Command {
 	var dataDir, ttl string
 	var reusable bool
 	var scope messages.TokenScope
-	var labels []string
+	var labels, urls []string
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Create a join token (printed as the last line)",
 		Long: "Create a join token. A node enrolling with it gets the token's scope: --cluster fixes the\n" +
 			"cluster, --role (repeatable) the roles it may take, --label the labels it gets. A node's\n" +
-			"cluster, role and labels are fixed at enrollment; only `controller nodes set` changes them.",
+			"cluster, role and labels are fixed at enrollment; only `controller nodes set` changes them.\n" +
+			"--url (repeatable) makes the token name other URLs for agents to dial than the controllers'\n" +
+			"own, such as a site's relay (nats://RELAY:PORT): agents there then enroll and run through it.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if _, err := cli.LoadConfig(cmd); err != nil {
@@ -225,6 +227,11 @@ func tokenCmd() *cobra.Command {
 			if scope.Labels, err = parseLabels(labels); err != nil {
 				return cli.Fail(cli.ExitUsage, err)
 			}
+			if len(urls) > 0 {
+				if _, err := messages.ValidateControllerURLs(strings.Join(urls, ",")); err != nil {
+					return cli.Fail(cli.ExitUsage, fmt.Errorf("--url: %w", err))
+				}
+			}
 			c, err := dial(dataDir)
 			if err != nil {
 				return err
@@ -232,7 +239,7 @@ func tokenCmd() *cobra.Command {
 			defer c.Close()
 			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
 			defer cancel()
-			rep, err := c.TokenCreate(ctx, ttl, reusable, scope)
+			rep, err := c.TokenCreateWith(ctx, messages.TokenCreateRequest{TTL: ttl, Reusable: reusable, Scope: scope, URLs: urls})
 			if err != nil {
 				return apiErr(err)
 			}
@@ -254,6 +261,7 @@ func tokenCmd() *cobra.Command {
 	create.Flags().StringVar(&scope.Cluster, "cluster", "", "nodes enrolling with it belong to this cluster")
 	create.Flags().StringSliceVar(&scope.Roles, "role", nil, "roles nodes enrolling with it may take (repeatable)")
 	create.Flags().StringSliceVar(&labels, "label", nil, "label k=v nodes enrolling with it get (repeatable)")
+	create.Flags().StringSliceVar(&urls, "url", nil, "a URL the token names for agents to dial instead of the controllers' (e.g. a site's relay, nats://RELAY:PORT; repeatable)")
 	tok.AddCommand(create)
 	return tok
 }

@@ -1,7 +1,9 @@
 package controller
 
 import (
+	"context"
 	"encoding/base64"
+	"errors"
 	"maps"
 	"sync"
 	"time"
@@ -30,6 +32,7 @@ import (
 //   - a node enrolling, by a valid join token plus a fresh NKey whose
 //     signature proves possession; it may only ask to enroll that key, and
 //     its connection ends when the token expires (or when it has enrolled).
+//     At a relay, which holds no tokens, the hub decides (remoteAdmit).
 type authenticator struct {
 	adminKey string
 	internal map[string]*server.User // responder keys -> their users
@@ -50,7 +53,37 @@ type authenticator struct {
 	// connection this server admitted (cluster.go): the active controller
 	// answers it.
 	onPending func(pub, tokenHash string)
+
+	// remoteAdmit is set at a relay (relay.go): it asks the hub whether
+	// key pub may enroll with the token whose hash is tokenHash, and
+	// returns the token's expiry; an error wrapping errAdmitRefused is the
+	// hub's refusal, any other that the hub could not be asked.
+	remoteAdmit func(ctx context.Context, pub, tokenHash string) (time.Time, error)
+	// nudge, at a relay, asks the hub for the enrolled keys now.
+	nudge func()
+	// keyAdded is closed (and forgotten) when a key is added: a relay's
+	// connection waiting for a key that just enrolled hears it.
+	keyAdded chan struct{}
 }
+
+// errAdmitRefused is the hub's refusal of an enrollment connection a
+// relay asked about.
+var errAdmitRefused = errors.New("the hub refused the join token")
+
+const (
+	// relayAdmitWait bounds a relay's question to the hub about a join
+	// token: below the agent's connect timeout, and short because the
+	// connecting client waits for it.
+	relayAdmitWait = 1500 * time.Millisecond
+	// relayHoldFor is how long a relay keeps a connection it could not ask
+	// the hub about (no permissions at all) before the server closes it:
+	// the agent retries, rather than taking an unreachable hub for a
+	// refused token.
+	relayHoldFor = time.Second
+	// relayKeyWait bounds how long a relay holds the first connection of a
+	// key that enrolled through it and that it has not learnt yet.
+	relayKeyWait = time.Second
+)
 
 // pendingEnroll is an enrollment connection that has not enrolled yet.
 type pendingEnroll struct {
@@ -150,6 +183,12 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 	}
 	a.mu.Unlock()
 	a.waitReady()
+	if a.remoteAdmit != nil {
+		if o.Token != "" {
+			return a.checkRelayed(c, o.Nkey, o.Token)
+		}
+		a.awaitEnrolledKey(o.Nkey)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if name, ok := a.nodes[o.Nkey]; ok && o.Token == "" {
@@ -160,9 +199,11 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 	// never got its first answer: it gets an enrollment connection, and
 	// the enrollment answers that it is enrolled (no token is spent).
 	if o.Token != "" {
-		h, exp, ok := a.tokens.valid(o.Token)
-		if name, known := a.nodes[o.Nkey]; known && !ok {
-			ok = a.tokens.enrolled(h, name, time.Now()) // its own single-use token
+		h, isToken := tokenHash(o.Token)
+		var exp time.Time
+		ok := false
+		if isToken {
+			exp, ok = a.admitsLocked(o.Nkey, h)
 		}
 		if ok {
 			a.addPendingLocked(o.Nkey, pendingEnroll{tokenHash: h, clientID: c.GetID(), at: time.Now()})
@@ -180,6 +221,111 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 	}
 	a.refused("unknown_key")
 	return false
+}
+
+// admitsLocked is the hub's decision on an enrollment connection of key
+// pub with the token whose hash is h: a usable token, or a known key with
+// the unexpired token it enrolled with (its own single-use token: it asks
+// again because it never got its first answer). It returns the token's
+// expiry, when the connection must end.
+func (a *authenticator) admitsLocked(pub, h string) (time.Time, bool) {
+	if exp, ok := a.tokens.validHash(h); ok {
+		return exp, true
+	}
+	if name, known := a.nodes[pub]; known && a.tokens.enrolled(h, name, time.Now()) {
+		return a.tokens.expiry(h), true
+	}
+	return time.Time{}, false
+}
+
+// admitRelayed is the hub's answer to a relay asking about an enrollment
+// connection (onRelayAdmit): as Check would decide, and the attempt is
+// recorded (and, in a cluster, announced) so that the enrollment request
+// that follows over the link finds it. The connection is on the relay, so
+// no client of this server is recorded with it.
+func (a *authenticator) admitRelayed(pub, h string) (time.Time, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	exp, ok := a.admitsLocked(pub, h)
+	if !ok {
+		return exp, false // counted by the reply (kind relay_admit)
+	}
+	a.addPendingLocked(pub, pendingEnroll{tokenHash: h, at: time.Now()})
+	if a.onPending != nil {
+		a.onPending(pub, h)
+	}
+	return exp, true
+}
+
+// checkRelayed is a relay's Check of an enrollment connection: only the
+// token's hash goes to the hub, which decides (remoteAdmit). Admitted, the
+// connection gets the hub's enrollment permissions and ends when the token
+// expires; refused, it is refused as at the hub. When the hub cannot be
+// asked (the link is down, no controller answers in time) the connection
+// is neither: it is let in with no permissions at all and closed after
+// relayHoldFor, so that the agent retries instead of taking an unreachable
+// hub for a bad token (an authorization error ends its enrollment).
+func (a *authenticator) checkRelayed(c server.ClientAuthentication, pub, tok string) bool {
+	h, ok := tokenHash(tok)
+	if !ok {
+		a.refused("bad_token")
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), relayAdmitWait)
+	exp, err := a.remoteAdmit(ctx, pub, h)
+	cancel()
+	now := time.Now()
+	switch {
+	case err == nil && now.Before(exp):
+		a.mu.Lock()
+		a.addPendingLocked(pub, pendingEnroll{tokenHash: h, clientID: c.GetID(), at: now})
+		a.mu.Unlock()
+		c.RegisterUser(&server.User{Username: enrollUser(pub), Permissions: enrollPermissions(pub), ConnectionDeadline: exp})
+		return true
+	case err == nil || errors.Is(err, errAdmitRefused):
+		a.refused("bad_token")
+		return false
+	default:
+		a.refused("hub_unavailable")
+		c.RegisterUser(&server.User{Username: "enroll-held:" + pub, ConnectionDeadline: now.Add(relayHoldFor),
+			Permissions: &server.Permissions{
+				Publish:   &server.SubjectPermission{Deny: []string{">"}},
+				Subscribe: &server.SubjectPermission{Deny: []string{">"}},
+			}})
+		return true
+	}
+}
+
+// awaitEnrolledKey holds, at a relay, the connection of a key that has an
+// enrollment attempt here and is not known yet: it has just enrolled
+// through this relay and the hub's change notice is on its way. It asks
+// for the keys at once (nudge) and waits up to relayKeyWait; any other
+// key returns at once.
+func (a *authenticator) awaitEnrolledKey(pub string) {
+	deadline := time.NewTimer(relayKeyWait)
+	defer deadline.Stop()
+	for nudged := false; ; nudged = true {
+		a.mu.Lock()
+		_, known := a.nodes[pub]
+		_, enrolling := a.pending[pub]
+		if known || !enrolling {
+			a.mu.Unlock()
+			return
+		}
+		if a.keyAdded == nil {
+			a.keyAdded = make(chan struct{})
+		}
+		added := a.keyAdded
+		a.mu.Unlock()
+		if !nudged && a.nudge != nil {
+			a.nudge()
+		}
+		select {
+		case <-added:
+		case <-deadline.C:
+			return
+		}
+	}
 }
 
 // nodePermissions binds a node's connection to subjects that carry its own
@@ -218,6 +364,7 @@ func nodesResponderUser() *server.User {
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			messages.RelayKeysSubject,
+			messages.RelayAdmitSubject,
 			messages.EnrollPrefix + "*",
 			messages.HeartbeatPfx + "*",
 			messages.SyncPrefix + "*",
@@ -276,6 +423,10 @@ func (a *authenticator) addNode(pub, name string) {
 	defer a.mu.Unlock()
 	if _, known := a.nodes[pub]; !known {
 		delete(a.pending, pub)
+		if a.keyAdded != nil {
+			close(a.keyAdded)
+			a.keyAdded = nil
+		}
 	}
 	a.nodes[pub] = name
 	a.byName[name] = pub

@@ -260,6 +260,9 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 			return nil, err
 		}
 	}
+	if err := c.subscribeRelayAdmit(); err != nil {
+		return nil, err
+	}
 	if err := c.startHTTP(); err != nil {
 		return nil, err
 	}

@@ -57,3 +57,18 @@ func (c *Controller) OnlineAtActivation() int {
 	}
 	return c.act.onlineAtStart
 }
+// AuthReady reports whether the relay's authenticator stopped holding
+// connections for the keys (it is once the relay has the hub's list).
+func (r *Relay) AuthReady() bool {
+	select {
+	case <-r.auth.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// DropChangeNotices makes the relay deaf to the hub's change notices
+// (mgn.relay.changed), as a relay that missed one: it then learns a new
+// key only when it asks on its own (relayRefresh, or nudge).
+func (r *Relay) DropChangeNotices() error { return r.changedSub.Unsubscribe() }

@@ -39,7 +39,11 @@ type haCluster struct {
 	token string
 }
 
-func newHACluster(t *testing.T) *haCluster {
+func newHACluster(t *testing.T) *haCluster { return newHAClusterWith(t, nil) }
+
+// newHAClusterWith is newHACluster with mod applied to each peer's
+// options before it starts.
+func newHAClusterWith(t *testing.T, mod func(i int, o *controller.Options)) *haCluster {
 	t.Helper()
 	h := &haCluster{t: t, dir: t.TempDir()}
 	ports := freePorts(t, 6)
@@ -64,6 +68,11 @@ func newHACluster(t *testing.T) *haCluster {
 				Peers: peers, SecretFile: secret, LeaseTTL: 2 * time.Second},
 		})
 		h.urls = append(h.urls, fmt.Sprintf("nats://127.0.0.1:%d", ports[i]))
+	}
+	if mod != nil {
+		for i := range h.opts {
+			mod(i, &h.opts[i])
+		}
 	}
 	h.c = make([]*controller.Controller, 3)
 	h.cli = make([]*ctlclient.Client, 3)

@@ -361,7 +361,11 @@ func (c *Controller) api(ctx context.Context, verb string, data []byte) (message
 		if req.TTL != "" {
 			ttl, _ = time.ParseDuration(req.TTL)
 		}
-		tok, rec, err := c.tokens.create(ctx, ttl, req.Reusable, req.Scope, c.joinURLs())
+		urls := c.joinURLs()
+		if len(req.URLs) > 0 {
+			urls = req.URLs // e.g. a site's relay (docs/HA.md)
+		}
+		tok, rec, err := c.tokens.create(ctx, ttl, req.Reusable, req.Scope, urls)
 		if err != nil {
 			return nil, err
 		}

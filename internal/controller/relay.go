@@ -12,10 +12,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/guildnet/metaguildnet/messages"
@@ -24,10 +26,21 @@ import (
 // A relay is a NATS leaf node in a site (docs/HA.md): agents there
 // connect to it with their own NKeys, and it connects to the hub (a
 // controller or a cluster of them) with one leaf link. It holds no
-// state: it learns the enrolled keys by watching the hub's nodes bucket
-// over the link, and its authenticator gives each agent the same
-// per-node permissions the hub would (nodePermissions). Enrollment goes
-// to the hub directly (a relay knows no tokens).
+// state: it learns the enrolled keys by asking the hub over the link
+// (mgn.relay.keys, again whenever the hub announces a change), and its
+// authenticator gives each agent the same per-node permissions the hub
+// would (nodePermissions).
+//
+// Agents enroll through a relay as at the hub. A relay knows no tokens:
+// when an agent connects with one, the relay's authenticator sends the
+// hub the agent's public key and the token's hash (mgn.relay.admit, never
+// the token) and waits up to relayAdmitWait; the hub decides as its own
+// Check would, records the attempt, and answers with the token's expiry.
+// The relay then gives the connection the enrollment permissions
+// (enrollPermissions) until that expiry, and the agent's enrollment
+// request crosses the link to the hub's enrollment handler like any
+// other request. Its first connection with its new key waits (briefly)
+// for the relay to learn that key (awaitEnrolledKey).
 
 const (
 	// relayUser is the hub-side user of every relay's leaf link.
@@ -36,26 +49,29 @@ const (
 
 // relayLinkPermissions are the leaf link's permissions at the hub, from
 // the relay's side: what it may send into the hub (the nodes' own
-// subjects, and read-only requests about the nodes bucket) and receive
-// (tasks, node inboxes, its own inbox). It can reach no operator API,
-// no token, no other bucket.
+// subjects, enrollment requests, read-only requests about the enrolled
+// keys, and questions about a token by its hash) and receive (tasks,
+// node and enrollment inboxes, its own inbox). It can reach no operator
+// API, no token, no bucket.
 func relayLinkPermissions() *server.Permissions {
 	return &server.Permissions{
 		Publish: &server.SubjectPermission{Allow: []string{
 			messages.HeartbeatPfx + "*", messages.SyncPrefix + "*", messages.AckPrefix + "*", messages.ResultPrefix + "*",
-			messages.RelayKeysSubject,
+			messages.EnrollPrefix + "*", messages.RelayKeysSubject, messages.RelayAdmitSubject,
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
-			messages.TaskPrefix + "*", messages.NodeInboxPrefix + ">", messages.RelayInboxPrefix + ">", messages.RelayChangedSubject,
+			messages.TaskPrefix + "*", messages.NodeInboxPrefix + ">", messages.EnrollInboxPrefix + ">",
+			messages.RelayInboxPrefix + ">", messages.RelayChangedSubject,
 		}},
 	}
 }
 
 // relayWatcherUser is the relay's own connection: it may ask the hub
-// about the nodes bucket and hear the answers, nothing else.
+// about the enrolled keys and about join tokens (by hash) and hear the
+// answers, nothing else.
 func relayWatcherUser() *server.User {
 	return &server.User{Username: "relay-watcher", Permissions: &server.Permissions{
-		Publish:   &server.SubjectPermission{Allow: []string{messages.RelayKeysSubject}},
+		Publish:   &server.SubjectPermission{Allow: []string{messages.RelayKeysSubject, messages.RelayAdmitSubject}},
 		Subscribe: &server.SubjectPermission{Allow: []string{messages.RelayInboxPrefix + ">", messages.RelayChangedSubject}},
 	}}
 }
@@ -135,11 +151,26 @@ type Relay struct {
 	ns   *server.Server
 	auth *authenticator
 	nc   *nats.Conn
+	met  *metrics
 	stop chan struct{}
 	wg   sync.WaitGroup
 	// synced is closed once the first full view of the nodes bucket is in.
 	synced chan struct{}
+	// changed asks the watcher for the keys now (the hub announced a
+	// change, or a key that enrolled here connects: nudge).
+	changed    chan struct{}
+	changedSub *nats.Subscription // the hub's change notices (tests drop it)
+	// watcher is nc once connected: the authenticator asks the hub through
+	// it, and may be called before it exists.
+	watcher atomic.Pointer[nats.Conn]
+	// admitting bounds the questions about join tokens in flight: past
+	// it, a connection is held as when the hub cannot be asked.
+	admitting chan struct{}
 }
+
+// maxRelayAdmitsInFlight bounds a relay's questions to the hub about join
+// tokens (each holds one connecting client for up to relayAdmitWait).
+const maxRelayAdmitsInFlight = 256
 
 // StartRelay brings a relay up; it returns once agents can connect (keys
 // arrive as soon as the hub is reached: until then agents are refused
@@ -171,8 +202,11 @@ func StartRelay(ctx context.Context, ro RelayOptions) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Relay{ro: ro, log: ro.Log, stop: make(chan struct{}), synced: make(chan struct{})}
-	r.auth = newAuthenticator("", &tokenStore{m: map[string]tokenRecord{}}, func(string) {})
+	r := &Relay{ro: ro, log: ro.Log, met: newMetrics(ro.MaxMessageBytes), stop: make(chan struct{}), synced: make(chan struct{}),
+		changed: make(chan struct{}, 1), admitting: make(chan struct{}, maxRelayAdmitsInFlight)}
+	r.auth = newAuthenticator("", &tokenStore{m: map[string]tokenRecord{}}, func(reason string) { r.met.refused("connect", reason) })
+	r.auth.remoteAdmit = r.admit
+	r.auth.nudge = r.nudge
 	sopts := &server.Options{
 		ServerName: "mgn-relay-" + strconv.Itoa(os.Getpid()) + "-" + strconv.Itoa(port),
 		Host:       host, Port: port,
@@ -188,7 +222,7 @@ func StartRelay(ctx context.Context, ro RelayOptions) (*Relay, error) {
 	if err != nil {
 		return nil, fmt.Errorf("relay server: %w", err)
 	}
-	ns.SetLoggerV2(natsLogger{l: r.log.Named("nats"), met: newMetrics(ro.MaxMessageBytes), rate: newLogLimiter(10 * time.Second)}, false, false, false)
+	ns.SetLoggerV2(natsLogger{l: r.log.Named("nats"), met: r.met, rate: newLogLimiter(10 * time.Second)}, false, false, false)
 	go ns.Start()
 	if !ns.ReadyForConnections(15 * time.Second) {
 		ns.Shutdown()
@@ -207,6 +241,7 @@ func StartRelay(ctx context.Context, ro RelayOptions) (*Relay, error) {
 		r.Close()
 		return nil, fmt.Errorf("relay: connect watcher: %w", err)
 	}
+	r.watcher.Store(r.nc)
 	r.wg.Add(1)
 	go r.watch()
 	r.log.Info("relay serving", zap.String("listen", r.URL()), zap.Strings("hub", ro.Hub))
@@ -221,6 +256,50 @@ func (r *Relay) Server() *server.Server { return r.ns }
 
 // Synced is closed once the relay has the hub's whole list of nodes.
 func (r *Relay) Synced() <-chan struct{} { return r.synced }
+
+// Metrics is the relay's Prometheus registry: mgn_messages_refused_total
+// (kind "connect": refused connections by reason, as at the hub) and
+// mgn_permission_denied_total.
+func (r *Relay) Metrics() *prometheus.Registry { return r.met.reg }
+
+// admit asks the hub whether key pub may open an enrollment connection
+// with the token whose hash is tokenHash (authenticator.remoteAdmit).
+func (r *Relay) admit(ctx context.Context, pub, tokenHash string) (time.Time, error) {
+	nc := r.watcher.Load()
+	if nc == nil {
+		return time.Time{}, errors.New("the relay is starting")
+	}
+	select {
+	case r.admitting <- struct{}{}:
+		defer func() { <-r.admitting }()
+	default:
+		return time.Time{}, fmt.Errorf("%d questions about join tokens in flight already", maxRelayAdmitsInFlight)
+	}
+	req := messages.RelayAdmitRequest{V: messages.Version, PublicKey: pub, TokenHash: tokenHash}
+	m, err := nc.RequestWithContext(ctx, messages.RelayAdmitSubject, messages.MustEncode(&req))
+	if err != nil {
+		return time.Time{}, fmt.Errorf("ask the hub about a join token: %w", err)
+	}
+	if rep, err := messages.Decode[messages.RelayAdmitReply](m.Data, r.ro.MaxMessageBytes); err == nil {
+		return rep.ExpiresAt, nil
+	}
+	e, err := messages.Decode[messages.ErrorReply](m.Data, r.ro.MaxMessageBytes)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("the hub's answer about a join token: %w", err)
+	}
+	if messages.Retryable(e.Code) {
+		return time.Time{}, fmt.Errorf("the hub cannot answer about a join token now: %s", e.Error)
+	}
+	return time.Time{}, fmt.Errorf("%w: %s", errAdmitRefused, e.Error)
+}
+
+// nudge asks the watcher for the keys now; requests coalesce.
+func (r *Relay) nudge() {
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
+}
 
 // Close stops the relay.
 func (r *Relay) Close() {
@@ -244,17 +323,13 @@ func (r *Relay) Close() {
 // start, on every change the hub announces, and every relayRefresh.
 func (r *Relay) watch() {
 	defer r.wg.Done()
-	changed := make(chan struct{}, 1)
-	sub, err := r.nc.Subscribe(messages.RelayChangedSubject, func(*nats.Msg) {
-		select {
-		case changed <- struct{}{}:
-		default:
-		}
-	})
+	changed := r.changed
+	sub, err := r.nc.Subscribe(messages.RelayChangedSubject, func(*nats.Msg) { r.nudge() })
 	if err != nil {
 		r.log.Error("relay: subscribe to changes", zap.Error(err))
 		return
 	}
+	r.changedSub = sub // set before synced is closed
 	defer sub.Unsubscribe()
 	once := sync.Once{}
 	var wait time.Duration
@@ -274,7 +349,10 @@ func (r *Relay) watch() {
 			continue
 		}
 		attempt = 0
-		once.Do(func() { close(r.synced) })
+		once.Do(func() {
+			r.auth.markReady() // connections no longer wait for the keys
+			close(r.synced)
+		})
 		wait = relayRefresh
 	}
 }
@@ -313,7 +391,17 @@ func (r *Relay) refresh(ctx context.Context) error {
 			disconnectKey(r.ns, r.log, pub)
 		}
 	}
+	known := r.auth.nodeKeys()
 	for pub, name := range keys {
+		if _, ok := known[pub]; !ok {
+			if p, ok := r.auth.pendingFor(pub); ok && p.clientID != 0 {
+				// It enrolled through this relay: its enrollment connection
+				// is no longer needed (the agent closes it itself as soon
+				// as it has its answer; this is for one that does not).
+				id := p.clientID
+				time.AfterFunc(time.Second, func() { r.ns.DisconnectClientByID(id) })
+			}
+		}
 		r.auth.addNode(pub, name)
 	}
 	return nil
@@ -333,6 +421,52 @@ func disconnectKey(ns *server.Server, log *zap.Logger, pub string) int {
 		}
 	}
 	return n
+}
+
+// onRelayAdmit answers a relay that asks whether an agent may open an
+// enrollment connection there (Relay.admit): as this server's own Check
+// would, from the tokens this controller holds (every peer of a cluster
+// has them, watchAuth), and the attempt is recorded and announced to the
+// peers so that whichever is active answers the enrollment. Every peer
+// serving a leaf link answers (a queue group: the relay's own hub server
+// first), active or standby.
+func (c *Controller) onRelayAdmit(m *nats.Msg) {
+	if !c.replyOK(m, "relay_admit", messages.RelayInboxPrefix) {
+		return
+	}
+	req, err := messages.Decode[messages.RelayAdmitRequest](m.Data, c.opts.MaxMessageBytes)
+	if err != nil {
+		c.reply(m, "relay_admit", messages.RelayInboxPrefix, nil, err)
+		return
+	}
+	exp, ok := c.auth.admitRelayed(req.PublicKey, req.TokenHash)
+	if !ok {
+		c.reply(m, "relay_admit", messages.RelayInboxPrefix, nil,
+			messages.Errorf(messages.CodeBadRequest, "join token not valid (expired, already used, or not from this controller)"))
+		return
+	}
+	c.reply(m, "relay_admit", messages.RelayInboxPrefix, &messages.RelayAdmitReply{V: messages.Version, ExpiresAt: exp.UTC()}, nil)
+}
+
+// relayAdmitQueue is the queue group every peer answers mgn.relay.admit
+// in: one answer per question, from the server the relay is linked to
+// when it has a subscriber.
+const relayAdmitQueue = "mgn-relay-admit"
+
+// subscribeRelayAdmit makes this controller answer relays' questions
+// about join tokens for as long as it runs (active or not). A single
+// controller subscribes once its tokens are loaded; a cluster peer at
+// start (its tokens arrive through watchAuth).
+func (c *Controller) subscribeRelayAdmit() error {
+	if c.opts.LeafListen == "" {
+		return nil
+	}
+	sub, err := c.nodesNC.QueueSubscribe(messages.RelayAdmitSubject, relayAdmitQueue, c.onRelayAdmit)
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", messages.RelayAdmitSubject, err)
+	}
+	sub.SetPendingLimits(1<<16, 64<<20)
+	return c.nodesNC.Flush()
 }
 
 // onRelayKeys answers a relay's request for the enrolled keys, one page

@@ -101,17 +101,41 @@ func (ts *tokenStore) put(ctx context.Context, h string, r tokenRecord) error {
 	return nil
 }
 
+// tokenHash is the hash the store keys token tok on (its secret part: a
+// CA pin may follow after a "."); false for what cannot be a token. A
+// relay sends the hub this, never the token (relay.go).
+func tokenHash(tok string) (string, bool) {
+	if !strings.HasPrefix(tok, TokenPrefix) || len(tok) > 128 {
+		return "", false
+	}
+	tok, _, _ = strings.Cut(tok, ".")
+	return hashToken(tok), true
+}
+
 // valid reports whether tok may be used now, its hash and when it expires.
 func (ts *tokenStore) valid(tok string) (string, time.Time, bool) {
-	if !strings.HasPrefix(tok, TokenPrefix) || len(tok) > 128 {
+	h, ok := tokenHash(tok)
+	if !ok {
 		return "", time.Time{}, false
 	}
-	tok, _, _ = strings.Cut(tok, ".") // a CA pin may follow the secret
-	h := hashToken(tok)
+	exp, ok := ts.validHash(h)
+	return h, exp, ok
+}
+
+// validHash reports whether the token with hash h may be used now, and
+// when it expires.
+func (ts *tokenStore) validHash(h string) (time.Time, bool) {
 	ts.mu.RLock()
 	r, ok := ts.m[h]
 	ts.mu.RUnlock()
-	return h, r.ExpiresAt, ok && usable(r, time.Now())
+	return r.ExpiresAt, ok && usable(r, time.Now())
+}
+
+// expiry is when the token with hash h expires (zero if unknown).
+func (ts *tokenStore) expiry(h string) time.Time {
+	ts.mu.RLock()
+	defer ts.mu.RUnlock()
+	return ts.m[h].ExpiresAt
 }
 
 // enrolled reports whether the unexpired token with hash h enrolled node.

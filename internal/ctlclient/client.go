@@ -159,7 +159,13 @@ func (c *Client) Wait(ctx context.Context, id string) (messages.TaskReport, erro
 }
 
 func (c *Client) TokenCreate(ctx context.Context, ttl string, reusable bool, scope messages.TokenScope) (messages.TokenCreateReply, error) {
-	return call[messages.TokenCreateReply](ctx, c, messages.APITokenCreate, &messages.TokenCreateRequest{V: messages.Version, TTL: ttl, Reusable: reusable, Scope: scope})
+	return c.TokenCreateWith(ctx, messages.TokenCreateRequest{V: messages.Version, TTL: ttl, Reusable: reusable, Scope: scope})
+}
+
+// TokenCreateWith creates a join token as req says (its URLs, for one).
+func (c *Client) TokenCreateWith(ctx context.Context, req messages.TokenCreateRequest) (messages.TokenCreateReply, error) {
+	req.V = messages.Version
+	return call[messages.TokenCreateReply](ctx, c, messages.APITokenCreate, &req)
 }
 
 // DashboardLogin asks for a one-time sign-in link to the web dashboard
