@@ -389,8 +389,15 @@ func (c *Controller) openLeaseBucket() jetstream.KeyValue {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		kv, err := c.js.KeyValue(ctx, leaseBucket)
 		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			// File storage, though the key is tiny: an R3 memory stream
+			// whose leadership moved several times in a few seconds (a new
+			// active controller hands its leaderships over, keepNoLeaders)
+			// could stop committing writes for minutes while every replica
+			// reported it healthy (TestClusterReactivation failed so 1 run
+			// in 2, and no controller could renew or take the lease); with
+			// file storage 0 in 10.
 			kv, err = c.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: leaseBucket,
-				History: 1, TTL: c.opts.Cluster.LeaseTTL, Storage: jetstream.MemoryStorage, Replicas: c.Replicas(),
+				History: 1, TTL: c.opts.Cluster.LeaseTTL, Storage: jetstream.FileStorage, Replicas: c.Replicas(),
 				Description: "which controller is active (docs/HA.md)"})
 			if errors.Is(err, jetstream.ErrBucketExists) {
 				kv, err = c.js.KeyValue(ctx, leaseBucket)

@@ -57,6 +57,7 @@ func (c *Controller) OnlineAtActivation() int {
 	}
 	return c.act.onlineAtStart
 }
+
 // AuthReady reports whether the relay's authenticator stopped holding
 // connections for the keys (it is once the relay has the hub's list).
 func (r *Relay) AuthReady() bool {

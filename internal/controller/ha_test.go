@@ -316,8 +316,11 @@ func TestClusterReactivation(t *testing.T) {
 	for round := 0; round < 8; round++ {
 		act := h.active(30 * time.Second)
 		times[act]++
-		if err := kv.Delete(ctx, "active"); err != nil {
-			t.Fatal(err)
+		dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
+		err := kv.Delete(dctx, "active")
+		dcancel()
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
 		}
 		poll.Until(t, 10*time.Second, "the holder stands down", func() bool { return !h.c[act].Active() || h.c[act].Lease(ctx).Rev > 0 })
 	}

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nkeys"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
@@ -82,15 +81,7 @@ func TestRelay(t *testing.T) {
 
 	// Impersonation: with a's key at the relay, act as b.
 	agents["b"].stop()
-	seed, err := os.ReadFile(filepath.Join(f.dir, "agents", "a", "identity.seed"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(seed))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, _ := kp.PublicKey()
+	kp, pub := agentKey(t, f, "a")
 	errs := make(chan error, 16)
 	evil, err := nats.Connect(relayURL, nats.Nkey(pub, kp.Sign), nats.CustomInboxPrefix(messages.NodeInbox("a")),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
