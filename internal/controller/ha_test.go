@@ -170,9 +170,16 @@ func TestClusterLeaseAndFailover(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var rep messages.TokenCreateReply
-	poll.Until(t, 10*time.Second, "token through a standby", func() bool {
+	// The first write after the cluster formed: its streams may still be
+	// moving to 3 replicas and their leaders off the active controller.
+	var lastErr string
+	poll.Until(t, 30*time.Second, "token through a standby", func() bool {
 		var err error
 		rep, err = h.cli[sb].TokenCreate(ctx, "1h", true, messages.TokenScope{})
+		if err != nil && err.Error() != lastErr {
+			lastErr = err.Error()
+			t.Logf("token through a standby: %v", err)
+		}
 		return err == nil
 	})
 	h.token = rep.Token
