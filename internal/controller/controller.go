@@ -435,6 +435,8 @@ func (c *Controller) openState(ctx context.Context) error {
 		c.reg = registryFrom(nodesKV, c.opts.HeartbeatInterval, c.opts.OfflineAfter, recs)
 	} else if c.reg, err = newRegistry(ctx, c.js, nodesKV, c.opts.HeartbeatInterval, c.opts.OfflineAfter); err != nil {
 		return err
+	} else {
+		c.reg.heard(c.warm.heardTimes())
 	}
 	for pub, name := range c.reg.keys() {
 		c.auth.addNode(pub, name)
@@ -585,6 +587,8 @@ func (c *Controller) Close() {
 func (c *Controller) housekeeping(stop <-chan struct{}) {
 	tick := time.NewTicker(c.opts.HeartbeatInterval / 2)
 	defer tick.Stop()
+	repush := time.NewTicker(repushTick)
+	defer repush.Stop()
 	flush := time.NewTicker(5 * time.Second)
 	defer flush.Stop()
 	prune := time.NewTicker(time.Hour)
@@ -600,7 +604,10 @@ func (c *Controller) housekeeping(stop <-chan struct{}) {
 			for _, t := range c.reg.sweep(now) {
 				c.announce(t)
 			}
-			c.disp.repush(now)
+		case now := <-repush.C:
+			if c.acting() {
+				c.disp.repush(now)
+			}
 		case <-flush.C:
 			if !c.acting() {
 				continue

@@ -216,6 +216,17 @@ func (d *dispatcher) issueSealed(ctx context.Context, req messages.RunRequest, t
 // finished is answered from its journal.
 const repushEvery = 3 * time.Second
 
+// repushAfterRecovery is when a task recovered by a new active controller
+// is first sent again after the one resend of the activation
+// (resendOwed): agents of the lost controller that were still
+// reconnecting then, and whose own sync on reconnecting found no active
+// controller yet, would otherwise wait a whole repushEvery (at 10,000
+// agents a handful do). repushTick is how often repush looks.
+const (
+	repushAfterRecovery = time.Second
+	repushTick          = 500 * time.Millisecond
+)
+
 // repush sends open tasks again (repushEvery) to the nodes that owe an
 // outcome and have not acknowledged starting them.
 func (d *dispatcher) repush(now time.Time) {
@@ -621,7 +632,9 @@ func (d *dispatcher) recover(ctx context.Context) error {
 		}
 		ts := newTaskState(rec)
 		ts.notBefore = time.Now().Add(recoverGrace)
-		ts.pushed = time.Now() // resendOwed sends it once the activation is done
+		// resendOwed sends it once the activation is done; repush again
+		// repushAfterRecovery later.
+		ts.pushed = time.Now().Add(repushAfterRecovery - repushEvery)
 		stored, err := storedResults(ctx, d.results, id, d.maxBytes)
 		if err != nil {
 			return err

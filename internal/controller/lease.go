@@ -246,7 +246,11 @@ func (c *Controller) leaseLoop() {
 	defer c.wg.Done()
 	log := c.log.Named("lease")
 	l := c.lease
-	acquireEvery, renewEvery := l.ttl/6, l.ttl/3
+	// A standby tries every TTL/12 (250 ms at the default TTL): after a
+	// kill the key ages out 2-3 s later and the standby's wait on top of
+	// that is half this on average; a refused Create costs one small
+	// JetStream request.
+	acquireEvery, renewEvery := l.ttl/12, l.ttl/3
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	// retrying is when this controller holds the lease but its activation
@@ -395,10 +399,13 @@ func (c *Controller) activate() error {
 		return err
 	}
 	recovered := time.Since(start)
-	c.ver.loadLast(ctx)
-	loaded := time.Since(start)
+	// The open tasks go out again before the reports are read: the
+	// agents' answers are what a failover waits for, and a verifier
+	// records reports in any order (verifier.record).
 	c.resendOwed()
 	resent := time.Since(start)
+	c.ver.loadLast(ctx)
+	loaded := time.Since(start)
 	// Hand the leaderships over only now: a stepdown while the reads above
 	// ask the streams' leaders would make them wait for the new ones.
 	c.keepNoLeaders()
@@ -440,8 +447,8 @@ func (c *Controller) activate() error {
 	c.activeGauge.Set(1)
 	c.log.Info("active", zap.Duration("activation", time.Since(start)),
 		zap.Duration("state_opened", opened), zap.Bool("registry_warm", c.regWarm),
-		zap.Duration("tasks_recovered", recovered), zap.Duration("reports_loaded", loaded),
-		zap.Duration("owed_resent", resent), zap.Int("nodes", c.reg.count()), zap.Int("online", online))
+		zap.Duration("tasks_recovered", recovered), zap.Duration("owed_resent", resent),
+		zap.Duration("reports_loaded", loaded), zap.Int("nodes", c.reg.count()), zap.Int("online", online))
 	return nil
 }
 

@@ -89,6 +89,21 @@ func registryFrom(kv jetstream.KeyValue, interval time.Duration, offlineAfter in
 	return r
 }
 
+// heard raises each node's last_seen to when this peer last heard it, if
+// later (warmNodes): an activation that had to read the bucket still
+// starts with the nodes it heard as a standby online.
+func (r *registry) heard(at map[string]time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	for name, t := range at {
+		if n, ok := r.nodes[name]; ok && t.After(n.rec.LastSeen) {
+			n.rec.LastSeen = t
+			n.state = r.stateAt(n, now)
+		}
+	}
+}
+
 // load adds a stored record.
 func (r *registry) load(rec nodeRecord) {
 	if messages.ValidateFacts(&rec.Facts) != nil {

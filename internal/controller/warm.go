@@ -83,6 +83,21 @@ func (w *warmNodes) apply(e jetstream.KeyValueEntry, rec nodeRecord, ok bool) {
 	w.seenMu.Unlock()
 }
 
+// heardTimes copies when each node was last heard on this peer; nil for a
+// single controller.
+func (w *warmNodes) heardTimes() map[string]time.Time {
+	if w == nil {
+		return nil
+	}
+	w.seenMu.Lock()
+	defer w.seenMu.Unlock()
+	out := make(map[string]time.Time, len(w.seen))
+	for k, v := range w.seen {
+		out[k] = v
+	}
+	return out
+}
+
 // parseNodeEntry parses a put as newRegistry does: a record whose name is
 // its key.
 func parseNodeEntry(e jetstream.KeyValueEntry) (nodeRecord, bool) {
