@@ -266,6 +266,31 @@ func (d *dispatcher) repush(now time.Time) {
 	}
 }
 
+// waitTarget blocks until no open task issued with target (the selector,
+// e.g. a setup run's "setup:RUN") is left, or ctx ends. Each ends by its
+// outcomes or its deadline.
+func (d *dispatcher) waitTarget(ctx context.Context, target string) error {
+	for {
+		var open chan struct{}
+		d.mu.Lock()
+		for _, ts := range d.tasks {
+			if ts.rec.Task.Target == target && !isClosed(ts.done) {
+				open = ts.done
+				break
+			}
+		}
+		d.mu.Unlock()
+		if open == nil {
+			return nil
+		}
+		select {
+		case <-open:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 // wait blocks until the task is done or ctx ends, then reports it.
 func (d *dispatcher) wait(ctx context.Context, id string) (messages.TaskReport, error) {
 	for {

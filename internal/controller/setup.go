@@ -423,6 +423,16 @@ func (r *setupRunner) runCluster(ctx context.Context, lr *liveRun, cluster strin
 		grace = max(grace, agentReconnectGrace)
 	}
 	r.waitOnline(ctx, spec, grace)
+	if lr.resumed {
+		// The step in flight when the controller stopped may still run on
+		// its node (the agent does not stop with the controller): it is
+		// re-planned only once that task has ended, with its outcome or at
+		// its deadline. Two tailscale logins at once on one node cancel
+		// each other (seen in TestSetupBareWorldKilledAndRefused).
+		if err := r.c.disp.waitTarget(ctx, "setup:"+rec.Run.RunID); err != nil {
+			return
+		}
+	}
 	for cur.Layer < len(rec.Layers) {
 		layer := rec.Layers[cur.Layer]
 		if !clusterWants(spec, layer) {
