@@ -229,21 +229,40 @@ const (
 
 // repush sends open tasks again (repushEvery) to the nodes that owe an
 // outcome and have not acknowledged starting them.
-func (d *dispatcher) repush(now time.Time) {
+func (d *dispatcher) repush(now time.Time) { d.push(now, false) }
+
+// resendOwed sends every open task again to every node that owes an
+// outcome, at once: the activation's resend (Controller.activate). An
+// agent that finished it while no controller was active answers with the
+// result from its journal (it never runs a task id twice); one still
+// running it ignores it. Without this, agents that stayed connected to a
+// surviving peer would resend only on their next periodic sync, seconds
+// later.
+func (d *dispatcher) resendOwed() { d.push(time.Time{}, true) }
+
+// push is repush (all false: the tasks due, to the owing nodes that have
+// not said they started) and resendOwed (all true: every open task, to
+// every owing node, leaving the repush schedule as it is).
+func (d *dispatcher) push(now time.Time, all bool) {
 	type owed struct {
 		payload []byte
 		nodes   []string
 	}
-	var all []owed
+	var out []owed
 	d.mu.Lock()
 	for _, ts := range d.tasks {
-		if isClosed(ts.done) || ts.pushed.IsZero() || now.Sub(ts.pushed) < repushEvery {
+		if isClosed(ts.done) {
 			continue
 		}
-		ts.pushed = now
+		if !all {
+			if ts.pushed.IsZero() || now.Sub(ts.pushed) < repushEvery {
+				continue
+			}
+			ts.pushed = now
+		}
 		var o owed
 		for _, n := range ts.rec.Targets {
-			if ts.owes(n) && !ts.started[n] {
+			if ts.owes(n) && (all || !ts.started[n]) {
 				o.nodes = append(o.nodes, n)
 			}
 		}
@@ -253,10 +272,10 @@ func (d *dispatcher) repush(now time.Time) {
 		t := ts.rec.Task
 		t.Sealed = ts.sealed
 		o.payload = messages.MustEncode(&t)
-		all = append(all, o)
+		out = append(out, o)
 	}
 	d.mu.Unlock()
-	for _, o := range all {
+	for _, o := range out {
 		for _, n := range o.nodes {
 			if !d.acting() {
 				return

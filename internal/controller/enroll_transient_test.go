@@ -44,19 +44,10 @@ func TestEnrollTransientRefusalIsRetried(t *testing.T) {
 	h.c[sb].HoldPendingNotices(release)
 	core, logs := observer.New(zap.InfoLevel)
 	start := func(name, url, tok, cluster string, log *zap.Logger) <-chan error {
-		a, err := agent.New(agent.Config{
+		return startAgent(t, agent.Config{
 			ControllerURL: url, Token: tok, Name: name, Cluster: cluster,
 			StateDir: filepath.Join(h.dir, "agents", name), Version: "test", Tasks: tasks.Builtin(), Log: log,
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		actx, acancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		stopped := make(chan struct{})
-		go func() { done <- a.Run(actx); close(stopped) }()
-		t.Cleanup(func() { acancel(); <-stopped })
-		return done
 	}
 	single := token(messages.TokenScope{})
 	done := start("late1", h.urls[sb], single, "", zap.New(core))

@@ -74,8 +74,8 @@ func TestRunAcrossFleet(t *testing.T) {
 	}
 }
 
-// connectAs opens a raw NATS connection with a node's stored identity.
-func connectAs(t *testing.T, url, seedPath string, errs chan<- error, extra ...nats.Option) (*nats.Conn, error) {
+// seedKey reads a node's stored identity (its NKey seed file).
+func seedKey(t *testing.T, seedPath string) (nkeys.KeyPair, string) {
 	t.Helper()
 	b, err := os.ReadFile(seedPath)
 	if err != nil {
@@ -86,6 +86,13 @@ func connectAs(t *testing.T, url, seedPath string, errs chan<- error, extra ...n
 		t.Fatal(err)
 	}
 	pub, _ := kp.PublicKey()
+	return kp, pub
+}
+
+// connectAs opens a raw NATS connection with a node's stored identity.
+func connectAs(t *testing.T, url, seedPath string, errs chan<- error, extra ...nats.Option) (*nats.Conn, error) {
+	t.Helper()
+	kp, pub := seedKey(t, seedPath)
 	opts := append([]nats.Option{nats.Nkey(pub, kp.Sign), nats.NoReconnect(),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			select {

@@ -402,7 +402,7 @@ func (c *Controller) activate() error {
 	// The open tasks go out again before the reports are read: the
 	// agents' answers are what a failover waits for, and a verifier
 	// records reports in any order (verifier.record).
-	c.resendOwed()
+	c.disp.resendOwed()
 	resent := time.Since(start)
 	c.ver.loadLast(ctx)
 	loaded := time.Since(start)
@@ -458,43 +458,6 @@ func (c *Controller) unsubscribe() {
 		s.Unsubscribe()
 	}
 	c.subs = nil
-}
-
-// resendOwed sends every recovered open task again to the nodes that owe
-// an outcome. An agent that finished it while no controller was active
-// answers at once with the result from its journal (it never runs a task
-// id twice); one still running it ignores it. Without this, agents that
-// stayed connected to a surviving peer would resend only on their next
-// periodic sync, seconds later.
-func (c *Controller) resendOwed() {
-	d := c.disp
-	type owed struct {
-		payload []byte
-		nodes   []string
-	}
-	var all []owed
-	d.mu.Lock()
-	for _, ts := range d.tasks {
-		if isClosed(ts.done) {
-			continue
-		}
-		o := owed{payload: messages.MustEncode(&ts.rec.Task)}
-		for _, n := range ts.rec.Targets {
-			if ts.owes(n) {
-				o.nodes = append(o.nodes, n)
-			}
-		}
-		all = append(all, o)
-	}
-	d.mu.Unlock()
-	for _, o := range all {
-		for _, n := range o.nodes {
-			if !c.acting() {
-				return
-			}
-			c.nc.Publish(messages.TaskSubject(n), o.payload)
-		}
-	}
 }
 
 // deactivate tears the active part down. It writes nothing: whatever the

@@ -322,16 +322,7 @@ func TestRelayEnroll(t *testing.T) {
 // agentKey is the identity of the test agent name.
 func agentKey(t *testing.T, f *fleet, name string) (nkeys.KeyPair, string) {
 	t.Helper()
-	seed, err := os.ReadFile(filepath.Join(f.dir, "agents", name, "identity.seed"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(seed))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, _ := kp.PublicKey()
-	return kp, pub
+	return seedKey(t, filepath.Join(f.dir, "agents", name, "identity.seed"))
 }
 
 func mustKey(t *testing.T) nkeys.KeyPair {

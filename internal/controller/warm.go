@@ -27,26 +27,27 @@ import (
 // heartbeats beside the active controller (onStandbyHeartbeat) and keeps
 // only the time: it does not decode them, so a heartbeat the active
 // controller would refuse for its claims still counts here, for at most
-// one offline window after a failover.
+// one offline window after a failover. Only nodes of the bucket are
+// kept: a relay link may publish any node's heartbeat subject.
 type warmNodes struct {
 	mu   sync.Mutex
 	recs map[string]nodeRecord
-	rev  uint64 // the newest entry applied
-	live bool   // the watch has delivered the bucket's contents once
-
-	seenMu sync.Mutex
-	seen   map[string]time.Time // node → last heartbeat heard on this peer
+	rev  uint64               // the newest entry applied
+	live bool                 // the watch has delivered the bucket's contents once
+	seen map[string]time.Time // node → last heartbeat heard on this peer
 }
 
 func newWarmNodes() *warmNodes {
 	return &warmNodes{recs: map[string]nodeRecord{}, seen: map[string]time.Time{}}
 }
 
-// heard records a heartbeat of node at.
+// heard records a heartbeat of node at, if node is enrolled.
 func (w *warmNodes) heard(node string, at time.Time) {
-	w.seenMu.Lock()
-	w.seen[node] = at
-	w.seenMu.Unlock()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, ok := w.recs[node]; ok {
+		w.seen[node] = at
+	}
 }
 
 // restart forgets everything: a new watch delivers the bucket again, and
@@ -78,9 +79,7 @@ func (w *warmNodes) apply(e jetstream.KeyValueEntry, rec nodeRecord, ok bool) {
 		return
 	}
 	delete(w.recs, e.Key())
-	w.seenMu.Lock()
 	delete(w.seen, e.Key())
-	w.seenMu.Unlock()
 }
 
 // heardTimes copies when each node was last heard on this peer; nil for a
@@ -89,8 +88,8 @@ func (w *warmNodes) heardTimes() map[string]time.Time {
 	if w == nil {
 		return nil
 	}
-	w.seenMu.Lock()
-	defer w.seenMu.Unlock()
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	out := make(map[string]time.Time, len(w.seen))
 	for k, v := range w.seen {
 		out[k] = v
@@ -131,14 +130,12 @@ func (w *warmNodes) upTo(ctx context.Context, js jetstream.JetStream, bucket str
 		w.mu.Lock()
 		if w.live && w.rev >= target {
 			out := make(map[string]nodeRecord, len(w.recs))
-			w.seenMu.Lock()
 			for k, r := range w.recs {
 				if at := w.seen[k]; at.After(r.LastSeen) {
 					r.LastSeen = at
 				}
 				out[k] = r
 			}
-			w.seenMu.Unlock()
 			w.mu.Unlock()
 			return out, true
 		}

@@ -136,11 +136,18 @@ func TestWarmNodesMatchesTheBucket(t *testing.T) {
 	if n := reg.nodes["n06"]; n == nil || !n.rec.LastSeen.IsZero() || n.state != messages.StateOffline {
 		t.Fatalf("n06 not heard from: %+v", n)
 	}
-	w.seenMu.Lock()
+	// A heartbeat subject of a node the bucket does not have (a relay
+	// link may publish any) is not kept.
+	w.heard("nobody", heardAt)
+	w.mu.Lock()
 	_, kept := w.seen["n05"]
-	w.seenMu.Unlock()
+	_, stranger := w.seen["nobody"]
+	w.mu.Unlock()
 	if kept {
 		t.Fatal("a deleted node's heartbeat time was kept")
+	}
+	if stranger {
+		t.Fatal("the heartbeat time of a node that is not enrolled was kept")
 	}
 
 	// A watch that stopped misses what follows: upTo refuses rather than
