@@ -387,6 +387,7 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 		args := []string{"serve", "--data-dir", p.data, "--listen", "127.0.0.1:0", "--http", p.http,
 			"--sweep-interval", "-1s", "--log-level", ctlLogLevel, "--heartbeat-interval", "1s", "--cluster-name", "bench", "--cluster-listen", routes[i],
 			"--peers", strings.Join(peers, ","), "--cluster-secret-file", secret}
+		args = append(args, ctlLeaseTTL...)
 		p.cmd = startProc(bin, append(args, pprofFlag()...)...)
 		ps = append(ps, p)
 	}
@@ -396,9 +397,10 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 		}
 	}()
 	var urls []string
-	for _, p := range ps {
+	for i, p := range ps {
 		p.nats = waitInfo(p.data).NATSURL
 		urls = append(urls, p.nats)
+		urlNames[p.nats] = fmt.Sprintf("c%d", i)
 	}
 	act := activeOf(ps, 60*time.Second)
 	cli := dialAny(ps, -1)
@@ -457,6 +459,12 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 	if err != nil {
 		log.Panic(err)
 	}
+	for _, i := range order {
+		leaseWrites(ps[i].http, fmt.Sprintf("c%d", i))
+	}
+	before := netstat()
+	haTrace.on.Store(haTraceOn)
+	stopFailoverCPU := failoverCPU(ps, act)
 	k := time.Now()
 	ps[act].kill()
 	log.Printf("failover: killed the active controller at %s", k.UTC().Format(time.RFC3339Nano))
@@ -477,7 +485,15 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 	}
 	var lastLog time.Time
 	for next >= 0 && next != act {
-		r, err := cli.Report(ctx, rep.TaskID, time.Second)
+		// Bounded: a request lost on the way (to the killed peer) is asked
+		// again, not waited for.
+		rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+		r, err := cli.Report(rctx, rep.TaskID, time.Second)
+		rcancel()
+		if err != nil && time.Since(lastLog) >= 250*time.Millisecond {
+			lastLog = time.Now()
+			log.Printf("failover: %.0f ms after the kill, report: %v", ms(time.Since(k)), err)
+		}
 		if err == nil && !r.Done && time.Since(lastLog) >= 250*time.Millisecond {
 			// How the outcomes arrive after the failover: the tail shows
 			// which agents the new active's resend missed.
@@ -512,6 +528,14 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 		log.Printf("failover: NO new active controller within 3 minutes of the kill")
 	}
 	log.Printf("failover: new active after %.0f ms, task done after %.0f ms, %d not ok", t.FailoverNewActiveMS, t.FailoverTaskDoneMS, t.FailoverLost)
+	stopFailoverCPU()
+	if haTraceOn {
+		haTrace.report(k, 5, before)
+	}
+	log.Printf("failover: killed c%d, c%d active", act, next)
+	if next >= 0 && next != act {
+		leaseWrites(ps[next].http, fmt.Sprintf("c%d (new active)", next))
+	}
 	// The floor's n connections replace the agents' (one process has a
 	// bounded number of file descriptors).
 	for _, c := range agents {
@@ -657,7 +681,7 @@ func simAgentAt(name, url, work string) context.CancelFunc {
 	a, err := agent.New(agent.Config{
 		ControllerURL: url, Name: name, Cluster: "sim", Labels: map[string]string{"sim": "true"},
 		StateDir: filepath.Join(work, "sim", name), Version: "bench", Tasks: tasks.Builtin(),
-		Log: zap.NewNop(), Journal: agent.NewMemJournal(),
+		Log: haTrace.logger(name), Journal: agent.NewMemJournal(),
 	})
 	if err != nil {
 		log.Panic(err)

@@ -97,6 +97,8 @@ func main() {
 	haRounds := flag.Int("ha-rounds", 20, "measured fan-out rounds per topology for -ha")
 	haHeap := flag.String("ha-heap", "", "write heap profiles of the hub (direct agents, then agents behind relays) and of the active cluster peer to this directory (-ha; read with `go tool pprof -top`)")
 	haLog := flag.String("ha-log", "error", "the -ha controllers' and relays' --log-level (info shows each activation's duration)")
+	haTraceFlag := flag.Bool("ha-trace", false, "record the simulated agents' log during the failover and print the last ones to reconnect (-ha)")
+	haLeaseTTL := flag.Duration("ha-lease-ttl", 0, "the cluster controllers' --lease-ttl (-ha; 0 keeps the default)")
 	haOnly := flag.String("ha-only", "", "run only this -ha topology: cluster or relays")
 	floorServers := flag.String("floor-servers", "", "internal: run the -ha floor's NATS servers (cluster or leaf) in this process, print their URLs, serve until stdin closes")
 	flag.Parse()
@@ -108,6 +110,10 @@ func main() {
 	if *haFlag {
 		debug.SetGCPercent(*simGOGC)
 		ctlLogLevel = *haLog
+		haTraceOn = *haTraceFlag
+		if *haLeaseTTL > 0 {
+			ctlLeaseTTL = []string{"--lease-ttl", haLeaseTTL.String()}
+		}
 		haMain(*bin, *haAgents, *haRounds, *out, *haHeap, *haOnly)
 		return
 	}

@@ -353,6 +353,11 @@ func (a *Agent) connect() error {
 		nats.PingInterval(20 * time.Second),
 		nats.ConnectHandler(func(nc *nats.Conn) { a.onConnect(nc, "connected") }),
 		nats.ReconnectHandler(func(nc *nats.Conn) { a.onConnect(nc, "reconnected") }),
+		nats.ReconnectErrHandler(func(nc *nats.Conn, err error) {
+			// At debug: while a controller is down every pass over the
+			// URLs fails once per dead server.
+			a.log.Debug("reconnect attempt failed", zap.Error(err))
+		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				a.log.Warn("disconnected from controller", zap.Error(err))
@@ -416,6 +421,7 @@ func (a *Agent) sync(settleAfter time.Duration, force bool) {
 			return // stopping
 		}
 		if err != nil {
+			a.log.Debug("sync: no answer", zap.Int("attempt", attempt), zap.Error(err))
 			if !a.nc.IsConnected() {
 				return // the next reconnect syncs again
 			}

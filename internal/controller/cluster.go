@@ -364,6 +364,7 @@ func (c *Controller) startCluster() error {
 			return
 		}
 		c.lease.setKV(kv)
+		c.adoptLeaseTTL(kv)
 		c.leaseLoop()
 	}()
 	return nil
@@ -416,6 +417,38 @@ func (c *Controller) openLeaseBucket() jetstream.KeyValue {
 	}
 }
 
+// adoptLeaseTTL makes the lease's TTL the bucket's: the key's lifetime
+// is the bucket's MaxAge, set when the cluster's first controller created
+// it, and a holder acting longer than the key lives (a --lease-ttl above
+// the bucket's) could overlap the next holder. A cluster keeps its TTL
+// until the bucket is recreated (docs/HA.md).
+func (c *Controller) adoptLeaseTTL(kv jetstream.KeyValue) {
+	var st jetstream.KeyValueStatus
+	for attempt := 0; ; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		var err error
+		st, err = kv.Status(ctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		c.logRate.warn(c.log, "lease-bucket", "waiting for JetStream to read the lease bucket's TTL", zap.Error(err))
+		select {
+		case <-c.stop:
+			return
+		case <-time.After(min(250*time.Millisecond<<min(attempt, 3), 2*time.Second)):
+		}
+	}
+	if st.TTL() <= 0 || st.TTL() == c.lease.ttl {
+		return
+	}
+	c.log.Warn("the lease bucket's TTL differs from --lease-ttl: using the bucket's, which every peer shares",
+		zap.Duration("bucket_ttl", st.TTL()), zap.Duration("lease_ttl_flag", c.lease.ttl))
+	c.lease.kvMu.Lock() // for readers outside the lease loop (tests)
+	c.lease.ttl = st.TTL()
+	c.lease.kvMu.Unlock()
+}
+
 // watchAuth follows a bucket the authenticator depends on, from its
 // current values on, until the controller stops; it waits for the bucket
 // to exist (the first active controller creates it).
@@ -456,6 +489,11 @@ func (c *Controller) watchAuth(bucket string, apply func(jetstream.KeyValueEntry
 func (c *Controller) onNodeRecord(e jetstream.KeyValueEntry) {
 	if e == nil {
 		c.warm.caughtUp()
+		// The keys are loaded: connections stop waiting for them. Until
+		// this a standby held every agent's connection authReadyWait
+		// (1.5 s) in its authenticator, so the agents of a lost peer took
+		// 2-5 s to reconnect, most of a failover at 10,000 agents.
+		c.auth.markReady()
 		return
 	}
 	name := e.Key()

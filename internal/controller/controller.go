@@ -246,6 +246,10 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 		// Standby until the lease says otherwise (lease.go): the active
 		// part is built by activate.
 		c.lease = newLease(nil, c.opts.Cluster.LeaseTTL, c.ns.Name(), os.Getpid())
+		c.lease.writes = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "mgn_lease_write_seconds",
+			Help:    "How long the lease's writes took (acquire: a standby's Create, renew: the holder's Update); a renewal slower than a third of the TTL costs the active controller its right to act.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}}, []string{"op"})
+		c.met.reg.MustRegister(c.lease.writes)
 		if err := c.startCluster(); err != nil {
 			return nil, err
 		}

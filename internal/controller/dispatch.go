@@ -63,6 +63,10 @@ type taskState struct {
 	// pushed is when the task was last sent to the nodes that owe an
 	// outcome (repush).
 	pushed time.Time
+	// recoveredAt is when a new active controller rebuilt the task (zero
+	// for a task issued here): its completion is the end of a failover
+	// for the operator, logged with how long it took.
+	recoveredAt time.Time
 }
 
 // pendingRow returns node's row if node is a target whose outcome is not
@@ -488,6 +492,10 @@ func (d *dispatcher) completeLocked(ts *taskState) {
 	id := ts.rec.Task.ID
 	close(ts.done)
 	d.met.observeTask(time.Since(ts.rec.Task.IssuedAt))
+	if !ts.recoveredAt.IsZero() {
+		d.log.Info("recovered task done", zap.String("task", id), zap.Int("nodes", len(ts.rows)),
+			zap.Duration("since_recovery", time.Since(ts.recoveredAt)), zap.Time("issued_at", ts.rec.Task.IssuedAt))
+	}
 	if d.changed != nil {
 		d.changed("task")
 	}
@@ -675,7 +683,8 @@ func (d *dispatcher) recover(ctx context.Context) error {
 			continue
 		}
 		ts := newTaskState(rec)
-		ts.notBefore = time.Now().Add(recoverGrace)
+		ts.recoveredAt = time.Now()
+		ts.notBefore = ts.recoveredAt.Add(recoverGrace)
 		// resendOwed sends it once the activation is done; repush again
 		// repushAfterRecovery later.
 		ts.pushed = time.Now().Add(repushAfterRecovery - repushEvery)

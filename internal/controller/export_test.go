@@ -1,6 +1,9 @@
 package controller
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
 // PublishAsResponders publishes data on subject from both of the
 // controller's responder connections, as a bug that skipped ReplyUnder
@@ -56,6 +59,26 @@ func (c *Controller) OnlineAtActivation() int {
 		return -1
 	}
 	return c.act.onlineAtStart
+}
+
+// LeaseTTL is the TTL this cluster peer's lease runs with (the bucket's,
+// adoptLeaseTTL).
+func (c *Controller) LeaseTTL() time.Duration {
+	c.lease.kvMu.Lock()
+	defer c.lease.kvMu.Unlock()
+	return c.lease.ttl
+}
+
+// AuthReady reports whether the controller's authenticator stopped
+// holding connections for the node keys (a standby's is once its watch of
+// the nodes bucket has caught up; an active one's once its state is open).
+func (c *Controller) AuthReady() bool {
+	select {
+	case <-c.auth.ready:
+		return true
+	default:
+		return false
+	}
 }
 
 // AuthReady reports whether the relay's authenticator stopped holding

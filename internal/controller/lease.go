@@ -33,7 +33,7 @@ const (
 	// DefaultLeaseTTL is how long a lease outlives its holder's last
 	// renewal; the new controller is active about this long after the old
 	// one died.
-	DefaultLeaseTTL = 3 * time.Second
+	DefaultLeaseTTL = 2 * time.Second
 	MinLeaseTTL     = 500 * time.Millisecond
 )
 
@@ -62,6 +62,14 @@ type lease struct {
 	until atomic.Int64
 	rev   uint64 // revision last written (lease loop only)
 	since time.Time
+
+	writes *prometheus.HistogramVec // by op; nil in tests that build a lease alone
+}
+
+func (l *lease) observe(op string, sent time.Time) {
+	if l.writes != nil {
+		l.writes.WithLabelValues(op).Observe(time.Since(sent).Seconds())
+	}
 }
 
 func newLease(kv jetstream.KeyValue, ttl time.Duration, holder string, pid int) *lease {
@@ -110,6 +118,7 @@ func (l *lease) tryAcquire(ctx context.Context) (bool, error) {
 	sent := time.Now()
 	l.since = sent.UTC()
 	rev, err := l.bucket().Create(ctx, leaseKey, l.value())
+	l.observe("acquire", sent)
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		return false, nil
 	}
@@ -125,6 +134,7 @@ func (l *lease) tryAcquire(ctx context.Context) (bool, error) {
 func (l *lease) renew(ctx context.Context) (lost bool, err error) {
 	sent := time.Now()
 	rev, err := l.bucket().Update(ctx, leaseKey, l.value(), l.rev)
+	l.observe("renew", sent)
 	if err != nil {
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
@@ -246,11 +256,15 @@ func (c *Controller) leaseLoop() {
 	defer c.wg.Done()
 	log := c.log.Named("lease")
 	l := c.lease
-	// A standby tries every TTL/12 (250 ms at the default TTL): after a
-	// kill the key ages out 2-3 s later and the standby's wait on top of
-	// that is half this on average; a refused Create costs one small
-	// JetStream request.
-	acquireEvery, renewEvery := l.ttl/12, l.ttl/3
+	// A standby tries every TTL/12 (167 ms at the default TTL): after a
+	// kill the key ages out 1.5-2 s later and the standby's wait on top
+	// of that is half this on average; a refused Create costs one small
+	// JetStream request. The holder renews every TTL/4 while it may act
+	// until TTL-TTL/3 after a renewal's send: a renewal may come 0.8 s
+	// late (a busy JetStream) before the holder stops acting, and it may
+	// take that long (renewWithin) before it is given up and retried.
+	acquireEvery, renewEvery := l.ttl/12, l.ttl/4
+	renewWithin := l.ttl - l.margin()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	// retrying is when this controller holds the lease but its activation
@@ -282,7 +296,7 @@ func (c *Controller) leaseLoop() {
 				if lost != nil {
 					continue
 				}
-				ctx, cancel := context.WithTimeout(context.Background(), renewEvery)
+				ctx, cancel := context.WithTimeout(context.Background(), renewWithin)
 				gone, err := l.renew(ctx)
 				cancel()
 				if gone {
@@ -337,7 +351,7 @@ func (c *Controller) leaseLoop() {
 			return
 		case <-timer.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), renewEvery)
+		ctx, cancel := context.WithTimeout(context.Background(), renewWithin)
 		if c.act == nil && !retrying.IsZero() {
 			lost, err := l.renew(ctx)
 			cancel()
@@ -365,6 +379,7 @@ func (c *Controller) leaseLoop() {
 			timer.Reset(acquireEvery)
 			continue
 		}
+		sent := time.Now()
 		lost, err := l.renew(ctx)
 		cancel()
 		switch {
@@ -379,7 +394,10 @@ func (c *Controller) leaseLoop() {
 			timer.Reset(renewEvery / 4)
 			continue
 		}
-		timer.Reset(renewEvery)
+		// Every renewEvery from send to send: a slow renewal is followed
+		// at once by the next rather than a whole period later, which
+		// could let the right to act lapse between two successful ones.
+		timer.Reset(max(renewEvery-time.Since(sent), 0))
 	}
 }
 

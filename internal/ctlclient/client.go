@@ -68,6 +68,14 @@ func call[T any, PT interface {
 	if err != nil {
 		return zero, err
 	}
+	// A request can be lost (sent to a controller just killed, say): one
+	// without a deadline of the caller's would wait forever, so it gets
+	// the verb's own (messages.APITimeout) and the caller can ask again.
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, messages.APITimeout(verb))
+		defer cancel()
+	}
 	m, err := c.nc.RequestWithContext(ctx, messages.APISubject(verb), b)
 	if err != nil {
 		return zero, fmt.Errorf("%w: %s: %v", ErrUnreachable, verb, err)
