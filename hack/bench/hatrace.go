@@ -191,11 +191,17 @@ func leaseWrites(httpAddr, who string) {
 		}
 	}
 	log.Printf("lease renewals of %s, cumulative by seconds:%s", who, b.String())
+	for _, line := range strings.Split(resp, "\n") {
+		if strings.HasPrefix(line, `mgn_messages_refused_total{kind="connect"`) {
+			log.Printf("%s refused: %s", who, line)
+		}
+	}
 }
 
-// failoverCPU profiles the surviving controllers and this process (the
-// agents) for the 6 s after the kill: where the reconnect storm goes.
-func failoverCPU(ps []*haProc, killed int) (stop func()) {
+// failoverProfiles profiles the surviving controllers and this process
+// (the agents) for the 6 s after the kill (-ha-heap): where the reconnect
+// storm goes.
+func failoverProfiles(ps []*haProc, killed int) (stop func()) {
 	if heapDir == "" {
 		return func() {}
 	}
@@ -209,11 +215,14 @@ func failoverCPU(ps []*haProc, killed int) (stop func()) {
 	}
 	var wg sync.WaitGroup
 	start := time.Now()
+	// Per survivor: a CPU profile, and goroutine dumps while agents
+	// reconnect (a batch of agents let in at the same instant means they
+	// waited on one lock).
 	for i, p := range ps {
 		if i == killed {
 			continue
 		}
-		wg.Add(1)
+		wg.Add(2)
 		go func() {
 			defer wg.Done()
 			path := filepath.Join(heapDir, fmt.Sprintf("failover-c%d.cpu", i))
@@ -221,14 +230,6 @@ func failoverCPU(ps []*haProc, killed int) (stop func()) {
 				log.Print(err)
 			}
 		}()
-	}
-	// Goroutine dumps of the survivors while agents reconnect: a batch of
-	// agents let in at the same instant means they waited on one lock.
-	for i, p := range ps {
-		if i == killed {
-			continue
-		}
-		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for _, at := range []time.Duration{1500, 2500, 3500, 4500} {
@@ -257,6 +258,6 @@ func failoverCPU(ps []*haProc, killed int) (stop func()) {
 		wg.Wait()
 		pprof.StopCPUProfile()
 		f.Close()
-		log.Printf("failover CPU profiles in %s (failover-c*.cpu, failover-bench.cpu)", heapDir)
+		log.Printf("failover profiles in %s (failover-c*.cpu, failover-bench.cpu, *.goroutines)", heapDir)
 	}
 }

@@ -72,20 +72,15 @@ func (c *Controller) LeaseTTL() time.Duration {
 // AuthReady reports whether the controller's authenticator stopped
 // holding connections for the node keys (a standby's is once its watch of
 // the nodes bucket has caught up; an active one's once its state is open).
-func (c *Controller) AuthReady() bool {
-	select {
-	case <-c.auth.ready:
-		return true
-	default:
-		return false
-	}
-}
+func (c *Controller) AuthReady() bool { return authReady(c.auth) }
 
 // AuthReady reports whether the relay's authenticator stopped holding
 // connections for the keys (it is once the relay has the hub's list).
-func (r *Relay) AuthReady() bool {
+func (r *Relay) AuthReady() bool { return authReady(r.auth) }
+
+func authReady(a *authenticator) bool {
 	select {
-	case <-r.auth.ready:
+	case <-a.ready:
 		return true
 	default:
 		return false
