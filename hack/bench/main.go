@@ -157,7 +157,7 @@ func main() {
 	ctl := exec.Command(filepath.Join(*bin, "controller"), "serve", "--data-dir", data, "--listen", "127.0.0.1:0",
 		"--http", "127.0.0.1:0", "--pprof", "--sweep-interval", "-1s", "--log-level", "warn")
 	ctl.Stderr = os.Stderr
-	ctl.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	ctl.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := ctl.Start(); err != nil {
 		log.Fatal(err)
 	}

@@ -75,7 +75,7 @@ func setupBareRun(bin, work string, f *setupBareFigures) error {
 	start := func(env []string, name string, args ...string) error {
 		c := exec.Command(filepath.Join(bin, name), args...)
 		c.Env = append(os.Environ(), env...)
-		c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 		if err := c.Start(); err != nil {
 			return err
 		}

@@ -247,7 +247,7 @@ func Start(ctx context.Context, o Options) (_ *Controller, err error) {
 		// part is built by activate.
 		c.lease = newLease(nil, c.opts.Cluster.LeaseTTL, c.ns.Name(), os.Getpid())
 		c.lease.writes = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "mgn_lease_write_seconds",
-			Help:    "How long the lease's writes took (acquire: a standby's Create, renew: the holder's Update); a renewal slower than a third of the TTL costs the active controller its right to act.",
+			Help:    "How long the lease's writes took (acquire: a standby's Create, renew: the holder's Update); the active controller may act until 2/3 of the TTL after its last successful renewal was sent, and renews every TTL/3.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}}, []string{"op"})
 		c.met.reg.MustRegister(c.lease.writes)
 		if err := c.startCluster(); err != nil {

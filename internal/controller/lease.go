@@ -33,7 +33,7 @@ const (
 	// DefaultLeaseTTL is how long a lease outlives its holder's last
 	// renewal; the new controller is active about this long after the old
 	// one died.
-	DefaultLeaseTTL = 2 * time.Second
+	DefaultLeaseTTL = 3 * time.Second
 	MinLeaseTTL     = 500 * time.Millisecond
 )
 
@@ -256,14 +256,16 @@ func (c *Controller) leaseLoop() {
 	defer c.wg.Done()
 	log := c.log.Named("lease")
 	l := c.lease
-	// A standby tries every TTL/12 (167 ms at the default TTL): after a
-	// kill the key ages out 1.5-2 s later and the standby's wait on top
-	// of that is half this on average; a refused Create costs one small
-	// JetStream request. The holder renews every TTL/4 while it may act
-	// until TTL-TTL/3 after a renewal's send: a renewal may come 0.8 s
+	// A standby tries every TTL/12 (250 ms at the default TTL): after a
+	// kill the key ages out 2-3 s later and the standby's wait on top of
+	// that is half this on average; a refused Create costs one small
+	// JetStream request. The holder renews every TTL/3 while it may act
+	// until TTL-TTL/3 after a renewal's send: a renewal may come a TTL/3
 	// late (a busy JetStream) before the holder stops acting, and it may
-	// take that long (renewWithin) before it is given up and retried.
-	acquireEvery, renewEvery := l.ttl/12, l.ttl/4
+	// take TTL-TTL/3 (renewWithin) before it is given up and retried. A
+	// 2 s TTL lost the lease twice while 10,000 agents connected at once
+	// on 2 cores (docs/HA.md).
+	acquireEvery, renewEvery := l.ttl/12, l.ttl/3
 	renewWithin := l.ttl - l.margin()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
