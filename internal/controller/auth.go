@@ -64,6 +64,10 @@ type authenticator struct {
 	// keyAdded is closed (and forgotten) when a key is added: a relay's
 	// connection waiting for a key that just enrolled hears it.
 	keyAdded chan struct{}
+	// tokenAdded is closed (and forgotten) when a cluster peer's watch of
+	// mgn_tokens brings a token; waitTokens says a peer has that watch.
+	tokenAdded chan struct{}
+	waitTokens bool
 }
 
 // errAdmitRefused is the hub's refusal of an enrollment connection a
@@ -188,6 +192,9 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 			return a.checkRelayed(c, o.Nkey, o.Token)
 		}
 		a.awaitEnrolledKey(o.Nkey)
+	}
+	if o.Token != "" {
+		a.awaitToken(o.Token)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -325,6 +332,50 @@ func (a *authenticator) awaitEnrolledKey(pub string) {
 		case <-deadline.C:
 			return
 		}
+	}
+}
+
+// awaitToken holds, at a cluster peer, an enrollment connection whose
+// token this peer does not know yet (up to authReadyWait): a token just
+// created on the active controller reaches a standby through its watch
+// of mgn_tokens a moment later, and an agent refused meanwhile would give
+// up for good. Any other connection, or a known token, returns at once.
+func (a *authenticator) awaitToken(tok string) {
+	h, isToken := tokenHash(tok)
+	if !isToken {
+		return
+	}
+	deadline := time.NewTimer(authReadyWait)
+	defer deadline.Stop()
+	for {
+		if _, ok := a.tokens.validHash(h); ok {
+			return
+		}
+		a.mu.Lock()
+		if !a.waitTokens {
+			a.mu.Unlock()
+			return
+		}
+		if a.tokenAdded == nil {
+			a.tokenAdded = make(chan struct{})
+		}
+		added := a.tokenAdded
+		a.mu.Unlock()
+		select {
+		case <-added:
+		case <-deadline.C:
+			return
+		}
+	}
+}
+
+// tokenChanged wakes the connections awaitToken holds.
+func (a *authenticator) tokenChanged() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.tokenAdded != nil {
+		close(a.tokenAdded)
+		a.tokenAdded = nil
 	}
 }
 

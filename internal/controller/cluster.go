@@ -354,6 +354,9 @@ func (c *Controller) startCluster() error {
 	}
 	hb.SetPendingLimits(1<<17, 64<<20) // a heartbeat dropped here costs nothing
 	go func() { defer c.wg.Done(); c.watchAuth(nodesBucket, c.onNodeRecord, c.warm.restart) }()
+	c.auth.mu.Lock()
+	c.auth.waitTokens = true
+	c.auth.mu.Unlock()
 	go func() { defer c.wg.Done(); c.watchAuth(tokensBucket, c.onTokenRecord, nil) }()
 	go func() {
 		// The lease bucket needs JetStream, which needs a quorum of peers:
@@ -525,6 +528,7 @@ func (c *Controller) onTokenRecord(e jetstream.KeyValueEntry) {
 	if e == nil {
 		return
 	}
+	defer c.auth.tokenChanged() // after the update below
 	c.tokens.mu.Lock()
 	defer c.tokens.mu.Unlock()
 	if e.Operation() != jetstream.KeyValuePut {
