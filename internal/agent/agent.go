@@ -390,8 +390,25 @@ func (a *Agent) onConnect(nc *nats.Conn, what string) {
 	a.needFacts.Store(true)
 	go func() {
 		<-a.ready // the callback can fire before Connect has returned
-		a.sync(0, true)
+		a.sendUnsettled()
+		a.sync(settleAfter, true)
 	}()
+}
+
+// sendUnsettled publishes at once the results still waiting to be settled
+// whose task is not past its deadline (the controller has settled those
+// without them). After a failover no controller answers a sync until one
+// is active; a result published meanwhile is heard by the standbys, which
+// hold results while a peer is lost (controller/held.go), so the new
+// active controller has it without asking. The sync that follows skips
+// what was just sent.
+func (a *Agent) sendUnsettled() {
+	now := time.Now()
+	for _, e := range a.jrnl.Unsettled() {
+		if e.Result != nil && e.Deadline.After(now) {
+			a.send(e.TaskID, e.Result)
+		}
+	}
 }
 
 // sync asks the controller which tasks this node owes an outcome for (see

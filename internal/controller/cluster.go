@@ -348,6 +348,7 @@ func (c *Controller) startCluster() error {
 	sub.SetPendingLimits(1<<16, 64<<20)
 	c.wg.Add(3)
 	c.warm = newWarmNodes()
+	c.held = &heldResults{}
 	hb, err := c.nodesNC.Subscribe(messages.HeartbeatPfx+"*", c.onStandbyHeartbeat)
 	if err != nil {
 		return fmt.Errorf("subscribe %s: %w", messages.HeartbeatPfx+"*", err)

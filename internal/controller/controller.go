@@ -108,8 +108,14 @@ type Controller struct {
 	// for a single controller, which reads the bucket once at start.
 	warm    *warmNodes
 	regWarm bool // the last activation's registry came from warm
-	log     *zap.Logger
-	ns      *server.Server
+	// held is what a cluster peer keeps of the results it hears while a
+	// peer is lost (held.go); nil for a single controller.
+	held *heldResults
+	// killed makes Close leave the lease held and unflushed, as kill -9
+	// would (tests of a failover in one process: export_test.go Kill).
+	killed atomic.Bool
+	log    *zap.Logger
+	ns     *server.Server
 	// nc is the state connection: JetStream state, tasks and
 	// events, all on subjects the controller chooses itself. What others
 	// send is heard on nodesNC and apiNC, whose permissions let them answer

@@ -366,17 +366,33 @@ func (d *dispatcher) arm(ts *taskState) {
 
 // onResult takes a result an agent published. The node is the subject's,
 // which the server binds to the agent's identity; the payload's is ignored.
-func (d *dispatcher) onResult(m *nats.Msg) {
+func (d *dispatcher) onResult(m *nats.Msg) { d.result(m) }
+
+// applyHeld settles the results a standby held while a peer was lost
+// (held.go), as heard live, and returns how many settled an outcome.
+func (d *dispatcher) applyHeld(msgs []*nats.Msg) int {
+	n := 0
+	for _, m := range msgs {
+		if d.result(m) {
+			n++
+		}
+	}
+	return n
+}
+
+// result handles one node's result and reports whether it settled that
+// node's outcome (false: refused, a duplicate, or for no open task).
+func (d *dispatcher) result(m *nats.Msg) bool {
 	node, err := messages.NodeFromSubject(messages.ResultPrefix, m.Subject)
 	if err != nil {
 		d.met.refused("result", "bad_subject")
-		return
+		return false
 	}
 	r, err := messages.Decode[messages.Result](m.Data, d.met.maxBytes)
 	if err != nil {
 		d.met.refused("result", messages.CodeOf(err))
 		d.log.Warn("refused result", zap.String("node", node), zap.Error(err))
-		return
+		return false
 	}
 	id := r.TaskID
 	d.met.resultsReceived.Inc()
@@ -394,9 +410,9 @@ func (d *dispatcher) onResult(m *nats.Msg) {
 	ts := d.tasks[id]
 	d.mu.Unlock()
 	if ts == nil {
-		return // closed already (this node's outcome is settled), or unknown
+		return false // closed already (this node's outcome is settled), or unknown
 	}
-	d.settleSealed(ts, r, raw, sealed)
+	return d.settleSealed(ts, r, raw, sealed)
 }
 
 // takeSealed returns (and forgets) the sealed values node returned for
@@ -447,12 +463,12 @@ func (d *dispatcher) settle(ts *taskState, r messages.Result, raw []byte) {
 // settleSealed is settle for a result that came with sealed values (already
 // stripped from r and raw): kept in memory for the issuer when it takes
 // them, else dropped.
-func (d *dispatcher) settleSealed(ts *taskState, r messages.Result, raw []byte, sealed json.RawMessage) {
+func (d *dispatcher) settleSealed(ts *taskState, r messages.Result, raw []byte, sealed json.RawMessage) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	row, ok := ts.pendingRow(r.Node)
 	if !ok || d.closed || !d.acting() {
-		return
+		return false
 	}
 	if len(sealed) > 0 {
 		if ts.takesSealed {
@@ -478,6 +494,7 @@ func (d *dispatcher) settleSealed(ts *taskState, r messages.Result, raw []byte, 
 	if ts.settled == len(ts.rows) {
 		d.completeLocked(ts)
 	}
+	return true
 }
 
 // completeLocked marks a task done. It is closed (moved from the open

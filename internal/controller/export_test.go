@@ -91,3 +91,29 @@ func authReady(a *authenticator) bool {
 // (mgn.relay.changed), as a relay that missed one: it then learns a new
 // key only when it asks on its own (relayRefresh, or nudge).
 func (r *Relay) DropChangeNotices() error { return r.changedSub.Unsubscribe() }
+
+// Kill stops the controller as kill -9 would look to its peers: its lease
+// is left to age out and nothing is flushed.
+func (c *Controller) Kill() {
+	c.killed.Store(true)
+	c.Close()
+}
+
+// HeldSettled is how many outcomes this controller's activation settled
+// from results it held as a standby (held.go); -1 when it is not active.
+func (c *Controller) HeldSettled() int {
+	c.actMu.Lock()
+	defer c.actMu.Unlock()
+	if c.act == nil {
+		return -1
+	}
+	return c.act.heldSettled
+}
+
+// Holding reports whether this standby holds the results it hears (a peer
+// is lost, held.go).
+func (c *Controller) Holding() bool {
+	c.held.mu.Lock()
+	defer c.held.mu.Unlock()
+	return !c.held.since.IsZero()
+}

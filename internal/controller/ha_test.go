@@ -130,6 +130,28 @@ func (h *haCluster) active(within time.Duration) int {
 	return idx
 }
 
+// noLeadership waits until controller i holds no Raft leadership
+// (cluster.go keepNoLeaders), as an active one settles to.
+func (h *haCluster) noLeadership(i int) {
+	h.t.Helper()
+	ns := h.c[i].Server()
+	poll.Until(h.t, 20*time.Second, "no leadership on the active controller", func() bool {
+		if ns.JetStreamIsLeader() {
+			return false
+		}
+		ad, err := ns.JszAccount(&server.JSzOptions{Account: "$G", Streams: true})
+		if err != nil {
+			return false
+		}
+		for _, sd := range ad.Streams {
+			if sd.Cluster != nil && sd.Cluster.Leader == ns.Name() {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 func (h *haCluster) agent(name string) *agent.Agent {
 	h.t.Helper()
 	return runAgent(h.t, agent.Config{
@@ -204,22 +226,8 @@ func TestClusterLeaseAndFailover(t *testing.T) {
 
 	// The active controller holds no Raft leadership (cluster.go
 	// keepNoLeaders): killing it costs no election.
+	h.noLeadership(act)
 	ns := h.c[act].Server()
-	poll.Until(t, 20*time.Second, "no leadership on the active controller", func() bool {
-		if ns.JetStreamIsLeader() {
-			return false
-		}
-		ad, err := ns.JszAccount(&server.JSzOptions{Account: "$G", Streams: true})
-		if err != nil {
-			return false
-		}
-		for _, sd := range ad.Streams {
-			if sd.Cluster != nil && sd.Cluster.Leader == ns.Name() {
-				return false
-			}
-		}
-		return true
-	})
 
 	// A standby admits the agents' connections as soon as its watch of
 	// the nodes bucket has the keys: before, each waited authReadyWait
@@ -269,16 +277,7 @@ func TestClusterLeaseAndFailover(t *testing.T) {
 	})
 	// The agents on the stopped controller's server lose their connection
 	// and are not heard from until they reconnect elsewhere.
-	cz, err := ns.Connz(&server.ConnzOptions{Limit: 1 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	onStopped := 0
-	for _, ci := range cz.Conns {
-		if strings.HasPrefix(ci.Name, "agent:") {
-			onStopped++
-		}
-	}
+	onStopped := agentConns(t, ns)
 	start := time.Now()
 	h.stop(act)
 	next := h.active(15 * time.Second)

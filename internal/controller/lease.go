@@ -178,6 +178,7 @@ func leaseHolder(ctx context.Context, kv jetstream.KeyValue) (leaseRecord, uint6
 type activeState struct {
 	since         time.Time // when the activation finished
 	onlineAtStart int       // nodes online in the registry it was built with
+	heldSettled   int       // outcomes settled from results held as a standby (held.go)
 	stop          chan struct{}
 	wg            sync.WaitGroup
 	ctx           context.Context
@@ -339,6 +340,10 @@ func (c *Controller) leaseLoop() {
 	for {
 		select {
 		case <-c.stop:
+			if c.killed.Load() {
+				c.deactivate("killed") // as kill -9 would leave it: the lease held, nothing flushed
+				return
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			if c.act != nil {
 				if l.valid() && c.reg != nil {
@@ -377,6 +382,9 @@ func (c *Controller) leaseLoop() {
 				log.Info("lease acquired: this controller is active", zap.String("holder", l.holder), zap.Uint64("rev", l.rev))
 				tryActivate()
 				continue
+			}
+			if err == nil {
+				c.watchPeers(time.Now()) // another controller holds it: is it still there?
 			}
 			timer.Reset(acquireEvery)
 			continue
@@ -418,10 +426,17 @@ func (c *Controller) activate() error {
 	if err := c.disp.recover(ctx); err != nil {
 		return err
 	}
+	// Taken once the open tasks are rebuilt: until then this controller's
+	// own subscription drops results (no task to settle them on) and the
+	// standby's holding catches them, so the two overlap rather than
+	// leave a gap (the first outcome per node wins).
+	held, heldDropped := c.held.take()
+	heldSettled := c.disp.applyHeld(held)
 	recovered := time.Since(start)
 	// The open tasks go out again before the reports are read: the
 	// agents' answers are what a failover waits for, and a verifier
-	// records reports in any order (verifier.record).
+	// records reports in any order (verifier.record). Only to the nodes
+	// that still owe an outcome once the held results are settled.
 	c.disp.resendOwed()
 	resent := time.Since(start)
 	c.ver.loadLast(ctx)
@@ -432,7 +447,7 @@ func (c *Controller) activate() error {
 	// How many nodes the new registry has online as it starts: a failover
 	// should not show a healthy fleet offline (warm.go).
 	online, _, _ := c.reg.counts(time.Now())
-	a := &activeState{stop: make(chan struct{}), since: time.Now().UTC(), onlineAtStart: online}
+	a := &activeState{stop: make(chan struct{}), since: time.Now().UTC(), onlineAtStart: online, heldSettled: heldSettled}
 	a.ctx, a.end = context.WithCancel(context.Background())
 	c.actMu.Lock()
 	c.act = a
@@ -468,7 +483,8 @@ func (c *Controller) activate() error {
 	c.log.Info("active", zap.Duration("activation", time.Since(start)),
 		zap.Duration("state_opened", opened), zap.Bool("registry_warm", c.regWarm),
 		zap.Duration("tasks_recovered", recovered), zap.Duration("owed_resent", resent),
-		zap.Duration("reports_loaded", loaded), zap.Int("nodes", c.reg.count()), zap.Int("online", online))
+		zap.Duration("reports_loaded", loaded), zap.Int("nodes", c.reg.count()), zap.Int("online", online),
+		zap.Int("results_held", len(held)), zap.Int("held_settled", heldSettled), zap.Int("held_dropped", heldDropped))
 	return nil
 }
 

@@ -1,0 +1,165 @@
+package controller
+
+import (
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+
+	"github.com/guildnet/metaguildnet/messages"
+)
+
+// heldResults keeps the results a standby hears while a peer is lost, so
+// that the controller activated after a failover starts with them.
+//
+// Only the active controller subscribes to results. When it dies, the
+// results its agents send until another controller is active (the lease
+// ages out 2-3 s after a kill) reach nobody; the agents keep them in their
+// journals and send them again when the new controller resends the open
+// tasks, so nothing is lost, but that round trip is a whole fan-out's worth
+// of time at the end of a failover (about 1-2 s at 10,000 agents,
+// docs/HA.md). A standby that sees a peer's routes go starts listening for
+// results, keeping them undecoded, and the one that becomes active settles
+// them before it resends anything (activate, dispatcher.applyHeld). Every
+// result held is validated then exactly as one heard live (onResult).
+//
+// A standby does not listen while every peer is there: its interest would
+// make each server forward every result to it too, on every fan-out. When
+// the lost peer was a standby, the active controller is still there and
+// what was held is dropped after heldWindow.
+type heldResults struct {
+	mu      sync.Mutex
+	sub     *nats.Subscription
+	since   time.Time // holding since; zero when not holding
+	spent   bool      // this loss's window passed: hold again only after the peers are back, or another is lost
+	spentAt int       // peers routed to when the window passed
+	msgs    []*nats.Msg
+	bytes   int
+	dropped int
+	maxPeer int // the most peers this server was routed to at once
+}
+
+// The bounds of what a standby holds, beyond which results are dropped
+// (the resend after the activation brings them). At 10,000 agents one
+// fan-out's results are about 10,000 messages of a few hundred bytes.
+const (
+	maxHeldResults     = 100_000
+	maxHeldResultBytes = 64 << 20
+)
+
+// heldWindow is how long a standby holds results after it saw a peer go:
+// the lease ages out within a TTL, and an activation may be retried for
+// two more (leaseLoop's giveUp).
+func heldWindow(ttl time.Duration) time.Duration { return 3 * ttl }
+
+func (h *heldResults) add(m *nats.Msg) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.since.IsZero() {
+		return // a message queued before the subscription ended
+	}
+	if len(h.msgs) >= maxHeldResults || h.bytes+len(m.Data) > maxHeldResultBytes {
+		h.dropped++
+		return
+	}
+	h.msgs = append(h.msgs, m) // nats.go gives each message its own payload
+	h.bytes += len(m.Data)
+}
+
+// stopLocked ends the subscription and returns what was held.
+func (h *heldResults) stopLocked() (msgs []*nats.Msg, dropped int) {
+	if h.sub != nil {
+		h.sub.Unsubscribe()
+		h.sub = nil
+	}
+	msgs, dropped = h.msgs, h.dropped
+	h.msgs, h.bytes, h.dropped, h.since = nil, 0, 0, time.Time{}
+	return msgs, dropped
+}
+
+// take ends holding and returns the results held (activate).
+func (h *heldResults) take() (msgs []*nats.Msg, dropped int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.stopLocked()
+}
+
+// routedPeers counts the servers this one has routes to.
+func routedPeers(ns *server.Server) int {
+	rz, err := ns.Routez(&server.RoutezOptions{})
+	if err != nil {
+		return -1
+	}
+	names := map[string]bool{}
+	for _, r := range rz.Routes {
+		names[r.RemoteName] = true
+	}
+	return len(names)
+}
+
+// holdStep is what a standby does with results at one look at its peers.
+type holdStep int
+
+const (
+	holdKeep   holdStep = iota // go on as it is (holding or not)
+	holdStart                  // a peer is lost: start holding
+	holdDrop                   // peers back: drop what was held
+	holdExpire                 // the window passed with the peer still lost: drop it
+)
+
+// step decides what to do when peers are routed to at now; h.mu held.
+func (h *heldResults) step(peers int, now time.Time, window time.Duration) holdStep {
+	h.maxPeer = max(h.maxPeer, peers)
+	if peers == h.maxPeer {
+		h.spent = false
+		if !h.since.IsZero() {
+			return holdDrop
+		}
+		return holdKeep
+	}
+	if h.spent && peers < h.spentAt {
+		h.spent = false // another peer lost since: it may be the active one
+	}
+	switch {
+	case h.since.IsZero() && !h.spent:
+		return holdStart
+	case !h.since.IsZero() && now.Sub(h.since) > window:
+		h.spent, h.spentAt = true, peers
+		return holdExpire
+	}
+	return holdKeep
+}
+
+// watchPeers starts or ends holding results on a standby (leaseLoop calls
+// it each time it finds the lease held by another controller).
+func (c *Controller) watchPeers(now time.Time) {
+	h := c.held
+	peers := routedPeers(c.ns)
+	if peers < 0 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch h.step(peers, now, heldWindow(c.lease.ttl)) {
+	case holdDrop:
+		msgs, dropped := h.stopLocked()
+		c.log.Info("peers back: results held meanwhile dropped (the active controller heard them)",
+			zap.Int("held", len(msgs)), zap.Int("dropped", dropped))
+	case holdStart:
+		sub, err := c.nodesNC.Subscribe(messages.ResultPrefix+"*", h.add)
+		if err != nil {
+			c.logRate.warn(c.log, "held", "cannot hold results while a peer is lost", zap.Error(err))
+			return
+		}
+		sub.SetPendingLimits(maxHeldResults, maxHeldResultBytes)
+		h.sub, h.since = sub, now
+		c.log.Info("a peer is lost: holding the results heard until a controller is active",
+			zap.Int("peers", peers), zap.Int("had", h.maxPeer))
+	case holdExpire:
+		msgs, dropped := h.stopLocked()
+		c.log.Info("a peer is still lost and another controller is active: results held dropped",
+			zap.Int("held", len(msgs)), zap.Int("dropped", dropped))
+	}
+}
