@@ -20,9 +20,9 @@ func TestHeldResultsSteps(t *testing.T) {
 		after time.Duration
 		want  holdStep
 	}{
-		{1, 0, holdKeep},             // the cluster forming
-		{2, 0, holdKeep},             // every peer there
-		{1, time.Second, holdStart},  // one lost
+		{1, 0, holdKeep},            // the cluster forming
+		{2, 0, holdKeep},            // every peer there
+		{1, time.Second, holdStart}, // one lost
 		{1, 5 * time.Second, holdKeep},
 		{1, 11 * time.Second, holdExpire}, // still lost after the window: the active one is alive
 		{1, 12 * time.Second, holdKeep},   // not again for the same loss
