@@ -672,7 +672,9 @@ func benchRelays(bin, work string, n, rounds int) haTopology {
 	}
 	t.HubTotalKiBPerAgent = hubTotal
 	log.Printf("hub RSS %.1f KiB per agent in all (agents behind relays)", hubTotal)
+	stopCPU := saveCPU(hub.http, "hub-relays")
 	p50, p99 := fanRounds(cli, rounds)
+	stopCPU()
 	t.P50MS, t.P99MS = ms(p50), ms(p99)
 	for _, c := range agents {
 		c()

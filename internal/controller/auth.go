@@ -61,13 +61,33 @@ type authenticator struct {
 	remoteAdmit func(ctx context.Context, pub, tokenHash string) (time.Time, error)
 	// nudge, at a relay, asks the hub for the enrolled keys now.
 	nudge func()
-	// keyAdded is closed (and forgotten) when a key is added: a relay's
-	// connection waiting for a key that just enrolled hears it.
-	keyAdded chan struct{}
-	// tokenAdded is closed (and forgotten) when a cluster peer's watch of
-	// mgn_tokens brings a token; waitTokens says a peer has that watch.
-	tokenAdded chan struct{}
+	// keyAdded fires when a key is added: a relay's connection waiting
+	// for a key that just enrolled hears it.
+	keyAdded signal
+	// tokenAdded fires when a cluster peer's watch of mgn_tokens brings a
+	// token; waitTokens says a peer has that watch.
+	tokenAdded signal
 	waitTokens bool
+}
+
+// signal wakes every waiter at once, as often as it fires; the owner's
+// mutex guards it. A waiter takes next under that mutex, releases it and
+// waits on the channel, so a fire between the two is not missed.
+type signal struct{ ch chan struct{} }
+
+// next returns a channel closed at the next fire.
+func (s *signal) next() <-chan struct{} {
+	if s.ch == nil {
+		s.ch = make(chan struct{})
+	}
+	return s.ch
+}
+
+func (s *signal) fire() {
+	if s.ch != nil {
+		close(s.ch)
+		s.ch = nil
+	}
 }
 
 // errAdmitRefused is the hub's refusal of an enrollment connection a
@@ -319,10 +339,7 @@ func (a *authenticator) awaitEnrolledKey(pub string) {
 			a.mu.Unlock()
 			return
 		}
-		if a.keyAdded == nil {
-			a.keyAdded = make(chan struct{})
-		}
-		added := a.keyAdded
+		added := a.keyAdded.next()
 		a.mu.Unlock()
 		if !nudged && a.nudge != nil {
 			a.nudge()
@@ -356,10 +373,7 @@ func (a *authenticator) awaitToken(tok string) {
 			a.mu.Unlock()
 			return
 		}
-		if a.tokenAdded == nil {
-			a.tokenAdded = make(chan struct{})
-		}
-		added := a.tokenAdded
+		added := a.tokenAdded.next()
 		a.mu.Unlock()
 		select {
 		case <-added:
@@ -373,10 +387,7 @@ func (a *authenticator) awaitToken(tok string) {
 func (a *authenticator) tokenChanged() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.tokenAdded != nil {
-		close(a.tokenAdded)
-		a.tokenAdded = nil
-	}
+	a.tokenAdded.fire()
 }
 
 // nodePermissions binds a node's connection to subjects that carry its own
@@ -474,10 +485,7 @@ func (a *authenticator) addNode(pub, name string) {
 	defer a.mu.Unlock()
 	if _, known := a.nodes[pub]; !known {
 		delete(a.pending, pub)
-		if a.keyAdded != nil {
-			close(a.keyAdded)
-			a.keyAdded = nil
-		}
+		a.keyAdded.fire()
 	}
 	a.nodes[pub] = name
 	a.byName[name] = pub
