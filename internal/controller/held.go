@@ -133,7 +133,7 @@ func (h *heldResults) step(peers int, now time.Time, window time.Duration) holdS
 }
 
 // watchPeers starts or ends holding results on a standby (leaseLoop calls
-// it each time it finds the lease held by another controller).
+// it each time it tries for the lease and does not get it).
 func (c *Controller) watchPeers(now time.Time) {
 	h := c.held
 	peers := routedPeers(c.ns)

@@ -383,9 +383,10 @@ func (c *Controller) leaseLoop() {
 				tryActivate()
 				continue
 			}
-			if err == nil {
-				c.watchPeers(time.Now()) // another controller holds it: is it still there?
-			}
+			// Another controller holds the lease, or the bucket cannot
+			// say (its leader may have been on a lost peer): is every
+			// peer still there?
+			c.watchPeers(time.Now())
 			timer.Reset(acquireEvery)
 			continue
 		}
