@@ -197,11 +197,22 @@ func (r *rolloutRunner) holding(spec messages.FleetCluster) string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, n := range spec.Nodes {
-		if id := r.active[n.Name]; id != "" {
+		if id := r.active[n.Name]; id != "" && r.holdsLocked(id) {
 			return id
 		}
 	}
 	return ""
+}
+
+// holdsLocked reports whether rollout id still holds its nodes; r.mu held.
+// A rollout whose status is final only saves its record and releases them
+// (finish): whoever saw it finished must not be refused for it.
+func (r *rolloutRunner) holdsLocked(id string) bool {
+	switch r.statusOf(id) {
+	case messages.RolloutSucceeded, messages.RolloutFailed, messages.RolloutRolledBack, messages.RolloutAborted:
+		return false
+	}
+	return true
 }
 
 func (r *rolloutRunner) load(ctx context.Context, id string) (*rolloutRecord, error) {
@@ -316,7 +327,7 @@ func (r *rolloutRunner) start(ctx context.Context, req messages.RolloutStartRequ
 	// One rollout per node, and none while setup holds a cluster.
 	r.mu.Lock()
 	for _, n := range rec.Nodes {
-		if id := r.active[n.Name]; id != "" {
+		if id := r.active[n.Name]; id != "" && r.holdsLocked(id) {
 			r.mu.Unlock()
 			return "", messages.Errorf(messages.CodeConflict, "node %s is in rollout %s, which is still %s: wait for it, or `controller rollout abort %s`", n.Name, id, r.statusOf(id), id)
 		}
