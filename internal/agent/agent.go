@@ -442,6 +442,15 @@ func (a *Agent) sync(settleAfter time.Duration, force bool) {
 			if !a.nc.IsConnected() {
 				return // the next reconnect syncs again
 			}
+			// The retry's answer resends whatever it lists: what was sent
+			// before may have reached nobody.
+			settleAfter = 0
+			if errors.Is(err, nats.ErrNoResponders) {
+				// No controller is active (a failover): the standbys may
+				// have begun holding results since the last send, up to
+				// a lease try (TTL/12) after the peer's loss.
+				a.sendUnsettled()
+			}
 			select {
 			case <-time.After(backoff(attempt)):
 			case <-a.base.Done():

@@ -366,29 +366,30 @@ func (d *dispatcher) arm(ts *taskState) {
 
 // onResult takes a result an agent published. The node is the subject's,
 // which the server binds to the agent's identity; the payload's is ignored.
-func (d *dispatcher) onResult(m *nats.Msg) { d.result(m) }
+func (d *dispatcher) onResult(m *nats.Msg) { d.result(m.Subject, m.Data) }
 
 // applyHeld settles the results a standby held while a peer was lost
 // (held.go), as heard live, and returns how many settled an outcome.
-func (d *dispatcher) applyHeld(msgs []*nats.Msg) int {
+func (d *dispatcher) applyHeld(held []heldResult) int {
 	n := 0
-	for _, m := range msgs {
-		if d.result(m) {
+	for _, h := range held {
+		if d.result(h.subject, h.data) {
 			n++
 		}
 	}
 	return n
 }
 
-// result handles one node's result and reports whether it settled that
-// node's outcome (false: refused, a duplicate, or for no open task).
-func (d *dispatcher) result(m *nats.Msg) bool {
-	node, err := messages.NodeFromSubject(messages.ResultPrefix, m.Subject)
+// result handles one node's result, data published on subject, and
+// reports whether it settled that node's outcome (false: refused, a
+// duplicate, or for no open task).
+func (d *dispatcher) result(subject string, data []byte) bool {
+	node, err := messages.NodeFromSubject(messages.ResultPrefix, subject)
 	if err != nil {
 		d.met.refused("result", "bad_subject")
 		return false
 	}
-	r, err := messages.Decode[messages.Result](m.Data, d.met.maxBytes)
+	r, err := messages.Decode[messages.Result](data, d.met.maxBytes)
 	if err != nil {
 		d.met.refused("result", messages.CodeOf(err))
 		d.log.Warn("refused result", zap.String("node", node), zap.Error(err))
@@ -396,7 +397,7 @@ func (d *dispatcher) result(m *nats.Msg) bool {
 	}
 	id := r.TaskID
 	d.met.resultsReceived.Inc()
-	raw := m.Data // stored as sent when it names its node truly
+	raw := data // stored as sent when it names its node truly
 	if r.Node != node {
 		r.Node, raw = node, nil
 	}

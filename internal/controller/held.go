@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"bytes"
 	"sync"
 	"time"
 
@@ -23,30 +24,53 @@ import (
 // docs/HA.md). A standby that sees a peer's routes go starts listening for
 // results, keeping them undecoded, and the one that becomes active settles
 // them before it resends anything (activate, dispatcher.applyHeld). Every
-// result held is validated then exactly as one heard live (onResult).
+// result held is validated then exactly as one heard live (onResult). An
+// activation that fails after taking them costs only the round trip: the
+// agents' journals still have every result.
 //
 // A standby does not listen while every peer is there: its interest would
-// make each server forward every result to it too, on every fan-out. When
-// the lost peer was a standby, the active controller is still there and
-// what was held is dropped after heldWindow.
+// make each server forward every result to it too, on every fan-out. What
+// it held is dropped heldWindow after the loss if no activation took it
+// (the lost peer was a standby, and the active controller heard the
+// results), not when the peer comes back: a killed active controller
+// restarted at once is back before any controller is active.
+//
+// Everything held came from nodes, so it is bounded: in all, per node (one
+// node must not crowd out the others), and by its bytes, which are copied
+// out of the message (a held nats.Msg would keep its header bytes and the
+// messages queued behind it alive). A result with headers is not held:
+// agents send none.
 type heldResults struct {
 	mu      sync.Mutex
 	sub     *nats.Subscription
 	since   time.Time // holding since; zero when not holding
-	spent   bool      // this loss's window passed: hold again only after the peers are back, or another is lost
+	spent   bool      // this loss's window passed: hold again only for another loss
 	spentAt int       // peers routed to when the window passed
-	msgs    []*nats.Msg
+	msgs    []heldResult
+	perNode map[string]int // held per result subject
 	bytes   int
 	dropped int
 	maxPeer int // the most peers this server was routed to at once
 }
 
+// heldResult is one result as it came: its subject names the node.
+type heldResult struct {
+	subject string
+	data    []byte
+}
+
 // The bounds of what a standby holds, beyond which results are dropped
 // (the resend after the activation brings them). At 10,000 agents one
-// fan-out's results are about 10,000 messages of a few hundred bytes.
+// fan-out's results are about 10,000 messages of a few hundred bytes; a
+// node owes one result per open task. The subscription's own pending
+// buffer (heldPending*) comes on top while the handler catches up.
 const (
 	maxHeldResults     = 100_000
 	maxHeldResultBytes = 64 << 20
+	maxHeldPerNode     = 64
+	heldOverhead       = 64 // counted per result beside its subject and data
+	heldPendingMsgs    = 1 << 16
+	heldPendingBytes   = 16 << 20
 )
 
 // heldWindow is how long a standby holds results after it saw a peer go:
@@ -60,27 +84,33 @@ func (h *heldResults) add(m *nats.Msg) {
 	if h.since.IsZero() {
 		return // a message queued before the subscription ended
 	}
-	if len(h.msgs) >= maxHeldResults || h.bytes+len(m.Data) > maxHeldResultBytes {
+	size := len(m.Subject) + len(m.Data) + heldOverhead
+	if len(m.Header) > 0 || len(h.msgs) >= maxHeldResults || h.bytes+size > maxHeldResultBytes ||
+		h.perNode[m.Subject] >= maxHeldPerNode {
 		h.dropped++
 		return
 	}
-	h.msgs = append(h.msgs, m) // nats.go gives each message its own payload
-	h.bytes += len(m.Data)
+	if h.perNode == nil {
+		h.perNode = map[string]int{}
+	}
+	h.perNode[m.Subject]++
+	h.msgs = append(h.msgs, heldResult{subject: m.Subject, data: bytes.Clone(m.Data)})
+	h.bytes += size
 }
 
 // stopLocked ends the subscription and returns what was held.
-func (h *heldResults) stopLocked() (msgs []*nats.Msg, dropped int) {
+func (h *heldResults) stopLocked() (msgs []heldResult, dropped int) {
 	if h.sub != nil {
 		h.sub.Unsubscribe()
 		h.sub = nil
 	}
 	msgs, dropped = h.msgs, h.dropped
-	h.msgs, h.bytes, h.dropped, h.since = nil, 0, 0, time.Time{}
+	h.msgs, h.perNode, h.bytes, h.dropped, h.since = nil, nil, 0, 0, time.Time{}
 	return msgs, dropped
 }
 
 // take ends holding and returns the results held (activate).
-func (h *heldResults) take() (msgs []*nats.Msg, dropped int) {
+func (h *heldResults) take() (msgs []heldResult, dropped int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.stopLocked()
@@ -105,29 +135,21 @@ type holdStep int
 const (
 	holdKeep   holdStep = iota // go on as it is (holding or not)
 	holdStart                  // a peer is lost: start holding
-	holdDrop                   // peers back: drop what was held
-	holdExpire                 // the window passed with the peer still lost: drop it
+	holdExpire                 // the window passed and no activation took them: drop them
 )
 
 // step decides what to do when peers are routed to at now; h.mu held.
 func (h *heldResults) step(peers int, now time.Time, window time.Duration) holdStep {
 	h.maxPeer = max(h.maxPeer, peers)
-	if peers == h.maxPeer {
-		h.spent = false
-		if !h.since.IsZero() {
-			return holdDrop
-		}
-		return holdKeep
-	}
-	if h.spent && peers < h.spentAt {
-		h.spent = false // another peer lost since: it may be the active one
+	if h.spent && (peers == h.maxPeer || peers < h.spentAt) {
+		h.spent = false // the peers came back, or another is lost (it may be the active one)
 	}
 	switch {
-	case h.since.IsZero() && !h.spent:
-		return holdStart
 	case !h.since.IsZero() && now.Sub(h.since) > window:
 		h.spent, h.spentAt = true, peers
 		return holdExpire
+	case h.since.IsZero() && !h.spent && peers < h.maxPeer:
+		return holdStart
 	}
 	return holdKeep
 }
@@ -143,23 +165,19 @@ func (c *Controller) watchPeers(now time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	switch h.step(peers, now, heldWindow(c.lease.ttl)) {
-	case holdDrop:
-		msgs, dropped := h.stopLocked()
-		c.log.Info("peers back: results held meanwhile dropped (the active controller heard them)",
-			zap.Int("held", len(msgs)), zap.Int("dropped", dropped))
 	case holdStart:
 		sub, err := c.nodesNC.Subscribe(messages.ResultPrefix+"*", h.add)
 		if err != nil {
 			c.logRate.warn(c.log, "held", "cannot hold results while a peer is lost", zap.Error(err))
 			return
 		}
-		sub.SetPendingLimits(maxHeldResults, maxHeldResultBytes)
+		sub.SetPendingLimits(heldPendingMsgs, heldPendingBytes)
 		h.sub, h.since = sub, now
 		c.log.Info("a peer is lost: holding the results heard until a controller is active",
 			zap.Int("peers", peers), zap.Int("had", h.maxPeer))
 	case holdExpire:
 		msgs, dropped := h.stopLocked()
-		c.log.Info("a peer is still lost and another controller is active: results held dropped",
+		c.log.Info("no activation took the results held since a peer was lost: dropped",
 			zap.Int("held", len(msgs)), zap.Int("dropped", dropped))
 	}
 }

@@ -1392,20 +1392,23 @@ func bestRootCause(findings []messages.Finding, node string, touched []string) *
 
 // finish ends a rollout with status.
 func (r *rolloutRunner) finish(ctx context.Context, lr *liveRollout, status, reason string) {
-	var rev int64
+	// The revision is marked applied before the status is final: from
+	// then on a new rollout may start on these nodes (holdsLocked), and
+	// it must start from this one's revision.
+	if status == messages.RolloutSucceeded {
+		var rev int64
+		lr.update(func(rec *rolloutRecord) { rev = rec.ToRev })
+		if err := r.revs.markApplied(ctx, rev); err != nil {
+			r.log.Warn("mark revision applied", zap.Int64("revision", rev), zap.Error(err))
+		}
+	}
 	lr.update(func(rec *rolloutRecord) {
 		rec.Status, rec.Phase, rec.Control = status, phaseIdle, ""
 		if reason != "" {
 			rec.Reason = truncate(reason, 4*messages.MaxRolloutText)
 		}
 		rec.Finished = time.Now().UTC()
-		rev = rec.ToRev
 	})
-	if status == messages.RolloutSucceeded {
-		if err := r.revs.markApplied(ctx, rev); err != nil {
-			r.log.Warn("mark revision applied", zap.Int64("revision", rev), zap.Error(err))
-		}
-	}
 	r.save(ctx, lr)
 	if ctx.Err() != nil {
 		return
