@@ -445,16 +445,18 @@ func (a *Agent) sync(settleAfter time.Duration, force bool) {
 			// The retry's answer resends whatever it lists: what was sent
 			// before may have reached nobody.
 			settleAfter = 0
-			if errors.Is(err, nats.ErrNoResponders) {
-				// No controller is active (a failover): the standbys may
-				// have begun holding results since the last send, up to
-				// a lease try (TTL/12) after the peer's loss.
-				a.sendUnsettled()
-			}
 			select {
 			case <-time.After(backoff(attempt)):
 			case <-a.base.Done():
 				return
+			}
+			if attempt == 0 && force && errors.Is(err, nats.ErrNoResponders) {
+				// No controller is active (a failover), and this agent
+				// may have reconnected before the standbys began holding
+				// results (controller/held.go, within 50 ms of a peer's
+				// loss): once more, after the wait. Only once: at 10,000
+				// agents every extra send is load on the survivors.
+				a.sendUnsettled()
 			}
 			attempt++
 			continue

@@ -349,6 +349,8 @@ func (c *Controller) startCluster() error {
 	c.wg.Add(3)
 	c.warm = newWarmNodes()
 	c.held = &heldResults{}
+	c.wg.Add(1)
+	go c.watchRoutes()
 	hb, err := c.nodesNC.Subscribe(messages.HeartbeatPfx+"*", c.onStandbyHeartbeat)
 	if err != nil {
 		return fmt.Errorf("subscribe %s: %w", messages.HeartbeatPfx+"*", err)
@@ -448,7 +450,7 @@ func (c *Controller) adoptLeaseTTL(kv jetstream.KeyValue) {
 	}
 	c.log.Warn("the lease bucket's TTL differs from --lease-ttl: using the bucket's, which every peer shares",
 		zap.Duration("bucket_ttl", st.TTL()), zap.Duration("lease_ttl_flag", c.lease.ttl))
-	c.lease.kvMu.Lock() // for readers outside the lease loop (tests)
+	c.lease.kvMu.Lock() // for readers outside the lease loop (watchPeers, tests)
 	c.lease.ttl = st.TTL()
 	c.lease.kvMu.Unlock()
 }

@@ -21,7 +21,7 @@ import (
 // journals and send them again when the new controller resends the open
 // tasks, so nothing is lost, but that round trip is a whole fan-out's worth
 // of time at the end of a failover (about 1-2 s at 10,000 agents,
-// docs/HA.md). A standby that sees a peer's routes go starts listening for
+// docs/HA.md). A standby that sees a peer's routes go (watchRoutes) starts listening for
 // results, keeping them undecoded, and the one that becomes active settles
 // them before it resends anything (activate, dispatcher.applyHeld). Every
 // result held is validated then exactly as one heard live (onResult). An
@@ -154,17 +154,50 @@ func (h *heldResults) step(peers int, now time.Time, window time.Duration) holdS
 	return holdKeep
 }
 
-// watchPeers starts or ends holding results on a standby (leaseLoop calls
-// it each time it tries for the lease and does not get it).
+// heldEvery is how often a standby looks at its routes: an agent of a
+// lost peer reconnects to another within milliseconds and sends its
+// unsettled results at once, and again 125-375 ms later if no controller
+// answered its sync (agent.sync). Looking costs a route count; the routes
+// are listed only when it changed.
+const heldEvery = 50 * time.Millisecond
+
+// watchRoutes runs watchPeers on a standby until the controller stops.
+func (c *Controller) watchRoutes() {
+	defer c.wg.Done()
+	t := time.NewTicker(heldEvery)
+	defer t.Stop()
+	last, lastAt := -1, time.Time{}
+	for {
+		select {
+		case <-c.stop:
+			return
+		case now := <-t.C:
+			if c.Active() {
+				continue // the active controller hears the results itself
+			}
+			// The route count changes when a peer goes or comes; the
+			// window's end needs a look now and then too.
+			if n := c.ns.NumRoutes(); n != last || now.Sub(lastAt) >= time.Second {
+				last, lastAt = n, now
+				c.watchPeers(now)
+			}
+		}
+	}
+}
+
+// watchPeers starts or ends holding results on a standby.
 func (c *Controller) watchPeers(now time.Time) {
 	h := c.held
+	c.lease.kvMu.Lock() // the lease loop may adopt the bucket's TTL meanwhile
+	window := heldWindow(c.lease.ttl)
+	c.lease.kvMu.Unlock()
 	peers := routedPeers(c.ns)
 	if peers < 0 {
 		return
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	switch h.step(peers, now, heldWindow(c.lease.ttl)) {
+	switch h.step(peers, now, window) {
 	case holdStart:
 		sub, err := c.nodesNC.Subscribe(messages.ResultPrefix+"*", h.add)
 		if err != nil {

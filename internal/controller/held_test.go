@@ -114,8 +114,8 @@ func TestClusterHeldResults(t *testing.T) {
 		}
 		return n == len(names)
 	})
-	// Each standby holds results from when it notices the lost peer (at
-	// its next try for the lease).
+	// Each standby holds results from when it notices the lost peer
+	// (watchRoutes, every 50 ms).
 	for i, c := range h.c {
 		if c != nil {
 			poll.Until(t, 5*time.Second, fmt.Sprintf("standby %d holding results", i), c.Holding)

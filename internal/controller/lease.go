@@ -383,10 +383,6 @@ func (c *Controller) leaseLoop() {
 				tryActivate()
 				continue
 			}
-			// Another controller holds the lease, or the bucket cannot
-			// say (its leader may have been on a lost peer): is every
-			// peer still there?
-			c.watchPeers(time.Now())
 			timer.Reset(acquireEvery)
 			continue
 		}
