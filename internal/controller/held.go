@@ -172,8 +172,11 @@ func (c *Controller) watchRoutes() {
 		case <-c.stop:
 			return
 		case now := <-t.C:
-			if c.Active() {
-				continue // the active controller hears the results itself
+			if c.acting() {
+				// The lease is this controller's: it hears the results
+				// itself once active, and an activation under way takes
+				// what it held (a new hold would only duplicate that).
+				continue
 			}
 			// The route count changes when a peer goes or comes; the
 			// window's end needs a look now and then too.

@@ -145,6 +145,11 @@ func TestClusterHeldResults(t *testing.T) {
 			t.Errorf("%s: %s %s %s", r.Node, r.Outcome, r.Reason, r.Output)
 		}
 	}
+	// The active controller hears the results itself: it does not hold
+	// them again, though the lost peer is still gone.
+	if h.c[next].Holding() {
+		t.Error("the new active controller holds results")
+	}
 }
 
 // TestAgentSendsUnsettledResultsOnReconnect: a result finished while the
