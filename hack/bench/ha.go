@@ -492,8 +492,8 @@ func benchCluster(bin, work string, n, rounds int) haTopology {
 	var lastLog time.Time
 	for next >= 0 && next != act {
 		// Bounded: a request lost on the way (to the killed peer) is asked
-		// again, not waited for.
-		rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+		// again, not waited for; the report waits 1 s for the task itself.
+		rctx, rcancel := context.WithTimeout(ctx, 3*time.Second)
 		r, err := cli.Report(rctx, rep.TaskID, time.Second)
 		rcancel()
 		if err != nil && time.Since(lastLog) >= 250*time.Millisecond {

@@ -498,11 +498,15 @@ func (d *dispatcher) settleSealed(ts *taskState, r messages.Result, raw []byte, 
 	return true
 }
 
+// doneLinger is how long a closed task stays in memory for its reports.
+const doneLinger = 10 * time.Second
+
 // completeLocked marks a task done. It is closed (moved from the open
 // bucket to history) only once its results are stored: until then a
-// restart must still find it open. Then it leaves memory: reports of a
-// closed task come from history and the results stream, so the memory a
-// controller holds follows its open tasks, not its past ones.
+// restart must still find it open. Then, doneLinger later, it leaves
+// memory: reports of a closed task come from history and the results
+// stream, so the memory a controller holds follows its open tasks (and
+// those closed in the last doneLinger), not its past ones.
 func (d *dispatcher) completeLocked(ts *taskState) {
 	if ts.timer != nil {
 		ts.timer.Stop()
@@ -534,6 +538,15 @@ func (d *dispatcher) completeLocked(ts *taskState) {
 			d.log.Warn("store task history", zap.String("task", id), zap.Error(err))
 		} else if err := d.open.Delete(ctx, id); err != nil {
 			d.log.Warn("close task", zap.String("task", id), zap.Error(err))
+		}
+		// Reports asked right after completion (an operator's `run`, then
+		// `report`) come from memory a little longer: from history they
+		// are JetStream reads, which wait while a stream's leadership
+		// moves, as it does right after a failover (keepNoLeaders; the
+		// failover bench's report of the recovered task once waited 10 s).
+		select {
+		case <-time.After(doneLinger):
+		case <-d.ctx.Done():
 		}
 		d.mu.Lock()
 		if d.tasks[id] == ts {
