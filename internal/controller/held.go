@@ -21,9 +21,10 @@ import (
 // journals and send them again when the new controller resends the open
 // tasks, so nothing is lost, but that round trip is a whole fan-out's worth
 // of time at the end of a failover (about 1-2 s at 10,000 agents,
-// docs/HA.md). A standby that sees a peer's routes go (watchRoutes) starts listening for
-// results, keeping them undecoded, and the one that becomes active settles
-// them before it resends anything (activate, dispatcher.applyHeld). Every
+// docs/HA.md). A standby that sees a peer's routes go (watchRoutes)
+// starts listening for results, keeping them undecoded, and the one that
+// becomes active settles them before it resends anything (activate,
+// dispatcher.applyHeld). Every
 // result held is validated then exactly as one heard live (onResult). An
 // activation that fails after taking them costs only the round trip: the
 // agents' journals still have every result.
