@@ -392,9 +392,9 @@ type pendingNotice struct {
 }
 
 func (c *Controller) openLeaseBucket() jetstream.KeyValue {
-	for attempt := 0; ; attempt++ {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		kv, err := c.js.KeyValue(ctx, leaseBucket)
+	var kv jetstream.KeyValue
+	ok := c.retryUntil("lease-bucket", "waiting for JetStream (a quorum of peers) to open the lease bucket", func(ctx context.Context) (err error) {
+		kv, err = c.js.KeyValue(ctx, leaseBucket)
 		if errors.Is(err, jetstream.ErrBucketNotFound) {
 			// File storage, though the key is tiny: an R3 memory stream
 			// whose leadership moved several times in a few seconds (a new
@@ -410,17 +410,39 @@ func (c *Controller) openLeaseBucket() jetstream.KeyValue {
 				kv, err = c.js.KeyValue(ctx, leaseBucket)
 			}
 		}
+		return err
+	})
+	if !ok {
+		return nil
+	}
+	return kv
+}
+
+// retryUntil calls f (5 s each time) until it succeeds, true, or the
+// controller stops, false; a failure is logged as what, rate-limited
+// under key.
+func (c *Controller) retryUntil(key, what string, f func(ctx context.Context) error) bool {
+	for attempt := 0; ; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := f(ctx)
 		cancel()
 		if err == nil {
-			return kv
+			return true
 		}
-		c.logRate.warn(c.log, "lease-bucket", "waiting for JetStream (a quorum of peers) to open the lease bucket", zap.Error(err))
+		c.logRate.warn(c.log, key, what, zap.Error(err))
 		select {
 		case <-c.stop:
-			return nil
-		case <-time.After(min(250*time.Millisecond<<min(attempt, 3), 2*time.Second)):
+			return false
+		case <-time.After(retryWait(attempt)):
 		}
 	}
+}
+
+// retryWait is the wait before a peer's next attempt at something another
+// peer or JetStream has to answer (a quorum, a bucket's creation): short,
+// as a failover waits on it, and doubling up to 2 s.
+func retryWait(attempt int) time.Duration {
+	return min(250*time.Millisecond<<min(attempt, 3), 2*time.Second)
 }
 
 // adoptLeaseTTL makes the lease's TTL the bucket's: the key's lifetime
@@ -430,20 +452,11 @@ func (c *Controller) openLeaseBucket() jetstream.KeyValue {
 // until the bucket is recreated (docs/HA.md).
 func (c *Controller) adoptLeaseTTL(kv jetstream.KeyValue) {
 	var st jetstream.KeyValueStatus
-	for attempt := 0; ; attempt++ {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		var err error
+	if !c.retryUntil("lease-bucket", "waiting for JetStream to read the lease bucket's TTL", func(ctx context.Context) (err error) {
 		st, err = kv.Status(ctx)
-		cancel()
-		if err == nil {
-			break
-		}
-		c.logRate.warn(c.log, "lease-bucket", "waiting for JetStream to read the lease bucket's TTL", zap.Error(err))
-		select {
-		case <-c.stop:
-			return
-		case <-time.After(min(250*time.Millisecond<<min(attempt, 3), 2*time.Second)):
-		}
+		return err
+	}) {
+		return
 	}
 	if st.TTL() <= 0 || st.TTL() == c.lease.ttl {
 		return
@@ -485,7 +498,7 @@ func (c *Controller) watchAuth(bucket string, apply func(jetstream.KeyValueEntry
 		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(min(250*time.Millisecond<<min(attempt, 3), 2*time.Second)):
+		case <-time.After(retryWait(attempt)):
 		}
 	}
 }

@@ -345,7 +345,7 @@ func (r *Relay) watch() {
 		cancel()
 		if err != nil {
 			r.log.Warn("relay: ask the hub for the enrolled keys (retrying)", zap.Error(err))
-			wait = min(250*time.Millisecond<<min(attempt, 3), 2*time.Second)
+			wait = retryWait(attempt)
 			continue
 		}
 		attempt = 0
